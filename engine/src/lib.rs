@@ -1,0 +1,1 @@
+//! rotary: a readiness-driven HTTP/1.1-over-TLS client engine.

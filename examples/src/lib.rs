@@ -1,0 +1,1 @@
+//! Examples for rotary live in `examples/`.
