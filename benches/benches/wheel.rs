@@ -1,0 +1,2 @@
+//! Timer wheel micro-benchmarks (filled in with the engine issue).
+fn main() {}
