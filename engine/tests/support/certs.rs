@@ -1,0 +1,383 @@
+//! Test PKI made at run time with rcgen: a CA, leaves signed by it, and the bad
+//! leaves that verification-failure tests need. Nothing here is ever written to
+//! the repository; temp files are removed on drop.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// One day, the default margin around "now" for validity periods.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+/// Sets `params`' validity to [not_before, not_after] (second resolution).
+fn set_validity(params: &mut CertificateParams, not_before: SystemTime, not_after: SystemTime) {
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .expect("test certificate times are after 1970")
+    };
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + secs(not_before);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + secs(not_after);
+}
+
+/// A self-signed certificate authority generated at run time (ECDSA P-256).
+pub struct TestCa {
+    name: String,
+    params: CertificateParams,
+    key: KeyPair,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+impl TestCa {
+    /// A new CA whose common name is `name`, valid from a day ago for ten years.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs is valid");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        set_validity(&mut params, now - DAY, now + 3650 * DAY);
+        let key = KeyPair::generate().expect("generate CA key");
+        let cert = params.self_signed(&key).expect("self-sign CA");
+        TestCa {
+            name: name.to_owned(),
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+
+    /// The CA's common name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The CA certificate as DER.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert_der.clone()
+    }
+
+    /// The CA certificate as PEM text.
+    pub fn cert_pem(&self) -> String {
+        self.cert_pem.clone()
+    }
+
+    /// A root store holding only this CA.
+    pub fn root_store(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.cert_der())
+            .expect("a freshly generated CA parses");
+        roots
+    }
+
+    /// A rustls client config (ring provider) trusting only this CA, with rustls's
+    /// default in-memory resumption.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(self.client_config_builder())
+    }
+
+    /// Like [`TestCa::client_config`] but never resuming: every handshake is full.
+    pub fn client_config_no_resumption(&self) -> Arc<rustls::ClientConfig> {
+        let mut config = self.client_config_builder();
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    }
+
+    /// A mutable client config trusting only this CA, for tests that tweak it.
+    pub fn client_config_builder(&self) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(self.root_store())
+        .with_no_client_auth()
+    }
+
+    /// Writes the CA PEM to a unique temp file, removed when the handle drops.
+    pub fn write_pem_file(&self) -> TempFile {
+        TempFile::new("ca.pem", self.cert_pem.as_bytes())
+    }
+
+    /// A valid server leaf for `names` (DNS names or IP addresses), with the
+    /// server-auth EKU, valid from a day ago for 30 days.
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        self.leaf(names).build()
+    }
+
+    /// A leaf builder for `names`, starting from the defaults of [`TestCa::issue`].
+    pub fn leaf(&self, names: &[&str]) -> LeafBuilder<'_> {
+        let now = SystemTime::now();
+        LeafBuilder {
+            ca: Some(self),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            common_name: names.first().map(|n| n.to_string()),
+            not_before: now - DAY,
+            not_after: now + 30 * DAY,
+            server_auth: true,
+            client_auth: false,
+        }
+    }
+
+    /// A client certificate (client-auth EKU only) for mTLS tests.
+    pub fn issue_client(&self, common_name: &str) -> Issued {
+        self.leaf(&[])
+            .common_name(common_name)
+            .without_server_auth()
+            .client_auth()
+            .build()
+    }
+}
+
+/// Options for one leaf certificate; [`LeafBuilder::build`] signs it.
+pub struct LeafBuilder<'a> {
+    ca: Option<&'a TestCa>,
+    names: Vec<String>,
+    common_name: Option<String>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    server_auth: bool,
+    client_auth: bool,
+}
+
+impl LeafBuilder<'_> {
+    /// Validity period [not_before, not_after] (whole seconds).
+    pub fn valid_between(mut self, not_before: SystemTime, not_after: SystemTime) -> Self {
+        self.not_before = not_before;
+        self.not_after = not_after;
+        self
+    }
+
+    /// Expired: valid from 30 days ago until yesterday.
+    pub fn expired(self) -> Self {
+        let now = SystemTime::now();
+        self.valid_between(now - 30 * DAY, now - DAY)
+    }
+
+    /// Not yet valid: valid from tomorrow for 30 days.
+    pub fn not_yet_valid(self) -> Self {
+        let now = SystemTime::now();
+        self.valid_between(now + DAY, now + 31 * DAY)
+    }
+
+    /// Valid from a day ago until `now + d` (for notAfter-driven retirement tests).
+    pub fn expires_in(self, d: Duration) -> Self {
+        let now = SystemTime::now();
+        self.valid_between(now - DAY, now + d)
+    }
+
+    /// Names only `wrong-host.invalid`, so a client connecting to localhost fails.
+    pub fn wrong_host(mut self) -> Self {
+        self.names = vec!["wrong-host.invalid".to_owned()];
+        self.common_name = Some("wrong-host.invalid".to_owned());
+        self
+    }
+
+    /// Self-signed leaf (signed by its own key, not by the CA).
+    pub fn self_signed(mut self) -> Self {
+        self.ca = None;
+        self
+    }
+
+    /// Drops the server-auth EKU; the certificate keeps an EKU extension (client
+    /// auth) so that verifiers reject it for a server.
+    pub fn without_server_auth(mut self) -> Self {
+        self.server_auth = false;
+        self.client_auth = true;
+        self
+    }
+
+    /// Adds the client-auth EKU.
+    pub fn client_auth(mut self) -> Self {
+        self.client_auth = true;
+        self
+    }
+
+    /// Sets the subject common name (default: the first name).
+    pub fn common_name(mut self, cn: &str) -> Self {
+        self.common_name = Some(cn.to_owned());
+        self
+    }
+
+    /// Generates a key and signs the leaf.
+    pub fn build(self) -> Issued {
+        let mut params = CertificateParams::new(self.names.clone()).expect("valid SAN names");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = &self.common_name {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, cn.as_str());
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages.clear();
+        if self.server_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        if self.client_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        params.use_authority_key_identifier_extension = self.ca.is_some();
+        set_validity(&mut params, self.not_before, self.not_after);
+        let key = KeyPair::generate().expect("generate leaf key");
+        let (cert, ca_pem, ca_der) = match self.ca {
+            Some(ca) => {
+                let issuer = Issuer::from_params(&ca.params, &ca.key);
+                let cert = params.signed_by(&key, &issuer).expect("sign leaf");
+                (cert, ca.cert_pem.clone(), ca.cert_der.clone())
+            }
+            None => {
+                let cert = params.self_signed(&key).expect("self-sign leaf");
+                let (pem, der) = (cert.pem(), cert.der().clone());
+                (cert, pem, der)
+            }
+        };
+        Issued {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_der: key.serialize_der(),
+            key_pem: key.serialize_pem(),
+            ca_der,
+            ca_pem,
+            names: self.names,
+            not_after: self.not_after,
+        }
+    }
+}
+
+/// An issued leaf: certificate, key, and the certificate of its issuer.
+#[derive(Clone)]
+pub struct Issued {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    key_der: Vec<u8>,
+    key_pem: String,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+    names: Vec<String>,
+    not_after: SystemTime,
+}
+
+impl Issued {
+    /// The leaf certificate as DER.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert_der.clone()
+    }
+
+    /// The chain a server presents (the leaf alone; the CA is the trust anchor).
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert_der.clone()]
+    }
+
+    /// The chain as PEM text.
+    pub fn chain_pem(&self) -> String {
+        self.cert_pem.clone()
+    }
+
+    /// The private key (PKCS#8) as rustls DER.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+
+    /// The private key as PKCS#8 PEM text.
+    pub fn key_pem(&self) -> String {
+        self.key_pem.clone()
+    }
+
+    /// The issuer's certificate as DER (the leaf itself when self-signed).
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca_der.clone()
+    }
+
+    /// The issuer's certificate as PEM (the leaf itself when self-signed).
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    /// The SAN names the leaf was issued for.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The leaf's notAfter.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Writes the chain PEM to a temp file (for client-certificate tests).
+    pub fn write_chain_pem_file(&self) -> TempFile {
+        TempFile::new("chain.pem", self.cert_pem.as_bytes())
+    }
+
+    /// Writes the key PEM to a temp file (for client-certificate tests).
+    pub fn write_key_pem_file(&self) -> TempFile {
+        TempFile::new("key.pem", self.key_pem.as_bytes())
+    }
+}
+
+/// A file under `std::env::temp_dir()` with a unique name, deleted on drop.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// Creates `<tmp>/rotary-test-<pid>-<n>-<nanos>-<label>` holding `contents`.
+    pub fn new(label: &str, contents: &[u8]) -> TempFile {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("rotary-test-{}-{n}-{nanos}-{label}", std::process::id());
+        let file = TempFile {
+            path: std::env::temp_dir().join(name),
+        };
+        std::fs::write(&file.path, contents).expect("write temp file");
+        file
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the contents atomically (write a sibling, then rename over).
+    pub fn replace(&self, contents: &[u8]) {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".new");
+        std::fs::write(&tmp, contents).expect("write replacement temp file");
+        std::fs::rename(&tmp, &self.path).expect("rename replacement over temp file");
+    }
+
+    /// Overwrites the contents in place (not atomic: a reader may see a partial file).
+    pub fn overwrite(&self, contents: &[u8]) {
+        std::fs::write(&self.path, contents).expect("overwrite temp file");
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,403 @@
+//! Self-tests of the test support code (server, certificates, client), with a
+//! plain rustls client over std TcpStream — not the engine.
+
+mod support;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::HandshakeKind;
+use support::*;
+
+const T: Duration = Duration::from_secs(5);
+
+fn tls_client(server: &TestServer, config: Arc<rustls::ClientConfig>) -> io::Result<Client> {
+    Client::tls(server.addr(), "localhost", config, T)
+}
+
+#[test]
+fn keep_alive_serves_two_requests_on_one_plain_connection() {
+    let server = TestServer::plain(|req, _| Reply::ok(format!("you asked {}", req.target)));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(c.get("/a").unwrap().text(), "you asked /a");
+    let r = c.send("POST", "/b", &[("x-test", "1")], b"hello").unwrap();
+    assert_eq!(r.text(), "you asked /b");
+    let reqs = server.wait_for_requests(2, T);
+    assert_eq!(reqs[0].conn_id, reqs[1].conn_id);
+    assert_eq!((reqs[0].index_on_conn, reqs[1].index_on_conn), (0, 1));
+    assert_eq!(reqs[1].method, "POST");
+    assert_eq!(reqs[1].body, b"hello");
+    assert_eq!(reqs[1].header("X-Test"), Some("1"));
+    // The counter moves after the last byte is written: wait for it.
+    server.expect_until(T, "2 replies", |s| s.replies_completed == 2);
+    let s = server.stats();
+    assert_eq!((s.connections_accepted, s.requests), (1, 2));
+}
+
+#[test]
+fn tls_keep_alive_counts_one_connection_and_one_full_handshake() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, conn| {
+        let tls = conn.tls.as_ref().expect("tls info");
+        Reply::ok(format!("gen {:?}", tls.cert_generation))
+    });
+    let mut c = tls_client(&server, ca.client_config()).unwrap();
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+    assert_eq!(c.peer_chain().unwrap(), leaf.chain_der());
+    assert_eq!(c.get("/1").unwrap().text(), "gen Some(1)");
+    assert_eq!(c.get("/2").unwrap().text(), "gen Some(1)");
+    let s = server.stats();
+    assert_eq!(
+        (
+            s.connections_accepted,
+            s.handshakes_full,
+            s.handshakes_resumed,
+            s.requests
+        ),
+        (1, 1, 0, 2)
+    );
+    assert_eq!(
+        server.connections()[0].tls.as_ref().unwrap().sni.as_deref(),
+        Some("localhost")
+    );
+}
+
+#[test]
+fn chunked_reply_with_parts_and_trailers_is_decoded() {
+    let server = TestServer::plain(|_, _| {
+        Reply::ok("hello, chunked world")
+            .chunked()
+            .parts(&[1, 4, 2])
+            .part_delay(Duration::from_millis(2))
+            .trailer("x-checksum", "42")
+    });
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let r = c.get("/").unwrap();
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "hello, chunked world");
+    assert_eq!(r.trailers, vec![("x-checksum".to_owned(), "42".to_owned())]);
+    // The connection is still usable after a chunked reply.
+    assert_eq!(c.get("/").unwrap().text(), "hello, chunked world");
+}
+
+#[test]
+fn chunked_request_body_and_expect_continue_are_parsed() {
+    let server = TestServer::plain(|req, _| Reply::ok(req.body.clone()));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    c.send_raw(
+        b"PUT /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-t: v\r\n\r\n",
+    )
+    .unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.interim, vec![100]);
+    assert_eq!(r.text(), "abcde");
+    let req = &server.requests()[0];
+    assert!(req.chunked);
+    assert_eq!(req.trailers, vec![("x-t".to_owned(), "v".to_owned())]);
+}
+
+#[test]
+fn malformed_request_gets_400_and_close() {
+    let server = TestServer::plain(|_, _| Reply::ok("never"));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    c.send_raw(b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response(false).unwrap().status, 400);
+    assert!(c.is_closed_by_peer(T));
+    assert_eq!(server.stats().bad_requests, 1);
+}
+
+#[test]
+fn long_poll_holds_the_head_for_the_delay() {
+    let server = TestServer::plain(|_, _| Reply::ok("late").delay(Duration::from_millis(80)));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let start = Instant::now();
+    assert_eq!(c.get("/poll").unwrap().text(), "late");
+    assert!(start.elapsed() >= Duration::from_millis(80));
+}
+
+#[test]
+fn rotation_new_handshakes_see_new_chain_resumed_ones_report_old() {
+    let (ca, old) = ca_and_leaf();
+    let new = ca.issue(&["localhost", "127.0.0.1"]);
+    let server = TestServer::tls(&old, |_, _| Reply::ok("ok"));
+
+    // A client with rustls's default resumption: full handshake, reads a
+    // response (and so the session tickets), keeps its connection open.
+    let resuming = ca.client_config();
+    let mut live = tls_client(&server, resuming.clone()).unwrap();
+    assert_eq!(live.get("/").unwrap().status, 200);
+    assert_eq!(live.peer_chain().unwrap(), old.chain_der());
+
+    assert_eq!(server.rotate_to(&new), 2);
+
+    // The live connection keeps going across the rotation.
+    assert_eq!(live.get("/again").unwrap().status, 200);
+
+    // A fresh full handshake sees the new chain.
+    let fresh = tls_client(&server, ca.client_config_no_resumption()).unwrap();
+    assert_eq!(fresh.handshake_kind(), Some(HandshakeKind::Full));
+    assert_eq!(fresh.peer_chain().unwrap(), new.chain_der());
+
+    // The resuming client reconnects: resumed, and rustls reports the OLD chain.
+    let mut again = tls_client(&server, resuming).unwrap();
+    assert_eq!(again.get("/").unwrap().status, 200);
+    assert_eq!(again.handshake_kind(), Some(HandshakeKind::Resumed));
+    assert_eq!(again.peer_chain().unwrap(), old.chain_der());
+
+    let s = server.stats();
+    assert_eq!((s.handshakes_full, s.handshakes_resumed), (2, 1));
+    let gens: Vec<_> = server
+        .connections()
+        .iter()
+        .map(|c| c.tls.as_ref().unwrap().cert_generation)
+        .collect();
+    assert_eq!(gens, vec![Some(1), Some(2), None]);
+}
+
+#[test]
+fn rotation_works_with_tls12_and_a_session_cache() {
+    let (ca, old) = ca_and_leaf();
+    let new = ca.issue(&["localhost"]);
+    let server = TestServer::builder()
+        .tls(&old)
+        .tls12_only()
+        .resumption(Resumption::SessionCache)
+        .start();
+    let config = ca.client_config();
+    tls_client(&server, config.clone())
+        .unwrap()
+        .get("/")
+        .unwrap();
+    server.rotate_to(&new);
+    let c = tls_client(&server, config).unwrap();
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+    assert_eq!(c.peer_chain().unwrap(), old.chain_der());
+    let c = tls_client(&server, ca.client_config_no_resumption()).unwrap();
+    assert_eq!(c.peer_chain().unwrap(), new.chain_der());
+}
+
+#[test]
+fn resumption_off_makes_every_handshake_full() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::builder()
+        .tls(&leaf)
+        .resumption(Resumption::Off)
+        .start();
+    let config = ca.client_config();
+    tls_client(&server, config.clone())
+        .unwrap()
+        .get("/")
+        .unwrap();
+    let c = tls_client(&server, config).unwrap();
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+}
+
+#[test]
+fn cut_mid_body_ends_the_connection_early() {
+    let server = TestServer::plain(|_, _| Reply::ok(vec![b'x'; 1000]).cut_at(100));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let err = c.get("/").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+}
+
+#[test]
+fn reset_at_offset_sends_rst() {
+    if !reset_supported() {
+        return;
+    }
+    let server = TestServer::plain(|_, _| Reply::ok(vec![b'x'; 1000]).reset_at(10));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let err = c.get("/").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[test]
+fn tls_cut_without_close_notify_is_an_unexpected_eof() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("abcdef").cut_at(3));
+    let mut c = tls_client(&server, ca.client_config()).unwrap();
+    let err = c.get("/").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+}
+
+#[test]
+fn connection_close_header_closes_after_the_response() {
+    let server = TestServer::plain(|_, _| Reply::ok("bye").header("Connection", "close"));
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(c.get("/").unwrap().text(), "bye");
+    assert!(c.is_closed_by_peer(T));
+    assert!(server.wait_idle(T));
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_timeout() {
+    let server = TestServer::builder()
+        .idle_timeout(Duration::from_millis(50))
+        .start();
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(c.get("/").unwrap().status, 200);
+    server.expect_until(T, "idle close", |s| s.idle_closed == 1);
+    assert!(c.is_closed_by_peer(T));
+}
+
+#[test]
+fn stall_and_close_delimited_and_garbage() {
+    let server = TestServer::plain(|req, _| match req.path() {
+        "/stall" => Reply::stall(),
+        "/eof" => Reply::ok("until close").close_delimited(),
+        _ => Reply::garbage(),
+    });
+    let mut c = Client::plain(server.addr(), Duration::from_millis(50)).unwrap();
+    let err = c.get("/stall").unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let r = c.get("/eof").unwrap();
+    assert_eq!(
+        (r.header("content-length"), r.text().as_str()),
+        (None, "until close")
+    );
+
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(
+        c.get("/garbage").unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+}
+
+#[test]
+fn accept_hook_can_send_garbage_instead_of_tls() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::builder()
+        .tls(&leaf)
+        .on_accept(|_| Accept::SendRawThenClose(b"HTTP/1.1 400 not tls\r\n\r\n".to_vec()))
+        .start();
+    let err = tls_client(&server, ca.client_config())
+        .err()
+        .expect("handshake fails");
+    assert!(err.to_string().to_lowercase().contains("corrupt"), "{err}");
+}
+
+#[test]
+fn drop_closes_stalled_connections_and_joins_threads() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::builder()
+        .tls(&leaf)
+        .handler(|_, _| Reply::stall())
+        .start();
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| tls_client(&server, ca.client_config()).unwrap())
+        .collect();
+    for c in &mut clients {
+        c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+    server.expect_until(T, "3 requests", |s| s.requests == 3);
+    let start = Instant::now();
+    drop(server);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        start.elapsed()
+    );
+    for c in &mut clients {
+        assert!(c.is_closed_by_peer(T));
+    }
+}
+
+#[test]
+fn verification_failures_have_their_certificates() {
+    let ca = TestCa::new("rotary test CA");
+    let cases: Vec<(&str, Issued, &str)> = vec![
+        (
+            "expired",
+            ca.leaf(&["localhost"]).expired().build(),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            ca.leaf(&["localhost"]).not_yet_valid().build(),
+            "not valid yet",
+        ),
+        (
+            "wrong host",
+            ca.leaf(&["localhost"]).wrong_host().build(),
+            "not valid for name",
+        ),
+        (
+            "self-signed",
+            ca.leaf(&["localhost"]).self_signed().build(),
+            "unknownissuer",
+        ),
+        (
+            "no server auth",
+            ca.leaf(&["localhost"]).without_server_auth().build(),
+            "extended key usage",
+        ),
+    ];
+    for (what, leaf, needle) in cases {
+        let server = TestServer::tls(&leaf, |_, _| Reply::ok("no"));
+        let err = tls_client(&server, ca.client_config())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: handshake succeeded"));
+        let msg = err.to_string();
+        assert!(msg.to_lowercase().contains(needle), "{what}: {msg}");
+        server.expect_until(T, "failed handshake", |s| s.handshakes_failed == 1);
+    }
+    // And the good one passes.
+    let leaf = ca.issue(&["localhost"]);
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("yes"));
+    assert_eq!(
+        tls_client(&server, ca.client_config())
+            .unwrap()
+            .get("/")
+            .unwrap()
+            .text(),
+        "yes"
+    );
+}
+
+#[test]
+fn ca_pem_temp_file_is_written_and_removed() {
+    let ca = TestCa::new("file CA");
+    let path = {
+        let f = ca.write_pem_file();
+        let text = std::fs::read_to_string(f.path()).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"));
+        f.replace(b"other");
+        assert_eq!(std::fs::read(f.path()).unwrap(), b"other");
+        f.path().to_owned()
+    };
+    assert!(!path.exists());
+}
+
+#[test]
+fn many_concurrent_tls_connections_are_served() {
+    let (ca, leaf) = ca_and_leaf();
+    let served = Arc::new(AtomicU64::new(0));
+    let s2 = served.clone();
+    let server = TestServer::tls(&leaf, move |_, _| {
+        s2.fetch_add(1, Ordering::SeqCst);
+        Reply::ok("ok")
+    });
+    let config = ca.client_config_no_resumption();
+    let mut clients: Vec<Client> = (0..100)
+        .map(|_| tls_client(&server, config.clone()).unwrap())
+        .collect();
+    for c in &mut clients {
+        assert_eq!(c.get("/").unwrap().status, 200);
+    }
+    assert_eq!(server.stats().connections_open, 100);
+    assert_eq!(served.load(Ordering::SeqCst), 100);
+    drop(clients);
+    assert!(server.wait_idle(T));
+}
