@@ -1,0 +1,498 @@
+//! The per-connection exchange state machine.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, CONNECTION};
+use http::{Method, StatusCode, Uri};
+
+use crate::body::{body_length, BodyDecoder, BodyLength, Decoded};
+use crate::keepalive::{has_token, keep_alive_hints, KeepAliveHints, Reuse, Verdict};
+use crate::request::{encode_head, put_chunk, Framing, LAST_CHUNK};
+use crate::response::{parse_head, ResponseHead};
+use crate::{Error, TargetForm};
+
+/// Limits on what a peer can make the codec buffer.
+///
+/// Every buffer a peer can grow is bounded by one of these; exceeding one is
+/// an error of its own kind. Build with `Limits::default()` and adjust fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Maximum bytes of a response head (status line + headers). Default 64 KiB.
+    pub max_head_bytes: usize,
+    /// Maximum number of response headers (and of trailer fields). Default 100.
+    pub max_headers: usize,
+    /// Maximum bytes of one chunk-size line including extensions. Default 4 KiB.
+    pub max_chunk_line: usize,
+    /// Maximum bytes of the chunked trailer section. Default 16 KiB.
+    pub max_trailer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+            max_chunk_line: 4 * 1024,
+            max_trailer_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Output of [`Codec::poll_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The final response head (interim 1xx responses are skipped).
+    Head(ResponseHead),
+    /// A piece of body (a `Bytes` split off the input buffer, no copy).
+    Data(Bytes),
+    /// The exchange is complete.
+    End {
+        /// Trailers of a chunked body, if any.
+        trailers: Option<HeaderMap>,
+        /// Whether the connection may be reused.
+        verdict: Verdict,
+    },
+}
+
+/// Exchange state, as seen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No exchange in progress; a request may be sent.
+    Idle,
+    /// Head written, body being streamed (`send_body` / `end_body`). The
+    /// response may already be arriving.
+    Sending,
+    /// Request complete; waiting for the response head.
+    AwaitingHead,
+    /// Reading the body.
+    Body,
+    /// Exchange done and connection reusable: next `send_request` is allowed.
+    Done,
+    /// Connection must not be used again (close verdict, EOF or error).
+    Closed,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Active { writing: Writing, reading: Reading },
+    Done,
+    Closed,
+}
+
+/// The request side of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    /// Content-Length body: `remaining` of `declared` bytes still to send.
+    Length { declared: u64, remaining: u64 },
+    /// Chunked body, open.
+    Chunked,
+    /// The request is completely written.
+    Finished,
+}
+
+/// The response side of an exchange.
+#[derive(Debug)]
+enum Reading {
+    Head,
+    Body(BodyDecoder),
+}
+
+/// Per-exchange facts.
+#[derive(Debug, Default)]
+struct Exchange {
+    /// The request method, as far as response framing cares (HEAD, CONNECT or GET).
+    method: Method,
+    started: bool,
+    reuse: Reuse,
+    hints: KeepAliveHints,
+}
+
+/// Per-connection HTTP/1.1 exchange state machine.
+///
+/// Sans-IO: the caller writes the bytes the codec puts into an output buffer
+/// and feeds it the bytes it reads. One exchange at a time, no pipelining:
+///
+/// ```text
+/// Idle ─send_request──────────────► AwaitingHead ─Head─► Body ─End─► Done ─┐
+///   │                                  ▲                             (or Closed)
+///   └─start_streaming_request► Sending ┘ end_body                          │
+///        ▲─────────────────────────────────────────────────────────────────┘
+/// ```
+///
+/// The response may be polled while still `Sending` (a server may answer
+/// early); such an exchange ends with a close verdict. Every method refuses
+/// misuse with [`Error::InvalidState`] and never panics. Errors are sticky:
+/// after one, every call returns it again and the state is [`State::Closed`].
+#[derive(Debug)]
+pub struct Codec {
+    limits: Limits,
+    phase: Phase,
+    exchange: Exchange,
+    error: Option<Error>,
+}
+
+impl Codec {
+    /// New codec in state [`State::Idle`].
+    pub fn new(limits: Limits) -> Self {
+        Codec {
+            limits,
+            phase: Phase::Idle,
+            exchange: Exchange::default(),
+            error: None,
+        }
+    }
+
+    /// The limits this codec enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        match &self.phase {
+            _ if self.error.is_some() => State::Closed,
+            Phase::Idle => State::Idle,
+            Phase::Done => State::Done,
+            Phase::Closed => State::Closed,
+            Phase::Active { writing, .. } if *writing != Writing::Finished => State::Sending,
+            Phase::Active {
+                reading: Reading::Head,
+                ..
+            } => State::AwaitingHead,
+            Phase::Active {
+                reading: Reading::Body(_),
+                ..
+            } => State::Body,
+        }
+    }
+
+    /// The error that closed the codec, if any.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// True once any byte of the response has been seen for the current
+    /// exchange (including an incomplete head still in the caller's buffer,
+    /// and interim 1xx responses). A request whose response has not started
+    /// can safely be retried elsewhere if it is idempotent.
+    pub fn response_started(&self) -> bool {
+        self.exchange.started
+    }
+
+    /// Encode a whole request into `out`: request line, `Host`, `headers`,
+    /// framing, then `body`. Allowed in `Idle` and `Done`; leads to
+    /// `AwaitingHead`.
+    ///
+    /// Framing: a non-empty body is sent with `Content-Length`; an empty or
+    /// absent body gets `Content-Length: 0` for POST, PUT and PATCH and no
+    /// framing header for other methods. `Host` is taken from the URI's
+    /// authority unless `headers` holds one. Caller-supplied `Content-Length`
+    /// and `Transfer-Encoding` are ignored: the codec always writes its own.
+    /// A request with `Connection: close` makes the verdict close.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] in any other state; [`Error::InvalidRequestHeader`]
+    /// or [`Error::MissingAuthority`] for a request that cannot be encoded. No
+    /// byte is written on error.
+    pub fn send_request(
+        &mut self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        form: TargetForm,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.check_can_send("send_request")?;
+        let framing = Framing::for_body(method, body);
+        self.start(method, uri, headers, framing, form, out)?;
+        out.put_slice(body.unwrap_or_default());
+        self.begin(method, headers, Writing::Finished);
+        Ok(())
+    }
+
+    /// Start a request whose body is streamed with [`send_body`](Self::send_body)
+    /// and [`end_body`](Self::end_body): `Some(n)` declares a length
+    /// (`Content-Length: n`), `None` uses `Transfer-Encoding: chunked`. Allowed
+    /// in `Idle` and `Done`; leads to `Sending`. Headers as in
+    /// [`send_request`](Self::send_request).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_request`](Self::send_request); no byte is written on error.
+    pub fn start_streaming_request(
+        &mut self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        length: Option<u64>,
+        form: TargetForm,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.check_can_send("start_streaming_request")?;
+        let (framing, writing) = match length {
+            Some(n) => (
+                Framing::Length(n),
+                Writing::Length {
+                    declared: n,
+                    remaining: n,
+                },
+            ),
+            None => (Framing::Chunked, Writing::Chunked),
+        };
+        self.start(method, uri, headers, framing, form, out)?;
+        self.begin(method, headers, writing);
+        Ok(())
+    }
+
+    /// Append body bytes of a streamed request to `out` (as one chunk for a
+    /// chunked body; empty `data` writes nothing). Allowed while `Sending`,
+    /// also when the response has started to arrive.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RequestBodyTooLong`] if `data` goes past the declared length
+    /// (nothing of it is written); [`Error::InvalidState`] when no streamed
+    /// request body is open.
+    pub fn send_body(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+        self.check()?;
+        match &mut self.phase {
+            Phase::Active {
+                writing:
+                    Writing::Length {
+                        declared,
+                        remaining,
+                    },
+                ..
+            } => {
+                match remaining.checked_sub(data.len() as u64) {
+                    Some(left) => *remaining = left,
+                    None => {
+                        let declared = *declared;
+                        return self.fail(Error::RequestBodyTooLong { declared });
+                    }
+                }
+                out.put_slice(data);
+            }
+            Phase::Active {
+                writing: Writing::Chunked,
+                ..
+            } => put_chunk(out, data),
+            _ => return self.misuse("send_body"),
+        }
+        Ok(())
+    }
+
+    /// End a streamed request body: writes the last chunk of a chunked body.
+    /// Leads from `Sending` to `AwaitingHead` (or to wherever the response
+    /// has got to).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RequestBodyTooShort`] if a declared length was not met;
+    /// [`Error::InvalidState`] when no streamed request body is open.
+    pub fn end_body(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        self.check()?;
+        let Phase::Active { writing, .. } = &mut self.phase else {
+            return self.misuse("end_body");
+        };
+        match *writing {
+            Writing::Length { remaining: 0, .. } => {}
+            Writing::Length {
+                declared,
+                remaining,
+            } => {
+                return self.fail(Error::RequestBodyTooShort {
+                    declared,
+                    missing: remaining,
+                })
+            }
+            Writing::Chunked => out.put_slice(LAST_CHUNK),
+            Writing::Finished => return self.misuse("end_body"),
+        }
+        *writing = Writing::Finished;
+        Ok(())
+    }
+
+    /// Consume bytes from the front of `input` and return the next event, or
+    /// `Ok(None)` when more input is needed. Call it until it returns
+    /// `Ok(None)` each time bytes are appended to `input`.
+    ///
+    /// Events come in order `Head`, `Data`…, `End`; interim 1xx responses are
+    /// consumed silently. Body data is handed out as soon as it arrives, split
+    /// off `input` without copying. An incomplete head is left in `input`
+    /// until it is complete. After `End` the state is `Done` (reusable) or
+    /// `Closed`. With no response expected, empty input gives `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any malformed or over-limit response (see [`Error`]); a 101 response
+    /// ([`Error::UnsupportedUpgrade`]); bytes when no response is expected
+    /// ([`Error::UnsolicitedData`]).
+    pub fn poll_response(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Error> {
+        self.check()?;
+        match self.read(input) {
+            Ok(event) => Ok(event),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// The peer closed its side of the connection. Call it once `poll_response`
+    /// has consumed everything it could.
+    ///
+    /// Returns `End` (verdict close) when this ends a close-delimited body, or
+    /// a body already complete whose `End` was not yet polled; `Ok(None)` when
+    /// no exchange was in flight. The state becomes `Closed` in every case.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClosedBeforeResponse`] when no response byte had arrived (on a
+    /// reused connection: the server dropped it as idle);
+    /// [`Error::IncompleteHead`] inside the head; [`Error::TruncatedBody`]
+    /// inside a Content-Length or chunked body.
+    pub fn handle_eof(&mut self) -> Result<Option<Event>, Error> {
+        self.check()?;
+        let result = match &self.phase {
+            Phase::Idle | Phase::Done | Phase::Closed => Ok(None),
+            Phase::Active {
+                reading: Reading::Head,
+                ..
+            } if self.exchange.started => Err(Error::IncompleteHead),
+            Phase::Active {
+                reading: Reading::Head,
+                ..
+            } => Err(Error::ClosedBeforeResponse),
+            Phase::Active {
+                reading: Reading::Body(decoder),
+                ..
+            } => decoder.eof().map(|()| Some(self.end(None))),
+        };
+        match result {
+            Ok(event) => {
+                self.phase = Phase::Closed;
+                Ok(event)
+            }
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn read(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Error> {
+        loop {
+            let Phase::Active { writing, reading } = &mut self.phase else {
+                return if input.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::UnsolicitedData)
+                };
+            };
+            let decoder = match reading {
+                Reading::Body(decoder) => decoder,
+                Reading::Head => {
+                    self.exchange.started |= !input.is_empty();
+                    let Some((head, len)) = parse_head(input, &self.limits)? else {
+                        return Ok(None);
+                    };
+                    input.advance(len);
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(Error::UnsupportedUpgrade { status: 101 });
+                    }
+                    if head.status.is_informational() {
+                        continue;
+                    }
+                    let framing = body_length(&self.exchange.method, &head)?;
+                    let reuse = &mut self.exchange.reuse;
+                    reuse.response(head.version, &head.headers);
+                    reuse.ambiguous_framing = framing.ambiguous;
+                    reuse.close_delimited = framing.length == BodyLength::CloseDelimited;
+                    reuse.early_response = *writing != Writing::Finished;
+                    self.exchange.hints = keep_alive_hints(&head.headers);
+                    *reading = Reading::Body(BodyDecoder::new(framing.length, self.limits));
+                    return Ok(Some(Event::Head(head)));
+                }
+            };
+            return Ok(match decoder.decode(input)? {
+                None => None,
+                Some(Decoded::Data(data)) => Some(Event::Data(data)),
+                Some(Decoded::End(trailers)) => Some(self.end(trailers)),
+            });
+        }
+    }
+
+    /// Finish the exchange with its verdict.
+    fn end(&mut self, trailers: Option<HeaderMap>) -> Event {
+        let verdict = self.exchange.reuse.verdict(self.exchange.hints);
+        self.phase = if verdict.keep_alive() {
+            Phase::Done
+        } else {
+            Phase::Closed
+        };
+        Event::End { trailers, verdict }
+    }
+
+    fn check_can_send(&mut self, operation: &'static str) -> Result<(), Error> {
+        self.check()?;
+        match self.phase {
+            Phase::Idle | Phase::Done => Ok(()),
+            _ => self.misuse(operation),
+        }
+    }
+
+    /// Validate and write a request head; on error nothing is written.
+    fn start(
+        &mut self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        framing: Framing,
+        form: TargetForm,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        match encode_head(method, uri, headers, framing, form, out) {
+            Ok(()) => Ok(()),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn begin(&mut self, method: &Method, headers: &HeaderMap, writing: Writing) {
+        let reuse = Reuse {
+            request_close: has_token(headers, &CONNECTION, "close"),
+            ..Reuse::default()
+        };
+        // Only HEAD and CONNECT change how a response is framed.
+        let method = if [Method::HEAD, Method::CONNECT].contains(method) {
+            method.clone()
+        } else {
+            Method::GET
+        };
+        self.exchange = Exchange {
+            method,
+            started: false,
+            reuse,
+            hints: KeepAliveHints::default(),
+        };
+        self.phase = Phase::Active {
+            writing,
+            reading: Reading::Head,
+        };
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        match &self.error {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn misuse<T>(&mut self, operation: &'static str) -> Result<T, Error> {
+        let state = self.state();
+        self.fail(Error::InvalidState { operation, state })
+    }
+
+    fn fail<T>(&mut self, err: Error) -> Result<T, Error> {
+        self.error = Some(err.clone());
+        self.phase = Phase::Closed;
+        Err(err)
+    }
+}

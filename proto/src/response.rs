@@ -1,0 +1,167 @@
+//! Response head parsing on httparse, incremental and bounded.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use crate::{Error, Limits};
+
+/// Head of a final (non-1xx) response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: StatusCode,
+    /// HTTP version of the response.
+    pub version: Version,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// Parse one response head (final or interim) from the front of `buf`.
+///
+/// Returns the head and its length in bytes, or `Ok(None)` when the head is
+/// not complete yet. Only the first `max_head_bytes` of `buf` are looked at,
+/// so a head that does not end within them is [`Error::HeadTooLarge`] however
+/// the bytes arrived.
+pub(crate) fn parse_head(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(ResponseHead, usize)>, Error> {
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut response = httparse::Response::new(&mut fields);
+    // Folded lines are parsed only to be refused with the header's name.
+    let mut config = httparse::ParserConfig::default();
+    config.allow_obsolete_multiline_headers_in_responses(true);
+    let len = match config.parse_response(&mut response, window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if window.len() >= limits.max_head_bytes => {
+            return Err(Error::HeadTooLarge {
+                limit: limits.max_head_bytes,
+            })
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::TooManyHeaders {
+                limit: limits.max_headers,
+            })
+        }
+        Err(err) => {
+            return Err(Error::InvalidHead {
+                reason: reason(err),
+            })
+        }
+    };
+
+    let invalid = |reason| Error::InvalidHead { reason };
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(invalid("invalid HTTP version")),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(invalid("invalid status code"))?;
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        if field.value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            return Err(Error::ObsoleteLineFolding {
+                name: field.name.to_owned(),
+            });
+        }
+        let name = HeaderName::from_bytes(field.name.as_bytes());
+        let value = HeaderValue::from_bytes(field.value);
+        match (name, value) {
+            (Ok(name), Ok(value)) => headers.append(name, value),
+            _ => return Err(invalid("invalid header field")),
+        };
+    }
+    Ok(Some((
+        ResponseHead {
+            status,
+            version,
+            headers,
+        },
+        len,
+    )))
+}
+
+fn reason(err: httparse::Error) -> &'static str {
+    match err {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> Result<Option<(ResponseHead, usize)>, Error> {
+        parse_head(input, &Limits::default())
+    }
+
+    #[test]
+    fn head_incomplete_needs_more() {
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        for end in 0..input.len() {
+            assert_eq!(parse(&input[..end]), Ok(None), "prefix of {end} bytes");
+        }
+        let (head, len) = parse(input).expect("valid").expect("complete");
+        assert_eq!(
+            (head.status, head.version, len),
+            (StatusCode::OK, Version::HTTP_11, input.len())
+        );
+    }
+
+    #[test]
+    fn head_reports_its_length_and_leaves_the_body() {
+        let (head, len) = parse(b"HTTP/1.0 404 Not Found\r\nA: 1\r\nA: 2\r\n\r\nbody")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(len, 38);
+        assert_eq!(head.version, Version::HTTP_10);
+        let values: Vec<_> = head.headers.get_all("a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+    }
+
+    #[test]
+    fn head_folded_value_names_the_header() {
+        let err = parse(b"HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\n\r\n");
+        assert_eq!(
+            err,
+            Err(Error::ObsoleteLineFolding {
+                name: "X-Fold".into()
+            })
+        );
+    }
+
+    #[test]
+    fn head_size_limit_applies_to_incomplete_heads() {
+        let limits = Limits {
+            max_head_bytes: 16,
+            ..Limits::default()
+        };
+        let long = b"HTTP/1.1 200 OK\r\nX: 1234567890";
+        assert_eq!(parse_head(&long[..15], &limits), Ok(None));
+        assert_eq!(
+            parse_head(&long[..16], &limits),
+            Err(Error::HeadTooLarge { limit: 16 })
+        );
+        assert_eq!(
+            parse_head(long, &limits),
+            Err(Error::HeadTooLarge { limit: 16 })
+        );
+        let fits = b"HTTP/1.1 200 \r\n\r\n";
+        let limits = Limits {
+            max_head_bytes: fits.len(),
+            ..Limits::default()
+        };
+        assert!(matches!(parse_head(fits, &limits), Ok(Some(_))));
+    }
+}
