@@ -251,7 +251,8 @@ fn stall_and_close_delimited_and_garbage() {
         "/eof" => Reply::ok("until close").close_delimited(),
         _ => Reply::garbage(),
     });
-    let mut c = Client::plain(server.addr(), Duration::from_millis(50)).unwrap();
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    c.set_read_timeout(Duration::from_millis(50)).unwrap();
     let err = c.get("/stall").unwrap_err();
     assert!(
         matches!(
@@ -400,4 +401,224 @@ fn many_concurrent_tls_connections_are_served() {
     assert_eq!(served.load(Ordering::SeqCst), 100);
     drop(clients);
     assert!(server.wait_idle(T));
+}
+
+#[test]
+fn mtls_server_sees_the_client_chain() {
+    let (ca, leaf) = ca_and_leaf();
+    let client_cert = ca.issue_client("runner-1");
+    let server = TestServer::builder()
+        .tls(&leaf)
+        .require_client_cert(ca.cert_der())
+        .start();
+    let mut c = tls_client(&server, ca.client_config_with_cert(&client_cert)).unwrap();
+    assert_eq!(c.get("/").unwrap().status, 200);
+    let conns = server.connections();
+    let chain = conns[0].tls.as_ref().unwrap().client_chain.clone().unwrap();
+    assert_eq!(chain, client_cert.chain_der());
+    // Without a client certificate the handshake fails on the server's side.
+    let _ = tls_client(&server, ca.client_config()).and_then(|mut c| c.get("/"));
+    server.expect_until(T, "failed handshake", |s| s.handshakes_failed == 1);
+}
+
+#[test]
+fn keepalive_requests_closes_after_the_nth_exchange() {
+    let server = TestServer::builder().keepalive_requests(2).start();
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(c.get("/").unwrap().header("connection"), None);
+    assert_eq!(c.get("/").unwrap().header("connection"), Some("close"));
+    assert!(c.is_closed_by_peer(T));
+}
+
+#[test]
+fn close_idle_gracefully_sends_close_notify() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("ok"));
+    let mut c = tls_client(&server, ca.client_config()).unwrap();
+    assert_eq!(c.get("/").unwrap().status, 200);
+    server.close_idle_gracefully();
+    // A clean TLS EOF (close_notify) reads as Ok(0), not UnexpectedEof.
+    let mut c2 = c;
+    assert_eq!(c2.read_to_end().unwrap(), b"");
+    assert!(server.wait_idle(T));
+}
+
+#[test]
+fn then_send_makes_an_idle_connection_readable() {
+    let server = TestServer::plain(|_, _| {
+        Reply::ok("ok").then_send(Duration::from_millis(5), "unasked junk\r\n")
+    });
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(c.get("/").unwrap().text(), "ok");
+    // Without sending anything, the next "response" is the junk.
+    assert_eq!(
+        c.read_response(false).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+}
+
+#[test]
+fn conn_info_times_order_accept_before_ready() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("ok"));
+    tls_client(&server, ca.client_config())
+        .unwrap()
+        .get("/")
+        .unwrap();
+    let info = &server.connections()[0];
+    assert!(info.ready_at.unwrap() >= info.accepted_at);
+    assert!(server.requests()[0].received_at >= info.ready_at.unwrap());
+}
+
+#[test]
+fn five_hundred_plain_connections_are_accepted_and_served() {
+    let server = TestServer::plain(|_, _| Reply::ok("ok"));
+    let mut clients: Vec<Client> = (0..500)
+        .map(|_| Client::plain(server.addr(), T).unwrap())
+        .collect();
+    for c in &mut clients {
+        c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+    for c in &mut clients {
+        assert_eq!(c.read_response(false).unwrap().status, 200);
+    }
+    assert_eq!(server.stats().connections_open, 500);
+    drop(clients);
+    assert!(server.wait_idle(T));
+}
+
+// ----- fault proxy -----
+
+fn proxied(fault: Fault) -> (TestServer, FaultProxy) {
+    let server =
+        TestServer::plain(|req, _| Reply::ok(vec![b'x'; 1000]).header("x-path", req.path()));
+    let proxy = FaultProxy::builder(server.addr())
+        .seed(7)
+        .always(fault)
+        .start();
+    (server, proxy)
+}
+
+#[test]
+fn proxy_forwards_faithfully_without_a_fault() {
+    let (server, proxy) = proxied(Fault::None);
+    let mut c = Client::plain(proxy.addr(), T).unwrap();
+    assert_eq!(c.get("/a").unwrap().body.len(), 1000);
+    assert_eq!(c.get("/b").unwrap().header("x-path"), Some("/b"));
+    assert_eq!(server.stats().connections_accepted, 1);
+    let s = proxy.stats();
+    assert_eq!((s.connections, s.faulted, s.fired), (1, 0, 0));
+}
+
+#[test]
+fn proxy_resets_toward_the_client_at_an_offset() {
+    if !reset_supported() {
+        return;
+    }
+    let (_server, proxy) = proxied(Fault::Reset {
+        dir: Dir::ToClient,
+        at: 50,
+    });
+    let mut c = Client::plain(proxy.addr(), T).unwrap();
+    let err = c.get("/").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    let s = proxy.stats();
+    assert_eq!((s.fired, s.resets), (1, 1));
+}
+
+#[test]
+fn proxy_closes_toward_the_server_mid_request() {
+    let (server, proxy) = proxied(Fault::Close {
+        dir: Dir::ToServer,
+        at: 10,
+    });
+    let mut c = Client::plain(proxy.addr(), T).unwrap();
+    assert!(c.get("/").is_err());
+    assert_eq!(server.stats().requests, 0);
+    assert_eq!(proxy.stats().closes, 1);
+}
+
+#[test]
+fn proxy_splits_delays_and_survives() {
+    for fault in [
+        Fault::OneByteSegments { dir: Dir::ToClient },
+        Fault::OneByteSegments { dir: Dir::ToServer },
+        Fault::Delay {
+            dir: Dir::ToClient,
+            each: Duration::from_millis(2),
+        },
+        Fault::Stall {
+            dir: Dir::ToClient,
+            at: 30,
+            for_: Some(Duration::from_millis(20)),
+        },
+    ] {
+        let (_server, proxy) = proxied(fault.clone());
+        let mut c = Client::plain(proxy.addr(), T).unwrap();
+        assert_eq!(c.get("/").unwrap().body.len(), 1000, "{fault:?}");
+        assert_eq!(proxy.stats().fired, 1, "{fault:?}");
+    }
+}
+
+#[test]
+fn proxy_garbage_corrupts_the_response() {
+    let (_server, proxy) = proxied(Fault::Garbage {
+        dir: Dir::ToClient,
+        at: 0,
+        bytes: b"\x00\x01junk\n".to_vec(),
+    });
+    let mut c = Client::plain(proxy.addr(), T).unwrap();
+    assert_eq!(c.get("/").unwrap_err().kind(), io::ErrorKind::InvalidData);
+    assert_eq!(proxy.stats().garbage, 1);
+}
+
+#[test]
+fn proxy_refuses_and_stalls_forever_until_dropped() {
+    let (_server, proxy) = proxied(Fault::RefuseConnect);
+    let mut c = Client::plain(proxy.addr(), T).unwrap();
+    assert!(c.get("/").is_err());
+    assert_eq!(proxy.stats().refused, 1);
+
+    let (_server, proxy) = proxied(Fault::Stall {
+        dir: Dir::ToClient,
+        at: 0,
+        for_: None,
+    });
+    let mut c = Client::plain(proxy.addr(), T).unwrap();
+    c.set_read_timeout(Duration::from_millis(50)).unwrap();
+    let err = c.get("/").unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    let start = Instant::now();
+    drop(proxy);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn proxy_plan_is_reproducible_from_its_seed() {
+    let server = TestServer::plain(|_, _| Reply::ok("ok"));
+    let run = |seed| {
+        let proxy = FaultProxy::builder(server.addr())
+            .seed(seed)
+            .random_faults(0.5, 100)
+            .start();
+        for _ in 0..20 {
+            if let Ok(mut c) = Client::plain(proxy.addr(), Duration::from_millis(200)) {
+                let _ = c.get("/");
+            }
+        }
+        proxy
+            .connections()
+            .into_iter()
+            .map(|c| c.fault)
+            .collect::<Vec<_>>()
+    };
+    let a = run(42);
+    assert_eq!(a, run(42));
+    assert!(a.iter().any(|f| *f != Fault::None) && a.iter().any(|f| *f == Fault::None));
 }

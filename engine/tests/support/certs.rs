@@ -98,6 +98,20 @@ impl TestCa {
         Arc::new(config)
     }
 
+    /// A client config trusting only this CA that presents `client` (mTLS).
+    pub fn client_config_with_cert(&self, client: &Issued) -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(self.root_store())
+            .with_client_auth_cert(client.chain_der(), client.key_der())
+            .expect("client certificate and key match"),
+        )
+    }
+
     /// A mutable client config trusting only this CA, for tests that tweak it.
     pub fn client_config_builder(&self) -> rustls::ClientConfig {
         rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -133,6 +133,14 @@ impl Client {
         }
     }
 
+    /// Sets the read timeout of later reads.
+    pub fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
+        match &self.stream {
+            Stream::Plain(s) => s.set_read_timeout(Some(d)),
+            Stream::Tls(s) => s.sock.set_read_timeout(Some(d)),
+        }
+    }
+
     /// Writes raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
@@ -176,12 +184,7 @@ impl Client {
 
     /// Whether the server has closed: a read returns EOF (or an error) within `timeout`.
     pub fn is_closed_by_peer(&mut self, timeout: Duration) -> bool {
-        if let Stream::Plain(s) = &self.stream {
-            let _ = s.set_read_timeout(Some(timeout));
-        }
-        if let Stream::Tls(s) = &self.stream {
-            let _ = s.sock.set_read_timeout(Some(timeout));
-        }
+        let _ = self.set_read_timeout(timeout);
         let mut b = [0u8; 1];
         match self.stream.read(&mut b) {
             Ok(0) => true,

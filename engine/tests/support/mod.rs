@@ -1,16 +1,19 @@
 //! Test support for rotary's integration tests, independent of the engine's code:
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
-//! (`server`), and a tiny blocking client for cross-checks (`client`).
+//! (`server`), a seeded fault-injecting TCP proxy (`proxy`), and a tiny
+//! blocking client for cross-checks (`client`).
 //!
 //! Use from a test file as `mod support;` then `use support::*;`.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
 pub mod client;
+pub mod proxy;
 pub mod server;
 
 pub use certs::{Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
+pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
 pub use server::{
     reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,
     ServerBuilder, ServerStats, TestServer, TlsInfo,

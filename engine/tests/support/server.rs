@@ -110,6 +110,10 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// TLS facts, once the handshake is done (`None` for plain HTTP or before).
     pub tls: Option<TlsInfo>,
+    /// When the server accepted the TCP connection.
+    pub accepted_at: Instant,
+    /// When the connection was ready for HTTP (after the TLS handshake if any).
+    pub ready_at: Option<Instant>,
 }
 
 /// TLS facts of one server-side connection.
@@ -198,6 +202,7 @@ pub struct Reply {
     part_delay: Duration,
     cut: Option<(usize, Cut)>,
     close_after: Option<bool>,
+    extra: Vec<(Duration, Vec<u8>)>,
 }
 
 impl Reply {
@@ -216,6 +221,7 @@ impl Reply {
             part_delay: Duration::ZERO,
             cut: None,
             close_after: None,
+            extra: Vec::new(),
         }
     }
 
@@ -340,6 +346,13 @@ impl Reply {
         self
     }
 
+    /// After the response, waits `delay` and writes `bytes` unasked (an idle
+    /// connection that turns readable; a server that sends more than it framed).
+    pub fn then_send(mut self, delay: Duration, bytes: impl Into<Vec<u8>>) -> Self {
+        self.extra.push((delay, bytes.into()));
+        self
+    }
+
     /// Closes the connection after the response.
     pub fn close_after(mut self) -> Self {
         self.close_after = Some(true);
@@ -436,6 +449,7 @@ impl Reply {
             end.extend_from_slice(b"\r\n");
             out.push((Duration::ZERO, end));
         }
+        out.extend(self.extra.iter().cloned());
         out
     }
 
@@ -536,7 +550,7 @@ pub fn reset_supported() -> bool {
         target_arch = "riscv64"
     )
 ))]
-fn set_linger_zero(s: &TcpStream) {
+pub(super) fn set_linger_zero(s: &TcpStream) {
     use std::os::fd::AsRawFd;
     #[repr(C)]
     struct Linger {
@@ -574,7 +588,24 @@ fn set_linger_zero(s: &TcpStream) {
         target_arch = "riscv64"
     )
 )))]
-fn set_linger_zero(_s: &TcpStream) {}
+pub(super) fn set_linger_zero(_s: &TcpStream) {}
+
+/// Raises the listen backlog from std's 128 (tests open hundreds of connections
+/// at once; an overflowing backlog drops SYNs and costs a 1 s retransmit).
+#[cfg(unix)]
+pub(super) fn raise_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    extern "C" {
+        fn listen(fd: i32, backlog: i32) -> i32;
+    }
+    // SAFETY: a valid listening fd; listen() again only updates the backlog.
+    unsafe {
+        listen(listener.as_raw_fd(), 4096);
+    }
+}
+
+#[cfg(not(unix))]
+pub(super) fn raise_backlog(_listener: &TcpListener) {}
 
 // ---------------------------------------------------------------------------
 // Certificate rotation
@@ -642,6 +673,7 @@ pub struct ServerBuilder {
     resumption: Resumption,
     client_ca: Option<CertificateDer<'static>>,
     tls13_tickets: usize,
+    keepalive_requests: Option<u64>,
 }
 
 impl ServerBuilder {
@@ -678,6 +710,13 @@ impl ServerBuilder {
     /// Closes server-side connections idle (between requests) for this long.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = Some(d);
+        self
+    }
+
+    /// Serves at most `n` requests per connection; the n-th reply carries
+    /// `Connection: close` and the server closes (nginx's `keepalive_requests`).
+    pub fn keepalive_requests(mut self, n: u64) -> Self {
+        self.keepalive_requests = Some(n.max(1));
         self
     }
 
@@ -768,6 +807,7 @@ impl ServerBuilder {
             }
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        raise_backlog(&listener);
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared {
             addr,
@@ -776,6 +816,7 @@ impl ServerBuilder {
             handler: RwLock::new(self.handler),
             accept: RwLock::new(self.accept),
             idle_ms: AtomicU64::new(self.idle_timeout.map_or(0, |d| d.as_millis().max(1) as u64)),
+            keepalive_requests: AtomicU64::new(self.keepalive_requests.unwrap_or(0)),
             stopping: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -816,6 +857,7 @@ struct Shared {
     handler: RwLock<Handler>,
     accept: RwLock<Option<AcceptHook>>,
     idle_ms: AtomicU64,
+    keepalive_requests: AtomicU64,
     stopping: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
@@ -904,6 +946,7 @@ impl TestServer {
             resumption: Resumption::Tickets,
             client_ca: None,
             tls13_tickets: 2,
+            keepalive_requests: None,
         }
     }
 
@@ -1068,7 +1111,26 @@ impl TestServer {
         self.wait_until(timeout, |s| s.connections_open == 0)
     }
 
-    /// Shuts down every live connection (FIN both ways), keeping the listener.
+    /// Sets (or clears) the per-connection request limit, see
+    /// [`ServerBuilder::keepalive_requests`].
+    pub fn set_keepalive_requests(&self, n: Option<u64>) {
+        let n = n.map_or(0, |n| n.max(1));
+        self.shared.keepalive_requests.store(n, Ordering::SeqCst);
+    }
+
+    /// Closes every connection that is waiting for a request the way a server
+    /// does at its idle timeout: TLS close_notify, then FIN. (Connections in the
+    /// middle of reading a request see an abrupt close.)
+    pub fn close_idle_gracefully(&self) {
+        // A blocked read returns EOF after SHUT_RD; the connection thread then
+        // closes gracefully, since its write side is still open.
+        for s in lock(&self.shared.conns).values() {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Shuts down every live connection (FIN both ways, no close_notify),
+    /// keeping the listener.
     pub fn close_all_connections(&self) {
         for s in lock(&self.shared.conns).values() {
             let _ = s.shutdown(Shutdown::Both);
@@ -1143,6 +1205,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
+        let accepted_at = Instant::now();
         if shared.stopping() {
             return;
         }
@@ -1172,7 +1235,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     id,
                     closed: AtomicBool::new(false),
                 };
-                serve_conn(&s, stream, &guard, peer);
+                serve_conn(&s, stream, &guard, peer, accepted_at);
             });
         match spawned {
             Ok(h) => {
@@ -1312,12 +1375,20 @@ enum End {
     Abort(Cut),
 }
 
-fn serve_conn(shared: &Arc<Shared>, tcp: TcpStream, guard: &ConnGuard, peer: SocketAddr) {
+fn serve_conn(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    guard: &ConnGuard,
+    peer: SocketAddr,
+    accepted_at: Instant,
+) {
     let id = guard.id;
     let mut info = ConnInfo {
         id,
         peer,
         tls: None,
+        accepted_at,
+        ready_at: None,
     };
     let hook = shared
         .accept
@@ -1355,6 +1426,7 @@ fn serve_conn(shared: &Arc<Shared>, tcp: TcpStream, guard: &ConnGuard, peer: Soc
             }
         },
     };
+    info.ready_at = Some(Instant::now());
     shared.update(|st| st.conn_infos.push(info.clone()));
 
     let mut reader = RequestReader::default();
@@ -1396,7 +1468,12 @@ fn serve_conn(shared: &Arc<Shared>, tcp: TcpStream, guard: &ConnGuard, peer: Soc
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let reply = handler(&req, &info);
+        let mut reply = handler(&req, &info);
+        let limit = shared.keepalive_requests.load(Ordering::SeqCst);
+        if limit != 0 && index_on_conn as u64 >= limit && matches!(reply.kind, ReplyKind::Respond) {
+            // Like nginx's keepalive_requests: the last exchange says so and closes.
+            reply = reply.header("Connection", "close").close_after();
+        }
         match write_reply(shared, &mut io, &reply) {
             Written::Complete => {
                 shared.update(|st| st.stats.replies_completed += 1);
