@@ -327,6 +327,11 @@ impl Issued {
         self.ca_pem.clone()
     }
 
+    /// SHA-256 of the leaf's DER.
+    pub fn sha256(&self) -> [u8; 32] {
+        sha256(&self.cert_der)
+    }
+
     /// The SAN names the leaf was issued for.
     pub fn names(&self) -> &[String] {
         &self.names
@@ -346,6 +351,22 @@ impl Issued {
     pub fn write_key_pem_file(&self) -> TempFile {
         TempFile::new("key.pem", self.key_pem.as_bytes())
     }
+}
+
+/// SHA-256 of `data` (through rustls's ring provider, so no extra dependency).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .expect("a TLS 1.3 suite");
+    let out = suite.common.hash_provider.hash(data);
+    out.as_ref()
+        .try_into()
+        .expect("TLS13_AES_128_GCM_SHA256 hashes with SHA-256")
+}
+
+/// Lowercase hex without separators.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file under `std::env::temp_dir()` with a unique name, deleted on drop.

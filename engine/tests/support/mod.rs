@@ -11,7 +11,7 @@ pub mod client;
 pub mod proxy;
 pub mod server;
 
-pub use certs::{Issued, LeafBuilder, TempFile, TestCa};
+pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
 pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
 pub use server::{
