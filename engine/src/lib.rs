@@ -1,1 +1,57 @@
-//! rotary: a readiness-driven HTTP/1.1-over-TLS client engine.
+//! rotary: a readiness-driven HTTP/1.1-over-TLS client engine whose
+//! connections have scheduled lifetimes.
+//!
+//! CI runners long-poll their coordinator over one keep-alive TLS connection.
+//! With ordinary clients it lives forever, so a certificate rotation at the
+//! coordinator's edge never reaches the runner, which keeps handing jobs the
+//! stale chain. rotary puts every time-related decision on a timer wheel —
+//! max age with jitter, graceful drain, make-before-break replacement, idle
+//! and request deadlines — and reconnects with a full handshake, so a new
+//! chain is seen (and reported with [`Event::ChainChanged`]) within one max age.
+//!
+//! # Shape
+//!
+//! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
+//!   key is the mio token), requests in a slab, a hierarchical [`wheel::Wheel`].
+//! * [`Engine::submit`] takes an `http::Request<Bytes>`; results come out as
+//!   [`Event`]s from [`Engine::next_event`] after [`Engine::poll`]. Each request
+//!   ends with exactly one terminal event.
+//! * Embedding in a host's mio loop: [`Engine::embedded`],
+//!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
+//! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
+//!   request to completion.
+//!
+//! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
+//! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
+//! machines short, and it is the provider most rustls users have audited.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! let mut engine = rotary::Engine::new(rotary::Config::default())?;
+//! let req = http::Request::get("https://example.com/").body(Bytes::new())?;
+//! let resp = engine.execute(req, rotary::RequestOptions::default())?;
+//! println!("{}", resp.status());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod chain;
+mod config;
+mod conn;
+mod dns;
+mod engine;
+mod error;
+mod event;
+mod origin;
+mod stats;
+pub mod wheel;
+
+pub use chain::PeerChain;
+pub use config::{Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust};
+pub use dns::{Resolver, SystemResolver};
+pub use engine::{Engine, Handle, Trailers};
+pub use error::{Deadline, Error, Phase};
+pub use event::{CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy};
+pub use origin::Origin;
+pub use stats::Stats;

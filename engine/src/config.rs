@@ -1,0 +1,258 @@
+//! Engine configuration: timeouts, connection-lifetime policy, trust and limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dns::Resolver;
+
+/// Connect-phase deadlines, each a timer on the wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Name resolution of one new connection. Default 10 s.
+    pub dns: Duration,
+    /// TCP connect, per address (the next address gets a fresh deadline). Default 10 s.
+    pub connect: Duration,
+    /// TLS handshake. Default 10 s.
+    pub handshake: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            dns: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether a new connection may resume an earlier TLS session.
+///
+/// A resumed TLS 1.3 session skips the server's Certificate message, and rustls
+/// then reports the chain of the *original* session: exactly the stale chain
+/// rotary exists to drop. Hence the default is [`Resumption::Never`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resumption {
+    /// Every connection does a full handshake (default).
+    #[default]
+    Never,
+    /// Resume only while the session's original full handshake is younger than
+    /// the origin's `max_age` (needs `max_age`; without it, behaves as `Never`).
+    WithinMaxAge,
+}
+
+/// What to do with older connections when a full handshake shows a new chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnChainChange {
+    /// Drain every older connection to the origin, so all converge on the new
+    /// chain (default).
+    #[default]
+    RetireOld,
+    /// Report [`Event::ChainChanged`](crate::Event::ChainChanged) only.
+    Keep,
+}
+
+/// Connection-lifetime policy, set for the engine and overridable per origin
+/// with [`Engine::set_origin_policy`](crate::Engine::set_origin_policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// Maximum open connections per origin, counting those connecting and
+    /// draining. Default 8. Requests beyond it wait in a FIFO queue.
+    pub max_connections: usize,
+    /// Close a connection unused for this long. Default 90 s; `None` disables.
+    /// A server's `Keep-Alive: timeout=N` lowers it to `N - keep_alive_margin`.
+    pub idle_timeout: Option<Duration>,
+    /// A connection takes no new request once this old, counted from TCP
+    /// connect. Default 15 min (GitLab Runner's `connection_max_age`); `None`
+    /// lets connections live forever, as ordinary clients do.
+    pub max_age: Option<Duration>,
+    /// Each connection's max age is shortened by its own random amount in
+    /// `[0, jitter]`, so a fleet does not reconnect in lockstep. `None` (the
+    /// default) means 10 % of `max_age`; `Some(Duration::ZERO)` disables jitter.
+    pub max_age_jitter: Option<Duration>,
+    /// At expiry, a busy connection may finish its exchange within this grace;
+    /// past it the exchange fails with [`Deadline::DrainGrace`](crate::Deadline::DrainGrace)
+    /// (and is retried on a fresh connection when retry-safe). Default `None`:
+    /// wait for the exchange however long it takes.
+    pub drain_grace: Option<Duration>,
+    /// Open the replacement shortly before expiry (make-before-break) for
+    /// origins used within the last `max_age`, within `max_connections`.
+    /// Default on.
+    pub prewarm: bool,
+    /// Retire a connection after this many exchanges. Default `None`.
+    pub max_requests: Option<u32>,
+    /// TLS session resumption; default [`Resumption::Never`].
+    pub resumption: Resumption,
+    /// Reaction to a changed peer chain; default [`OnChainChange::RetireOld`].
+    pub on_chain_change: OnChainChange,
+    /// Safety margin subtracted from a server's `Keep-Alive: timeout=N`, so our
+    /// idle close wins the race against the server's. Default 1 s.
+    pub keep_alive_margin: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_connections: 8,
+            idle_timeout: Some(Duration::from_secs(90)),
+            max_age: Some(Duration::from_secs(15 * 60)),
+            max_age_jitter: None,
+            drain_grace: None,
+            prewarm: true,
+            max_requests: None,
+            resumption: Resumption::Never,
+            on_chain_change: OnChainChange::RetireOld,
+            keep_alive_margin: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Policy {
+    /// The jitter window actually applied: `max_age_jitter`, or 10 % of `max_age`.
+    pub fn effective_jitter(&self) -> Duration {
+        match (self.max_age_jitter, self.max_age) {
+            (Some(j), Some(age)) => j.min(age),
+            (None, Some(age)) => age / 10,
+            (_, None) => Duration::ZERO,
+        }
+    }
+}
+
+/// Where trust anchors come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Trust {
+    /// Trust the Mozilla roots shipped in `webpki-roots`. Default true.
+    pub webpki_roots: bool,
+    /// PEM bundles of extra (or, with `webpki_roots = false`, only) trust
+    /// anchors. Read when the engine is built. Default none.
+    pub pem_files: Vec<PathBuf>,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            webpki_roots: true,
+            pem_files: Vec::new(),
+        }
+    }
+}
+
+impl Trust {
+    /// Trust only the CA certificates in this PEM file.
+    pub fn pem_file(path: impl Into<PathBuf>) -> Trust {
+        Trust {
+            webpki_roots: false,
+            pem_files: vec![path.into()],
+        }
+    }
+}
+
+/// Engine configuration. Start from `Config::default()` and change fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Connect-phase deadlines.
+    pub timeouts: Timeouts,
+    /// Default connection-lifetime policy for every origin.
+    pub policy: Policy,
+    /// Trust anchors for `https://` origins.
+    pub trust: Trust,
+    /// Codec limits (head bytes, header count, chunk line, trailers).
+    pub limits: rotary_proto::Limits,
+    /// Threads of the built-in resolver pool. Default 2.
+    pub dns_threads: usize,
+    /// A resolver of the embedder's own, used instead of `ToSocketAddrs`.
+    pub resolver: Option<Arc<dyn Resolver>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timeouts: Timeouts::default(),
+            policy: Policy::default(),
+            trust: Trust::default(),
+            limits: rotary_proto::Limits::default(),
+            dns_threads: 2,
+            resolver: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("timeouts", &self.timeouts)
+            .field("policy", &self.policy)
+            .field("trust", &self.trust)
+            .field("limits", &self.limits)
+            .field("dns_threads", &self.dns_threads)
+            .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestOptions {
+    /// Total deadline from submission. Default `None`, so a long poll may wait
+    /// minutes.
+    pub deadline: Option<Duration>,
+    /// Maximum wait for the first response byte once the request is on a
+    /// connection. Default `None`.
+    pub first_byte_timeout: Option<Duration>,
+    /// May be sent again after a failure before any response byte arrived,
+    /// even if the method is not idempotent. Default false.
+    pub retry_safe: bool,
+    /// Largest body buffered for [`Event::Response`](crate::Event::Response).
+    /// Default 16 MiB; bigger bodies fail with
+    /// [`Error::BodyTooLarge`](crate::Error::BodyTooLarge). Not applied when streaming.
+    pub max_body: usize,
+    /// Deliver the body as [`Event::Body`](crate::Event::Body) chunks instead of
+    /// buffering it. Default false.
+    pub streaming: bool,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions {
+            deadline: None,
+            first_byte_timeout: None,
+            retry_safe: false,
+            max_body: 16 * 1024 * 1024,
+            streaming: false,
+        }
+    }
+}
+
+impl RequestOptions {
+    /// Set the total deadline.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+    /// Set the first-byte deadline.
+    pub fn first_byte_timeout(mut self, d: Duration) -> Self {
+        self.first_byte_timeout = Some(d);
+        self
+    }
+    /// Mark the request safe to retry.
+    pub fn retry_safe(mut self, yes: bool) -> Self {
+        self.retry_safe = yes;
+        self
+    }
+    /// Set the buffered-body limit.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+    /// Stream the body as events.
+    pub fn streaming(mut self, yes: bool) -> Self {
+        self.streaming = yes;
+        self
+    }
+}

@@ -1,0 +1,283 @@
+//! One connection: its socket, TLS session, codec, buffers and timer slots.
+//!
+//! This module moves bytes; the decisions (what a read means, when to close)
+//! are the engine's.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use rotary_proto::Codec;
+use rustls::ClientConnection;
+
+use crate::wheel::TimerKey;
+use crate::{ConnId, PeerChain};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Waiting for the resolver.
+    Resolving,
+    /// Non-blocking TCP connect in progress.
+    Connecting,
+    /// TLS handshake in progress.
+    Handshaking,
+    /// Usable: idle or carrying an exchange.
+    Ready,
+}
+
+/// The timers a connection may hold, at most one of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnTimer {
+    /// DNS, connect or handshake deadline (one at a time).
+    Setup = 0,
+    /// Idle timeout.
+    Idle = 1,
+    /// Max age (with jitter).
+    MaxAge = 2,
+    /// Drain grace after expiry.
+    Drain = 3,
+    /// Open the replacement shortly before expiry.
+    Prewarm = 4,
+}
+
+pub(crate) const CONN_TIMERS: usize = 5;
+
+/// Result of one read pass.
+#[derive(Debug, Default)]
+pub(crate) struct ReadPass {
+    /// Plaintext bytes appended to `rbuf`.
+    pub(crate) bytes: usize,
+    /// The peer closed (TCP FIN or TLS close_notify).
+    pub(crate) eof: bool,
+    /// The read budget ran out before `WouldBlock`: read again later.
+    pub(crate) more: bool,
+}
+
+/// Failure of a read or write pass.
+#[derive(Debug)]
+pub(crate) enum IoFailure {
+    Io(io::Error),
+    Tls(rustls::Error),
+}
+
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) pool: usize,
+    pub(crate) stage: Stage,
+    pub(crate) sock: Option<TcpStream>,
+    pub(crate) tls: Option<Box<ClientConnection>>,
+    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) next_addr: usize,
+    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) codec: Codec,
+    /// Plaintext received and not yet consumed by the codec.
+    pub(crate) rbuf: BytesMut,
+    /// Plaintext to send (before TLS).
+    pub(crate) wbuf: BytesMut,
+    /// The request in flight, by request slab key.
+    pub(crate) req: Option<usize>,
+    /// Exchanges started on this connection.
+    pub(crate) served: u32,
+    /// Exchanges the server still allows (`Keep-Alive: max`, `max_requests`).
+    pub(crate) remaining: Option<u32>,
+    /// Set when no new request may be assigned; closed when the exchange ends.
+    pub(crate) retiring: Option<crate::CloseReason>,
+    pub(crate) connected_at: Option<Instant>,
+    pub(crate) idle_limit: Option<std::time::Duration>,
+    pub(crate) timers: [Option<TimerKey>; CONN_TIMERS],
+    pub(crate) interest: Option<Interest>,
+    pub(crate) chain: Option<Arc<PeerChain>>,
+    /// Opened to replace a retired connection: never resumes a session.
+    pub(crate) replacement: bool,
+    /// The failure of the previous address, reported if every address fails.
+    pub(crate) last_error: Option<crate::Error>,
+    /// The peer closed its side; the connection is not reused.
+    pub(crate) peer_eof: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, pool: usize, codec: Codec) -> Conn {
+        Conn {
+            id,
+            pool,
+            stage: Stage::Resolving,
+            sock: None,
+            tls: None,
+            addrs: Vec::new(),
+            next_addr: 0,
+            peer_addr: None,
+            codec,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            req: None,
+            served: 0,
+            remaining: None,
+            retiring: None,
+            connected_at: None,
+            idle_limit: None,
+            timers: [None; CONN_TIMERS],
+            interest: None,
+            chain: None,
+            replacement: false,
+            last_error: None,
+            peer_eof: false,
+        }
+    }
+
+    /// Ready, not retiring and not carrying an exchange.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.stage == Stage::Ready && self.req.is_none()
+    }
+
+    /// Read until `WouldBlock`, EOF, or `budget` bytes; plaintext goes to `rbuf`.
+    pub(crate) fn read_pass(
+        &mut self,
+        scratch: &mut [u8],
+        budget: usize,
+    ) -> Result<ReadPass, IoFailure> {
+        let mut pass = ReadPass::default();
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(pass);
+        };
+        loop {
+            if pass.bytes >= budget {
+                pass.more = true;
+                return Ok(pass);
+            }
+            match self.tls.as_deref_mut() {
+                None => match sock.read(scratch) {
+                    Ok(0) => {
+                        pass.eof = true;
+                        return Ok(pass);
+                    }
+                    Ok(n) => {
+                        self.rbuf.extend_from_slice(&scratch[..n]);
+                        pass.bytes += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(pass),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(IoFailure::Io(e)),
+                },
+                Some(tls) => {
+                    let mut would_block = false;
+                    match tls.read_tls(sock) {
+                        Ok(0) => pass.eof = true,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(IoFailure::Io(e)),
+                    }
+                    let state = tls.process_new_packets().map_err(IoFailure::Tls)?;
+                    let mut want = state.plaintext_bytes_to_read();
+                    let closed = state.peer_has_closed();
+                    while want > 0 {
+                        let n = want.min(scratch.len());
+                        match tls.reader().read(&mut scratch[..n]) {
+                            Ok(0) => break,
+                            Ok(got) => {
+                                self.rbuf.extend_from_slice(&scratch[..got]);
+                                pass.bytes += got;
+                                want -= got;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if closed {
+                        pass.eof = true;
+                    }
+                    if pass.eof || would_block {
+                        return Ok(pass);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write `wbuf` (through TLS) until done or `WouldBlock`.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(());
+        };
+        match self.tls.as_deref_mut() {
+            None => {
+                while !self.wbuf.is_empty() {
+                    match sock.write(&self.wbuf) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => self.wbuf.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Some(tls) => loop {
+                if !self.wbuf.is_empty() && !tls.is_handshaking() {
+                    let n = tls.writer().write(&self.wbuf)?;
+                    self.wbuf.advance(n);
+                }
+                if !tls.wants_write() {
+                    return Ok(());
+                }
+                match tls.write_tls(sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    /// Bytes are waiting to go out.
+    pub(crate) fn wants_write(&self) -> bool {
+        self.stage == Stage::Connecting
+            || !self.wbuf.is_empty()
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Register or re-register the socket for the interest its state needs.
+    pub(crate) fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let want = if self.wants_write() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(());
+        };
+        match self.interest {
+            Some(have) if have == want => Ok(()),
+            Some(_) => {
+                self.interest = Some(want);
+                registry.reregister(sock, token, want)
+            }
+            None => {
+                self.interest = Some(want);
+                registry.register(sock, token, want)
+            }
+        }
+    }
+
+    /// Send close_notify (best effort), deregister and drop the socket.
+    pub(crate) fn shutdown(&mut self, registry: &Registry) {
+        if let Some(mut sock) = self.sock.take() {
+            if let Some(tls) = self.tls.as_deref_mut() {
+                if !tls.is_handshaking() {
+                    tls.send_close_notify();
+                    let _ = tls.write_tls(&mut sock);
+                }
+            }
+            if self.interest.is_some() {
+                let _ = registry.deregister(&mut sock);
+            }
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+        }
+        self.interest = None;
+    }
+}

@@ -1,0 +1,248 @@
+//! The error a failed request ends with, naming the phase that failed.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A deadline that can end a request or a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// Name resolution took longer than [`Timeouts::dns`](crate::Timeouts::dns).
+    Dns,
+    /// A TCP connect to one address took longer than [`Timeouts::connect`](crate::Timeouts::connect).
+    Connect,
+    /// The TLS handshake took longer than [`Timeouts::handshake`](crate::Timeouts::handshake).
+    Handshake,
+    /// No response byte arrived within [`RequestOptions::first_byte_timeout`](crate::RequestOptions::first_byte_timeout).
+    FirstByte,
+    /// The request did not end within [`RequestOptions::deadline`](crate::RequestOptions::deadline).
+    Total,
+    /// The connection's max age passed and the in-flight exchange did not
+    /// finish within [`Policy::drain_grace`](crate::Policy::drain_grace).
+    DrainGrace,
+}
+
+impl fmt::Display for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Deadline::Dns => "dns",
+            Deadline::Connect => "connect",
+            Deadline::Handshake => "tls handshake",
+            Deadline::FirstByte => "first response byte",
+            Deadline::Total => "total request",
+            Deadline::DrainGrace => "drain grace",
+        })
+    }
+}
+
+/// The phase of a request in which it failed; see [`Error::phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// The request was refused before any I/O (bad URI, bad header, ...).
+    Request,
+    /// Resolving the origin's host name.
+    Resolve,
+    /// Establishing the TCP connection.
+    Connect,
+    /// The TLS handshake.
+    Tls,
+    /// Writing the request.
+    Write,
+    /// Reading the response head.
+    ResponseHead,
+    /// Reading the response body.
+    ResponseBody,
+    /// A deadline fired.
+    Timeout,
+    /// The caller cancelled the request.
+    Cancelled,
+    /// The engine shut down.
+    Shutdown,
+}
+
+impl Phase {
+    /// Every phase, in order; for counters.
+    pub const ALL: [Phase; 10] = [
+        Phase::Request,
+        Phase::Resolve,
+        Phase::Connect,
+        Phase::Tls,
+        Phase::Write,
+        Phase::ResponseHead,
+        Phase::ResponseBody,
+        Phase::Timeout,
+        Phase::Cancelled,
+        Phase::Shutdown,
+    ];
+
+    /// A short lowercase name (`"tls"`, `"response_head"`, ...), used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Resolve => "resolve",
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::Write => "write",
+            Phase::ResponseHead => "response_head",
+            Phase::ResponseBody => "response_body",
+            Phase::Timeout => "timeout",
+            Phase::Cancelled => "cancelled",
+            Phase::Shutdown => "shutdown",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a request failed.
+///
+/// Every variant names its phase ([`Error::phase`]); `Display` is a lowercase
+/// sentence a user can act on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request cannot be sent: unsupported scheme, URI without a host,
+    /// or a header that would break framing.
+    InvalidRequest(String),
+    /// The host name did not resolve (or resolved to no address).
+    Resolve {
+        /// The host that was looked up.
+        host: String,
+        /// What the resolver said.
+        cause: Arc<io::Error>,
+    },
+    /// Every address refused or failed the TCP connect; this is the last failure.
+    Connect {
+        /// The address of the last attempt.
+        addr: SocketAddr,
+        /// What the socket said.
+        cause: Arc<io::Error>,
+    },
+    /// The TLS handshake failed; `reason` is rustls's verdict (for example an
+    /// unknown issuer, an expired certificate or a name mismatch).
+    Tls {
+        /// rustls's reason.
+        reason: rustls::Error,
+    },
+    /// Reading or writing the socket failed.
+    Io {
+        /// The phase the exchange was in.
+        phase: Phase,
+        /// What the socket said.
+        cause: Arc<io::Error>,
+    },
+    /// The peer closed the connection before the response was complete.
+    PeerClosed {
+        /// The phase the exchange was in.
+        phase: Phase,
+        /// The connection had carried an earlier exchange (a stale keep-alive
+        /// connection the server closed); such a request is retried once on a
+        /// fresh connection when it is idempotent or retry-safe.
+        reused: bool,
+    },
+    /// The peer's response broke HTTP/1.1 framing or a codec limit.
+    Protocol {
+        /// The phase the exchange was in.
+        phase: Phase,
+        /// The codec's error.
+        cause: rotary_proto::Error,
+    },
+    /// The response body exceeded [`RequestOptions::max_body`](crate::RequestOptions::max_body).
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A deadline fired.
+    Timeout(Deadline),
+    /// The request was cancelled by the caller.
+    Cancelled,
+    /// The engine shut down before the request ended.
+    Shutdown,
+}
+
+impl Error {
+    /// The phase in which the request failed.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Error::InvalidRequest(_) => Phase::Request,
+            Error::Resolve { .. } => Phase::Resolve,
+            Error::Connect { .. } => Phase::Connect,
+            Error::Tls { .. } => Phase::Tls,
+            Error::Io { phase, .. }
+            | Error::PeerClosed { phase, .. }
+            | Error::Protocol { phase, .. } => *phase,
+            Error::BodyTooLarge { .. } => Phase::ResponseBody,
+            Error::Timeout(_) => Phase::Timeout,
+            Error::Cancelled => Phase::Cancelled,
+            Error::Shutdown => Phase::Shutdown,
+        }
+    }
+
+    /// The deadline that fired, for [`Error::Timeout`].
+    pub fn deadline(&self) -> Option<Deadline> {
+        match self {
+            Error::Timeout(d) => Some(*d),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(phase: Phase, e: io::Error) -> Error {
+        Error::Io {
+            phase,
+            cause: Arc::new(e),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
+            Error::Resolve { host, cause } => write!(f, "could not resolve {host}: {cause}"),
+            Error::Connect { addr, cause } => write!(f, "could not connect to {addr}: {cause}"),
+            Error::Tls { reason } => write!(f, "tls handshake failed: {reason}"),
+            Error::Io { phase, cause } => write!(f, "i/o error during {}: {cause}", phase.name()),
+            Error::PeerClosed {
+                phase,
+                reused: true,
+            } => write!(
+                f,
+                "reused connection closed by peer during {} (request not retried)",
+                phase.name()
+            ),
+            Error::PeerClosed {
+                phase,
+                reused: false,
+            } => {
+                write!(f, "connection closed by peer during {}", phase.name())
+            }
+            Error::Protocol { phase, cause } => {
+                write!(f, "bad response during {}: {cause}", phase.name())
+            }
+            Error::BodyTooLarge { limit } => {
+                write!(f, "response body larger than the {limit}-byte limit")
+            }
+            Error::Timeout(d) => write!(f, "{d} deadline passed"),
+            Error::Cancelled => f.write_str("request cancelled"),
+            Error::Shutdown => f.write_str("engine shut down"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Resolve { cause, .. }
+            | Error::Connect { cause, .. }
+            | Error::Io { cause, .. } => Some(&**cause),
+            Error::Tls { reason } => Some(reason),
+            Error::Protocol { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! What the engine reports: request outcomes and connection lifecycle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::{Error, Origin, PeerChain};
+
+/// Identifies a submitted request. Unique for the engine's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The numeric id (allocation order).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// Identifies a connection. Unique for the engine's lifetime (never reused,
+/// unlike the slab slot behind it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The numeric id (opening order).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// How a TLS connection was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handshake {
+    /// A full handshake: the server sent (and we verified) its chain.
+    Full,
+    /// A resumed session: no Certificate message; the chain reported is the
+    /// one of the session's original full handshake.
+    Resumed,
+}
+
+/// Why a connection was closed (or retired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// It reached its max age.
+    MaxAge,
+    /// It was idle longer than the idle timeout.
+    Idle,
+    /// It carried `max_requests` exchanges (or the server's `Keep-Alive: max`).
+    MaxRequests,
+    /// The server asked for it (`Connection: close`, HTTP/1.0, close-delimited body).
+    ServerClose,
+    /// A newer connection to the origin showed a different chain.
+    ChainChange,
+    /// The leaf certificate's notAfter passed.
+    CertExpiry,
+    /// The peer closed it, or sent unsolicited bytes while it was idle.
+    PeerClose,
+    /// Opening it failed (resolve, connect or TLS handshake).
+    ConnectFailed,
+    /// An I/O or protocol error, or a deadline, ended the exchange on it.
+    Error,
+    /// The request on it was cancelled mid-exchange.
+    Cancelled,
+    /// The engine shut down or was asked to close idle connections.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, in order; for counters.
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::MaxAge,
+        CloseReason::Idle,
+        CloseReason::MaxRequests,
+        CloseReason::ServerClose,
+        CloseReason::ChainChange,
+        CloseReason::CertExpiry,
+        CloseReason::PeerClose,
+        CloseReason::ConnectFailed,
+        CloseReason::Error,
+        CloseReason::Cancelled,
+        CloseReason::Shutdown,
+    ];
+
+    /// A short lowercase name (`"max_age"`, `"peer_close"`, ...), used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::MaxAge => "max_age",
+            CloseReason::Idle => "idle",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::ServerClose => "server_close",
+            CloseReason::ChainChange => "chain_change",
+            CloseReason::CertExpiry => "cert_expiry",
+            CloseReason::PeerClose => "peer_close",
+            CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::Error => "error",
+            CloseReason::Cancelled => "cancelled",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What is known about a newly opened connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its origin.
+    pub origin: Origin,
+    /// The address it connected to.
+    pub peer_addr: SocketAddr,
+    /// TLS version (`None` for `http://`).
+    pub tls_version: Option<rustls::ProtocolVersion>,
+    /// Negotiated cipher suite (`None` for `http://`).
+    pub cipher_suite: Option<rustls::CipherSuite>,
+    /// Negotiated ALPN protocol, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// Full or resumed (`None` for `http://`).
+    pub handshake: Option<Handshake>,
+    /// The verified peer chain (`None` for `http://`).
+    pub chain: Option<Arc<PeerChain>>,
+}
+
+/// The connection that carried a response.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServedBy {
+    /// The connection.
+    pub conn: ConnId,
+    /// It had carried an earlier exchange.
+    pub reused: bool,
+    /// Its verified peer chain (`None` for `http://`).
+    pub chain: Option<Arc<PeerChain>>,
+}
+
+/// An engine event, drained with [`Engine::next_event`](crate::Engine::next_event).
+///
+/// Each request ends with exactly one terminal event: [`Event::Response`],
+/// [`Event::End`] (streaming mode) or [`Event::Failed`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A complete response (terminal).
+    Response {
+        /// The request.
+        id: RequestId,
+        /// Status, headers and the buffered body.
+        response: http::Response<Bytes>,
+        /// The connection that served it.
+        served_by: ServedBy,
+    },
+    /// Streaming mode: the response head arrived.
+    Head {
+        /// The request.
+        id: RequestId,
+        /// Status and headers.
+        response: http::Response<()>,
+        /// The connection that serves it.
+        served_by: ServedBy,
+    },
+    /// Streaming mode: a piece of the body.
+    Body {
+        /// The request.
+        id: RequestId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Streaming mode: the body ended (terminal).
+    End {
+        /// The request.
+        id: RequestId,
+        /// Trailers of a chunked body.
+        trailers: Option<HeaderMap>,
+    },
+    /// The request failed (terminal).
+    Failed {
+        /// The request.
+        id: RequestId,
+        /// What failed, naming the phase.
+        error: Error,
+        /// The request had been put on a reused connection.
+        reused: bool,
+    },
+    /// A connection finished its handshake and is ready.
+    Opened(ConnectionInfo),
+    /// A connection was closed.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+        /// Its origin.
+        origin: Origin,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A full handshake showed a different chain than the origin's previous
+    /// connection.
+    ChainChanged {
+        /// The origin.
+        origin: Origin,
+        /// The chain seen before.
+        previous: Arc<PeerChain>,
+        /// The chain now presented.
+        current: Arc<PeerChain>,
+    },
+}
+
+impl Event {
+    /// The request this event is about, if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Event::Response { id, .. }
+            | Event::Head { id, .. }
+            | Event::Body { id, .. }
+            | Event::End { id, .. }
+            | Event::Failed { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// True for the one event that ends a request.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::Response { .. } | Event::End { .. } | Event::Failed { .. }
+        )
+    }
+}

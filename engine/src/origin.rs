@@ -1,0 +1,127 @@
+//! The pool key: scheme, host and port of a request's URI.
+
+use std::fmt;
+
+use http::uri::Scheme;
+use http::Uri;
+
+use crate::Error;
+
+/// Where requests go: `http` or `https`, a host and a port.
+///
+/// Connections are pooled per origin. The TLS configuration is the engine's
+/// (one per engine), so scheme, host and port identify it too.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Origin {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute URI.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when the scheme is not `http` or `https` or
+    /// the URI has no host.
+    pub fn from_uri(uri: &Uri) -> Result<Origin, Error> {
+        let tls = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTPS => true,
+            Some(s) if *s == Scheme::HTTP => false,
+            Some(s) => {
+                return Err(Error::InvalidRequest(format!(
+                    "unsupported scheme {s:?} (only http and https)"
+                )))
+            }
+            None => {
+                return Err(Error::InvalidRequest(format!(
+                    "uri {uri} is not absolute (it needs http:// or https://)"
+                )))
+            }
+        };
+        let host = match uri.host() {
+            Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
+            _ => return Err(Error::InvalidRequest(format!("uri {uri} has no host"))),
+        };
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Origin {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The origin of a URI string such as `https://example.com:8443`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for an unparsable URI, see [`Origin::from_uri`].
+    pub fn parse(s: &str) -> Result<Origin, Error> {
+        let uri: Uri = s
+            .parse()
+            .map_err(|e| Error::InvalidRequest(format!("bad uri {s:?}: {e}")))?;
+        Origin::from_uri(&uri)
+    }
+
+    /// True for `https`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host name or IP literal (without brackets), lowercase.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port (the scheme's default when the URI had none).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `"https"` or `"http"`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme(), self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme(), self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_defaults_ports_and_lowercases_host() {
+        let o = Origin::parse("https://Example.COM/x").unwrap();
+        assert_eq!((o.is_tls(), o.host(), o.port()), (true, "example.com", 443));
+        let o = Origin::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!((o.is_tls(), o.host(), o.port()), (false, "127.0.0.1", 8080));
+        assert_eq!(o.to_string(), "http://127.0.0.1:8080");
+        let o = Origin::parse("https://[::1]:9/").unwrap();
+        assert_eq!(o.host(), "::1");
+        assert_eq!(o.to_string(), "https://[::1]:9");
+    }
+
+    #[test]
+    fn origin_refuses_other_schemes_and_relative_uris() {
+        assert!(matches!(
+            Origin::parse("ftp://x/"),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Origin::parse("/relative"),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! Counters and gauges: what the engine did and what it holds now.
+
+use std::fmt::Write as _;
+
+use crate::{CloseReason, Phase};
+
+/// A snapshot from [`Engine::stats`](crate::Engine::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections that finished their handshake.
+    pub connections_opened: u64,
+    /// Connection attempts started (including failed ones).
+    pub connections_attempted: u64,
+    /// Requests put on a connection that had carried an earlier exchange.
+    pub connections_reused: u64,
+    /// Connections closed, indexed by [`CloseReason::ALL`] order; see [`Stats::closed`].
+    pub closed_by_reason: [u64; CloseReason::ALL.len()],
+    /// Requests that ended with a response.
+    pub requests_ok: u64,
+    /// Failed requests, indexed by [`Phase::ALL`] order; see [`Stats::failed`].
+    pub failed_by_phase: [u64; Phase::ALL.len()],
+    /// Full TLS handshakes.
+    pub handshakes_full: u64,
+    /// Resumed TLS handshakes.
+    pub handshakes_resumed: u64,
+    /// Requests sent again after a stale reused connection failed.
+    pub retries: u64,
+    /// Chain changes seen.
+    pub chain_changes: u64,
+    /// Drains whose `drain_grace` passed before the exchange finished.
+    pub drains_hit_grace: u64,
+    /// Gauge: open connections (connecting, ready or draining).
+    pub connections: usize,
+    /// Gauge: timers on the wheel.
+    pub timers: usize,
+    /// Gauge: requests waiting for a connection.
+    pub queued: usize,
+    /// Gauge: requests on a connection.
+    pub in_flight: usize,
+}
+
+impl Stats {
+    /// Connections closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed_by_reason[reason.index()]
+    }
+
+    /// Requests that failed in `phase`.
+    pub fn failed(&self, phase: Phase) -> u64 {
+        self.failed_by_phase[phase.index()]
+    }
+
+    /// All failed requests.
+    pub fn requests_failed(&self) -> u64 {
+        self.failed_by_phase.iter().sum()
+    }
+
+    /// True when the engine holds no connection, timer or request.
+    pub fn is_idle(&self) -> bool {
+        self.connections == 0 && self.timers == 0 && self.queued == 0 && self.in_flight == 0
+    }
+
+    /// Render in the Prometheus text exposition format, names prefixed `rotary_`.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, rows: &[(Option<(&str, &str)>, u64)]| {
+            let _ = writeln!(out, "# HELP rotary_{name} {help}");
+            let _ = writeln!(out, "# TYPE rotary_{name} counter");
+            for (label, v) in rows {
+                match label {
+                    Some((k, l)) => {
+                        let _ = writeln!(out, "rotary_{name}{{{k}=\"{l}\"}} {v}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "rotary_{name} {v}");
+                    }
+                }
+            }
+        };
+        counter(
+            "connections_opened_total",
+            "Connections that finished their handshake.",
+            &[(None, self.connections_opened)],
+        );
+        counter(
+            "connections_reused_total",
+            "Requests sent on a reused connection.",
+            &[(None, self.connections_reused)],
+        );
+        let closed: Vec<_> = CloseReason::ALL
+            .iter()
+            .map(|r| (Some(("reason", r.name())), self.closed(*r)))
+            .collect();
+        counter(
+            "connections_closed_total",
+            "Connections closed, by reason.",
+            &closed,
+        );
+        counter(
+            "requests_ok_total",
+            "Requests that ended with a response.",
+            &[(None, self.requests_ok)],
+        );
+        let failed: Vec<_> = Phase::ALL
+            .iter()
+            .map(|p| (Some(("phase", p.name())), self.failed(*p)))
+            .collect();
+        counter(
+            "requests_failed_total",
+            "Failed requests, by phase.",
+            &failed,
+        );
+        counter(
+            "handshakes_total",
+            "TLS handshakes, by kind.",
+            &[
+                (Some(("kind", "full")), self.handshakes_full),
+                (Some(("kind", "resumed")), self.handshakes_resumed),
+            ],
+        );
+        counter(
+            "retries_total",
+            "Requests retried after a stale connection.",
+            &[(None, self.retries)],
+        );
+        counter(
+            "chain_changes_total",
+            "Peer chain changes seen.",
+            &[(None, self.chain_changes)],
+        );
+        counter(
+            "drains_hit_grace_total",
+            "Drains that ran out of drain grace.",
+            &[(None, self.drains_hit_grace)],
+        );
+        for (name, help, v) in [
+            ("connections", "Open connections.", self.connections),
+            ("timers", "Timers on the wheel.", self.timers),
+            (
+                "queued_requests",
+                "Requests waiting for a connection.",
+                self.queued,
+            ),
+            (
+                "in_flight_requests",
+                "Requests on a connection.",
+                self.in_flight,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP rotary_{name} {help}");
+            let _ = writeln!(out, "# TYPE rotary_{name} gauge");
+            let _ = writeln!(out, "rotary_{name} {v}");
+        }
+        out
+    }
+}
