@@ -34,6 +34,10 @@ pub struct TestCa {
     key: KeyPair,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
+    /// Intermediates from this CA up to the root, excluding the root (empty for a root).
+    above: Vec<(CertificateDer<'static>, String)>,
+    root_der: CertificateDer<'static>,
+    root_pem: String,
 }
 
 impl TestCa {
@@ -56,9 +60,54 @@ impl TestCa {
             name: name.to_owned(),
             cert_der: cert.der().clone(),
             cert_pem: cert.pem(),
+            above: Vec::new(),
+            root_der: cert.der().clone(),
+            root_pem: cert.pem(),
             params,
             key,
         }
+    }
+
+    /// An intermediate CA signed by this one; its leaves' chains carry it (and
+    /// any intermediates above it), while trust stays anchored at the root.
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs is valid");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        set_validity(&mut params, now - DAY, now + 3650 * DAY);
+        let key = KeyPair::generate().expect("generate intermediate key");
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("sign intermediate");
+        let mut above = vec![(cert.der().clone(), cert.pem())];
+        above.extend(self.above.iter().cloned());
+        TestCa {
+            name: name.to_owned(),
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            above,
+            root_der: self.root_der.clone(),
+            root_pem: self.root_pem.clone(),
+            params,
+            key,
+        }
+    }
+
+    /// The root (trust anchor) certificate as DER: this CA's own for a root.
+    pub fn root_der(&self) -> CertificateDer<'static> {
+        self.root_der.clone()
+    }
+
+    /// The root (trust anchor) certificate as PEM.
+    pub fn root_pem(&self) -> String {
+        self.root_pem.clone()
     }
 
     /// The CA's common name.
@@ -66,26 +115,26 @@ impl TestCa {
         &self.name
     }
 
-    /// The CA certificate as DER.
+    /// This CA's own certificate as DER (an intermediate's, for an intermediate).
     pub fn cert_der(&self) -> CertificateDer<'static> {
         self.cert_der.clone()
     }
 
-    /// The CA certificate as PEM text.
+    /// This CA's own certificate as PEM text.
     pub fn cert_pem(&self) -> String {
         self.cert_pem.clone()
     }
 
-    /// A root store holding only this CA.
+    /// A root store holding only this CA's root.
     pub fn root_store(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(self.cert_der())
+            .add(self.root_der())
             .expect("a freshly generated CA parses");
         roots
     }
 
-    /// A rustls client config (ring provider) trusting only this CA, with rustls's
+    /// A rustls client config (ring provider) trusting only this CA's root, with rustls's
     /// default in-memory resumption.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         Arc::new(self.client_config_builder())
@@ -123,9 +172,9 @@ impl TestCa {
         .with_no_client_auth()
     }
 
-    /// Writes the CA PEM to a unique temp file, removed when the handle drops.
+    /// Writes the root CA PEM to a unique temp file, removed when the handle drops.
     pub fn write_pem_file(&self) -> TempFile {
-        TempFile::new("ca.pem", self.cert_pem.as_bytes())
+        TempFile::new("ca.pem", self.root_pem.as_bytes())
     }
 
     /// A valid server leaf for `names` (DNS names or IP addresses), with the
@@ -253,21 +302,27 @@ impl LeafBuilder<'_> {
         params.use_authority_key_identifier_extension = self.ca.is_some();
         set_validity(&mut params, self.not_before, self.not_after);
         let key = KeyPair::generate().expect("generate leaf key");
-        let (cert, ca_pem, ca_der) = match self.ca {
+        let (cert, ca_pem, ca_der, above) = match self.ca {
             Some(ca) => {
                 let issuer = Issuer::from_params(&ca.params, &ca.key);
                 let cert = params.signed_by(&key, &issuer).expect("sign leaf");
-                (cert, ca.cert_pem.clone(), ca.cert_der.clone())
+                (
+                    cert,
+                    ca.root_pem.clone(),
+                    ca.root_der.clone(),
+                    ca.above.clone(),
+                )
             }
             None => {
                 let cert = params.self_signed(&key).expect("self-sign leaf");
                 let (pem, der) = (cert.pem(), cert.der().clone());
-                (cert, pem, der)
+                (cert, pem, der, Vec::new())
             }
         };
         Issued {
             cert_der: cert.der().clone(),
             cert_pem: cert.pem(),
+            above,
             key_der: key.serialize_der(),
             key_pem: key.serialize_pem(),
             ca_der,
@@ -278,11 +333,12 @@ impl LeafBuilder<'_> {
     }
 }
 
-/// An issued leaf: certificate, key, and the certificate of its issuer.
+/// An issued leaf: certificate, key, intermediates, and the root that anchors it.
 #[derive(Clone)]
 pub struct Issued {
     cert_der: CertificateDer<'static>,
     cert_pem: String,
+    above: Vec<(CertificateDer<'static>, String)>,
     key_der: Vec<u8>,
     key_pem: String,
     ca_der: CertificateDer<'static>,
@@ -297,14 +353,25 @@ impl Issued {
         self.cert_der.clone()
     }
 
-    /// The chain a server presents (the leaf alone; the CA is the trust anchor).
+    /// The chain a server presents: the leaf, then any intermediates (never the root).
     pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.cert_der.clone()]
+        let mut chain = vec![self.cert_der.clone()];
+        chain.extend(self.above.iter().map(|(der, _)| der.clone()));
+        chain
     }
 
-    /// The chain as PEM text.
-    pub fn chain_pem(&self) -> String {
+    /// The leaf alone as PEM text.
+    pub fn cert_pem(&self) -> String {
         self.cert_pem.clone()
+    }
+
+    /// The chain as PEM text (leaf first).
+    pub fn chain_pem(&self) -> String {
+        let mut pem = self.cert_pem.clone();
+        for (_, p) in &self.above {
+            pem.push_str(p);
+        }
+        pem
     }
 
     /// The private key (PKCS#8) as rustls DER.
@@ -317,12 +384,12 @@ impl Issued {
         self.key_pem.clone()
     }
 
-    /// The issuer's certificate as DER (the leaf itself when self-signed).
+    /// The trust anchor's certificate as DER: the root (the leaf itself when self-signed).
     pub fn ca_der(&self) -> CertificateDer<'static> {
         self.ca_der.clone()
     }
 
-    /// The issuer's certificate as PEM (the leaf itself when self-signed).
+    /// The trust anchor's certificate as PEM: the root (the leaf itself when self-signed).
     pub fn ca_pem(&self) -> String {
         self.ca_pem.clone()
     }
@@ -344,7 +411,7 @@ impl Issued {
 
     /// Writes the chain PEM to a temp file (for client-certificate tests).
     pub fn write_chain_pem_file(&self) -> TempFile {
-        TempFile::new("chain.pem", self.cert_pem.as_bytes())
+        TempFile::new("chain.pem", self.chain_pem().as_bytes())
     }
 
     /// Writes the key PEM to a temp file (for client-certificate tests).

@@ -436,12 +436,13 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             });
         });
         if fault == Fault::RefuseConnect {
-            super::server::set_linger_zero(&client);
-            drop(client);
+            // Count first: the client may look at the counters as soon as it fails.
             shared.update(|st| {
                 st.stats.fired += 1;
                 st.stats.refused += 1;
             });
+            super::server::set_linger_zero(&client);
+            drop(client);
             continue;
         }
         let server = match TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(5)) {
