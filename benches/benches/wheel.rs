@@ -1,2 +1,186 @@
-//! Timer wheel micro-benchmarks (filled in with the engine issue).
-fn main() {}
+//! Timer wheel against `BinaryHeap` and `BTreeMap` (issue 6, workload 2e).
+//!
+//! Run: `cargo bench -p rotary-benches --bench wheel`
+//!
+//! The workload, identical for the three structures and measured in one group:
+//! insert 1,000,000 timers with deadlines spread uniformly over 5 minutes
+//! (sub-millisecond parts included), cancel a random half of them in random
+//! order, then advance a clock in 1 ms steps to the last deadline and drain
+//! every due timer at each step. The deadlines and the cancel order are
+//! generated once, outside the timed code.
+//!
+//! - `wheel`: `rotary::wheel::Wheel<u64>` (built with its capacity).
+//! - `binary_heap`: a min-heap of `(deadline, id)` with lazy cancellation: a
+//!   cancel marks the id in a tombstone vector, and expiry skips marked ids.
+//! - `btree_map`: `BTreeMap<(Instant, u64), u64>`; cancel removes the key.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use rotary::wheel::Wheel;
+
+const TIMERS: usize = 1_000_000;
+const SPREAD: Duration = Duration::from_secs(5 * 60);
+const STEP: Duration = Duration::from_millis(1);
+
+/// The pre-generated workload.
+struct Workload {
+    origin: Instant,
+    /// Deadline of timer `id`.
+    deadlines: Vec<Instant>,
+    /// Ids to cancel, in cancel order (a random half).
+    cancels: Vec<usize>,
+    /// The clock runs from `origin` to here in `STEP`s.
+    end: Instant,
+}
+
+/// splitmix64: a small deterministic generator, so the benchmark needs no
+/// extra dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+impl Workload {
+    fn new() -> Self {
+        let mut rng = SplitMix(0x5eed);
+        let origin = Instant::now();
+        let spread = SPREAD.as_nanos() as u64;
+        let deadlines: Vec<Instant> = (0..TIMERS)
+            .map(|_| origin + Duration::from_nanos(rng.below(spread)))
+            .collect();
+        // Fisher-Yates over all ids; the first half is the cancel order.
+        let mut ids: Vec<usize> = (0..TIMERS).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        ids.truncate(TIMERS / 2);
+        Workload {
+            origin,
+            deadlines,
+            cancels: ids,
+            end: origin + SPREAD + STEP,
+        }
+    }
+
+    /// Calls `expire(now)` at every clock step.
+    fn run_clock(&self, mut expire: impl FnMut(Instant)) {
+        let mut now = self.origin;
+        while now <= self.end {
+            expire(now);
+            now += STEP;
+        }
+    }
+}
+
+/// Returns (timers fired, sum of fired ids) as a cross-check.
+fn run_wheel(w: &Workload) -> (usize, u64) {
+    let mut wheel = Wheel::with_capacity(w.origin, TIMERS);
+    let keys: Vec<_> = w
+        .deadlines
+        .iter()
+        .enumerate()
+        .map(|(id, &deadline)| wheel.insert(deadline, id as u64))
+        .collect();
+    for &id in &w.cancels {
+        black_box(wheel.cancel(keys[id]));
+    }
+    let (mut fired, mut sum) = (0, 0);
+    w.run_clock(|now| {
+        while let Some((_, id)) = wheel.poll_expired(now) {
+            fired += 1;
+            sum += id;
+        }
+    });
+    (fired, sum)
+}
+
+fn run_heap(w: &Workload) -> (usize, u64) {
+    let mut heap = BinaryHeap::with_capacity(TIMERS);
+    let mut cancelled = vec![false; TIMERS];
+    for (id, &deadline) in w.deadlines.iter().enumerate() {
+        heap.push(Reverse((deadline, id as u64)));
+    }
+    for &id in &w.cancels {
+        cancelled[id] = true;
+    }
+    let (mut fired, mut sum) = (0, 0);
+    w.run_clock(|now| {
+        while let Some(&Reverse((deadline, id))) = heap.peek() {
+            if deadline > now {
+                break;
+            }
+            heap.pop();
+            if !cancelled[id as usize] {
+                fired += 1;
+                sum += id;
+            }
+        }
+    });
+    (fired, sum)
+}
+
+fn run_btree(w: &Workload) -> (usize, u64) {
+    let mut map = BTreeMap::new();
+    for (id, &deadline) in w.deadlines.iter().enumerate() {
+        map.insert((deadline, id as u64), id as u64);
+    }
+    for &id in &w.cancels {
+        black_box(map.remove(&(w.deadlines[id], id as u64)));
+    }
+    let (mut fired, mut sum) = (0, 0);
+    w.run_clock(|now| {
+        while let Some(entry) = map.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let id = entry.remove();
+            fired += 1;
+            sum += id;
+        }
+    });
+    (fired, sum)
+}
+
+fn timers_1m(c: &mut Criterion) {
+    let w = Workload::new();
+    // Not timed: the three must fire the same timers.
+    let expected = run_btree(&w);
+    assert_eq!(expected.0, TIMERS - TIMERS / 2);
+    assert_eq!(
+        run_wheel(&w),
+        expected,
+        "wheel fired other timers than BTreeMap"
+    );
+    assert_eq!(
+        run_heap(&w),
+        expected,
+        "heap fired other timers than BTreeMap"
+    );
+
+    let mut group = c.benchmark_group("timers_1m_insert_cancel_half_expire");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(15));
+    // Interleaved in one group, so the ratios come from the same run.
+    group.bench_function("wheel", |b| b.iter(|| black_box(run_wheel(&w))));
+    group.bench_function("binary_heap", |b| b.iter(|| black_box(run_heap(&w))));
+    group.bench_function("btree_map", |b| b.iter(|| black_box(run_btree(&w))));
+    group.finish();
+}
+
+criterion_group!(benches, timers_1m);
+criterion_main!(benches);

@@ -1,0 +1,1250 @@
+//! Timer wheel: owns every scheduled deadline of the engine (connect, handshake,
+//! request, idle, max age, drain grace, backoff) and says which are due.
+//!
+//! # Model
+//!
+//! Time is counted in 1 ms *ticks* since the origin given to [`Wheel::new`].
+//! A deadline is rounded **up** to its tick, so a timer never fires early; it is
+//! due once `now`, rounded down to its tick, has reached the deadline's tick.
+//! Time never goes backwards: a `now` earlier than one already seen is treated
+//! as the latest one seen, and an `Instant` before the origin is tick 0. A
+//! deadline already in the past is not an error: the timer is due at once and
+//! [`Wheel::poll_expired`] returns it on its next call.
+//!
+//! # Structure
+//!
+//! The design follows tokio's hierarchical wheel (levels of 64 slots of 64×
+//! growing width, a `u64` occupied bitfield per level so that "next non-empty
+//! slot" is one `trailing_zeros`, entries in a slab with intrusive doubly linked
+//! lists per slot, O(1) unlink that clears the slot's bit when it empties), with
+//! one deliberate difference: **when** a slot cascades.
+//!
+//! tokio cascades a slot when the clock reaches the slot's start, so its next
+//! expiration is sometimes a cascade instant at which nothing is due; a host
+//! sleeping until then wakes up for nothing. Here the wheel guarantees that
+//! [`Wheel::next_deadline`] is the *exact* (tick-rounded) deadline of the
+//! earliest timer and that `poll_expired(next_deadline)` returns at least one
+//! timer. To get that without scanning entries, slots cascade when they hold the
+//! earliest timer and its exact tick is no longer known, rather than when the
+//! clock reaches them:
+//!
+//! - The levels form a 64-ary tree over absolute ticks. A node of level `l`
+//!   has 64 slots, each `64^l` ticks wide; level 0 slots are single ticks. The
+//!   root's level grows as ticks grow (level `l` covers `64^(l+1)` ticks: 64 ms,
+//!   4 s, 4.4 min, 4.7 h, 12.4 days, 2.2 years, ...), up to 10 levels.
+//! - A slot is either a list of entries (its *coarse* form) or *cascaded* into a
+//!   child node of the level below, which then holds all timers of that slot.
+//!   An insert walks down through cascaded slots and links into the first list
+//!   slot: a timer far from the earliest one stays high up, in O(1) links.
+//! - The wheel remembers the *front*: the slot holding the earliest timer and
+//!   that timer's tick. The front slot is a level-0 slot, or a coarse slot whose
+//!   minimum tick is known (a single entry, or the earliest insert into it).
+//!   When the front's minimum leaves a coarse slot that still holds other timers,
+//!   the slot cascades one level down (each entry moves to the child slot of its
+//!   tick), and so on until the earliest tick is known again.
+//!
+//! Each cascade moves an entry one level down, so an entry moves at most
+//! `levels - 1` times between insert and fire: cascading costs amortised
+//! O(levels) per timer, and nothing is done while nothing is due.
+//!
+//! # Complexity
+//!
+//! With `L` the current number of levels (≤ 10; 5 for the first 12 days after
+//! the origin, 6 for the first 2 years): insert, cancel and reset take O(L)
+//! plus amortised cascade work; [`Wheel::next_deadline`], [`Wheel::deadline`]
+//! and [`Wheel::len`] are O(1); [`Wheel::poll_expired`] is O(L) amortised per
+//! returned timer. Storage is two contiguous `Vec`s (entries and nodes) whose
+//! freed cells are reused, so a warmed-up wheel does not allocate. A node
+//! (about half a KiB) exists only while a cascaded slot holds timers, and the
+//! root; a timer far from the earliest one costs just its entry.
+
+use std::time::{Duration, Instant};
+
+/// log2 of the slots per node.
+const SLOT_BITS: u32 = 6;
+/// Slots per node.
+const SLOTS: usize = 1 << SLOT_BITS;
+/// Highest node level; `MAX_LEVEL + 1` levels cover `64^10 = 2^60` ticks.
+const MAX_LEVEL: u8 = 9;
+/// Ticks above this are clamped (2^60 ms is about 36 million years).
+const TICK_LIMIT: u64 = (1 << (SLOT_BITS * (MAX_LEVEL as u32 + 1))) - 1;
+/// "No index" for entry and node links.
+const NIL: u32 = u32::MAX;
+/// `Front::tick` when the wheel is empty.
+const NO_TICK: u64 = u64::MAX;
+
+/// Handle to a scheduled timer, returned by [`Wheel::insert`].
+///
+/// A key stays valid until its timer fires or is cancelled. After that it is
+/// *stale*: the wheel detects it through a generation counter, also when the
+/// timer's storage cell has been reused by a new timer, and every operation on
+/// a stale key is a no-op (`cancel` → `None`, `reset` → `false`, `deadline` →
+/// `None`). Generations are 32-bit: a key is misidentified only if the same
+/// cell is reused 2^32 times while the key is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimerKey {
+    index: u32,
+    generation: u32,
+}
+
+/// One timer (or a vacant cell of the entry slab when `payload` is `None`).
+struct Entry<T> {
+    /// Deadline tick (already rounded up and clamped).
+    tick: u64,
+    /// Previous entry in the slot list (`NIL` at the head).
+    prev: u32,
+    /// Next entry in the slot list, or the next vacant cell when vacant.
+    next: u32,
+    /// Node whose slot lists this entry.
+    node: u32,
+    /// Slot within `node`.
+    slot: u8,
+    /// Bumped every time the cell is vacated, to detect stale keys.
+    generation: u32,
+    /// The timer's payload; `None` for a vacant cell.
+    payload: Option<T>,
+}
+
+/// A slot: the ends of its entry list, or (when cascaded) its child node.
+#[derive(Clone, Copy)]
+struct Slot {
+    head: u32,
+    /// Tail of the list, or the child node index when the slot is cascaded.
+    tail: u32,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    head: NIL,
+    tail: NIL,
+};
+
+/// One level-`level` node: 64 slots of `64^level` ticks each.
+struct Node {
+    /// Bit `s` set ⇔ slot `s` holds at least one timer (listed or below).
+    occupied: u64,
+    /// Bit `s` set ⇔ slot `s` is cascaded into the child node `slots[s].tail`.
+    cascaded: u64,
+    /// Parent node (`NIL` for the root), or the next free node when vacant.
+    parent: u32,
+    /// Slot of the parent that points at this node.
+    parent_slot: u8,
+    /// 0 for single-tick slots.
+    level: u8,
+    slots: [Slot; SLOTS],
+}
+
+/// Where the earliest timer is, and its tick.
+#[derive(Clone, Copy)]
+struct Front {
+    /// Earliest deadline tick, `NO_TICK` when the wheel is empty.
+    tick: u64,
+    node: u32,
+    slot: u8,
+}
+
+const NO_FRONT: Front = Front {
+    tick: NO_TICK,
+    node: NIL,
+    slot: 0,
+};
+
+/// A hierarchical timer wheel with 1 ms resolution, generic over the payload
+/// `T` a timer carries (the engine uses a connection or request id).
+///
+/// The wheel never reads the clock: every method that depends on time takes
+/// `now`, so it is driven as easily by a virtual clock as by a real one. A host
+/// sleeps until [`next_deadline`](Wheel::next_deadline), then calls
+/// [`poll_expired`](Wheel::poll_expired) until it returns `None`.
+///
+/// See the [module documentation](self) for the design and the costs.
+///
+/// # Example
+///
+/// ```
+/// use rotary::wheel::Wheel;
+/// use std::time::{Duration, Instant};
+///
+/// let start = Instant::now();
+/// let mut wheel = Wheel::new(start);
+/// let idle = wheel.insert(start + Duration::from_secs(90), "idle");
+/// wheel.insert(start + Duration::from_millis(250), "first byte");
+/// assert_eq!(wheel.next_deadline(), Some(start + Duration::from_millis(250)));
+///
+/// // Activity on the connection: push the idle timeout back.
+/// assert!(wheel.reset(idle, start + Duration::from_secs(120)));
+///
+/// // The host slept until the next deadline; drain what is due.
+/// let now = start + Duration::from_millis(250);
+/// let mut due = Vec::new();
+/// while let Some((_key, what)) = wheel.poll_expired(now) {
+///     due.push(what);
+/// }
+/// assert_eq!(due, ["first byte"]);
+/// assert_eq!(wheel.cancel(idle), Some("idle"));
+/// assert!(wheel.is_empty());
+/// ```
+pub struct Wheel<T> {
+    /// Instant of tick 0.
+    origin: Instant,
+    /// Largest tick used: `origin + max_tick ms` is representable.
+    max_tick: u64,
+    /// `origin + max_tick ms`.
+    max_instant: Instant,
+    /// Latest `now` seen by `poll_expired`, rounded down to its tick.
+    now_tick: u64,
+    entries: Vec<Entry<T>>,
+    /// Head of the vacant entry cells (linked through `Entry::next`).
+    free_entry: u32,
+    nodes: Vec<Node>,
+    /// Head of the vacant nodes (linked through `Node::parent`).
+    free_node: u32,
+    root: u32,
+    len: usize,
+    front: Front,
+}
+
+impl<T> std::fmt::Debug for Wheel<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wheel")
+            .field("len", &self.len)
+            .field("now_tick", &self.now_tick)
+            .field("next_tick", &self.next_tick())
+            .field("levels", &(self.nodes[self.root as usize].level + 1))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Wheel<T> {
+    /// Creates an empty wheel whose tick clock starts at `now`.
+    ///
+    /// `now` is the origin of the 1 ms ticks; later instants passed to the
+    /// wheel are measured from it, and earlier ones count as the origin itself.
+    /// O(1); allocates the root node (about half a KiB) and nothing else until
+    /// the first insert.
+    pub fn new(now: Instant) -> Self {
+        Self::with_capacity(now, 0)
+    }
+
+    /// Creates an empty wheel like [`new`](Wheel::new), with room for `cap`
+    /// timers before its entry storage has to grow.
+    ///
+    /// O(1) plus the allocation of `cap` entry cells (and a proportionate
+    /// number of nodes).
+    pub fn with_capacity(now: Instant, cap: usize) -> Self {
+        // The largest tick whose instant exists (instants are bounded by the
+        // platform); halving terminates at 0, and `now + 0 ms` exists.
+        let mut max_tick = TICK_LIMIT;
+        let max_instant = loop {
+            match now.checked_add(Duration::from_millis(max_tick)) {
+                Some(instant) => break instant,
+                None => max_tick /= 2,
+            }
+        };
+        let mut nodes = Vec::with_capacity(1 + cap / 16);
+        nodes.push(Node {
+            occupied: 0,
+            cascaded: 0,
+            parent: NIL,
+            parent_slot: 0,
+            level: 0,
+            slots: [EMPTY_SLOT; SLOTS],
+        });
+        Wheel {
+            origin: now,
+            max_tick,
+            max_instant,
+            now_tick: 0,
+            entries: Vec::with_capacity(cap),
+            free_entry: NIL,
+            nodes,
+            free_node: NIL,
+            root: 0,
+            len: 0,
+            front: NO_FRONT,
+        }
+    }
+
+    /// Number of scheduled timers (fired and cancelled ones are gone). O(1).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` when no timer is scheduled. O(1).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Schedules a timer carrying `payload` at `deadline` and returns its key.
+    ///
+    /// The deadline is rounded up to the next whole millisecond after the
+    /// origin. A deadline at or before the latest `now` seen (including one
+    /// before the origin) is due at once: the next
+    /// [`poll_expired`](Wheel::poll_expired) returns it. Deadlines more than
+    /// about 36 million years away are clamped. Timers due at the same tick
+    /// fire in the order they were inserted (or last reset).
+    ///
+    /// O(levels) plus amortised cascade work; does not allocate while freed
+    /// cells are available.
+    ///
+    /// # Panics
+    ///
+    /// Only if 2^32 − 1 timers are live at once (the key index space is
+    /// exhausted; memory runs out long before on common machines).
+    pub fn insert(&mut self, deadline: Instant, payload: T) -> TimerKey {
+        let tick = self.tick_ceil(deadline);
+        let index = self.alloc_entry(tick, payload);
+        self.place(index);
+        self.len += 1;
+        TimerKey {
+            index,
+            generation: self.entries[index as usize].generation,
+        }
+    }
+
+    /// Cancels the timer `key` and returns its payload, or `None` if the key is
+    /// stale (the timer already fired or was cancelled).
+    ///
+    /// O(levels) to unlink and clear emptied bitfields, plus amortised cascade
+    /// work when the earliest timer is cancelled.
+    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
+        if !self.is_live(key) {
+            return None;
+        }
+        self.remove(key.index);
+        self.len -= 1;
+        Some(self.free(key.index))
+    }
+
+    /// Moves the timer `key` to `deadline` (rounded up like
+    /// [`insert`](Wheel::insert); a past deadline makes it due at once) and
+    /// returns `true`, or returns `false` if the key is stale.
+    ///
+    /// The key stays valid. Among timers due at the same tick, a reset timer
+    /// counts as inserted now. O(levels) plus amortised cascade work.
+    pub fn reset(&mut self, key: TimerKey, deadline: Instant) -> bool {
+        if !self.is_live(key) {
+            return false;
+        }
+        let tick = self.tick_ceil(deadline);
+        self.remove(key.index);
+        self.entries[key.index as usize].tick = tick;
+        self.place(key.index);
+        true
+    }
+
+    /// The deadline of the timer `key` as the wheel keeps it (rounded up to
+    /// its tick, clamped to the origin), or `None` if the key is stale. O(1).
+    pub fn deadline(&self, key: TimerKey) -> Option<Instant> {
+        if !self.is_live(key) {
+            return None;
+        }
+        Some(self.instant_of(self.entries[key.index as usize].tick))
+    }
+
+    /// The exact instant at which the earliest timer is due, or `None` when the
+    /// wheel is empty.
+    ///
+    /// It is the tick-rounded deadline of that timer: never later than any
+    /// scheduled timer's deadline, and `poll_expired(next_deadline)` returns at
+    /// least one timer. It may be in the past (a past deadline, or a timer not
+    /// yet polled); a host then polls without sleeping. O(1): the wheel keeps
+    /// the front of its bitfields up to date, nothing is scanned.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_tick().map(|tick| self.instant_of(tick))
+    }
+
+    /// Removes and returns one timer that is due at `now`, earliest deadline
+    /// first (insertion order within a tick), or `None` when none is due.
+    ///
+    /// A timer is due when its tick-rounded deadline is at or before `now`
+    /// (or before the latest `now` seen, as time never goes backwards). Call
+    /// until it returns `None` to drain all due timers; timers inserted in the
+    /// meantime with due deadlines are returned too. Its key becomes stale.
+    /// O(levels) amortised, including the cascades it triggers.
+    pub fn poll_expired(&mut self, now: Instant) -> Option<(TimerKey, T)> {
+        let now_tick = self.tick_floor(now);
+        if now_tick > self.now_tick {
+            self.now_tick = now_tick;
+        }
+        if self.front.tick > self.now_tick {
+            // Also covers the empty wheel (`NO_TICK`).
+            return None;
+        }
+        let Front { node, slot, .. } = self.front;
+        let (level, list) = {
+            let n = &self.nodes[node as usize];
+            (n.level, n.slots[slot as usize])
+        };
+        if level > 0 && list.head != list.tail {
+            // A coarse front slot with several timers: the earliest one is not
+            // necessarily its head. Cascade until it sits alone or at level 0.
+            self.find_front(node);
+        }
+        let index = self.nodes[self.front.node as usize].slots[self.front.slot as usize].head;
+        let generation = self.entries[index as usize].generation;
+        self.remove(index);
+        self.len -= 1;
+        Some((TimerKey { index, generation }, self.free(index)))
+    }
+
+    // ----- time conversion -------------------------------------------------
+
+    /// The front tick, if any.
+    fn next_tick(&self) -> Option<u64> {
+        (self.front.tick != NO_TICK).then_some(self.front.tick)
+    }
+
+    /// `t` as a tick, rounded up, clamped to `0..=max_tick`.
+    fn tick_ceil(&self, t: Instant) -> u64 {
+        let since = t.saturating_duration_since(self.origin);
+        let round_up = u128::from(since.subsec_nanos() % 1_000_000 != 0);
+        self.clamp_tick(since.as_millis() + round_up)
+    }
+
+    /// `t` as a tick, rounded down, clamped to `0..=max_tick`.
+    fn tick_floor(&self, t: Instant) -> u64 {
+        self.clamp_tick(t.saturating_duration_since(self.origin).as_millis())
+    }
+
+    fn clamp_tick(&self, millis: u128) -> u64 {
+        u64::try_from(millis).map_or(self.max_tick, |ms| ms.min(self.max_tick))
+    }
+
+    fn instant_of(&self, tick: u64) -> Instant {
+        // Ticks never exceed `max_tick`, whose instant exists.
+        self.origin
+            .checked_add(Duration::from_millis(tick))
+            .unwrap_or(self.max_instant)
+    }
+
+    // ----- storage -----------------------------------------------------------
+
+    fn is_live(&self, key: TimerKey) -> bool {
+        self.entries
+            .get(key.index as usize)
+            .is_some_and(|e| e.generation == key.generation && e.payload.is_some())
+    }
+
+    fn alloc_entry(&mut self, tick: u64, payload: T) -> u32 {
+        if self.free_entry != NIL {
+            let index = self.free_entry;
+            let e = &mut self.entries[index as usize];
+            self.free_entry = e.next;
+            e.tick = tick;
+            e.payload = Some(payload);
+            return index;
+        }
+        let index = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&i| i != NIL)
+            .expect("timer wheel: at most 2^32 - 1 timers may be live at once");
+        self.entries.push(Entry {
+            tick,
+            prev: NIL,
+            next: NIL,
+            node: NIL,
+            slot: 0,
+            generation: 0,
+            payload: Some(payload),
+        });
+        index
+    }
+
+    /// Vacates an unlinked entry cell and returns its payload.
+    fn free(&mut self, index: u32) -> T {
+        let e = &mut self.entries[index as usize];
+        e.generation = e.generation.wrapping_add(1);
+        e.next = self.free_entry;
+        self.free_entry = index;
+        e.payload
+            .take()
+            .expect("timer wheel: a linked entry always holds its payload")
+    }
+
+    fn alloc_node(&mut self, level: u8, parent: u32, parent_slot: u8) -> u32 {
+        if self.free_node != NIL {
+            let index = self.free_node;
+            let n = &mut self.nodes[index as usize];
+            self.free_node = n.parent;
+            // A node is freed only once empty: its bitfields are 0 and its
+            // slots are empty already.
+            n.parent = parent;
+            n.parent_slot = parent_slot;
+            n.level = level;
+            return index;
+        }
+        let index = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|&i| i != NIL)
+            .expect(
+            "timer wheel: fewer than 2^32 nodes (each holds a live timer; memory runs out first)",
+        );
+        self.nodes.push(Node {
+            occupied: 0,
+            cascaded: 0,
+            parent,
+            parent_slot,
+            level,
+            slots: [EMPTY_SLOT; SLOTS],
+        });
+        index
+    }
+
+    // ----- lists -------------------------------------------------------------
+
+    /// Slot of `tick` in a node of `level`.
+    fn slot_of(tick: u64, level: u8) -> u8 {
+        ((tick >> (SLOT_BITS * u32::from(level))) & (SLOTS as u64 - 1)) as u8
+    }
+
+    /// Links entry `index` at the tail of list slot `slot` of `node`.
+    fn push_back(&mut self, node: u32, slot: u8, index: u32) {
+        let n = &mut self.nodes[node as usize];
+        let s = &mut n.slots[slot as usize];
+        let tail = s.tail;
+        if tail == NIL {
+            s.head = index;
+        }
+        s.tail = index;
+        n.occupied |= 1 << slot;
+        if tail != NIL {
+            self.entries[tail as usize].next = index;
+        }
+        let e = &mut self.entries[index as usize];
+        e.prev = tail;
+        e.next = NIL;
+        e.node = node;
+        e.slot = slot;
+    }
+
+    /// Unlinks entry `index` from its slot list. When the slot empties, clears
+    /// its bit and frees nodes left empty above it. Returns whether the slot
+    /// emptied and the lowest node that still holds timers (`NIL` if none).
+    fn unlink(&mut self, index: u32) -> (bool, u32) {
+        let (prev, next, mut node, slot) = {
+            let e = &self.entries[index as usize];
+            (e.prev, e.next, e.node, e.slot)
+        };
+        if prev != NIL {
+            self.entries[prev as usize].next = next;
+        } else {
+            self.nodes[node as usize].slots[slot as usize].head = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        } else {
+            self.nodes[node as usize].slots[slot as usize].tail = prev;
+        }
+        if prev != NIL || next != NIL {
+            return (false, node);
+        }
+        // The slot emptied: clear its bit, then free empty nodes bottom-up.
+        self.nodes[node as usize].occupied &= !(1 << slot);
+        loop {
+            let n = &self.nodes[node as usize];
+            if n.occupied != 0 {
+                return (true, node);
+            }
+            if node == self.root {
+                return (true, NIL);
+            }
+            let (parent, parent_slot) = (n.parent, n.parent_slot);
+            self.nodes[node as usize].parent = self.free_node;
+            self.free_node = node;
+            let p = &mut self.nodes[parent as usize];
+            p.slots[parent_slot as usize] = EMPTY_SLOT;
+            p.occupied &= !(1 << parent_slot);
+            p.cascaded &= !(1 << parent_slot);
+            node = parent;
+        }
+    }
+
+    // ----- placement and front ----------------------------------------------
+
+    /// Links the unlinked entry `index` (its `tick` set) into the tree and
+    /// updates the front.
+    fn place(&mut self, index: u32) {
+        let tick = self.entries[index as usize].tick;
+        self.grow_to(tick);
+        let mut node = self.root;
+        loop {
+            let n = &self.nodes[node as usize];
+            let slot = Self::slot_of(tick, n.level);
+            if n.cascaded & (1 << slot) != 0 {
+                node = n.slots[slot as usize].tail;
+                continue;
+            }
+            self.push_back(node, slot, index);
+            if tick < self.front.tick {
+                // Earliest timer (strictly, so earlier timers of the same tick
+                // keep the front): its slot is the front, with a known minimum.
+                self.front = Front { tick, node, slot };
+            }
+            return;
+        }
+    }
+
+    /// Adds root levels until the root covers `tick`.
+    fn grow_to(&mut self, tick: u64) {
+        loop {
+            let root = &self.nodes[self.root as usize];
+            let level = root.level;
+            // A level-`level` node covers `64^(level + 1)` ticks from 0.
+            if level >= MAX_LEVEL || tick >> (SLOT_BITS * (u32::from(level) + 1)) == 0 {
+                return;
+            }
+            if root.occupied == 0 {
+                self.nodes[self.root as usize].level = level + 1;
+                continue;
+            }
+            let old = self.root;
+            let new = self.alloc_node(level + 1, NIL, 0);
+            let n = &mut self.nodes[new as usize];
+            n.occupied = 1;
+            n.cascaded = 1;
+            n.slots[0] = Slot {
+                head: NIL,
+                tail: old,
+            };
+            let o = &mut self.nodes[old as usize];
+            o.parent = new;
+            o.parent_slot = 0;
+            self.root = new;
+        }
+    }
+
+    /// Unlinks entry `index` and restores the front if it was affected.
+    fn remove(&mut self, index: u32) {
+        let (tick, node, slot) = {
+            let e = &self.entries[index as usize];
+            (e.tick, e.node, e.slot)
+        };
+        let in_front = node == self.front.node && slot == self.front.slot;
+        let (emptied, holder) = self.unlink(index);
+        if !in_front {
+            // Timers outside the front slot are later than the front: it stands.
+            return;
+        }
+        if emptied {
+            // The earliest timer left and its slot is empty: the next one is the
+            // earliest under `holder`, the lowest node still holding timers
+            // above it (everything outside `holder` lies beyond its span).
+            if holder == NIL {
+                self.front = NO_FRONT;
+            } else {
+                self.find_front(holder);
+            }
+            return;
+        }
+        let n = &self.nodes[node as usize];
+        if tick != self.front.tick || n.level == 0 {
+            // A later timer of the front slot left, or one of several timers of
+            // the same tick: the minimum stands.
+            return;
+        }
+        let list = n.slots[slot as usize];
+        if list.head == list.tail {
+            // One timer left in the coarse slot: it is the minimum.
+            self.front.tick = self.entries[list.head as usize].tick;
+        } else {
+            // The minimum of a coarse slot left: cascade to find the next one.
+            self.find_front(node);
+        }
+    }
+
+    /// Sets the front to the earliest timer under `node`, which must hold the
+    /// earliest timer of the wheel. Descends by lowest occupied slot and
+    /// cascades coarse slots of several timers until the minimum is known.
+    fn find_front(&mut self, mut node: u32) {
+        loop {
+            let n = &self.nodes[node as usize];
+            let slot = n.occupied.trailing_zeros() as u8;
+            debug_assert!(n.occupied != 0, "find_front starts at a non-empty node");
+            if n.occupied == 0 {
+                // Unreachable by construction; degrade to an empty front
+                // rather than loop or panic in release builds.
+                self.front = NO_FRONT;
+                return;
+            }
+            if n.cascaded & (1 << slot) != 0 {
+                node = n.slots[slot as usize].tail;
+                continue;
+            }
+            let list = n.slots[slot as usize];
+            if n.level == 0 || list.head == list.tail {
+                self.front = Front {
+                    tick: self.entries[list.head as usize].tick,
+                    node,
+                    slot,
+                };
+                return;
+            }
+            node = self.cascade(node, slot);
+        }
+    }
+
+    /// Moves the timers of list slot `slot` of `node` into a new child node one
+    /// level down (keeping their order) and returns the child.
+    fn cascade(&mut self, node: u32, slot: u8) -> u32 {
+        let (level, list) = {
+            let n = &self.nodes[node as usize];
+            (n.level, n.slots[slot as usize])
+        };
+        let child = self.alloc_node(level - 1, node, slot);
+        let mut index = list.head;
+        while index != NIL {
+            let e = &self.entries[index as usize];
+            let (next, tick) = (e.next, e.tick);
+            self.push_back(child, Self::slot_of(tick, level - 1), index);
+            index = next;
+        }
+        let n = &mut self.nodes[node as usize];
+        n.slots[slot as usize] = Slot {
+            head: NIL,
+            tail: child,
+        };
+        n.cascaded |= 1 << slot;
+        child
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    const MS: u64 = 1;
+    const SEC: u64 = 1000 * MS;
+    const HOUR: u64 = 3600 * SEC;
+
+    fn at(origin: Instant, ms: u64) -> Instant {
+        origin + Duration::from_millis(ms)
+    }
+
+    /// Drains everything due at `now`, returning the payloads in firing order.
+    fn drain<T>(wheel: &mut Wheel<T>, now: Instant) -> Vec<T> {
+        std::iter::from_fn(|| wheel.poll_expired(now).map(|(_, p)| p)).collect()
+    }
+
+    // ----- model-based test -------------------------------------------------
+
+    /// The reference: timers ordered by (tick, insertion sequence).
+    struct Model {
+        origin: Instant,
+        now_tick: u64,
+        seq: u64,
+        order: BTreeMap<(u64, u64), u32>,
+        live: HashMap<u32, (u64, u64)>,
+    }
+
+    impl Model {
+        fn tick_ceil(&self, t: Instant) -> u64 {
+            let ns = t.saturating_duration_since(self.origin).as_nanos();
+            u64::try_from(ns.div_ceil(1_000_000)).unwrap()
+        }
+        fn schedule(&mut self, id: u32, deadline: Instant) {
+            let key = (self.tick_ceil(deadline), self.seq);
+            self.seq += 1;
+            self.order.insert(key, id);
+            self.live.insert(id, key);
+        }
+        fn cancel(&mut self, id: u32) -> bool {
+            match self.live.remove(&id) {
+                Some(key) => self.order.remove(&key).is_some(),
+                None => false,
+            }
+        }
+        fn next_deadline(&self) -> Option<Instant> {
+            let (&(tick, _), _) = self.order.first_key_value()?;
+            Some(at(self.origin, tick))
+        }
+        fn poll(&mut self, now: Instant) -> Option<u32> {
+            let tick = now.saturating_duration_since(self.origin).as_millis() as u64;
+            self.now_tick = self.now_tick.max(tick);
+            let (&(tick, _), _) = self.order.first_key_value()?;
+            if tick > self.now_tick {
+                return None;
+            }
+            let (_, id) = self.order.pop_first()?;
+            self.live.remove(&id);
+            Some(id)
+        }
+    }
+
+    /// A deadline around `now_ms` (ms since origin): mostly future up to 24 h
+    /// at every level's scale, sometimes on level boundaries, in the past,
+    /// before the origin, or repeating an earlier deadline.
+    fn random_deadline(
+        rng: &mut fastrand::Rng,
+        origin: Instant,
+        now_ms: u64,
+        last: Instant,
+    ) -> Instant {
+        let nanos = if rng.bool() { 0 } else { rng.u32(0..1_000_000) };
+        let ms = match rng.u32(0..100) {
+            0..=59 => {
+                let scale = [64, 4096, 262_144, 16_777_216, 24 * HOUR + 1][rng.usize(0..5)];
+                now_ms + rng.u64(0..scale)
+            }
+            60..=69 => {
+                let width = 64u64.pow(rng.u32(1..5));
+                let base = (now_ms / width + rng.u64(0..3)) * width;
+                (base + rng.u64(0..3)).saturating_sub(1)
+            }
+            70..=79 => now_ms.saturating_sub(rng.u64(0..5000)),
+            80..=84 => {
+                return origin
+                    .checked_sub(Duration::from_millis(rng.u64(1..1000)))
+                    .unwrap_or(origin)
+            }
+            _ => return last,
+        };
+        at(origin, ms) + Duration::from_nanos(u64::from(nanos))
+    }
+
+    fn run_model(seed: u64, ops: usize) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let mut model = Model {
+            origin,
+            now_tick: 0,
+            seq: 0,
+            order: BTreeMap::new(),
+            live: HashMap::new(),
+        };
+        let mut keys: Vec<TimerKey> = Vec::new();
+        let mut now_ms = 0u64; // the driver's clock; polls may use earlier instants
+        let mut last = origin;
+        let pace = seed % 3;
+        for step in 0..ops {
+            let ctx = || format!("seed {seed}, step {step}");
+            match rng.u32(0..100) {
+                0..=39 => {
+                    let deadline = random_deadline(&mut rng, origin, now_ms, last);
+                    last = deadline;
+                    let id = keys.len() as u32;
+                    keys.push(wheel.insert(deadline, id));
+                    model.schedule(id, deadline);
+                }
+                40..=54 if !keys.is_empty() => {
+                    let id = rng.u32(0..keys.len() as u32);
+                    let got = wheel.cancel(keys[id as usize]);
+                    let want = model.cancel(id);
+                    assert_eq!(got, want.then_some(id), "cancel {id}: {}", ctx());
+                }
+                55..=69 if !keys.is_empty() => {
+                    let id = rng.u32(0..keys.len() as u32);
+                    let deadline = random_deadline(&mut rng, origin, now_ms, last);
+                    let live = model.live.contains_key(&id);
+                    assert_eq!(
+                        wheel.reset(keys[id as usize], deadline),
+                        live,
+                        "reset {id}: {}",
+                        ctx()
+                    );
+                    if live {
+                        model.cancel(id);
+                        model.schedule(id, deadline);
+                    }
+                }
+                70..=74 if !keys.is_empty() => {
+                    let id = rng.u32(0..keys.len() as u32);
+                    let want = model.live.get(&id).map(|&(tick, _)| at(origin, tick));
+                    assert_eq!(
+                        wheel.deadline(keys[id as usize]),
+                        want,
+                        "deadline {id}: {}",
+                        ctx()
+                    );
+                }
+                _ => {
+                    // Pace 0 jumps hours often (the wheel stays small), pace 1
+                    // only steps milliseconds to seconds (thousands of timers
+                    // pile up), pace 2 is in between.
+                    let dice = match pace {
+                        0 => rng.u32(0..20),
+                        1 => [0, 4, 7, 8, 11, 12, 13, 14, 15, 16][rng.usize(0..10)],
+                        _ => {
+                            if rng.u32(0..100) == 0 {
+                                5
+                            } else {
+                                [0, 1, 4, 7, 8, 9, 11, 12][rng.usize(0..8)]
+                            }
+                        }
+                    };
+                    let now = match dice {
+                        // Exactly the next deadline: must make progress.
+                        0..=3 => match wheel.next_deadline() {
+                            Some(next) => {
+                                let got = wheel.poll_expired(next).map(|(_, id)| id);
+                                assert!(got.is_some(), "no progress at next_deadline: {}", ctx());
+                                assert_eq!(
+                                    got,
+                                    model.poll(next),
+                                    "poll at next_deadline: {}",
+                                    ctx()
+                                );
+                                next
+                            }
+                            None => at(origin, now_ms),
+                        },
+                        // Time going backwards.
+                        4 => at(origin, now_ms.saturating_sub(rng.u64(0..10_000))),
+                        5..=6 => {
+                            now_ms += rng.u64(0..25 * HOUR);
+                            at(origin, now_ms)
+                        }
+                        7..=10 => {
+                            now_ms += if pace == 1 {
+                                rng.u64(0..2 * SEC)
+                            } else {
+                                rng.u64(0..70 * SEC)
+                            };
+                            at(origin, now_ms)
+                        }
+                        _ => {
+                            now_ms += rng.u64(0..100);
+                            at(origin, now_ms) + Duration::from_nanos(rng.u64(0..1_000_000))
+                        }
+                    };
+                    // Drain everything, or stop part-way to check partial drains.
+                    let limit = if rng.bool() {
+                        usize::MAX
+                    } else {
+                        rng.usize(0..4)
+                    };
+                    for _ in 0..limit {
+                        let got = wheel.poll_expired(now).map(|(_, id)| id);
+                        assert_eq!(got, model.poll(now), "poll: {}", ctx());
+                        if got.is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+            assert_eq!(wheel.len(), model.live.len(), "len: {}", ctx());
+            assert_eq!(
+                wheel.next_deadline(),
+                model.next_deadline(),
+                "next_deadline: {}",
+                ctx()
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random insert / cancel / reset / deadline / expire sequences of
+        /// 10,000 operations agree with a `BTreeMap<(tick, seq), id>` model on
+        /// every fired timer (and its order), `next_deadline` and `len`.
+        #[test]
+        fn wheel_matches_btreemap_model(seed in any::<u64>()) {
+            run_model(seed, 10_000);
+        }
+    }
+
+    #[test]
+    fn model_with_fixed_seeds() {
+        for seed in 0..4 {
+            run_model(seed, 10_000);
+        }
+    }
+
+    // ----- edge tests -------------------------------------------------------
+
+    const BOUNDARIES: &[u64] = &[
+        0,
+        1,
+        2,
+        62,
+        63,
+        64,
+        65,
+        127,
+        128,
+        4095,
+        4096,
+        4097,
+        262_143,
+        262_144,
+        262_145,
+        16_777_215,
+        16_777_216,
+        16_777_217,
+        24 * HOUR,
+        24 * HOUR + 1,
+        1_073_741_823,
+        1_073_741_824,
+        1_073_741_825,
+    ];
+
+    #[test]
+    fn level_boundary_deadlines_fire_exactly_on_their_tick() {
+        for start in [0, 1, 63, 64, 4095, 4096, 262_143, 1_000_000] {
+            for &d in BOUNDARIES {
+                let origin = Instant::now();
+                let mut wheel = Wheel::new(origin);
+                assert_eq!(wheel.poll_expired(at(origin, start)), None);
+                let key = wheel.insert(at(origin, start + d), d);
+                assert_eq!(
+                    wheel.next_deadline(),
+                    Some(at(origin, start + d)),
+                    "start {start} d {d}"
+                );
+                if d > 0 {
+                    assert_eq!(
+                        wheel.poll_expired(at(origin, start + d - 1)),
+                        None,
+                        "start {start} d {d}"
+                    );
+                }
+                assert_eq!(
+                    wheel.poll_expired(at(origin, start + d)),
+                    Some((key, d)),
+                    "start {start} d {d}"
+                );
+                assert!(wheel.is_empty());
+                assert_eq!(wheel.next_deadline(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn all_boundaries_in_one_wheel_fire_in_deadline_order() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        for &d in BOUNDARIES.iter().rev() {
+            wheel.insert(at(origin, d), d);
+        }
+        for &d in BOUNDARIES {
+            assert_eq!(wheel.next_deadline(), Some(at(origin, d)));
+            if d > 0 {
+                assert_eq!(wheel.poll_expired(at(origin, d - 1)), None);
+            }
+            assert_eq!(drain(&mut wheel, at(origin, d)), vec![d]);
+        }
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn past_deadline_fires_on_next_poll_even_with_an_earlier_now() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        assert_eq!(wheel.poll_expired(at(origin, 10 * SEC)), None);
+        wheel.insert(at(origin, 5 * SEC), "past");
+        wheel.insert(at(origin, 20 * SEC), "future");
+        // The exact (past) deadline is reported, so the host does not sleep.
+        assert_eq!(wheel.next_deadline(), Some(at(origin, 5 * SEC)));
+        // Time never goes backwards: an earlier `now` still sees 10 s.
+        assert_eq!(drain(&mut wheel, at(origin, SEC)), vec!["past"]);
+        assert_eq!(wheel.next_deadline(), Some(at(origin, 20 * SEC)));
+    }
+
+    #[test]
+    fn instants_before_the_origin_count_as_the_origin() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let Some(before) = origin.checked_sub(Duration::from_secs(1)) else {
+            return;
+        };
+        let key = wheel.insert(before, 1);
+        assert_eq!(wheel.deadline(key), Some(origin));
+        assert_eq!(wheel.next_deadline(), Some(origin));
+        assert_eq!(drain(&mut wheel, before), vec![1]);
+    }
+
+    #[test]
+    fn sub_millisecond_deadlines_round_up_to_the_next_tick() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let key = wheel.insert(at(origin, 7) + Duration::from_nanos(1), ());
+        assert_eq!(wheel.deadline(key), Some(at(origin, 8)));
+        assert_eq!(
+            wheel.poll_expired(at(origin, 7) + Duration::from_micros(999)),
+            None
+        );
+        assert!(wheel.poll_expired(at(origin, 8)).is_some());
+    }
+
+    #[test]
+    fn same_tick_timers_fire_in_insertion_order() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        // Far enough to start in a coarse slot, then cascade together.
+        for i in 0..100 {
+            wheel.insert(at(origin, 300_000) + Duration::from_micros(i % 1000), i);
+        }
+        wheel.insert(at(origin, 299_999), 1000);
+        assert_eq!(drain(&mut wheel, at(origin, 299_999)), vec![1000]);
+        assert_eq!(drain(&mut wheel, at(origin, 300_000)), vec![0]);
+        assert_eq!(
+            drain(&mut wheel, at(origin, 300_001)),
+            (1..100).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn reset_moves_a_timer_earlier_and_later() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let a = wheel.insert(at(origin, 5000), 'a');
+        let b = wheel.insert(at(origin, 6000), 'b');
+        assert!(wheel.reset(b, at(origin, 100)));
+        assert_eq!(wheel.next_deadline(), Some(at(origin, 100)));
+        assert_eq!(wheel.deadline(b), Some(at(origin, 100)));
+        assert!(wheel.reset(b, at(origin, 1_000_000)));
+        assert!(wheel.reset(a, at(origin, 2_000_000)));
+        assert_eq!(wheel.next_deadline(), Some(at(origin, 1_000_000)));
+        assert_eq!(drain(&mut wheel, at(origin, 1_999_999)), vec!['b']);
+        assert_eq!(drain(&mut wheel, at(origin, 2_000_000)), vec!['a']);
+        // A reset to the past is due at once.
+        let c = wheel.insert(at(origin, 3_000_000), 'c');
+        assert!(wheel.reset(c, origin));
+        assert_eq!(drain(&mut wheel, origin), vec!['c']);
+    }
+
+    #[test]
+    fn stale_keys_are_no_ops_after_fire_cancel_and_cell_reuse() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let fired = wheel.insert(at(origin, 1), 1);
+        assert_eq!(wheel.poll_expired(at(origin, 1)), Some((fired, 1)));
+        assert_eq!(wheel.cancel(fired), None);
+        assert!(!wheel.reset(fired, at(origin, 5)));
+        assert_eq!(wheel.deadline(fired), None);
+
+        // The freed cell is reused by the next insert; the old key stays stale.
+        let reused = wheel.insert(at(origin, 10), 2);
+        assert_ne!(reused, fired);
+        assert_eq!(wheel.cancel(fired), None);
+        assert!(!wheel.reset(fired, at(origin, 5)));
+        assert_eq!(wheel.deadline(reused), Some(at(origin, 10)));
+        assert_eq!(wheel.cancel(reused), Some(2));
+        assert_eq!(wheel.cancel(reused), None);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_24_hour_deadline_fires_after_24_hours() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        wheel.insert(at(origin, 24 * HOUR), "day");
+        wheel.insert(at(origin, 90 * SEC), "idle");
+        assert_eq!(drain(&mut wheel, at(origin, 90 * SEC)), vec!["idle"]);
+        assert_eq!(wheel.next_deadline(), Some(at(origin, 24 * HOUR)));
+        // Step through the day in hour-sized jumps.
+        for h in 1..24 {
+            assert_eq!(wheel.poll_expired(at(origin, h * HOUR)), None);
+        }
+        assert_eq!(drain(&mut wheel, at(origin, 24 * HOUR)), vec!["day"]);
+    }
+
+    #[test]
+    fn huge_jumps_in_now_fire_everything_in_order() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut want: Vec<(u64, u32)> = (0..5000).map(|i| (rng.u64(0..24 * HOUR), i)).collect();
+        for &(ms, i) in &want {
+            wheel.insert(at(origin, ms), i);
+        }
+        want.sort();
+        let years = at(origin, 10 * 365 * 24 * HOUR);
+        let got = drain(&mut wheel, years);
+        assert_eq!(got, want.iter().map(|&(_, i)| i).collect::<Vec<_>>());
+        // Later timers are placed relative to the new time, beyond old levels.
+        wheel.insert(years + Duration::from_millis(64), 1);
+        wheel.insert(years, 0);
+        assert_eq!(drain(&mut wheel, years), vec![0]);
+        assert_eq!(
+            drain(&mut wheel, years + Duration::from_millis(64)),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn far_future_deadlines_are_clamped_without_panicking() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let mut far = origin;
+        for secs in [1u64 << 40, 1 << 50, 1 << 60, u64::MAX / 2, u64::MAX] {
+            if let Some(t) = origin.checked_add(Duration::from_secs(secs)) {
+                far = t;
+                let key = wheel.insert(t, secs);
+                assert!(wheel.deadline(key).is_some());
+            }
+        }
+        assert!(wheel.next_deadline().is_some());
+        assert_eq!(wheel.poll_expired(at(origin, 24 * HOUR)), None);
+        // Polling at the farthest instant fires all of them.
+        let scheduled = wheel.len();
+        assert!(scheduled > 0);
+        assert_eq!(drain(&mut wheel, far).len(), scheduled);
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn cancelling_the_earliest_timer_of_a_coarse_slot_finds_the_next_exactly() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let mut rng = fastrand::Rng::with_seed(3);
+        // 200 timers inside one 4096 ms slot (and one level higher), shuffled.
+        let mut ms: Vec<u64> = (0..200).map(|i| 8192 + i * 20 + rng.u64(0..20)).collect();
+        rng.shuffle(&mut ms);
+        let keys: HashMap<u64, TimerKey> = ms
+            .iter()
+            .map(|&m| (m, wheel.insert(at(origin, m), m)))
+            .collect();
+        ms.sort();
+        for (i, m) in ms.iter().enumerate() {
+            assert_eq!(wheel.next_deadline(), Some(at(origin, *m)));
+            if i % 2 == 0 {
+                assert_eq!(wheel.cancel(keys[m]), Some(*m));
+            } else {
+                assert!(wheel.reset(keys[m], at(origin, 100_000 + m)));
+            }
+        }
+        assert_eq!(wheel.len(), 100);
+        assert_eq!(wheel.next_deadline(), Some(at(origin, 100_000 + ms[1])));
+    }
+
+    #[test]
+    fn a_warmed_up_wheel_reuses_its_storage() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut round = |wheel: &mut Wheel<u32>, base: u64| {
+            for i in 0..5000 {
+                wheel.insert(at(origin, base + rng.u64(0..300 * SEC)), i);
+            }
+            assert_eq!(drain(wheel, at(origin, base + 300 * SEC)).len(), 5000);
+            (wheel.entries.len(), wheel.nodes.len())
+        };
+        let warm = round(&mut wheel, 0);
+        // Same shape of load, later: no new entry cells or nodes.
+        assert_eq!(round(&mut wheel, 300 * SEC), warm);
+        assert_eq!(round(&mut wheel, 600 * SEC), warm);
+    }
+
+    #[test]
+    fn poll_at_next_deadline_always_makes_progress() {
+        let origin = Instant::now();
+        let mut wheel = Wheel::new(origin);
+        let mut rng = fastrand::Rng::with_seed(11);
+        for i in 0..2000 {
+            wheel.insert(
+                at(origin, rng.u64(0..24 * HOUR)) + Duration::from_nanos(rng.u64(0..1_000_000)),
+                i,
+            );
+        }
+        let mut fired = 0;
+        while let Some(next) = wheel.next_deadline() {
+            assert!(wheel.poll_expired(next).is_some());
+            fired += 1 + drain(&mut wheel, next).len();
+        }
+        assert_eq!(fired, 2000);
+    }
+}
