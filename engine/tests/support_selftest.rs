@@ -645,3 +645,18 @@ fn intermediate_chains_verify_against_the_root() {
     let c = tls_client(&server, mid.client_config()).unwrap();
     assert_eq!(c.peer_chain().unwrap(), leaf.chain_der());
 }
+
+#[test]
+fn head_and_204_replies_have_no_body() {
+    let server = TestServer::plain(|req, _| match req.method.as_str() {
+        "HEAD" => Reply::ok("twelve bytes"),
+        _ => Reply::status(204),
+    });
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let r = c.send("HEAD", "/", &[], b"").unwrap();
+    assert_eq!((r.header("content-length"), r.body.len()), (Some("12"), 0));
+    let r = c.get("/").unwrap();
+    assert_eq!((r.status, r.header("content-length")), (204, None));
+    // Both left the connection in sync.
+    assert_eq!(c.send("HEAD", "/", &[], b"").unwrap().status, 200);
+}

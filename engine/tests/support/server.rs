@@ -385,8 +385,10 @@ impl Reply {
         self
     }
 
-    /// The serialized reply as (delay before, bytes) segments.
-    fn segments(&self) -> Vec<(Duration, Vec<u8>)> {
+    /// The serialized reply as (delay before, bytes) segments. A response to
+    /// HEAD keeps its framing header but has no body; a 1xx, 204 or 304 with an
+    /// empty body gets no `Content-Length` (RFC 9110 §8.6).
+    fn segments(&self, head_request: bool) -> Vec<(Duration, Vec<u8>)> {
         let mut out = Vec::new();
         match &self.kind {
             ReplyKind::Raw(bytes) => {
@@ -408,7 +410,10 @@ impl Reply {
         for (n, v) in &self.headers {
             head.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
         }
+        let bodiless_status =
+            (100..200).contains(&self.status) || self.status == 204 || self.status == 304;
         match self.framing {
+            Framing::ContentLength if bodiless_status && self.body.is_empty() => {}
             Framing::ContentLength => head
                 .extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes()),
             Framing::Chunked => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -416,6 +421,10 @@ impl Reply {
         }
         head.extend_from_slice(b"\r\n");
         out.push((self.head_delay, head));
+        if head_request {
+            out.extend(self.extra.iter().cloned());
+            return out;
+        }
 
         let mut parts = Vec::new();
         let mut rest = &self.body[..];
@@ -1474,7 +1483,12 @@ fn serve_conn(
             // Like nginx's keepalive_requests: the last exchange says so and closes.
             reply = reply.header("Connection", "close").close_after();
         }
-        match write_reply(shared, &mut io, &reply) {
+        match write_reply(
+            shared,
+            &mut io,
+            &reply,
+            req.method.eq_ignore_ascii_case("HEAD"),
+        ) {
             Written::Complete => {
                 shared.update(|st| st.stats.replies_completed += 1);
                 if reply.wants_close(&req) {
@@ -1568,7 +1582,7 @@ enum Written {
     End(End),
 }
 
-fn write_reply(shared: &Shared, io: &mut Io, reply: &Reply) -> Written {
+fn write_reply(shared: &Shared, io: &mut Io, reply: &Reply, head_request: bool) -> Written {
     match reply.kind {
         ReplyKind::Close => return Written::End(End::Graceful),
         ReplyKind::Reset => return Written::End(End::Abort(Cut::Reset)),
@@ -1576,7 +1590,7 @@ fn write_reply(shared: &Shared, io: &mut Io, reply: &Reply) -> Written {
         ReplyKind::Respond | ReplyKind::Raw(_) => {}
     }
     let mut written = 0usize;
-    for (delay, bytes) in reply.segments() {
+    for (delay, bytes) in reply.segments(head_request) {
         if !delay.is_zero() && !shared.sleep(delay) {
             return Written::End(End::Abort(Cut::Close));
         }
