@@ -106,8 +106,8 @@ pub const MAX_EXCHANGES: usize = 3;
 
 /// Send `request`, feed `stream` in pieces of the sizes in `splits` (the rest
 /// in one piece once they run out; zero counts as one), polling after each,
-/// then signal EOF. After each reusable `End`, the same request is sent again
-/// (up to [`MAX_EXCHANGES`]).
+/// then signal EOF. After a reusable `End`, the same request is sent again
+/// when more input arrives (up to [`MAX_EXCHANGES`] exchanges).
 ///
 /// # Panics
 ///
@@ -155,6 +155,12 @@ fn pump(
     // Every event but `End` consumes input, and `End` comes once per exchange.
     let bound = input.len() + 2 * MAX_EXCHANGES + 2;
     for _ in 0..bound {
+        // The next request goes out when its response starts to arrive, so
+        // that where the input is split cannot change what is sent when.
+        if codec.state() == State::Done && !input.is_empty() && exchanges.len() < MAX_EXCHANGES {
+            request.send(codec, out)?;
+            exchanges.push(Exchange::default());
+        }
         let before = input.len();
         let Some(event) = codec.poll_response(input)? else {
             return Ok(());
@@ -169,10 +175,6 @@ fn pump(
             "empty data event"
         );
         record(exchanges, event);
-        if ended && codec.state() == State::Done && exchanges.len() < MAX_EXCHANGES {
-            request.send(codec, out)?;
-            exchanges.push(Exchange::default());
-        }
     }
     panic!("poll_response did not settle within {bound} events");
 }
