@@ -660,3 +660,27 @@ fn head_and_204_replies_have_no_body() {
     // Both left the connection in sync.
     assert_eq!(c.send("HEAD", "/", &[], b"").unwrap().status, 200);
 }
+
+#[test]
+fn expires_in_sets_a_near_whole_second_not_after_that_verifies_now() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let ca = TestCa::new("rotary test CA");
+    let leaf = ca
+        .leaf(&["localhost"])
+        .expires_in(Duration::from_secs(30))
+        .build();
+    let left = leaf.not_after().duration_since(SystemTime::now()).unwrap();
+    assert!(left > Duration::from_secs(28) && left <= Duration::from_secs(30));
+    assert_eq!(
+        leaf.not_after()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+        0
+    );
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("ok"));
+    let mut c = tls_client(&server, ca.client_config()).unwrap();
+    assert_eq!(c.get("/").unwrap().status, 200);
+    assert_eq!(server.requests_on(1).len(), 1);
+    assert!(server.connection(1).is_some());
+}

@@ -17,14 +17,23 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 /// One day, the default margin around "now" for validity periods.
 pub const DAY: Duration = Duration::from_secs(86_400);
 
-/// Sets `params`' validity to [not_before, not_after] (second resolution).
+/// `t` truncated to whole seconds, as X.509 stores it.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .expect("test certificate times are after 1970");
+    UNIX_EPOCH + Duration::from_secs(d.as_secs())
+}
+
+/// Sets `params`' validity to [not_before, not_after] (truncated to seconds).
 fn set_validity(params: &mut CertificateParams, not_before: SystemTime, not_after: SystemTime) {
-    let secs = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
+    let since_epoch = |t: SystemTime| {
+        whole_seconds(t)
+            .duration_since(UNIX_EPOCH)
             .expect("test certificate times are after 1970")
     };
-    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + secs(not_before);
-    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + secs(not_after);
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_before);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
 }
 
 /// A self-signed certificate authority generated at run time (ECDSA P-256).
@@ -328,7 +337,7 @@ impl LeafBuilder<'_> {
             ca_der,
             ca_pem,
             names: self.names,
-            not_after: self.not_after,
+            not_after: whole_seconds(self.not_after),
         }
     }
 }
@@ -404,7 +413,7 @@ impl Issued {
         &self.names
     }
 
-    /// The leaf's notAfter.
+    /// The leaf's notAfter, as encoded (whole seconds).
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }

@@ -1075,6 +1075,25 @@ impl TestServer {
         lock(&self.shared.state).conn_infos.clone()
     }
 
+    /// The facts of connection `id`, once it finished its (TLS) setup.
+    pub fn connection(&self, id: u64) -> Option<ConnInfo> {
+        lock(&self.shared.state)
+            .conn_infos
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+    }
+
+    /// The requests received on connection `id`, in order.
+    pub fn requests_on(&self, id: u64) -> Vec<RecordedRequest> {
+        lock(&self.shared.state)
+            .requests
+            .iter()
+            .filter(|r| r.conn_id == id)
+            .cloned()
+            .collect()
+    }
+
     /// Why TLS handshakes failed, as rustls said it.
     pub fn tls_errors(&self) -> Vec<String> {
         lock(&self.shared.state).tls_errors.clone()
