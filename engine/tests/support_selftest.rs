@@ -684,3 +684,46 @@ fn expires_in_sets_a_near_whole_second_not_after_that_verifies_now() {
     assert_eq!(server.requests_on(1).len(), 1);
     assert!(server.connection(1).is_some());
 }
+
+#[test]
+fn random_faults_through_the_proxy_end_every_exchange_and_drop_promptly() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok(vec![b'y'; 3000]));
+    let proxy = FaultProxy::builder(server.addr())
+        .random_faults(0.3, 4000)
+        .start();
+    let seed = proxy.seed();
+    let config = ca.client_config();
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..60 {
+        let result = Client::tls(
+            proxy.addr(),
+            "localhost",
+            config.clone(),
+            Duration::from_millis(300),
+        )
+        .and_then(|mut c| c.get("/"));
+        match result {
+            Ok(r) if r.body.len() == 3000 => ok += 1,
+            Ok(r) => panic!(
+                "seed {seed}: a corrupted body passed as {} bytes",
+                r.body.len()
+            ),
+            Err(_) => failed += 1,
+        }
+    }
+    let s = proxy.stats();
+    assert_eq!(s.connections, 60, "seed {seed}");
+    assert!(
+        ok > 0 && ok + failed == 60,
+        "seed {seed}: {ok} ok, {failed} failed, {s:?}"
+    );
+    let start = Instant::now();
+    drop(proxy);
+    drop(server);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "seed {seed}: drop took {:?}",
+        start.elapsed()
+    );
+}
