@@ -3,7 +3,25 @@
 //! (`server`), a seeded fault-injecting TCP proxy (`proxy`), and a tiny
 //! blocking client for cross-checks (`client`).
 //!
-//! Use from a test file as `mod support;` then `use support::*;`.
+//! Use from a test file as `mod support;` then `use support::*;`:
+//!
+//! ```text
+//! let (ca, leaf) = ca_and_leaf();                       // CA + leaf for localhost, 127.0.0.1
+//! let server = TestServer::tls(&leaf, |req, conn| match req.path() {
+//!     "/poll" => Reply::ok("event").delay(Duration::from_millis(50)),   // long poll
+//!     "/cut" => Reply::ok(vec![b'x'; 1000]).cut_at(200),                // FIN mid-body
+//!     _ => Reply::ok("hi").chunked().parts(&[1, 1]).trailer("x-t", "1"),
+//! });
+//! // point the engine at server.url("/poll") trusting ca.cert_pem() / ca.write_pem_file()
+//! server.expect_until(T, "one full handshake", |s| s.handshakes_full == 1);
+//! server.rotate_to(&ca.issue(&["localhost"]));           // new handshakes see the new chain
+//! let proxy = FaultProxy::builder(server.addr()).seed(7).random_faults(0.05, 4096).start();
+//! ```
+//!
+//! Behaviour that a real server has and a test may not expect: a reply with a
+//! `Connection: close` header also closes the connection (use `.keep_open()` to
+//! misbehave); a graceful close lingers up to 1 s reading until the client's EOF,
+//! so that the kernel never turns it into an RST.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
