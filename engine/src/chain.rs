@@ -36,6 +36,15 @@ impl PeerChain {
         self.fingerprint
     }
 
+    /// The leaf certificate's notAfter, if the leaf parses as X.509.
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        let leaf = self.der.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let secs = cert.validity().not_after.timestamp();
+        let secs = u64::try_from(secs).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+    }
+
     /// The fingerprint as colon-separated uppercase hex (`AB:CD:...`), the
     /// form `openssl x509 -fingerprint -sha256` prints.
     pub fn fingerprint_hex(&self) -> String {

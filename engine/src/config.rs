@@ -88,6 +88,12 @@ pub struct Policy {
     pub resumption: Resumption,
     /// Reaction to a changed peer chain; default [`OnChainChange::RetireOld`].
     pub on_chain_change: OnChainChange,
+    /// Every this often, while the origin has connections, open a TLS-only
+    /// connection (full handshake, no request) and compare its chain with the
+    /// origin's; a change raises [`Event::ChainChanged`](crate::Event::ChainChanged)
+    /// and applies `on_chain_change`, so even young connections heal. Default
+    /// `None` (off).
+    pub chain_probe_interval: Option<Duration>,
     /// Safety margin subtracted from a server's `Keep-Alive: timeout=N`, so our
     /// idle close wins the race against the server's. Default 1 s.
     pub keep_alive_margin: Duration,
@@ -105,6 +111,7 @@ impl Default for Policy {
             max_requests: None,
             resumption: Resumption::Never,
             on_chain_change: OnChainChange::RetireOld,
+            chain_probe_interval: None,
             keep_alive_margin: Duration::from_secs(1),
         }
     }
@@ -128,8 +135,22 @@ pub struct Trust {
     /// Trust the Mozilla roots shipped in `webpki-roots`. Default true.
     pub webpki_roots: bool,
     /// PEM bundles of extra (or, with `webpki_roots = false`, only) trust
-    /// anchors. Read when the engine is built. Default none.
+    /// anchors. Read when the engine is built, and re-read before a new
+    /// connection whenever a file's modification time or size changed; a
+    /// version that fails to parse keeps the previous anchors and raises
+    /// [`Event::TrustError`](crate::Event::TrustError). Default none.
     pub pem_files: Vec<PathBuf>,
+    /// A client certificate for mutual TLS, re-read the same way. Default none.
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_chain: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for Trust {
@@ -137,6 +158,7 @@ impl Default for Trust {
         Trust {
             webpki_roots: true,
             pem_files: Vec::new(),
+            client_identity: None,
         }
     }
 }
@@ -147,6 +169,7 @@ impl Trust {
         Trust {
             webpki_roots: false,
             pem_files: vec![path.into()],
+            client_identity: None,
         }
     }
 }

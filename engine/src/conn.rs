@@ -98,6 +98,10 @@ pub(crate) struct Conn {
     pub(crate) last_error: Option<crate::Error>,
     /// The peer closed its side; the connection is not reused.
     pub(crate) peer_eof: bool,
+    /// Why the `MaxAge` timer retires it: max age, or the leaf's notAfter.
+    pub(crate) expiry_reason: crate::CloseReason,
+    /// A TLS-only chain probe: never carries a request.
+    pub(crate) probe: bool,
 }
 
 impl Conn {
@@ -126,6 +130,8 @@ impl Conn {
             replacement: false,
             last_error: None,
             peer_eof: false,
+            expiry_reason: crate::CloseReason::MaxAge,
+            probe: false,
         }
     }
 

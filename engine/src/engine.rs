@@ -13,13 +13,14 @@ use http::Method;
 use mio::net::TcpStream;
 use mio::{Events, Poll, Registry, Token, Waker};
 use rotary_proto::{Codec, Event as CodecEvent, ResponseHead, State as CodecState, TargetForm};
-use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption as TlsResumption};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 use slab::Slab;
 
 use crate::conn::{Conn, ConnTimer, IoFailure, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
+use crate::stats::OriginStats;
+use crate::tls::TlsState;
 use crate::wheel::{TimerKey, Wheel};
 use crate::{
     CloseReason, Config, ConnId, ConnectionInfo, Deadline, Error, Event, Handshake, OnChainChange,
@@ -42,6 +43,8 @@ enum ReqTimer {
 enum Timer {
     Conn(usize, ConnTimer),
     Req(usize, ReqTimer),
+    /// The chain probe of a pool.
+    Probe(usize),
 }
 
 enum Command {
@@ -76,6 +79,10 @@ struct Pool {
     chain: Option<Arc<PeerChain>>,
     /// When a full handshake last stored fresh session tickets.
     full_handshake_at: Option<Instant>,
+    /// A connection retired for age or chain: forget stored sessions.
+    purge_sessions: bool,
+    probe_timer: Option<TimerKey>,
+    stats: OriginStats,
 }
 
 /// A readiness-driven HTTP/1.1-over-TLS client.
@@ -101,9 +108,7 @@ pub struct Engine {
     out: VecDeque<Event>,
     dns: DnsPool,
     answers: Vec<Answer>,
-    tls_full: Arc<ClientConfig>,
-    tls_resume: Arc<ClientConfig>,
-    sessions: Arc<ClientSessionMemoryCache>,
+    tls: TlsState,
     config: Config,
     stats: Stats,
     cmd_tx: mpsc::Sender<Command>,
@@ -159,60 +164,6 @@ impl Handle {
         let _ = self.waker.wake();
         Ok(())
     }
-}
-
-fn build_tls(
-    config: &Config,
-) -> io::Result<(
-    Arc<ClientConfig>,
-    Arc<ClientConfig>,
-    Arc<ClientSessionMemoryCache>,
-)> {
-    use rustls::pki_types::pem::PemObject;
-    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
-    let mut roots = RootCertStore::empty();
-    if config.trust.webpki_roots {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    for path in &config.trust.pem_files {
-        let mut found = 0;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(format!("cannot read CA file {}: {e}", path.display())))?
-        {
-            let cert =
-                cert.map_err(|e| bad(format!("bad PEM in CA file {}: {e}", path.display())))?;
-            roots.add(cert).map_err(|e| {
-                bad(format!(
-                    "bad certificate in CA file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            found += 1;
-        }
-        if found == 0 {
-            return Err(bad(format!(
-                "CA file {} holds no certificate",
-                path.display()
-            )));
-        }
-    }
-    if roots.is_empty() {
-        return Err(bad(
-            "no trust anchors: enable webpki roots or give a CA file".into(),
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut full = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(format!("tls configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    full.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let mut resume = full.clone();
-    full.resumption = TlsResumption::disabled();
-    let sessions = Arc::new(ClientSessionMemoryCache::new(256));
-    resume.resumption = TlsResumption::store(sessions.clone());
-    Ok((Arc::new(full), Arc::new(resume), sessions))
 }
 
 /// The instant a connection made at `connected_at` expires, given a random
@@ -297,7 +248,7 @@ impl Engine {
         token_count: usize,
         config: Config,
     ) -> io::Result<Engine> {
-        let (tls_full, tls_resume, sessions) = build_tls(&config)?;
+        let tls = TlsState::new(&config.trust)?;
         let waker = Arc::new(Waker::new(&registry, Token(token_base))?);
         let resolver = config
             .resolver
@@ -323,9 +274,7 @@ impl Engine {
             out: VecDeque::new(),
             dns,
             answers: Vec::new(),
-            tls_full,
-            tls_resume,
-            sessions,
+            tls,
             config,
             stats: Stats::default(),
             cmd_tx,
@@ -555,6 +504,7 @@ impl Engine {
         s.timers = self.wheel.len();
         s.queued = self.pools.iter().map(|p| p.queue.len()).sum();
         s.in_flight = self.reqs.len() - s.queued;
+        s.origins = self.pools.iter().map(|p| p.stats.clone()).collect();
         s
     }
 
@@ -621,6 +571,9 @@ impl Engine {
             last_used: None,
             chain: None,
             full_handshake_at: None,
+            purge_sessions: false,
+            probe_timer: None,
+            stats: OriginStats::new(origin.clone()),
         });
         let p = self.pools.len() - 1;
         self.pool_index.insert(origin, p);
@@ -771,11 +724,16 @@ impl Engine {
                     ConnTimer::Drain => {
                         if conn.req.is_some() {
                             self.stats.drains_hit_grace += 1;
+                            self.pools[conn.pool].stats.drains_hit_grace += 1;
                             self.exchange_failed(key, Error::Timeout(Deadline::DrainGrace), now);
                         }
                     }
                     ConnTimer::Prewarm => self.prewarm(key, now),
                 }
+            }
+            Timer::Probe(p) => {
+                self.pools[p].probe_timer = None;
+                self.probe(p, now);
             }
             Timer::Req(key, kind) => {
                 let Some(req) = self.reqs.get_mut(key) else {
@@ -794,15 +752,22 @@ impl Engine {
     // ----- connection set-up ----------------------------------------------
 
     fn open_conn(&mut self, p: usize, replacement: bool, now: Instant) {
+        self.open(p, replacement, false, now);
+    }
+
+    fn open(&mut self, p: usize, replacement: bool, probe: bool, now: Instant) {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let mut conn = Conn::new(id, p, Codec::new(self.config.limits));
         conn.replacement = replacement;
+        conn.probe = probe;
         let key = self.conns.insert(conn);
         self.stats.connections_attempted += 1;
         let pool = &mut self.pools[p];
         pool.conns.push(key);
-        pool.connecting += 1;
+        if !probe {
+            pool.connecting += 1;
+        }
         let (host, port) = (pool.origin.host().to_owned(), pool.origin.port());
         if let Ok(ip) = host.parse::<IpAddr>() {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -949,9 +914,24 @@ impl Engine {
     /// The TLS configuration for a new connection: resumption only when the
     /// policy allows it and the last full handshake is younger than max age.
     fn tls_config_for(&mut self, p: usize, key: usize, now: Instant) -> Arc<ClientConfig> {
-        let pool = &self.pools[p];
+        match self.tls.refresh() {
+            Ok(true) => log::info!("trust files changed; new connections use the new anchors"),
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!(
+                    "keeping the previous trust anchors: {}: {}",
+                    e.path.display(),
+                    e.reason
+                );
+                self.out.push_back(Event::TrustError {
+                    path: e.path,
+                    reason: e.reason,
+                });
+            }
+        }
+        let pool = &mut self.pools[p];
         if pool.policy.resumption == Resumption::Never {
-            return self.tls_full.clone();
+            return self.tls.full();
         }
         let replacement = self.conns.get(key).is_some_and(|c| c.replacement);
         let young = match (pool.full_handshake_at, pool.policy.max_age) {
@@ -959,13 +939,8 @@ impl Engine {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if replacement || !young {
-            if let Ok(name) = ServerName::try_from(pool.origin.host().to_owned()) {
-                while self.sessions.take_tls13_ticket(&name).is_some() {}
-                self.sessions.remove_tls12_session(&name);
-            }
-        }
-        self.tls_resume.clone()
+        let purge = replacement || !young || std::mem::take(&mut pool.purge_sessions);
+        self.tls.resuming(pool.origin.host(), purge)
     }
 
     /// A connection attempt failed: it closes, and the oldest waiting request
@@ -976,9 +951,18 @@ impl Engine {
         };
         let p = conn.pool;
         log::debug!("connection to {} failed: {err}", self.pools[p].origin);
+        let conn = conn.id;
+        self.out.push_back(Event::ConnectFailed {
+            conn,
+            origin: self.pools[p].origin.clone(),
+            error: err.clone(),
+        });
+        let probe = self.conns.get(key).is_some_and(|c| c.probe);
         self.close_conn(key, CloseReason::ConnectFailed);
-        if let Some(rk) = self.pools[p].queue.pop_front() {
-            self.fail_request(rk, err);
+        if !probe {
+            if let Some(rk) = self.pools[p].queue.pop_front() {
+                self.fail_request(rk, err);
+            }
         }
         self.dispatch(p, now);
     }
@@ -992,7 +976,9 @@ impl Engine {
         let p = conn.pool;
         conn.stage = Stage::Ready;
         let pool = &mut self.pools[p];
-        pool.connecting = pool.connecting.saturating_sub(1);
+        if !conn.probe {
+            pool.connecting = pool.connecting.saturating_sub(1);
+        }
         conn.remaining = pool.policy.max_requests;
         let mut info = ConnectionInfo {
             conn: conn.id,
@@ -1007,6 +993,7 @@ impl Engine {
             chain: None,
         };
         let mut changed = None;
+        let mut expires_with_cert = None;
         if let Some(tls) = conn.tls.as_deref() {
             let kind = match tls.handshake_kind() {
                 Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
@@ -1023,21 +1010,40 @@ impl Engine {
             info.handshake = Some(kind);
             info.chain = Some(chain.clone());
             conn.chain = Some(chain.clone());
+            expires_with_cert = chain.not_after();
             match kind {
                 Handshake::Full => {
                     self.stats.handshakes_full += 1;
+                    pool.stats.handshakes_full += 1;
                     pool.full_handshake_at = Some(now);
                     if let Some(prev) = pool.chain.as_ref().filter(|prev| ***prev != *chain) {
                         changed = Some(prev.clone());
                     }
                 }
-                Handshake::Resumed => self.stats.handshakes_resumed += 1,
+                Handshake::Resumed => {
+                    self.stats.handshakes_resumed += 1;
+                    pool.stats.handshakes_resumed += 1;
+                }
             }
             if pool.chain.is_none() || kind == Handshake::Full {
                 pool.chain = Some(chain);
             }
         }
+        let probe = self.conns.get(key).is_some_and(|c| c.probe);
+        if probe {
+            log::debug!("chain probe of {} done", info.origin);
+            if let Some(previous) = changed {
+                self.chain_changed(p, key, previous);
+            }
+            self.close_conn(key, CloseReason::Probe);
+            return self.dispatch(p, now);
+        }
+        if let Some(not_after) = expires_with_cert {
+            self.retire_at_cert_expiry(key, not_after, now);
+        }
+        self.schedule_probe(p, now);
         self.stats.connections_opened += 1;
+        self.pools[p].stats.connections_opened += 1;
         log::debug!(
             "connection {} to {} open ({:?})",
             info.conn.0,
@@ -1055,8 +1061,31 @@ impl Engine {
         self.make_idle(key, now);
     }
 
+    /// Retire the connection at its leaf's notAfter when that comes before
+    /// its max age.
+    fn retire_at_cert_expiry(
+        &mut self,
+        key: usize,
+        not_after: std::time::SystemTime,
+        now: Instant,
+    ) {
+        let left = not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let at = now + left;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let current = conn.timers[ConnTimer::MaxAge as usize].and_then(|t| self.wheel.deadline(t));
+        if current.is_none_or(|c| at < c) {
+            conn.expiry_reason = CloseReason::CertExpiry;
+            self.set_conn_timer(key, ConnTimer::MaxAge, at);
+        }
+    }
+
     fn chain_changed(&mut self, p: usize, newest: usize, previous: Arc<PeerChain>) {
         self.stats.chain_changes += 1;
+        self.pools[p].stats.chain_changes += 1;
         let pool = &self.pools[p];
         let Some(current) = pool.chain.clone() else {
             return;
@@ -1100,12 +1129,13 @@ impl Engine {
             return;
         };
         let p = conn.pool;
+        let reason = conn.expiry_reason;
         if conn.is_idle() {
-            self.close_conn(key, CloseReason::MaxAge);
+            self.close_conn(key, reason);
             return self.dispatch(p, now);
         }
         if conn.retiring.is_none() {
-            conn.retiring = Some(CloseReason::MaxAge);
+            conn.retiring = Some(reason);
         }
         if conn.req.is_some() {
             if let Some(grace) = self.pools[p].policy.drain_grace {
@@ -1134,6 +1164,35 @@ impl Engine {
             log::debug!("prewarming a replacement connection to {}", pool.origin);
             self.open_conn(p, true, now);
         }
+    }
+
+    /// Arm the origin's chain probe, if the policy asks for one and it has
+    /// live connections to heal.
+    fn schedule_probe(&mut self, p: usize, now: Instant) {
+        let pool = &self.pools[p];
+        let Some(every) = pool.policy.chain_probe_interval else {
+            return;
+        };
+        if pool.probe_timer.is_some() || !pool.origin.is_tls() {
+            return;
+        }
+        let t = self.wheel.insert(now + every, Timer::Probe(p));
+        self.pools[p].probe_timer = Some(t);
+    }
+
+    fn probe(&mut self, p: usize, now: Instant) {
+        let live = self.pools[p].conns.iter().any(|&k| {
+            self.conns
+                .get(k)
+                .is_some_and(|c| !c.probe && c.stage == Stage::Ready)
+        });
+        if !live || self.shut || !self.has_token_room() {
+            return;
+        }
+        self.stats.probes += 1;
+        self.pools[p].stats.probes += 1;
+        self.open(p, true, true, now);
+        self.schedule_probe(p, now);
     }
 
     fn has_token_room(&self) -> bool {
@@ -1248,6 +1307,9 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        // Slab keys are reused: a connection closed below may hand its key to
+        // a new one, so every later look-up checks the id too.
+        let id = conn.id;
         if let Err(e) = conn.flush() {
             return self.io_failed(key, IoFailure::Io(e), true, now);
         }
@@ -1260,22 +1322,26 @@ impl Engine {
         {
             self.ready(key, now);
         }
-        if pass.bytes > 0 || pass.eof {
-            self.on_input(key, pass.eof, now);
+        if (pass.bytes > 0 || pass.eof) && self.is_live(key, id) {
+            self.on_input(key, id, pass.eof, now);
         }
         let token = self.token(key);
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
             return;
         };
         if let Err(e) = conn.flush() {
             return self.io_failed(key, IoFailure::Io(e), true, now);
         }
         if pass.more {
-            self.read_again.push((key, conn.id));
+            self.read_again.push((key, id));
         }
         if let Err(e) = conn.update_interest(&self.registry, token) {
             self.io_failed(key, IoFailure::Io(e), false, now);
         }
+    }
+
+    fn is_live(&self, key: usize, id: ConnId) -> bool {
+        self.conns.get(key).is_some_and(|c| c.id == id)
     }
 
     fn io_failed(&mut self, key: usize, failure: IoFailure, writing: bool, now: Instant) {
@@ -1318,12 +1384,12 @@ impl Engine {
     }
 
     /// New plaintext (or EOF) on a connection.
-    fn on_input(&mut self, key: usize, eof: bool, now: Instant) {
+    fn on_input(&mut self, key: usize, id: ConnId, eof: bool, now: Instant) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.peer_eof |= eof;
         }
         loop {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
                 return;
             };
             let Some(rk) = conn.req else {
@@ -1386,7 +1452,7 @@ impl Engine {
                         }
                     }
                     // Whatever happened, the peer is gone.
-                    if let Some(p) = self.conns.get(key).map(|c| c.pool) {
+                    if let Some(p) = self.conns.get(key).filter(|c| c.id == id).map(|c| c.pool) {
                         self.close_conn(key, CloseReason::PeerClose);
                         self.dispatch(p, now);
                     }
@@ -1566,6 +1632,7 @@ impl Engine {
             });
             if retry {
                 self.stats.retries += 1;
+                self.pools[p].stats.retries += 1;
                 self.clear_req_timer(rk, ReqTimer::FirstByte);
                 if let Some(r) = self.reqs.get_mut(rk) {
                     log::debug!(
@@ -1651,11 +1718,24 @@ impl Engine {
         let pool = &mut self.pools[conn.pool];
         pool.conns.retain(|&k| k != key);
         pool.idle.retain(|&k| k != key);
-        if conn.stage != Stage::Ready {
+        if conn.stage != Stage::Ready && !conn.probe {
             pool.connecting = pool.connecting.saturating_sub(1);
+        }
+        if matches!(
+            reason,
+            CloseReason::MaxAge | CloseReason::ChainChange | CloseReason::CertExpiry
+        ) {
+            pool.purge_sessions = true;
+        }
+        if pool.conns.is_empty() {
+            // Nothing left to heal: the probe stops until the next connection.
+            if let Some(t) = pool.probe_timer.take() {
+                self.wheel.cancel(t);
+            }
         }
         let origin = pool.origin.clone();
         self.stats.closed_by_reason[reason.index()] += 1;
+        self.pools[conn.pool].stats.closed_by_reason[reason.index()] += 1;
         log::debug!(
             "connection {} to {origin} closed: {}",
             conn.id.0,

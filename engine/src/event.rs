@@ -67,11 +67,13 @@ pub enum CloseReason {
     Cancelled,
     /// The engine shut down or was asked to close idle connections.
     Shutdown,
+    /// A chain probe finished its handshake (probes carry no request).
+    Probe,
 }
 
 impl CloseReason {
     /// Every reason, in order; for counters.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::MaxAge,
         CloseReason::Idle,
         CloseReason::MaxRequests,
@@ -83,6 +85,7 @@ impl CloseReason {
         CloseReason::Error,
         CloseReason::Cancelled,
         CloseReason::Shutdown,
+        CloseReason::Probe,
     ];
 
     /// A short lowercase name (`"max_age"`, `"peer_close"`, ...), used in metrics.
@@ -99,6 +102,7 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Cancelled => "cancelled",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Probe => "probe",
         }
     }
 
@@ -199,6 +203,26 @@ pub enum Event {
         origin: Origin,
         /// Why.
         reason: CloseReason,
+    },
+    /// Opening a connection failed (resolve, connect or TLS handshake, with
+    /// rustls's reason). The waiting request it was for, if any, fails with
+    /// the same error; this event lets a runner alert on, say, a rotation to
+    /// a chain it does not trust, even when no request was waiting.
+    ConnectFailed {
+        /// The connection attempt.
+        conn: ConnId,
+        /// Its origin.
+        origin: Origin,
+        /// What failed.
+        error: Error,
+    },
+    /// A trust file (CA bundle, client certificate or key) changed on disk
+    /// but could not be used; the previous configuration stays in force.
+    TrustError {
+        /// The file (empty when the problem is not one file's).
+        path: std::path::PathBuf,
+        /// What was wrong with it.
+        reason: String,
     },
     /// A full handshake showed a different chain than the origin's previous
     /// connection.

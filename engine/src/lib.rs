@@ -45,13 +45,16 @@ mod error;
 mod event;
 mod origin;
 mod stats;
+mod tls;
 pub mod wheel;
 
 pub use chain::PeerChain;
-pub use config::{Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust};
+pub use config::{
+    ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
+};
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Trailers};
 pub use error::{Deadline, Error, Phase};
 pub use event::{CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy};
 pub use origin::Origin;
-pub use stats::Stats;
+pub use stats::{OriginStats, Stats};

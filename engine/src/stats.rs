@@ -2,7 +2,52 @@
 
 use std::fmt::Write as _;
 
-use crate::{CloseReason, Phase};
+use crate::{CloseReason, Origin, Phase};
+
+/// Lifetime counters of one origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OriginStats {
+    /// The origin.
+    pub origin: Origin,
+    /// Connections that finished their handshake.
+    pub connections_opened: u64,
+    /// Connections closed, indexed by [`CloseReason::ALL`] order.
+    pub closed_by_reason: [u64; CloseReason::ALL.len()],
+    /// Full TLS handshakes.
+    pub handshakes_full: u64,
+    /// Resumed TLS handshakes.
+    pub handshakes_resumed: u64,
+    /// Chain changes seen.
+    pub chain_changes: u64,
+    /// Chain probes started.
+    pub probes: u64,
+    /// Requests retried on a fresh connection.
+    pub retries: u64,
+    /// Drains whose `drain_grace` passed before the exchange finished.
+    pub drains_hit_grace: u64,
+}
+
+impl OriginStats {
+    pub(crate) fn new(origin: Origin) -> OriginStats {
+        OriginStats {
+            origin,
+            connections_opened: 0,
+            closed_by_reason: [0; CloseReason::ALL.len()],
+            handshakes_full: 0,
+            handshakes_resumed: 0,
+            chain_changes: 0,
+            probes: 0,
+            retries: 0,
+            drains_hit_grace: 0,
+        }
+    }
+
+    /// Connections of this origin closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed_by_reason[reason.index()]
+    }
+}
 
 /// A snapshot from [`Engine::stats`](crate::Engine::stats).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +73,8 @@ pub struct Stats {
     pub retries: u64,
     /// Chain changes seen.
     pub chain_changes: u64,
+    /// Chain probes started.
+    pub probes: u64,
     /// Drains whose `drain_grace` passed before the exchange finished.
     pub drains_hit_grace: u64,
     /// Gauge: open connections (connecting, ready or draining).
@@ -38,6 +85,8 @@ pub struct Stats {
     pub queued: usize,
     /// Gauge: requests on a connection.
     pub in_flight: usize,
+    /// The lifetime counters of each origin used so far.
+    pub origins: Vec<OriginStats>,
 }
 
 impl Stats {
@@ -130,10 +179,43 @@ impl Stats {
             &[(None, self.chain_changes)],
         );
         counter(
+            "probes_total",
+            "Chain probes started.",
+            &[(None, self.probes)],
+        );
+        counter(
             "drains_hit_grace_total",
             "Drains that ran out of drain grace.",
             &[(None, self.drains_hit_grace)],
         );
+        for (name, help, pick) in ORIGIN_COUNTERS {
+            let _ = writeln!(out, "# HELP rotary_origin_{name} {help}");
+            let _ = writeln!(out, "# TYPE rotary_origin_{name} counter");
+            for o in &self.origins {
+                let origin = escape(&o.origin.to_string());
+                let _ = writeln!(
+                    out,
+                    "rotary_origin_{name}{{origin=\"{origin}\"}} {}",
+                    pick(o)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP rotary_origin_retirements_total Connections closed, by origin and reason."
+        );
+        let _ = writeln!(out, "# TYPE rotary_origin_retirements_total counter");
+        for o in &self.origins {
+            let origin = escape(&o.origin.to_string());
+            for r in CloseReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "rotary_origin_retirements_total{{origin=\"{origin}\",reason=\"{}\"}} {}",
+                    r.name(),
+                    o.closed(r)
+                );
+            }
+        }
         for (name, help, v) in [
             ("connections", "Open connections.", self.connections),
             ("timers", "Timers on the wheel.", self.timers),
@@ -154,4 +236,47 @@ impl Stats {
         }
         out
     }
+}
+
+type Pick = fn(&OriginStats) -> u64;
+
+const ORIGIN_COUNTERS: [(&str, &str, Pick); 7] = [
+    (
+        "connections_opened_total",
+        "Connections opened, by origin.",
+        |o| o.connections_opened,
+    ),
+    (
+        "handshakes_full_total",
+        "Full TLS handshakes, by origin.",
+        |o| o.handshakes_full,
+    ),
+    (
+        "handshakes_resumed_total",
+        "Resumed TLS handshakes, by origin.",
+        |o| o.handshakes_resumed,
+    ),
+    (
+        "chain_changes_total",
+        "Peer chain changes, by origin.",
+        |o| o.chain_changes,
+    ),
+    ("probes_total", "Chain probes, by origin.", |o| o.probes),
+    (
+        "retries_total",
+        "Requests retried on a fresh connection, by origin.",
+        |o| o.retries,
+    ),
+    (
+        "drains_hit_grace_total",
+        "Drains that ran out of grace, by origin.",
+        |o| o.drains_hit_grace,
+    ),
+];
+
+/// Escape a Prometheus label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -1,0 +1,190 @@
+//! TLS client configuration: trust anchors and client identity from PEM
+//! files that are re-read when they change, and the two rustls configs the
+//! engine hands out (resumption off, or on with a purgeable session store).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::config::{ClientIdentity, Trust};
+
+/// What identifies one version of a file: modification time and size.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// A file that could not be used; the previous configuration stays.
+#[derive(Debug, Clone)]
+pub(crate) struct FileError {
+    pub(crate) path: PathBuf,
+    pub(crate) reason: String,
+}
+
+fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
+    FileError {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+pub(crate) struct TlsState {
+    trust: Trust,
+    stamps: Vec<Stamp>,
+    full: Arc<ClientConfig>,
+    resume: Arc<ClientConfig>,
+    sessions: Arc<ClientSessionMemoryCache>,
+}
+
+impl TlsState {
+    /// Build from the trust settings, reading every file.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the file when a CA file, certificate or key
+    /// cannot be read or holds nothing usable, or when no anchor is left.
+    pub(crate) fn new(trust: &Trust) -> io::Result<TlsState> {
+        let sessions = Arc::new(ClientSessionMemoryCache::new(256));
+        let (full, resume) = build(trust, &sessions).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: {}", e.path.display(), e.reason),
+            )
+        })?;
+        Ok(TlsState {
+            stamps: watched(trust).iter().map(|p| stamp(p)).collect(),
+            trust: trust.clone(),
+            full,
+            resume,
+            sessions,
+        })
+    }
+
+    /// Re-read the files if any changed since the last look. On failure the
+    /// previous configuration stays and the error is returned once per change.
+    pub(crate) fn refresh(&mut self) -> Result<bool, FileError> {
+        let now: Vec<Stamp> = watched(&self.trust).iter().map(|p| stamp(p)).collect();
+        if now == self.stamps {
+            return Ok(false);
+        }
+        self.stamps = now;
+        let (full, resume) = build(&self.trust, &self.sessions)?;
+        self.full = full;
+        self.resume = resume;
+        Ok(true)
+    }
+
+    /// The config for a connection that must do a full handshake.
+    pub(crate) fn full(&self) -> Arc<ClientConfig> {
+        self.full.clone()
+    }
+
+    /// The config that may resume; with `purge`, first forget the sessions
+    /// stored for `host` so this connection does a full handshake too.
+    pub(crate) fn resuming(&self, host: &str, purge: bool) -> Arc<ClientConfig> {
+        if purge {
+            if let Ok(name) = ServerName::try_from(host.to_owned()) {
+                while self.sessions.take_tls13_ticket(&name).is_some() {}
+                self.sessions.remove_tls12_session(&name);
+            }
+        }
+        self.resume.clone()
+    }
+}
+
+fn watched(trust: &Trust) -> Vec<PathBuf> {
+    let mut files = trust.pem_files.clone();
+    if let Some(id) = &trust.client_identity {
+        files.push(id.cert_chain.clone());
+        files.push(id.key.clone());
+    }
+    files
+}
+
+fn read_roots(trust: &Trust) -> Result<RootCertStore, FileError> {
+    let mut roots = RootCertStore::empty();
+    if trust.webpki_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for path in &trust.pem_files {
+        let mut found = 0;
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(path, format!("cannot read CA file: {e}")))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| bad(path, format!("bad PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(path, format!("bad CA certificate: {e}")))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(bad(path, "no certificate in CA file"));
+        }
+    }
+    if roots.is_empty() {
+        return Err(FileError {
+            path: PathBuf::new(),
+            reason: "no trust anchors: enable webpki roots or give a CA file".into(),
+        });
+    }
+    Ok(roots)
+}
+
+fn read_identity(
+    id: &ClientIdentity,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), FileError> {
+    let chain = CertificateDer::pem_file_iter(&id.cert_chain)
+        .map_err(|e| {
+            bad(
+                &id.cert_chain,
+                format!("cannot read client certificate: {e}"),
+            )
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&id.cert_chain, format!("bad PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad(
+            &id.cert_chain,
+            "no certificate in client certificate file",
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&id.key)
+        .map_err(|e| bad(&id.key, format!("cannot read client key: {e}")))?;
+    Ok((chain, key))
+}
+
+fn build(
+    trust: &Trust,
+    sessions: &Arc<ClientSessionMemoryCache>,
+) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), FileError> {
+    let roots = read_roots(trust)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(Path::new(""), format!("tls configuration: {e}")))?
+        .with_root_certificates(roots);
+    let mut full = match &trust.client_identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let (chain, key) = read_identity(id)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                bad(
+                    &id.key,
+                    format!("client certificate and key do not match: {e}"),
+                )
+            })?
+        }
+    };
+    full.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut resume = full.clone();
+    full.resumption = Resumption::disabled();
+    resume.resumption = Resumption::store(sessions.clone());
+    Ok((Arc::new(full), Arc::new(resume)))
+}
