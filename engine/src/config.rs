@@ -142,6 +142,12 @@ pub struct Trust {
     pub pem_files: Vec<PathBuf>,
     /// A client certificate for mutual TLS, re-read the same way. Default none.
     pub client_identity: Option<ClientIdentity>,
+    /// Accept any server certificate. Only with the off-by-default cargo
+    /// feature `dangerous-skip-verification`, for lab setups; every
+    /// connection logs a warning. Handshake signatures are still checked.
+    /// Default false.
+    #[cfg(feature = "dangerous-skip-verification")]
+    pub dangerous_skip_verification: bool,
 }
 
 /// A client certificate chain and its private key, as PEM files.
@@ -159,6 +165,8 @@ impl Default for Trust {
             webpki_roots: true,
             pem_files: Vec::new(),
             client_identity: None,
+            #[cfg(feature = "dangerous-skip-verification")]
+            dangerous_skip_verification: false,
         }
     }
 }
@@ -170,6 +178,8 @@ impl Trust {
             webpki_roots: false,
             pem_files: vec![path.into()],
             client_identity: None,
+            #[cfg(feature = "dangerous-skip-verification")]
+            dangerous_skip_verification: false,
         }
     }
 }

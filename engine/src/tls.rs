@@ -182,9 +182,77 @@ fn build(
             })?
         }
     };
+    #[cfg(feature = "dangerous-skip-verification")]
+    if trust.dangerous_skip_verification {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        full.dangerous()
+            .set_certificate_verifier(Arc::new(danger::AcceptAnyCertificate(provider)));
+    }
     full.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut resume = full.clone();
     full.resumption = Resumption::disabled();
     resume.resumption = Resumption::store(sessions.clone());
     Ok((Arc::new(full), Arc::new(resume)))
+}
+
+/// The verifier behind `Trust::dangerous_skip_verification`.
+#[cfg(feature = "dangerous-skip-verification")]
+mod danger {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+
+    #[derive(Debug)]
+    pub(super) struct AcceptAnyCertificate(pub(super) Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AcceptAnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            log::warn!(
+                "certificate verification is OFF: accepting any certificate for {server_name:?}"
+            );
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
 }

@@ -221,3 +221,16 @@ fn addresses_are_tried_in_order_until_one_connects() {
     assert_eq!(out.opened()[0].peer_addr, server.addr());
     assert_drained(&mut engine);
 }
+
+#[cfg(feature = "dangerous-skip-verification")]
+#[test]
+fn skipping_verification_needs_the_feature_and_accepts_an_unknown_ca() {
+    let (_ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("unverified"));
+    let stranger = TestCa::new("unrelated CA");
+    let (mut engine, _f) = engine_for(&stranger, |c| c.trust.dangerous_skip_verification = true);
+    let id = engine.submit(get(&server.url("/")), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    assert_eq!(out.response(id).body(), "unverified");
+    assert_drained(&mut engine);
+}
