@@ -200,6 +200,10 @@ pub struct Config {
     pub dns_threads: usize,
     /// A resolver of the embedder's own, used instead of `ToSocketAddrs`.
     pub resolver: Option<Arc<dyn Resolver>>,
+    /// Connect to in-memory pipes instead of TCP (fuzzing and deterministic
+    /// tests only). Default none.
+    #[doc(hidden)]
+    pub memnet: Option<crate::fuzzing::MemNet>,
 }
 
 impl Default for Config {
@@ -211,6 +215,7 @@ impl Default for Config {
             limits: rotary_proto::Limits::default(),
             dns_threads: 2,
             resolver: None,
+            memnet: None,
         }
     }
 }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use rotary_proto::Codec;
 use rustls::ClientConnection;
 
+use crate::sock::Sock;
 use crate::wheel::TimerKey;
 use crate::{ConnId, PeerChain};
 
@@ -69,7 +69,7 @@ pub(crate) struct Conn {
     pub(crate) id: ConnId,
     pub(crate) pool: usize,
     pub(crate) stage: Stage,
-    pub(crate) sock: Option<TcpStream>,
+    pub(crate) sock: Option<Sock>,
     pub(crate) tls: Option<Box<ClientConnection>>,
     pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) next_addr: usize,
@@ -259,13 +259,9 @@ impl Conn {
         };
         match self.interest {
             Some(have) if have == want => Ok(()),
-            Some(_) => {
+            have => {
                 self.interest = Some(want);
-                registry.reregister(sock, token, want)
-            }
-            None => {
-                self.interest = Some(want);
-                registry.register(sock, token, want)
+                sock.register(registry, token, want, have.is_none())
             }
         }
     }
@@ -280,9 +276,9 @@ impl Conn {
                 }
             }
             if self.interest.is_some() {
-                let _ = registry.deregister(&mut sock);
+                sock.deregister(registry);
             }
-            let _ = sock.shutdown(std::net::Shutdown::Write);
+            sock.shutdown_write();
         }
         self.interest = None;
     }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
-use mio::net::TcpStream;
 use mio::{Events, Poll, Registry, Token, Waker};
 use rotary_proto::{Codec, Event as CodecEvent, ResponseHead, State as CodecState, TargetForm};
 use rustls::pki_types::ServerName;
@@ -19,6 +18,7 @@ use slab::Slab;
 
 use crate::conn::{Conn, ConnTimer, IoFailure, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
+use crate::sock::Sock;
 use crate::stats::OriginStats;
 use crate::tls::TlsState;
 use crate::wheel::{TimerKey, Wheel};
@@ -497,6 +497,24 @@ impl Engine {
         }
     }
 
+    /// Drive every in-memory connection and fire deadlines due at `now`
+    /// (for [`crate::fuzzing`]; in-memory pipes have no readiness events).
+    #[doc(hidden)]
+    pub fn drive_memnet(&mut self, now: Instant) {
+        let keys: Vec<(usize, ConnId)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.sock, Some(Sock::Mem(_))))
+            .map(|(k, c)| (k, c.id))
+            .collect();
+        for (key, id) in keys {
+            if self.is_live(key, id) {
+                self.on_token(self.token(key), now);
+            }
+        }
+        self.handle_timeouts(now);
+    }
+
     /// Counters and gauges.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
@@ -769,7 +787,13 @@ impl Engine {
             pool.connecting += 1;
         }
         let (host, port) = (pool.origin.host().to_owned(), pool.origin.port());
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        // IP literals need no lookup; in-memory pipes have no network to look up.
+        let literal = match host.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) if self.config.memnet.is_some() => Some(IpAddr::from([127, 0, 0, 1])),
+            Err(_) => None,
+        };
+        if let Some(ip) = literal {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.addrs = vec![SocketAddr::new(ip, port)];
             }
@@ -795,7 +819,11 @@ impl Engine {
                 return self.connect_failed(key, err, now);
             };
             conn.next_addr += 1;
-            match TcpStream::connect(addr) {
+            let sock = match &self.config.memnet {
+                Some(net) => Ok(Sock::Mem(net.connect(addr))),
+                None => Sock::connect(addr),
+            };
+            match sock {
                 Ok(sock) => {
                     conn.sock = Some(sock);
                     conn.stage = Stage::Connecting;
@@ -810,6 +838,10 @@ impl Engine {
                         continue;
                     }
                     self.set_conn_timer(key, ConnTimer::Setup, now + self.config.timeouts.connect);
+                    if self.config.memnet.is_some() {
+                        // In-memory pipes connect at once.
+                        self.on_connecting(key, now);
+                    }
                     return;
                 }
                 Err(e) => {
@@ -841,16 +873,10 @@ impl Engine {
         let addr = conn
             .peer_addr
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let failure = match sock.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match sock.peer_addr() {
-                Ok(_) => None,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(e) => Some(e),
-            },
-        };
-        match failure {
-            Some(e) => self.next_address(
+        match sock.connect_result() {
+            Ok(true) => self.connected(key, now),
+            Ok(false) => {}
+            Err(e) => self.next_address(
                 key,
                 Error::Connect {
                     addr,
@@ -858,7 +884,6 @@ impl Engine {
                 },
                 now,
             ),
-            None => self.connected(key, now),
         }
     }
 
@@ -868,7 +893,7 @@ impl Engine {
         };
         let p = conn.pool;
         if let Some(sock) = conn.sock.as_ref() {
-            let _ = sock.set_nodelay(true);
+            sock.set_nodelay();
         }
         conn.connected_at = Some(now);
         let policy = self.pools[p].policy;

@@ -43,7 +43,10 @@ mod dns;
 mod engine;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod origin;
+mod sock;
 mod stats;
 mod tls;
 pub mod wheel;

@@ -1,0 +1,394 @@
+//! In-memory peers for fuzzing the whole engine: connections, TLS, codec,
+//! pool and timers, fed bytes through in-memory pipes instead of sockets.
+//!
+//! Not part of the stable API. The cargo-fuzz target `engine` and the test
+//! that replays its corpus both call [`run_script`].
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::{Config, Engine, Event, RequestId, RequestOptions, Trust};
+
+#[derive(Default)]
+struct Pipe {
+    to_client: VecDeque<u8>,
+    from_client: Vec<u8>,
+    peer_eof: bool,
+    reset: bool,
+    client_shut: bool,
+}
+
+fn lock(p: &Mutex<Pipe>) -> MutexGuard<'_, Pipe> {
+    // A poisoned pipe only means a panicking fuzz run; keep its data.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The engine's end of an in-memory pipe.
+pub struct MemConn(Arc<Mutex<Pipe>>);
+
+impl MemConn {
+    pub(crate) fn shutdown_write(&self) {
+        lock(&self.0).client_shut = true;
+    }
+}
+
+impl Read for MemConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut p = lock(&self.0);
+        if p.reset {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if p.to_client.is_empty() {
+            return if p.peer_eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(p.to_client.len());
+        for (dst, src) in buf.iter_mut().zip(p.to_client.drain(..n)) {
+            *dst = src;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut p = lock(&self.0);
+        if p.reset {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if p.client_shut {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        p.from_client.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The peer's end of an in-memory pipe.
+#[derive(Clone)]
+pub struct MemPipe(Arc<Mutex<Pipe>>);
+
+impl MemPipe {
+    /// Bytes the engine wrote since the last call.
+    pub fn take_written(&self) -> Vec<u8> {
+        std::mem::take(&mut lock(&self.0).from_client)
+    }
+
+    /// Make `data` readable by the engine.
+    pub fn push(&self, data: &[u8]) {
+        lock(&self.0).to_client.extend(data);
+    }
+
+    /// The peer closes its side (the engine reads EOF after the data).
+    pub fn close(&self) {
+        lock(&self.0).peer_eof = true;
+    }
+
+    /// The peer resets the connection.
+    pub fn reset(&self) {
+        lock(&self.0).reset = true;
+    }
+
+    /// The engine shut its side down.
+    pub fn client_closed(&self) -> bool {
+        lock(&self.0).client_shut
+    }
+}
+
+/// A network of in-memory pipes: set it as `Config::memnet` and every
+/// connection the engine opens becomes a [`MemPipe`] for the caller to serve.
+#[derive(Clone, Default)]
+pub struct MemNet(Arc<Mutex<Vec<MemPipe>>>);
+
+impl std::fmt::Debug for MemNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemNet")
+    }
+}
+
+impl MemNet {
+    /// An empty network.
+    pub fn new() -> MemNet {
+        MemNet::default()
+    }
+
+    pub(crate) fn connect(&self, _addr: SocketAddr) -> MemConn {
+        let pipe = Arc::new(Mutex::new(Pipe::default()));
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(MemPipe(pipe.clone()));
+        MemConn(pipe)
+    }
+
+    /// Pipes opened since the last call.
+    pub fn take_new(&self) -> Vec<MemPipe> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// One scripted peer connection: the pipe and, for TLS, a rustls server.
+struct Peer {
+    pipe: MemPipe,
+    tls: Option<ServerConnection>,
+}
+
+impl Peer {
+    /// Consume what the engine wrote; answer TLS handshake records.
+    fn service(&mut self) {
+        let written = self.pipe.take_written();
+        let Some(tls) = self.tls.as_mut() else { return };
+        let mut rd = &written[..];
+        while !rd.is_empty() {
+            match tls.read_tls(&mut rd) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tls.process_new_packets().is_err() {
+                        flush_tls(tls, &self.pipe);
+                        self.pipe.close();
+                        return;
+                    }
+                }
+            }
+        }
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = tls.reader().read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+        flush_tls(tls, &self.pipe);
+    }
+
+    /// Send application bytes (through TLS once its handshake is done).
+    fn send(&mut self, data: &[u8]) {
+        match self.tls.as_mut() {
+            None => self.pipe.push(data),
+            Some(tls) => {
+                if !tls.is_handshaking() {
+                    let _ = tls.writer().write_all(data);
+                    flush_tls(tls, &self.pipe);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            flush_tls(tls, &self.pipe);
+        }
+        self.pipe.close();
+    }
+}
+
+fn flush_tls(tls: &mut ServerConnection, pipe: &MemPipe) {
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        if tls.write_tls(&mut out).is_err() {
+            break;
+        }
+    }
+    pipe.push(&out);
+}
+
+/// What a script run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Requests submitted.
+    pub submitted: usize,
+    /// Requests that ended with a response.
+    pub ok: usize,
+    /// Requests that failed.
+    pub failed: usize,
+}
+
+const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+const CHUNKED_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n";
+const CLOSE_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close";
+
+/// Run one fuzz script against an engine on in-memory pipes and check the
+/// engine's invariants: every request ends with exactly one terminal event,
+/// nothing arrives for a request after it ended, and after shutdown the
+/// engine holds no connection, timer or request. Panics when one breaks.
+///
+/// `tls` is the peer's server configuration (used when the script asks for
+/// TLS) and `trust` the engine's trust settings for it.
+pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> Report {
+    let mut bytes = data.iter().copied();
+    let flags = bytes.next().unwrap_or(0);
+    let use_tls = flags & 1 != 0 && tls.is_some();
+    let net = MemNet::new();
+    let mut config = Config {
+        memnet: Some(net.clone()),
+        trust,
+        ..Config::default()
+    };
+    config.policy.max_connections = 1 + usize::from(flags >> 1 & 3);
+    config.policy.idle_timeout = Some(Duration::from_millis(40));
+    config.policy.max_age = (flags & 8 != 0).then_some(Duration::from_millis(30));
+    config.policy.drain_grace = (flags & 16 != 0).then_some(Duration::from_millis(10));
+    config.policy.max_requests = (flags & 32 != 0).then_some(2);
+    config.limits.max_head_bytes = 2048;
+    config.limits.max_headers = 16;
+    let streaming = flags & 64 != 0;
+    let Ok(mut engine) = Engine::new(config) else {
+        return Report::default();
+    };
+    let url = if use_tls {
+        "https://localhost:443/"
+    } else {
+        "http://127.0.0.1:80/"
+    };
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut ids: Vec<RequestId> = Vec::new();
+    let mut ended: HashMap<RequestId, usize> = HashMap::new();
+    let mut report = Report::default();
+    let mut now = Instant::now();
+    let step = |engine: &mut Engine, peers: &mut Vec<Peer>, now: Instant| {
+        for _ in 0..8 {
+            for pipe in net.take_new() {
+                let server = if use_tls {
+                    tls.clone().and_then(|c| ServerConnection::new(c).ok())
+                } else {
+                    None
+                };
+                peers.push(Peer { pipe, tls: server });
+            }
+            for p in peers.iter_mut() {
+                p.service();
+            }
+            engine.drive_memnet(now);
+        }
+    };
+    let mut ops = 0;
+    while let Some(op) = bytes.next() {
+        ops += 1;
+        if ops > 200 {
+            break;
+        }
+        let arg = bytes.next().unwrap_or(0);
+        let last = peers
+            .len()
+            .checked_sub(1 + usize::from(arg >> 6))
+            .and_then(|i| peers.get_mut(i));
+        match op % 12 {
+            0..=2 => {
+                let mut opts = RequestOptions::default()
+                    .max_body(4096)
+                    .streaming(streaming);
+                if arg & 0x3f != 0 {
+                    opts = opts.deadline(Duration::from_millis(u64::from(arg & 0x3f) * 2));
+                }
+                let req = if op % 12 == 0 {
+                    http::Request::get(url).body(Bytes::new())
+                } else {
+                    opts = opts.retry_safe(op % 12 == 2);
+                    http::Request::post(url).body(Bytes::from_static(b"{}"))
+                };
+                if let Ok(req) = req {
+                    ids.push(engine.submit(req, opts));
+                    report.submitted += 1;
+                }
+            }
+            3 => {
+                let n = usize::from(arg & 0x3f);
+                let chunk: Vec<u8> = bytes.by_ref().take(n).collect();
+                if let Some(p) = last {
+                    p.send(&chunk);
+                }
+            }
+            4 => {
+                if let Some(p) = last {
+                    p.close();
+                }
+            }
+            5 => {
+                if let Some(p) = last {
+                    p.pipe.reset();
+                }
+            }
+            6 => {
+                now += Duration::from_millis(u64::from(arg));
+                engine.handle_timeouts(now);
+            }
+            7 => {
+                if !ids.is_empty() {
+                    engine.cancel(ids[usize::from(arg) % ids.len()]);
+                }
+            }
+            8 => {
+                let n = usize::from(arg & 0x3f);
+                let chunk: Vec<u8> = bytes.by_ref().take(n).collect();
+                if let Some(p) = last {
+                    p.pipe.push(&chunk);
+                }
+            }
+            9 => {
+                if let Some(p) = last {
+                    p.send(OK_RESPONSE);
+                }
+            }
+            10 => {
+                if let Some(p) = last {
+                    p.send(CHUNKED_RESPONSE);
+                }
+            }
+            _ => {
+                if let Some(p) = last {
+                    p.send(CLOSE_RESPONSE);
+                    p.close();
+                }
+            }
+        }
+        step(&mut engine, &mut peers, now);
+        collect(&mut engine, &mut ended, &mut report);
+    }
+    engine.shutdown();
+    collect(&mut engine, &mut ended, &mut report);
+    for id in &ids {
+        assert_eq!(
+            ended.get(id),
+            Some(&1),
+            "request {id:?} must end exactly once"
+        );
+    }
+    let stats = engine.stats();
+    assert!(stats.is_idle(), "engine not idle after shutdown: {stats:?}");
+    report
+}
+
+fn collect(engine: &mut Engine, ended: &mut HashMap<RequestId, usize>, report: &mut Report) {
+    while let Some(ev) = engine.next_event() {
+        log::trace!("fuzz event: {ev:?}");
+        let Some(id) = ev.request_id() else { continue };
+        assert!(
+            !ended.contains_key(&id),
+            "event after the end of {id:?}: {ev:?}"
+        );
+        if ev.is_terminal() {
+            ended.insert(id, 1);
+            match ev {
+                Event::Failed { error, .. } => {
+                    log::debug!("fuzz request {id:?} failed: {error}");
+                    report.failed += 1
+                }
+                _ => report.ok += 1,
+            }
+        }
+    }
+}
