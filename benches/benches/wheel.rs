@@ -180,6 +180,37 @@ fn timers_1m(c: &mut Criterion) {
     group.bench_function("binary_heap", |b| b.iter(|| black_box(run_heap(&w))));
     group.bench_function("btree_map", |b| b.iter(|| black_box(run_btree(&w))));
     group.finish();
+    alternating_summary(&w);
+}
+
+/// Criterion measures the three one after the other, so load from other
+/// processes can skew their ratio. This runs them alternately (A B C A B C …,
+/// five rounds) and prints medians and ratios from the same rounds.
+fn alternating_summary(w: &Workload) {
+    const ROUNDS: usize = 5;
+    type Run = fn(&Workload) -> (usize, u64);
+    let runs: [(&str, Run); 3] = [
+        ("wheel", run_wheel),
+        ("binary_heap", run_heap),
+        ("btree_map", run_btree),
+    ];
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..ROUNDS {
+        for ((_, run), t) in runs.iter().zip(times.iter_mut()) {
+            let start = Instant::now();
+            black_box(run(w));
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let medians = times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[ROUNDS / 2]
+    });
+    println!("\n| structure (1M timers, alternated x{ROUNDS}) | median ms | / btree_map |");
+    println!("|---|---:|---:|");
+    for ((name, _), m) in runs.iter().zip(medians) {
+        println!("| {name} | {m:.1} | {:.2} |", m / medians[2]);
+    }
 }
 
 criterion_group!(benches, timers_1m);
