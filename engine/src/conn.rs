@@ -58,6 +58,21 @@ pub(crate) struct ReadPass {
     pub(crate) more: bool,
 }
 
+/// Remembers whether the last read returned less than asked: the socket is
+/// drained, so the pass can stop without a read that only says `WouldBlock`.
+struct ShortRead<'a> {
+    sock: &'a mut Sock,
+    short: bool,
+}
+
+impl Read for ShortRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
 /// Failure of a read or write pass.
 #[derive(Debug)]
 pub(crate) enum IoFailure {
@@ -164,6 +179,11 @@ impl Conn {
                     Ok(n) => {
                         self.rbuf.extend_from_slice(&scratch[..n]);
                         pass.bytes += n;
+                        if n < scratch.len() {
+                            // A short read drained the socket; new data
+                            // raises a new readiness edge. Saves a syscall.
+                            return Ok(pass);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(pass),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -171,9 +191,10 @@ impl Conn {
                 },
                 Some(tls) => {
                     let mut would_block = false;
-                    match tls.read_tls(sock) {
+                    let mut reader = ShortRead { sock, short: false };
+                    match tls.read_tls(&mut reader) {
                         Ok(0) => pass.eof = true,
-                        Ok(_) => {}
+                        Ok(_) => would_block = reader.short,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(IoFailure::Io(e)),
