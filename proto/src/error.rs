@@ -35,8 +35,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// An absolute-form request target was asked for, but the URI has no
-    /// scheme or no authority. Nothing was written.
+    /// An absolute-form request target was asked for but the URI has no
+    /// scheme or no authority, or a `CONNECT` URI has no authority. Nothing
+    /// was written.
     MissingAuthority,
     /// `send_body` was given more bytes than the declared Content-Length.
     /// Nothing of that call was written.
@@ -74,7 +75,9 @@ pub enum Error {
         name: String,
     },
     /// The peer switched protocols (`101`, or `2xx` to `CONNECT`); the codec
-    /// does not support upgrades or tunnels.
+    /// does not support upgrades or tunnels. The head has been consumed from
+    /// the input, so bytes of the new protocol are left there for a caller
+    /// that wants to take the connection over.
     UnsupportedUpgrade {
         /// The response status code.
         status: u16,

@@ -7,6 +7,9 @@ use http::{Method, Uri};
 use crate::Error;
 
 /// How the request target is written on the request line.
+///
+/// `CONNECT` requests always use the authority-form (`host:port`, RFC 9112
+/// §3.2.3), whatever is chosen here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TargetForm {
     /// `GET /path?query HTTP/1.1` (default).
@@ -85,26 +88,39 @@ pub(crate) fn encode_head(
     for (name, value) in headers {
         check_header(name.as_str().as_bytes(), value.as_bytes())?;
     }
-    if form == TargetForm::Absolute && (uri.scheme().is_none() || uri.authority().is_none()) {
+    let connect = *method == Method::CONNECT;
+    let absolute = form == TargetForm::Absolute && !connect;
+    if (absolute && uri.scheme().is_none()) || ((absolute || connect) && uri.authority().is_none())
+    {
         return Err(Error::MissingAuthority);
     }
 
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
-    if form == TargetForm::Absolute {
-        if let Some(scheme) = uri.scheme() {
+    if connect {
+        // RFC 9112 §3.2.3: CONNECT takes the authority-form, `host:port`.
+        put_host(uri, out);
+        if uri.port().is_none() {
+            match uri.scheme_str() {
+                Some("https") => out.put_slice(b":443"),
+                Some("http") => out.put_slice(b":80"),
+                _ => {}
+            }
+        }
+    } else {
+        if let Some(scheme) = uri.scheme().filter(|_| absolute) {
             out.put_slice(scheme.as_str().as_bytes());
             out.put_slice(b"://");
+            put_host(uri, out);
         }
-        put_host(uri, out);
-    }
-    match uri.path() {
-        "" => out.put_u8(b'/'),
-        path => out.put_slice(path.as_bytes()),
-    }
-    if let Some(query) = uri.query() {
-        out.put_u8(b'?');
-        out.put_slice(query.as_bytes());
+        match uri.path() {
+            "" => out.put_u8(b'/'),
+            path => out.put_slice(path.as_bytes()),
+        }
+        if let Some(query) = uri.query() {
+            out.put_u8(b'?');
+            out.put_slice(query.as_bytes());
+        }
     }
     out.put_slice(b" HTTP/1.1\r\n");
 
@@ -269,6 +285,21 @@ mod tests {
         request_extension_method_is_written_verbatim:
             Method::from_bytes(b"PURGE").expect("token"), "http://h/x", [], Framing::None, Origin
             => "PURGE /x HTTP/1.1\r\nhost: h\r\n\r\n";
+    }
+
+    head_cases! {
+        request_connect_uses_authority_form:
+            Method::CONNECT, "example.com:8443", [], Framing::None, Origin
+            => "CONNECT example.com:8443 HTTP/1.1\r\nhost: example.com:8443\r\n\r\n";
+        request_connect_adds_the_scheme_default_port:
+            Method::CONNECT, "https://example.com/ignored", [], Framing::None, Absolute
+            => "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com\r\n\r\n";
+    }
+
+    #[test]
+    fn request_connect_without_authority_is_refused() {
+        let got = encode(Method::CONNECT, "/path", &[], Framing::None, Origin);
+        assert_eq!(got, Err(Error::MissingAuthority));
     }
 
     #[test]
