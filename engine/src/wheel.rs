@@ -41,10 +41,13 @@
 //!   minimum tick is known (a single entry, or the earliest insert into it).
 //!   When the front's minimum leaves a coarse slot that still holds other timers,
 //!   the slot cascades one level down (each entry moves to the child slot of its
-//!   tick), and so on until the earliest tick is known again.
+//!   tick; a 4 s slot goes straight to single ticks), and so on until the
+//!   earliest tick is known again. A coarse front slot is also cascaded before
+//!   its timers are returned, so timers due at the same tick fire in insertion
+//!   order.
 //!
-//! Each cascade moves an entry one level down, so an entry moves at most
-//! `levels - 1` times between insert and fire: cascading costs amortised
+//! Each cascade moves an entry at least one level down, so an entry moves at
+//! most `levels - 1` times between insert and fire: cascading costs amortised
 //! O(levels) per timer, and nothing is done while nothing is due.
 //!
 //! # Complexity
