@@ -59,7 +59,8 @@
 //! returned timer. Storage is two contiguous `Vec`s (entries and nodes) whose
 //! freed cells are reused, so a warmed-up wheel does not allocate. A node
 //! (about half a KiB) exists only while a cascaded slot holds timers, and the
-//! root; a timer far from the earliest one costs just its entry.
+//! root; a timer far from the earliest one costs just its entry. Cascades
+//! use two reused index buffers, as long as the longest list cascaded so far.
 
 use std::time::{Duration, Instant};
 
@@ -212,6 +213,10 @@ pub struct Wheel<T> {
     root: u32,
     len: usize,
     front: Front,
+    /// Reused buffers of [`cascade`](Self::cascade): the list from its head,
+    /// and from its tail.
+    scratch_ahead: Vec<u32>,
+    scratch_behind: Vec<u32>,
 }
 
 impl<T> std::fmt::Debug for Wheel<T> {
@@ -272,6 +277,8 @@ impl<T> Wheel<T> {
             root: 0,
             len: 0,
             front: NO_FRONT,
+            scratch_ahead: Vec::new(),
+            scratch_behind: Vec::new(),
         }
     }
 
@@ -709,10 +716,27 @@ impl<T> Wheel<T> {
             (n.level, n.slots[slot as usize])
         };
         let child = self.alloc_node(level - 1, node, slot);
-        let mut index = list.head;
-        while index != NIL {
-            let e = &self.entries[index as usize];
-            let (next, tick) = (e.next, e.tick);
+        // Collect the list walking from both ends at once: two independent
+        // chains of loads, so two cache misses are in flight instead of one.
+        // The buffers are kept in the wheel and reused.
+        let mut ahead = std::mem::take(&mut self.scratch_ahead);
+        let mut behind = std::mem::take(&mut self.scratch_behind);
+        let (mut first, mut last) = (list.head, list.tail);
+        while first != NIL {
+            ahead.push(first);
+            if first == last {
+                break;
+            }
+            behind.push(last);
+            let next = self.entries[first as usize].next;
+            if next == last {
+                break;
+            }
+            first = next;
+            last = self.entries[last as usize].prev;
+        }
+        for &index in ahead.iter().chain(behind.iter().rev()) {
+            let tick = self.entries[index as usize].tick;
             let mut target = child;
             if level <= DEEP_CASCADE_LEVEL {
                 // Down to the single-tick node of `tick`.
@@ -723,8 +747,11 @@ impl<T> Wheel<T> {
             } else {
                 self.push_back(child, Self::slot_of(tick, level - 1), index);
             }
-            index = next;
         }
+        ahead.clear();
+        behind.clear();
+        self.scratch_ahead = ahead;
+        self.scratch_behind = behind;
         let n = &mut self.nodes[node as usize];
         n.slots[slot as usize] = Slot {
             head: NIL,
