@@ -1,0 +1,11 @@
+// cargo run --example fetch -- -v https://example.com/
+//
+// A curl-like client: -X, -H, -d, --cacert, -i, -v, --max-age,
+// --repeat N --interval D, --dump-chain FILE; a distinct exit code per failure
+// phase (see --help).
+
+fn main() {
+    let out = rotary_examples::Output::stdio();
+    let args = std::env::args().skip(1).collect();
+    std::process::exit(rotary_examples::fetch::main_with_args(args, &out));
+}

@@ -1,0 +1,591 @@
+//! The rotation demo: a local coordinator rotates its certificate from CA "A"
+//! to CA "B" while two runners long-poll it for jobs. Each job gets the chain
+//! of the connection that delivered it as its CA file and `git clone`s with
+//! it. The "pinned" runner (a connection that never ages, resumption on, as
+//! ordinary clients behave) keeps handing jobs chain A and every clone fails;
+//! the "rotary" runner (max age of a few seconds, full handshakes) heals
+//! within one max age.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rotary::{
+    CloseReason, Config, Engine, Event, Handshake, PeerChain, Policy, RequestOptions, Resumption,
+    Trust,
+};
+use rustls::pki_types::CertificateDer;
+
+use crate::args::{show, Args};
+use crate::coordinator::{json_number, Coordinator, Settings};
+use crate::pki::Ca;
+use crate::{finish, git, Failure, Output, TempDir};
+
+const HELP: &str = "\
+rotation: a certificate rotation seen by two CI runners, side by side.
+
+usage: cargo run --release --example rotation [-- FLAGS]
+
+A local TLS coordinator (loopback only) serves long-polled jobs with a
+certificate from CA A, and at --rotate-at switches new handshakes to a
+certificate from CA B; live sessions and session tickets stay valid, as at a
+CDN edge. Two runners poll it:
+  pinned  one connection that never ages, TLS resumption on (ordinary clients)
+  rotary  connections retire at --max-age and reconnect with a full handshake
+Each job gets the chain of the connection that delivered it as its CA file,
+then does what `git clone` would: a fresh TLS connection trusting only that
+file. Exit code 0 when the rotary runner healed and the pinned one kept
+failing; 1 otherwise; 2 for bad flags.
+
+flags (durations: 500ms, 3s, 1.5):
+  --rotate-at D          when the coordinator rotates            [5s]
+  --duration D           total run time                          [13s]
+  --max-age D            the rotary runner's connection max age  [3s]
+  --hold D               how long the coordinator holds a poll   [1s]
+  --job-every D          a runner gets a job at most this often  [500ms]
+  --edge-max-requests N  the coordinator closes each connection after N
+                         requests (the pinned runner then resumes its old
+                         session and still sees chain A)         [off]
+  -v, --verbose          one timeline line per job, not only per change
+  --serve ADDR           run only the coordinator on ADDR (e.g. 127.0.0.1:8443)
+                         and print its CA file, for `--example runner`; with
+                         --rotate-at it rotates then, with --duration it stops
+  -h, --help             this text";
+
+/// Run the demo with `args` (without the program name); returns the exit code.
+pub fn main_with_args(args: Vec<String>, out: &Output) -> i32 {
+    finish("rotation", out, run(args, out))
+}
+
+/// The demo's timings.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    rotate_at: Duration,
+    duration: Duration,
+    max_age: Duration,
+    settings: Settings,
+    verbose: bool,
+}
+
+fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
+    let mut a = Args::new(args);
+    let mut rotate_at = None;
+    let mut duration = None;
+    let mut max_age = Duration::from_secs(3);
+    let mut settings = Settings::default();
+    let mut serve = None;
+    let mut verbose = false;
+    while let Some(arg) = a.next() {
+        match arg.as_str() {
+            "--rotate-at" => rotate_at = Some(a.duration("--rotate-at")?),
+            "--duration" => duration = Some(a.duration("--duration")?),
+            "--max-age" => max_age = a.duration("--max-age")?,
+            "--hold" => settings.hold = a.duration("--hold")?,
+            "--job-every" => settings.job_every = a.duration("--job-every")?,
+            "--edge-max-requests" => {
+                let n: u32 = a.parse("--edge-max-requests")?;
+                settings.max_requests_per_conn = (n > 0).then_some(n);
+            }
+            "--serve" => serve = Some(a.value("--serve")?),
+            "-v" | "--verbose" => verbose = true,
+            h if Args::is_help(h) => {
+                out.line(HELP);
+                return Ok(0);
+            }
+            _ => return Err(a.unknown(&arg)),
+        }
+    }
+    if let Some(addr) = serve {
+        return serve_only(&addr, rotate_at, duration, settings, out);
+    }
+    let plan = Plan {
+        rotate_at: rotate_at.unwrap_or(Duration::from_secs(5)),
+        duration: duration.unwrap_or(Duration::from_secs(13)),
+        max_age,
+        settings,
+        verbose,
+    };
+    if plan.max_age.is_zero() {
+        return Err(Failure::usage("--max-age must be more than zero"));
+    }
+    if plan.rotate_at >= plan.duration {
+        return Err(Failure::usage(format!(
+            "--rotate-at ({}) must come before the end of --duration ({})",
+            show(plan.rotate_at),
+            show(plan.duration)
+        )));
+    }
+    if plan.duration > Duration::from_secs(600) {
+        return Err(Failure::usage("--duration is capped at 10 minutes"));
+    }
+    demo(plan, out)
+}
+
+/// The two CAs, their leaves, and the runners' trust bundle on disk.
+struct Pki {
+    a: Ca,
+    b: Ca,
+    dir: TempDir,
+    trust: PathBuf,
+}
+
+fn pki() -> Result<Pki, Failure> {
+    let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
+    let a = Ca::new("rotary demo CA A").map_err(fail)?;
+    let b = Ca::new("rotary demo CA B").map_err(fail)?;
+    let dir = TempDir::new("rotation").map_err(|e| Failure::new(1, format!("temp dir: {e}")))?;
+    // The runners themselves trust both CAs, as a real runner trusts the
+    // public roots of both the old and the new issuer.
+    let trust = dir.path().join("ca-a-and-b.pem");
+    std::fs::write(&trust, format!("{}{}", a.pem(), b.pem()))
+        .map_err(|e| Failure::new(1, format!("writing {}: {e}", trust.display())))?;
+    Ok(Pki { a, b, dir, trust })
+}
+
+fn names(extra: Option<&str>) -> Vec<&str> {
+    let mut n = vec!["localhost", "127.0.0.1"];
+    if let Some(e) = extra {
+        if !n.contains(&e) {
+            n.push(e);
+        }
+    }
+    n
+}
+
+fn serve_only(
+    addr: &str,
+    rotate_at: Option<Duration>,
+    duration: Option<Duration>,
+    settings: Settings,
+    out: &Output,
+) -> Result<i32, Failure> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']));
+    let pki = pki()?;
+    let all = names(host);
+    let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
+    let leaf_a = pki.a.issue(&all).map_err(fail)?;
+    let leaf_b = pki.b.issue(&all).map_err(fail)?;
+    let coordinator = Coordinator::start(addr, &leaf_a, settings)
+        .map_err(|e| Failure::new(1, format!("cannot listen on {addr}: {e}")))?;
+    let url = coordinator.url("");
+    out.line(format!(
+        "coordinator listening on {url} (certificate from CA A)"
+    ));
+    out.line(format!("CA file (CA A and CA B): {}", pki.trust.display()));
+    out.line(format!(
+        "try: cargo run --example runner -- --url {url} --token demo --ca-file {}",
+        pki.trust.display()
+    ));
+    match rotate_at {
+        Some(r) => out.line(format!("rotating to CA B at {}", show(r))),
+        None => out.line("no rotation planned (--rotate-at D to rotate)"),
+    }
+    let start = Instant::now();
+    let trust = pki.trust.clone();
+    let _dir = pki.dir.keep();
+    let mut rotated = false;
+    loop {
+        let now = start.elapsed();
+        if let Some(d) = duration {
+            if now >= d {
+                break;
+            }
+        }
+        if let Some(r) = rotate_at {
+            if !rotated && now >= r {
+                coordinator
+                    .rotate(&leaf_b)
+                    .map_err(|e| Failure::new(1, e))?;
+                rotated = true;
+                out.line(format!(
+                    "{:>8.3}s rotated: new handshakes get a certificate from CA B",
+                    now.as_secs_f64()
+                ));
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let c = coordinator.counters();
+    out.line(format!(
+        "stopped: {} connections, {} full and {} resumed handshakes, {} requests, {} jobs",
+        c.connections, c.handshakes_full, c.handshakes_resumed, c.requests, c.jobs
+    ));
+    let _ = std::fs::remove_dir_all(trust.parent().unwrap_or(Path::new("")));
+    Ok(0)
+}
+
+/// Timestamped lines shared by the runner threads.
+#[derive(Clone)]
+struct Timeline {
+    start: Instant,
+    out: Output,
+}
+
+impl Timeline {
+    fn log(&self, who: &str, msg: impl AsRef<str>) {
+        self.out.line(format!(
+            "{:>7.3}s  {who:<11} {}",
+            self.start.elapsed().as_secs_f64(),
+            msg.as_ref()
+        ));
+    }
+}
+
+/// One job as a runner saw it.
+#[derive(Debug, Clone)]
+struct Job {
+    at: Duration,
+    chain: &'static str,
+    ok: bool,
+}
+
+/// What one runner did.
+#[derive(Debug, Default)]
+struct Report {
+    jobs: Vec<Job>,
+    error: Option<String>,
+}
+
+struct RunnerSpec {
+    name: &'static str,
+    policy: Policy,
+}
+
+/// Everything a runner thread needs to know.
+struct Env {
+    url: String,
+    addr: std::net::SocketAddr,
+    trust: PathBuf,
+    jobs_dir: PathBuf,
+    stop_at: Instant,
+    hold: Duration,
+    cas: Vec<(&'static str, CertificateDer<'static>)>,
+    timeline: Timeline,
+    verbose: bool,
+}
+
+fn label(
+    chain: Option<&PeerChain>,
+    cas: &[(&'static str, CertificateDer<'static>)],
+) -> &'static str {
+    let Some(top) = chain.and_then(|c| c.der().last()) else {
+        return "?";
+    };
+    cas.iter().find(|(_, d)| d == top).map_or("?", |(n, _)| n)
+}
+
+fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
+    let pki = pki()?;
+    let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
+    let leaf_a = pki.a.issue(&names(None)).map_err(fail)?;
+    let leaf_b = pki.b.issue(&names(None)).map_err(fail)?;
+    let coordinator = Coordinator::start("127.0.0.1:0", &leaf_a, plan.settings)
+        .map_err(|e| Failure::new(1, format!("starting the coordinator: {e}")))?;
+    let jobs_dir = pki.dir.path().join("jobs");
+    std::fs::create_dir_all(&jobs_dir)
+        .map_err(|e| Failure::new(1, format!("creating {}: {e}", jobs_dir.display())))?;
+
+    out.line(format!(
+        "rotary rotation demo: the coordinator at {} rotates from CA A to CA B at {}.",
+        coordinator.url(""),
+        show(plan.rotate_at)
+    ));
+    out.line("  pinned  no max age, TLS resumption on (what ordinary clients do)");
+    out.line(format!(
+        "  rotary  max age {}, a full handshake for every new connection",
+        show(plan.max_age)
+    ));
+    out.line("Each job's CA file is the chain of the connection that delivered it;");
+    out.line("`git clone` then trusts only that file.");
+    out.line("");
+
+    let start = Instant::now();
+    let timeline = Timeline {
+        start,
+        out: out.clone(),
+    };
+    // Ordinary clients: the connection never ages out (24 h is past the
+    // demo), and a reconnect resumes the old TLS session.
+    let mut pinned = Policy::default();
+    pinned.max_age = Some(Duration::from_secs(24 * 3600));
+    pinned.max_age_jitter = Some(Duration::ZERO);
+    pinned.resumption = Resumption::WithinMaxAge;
+    let mut rotary = Policy::default();
+    rotary.max_age = Some(plan.max_age);
+    let specs = [
+        RunnerSpec {
+            name: "pinned",
+            policy: pinned,
+        },
+        RunnerSpec {
+            name: "rotary",
+            policy: rotary,
+        },
+    ];
+    let mut handles = Vec::new();
+    for spec in specs {
+        let env = Env {
+            url: coordinator.url("/api/v4/jobs/request"),
+            addr: coordinator.addr(),
+            trust: pki.trust.clone(),
+            jobs_dir: jobs_dir.clone(),
+            stop_at: start + plan.duration,
+            hold: plan.settings.hold,
+            cas: vec![("A", pki.a.der().clone()), ("B", pki.b.der().clone())],
+            timeline: timeline.clone(),
+            verbose: plan.verbose,
+        };
+        let name = spec.name;
+        let h = thread::Builder::new()
+            .name(format!("{name}-runner"))
+            .spawn(move || run_runner(&spec, &env))
+            .map_err(|e| Failure::new(1, format!("starting a runner thread: {e}")))?;
+        handles.push((name, h));
+    }
+
+    let rotate_at = start + plan.rotate_at;
+    thread::sleep(rotate_at.saturating_duration_since(Instant::now()));
+    coordinator
+        .rotate(&leaf_b)
+        .map_err(|e| Failure::new(1, e))?;
+    let rotated = start.elapsed();
+    timeline.log(
+        "coordinator",
+        "ROTATED: new handshakes get a chain from CA B; live sessions and tickets stay valid",
+    );
+
+    let mut reports = Vec::new();
+    for (name, h) in handles {
+        let r = h.join().unwrap_or_else(|_| Report {
+            error: Some("runner thread panicked".into()),
+            ..Report::default()
+        });
+        reports.push((name, r));
+    }
+    let counters = coordinator.counters();
+    drop(coordinator);
+    let wall = start.elapsed();
+
+    out.line("");
+    out.line(format!(
+        "{:<7} {:>7} {:>7}   {:>22}   {:>10}",
+        "runner", "jobs ok", "failed", "after rotation ok/fail", "heal time"
+    ));
+    let mut healed = None;
+    let mut pinned_kept_failing = false;
+    for (name, r) in &reports {
+        let ok = r.jobs.iter().filter(|j| j.ok).count();
+        let failed = r.jobs.len() - ok;
+        let after: Vec<&Job> = r.jobs.iter().filter(|j| j.at >= rotated).collect();
+        let after_ok = after.iter().filter(|j| j.ok).count();
+        let heal = after
+            .iter()
+            .find(|j| j.ok && j.chain == "B")
+            .map(|j| j.at - rotated);
+        out.line(format!(
+            "{name:<7} {ok:>7} {failed:>7}   {:>22}   {:>10}",
+            format!("{after_ok} / {}", after.len() - after_ok),
+            heal.map_or_else(|| "never".to_owned(), show)
+        ));
+        if let Some(e) = &r.error {
+            out.line(format!("        ({name} runner stopped early: {e})"));
+        }
+        match *name {
+            "rotary" => healed = heal,
+            _ => pinned_kept_failing = !after.is_empty() && after_ok == 0,
+        }
+    }
+    out.line(format!(
+        "coordinator: {} full and {} resumed handshakes, {} jobs; wall time {}",
+        counters.handshakes_full,
+        counters.handshakes_resumed,
+        counters.jobs,
+        show(wall)
+    ));
+    let verdict = match (healed, pinned_kept_failing) {
+        (Some(h), true) => {
+            out.line(format!(
+                "verdict: rotary healed {} after the rotation; pinned kept failing (OK)",
+                show(h)
+            ));
+            0
+        }
+        (None, _) => {
+            out.line("verdict: the rotary runner did not heal (FAIL)");
+            1
+        }
+        (Some(_), false) => {
+            out.line("verdict: the pinned runner did not keep failing, so the demo showed nothing (FAIL)");
+            1
+        }
+    };
+    Ok(verdict)
+}
+
+fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
+    let mut report = Report::default();
+    let name = spec.name;
+    let tl = &env.timeline;
+    let mut config = Config::default();
+    config.trust = Trust::pem_file(&env.trust);
+    config.policy = spec.policy;
+    config.dns_threads = 1;
+    let mut engine = match Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => {
+            report.error = Some(format!("engine: {e}"));
+            return report;
+        }
+    };
+    let body = Bytes::from(format!(
+        r#"{{"token":"{name}-runner-token","info":{{"name":"{name} runner"}}}}"#
+    ));
+    let mut pending = None;
+    let mut retry_at = Instant::now();
+    let mut last_outcome: Option<(bool, &'static str)> = None;
+    let mut same = 0u32;
+    while Instant::now() < env.stop_at {
+        if pending.is_none() && Instant::now() >= retry_at {
+            let req = http::Request::post(&env.url)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            match req {
+                Ok(req) => {
+                    let opts =
+                        RequestOptions::default().deadline(env.hold + Duration::from_secs(10));
+                    pending = Some(engine.submit(req, opts));
+                }
+                Err(e) => {
+                    report.error = Some(format!("building the request: {e}"));
+                    return report;
+                }
+            }
+        }
+        let left = env.stop_at.saturating_duration_since(Instant::now());
+        if let Err(e) = engine.poll(Some(left.min(Duration::from_millis(100)))) {
+            report.error = Some(format!("poll: {e}"));
+            break;
+        }
+        while let Some(ev) = engine.next_event() {
+            match ev {
+                Event::Opened(info) => {
+                    let kind = match info.handshake {
+                        Some(Handshake::Resumed) => "RESUMED session",
+                        _ => "full handshake",
+                    };
+                    tl.log(
+                        name,
+                        format!(
+                            "connection #{} opened: {kind}, chain {}",
+                            info.conn.get(),
+                            label(info.chain.as_deref(), &env.cas)
+                        ),
+                    );
+                }
+                Event::Closed { conn, reason, .. } if reason != CloseReason::Shutdown => {
+                    tl.log(
+                        name,
+                        format!("connection #{} closed: {}", conn.get(), reason.name()),
+                    );
+                }
+                Event::ChainChanged {
+                    previous, current, ..
+                } => tl.log(
+                    name,
+                    format!(
+                        "chain changed: {} -> {} (older connections retire)",
+                        label(Some(&previous), &env.cas),
+                        label(Some(&current), &env.cas)
+                    ),
+                ),
+                Event::ConnectFailed { error, .. } => {
+                    tl.log(name, format!("connect failed: {error}"));
+                }
+                Event::Response {
+                    id,
+                    response,
+                    served_by,
+                } if Some(id) == pending => {
+                    pending = None;
+                    match response.status().as_u16() {
+                        201 => {
+                            let job_id = json_number(response.body(), "id").unwrap_or(0);
+                            let chain = served_by.chain.as_deref();
+                            let at = tl.start.elapsed();
+                            let (ok, why) = run_job(env, name, job_id, chain);
+                            let tag = label(chain, &env.cas);
+                            report.jobs.push(Job { at, chain: tag, ok });
+                            let outcome = (ok, tag);
+                            if env.verbose || last_outcome != Some(outcome) {
+                                if let (Some(prev), true) = (last_outcome, same > 0) {
+                                    tl.log(name, repeats(same, prev));
+                                }
+                                let result = match why {
+                                    None => "git clone ok".to_owned(),
+                                    Some(w) => format!("git clone FAILED: {w}"),
+                                };
+                                tl.log(
+                                    name,
+                                    format!(
+                                        "job {job_id} via connection #{} (chain {tag}): {result}",
+                                        served_by.conn.get()
+                                    ),
+                                );
+                                same = 0;
+                            } else {
+                                same += 1;
+                            }
+                            last_outcome = Some(outcome);
+                        }
+                        204 => {}
+                        s => {
+                            tl.log(name, format!("unexpected status {s}"));
+                            retry_at = Instant::now() + Duration::from_millis(200);
+                        }
+                    }
+                }
+                Event::Failed { id, error, .. } if Some(id) == pending => {
+                    pending = None;
+                    tl.log(name, format!("job request failed: {error}"));
+                    retry_at = Instant::now() + Duration::from_millis(200);
+                }
+                _ => {}
+            }
+        }
+    }
+    if let (Some(prev), true) = (last_outcome, same > 0) {
+        tl.log(name, repeats(same, prev));
+    }
+    if let Some(id) = pending {
+        engine.cancel(id);
+    }
+    engine.shutdown();
+    report
+}
+
+/// The line standing for `n` jobs with the same outcome as the last printed.
+fn repeats(n: u32, (ok, chain): (bool, &str)) -> String {
+    let what = if ok { "ok" } else { "FAILED" };
+    format!("... {n} more jobs since, chain {chain}, git clone {what}")
+}
+
+/// Write the job's CA file from the delivering connection's chain and clone.
+/// Returns (ok, why not).
+fn run_job(env: &Env, runner: &str, job: u64, chain: Option<&PeerChain>) -> (bool, Option<String>) {
+    let Some(chain) = chain else {
+        return (false, Some("the connection had no TLS chain".into()));
+    };
+    let file = env.jobs_dir.join(format!("{runner}-job-{job}-ca.pem"));
+    if let Err(e) = std::fs::write(&file, chain.to_pem()) {
+        return (false, Some(format!("writing {}: {e}", file.display())));
+    }
+    let result = git::clone_check(env.addr, "localhost", "/demo/project.git", &file);
+    let _ = std::fs::remove_file(&file);
+    match result {
+        Ok(()) => (true, None),
+        Err(e) => (false, Some(e)),
+    }
+}

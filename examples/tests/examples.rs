@@ -1,0 +1,379 @@
+//! Each example program, run in-process through its `main_with_args` with
+//! short timings and small counts, so none can rot.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rotary_examples::coordinator::{Coordinator, Settings};
+use rotary_examples::pki::Ca;
+use rotary_examples::{fetch, loadgen, rotation, runner, Output, TempDir};
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// A coordinator with a fresh CA, and that CA's PEM file.
+struct Server {
+    coordinator: Coordinator,
+    ca_file: PathBuf,
+    _dir: TempDir,
+}
+
+fn server(settings: Settings) -> Server {
+    let ca = Ca::new("examples test CA").expect("generate CA");
+    let cert = ca.issue(&["localhost", "127.0.0.1"]).expect("issue leaf");
+    let dir = TempDir::new("examples-test").expect("temp dir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA file");
+    let coordinator = Coordinator::start("127.0.0.1:0", &cert, settings).expect("start");
+    Server {
+        coordinator,
+        ca_file,
+        _dir: dir,
+    }
+}
+
+fn ca(s: &Server) -> &str {
+    s.ca_file.to_str().expect("temp paths are UTF-8")
+}
+
+#[test]
+fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
+    let (out, cap) = Output::capture();
+    let started = Instant::now();
+    let code = rotation::main_with_args(
+        args(&[
+            "--rotate-at",
+            "1.2s",
+            "--duration",
+            "4s",
+            "--max-age",
+            "800ms",
+            "--hold",
+            "300ms",
+            "--job-every",
+            "150ms",
+        ]),
+        &out,
+    );
+    let text = cap.stdout();
+    assert_eq!(code, 0, "demo failed:\n{text}\n{}", cap.stderr());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(text.contains("ROTATED"), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains('/'))
+            .unwrap_or_else(|| panic!("no table row for {name}:\n{text}"))
+            .to_owned()
+    };
+    let pinned = row("pinned");
+    assert!(pinned.ends_with("never"), "pinned must not heal: {pinned}");
+    assert!(
+        pinned.contains(" 0 / "),
+        "no pinned job succeeds after rotation: {pinned}"
+    );
+    assert!(!row("rotary").ends_with("never"), "{text}");
+    assert!(
+        text.contains("UnknownIssuer"),
+        "the pinned failure is the chain: {text}"
+    );
+    assert!(text.contains("verdict: rotary healed"), "{text}");
+}
+
+#[test]
+fn rotation_demo_refuses_bad_flags_with_one_line_and_code_2() {
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(args(&["--rotate-at", "soon"]), &out);
+    assert_eq!(code, 2);
+    assert!(cap
+        .stderr()
+        .starts_with("rotation: --rotate-at: bad duration"));
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(args(&["--rotate-at", "9s", "--duration", "5s"]), &out);
+    assert_eq!(code, 2, "{}", cap.stderr());
+    let (out, _) = Output::capture();
+    assert_eq!(rotation::main_with_args(args(&["--bogus"]), &out), 2);
+}
+
+#[test]
+fn fetch_prints_the_body_and_verbose_connection_events() {
+    let s = server(Settings::default());
+    let dir = TempDir::new("fetch-chain").expect("temp dir");
+    let dump = dir.path().join("chain.pem");
+    let (out, cap) = Output::capture();
+    let code = fetch::main_with_args(
+        args(&[
+            "-v",
+            "-i",
+            "--cacert",
+            ca(&s),
+            "--dump-chain",
+            dump.to_str().expect("utf-8"),
+            &s.coordinator.url("/hello"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}", cap.stderr());
+    let text = cap.stdout();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains("rotary demo coordinator: GET /hello"),
+        "{text}"
+    );
+    let err = cap.stderr();
+    assert!(err.contains("full handshake"), "{err}");
+    assert!(err.contains("leaf SHA-256"), "{err}");
+    let pem = std::fs::read_to_string(&dump).expect("chain dumped");
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2);
+}
+
+#[test]
+fn fetch_repeat_reports_the_serving_connection_and_posts_data() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    let code = fetch::main_with_args(
+        args(&[
+            "--cacert",
+            ca(&s),
+            "--repeat",
+            "3",
+            "--interval",
+            "10ms",
+            "-d",
+            "hello",
+            &s.coordinator.url("/echo"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}", cap.stderr());
+    assert_eq!(
+        cap.stdout().matches("POST /echo (5 body bytes)").count(),
+        3,
+        "{}",
+        cap.stdout()
+    );
+    let err = cap.stderr();
+    assert!(
+        err.contains("request 1/3: 200 OK via connection #1 (new)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("request 3/3: 200 OK via connection #1 (reused)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fetch_failures_exit_with_the_documented_code_and_one_line() {
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["--cacert", "/nonexistent/ca.pem", "https://127.0.0.1:9/"],
+            3,
+            "cannot read CA file",
+        ),
+        (&["--frobnicate", "https://127.0.0.1:9/"], 2, "unknown flag"),
+        (&["ftp://example.com/"], 2, "bad URL"),
+        (&["http://127.0.0.1:9/"], 5, "connect failed"),
+    ];
+    for (a, want, says) in cases {
+        let (out, cap) = Output::capture();
+        let code = fetch::main_with_args(args(a), &out);
+        let err = cap.stderr();
+        assert_eq!(code, want, "{a:?}: {err}");
+        assert!(err.starts_with("fetch: "), "{a:?}: {err}");
+        assert!(err.contains(says), "{a:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A server whose chain the CA file does not trust: the TLS phase.
+    let s = server(Settings::default());
+    let other = Ca::new("someone else").expect("CA");
+    let dir = TempDir::new("fetch-untrusted").expect("temp dir");
+    let file = dir.path().join("other.pem");
+    std::fs::write(&file, other.pem()).expect("write");
+    let (out, cap) = Output::capture();
+    let code = fetch::main_with_args(
+        args(&[
+            "--cacert",
+            file.to_str().expect("utf-8"),
+            &s.coordinator.url("/"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 6, "{}", cap.stderr());
+    assert!(cap.stderr().contains("UnknownIssuer"), "{}", cap.stderr());
+}
+
+/// The keys of a flat JSON object line, in order.
+fn keys(line: &str) -> Vec<String> {
+    let inner = line
+        .trim()
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not one JSON object: {line}"));
+    inner
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once(':').expect("key: value");
+            assert!(!v.is_empty(), "{line}");
+            k.trim_matches('"').to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn loadgen_prints_one_json_line_with_exactly_the_required_keys() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    let code = loadgen::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url("/bytes/5"),
+            "--cacert",
+            ca(&s),
+            "--conns",
+            "4",
+            "--requests",
+            "200",
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}", cap.stderr());
+    let text = cap.stdout();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert_eq!(
+        keys(&text),
+        [
+            "client",
+            "conns",
+            "requests",
+            "errors",
+            "wall_s",
+            "req_per_s",
+            "cpu_user_s",
+            "cpu_sys_s",
+            "cpu_us_per_req",
+            "max_rss_kib",
+            "connections_opened",
+            "body_bytes",
+            "p50_us",
+            "p99_us"
+        ]
+    );
+    assert!(text.contains(r#""client":"rotary""#), "{text}");
+    assert!(text.contains(r#""requests":200,"errors":0"#), "{text}");
+    assert!(
+        text.contains(r#""connections_opened":4,"body_bytes":1000"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn loadgen_idle_mode_reports_memory_per_connection() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    let code = loadgen::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url("/bytes/5"),
+            "--cacert",
+            ca(&s),
+            "--idle",
+            "8",
+            "--hold-secs",
+            "100ms",
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}", cap.stderr());
+    let text = cap.stdout();
+    assert_eq!(
+        keys(&text),
+        [
+            "client",
+            "idle_conns",
+            "rss_before_kib",
+            "rss_after_kib",
+            "kib_per_conn"
+        ]
+    );
+    assert!(text.contains(r#""idle_conns":8,"#), "{text}");
+}
+
+#[test]
+fn loadgen_against_an_unreachable_url_fails_with_one_line() {
+    let (out, cap) = Output::capture();
+    let code = loadgen::main_with_args(
+        args(&["--url", "http://127.0.0.1:9/", "--requests", "3"]),
+        &out,
+    );
+    assert_eq!(code, 1);
+    let err = cap.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("3 of 3 requests failed"), "{err}");
+}
+
+#[test]
+fn runner_writes_a_ca_file_per_job_from_the_delivering_connection() {
+    let s = server(Settings {
+        hold: Duration::from_millis(200),
+        job_every: Duration::from_millis(50),
+        max_requests_per_conn: None,
+    });
+    let dir = TempDir::new("runner-builds").expect("temp dir");
+    let (out, cap) = Output::capture();
+    let code = runner::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url(""),
+            "--token",
+            "t0ken",
+            "--ca-file",
+            ca(&s),
+            "--builds-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--jobs",
+            "2",
+            "--duration",
+            "10s",
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}\n{}", cap.stdout(), cap.stderr());
+    let text = cap.stdout();
+    assert!(text.contains("stopped after 2 jobs"), "{text}");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("builds dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("ca.pem"))
+        .collect();
+    assert_eq!(files.len(), 2, "{text}");
+    for f in files {
+        let pem = std::fs::read_to_string(&f).expect("CA file");
+        assert_eq!(
+            pem.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn runner_requires_url_and_token() {
+    let (out, cap) = Output::capture();
+    assert_eq!(runner::main_with_args(args(&["--token", "x"]), &out), 2);
+    assert!(cap.stderr().starts_with("runner: --url is required"));
+    let (out, cap) = Output::capture();
+    let code = runner::main_with_args(
+        args(&[
+            "--url",
+            "https://127.0.0.1:9",
+            "--token",
+            "x",
+            "--ca-file",
+            "/nope.pem",
+        ]),
+        &out,
+    );
+    assert_eq!(code, 3, "{}", cap.stderr());
+}
