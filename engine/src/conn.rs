@@ -155,11 +155,26 @@ impl Conn {
         self.stage == Stage::Ready && self.req.is_none()
     }
 
-    /// Read until `WouldBlock`, EOF, or `budget` bytes; plaintext goes to `rbuf`.
+    /// Give back buffer memory while idle: an idle connection should cost
+    /// little more than its TLS session. Buffers small enough to be cheap to
+    /// keep are kept, so a busy keep-alive connection does not reallocate.
+    pub(crate) fn release_buffers(&mut self) {
+        const KEEP: usize = 1024;
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Read until `WouldBlock`, EOF, or `budget` bytes (and, with
+    /// `stop_short`, a short read); plaintext goes to `rbuf`.
     pub(crate) fn read_pass(
         &mut self,
         scratch: &mut [u8],
         budget: usize,
+        stop_short: bool,
     ) -> Result<ReadPass, IoFailure> {
         let mut pass = ReadPass::default();
         let Some(sock) = self.sock.as_mut() else {
@@ -179,9 +194,7 @@ impl Conn {
                     Ok(n) => {
                         self.rbuf.extend_from_slice(&scratch[..n]);
                         pass.bytes += n;
-                        if n < scratch.len() {
-                            // A short read drained the socket; new data
-                            // raises a new readiness edge. Saves a syscall.
+                        if stop_short && n < scratch.len() {
                             return Ok(pass);
                         }
                     }
@@ -194,7 +207,7 @@ impl Conn {
                     let mut reader = ShortRead { sock, short: false };
                     match tls.read_tls(&mut reader) {
                         Ok(0) => pass.eof = true,
-                        Ok(_) => would_block = reader.short,
+                        Ok(_) => would_block = stop_short && reader.short,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(IoFailure::Io(e)),

@@ -16,7 +16,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 use slab::Slab;
 
-use crate::conn::{Conn, ConnTimer, IoFailure, Stage};
+use crate::conn::{Conn, ConnTimer, IoFailure, ReadPass, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
 use crate::sock::Sock;
 use crate::stats::OriginStats;
@@ -30,6 +30,27 @@ use crate::{
 /// Plaintext bytes read from one connection per readiness event before the
 /// loop moves on to others (fairness, and a bound on queued body events).
 const READ_BUDGET: usize = 256 * 1024;
+/// How far a drive reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// Do not read (only write what is pending).
+    Skip,
+    /// Stop at a short read: the socket is drained and new data raises a
+    /// new edge. Only safe when the event did not report a hang-up, whose
+    /// EOF would otherwise never be read.
+    UntilShort,
+    /// Read until `WouldBlock` or EOF.
+    UntilWouldBlock,
+}
+
+fn read_mode(read_closed: bool) -> ReadMode {
+    if read_closed {
+        ReadMode::UntilWouldBlock
+    } else {
+        ReadMode::UntilShort
+    }
+}
+
 /// Size of the one read buffer shared by every connection.
 const SCRATCH: usize = 64 * 1024;
 
@@ -96,7 +117,7 @@ pub struct Engine {
     token_base: usize,
     token_count: usize,
     events: Events,
-    tokens: Vec<Token>,
+    tokens: Vec<(Token, bool)>,
     waker: Arc<Waker>,
     wheel: Wheel<Timer>,
     conns: Slab<Conn>,
@@ -447,10 +468,14 @@ impl Engine {
         }
         let mut tokens = std::mem::take(&mut self.tokens);
         tokens.clear();
-        tokens.extend(self.events.iter().map(|e| e.token()));
+        tokens.extend(
+            self.events
+                .iter()
+                .map(|e| (e.token(), e.is_read_closed() || e.is_error())),
+        );
         let now = Instant::now();
-        for t in &tokens {
-            self.on_token(*t, now);
+        for &(t, closed) in &tokens {
+            self.on_token(t, read_mode(closed), now);
         }
         self.tokens = tokens;
         self.handle_timeouts(Instant::now());
@@ -464,7 +489,8 @@ impl Engine {
         if t < self.token_base || t - self.token_base >= self.token_count {
             return false;
         }
-        self.on_token(event.token(), Instant::now());
+        let closed = event.is_read_closed() || event.is_error();
+        self.on_token(event.token(), read_mode(closed), Instant::now());
         true
     }
 
@@ -489,7 +515,7 @@ impl Engine {
         let again = std::mem::take(&mut self.read_again);
         for (key, id) in again {
             if self.conns.get(key).is_some_and(|c| c.id == id) {
-                self.drive(key, now);
+                self.drive(key, ReadMode::UntilWouldBlock, now);
             }
         }
         while let Some((_, timer)) = self.wheel.poll_expired(now) {
@@ -509,7 +535,7 @@ impl Engine {
             .collect();
         for (key, id) in keys {
             if self.is_live(key, id) {
-                self.on_token(self.token(key), now);
+                self.on_token(self.token(key), ReadMode::UntilWouldBlock, now);
             }
         }
         self.handle_timeouts(now);
@@ -602,7 +628,7 @@ impl Engine {
         Token(self.token_base + 1 + key)
     }
 
-    fn on_token(&mut self, token: Token, now: Instant) {
+    fn on_token(&mut self, token: Token, read: ReadMode, now: Instant) {
         if token.0 == self.token_base {
             self.drain_commands(now);
             self.drain_answers(now);
@@ -615,7 +641,7 @@ impl Engine {
         match conn.stage {
             Stage::Resolving => {}
             Stage::Connecting => self.on_connecting(key, now),
-            Stage::Handshaking | Stage::Ready => self.drive(key, now),
+            Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
         }
     }
 
@@ -930,7 +956,7 @@ impl Engine {
                     conn.stage = Stage::Handshaking;
                 }
                 self.set_conn_timer(key, ConnTimer::Setup, now + self.config.timeouts.handshake);
-                self.drive(key, now);
+                self.drive(key, ReadMode::Skip, now);
             }
             Err(reason) => self.connect_failed(key, Error::Tls { reason }, now),
         }
@@ -1024,11 +1050,12 @@ impl Engine {
                 Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
                 _ => Handshake::Full,
             };
-            let chain = Arc::new(PeerChain::new(
-                tls.peer_certificates()
-                    .map(|c| c.to_vec())
-                    .unwrap_or_default(),
-            ));
+            let presented = tls.peer_certificates().unwrap_or_default();
+            // Connections presenting the origin's current chain share one copy.
+            let chain = match pool.chain.as_ref() {
+                Some(known) if known.der() == presented => known.clone(),
+                _ => Arc::new(PeerChain::new(presented.to_vec())),
+            };
             info.tls_version = tls.protocol_version();
             info.cipher_suite = tls.negotiated_cipher_suite().map(|s| s.suite());
             info.alpn = tls.alpn_protocol().map(|a| a.to_vec());
@@ -1275,6 +1302,7 @@ impl Engine {
             self.close_conn(key, CloseReason::PeerClose);
             return self.dispatch(p, now);
         }
+        conn.release_buffers();
         let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
         self.pools[p].idle.push(key);
         if let Some(limit) = limit {
@@ -1322,13 +1350,14 @@ impl Engine {
         if let Some(t) = req.opts.first_byte_timeout {
             self.set_req_timer(rk, ReqTimer::FirstByte, now + t);
         }
-        self.drive(ck, now);
+        // Only the request goes out: anything the peer sends raises an event.
+        self.drive(ck, ReadMode::Skip, now);
     }
 
     // ----- I/O ----------------------------------------------------------------
 
     /// Write what is pending, read what arrived, and act on it.
-    fn drive(&mut self, key: usize, now: Instant) {
+    fn drive(&mut self, key: usize, read: ReadMode, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -1338,9 +1367,15 @@ impl Engine {
         if let Err(e) = conn.flush() {
             return self.io_failed(key, IoFailure::Io(e), true, now);
         }
-        let pass = match conn.read_pass(&mut self.scratch, READ_BUDGET) {
-            Ok(pass) => pass,
-            Err(f) => return self.io_failed(key, f, false, now),
+        let pass = match read {
+            ReadMode::Skip => ReadPass::default(),
+            ReadMode::UntilShort | ReadMode::UntilWouldBlock => {
+                let stop_short = read == ReadMode::UntilShort;
+                match conn.read_pass(&mut self.scratch, READ_BUDGET, stop_short) {
+                    Ok(pass) => pass,
+                    Err(f) => return self.io_failed(key, f, false, now),
+                }
+            }
         };
         if conn.stage == Stage::Handshaking
             && conn.tls.as_ref().is_some_and(|t| !t.is_handshaking())
