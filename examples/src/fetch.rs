@@ -256,11 +256,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
             Ok(r) => r,
             Err(error) => {
                 engine.shutdown();
-                let phase = error.phase();
-                return Err(Failure::new(
-                    exit_code(phase),
-                    format!("{} failed: {error}", phase.name().replace('_', " ")),
-                ));
+                return Err(Failure::new(exit_code(error.phase()), error.to_string()));
             }
         };
         let fp = served_by

@@ -129,14 +129,15 @@ impl Failure {
 }
 
 /// Run a program body: `Ok(code)` is returned as is; a [`Failure`] prints
-/// `<program>: <message>` on stderr and returns its code.
+/// one line, `<program>: <message>`, on stderr and returns its code.
 pub fn finish(program: &str, out: &Output, result: Result<i32, Failure>) -> i32 {
     match result {
         Ok(code) => code,
         Err(f) => {
-            out.err_line(format!("{program}: {}", f.message));
             if f.code == 2 {
-                out.err_line(format!("(try: {program} --help)"));
+                out.err_line(format!("{program}: {} (see --help)", f.message));
+            } else {
+                out.err_line(format!("{program}: {}", f.message));
             }
             f.code
         }
