@@ -6,6 +6,10 @@ the request (index into rotary_proto::fuzzing::Request::ALL: 0 GET, 1 HEAD,
 2 POST, 3 streamed length, 4 streamed chunked, 5 unfinished, 6 CONNECT) and
 bit 0x80 the small limits; the seed picks the split sizes. Regression inputs
 found by the fuzzer are added next to these by hand.
+
+To keep this directory small, fuzz with a scratch corpus first, e.g.
+    cargo fuzz run --sanitizer none response /tmp/fuzz/response corpus/response
+libFuzzer writes new inputs only into the first directory.
 """
 import os
 

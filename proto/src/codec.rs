@@ -114,11 +114,15 @@ struct Exchange {
 /// and feeds it the bytes it reads. One exchange at a time, no pipelining:
 ///
 /// ```text
-/// Idle ─send_request──────────────► AwaitingHead ─Head─► Body ─End─► Done ─┐
-///   │                                  ▲                             (or Closed)
-///   └─start_streaming_request► Sending ┘ end_body                          │
-///        ▲─────────────────────────────────────────────────────────────────┘
+///         send_request                   Head            End (reusable)
+///   Idle ───────────────► AwaitingHead ───────► Body ─────────────────► Done
+///    │                         ▲                  │
+///    │ start_streaming_request │ end_body         └─ End (close) ─► Closed
+///    └──────────► Sending ─────┘
 /// ```
+///
+/// `Done` accepts the next request like `Idle`; an error, EOF or a close
+/// verdict leads to `Closed`, which accepts nothing.
 ///
 /// The response may be polled while still `Sending` (a server may answer
 /// early); such an exchange ends with a close verdict. Every method refuses
