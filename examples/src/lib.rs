@@ -170,13 +170,6 @@ impl TempDir {
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
-
-    /// Keep the directory after drop (for `--serve`, whose CA file outlives us).
-    pub fn keep(self) -> std::path::PathBuf {
-        let p = self.path.clone();
-        std::mem::forget(self);
-        p
-    }
 }
 
 impl Drop for TempDir {

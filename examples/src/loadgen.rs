@@ -44,6 +44,11 @@ Idle output keys: client, idle_conns, rss_before_kib, rss_after_kib, kib_per_con
 Exit code 0; 1 when any request failed (the JSON line is still printed);
 2 for bad flags; 3 for an unreadable --cacert.";
 
+/// Most connections loadgen opens at once.
+const MAX_CONNS: usize = 100_000;
+/// Largest request body.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// Run loadgen with `args` (without the program name); returns the exit code.
 pub fn main_with_args(args: Vec<String>, out: &Output) -> i32 {
     finish("loadgen", out, run(args, out))
@@ -100,8 +105,16 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
             _ => return Err(a.unknown(&arg)),
         }
     }
-    if o.conns == 0 || o.idle == Some(0) {
-        return Err(Failure::usage("--conns and --idle must be at least 1"));
+    if !(1..=MAX_CONNS).contains(&o.conns) || o.idle.is_some_and(|c| !(1..=MAX_CONNS).contains(&c))
+    {
+        return Err(Failure::usage(format!(
+            "--conns and --idle take 1 to {MAX_CONNS}"
+        )));
+    }
+    if o.body_bytes > MAX_BODY {
+        return Err(Failure::usage(format!(
+            "--body-bytes is at most {MAX_BODY}"
+        )));
     }
     if o.max_age.is_some_and(|d| d.is_zero()) {
         return Err(Failure::usage("--max-age must be more than zero"));
@@ -187,7 +200,8 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     let opts = RequestOptions::default().deadline(Duration::from_secs(30));
     let total = o.requests;
     let mut started: HashMap<rotary::RequestId, Instant> = HashMap::with_capacity(o.conns);
-    let mut latencies: Vec<u64> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut latencies: Vec<u64> =
+        Vec::with_capacity(usize::try_from(total.min(1 << 20)).unwrap_or(0));
     let (mut submitted, mut done, mut errors, mut body_bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut first_error = None;
     let start = Instant::now();

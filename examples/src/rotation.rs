@@ -6,7 +6,7 @@
 //! the "rotary" runner (max age of a few seconds, full handshakes) heals
 //! within one max age.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -184,8 +184,6 @@ fn serve_only(
         None => out.line("no rotation planned (--rotate-at D to rotate)"),
     }
     let start = Instant::now();
-    let trust = pki.trust.clone();
-    let _dir = pki.dir.keep();
     let mut rotated = false;
     loop {
         let now = start.elapsed();
@@ -213,7 +211,8 @@ fn serve_only(
         "stopped: {} connections, {} full and {} resumed handshakes, {} requests, {} jobs",
         c.connections, c.handshakes_full, c.handshakes_resumed, c.requests, c.jobs
     ));
-    let _ = std::fs::remove_dir_all(trust.parent().unwrap_or(Path::new("")));
+    // The CA file goes with `pki` (a Ctrl-C leaves it: certificates only).
+    drop(pki);
     Ok(0)
 }
 
