@@ -11,8 +11,8 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use mio::{Interest, Registry, Token};
 use rotary_proto::Codec;
-use rustls::ClientConnection;
 
+use crate::session::Session;
 use crate::sock::Sock;
 use crate::wheel::TimerKey;
 use crate::{ConnId, PeerChain};
@@ -58,21 +58,6 @@ pub(crate) struct ReadPass {
     pub(crate) more: bool,
 }
 
-/// Remembers whether the last read returned less than asked: the socket is
-/// drained, so the pass can stop without a read that only says `WouldBlock`.
-struct ShortRead<'a> {
-    sock: &'a mut Sock,
-    short: bool,
-}
-
-impl Read for ShortRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.sock.read(buf)?;
-        self.short = n < buf.len();
-        Ok(n)
-    }
-}
-
 /// Failure of a read or write pass.
 #[derive(Debug)]
 pub(crate) enum IoFailure {
@@ -85,7 +70,7 @@ pub(crate) struct Conn {
     pub(crate) pool: usize,
     pub(crate) stage: Stage,
     pub(crate) sock: Option<Sock>,
-    pub(crate) tls: Option<Box<ClientConnection>>,
+    pub(crate) tls: Option<Box<Session>>,
     pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) next_addr: usize,
     pub(crate) peer_addr: Option<SocketAddr>,
@@ -169,7 +154,8 @@ impl Conn {
     }
 
     /// Read until `WouldBlock`, EOF, or `budget` bytes (and, with
-    /// `stop_short`, a short read); plaintext goes to `rbuf`.
+    /// `stop_short`, a short read); plaintext goes to `rbuf`. TLS records
+    /// are read into the shared `scratch` and decrypted from there.
     pub(crate) fn read_pass(
         &mut self,
         scratch: &mut [u8],
@@ -185,8 +171,8 @@ impl Conn {
                 pass.more = true;
                 return Ok(pass);
             }
-            match self.tls.as_deref_mut() {
-                None => match sock.read(scratch) {
+            let Some(tls) = self.tls.as_deref_mut() else {
+                match sock.read(scratch) {
                     Ok(0) => {
                         pass.eof = true;
                         return Ok(pass);
@@ -201,77 +187,78 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(pass),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(IoFailure::Io(e)),
-                },
-                Some(tls) => {
-                    let mut would_block = false;
-                    let mut reader = ShortRead { sock, short: false };
-                    match tls.read_tls(&mut reader) {
-                        Ok(0) => pass.eof = true,
-                        Ok(_) => would_block = stop_short && reader.short,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(IoFailure::Io(e)),
-                    }
-                    let state = tls.process_new_packets().map_err(IoFailure::Tls)?;
-                    let mut want = state.plaintext_bytes_to_read();
-                    let closed = state.peer_has_closed();
-                    while want > 0 {
-                        let n = want.min(scratch.len());
-                        match tls.reader().read(&mut scratch[..n]) {
-                            Ok(0) => break,
-                            Ok(got) => {
-                                self.rbuf.extend_from_slice(&scratch[..got]);
-                                pass.bytes += got;
-                                want -= got;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if closed {
-                        pass.eof = true;
-                    }
-                    if pass.eof || would_block {
-                        return Ok(pass);
-                    }
                 }
+                continue;
+            };
+            // Carried-over partial input goes in front of the new bytes; in the
+            // rare case it nearly fills the scratch, it becomes the buffer.
+            let mut pending = tls.take_pending();
+            let carried = pending.len();
+            let in_scratch = carried + 16 * 1024 <= scratch.len();
+            let buf: &mut [u8] = if in_scratch {
+                scratch[..carried].copy_from_slice(&pending);
+                scratch
+            } else {
+                pending.resize(carried + 16 * 1024, 0);
+                &mut pending
+            };
+            let (filled, stop) = match sock.read(&mut buf[carried..]) {
+                Ok(0) => {
+                    pass.eof = true;
+                    (carried, true)
+                }
+                Ok(n) => (carried + n, stop_short && carried + n < buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (carried, true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (carried, false),
+                Err(e) => return Err(IoFailure::Io(e)),
+            };
+            let done = tls
+                .process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf)
+                .map_err(IoFailure::Tls)?;
+            pass.bytes += done.plaintext;
+            pass.eof |= done.closed;
+            let consumed = done.consumed.min(filled);
+            if in_scratch {
+                tls.keep_pending(pending, &scratch[consumed..filled])
+            } else {
+                pending.copy_within(consumed..filled, 0);
+                pending.truncate(filled - consumed);
+                tls.keep_pending_vec(pending)
+            }
+            .map_err(IoFailure::Io)?;
+            if stop || pass.eof {
+                return Ok(pass);
             }
         }
     }
 
     /// Write `wbuf` (through TLS) until done or `WouldBlock`.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<(), IoFailure> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(());
         };
-        match self.tls.as_deref_mut() {
-            None => {
-                while !self.wbuf.is_empty() {
-                    match sock.write(&self.wbuf) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => self.wbuf.advance(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
-            }
-            Some(tls) => loop {
-                if !self.wbuf.is_empty() && !tls.is_handshaking() {
-                    let n = tls.writer().write(&self.wbuf)?;
-                    self.wbuf.advance(n);
-                }
-                if !tls.wants_write() {
-                    return Ok(());
-                }
-                match tls.write_tls(sock) {
-                    Ok(_) => {}
+        let Some(tls) = self.tls.as_deref_mut() else {
+            while !self.wbuf.is_empty() {
+                match sock.write(&self.wbuf) {
+                    Ok(0) => return Err(IoFailure::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => self.wbuf.advance(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(IoFailure::Io(e)),
                 }
-            },
+            }
+            return Ok(());
+        };
+        if tls.is_handshaking() || !self.wbuf.is_empty() {
+            let mut pending = tls.take_pending();
+            let done = tls
+                .process(&mut pending, &mut self.rbuf, &mut self.wbuf)
+                .map_err(IoFailure::Tls)?;
+            let consumed = done.consumed.min(pending.len());
+            pending.drain(..consumed);
+            tls.keep_pending_vec(pending).map_err(IoFailure::Io)?;
         }
+        tls.write_to(sock).map_err(IoFailure::Io)
     }
 
     /// Bytes are waiting to go out.
@@ -305,8 +292,15 @@ impl Conn {
         if let Some(mut sock) = self.sock.take() {
             if let Some(tls) = self.tls.as_deref_mut() {
                 if !tls.is_handshaking() {
-                    tls.send_close_notify();
-                    let _ = tls.write_tls(&mut sock);
+                    tls.queue_close_notify();
+                    let mut pending = tls.take_pending();
+                    let mut nothing = BytesMut::new();
+                    if tls
+                        .process(&mut pending, &mut nothing, &mut BytesMut::new())
+                        .is_ok()
+                    {
+                        let _ = tls.write_to(&mut sock);
+                    }
                 }
             }
             if self.interest.is_some() {

@@ -13,11 +13,12 @@ use http::Method;
 use mio::{Events, Poll, Registry, Token, Waker};
 use rotary_proto::{Codec, Event as CodecEvent, ResponseHead, State as CodecState, TargetForm};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::ClientConfig;
 use slab::Slab;
 
 use crate::conn::{Conn, ConnTimer, IoFailure, ReadPass, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
+use crate::session::Session;
 use crate::sock::Sock;
 use crate::stats::OriginStats;
 use crate::tls::TlsState;
@@ -949,7 +950,7 @@ impl Engine {
                 )
             }
         };
-        match ClientConnection::new(config, name) {
+        match Session::new(config, name) {
             Ok(tls) => {
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.tls = Some(Box::new(tls));
@@ -1365,7 +1366,7 @@ impl Engine {
         // a new one, so every later look-up checks the id too.
         let id = conn.id;
         if let Err(e) = conn.flush() {
-            return self.io_failed(key, IoFailure::Io(e), true, now);
+            return self.io_failed(key, e, true, now);
         }
         let pass = match read {
             ReadMode::Skip => ReadPass::default(),
@@ -1390,7 +1391,7 @@ impl Engine {
             return;
         };
         if let Err(e) = conn.flush() {
-            return self.io_failed(key, IoFailure::Io(e), true, now);
+            return self.io_failed(key, e, true, now);
         }
         if pass.more {
             self.read_again.push((key, id));

@@ -46,6 +46,7 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 mod origin;
+mod session;
 mod sock;
 mod stats;
 mod tls;

@@ -14,12 +14,18 @@ use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::{ClientIdentity, Trust};
 
-/// What identifies one version of a file: modification time and size.
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies one version of a file: modification time, size and (on
+/// Unix) inode, so a file replaced by rename is seen even when the two
+/// versions share a timestamp tick and a size.
+type Stamp = Option<(SystemTime, u64, u64)>;
 
 fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
 }
 
 /// A file that could not be used; the previous configuration stays.

@@ -82,18 +82,22 @@ fn prewarm_opens_the_replacement_before_expiry() {
     let out = finish(&mut engine, &[first], T);
     let first_conn = out.opened()[0].conn;
     // Wait for the replacement to open and the old connection to expire.
-    let events = run_until(&mut engine, T, |evs| {
-        let opened = evs.iter().any(|e| matches!(e, Event::Opened(_)));
-        let expired = evs.iter().any(|e| {
-            matches!(
-                e,
-                Event::Closed {
-                    reason: CloseReason::MaxAge,
-                    ..
-                }
-            )
-        });
-        opened && expired
+    let mut events: Vec<Event> = out
+        .events
+        .into_iter()
+        .filter(|e| !matches!(e, Event::Opened(i) if i.conn == first_conn))
+        .collect();
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(e, Event::Opened(_))
+    });
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::MaxAge,
+                ..
+            }
+        )
     });
     let opened_at = events
         .iter()
@@ -204,16 +208,15 @@ fn after_rotation_rotary_sees_the_new_chain_while_a_resuming_client_sees_the_old
 
     server.rotate_to(&leaf_b);
     // Wait for rotary's connection to age out.
-    run_until(&mut engine, T, |evs| {
-        evs.iter().any(|e| {
-            matches!(
-                e,
-                Event::Closed {
-                    reason: CloseReason::MaxAge,
-                    ..
-                }
-            )
-        })
+    let mut events = out.events;
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::MaxAge,
+                ..
+            }
+        )
     });
     let b = engine.submit(get(&server.url("/")), RequestOptions::default());
     let out = finish(&mut engine, &[b], T);

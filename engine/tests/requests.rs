@@ -431,19 +431,16 @@ fn idle_connection_closed_by_server_is_dropped_at_once() {
         .start();
     let mut engine = plain_engine(|_| {});
     let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
-    finish(&mut engine, &[id], T);
-    let events = run_until(&mut engine, T, |evs| {
-        evs.iter().any(|e| {
-            matches!(
-                e,
-                Event::Closed {
-                    reason: CloseReason::PeerClose,
-                    ..
-                }
-            )
-        })
+    let mut events = finish(&mut engine, &[id], T).events;
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::PeerClose,
+                ..
+            }
+        )
     });
-    assert!(!events.is_empty());
     assert_eq!(engine.stats().connections, 0);
     assert_drained(&mut engine);
 }
@@ -453,17 +450,15 @@ fn idle_timeout_closes_unused_connections() {
     let server = TestServer::plain(|_, _| Reply::ok("x"));
     let mut engine = plain_engine(|c| c.policy.idle_timeout = Some(Duration::from_millis(30)));
     let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
-    finish(&mut engine, &[id], T);
-    run_until(&mut engine, T, |evs| {
-        evs.iter().any(|e| {
-            matches!(
-                e,
-                Event::Closed {
-                    reason: CloseReason::Idle,
-                    ..
-                }
-            )
-        })
+    let mut events = finish(&mut engine, &[id], T).events;
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::Idle,
+                ..
+            }
+        )
     });
     assert!(engine.stats().is_idle(), "{:?}", engine.stats());
 }

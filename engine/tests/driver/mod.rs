@@ -178,3 +178,18 @@ pub fn pump_until(
     }
     events
 }
+
+/// Wait until some event in `seen` (events already collected) or a later
+/// one matches `pred`; later events are appended to `seen`.
+pub fn until_seen(
+    engine: &mut Engine,
+    seen: &mut Vec<Event>,
+    timeout: Duration,
+    pred: impl Fn(&Event) -> bool,
+) {
+    if seen.iter().any(&pred) {
+        return;
+    }
+    let more = run_until(engine, timeout, |evs| evs.iter().any(&pred));
+    seen.extend(more);
+}
