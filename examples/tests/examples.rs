@@ -81,6 +81,42 @@ fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
 }
 
 #[test]
+fn rotation_demo_pinned_runner_resumes_the_old_session_when_the_edge_closes() {
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(
+        args(&[
+            "--rotate-at",
+            "1s",
+            "--duration",
+            "3.5s",
+            "--max-age",
+            "800ms",
+            "--hold",
+            "300ms",
+            "--job-every",
+            "100ms",
+            "--edge-max-requests",
+            "3",
+        ]),
+        &out,
+    );
+    let text = cap.stdout();
+    assert_eq!(code, 0, "demo failed:\n{text}\n{}", cap.stderr());
+    // Reconnecting is not enough: the pinned runner resumes and keeps chain A.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pinned") && l.contains("RESUMED session, chain A")),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("pinned") && l.contains("chain B")),
+        "{text}"
+    );
+}
+
+#[test]
 fn rotation_demo_refuses_bad_flags_with_one_line_and_code_2() {
     let (out, cap) = Output::capture();
     let code = rotation::main_with_args(args(&["--rotate-at", "soon"]), &out);
