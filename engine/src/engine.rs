@@ -220,6 +220,19 @@ pub(crate) fn hinted_idle(
     }
 }
 
+/// Which idle connection gets the next request: the youngest (highest id,
+/// so older ones age out unused), and for a retry that must not reuse, only
+/// one that has carried nothing yet. Returns the index in `idle`.
+pub(crate) fn pick_idle(
+    idle: impl Iterator<Item = (ConnId, u32)>,
+    fresh_only: bool,
+) -> Option<usize> {
+    idle.enumerate()
+        .filter(|(_, (_, served))| !fresh_only || *served == 0)
+        .max_by_key(|(_, (id, _))| *id)
+        .map(|(i, _)| i)
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -1264,13 +1277,14 @@ impl Engine {
             let pool = &self.pools[p];
             let Some(&rk) = pool.queue.front() else { break };
             let fresh = self.reqs.get(rk).is_some_and(|r| r.fresh_only);
-            let pick = pool
-                .idle
-                .iter()
-                .enumerate()
-                .filter(|(_, &k)| !fresh || self.conns.get(k).is_some_and(|c| c.served == 0))
-                .max_by_key(|(_, &k)| self.conns.get(k).map(|c| c.id))
-                .map(|(i, _)| i);
+            let candidates = pool.idle.iter().map(|&k| {
+                let c = self.conns.get(k);
+                (
+                    c.map_or(ConnId(0), |c| c.id),
+                    c.map_or(u32::MAX, |c| c.served),
+                )
+            });
+            let pick = pick_idle(candidates, fresh);
             let Some(i) = pick else { break };
             let pool = &mut self.pools[p];
             let ck = pool.idle.swap_remove(i);
@@ -1921,6 +1935,16 @@ mod tests {
             hinted_idle(Some(s(90)), Some(s(1)), s(1)),
             Some(Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn the_youngest_idle_connection_gets_the_next_request() {
+        let idle = [(ConnId(3), 5), (ConnId(9), 1), (ConnId(4), 0)];
+        assert_eq!(pick_idle(idle.into_iter(), false), Some(1));
+        // A retry that must use a fresh connection skips used ones.
+        assert_eq!(pick_idle(idle.into_iter(), true), Some(2));
+        assert_eq!(pick_idle([(ConnId(1), 2)].into_iter(), true), None);
+        assert_eq!(pick_idle(std::iter::empty(), false), None);
     }
 
     #[test]

@@ -234,3 +234,87 @@ fn skipping_verification_needs_the_feature_and_accepts_an_unknown_ca() {
     assert_eq!(out.response(id).body(), "unverified");
     assert_drained(&mut engine);
 }
+
+#[test]
+fn on_chain_change_keep_reports_but_does_not_retire() {
+    let (ca, leaf_a) = ca_and_leaf();
+    let leaf_b = ca.issue(&["localhost", "127.0.0.1"]);
+    let server = TestServer::tls(&leaf_a, |req, _| {
+        if req.path() == "/slow" {
+            Reply::ok("slow").delay(Duration::from_millis(150))
+        } else {
+            Reply::ok("fast")
+        }
+    });
+    let (mut engine, _f) = engine_for(&ca, |c| {
+        c.policy.on_chain_change = rotary::OnChainChange::Keep
+    });
+    let slow = engine.submit(get(&server.url("/slow")), RequestOptions::default());
+    pump_until(&mut engine, T, || server.stats().requests >= 1);
+    server.rotate_to(&leaf_b);
+    let fast = engine.submit(get(&server.url("/fast")), RequestOptions::default());
+    let out = finish(&mut engine, &[slow, fast], T);
+    assert!(out
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ChainChanged { .. })));
+    assert!(!out.closed().contains(&CloseReason::ChainChange));
+    assert_eq!(engine.stats().connections, 2, "both connections stay");
+    assert_drained(&mut engine);
+}
+
+#[test]
+fn a_per_origin_policy_overrides_the_engine_default() {
+    let a = TestServer::plain(|_, _| Reply::ok("a"));
+    let b = TestServer::plain(|_, _| Reply::ok("b"));
+    let mut engine = plain_engine(|_| {});
+    let origin_b = rotary::Origin::parse(&b.url_ip("/")).unwrap();
+    let mut strict = engine.origin_policy(&origin_b);
+    strict.max_requests = Some(1);
+    engine.set_origin_policy(origin_b.clone(), strict);
+    assert_eq!(engine.origin_policy(&origin_b).max_requests, Some(1));
+    for _ in 0..3 {
+        let ia = engine.submit(get(&a.url_ip("/")), RequestOptions::default());
+        let ib = engine.submit(get(&b.url_ip("/")), RequestOptions::default());
+        finish(&mut engine, &[ia, ib], T);
+    }
+    assert_eq!(a.stats().connections_accepted, 1, "default policy reuses");
+    assert_eq!(
+        b.stats().connections_accepted,
+        3,
+        "override retires after one"
+    );
+    assert_drained(&mut engine);
+}
+
+struct SlowResolver;
+impl rotary::Resolver for SlowResolver {
+    fn resolve(&self, _: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))])
+    }
+}
+
+#[test]
+fn dns_and_handshake_deadlines_end_the_attempt_with_their_names() {
+    let mut engine = plain_engine(|c| {
+        c.resolver = Some(Arc::new(SlowResolver));
+        c.timeouts.dns = Duration::from_millis(30);
+    });
+    let id = engine.submit(get("http://slow.test:1/"), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    assert_eq!(out.error(id).deadline(), Some(rotary::Deadline::Dns));
+    engine.shutdown();
+    assert!(engine.stats().is_idle());
+
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::builder()
+        .tls(&leaf)
+        .on_accept(|_| Accept::Stall)
+        .start();
+    let (mut engine, _f) = engine_for(&ca, |c| c.timeouts.handshake = Duration::from_millis(40));
+    let id = engine.submit(get(&server.url("/")), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    assert_eq!(out.error(id).deadline(), Some(rotary::Deadline::Handshake));
+    assert_drained(&mut engine);
+}
