@@ -108,6 +108,20 @@ struct Exchange {
     hints: KeepAliveHints,
 }
 
+impl Exchange {
+    /// Note what the final response head says about framing and reuse;
+    /// `early` when it arrived before the request was completely sent.
+    fn final_head(&mut self, head: &ResponseHead, early: bool) -> Result<BodyLength, Error> {
+        let framing = body_length(&self.method, head)?;
+        self.reuse.response(head.version, &head.headers);
+        self.reuse.ambiguous_framing = framing.ambiguous;
+        self.reuse.close_delimited = framing.length == BodyLength::CloseDelimited;
+        self.reuse.early_response = early;
+        self.hints = keep_alive_hints(&head.headers);
+        Ok(framing.length)
+    }
+}
+
 /// Per-connection HTTP/1.1 exchange state machine.
 ///
 /// Sans-IO: the caller writes the bytes the codec puts into an output buffer
@@ -405,14 +419,9 @@ impl Codec {
                     if head.status.is_informational() {
                         continue;
                     }
-                    let framing = body_length(&self.exchange.method, &head)?;
-                    let reuse = &mut self.exchange.reuse;
-                    reuse.response(head.version, &head.headers);
-                    reuse.ambiguous_framing = framing.ambiguous;
-                    reuse.close_delimited = framing.length == BodyLength::CloseDelimited;
-                    reuse.early_response = *writing != Writing::Finished;
-                    self.exchange.hints = keep_alive_hints(&head.headers);
-                    *reading = Reading::Body(BodyDecoder::new(framing.length, self.limits));
+                    let early = *writing != Writing::Finished;
+                    let length = self.exchange.final_head(&head, early)?;
+                    *reading = Reading::Body(BodyDecoder::new(length, self.limits));
                     return Ok(Some(Event::Head(head)));
                 }
             };
