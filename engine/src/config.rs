@@ -39,7 +39,9 @@ pub enum Resumption {
     #[default]
     Never,
     /// Resume only while the session's original full handshake is younger than
-    /// the origin's `max_age` (needs `max_age`; without it, behaves as `Never`).
+    /// the origin's `max_age` (without a `max_age`, always: today's ordinary
+    /// clients). Connections replacing one retired for age, chain change or
+    /// certificate expiry still do a full handshake.
     WithinMaxAge,
 }
 

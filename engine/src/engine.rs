@@ -1331,14 +1331,6 @@ impl Engine {
         let (Some(conn), Some(req)) = (self.conns.get_mut(ck), self.reqs.get_mut(rk)) else {
             return;
         };
-        req.reused = conn.served > 0;
-        req.conn = Some(ck);
-        conn.served += 1;
-        conn.remaining = conn.remaining.map(|r| r.saturating_sub(1));
-        conn.req = Some(rk);
-        if req.reused {
-            self.stats.connections_reused += 1;
-        }
         let r = &req.request;
         let body = r.body();
         let needs_body =
@@ -1352,15 +1344,20 @@ impl Engine {
             &mut conn.wbuf,
         );
         if let Err(e) = sent {
-            conn.req = None;
-            req.conn = None;
+            // The codec refuses before writing a byte: the connection is
+            // untouched, so it goes back to the pool with a fresh codec.
+            conn.codec = Codec::new(self.config.limits);
+            conn.wbuf.clear();
             self.fail_request(rk, Error::InvalidRequest(e.to_string()));
-            let p = self.conns.get(ck).map(|c| c.pool);
-            self.close_conn(ck, CloseReason::Error);
-            if let Some(p) = p {
-                self.dispatch(p, now);
-            }
-            return;
+            return self.make_idle(ck, now);
+        }
+        req.reused = conn.served > 0;
+        req.conn = Some(ck);
+        conn.served += 1;
+        conn.remaining = conn.remaining.map(|r| r.saturating_sub(1));
+        conn.req = Some(rk);
+        if req.reused {
+            self.stats.connections_reused += 1;
         }
         if let Some(t) = req.opts.first_byte_timeout {
             self.set_req_timer(rk, ReqTimer::FirstByte, now + t);
