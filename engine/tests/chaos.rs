@@ -640,5 +640,8 @@ fn without_faults_nothing_fails() {
             budget: Duration::from_secs(60),
         },
     );
-    assert_eq!(tally.failed, tally.cancelled, "only cancelled requests fail");
+    assert_eq!(
+        tally.failed, tally.cancelled,
+        "only cancelled requests fail"
+    );
 }
