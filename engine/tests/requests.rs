@@ -643,3 +643,28 @@ fn prometheus_rendering_names_counters() {
     let _ = Bytes::new();
     assert_drained(&mut engine);
 }
+
+#[test]
+fn engine_moves_between_threads_and_handles_are_shared() {
+    // Compile-time checks: an Engine may be built on one thread and run on
+    // another; a Handle may be shared by many.
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<rotary::Engine>();
+    send::<rotary::Handle>();
+    sync::<rotary::Handle>();
+    let mut engine = plain_engine(|_| {});
+    let handle = engine.handle();
+    let server = TestServer::plain(|_, _| Reply::ok("moved"));
+    let url = server.url_ip("/");
+    let resp = std::thread::spawn(move || {
+        let id = handle.submit(get(&url), RequestOptions::default()).unwrap();
+        let out = finish(&mut engine, &[id], T);
+        let body = out.response(id).body().clone();
+        assert_drained(&mut engine);
+        body
+    })
+    .join()
+    .unwrap();
+    assert_eq!(resp, "moved");
+}
