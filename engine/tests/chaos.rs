@@ -65,6 +65,12 @@ struct Setup {
     /// Largest byte offset at which a fault fires (covers the handshake and
     /// the first few exchanges of a connection).
     max_offset: u64,
+    /// Connection max age (no jitter beyond the default 10 %).
+    max_age: Duration,
+    /// Grace for an exchange in flight at max age.
+    drain_grace: Option<Duration>,
+    /// Chain probe interval.
+    probe: Option<Duration>,
     /// Hard bound on the whole run.
     budget: Duration,
 }
@@ -93,6 +99,7 @@ struct Tally {
     timeouts: u64,
     cancelled: u64,
     cancels_sent: u64,
+    drain_grace: u64,
     other_failures: u64,
     connect_failed_events: u64,
     by_kind: BTreeMap<String, u64>,
@@ -174,7 +181,9 @@ fn run(seed: u64, setup: Setup) -> Tally {
         // Churn: connections retire after a few exchanges and by age, so
         // that thousands are opened (and about 5 % of them faulted).
         c.policy.max_requests = Some(3);
-        c.policy.max_age = Some(Duration::from_secs(3));
+        c.policy.max_age = Some(setup.max_age);
+        c.policy.drain_grace = setup.drain_grace;
+        c.policy.chain_probe_interval = setup.probe;
     });
     let base = format!("https://127.0.0.1:{}", proxy.port());
 
@@ -270,11 +279,13 @@ fn run(seed: u64, setup: Setup) -> Tally {
         tally.worst_lateness
     );
     eprintln!(
-        "chaos: seed {seed}: engine: {} connections attempted, {} opened, {} reused, {} retries; proxy: {injected:?}",
+        "chaos: seed {seed}: engine: {} connections attempted, {} opened, {} reused, {} retries, {} probes, {} drains out of grace; proxy: {injected:?}",
         stats.connections_attempted,
         stats.connections_opened,
         stats.connections_reused,
-        stats.retries
+        stats.retries,
+        stats.probes,
+        stats.drains_hit_grace
     );
     drop(engine);
     drop(proxy);
@@ -312,9 +323,13 @@ fn submit(
         Duration::from_millis(rng.u64(2_500..3_500))
     };
     opts = opts.deadline(deadline);
+    // A runner's job request is a POST the server acts on: most long polls
+    // are not retry-safe; a quarter are (an idempotent poll API).
+    let retry_safe = kind == Kind::SafePost || (kind == Kind::LongPoll && rng.u8(0..4) == 0);
     let builder = http::Request::builder()
         .uri(&target)
-        .header("x-chaos-id", n.to_string());
+        .header("x-chaos-id", n.to_string())
+        .header("x-chaos-retry-safe", if retry_safe { "1" } else { "0" });
     let request = match kind {
         Kind::Get | Kind::StreamedGet => builder.method("GET").body(Bytes::new()),
         Kind::SafePost | Kind::UnsafePost | Kind::LongPoll => builder
@@ -322,11 +337,9 @@ fn submit(
             .body(Bytes::from(format!("post-{n}"))),
     }
     .expect("valid request");
-    match kind {
-        Kind::SafePost => opts = opts.retry_safe(true),
-        Kind::StreamedGet => opts = opts.streaming(true),
-        // A runner's job request is a POST the server may act on: not retry-safe.
-        _ => {}
+    opts = opts.retry_safe(retry_safe);
+    if kind == Kind::StreamedGet {
+        opts = opts.streaming(true);
     }
     let submitted = Instant::now();
     let id = engine.submit(request, opts);
@@ -407,6 +420,7 @@ fn observe(
             match error {
                 Error::Timeout(Deadline::Total | Deadline::FirstByte) => tally.timeouts += 1,
                 Error::Cancelled => tally.cancelled += 1,
+                Error::Timeout(Deadline::DrainGrace) => tally.drain_grace += 1,
                 _ => tally.other_failures += 1,
             }
             *tally.by_kind.entry(error_kind(error)).or_default() += 1;
@@ -487,7 +501,7 @@ fn error_kind(e: &Error) -> String {
 fn check_no_duplicate_unsafe_posts(seed: u64, server: &TestServer) {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for r in server.requests() {
-        if r.path() == Kind::UnsafePost.path() || r.path() == Kind::LongPoll.path() {
+        if r.method == "POST" && r.header("x-chaos-retry-safe") == Some("0") {
             let id = r.header("x-chaos-id").unwrap_or("?").to_owned();
             *seen.entry(id).or_default() += 1;
         }
@@ -510,6 +524,8 @@ fn check_no_duplicate_unsafe_posts(seed: u64, server: &TestServer) {
 ///   (the one on it, or for a failed attempt the oldest waiting one): so
 ///   failures other than request deadlines, plus retries, are at most the
 ///   faults fired. Failed connection attempts are at most the faults fired.
+///   With a `drain_grace`, a drain that runs out of grace fails (or, when
+///   retry-safe, retries) its one exchange: it counts like a fault.
 /// * A request deadline (total or first byte) only passes behind a stall:
 ///   deadlines are seconds, holds and delays are milliseconds, the connect
 ///   and handshake deadlines (1 s) are shorter than any request's, and the
@@ -551,7 +567,11 @@ fn check_counters(
         "failed connection attempts without a fault; {ctx}"
     );
     assert!(
-        tally.other_failures + stats.retries <= injected.fired,
+        tally.drain_grace <= stats.drains_hit_grace,
+        "drain-grace failures without a drain running out of grace; {ctx}"
+    );
+    assert!(
+        tally.other_failures + stats.retries <= injected.fired + stats.drains_hit_grace,
         "more failures and retries than faults fired; {ctx}"
     );
     assert!(
@@ -583,6 +603,9 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
             concurrency: 48,
             fault_rate: 0.05,
             max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
             budget: Duration::from_secs(110),
         },
     );
@@ -601,6 +624,9 @@ fn a_fixed_seed_replays() {
             concurrency: 32,
             fault_rate: 0.05,
             max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
             budget: Duration::from_secs(60),
         },
     );
@@ -622,7 +648,31 @@ fn heavy_faults() {
             concurrency: 48,
             fault_rate: 0.3,
             max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
             budget: Duration::from_secs(110),
+        },
+    );
+}
+
+/// Connections age out every 250 ms with a 100 ms drain grace and a chain
+/// probe every 200 ms, under the same faults: long polls in flight at expiry
+/// run out of grace (failing, or retried when retry-safe), replacements are
+/// prewarmed, probes open handshake-only connections.
+#[test]
+fn aging_connections_under_faults() {
+    run(
+        fastrand::u64(..),
+        Setup {
+            requests: 2_000,
+            concurrency: 32,
+            fault_rate: 0.05,
+            max_offset: 8_000,
+            max_age: Duration::from_millis(250),
+            drain_grace: Some(Duration::from_millis(100)),
+            probe: Some(Duration::from_millis(200)),
+            budget: Duration::from_secs(60),
         },
     );
 }
@@ -637,6 +687,9 @@ fn without_faults_nothing_fails() {
             concurrency: 32,
             fault_rate: 0.0,
             max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
             budget: Duration::from_secs(60),
         },
     );
