@@ -4,6 +4,9 @@
 //! random offsets in both directions, stalls, delays, 1-byte segments,
 //! garbage, refused connects).
 //!
+//! Further runs add aging connections (max age, drain grace, chain probes)
+//! and a server that itself misbehaves on half the requests.
+//!
 //! About 2 % of the requests are also cancelled at a random moment (queued,
 //! connecting, mid-exchange or after they ended).
 //!
@@ -71,6 +74,8 @@ struct Setup {
     drain_grace: Option<Duration>,
     /// Chain probe interval.
     probe: Option<Duration>,
+    /// The server itself misbehaves on some requests (see [`Misbehaviour`]).
+    bad_server: bool,
     /// Hard bound on the whole run.
     budget: Duration,
 }
@@ -83,6 +88,116 @@ struct Sent {
     submitted: Instant,
     deadline: Duration,
     streamed: Option<Streamed>,
+    /// What the server was asked to do (always `Fine` unless `bad_server`).
+    bad: Misbehaviour,
+}
+
+/// Server behaviours the misbehaving-server runs ask for per request (as
+/// `&bad=<n>` in the URL). The first group must still give a response; the
+/// second must fail the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Misbehaviour {
+    Fine = 0,
+    ConnectionClose = 1,
+    ConnectionCloseKeptOpen = 2,
+    KeepAliveTimeout1 = 3,
+    KeepAliveMax1 = 4,
+    CloseDelimited = 5,
+    Interim = 6,
+    Http10 = 7,
+    KeepAliveNonsense = 8,
+    Garbage = 20,
+    CloseBeforeResponse = 21,
+    ResetBeforeResponse = 22,
+    CutMidResponse = 23,
+    Stall = 24,
+    SwitchingProtocols = 25,
+    ConflictingLength = 26,
+    TooLarge = 27,
+}
+
+impl Misbehaviour {
+    const BENIGN: [Misbehaviour; 8] = [
+        Misbehaviour::ConnectionClose,
+        Misbehaviour::ConnectionCloseKeptOpen,
+        Misbehaviour::KeepAliveTimeout1,
+        Misbehaviour::KeepAliveMax1,
+        Misbehaviour::CloseDelimited,
+        Misbehaviour::Interim,
+        Misbehaviour::Http10,
+        Misbehaviour::KeepAliveNonsense,
+    ];
+    const BREAKING: [Misbehaviour; 8] = [
+        Misbehaviour::Garbage,
+        Misbehaviour::CloseBeforeResponse,
+        Misbehaviour::ResetBeforeResponse,
+        Misbehaviour::CutMidResponse,
+        Misbehaviour::Stall,
+        Misbehaviour::SwitchingProtocols,
+        Misbehaviour::ConflictingLength,
+        Misbehaviour::TooLarge,
+    ];
+
+    fn from_query(n: u64) -> Misbehaviour {
+        Misbehaviour::BENIGN
+            .iter()
+            .chain(&Misbehaviour::BREAKING)
+            .copied()
+            .find(|m| *m as u64 == n)
+            .unwrap_or(Misbehaviour::Fine)
+    }
+
+    fn breaks(self) -> bool {
+        self as u64 >= 20
+    }
+
+    /// The server's reply for `n` with `body`, misbehaving as asked.
+    fn reply(self, body: Vec<u8>, chunked: bool) -> Reply {
+        let len = body.len();
+        let framed = |r: Reply| {
+            if chunked {
+                r.chunked().parts(&[7, 300, 1000])
+            } else {
+                r
+            }
+        };
+        match self {
+            Misbehaviour::Fine => framed(Reply::ok(body)),
+            Misbehaviour::ConnectionClose => framed(Reply::ok(body).header("Connection", "close")),
+            Misbehaviour::ConnectionCloseKeptOpen => {
+                framed(Reply::ok(body).header("Connection", "close").keep_open())
+            }
+            Misbehaviour::KeepAliveTimeout1 => {
+                framed(Reply::ok(body).header("Keep-Alive", "timeout=1"))
+            }
+            Misbehaviour::KeepAliveMax1 => framed(Reply::ok(body).header("Keep-Alive", "max=1")),
+            Misbehaviour::CloseDelimited => Reply::ok(body).close_delimited(),
+            Misbehaviour::Interim => framed(Reply::ok(body).interim(100).interim(103)),
+            Misbehaviour::Http10 => {
+                let mut raw =
+                    format!("HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+                raw.extend_from_slice(&body);
+                Reply::raw(raw)
+            }
+            Misbehaviour::KeepAliveNonsense => {
+                framed(Reply::ok(body).header("Keep-Alive", "timeout=-5, max=banana"))
+            }
+            Misbehaviour::Garbage => Reply::garbage(),
+            Misbehaviour::CloseBeforeResponse => Reply::close(),
+            Misbehaviour::ResetBeforeResponse => Reply::reset(),
+            Misbehaviour::CutMidResponse => framed(Reply::ok(body)).cut_at(40 + len / 2),
+            Misbehaviour::Stall => Reply::stall(),
+            Misbehaviour::SwitchingProtocols => Reply::status(101)
+                .header("Upgrade", "websocket")
+                .header("Connection", "upgrade")
+                .keep_open(),
+            Misbehaviour::ConflictingLength => Reply::ok(body)
+                .verbatim_framing()
+                .header("Content-Length", &len.to_string())
+                .header("Content-Length", &(len + 1).to_string()),
+            Misbehaviour::TooLarge => framed(Reply::ok(body)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -101,6 +216,10 @@ struct Tally {
     cancels_sent: u64,
     drain_grace: u64,
     other_failures: u64,
+    /// Requests the server was asked to break (all must fail).
+    breaking: u64,
+    /// Without faults or drains, only breaking or cancelled requests may fail.
+    strict: bool,
     connect_failed_events: u64,
     by_kind: BTreeMap<String, u64>,
     worst_lateness: Duration,
@@ -135,10 +254,9 @@ fn chaos_server(leaf: &Issued) -> TestServer {
             return Reply::text(400, "wrong body");
         }
         let size = query(&req.target, "size").unwrap_or(0) as usize;
-        let mut reply = Reply::ok(body_for(n, size));
-        if query(&req.target, "chunked") == Some(1) {
-            reply = reply.chunked().parts(&[7, 300, 1000]);
-        }
+        let bad = Misbehaviour::from_query(query(&req.target, "bad").unwrap_or(0));
+        let chunked = query(&req.target, "chunked") == Some(1);
+        let mut reply = bad.reply(body_for(n, size), chunked);
         if let Some(hold) = query(&req.target, "hold") {
             reply = reply.delay(Duration::from_millis(hold));
         }
@@ -191,7 +309,10 @@ fn run(seed: u64, setup: Setup) -> Tally {
     let hard_stop = started + setup.budget;
     let mut outstanding: HashMap<RequestId, Sent> = HashMap::new();
     let mut ended: HashSet<RequestId> = HashSet::new();
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        strict: setup.fault_rate == 0.0 && setup.drain_grace.is_none(),
+        ..Tally::default()
+    };
     let mut next: u64 = 0;
     let mut polls: u64 = 0;
     let mut cancels: Vec<(Instant, RequestId)> = Vec::new();
@@ -209,7 +330,7 @@ fn run(seed: u64, setup: Setup) -> Tally {
         while outstanding.len() < setup.concurrency && next < setup.requests {
             let n = next;
             next += 1;
-            let (id, sent) = submit(&mut engine, &mut rng, &base, n);
+            let (id, sent) = submit(&mut engine, &mut rng, &base, n, setup.bad_server);
             // Some requests are cancelled a moment later: queued, connecting,
             // mid-exchange, or already ended (which must be a no-op).
             if rng.u8(0..100) < 2 {
@@ -298,6 +419,7 @@ fn submit(
     rng: &mut fastrand::Rng,
     base: &str,
     n: u64,
+    bad_server: bool,
 ) -> (RequestId, Sent) {
     let kind = match rng.u8(0..100) {
         0..=39 => Kind::Get,
@@ -323,6 +445,24 @@ fn submit(
         Duration::from_millis(rng.u64(2_500..3_500))
     };
     opts = opts.deadline(deadline);
+    let mut bad = Misbehaviour::Fine;
+    if bad_server && rng.u8(0..100) < 50 {
+        bad = if rng.u8(0..100) < 40 {
+            Misbehaviour::BREAKING[rng.usize(0..Misbehaviour::BREAKING.len())]
+        } else {
+            Misbehaviour::BENIGN[rng.usize(0..Misbehaviour::BENIGN.len())]
+        };
+        // A streamed body has no size limit: it would not break.
+        if bad == Misbehaviour::TooLarge && kind == Kind::StreamedGet {
+            bad = Misbehaviour::Stall;
+        }
+        target.push_str(&format!("&bad={}", bad as u64));
+        match bad {
+            Misbehaviour::Stall => opts = opts.first_byte_timeout(Duration::from_millis(400)),
+            Misbehaviour::TooLarge => opts = opts.max_body(size / 2),
+            _ => {}
+        }
+    }
     // A runner's job request is a POST the server acts on: most long polls
     // are not retry-safe; a quarter are (an idempotent poll API).
     let retry_safe = kind == Kind::SafePost || (kind == Kind::LongPoll && rng.u8(0..4) == 0);
@@ -350,6 +490,7 @@ fn submit(
         submitted,
         deadline,
         streamed: (kind == Kind::StreamedGet).then(Streamed::default),
+        bad,
     };
     (id, sent)
 }
@@ -417,13 +558,24 @@ fn observe(
             let s = outstanding.remove(&id).expect("checked above");
             ended_once(seed, id, &s, ended, tally);
             tally.failed += 1;
+            *tally.by_kind.entry(error_kind(error)).or_default() += 1;
+            if s.bad.breaks() {
+                tally.breaking += 1;
+                return;
+            }
+            assert!(
+                !tally.strict || matches!(error, Error::Cancelled),
+                "seed {seed}: request {} ({:?}, server {:?}) failed without a fault: {error}",
+                s.n,
+                s.kind,
+                s.bad
+            );
             match error {
                 Error::Timeout(Deadline::Total | Deadline::FirstByte) => tally.timeouts += 1,
                 Error::Cancelled => tally.cancelled += 1,
                 Error::Timeout(Deadline::DrainGrace) => tally.drain_grace += 1,
                 _ => tally.other_failures += 1,
             }
-            *tally.by_kind.entry(error_kind(error)).or_default() += 1;
             if matches!(error, Error::InvalidRequest(_) | Error::Shutdown) {
                 panic!(
                     "seed {seed}: request {} ({:?}) failed with {error}",
@@ -466,6 +618,13 @@ fn ended_once(
 }
 
 fn check_answer(seed: u64, s: &Sent, status: http::StatusCode, body: &[u8]) {
+    assert!(
+        !s.bad.breaks(),
+        "seed {seed}: request {} ({:?}) succeeded although the server broke it with {:?}",
+        s.n,
+        s.kind,
+        s.bad
+    );
     assert_eq!(
         status,
         200,
@@ -519,7 +678,9 @@ fn check_no_duplicate_unsafe_posts(seed: u64, server: &TestServer) {
 ///   and the counters match the events seen.
 /// * Every connection attempt reached the proxy: `connections_attempted ==`
 ///   the proxy's accepted connections.
-/// * Without a fault nothing fails. A fired fault ends at most one
+/// * Without a fault nothing fails but cancelled requests and those the
+///   server was asked to break (which must fail, and may each be retried
+///   once). A fired fault ends at most one
 ///   connection, and a connection's end fails or retries at most one request
 ///   (the one on it, or for a failed attempt the oldest waiting one): so
 ///   failures other than request deadlines, plus retries, are at most the
@@ -571,7 +732,8 @@ fn check_counters(
         "drain-grace failures without a drain running out of grace; {ctx}"
     );
     assert!(
-        tally.other_failures + stats.retries <= injected.fired + stats.drains_hit_grace,
+        tally.other_failures + stats.retries
+            <= injected.fired + stats.drains_hit_grace + tally.breaking,
         "more failures and retries than faults fired; {ctx}"
     );
     assert!(
@@ -582,8 +744,16 @@ fn check_counters(
         tally.timeouts <= injected.stalls,
         "request deadlines passed without a stall; {ctx}"
     );
-    if injected.fired == 0 {
-        assert_eq!(tally.failed - tally.cancelled + stats.retries, 0, "{ctx}");
+    if injected.fired == 0 && stats.drains_hit_grace == 0 {
+        assert_eq!(
+            tally.failed,
+            tally.cancelled + tally.breaking,
+            "without faults only cancelled and broken requests fail; {ctx}"
+        );
+        assert!(
+            stats.retries <= tally.breaking,
+            "without faults only broken requests are retried; {ctx}"
+        );
     }
 }
 
@@ -606,6 +776,7 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
             max_age: Duration::from_secs(3),
             drain_grace: None,
             probe: None,
+            bad_server: false,
             budget: Duration::from_secs(110),
         },
     );
@@ -627,6 +798,7 @@ fn a_fixed_seed_replays() {
             max_age: Duration::from_secs(3),
             drain_grace: None,
             probe: None,
+            bad_server: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -651,6 +823,7 @@ fn heavy_faults() {
             max_age: Duration::from_secs(3),
             drain_grace: None,
             probe: None,
+            bad_server: false,
             budget: Duration::from_secs(110),
         },
     );
@@ -672,6 +845,49 @@ fn aging_connections_under_faults() {
             max_age: Duration::from_millis(250),
             drain_grace: Some(Duration::from_millis(100)),
             probe: Some(Duration::from_millis(200)),
+            bad_server: false,
+            budget: Duration::from_secs(60),
+        },
+    );
+}
+
+/// The server itself misbehaves on half the requests: benign surprises
+/// (`Connection: close`, Keep-Alive hints, close-delimited bodies, 1xx,
+/// HTTP/1.0) must still give the right response, breaking ones (garbage,
+/// closes, resets, cuts, stalls, 101, conflicting lengths, bodies over the
+/// limit) must fail just their own request, whatever connection they share.
+#[test]
+fn misbehaving_server_without_network_faults() {
+    run(
+        fastrand::u64(..),
+        Setup {
+            requests: 2_000,
+            concurrency: 32,
+            fault_rate: 0.0,
+            max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
+            bad_server: true,
+            budget: Duration::from_secs(60),
+        },
+    );
+}
+
+/// Both at once: a misbehaving server behind the faulty network.
+#[test]
+fn misbehaving_server_behind_faults() {
+    run(
+        fastrand::u64(..),
+        Setup {
+            requests: 2_000,
+            concurrency: 32,
+            fault_rate: 0.05,
+            max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
+            bad_server: true,
             budget: Duration::from_secs(60),
         },
     );
@@ -690,6 +906,7 @@ fn without_faults_nothing_fails() {
             max_age: Duration::from_secs(3),
             drain_grace: None,
             probe: None,
+            bad_server: false,
             budget: Duration::from_secs(60),
         },
     );
