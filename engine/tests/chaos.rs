@@ -16,10 +16,12 @@
 //! server never sees a non-retry-safe request twice; and the engine's counters
 //! agree with what the proxy injected (see [`check_counters`]).
 //!
-//! The seed comes from `ROTARY_CHAOS_SEED`, or is random; it is printed at the
-//! start and in every failure. Replay one with
-//! `ROTARY_CHAOS_SEED=<seed> cargo test -p rotary --test chaos -- --nocapture`
-//! (the fault plan of each proxied connection replays exactly; timing does not).
+//! The seed comes from `ROTARY_CHAOS_SEED`, or is random (every test but
+//! `a_fixed_seed_replays`); it is printed at the start and in every failure.
+//! Replay one with
+//! `ROTARY_CHAOS_SEED=<seed> cargo test -p rotary --test chaos <test> -- --nocapture`
+//! (the request mix and the fault plan of each proxied connection replay
+//! exactly; timing does not).
 
 mod driver;
 mod support;
@@ -757,15 +759,20 @@ fn check_counters(
     }
 }
 
-#[test]
-fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
-    let seed = match std::env::var("ROTARY_CHAOS_SEED") {
+/// `ROTARY_CHAOS_SEED` when set (to replay a failure), else a random seed.
+fn seed() -> u64 {
+    match std::env::var("ROTARY_CHAOS_SEED") {
         Ok(s) => s
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("ROTARY_CHAOS_SEED={s:?} is not a u64")),
         Err(_) => fastrand::u64(..),
-    };
+    }
+}
+
+#[test]
+fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
+    let seed = seed();
     let tally = run(
         seed,
         Setup {
@@ -809,10 +816,7 @@ fn a_fixed_seed_replays() {
 #[test]
 #[ignore = "stress run on demand: 30 % of connections faulted"]
 fn heavy_faults() {
-    let seed = match std::env::var("ROTARY_CHAOS_SEED") {
-        Ok(s) => s.trim().parse().expect("ROTARY_CHAOS_SEED is a u64"),
-        Err(_) => fastrand::u64(..),
-    };
+    let seed = seed();
     run(
         seed,
         Setup {
@@ -836,7 +840,7 @@ fn heavy_faults() {
 #[test]
 fn aging_connections_under_faults() {
     run(
-        fastrand::u64(..),
+        seed(),
         Setup {
             requests: 2_000,
             concurrency: 32,
@@ -859,7 +863,7 @@ fn aging_connections_under_faults() {
 #[test]
 fn misbehaving_server_without_network_faults() {
     run(
-        fastrand::u64(..),
+        seed(),
         Setup {
             requests: 2_000,
             concurrency: 32,
@@ -878,7 +882,7 @@ fn misbehaving_server_without_network_faults() {
 #[test]
 fn misbehaving_server_behind_faults() {
     run(
-        fastrand::u64(..),
+        seed(),
         Setup {
             requests: 2_000,
             concurrency: 32,
@@ -897,7 +901,7 @@ fn misbehaving_server_behind_faults() {
 #[test]
 fn without_faults_nothing_fails() {
     let tally = run(
-        fastrand::u64(..),
+        seed(),
         Setup {
             requests: 1_000,
             concurrency: 32,
