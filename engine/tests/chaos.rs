@@ -306,6 +306,9 @@ fn run(seed: u64, setup: Setup) -> Tally {
         c.policy.chain_probe_interval = setup.probe;
     });
     let base = format!("https://127.0.0.1:{}", proxy.port());
+    // A tenth of the submissions and cancels go through a `Handle` (the
+    // command channel and the waker), as from another thread.
+    let handle = engine.handle();
 
     let started = Instant::now();
     let hard_stop = started + setup.budget;
@@ -332,7 +335,7 @@ fn run(seed: u64, setup: Setup) -> Tally {
         while outstanding.len() < setup.concurrency && next < setup.requests {
             let n = next;
             next += 1;
-            let (id, sent) = submit(&mut engine, &mut rng, &base, n, setup.bad_server);
+            let (id, sent) = submit(&mut engine, &handle, &mut rng, &base, n, setup.bad_server);
             // Some requests are cancelled a moment later: queued, connecting,
             // mid-exchange, or already ended (which must be a no-op).
             if rng.u8(0..100) < 2 {
@@ -344,7 +347,11 @@ fn run(seed: u64, setup: Setup) -> Tally {
         let mut wait = Duration::from_millis(50);
         cancels.retain(|&(at, id)| {
             if at <= now {
-                engine.cancel(id);
+                if id.get() % 2 == 0 {
+                    engine.cancel(id);
+                } else {
+                    handle.cancel(id).expect("engine alive");
+                }
                 tally.cancels_sent += 1;
                 false
             } else {
@@ -418,6 +425,7 @@ fn run(seed: u64, setup: Setup) -> Tally {
 
 fn submit(
     engine: &mut rotary::Engine,
+    handle: &rotary::Handle,
     rng: &mut fastrand::Rng,
     base: &str,
     n: u64,
@@ -484,7 +492,11 @@ fn submit(
         opts = opts.streaming(true);
     }
     let submitted = Instant::now();
-    let id = engine.submit(request, opts);
+    let id = if rng.u8(0..10) == 0 {
+        handle.submit(request, opts).expect("engine alive")
+    } else {
+        engine.submit(request, opts)
+    };
     let sent = Sent {
         n,
         kind,
