@@ -1185,3 +1185,36 @@ fn slow_peer_delaying_every_write() {
     assert_eq!(proxy.stats().delays, 1);
     assert_drained(&mut engine);
 }
+
+/// The chaos run's find, reduced: the network (not the server) cuts a
+/// close-delimited body over TLS; the server had meant to end it with
+/// close_notify.
+#[test]
+#[ignore = "engine bug: over TLS a close-delimited body cut by a bare TCP FIN (no close_notify) \
+            is delivered as a complete Response with the truncated body"]
+fn close_delimited_body_over_tls_cut_by_the_network_is_a_truncation() {
+    let fault = Fault::Close {
+        dir: Dir::ToClient,
+        at: 50_000,
+    };
+    let (_server, proxy, mut engine, _f) = through_proxy(fault, |_, _| {
+        Reply::ok(vec![b'z'; 100_000]).close_delimited()
+    });
+    let url = format!("https://127.0.0.1:{}/", proxy.port());
+    let id = engine.submit(get(&url), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    assert_eq!(proxy.stats().closes, 1);
+    if let Event::Response { response, .. } = out.event(id) {
+        panic!(
+            "a {}-byte prefix of a 100000-byte body was delivered as complete",
+            response.body().len()
+        );
+    }
+    let err = out.error(id);
+    row(
+        "close_delimited_body_over_tls_cut_by_the_network_is_a_truncation",
+        err,
+    );
+    assert_eq!(err.phase(), Phase::ResponseBody, "{err:?}");
+    assert_drained(&mut engine);
+}
