@@ -1218,3 +1218,116 @@ fn close_delimited_body_over_tls_cut_by_the_network_is_a_truncation() {
     assert_eq!(err.phase(), Phase::ResponseBody, "{err:?}");
     assert_drained(&mut engine);
 }
+
+// ---------------------------------------------------------------------------
+// More head and body limits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn trailers_over_the_limit() {
+    let (server, mut engine, out, id) = plain_get(
+        |_, _| {
+            Reply::ok("x")
+                .chunked()
+                .trailer("x-huge", &"t".repeat(20_000))
+        },
+        RequestOptions::default(),
+        |_| {},
+    );
+    let err = failed_once_not_retried("trailers_over_the_limit", &server, &mut engine, &out, id, 1);
+    assert!(
+        matches!(
+            protocol_cause(&err),
+            rotary_proto::Error::TrailersTooLarge { limit: 16384 }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn chunk_line_over_the_limit() {
+    let (server, mut engine, out, id) = plain_get(
+        |_, _| {
+            let mut body = b"5;ext=".to_vec();
+            body.extend(std::iter::repeat_n(b'e', 5_000));
+            body.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+            let mut bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            bytes.extend_from_slice(&body);
+            Reply::raw(bytes)
+        },
+        RequestOptions::default(),
+        |_| {},
+    );
+    let err = failed_once_not_retried(
+        "chunk_line_over_the_limit",
+        &server,
+        &mut engine,
+        &out,
+        id,
+        1,
+    );
+    assert!(
+        matches!(
+            protocol_cause(&err),
+            rotary_proto::Error::ChunkLineTooLong { limit: 4096 }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn negative_content_length() {
+    let (server, mut engine, out, id) = plain_get(
+        |_, _| {
+            Reply::ok("x")
+                .verbatim_framing()
+                .header("Content-Length", "-1")
+        },
+        RequestOptions::default(),
+        |_| {},
+    );
+    let err = failed_once_not_retried("negative_content_length", &server, &mut engine, &out, id, 1);
+    assert!(
+        matches!(
+            protocol_cause(&err),
+            rotary_proto::Error::InvalidContentLength
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn nul_byte_in_a_header_value() {
+    let (server, mut engine, out, id) = plain_get(
+        |_, _| Reply::raw(&b"HTTP/1.1 200 OK\r\nX-Bad: a\0b\r\nContent-Length: 0\r\n\r\n"[..]),
+        RequestOptions::default(),
+        |_| {},
+    );
+    let err = failed_once_not_retried(
+        "nul_byte_in_a_header_value",
+        &server,
+        &mut engine,
+        &out,
+        id,
+        1,
+    );
+    assert!(
+        matches!(
+            protocol_cause(&err),
+            rotary_proto::Error::InvalidHead { .. }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn bare_lf_line_endings() {
+    let server =
+        TestServer::plain(|_, _| Reply::raw(&b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"[..]));
+    let mut engine = plain_engine(|_| {});
+    let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    // RFC 9112 §2.2 lets a recipient accept a bare LF as a line terminator.
+    assert_eq!(out.response(id).body(), "ok");
+    assert_drained(&mut engine);
+}
