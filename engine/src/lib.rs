@@ -62,3 +62,8 @@ pub use error::{Deadline, Error, Phase};
 pub use event::{CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy};
 pub use origin::Origin;
 pub use stats::{OriginStats, Stats};
+
+/// The README's code, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
