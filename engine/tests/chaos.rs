@@ -78,6 +78,10 @@ struct Setup {
     probe: Option<Duration>,
     /// The server itself misbehaves on some requests (see [`Misbehaviour`]).
     bad_server: bool,
+    /// Rotate the server's certificate (between two leaves) this often.
+    rotate_every: Option<Duration>,
+    /// `Resumption::WithinMaxAge` instead of full handshakes only.
+    resumption: bool,
     /// Hard bound on the whole run.
     budget: Duration,
 }
@@ -223,6 +227,15 @@ struct Tally {
     /// Without faults or drains, only breaking or cancelled requests may fail.
     strict: bool,
     connect_failed_events: u64,
+    chain_changed_events: u64,
+    rotations: u64,
+    /// Each certificate generation: since when new handshakes present it, and
+    /// the SHA-256 of its leaf.
+    generations: Vec<(Instant, [u8; 32])>,
+    /// How long after a rotation a response may still be served with the
+    /// chain it replaced (two max ages, the drain grace and [`SLACK`]).
+    stale_bound: Duration,
+    worst_staleness: Duration,
     by_kind: BTreeMap<String, u64>,
     worst_lateness: Duration,
     elapsed: Duration,
@@ -304,7 +317,11 @@ fn run(seed: u64, setup: Setup) -> Tally {
         c.policy.max_age = Some(setup.max_age);
         c.policy.drain_grace = setup.drain_grace;
         c.policy.chain_probe_interval = setup.probe;
+        if setup.resumption {
+            c.policy.resumption = rotary::Resumption::WithinMaxAge;
+        }
     });
+    let mut rotated_at = Instant::now();
     let base = format!("https://127.0.0.1:{}", proxy.port());
     // A tenth of the submissions and cancels go through a `Handle` (the
     // command channel and the waker), as from another thread.
@@ -316,6 +333,8 @@ fn run(seed: u64, setup: Setup) -> Tally {
     let mut ended: HashSet<RequestId> = HashSet::new();
     let mut tally = Tally {
         strict: setup.fault_rate == 0.0 && setup.drain_grace.is_none(),
+        generations: vec![(Instant::now(), sha256(&leaf.cert_der()))],
+        stale_bound: setup.max_age * 2 + setup.drain_grace.unwrap_or_default() + SLACK,
         ..Tally::default()
     };
     let mut next: u64 = 0;
@@ -353,6 +372,18 @@ fn run(seed: u64, setup: Setup) -> Tally {
         }
         let now = Instant::now();
         let mut wait = Duration::from_millis(50);
+        if let Some(every) = setup.rotate_every {
+            if now >= rotated_at + every {
+                tally.rotations += 1;
+                let next = ca.issue(&["localhost", "127.0.0.1"]);
+                server.rotate_to(&next);
+                rotated_at = Instant::now();
+                tally
+                    .generations
+                    .push((rotated_at, sha256(&next.cert_der())));
+            }
+            wait = wait.min(every);
+        }
         cancels.retain(|&(at, id)| {
             if at <= now {
                 if id.get() % 2 == 0 {
@@ -407,6 +438,12 @@ fn run(seed: u64, setup: Setup) -> Tally {
     check_no_duplicate_unsafe_posts(seed, &server);
     check_counters(seed, &setup, &stats, &injected, &tally);
 
+    if tally.rotations > 0 {
+        eprintln!(
+            "chaos: seed {seed}: worst staleness of a chain after a rotation {:?} (bound {:?})",
+            tally.worst_staleness, tally.stale_bound
+        );
+    }
     eprintln!(
         "chaos: seed {seed}: {} requests in {:?} ({} ok, {} failed: {:?}); worst lateness past a deadline {:?}",
         setup.requests,
@@ -417,13 +454,16 @@ fn run(seed: u64, setup: Setup) -> Tally {
         tally.worst_lateness
     );
     eprintln!(
-        "chaos: seed {seed}: engine: {} connections attempted, {} opened, {} reused, {} retries, {} probes, {} drains out of grace; proxy: {injected:?}",
+        "chaos: seed {seed}: engine: {} connections attempted, {} opened, {} reused, {} retries, {} probes, {} drains out of grace, {} chain changes over {} rotations, {} resumed handshakes; proxy: {injected:?}",
         stats.connections_attempted,
         stats.connections_opened,
         stats.connections_reused,
         stats.retries,
         stats.probes,
-        stats.drains_hit_grace
+        stats.drains_hit_grace,
+        stats.chain_changes,
+        tally.rotations,
+        stats.handshakes_resumed
     );
     drop(engine);
     drop(proxy);
@@ -543,7 +583,12 @@ fn observe(
         );
     }
     match ev {
-        Event::Head { id, response, .. } => {
+        Event::Head {
+            id,
+            response,
+            served_by,
+        } => {
+            check_fresh(seed, &served_by, tally);
             let s = outstanding.get_mut(&id).expect("checked above");
             let st = s
                 .streamed
@@ -561,7 +606,12 @@ fn observe(
             assert!(st.status.is_some(), "seed {seed}: Body before Head, {id:?}");
             st.body.extend_from_slice(&data);
         }
-        Event::Response { id, response, .. } => {
+        Event::Response {
+            id,
+            response,
+            served_by,
+        } => {
+            check_fresh(seed, &served_by, tally);
             let s = outstanding.remove(&id).expect("checked above");
             assert!(
                 s.streamed.is_none(),
@@ -615,10 +665,38 @@ fn observe(
         }
         Event::ConnectFailed { .. } => tally.connect_failed_events += 1,
         Event::Opened(_) | Event::Closed { .. } => {}
+        Event::ChainChanged { .. } if tally.rotations > 0 => tally.chain_changed_events += 1,
         Event::ChainChanged { .. } | Event::TrustError { .. } => {
             panic!("seed {seed}: unexpected event {ev:?}")
         }
         other => panic!("seed {seed}: unknown event {other:?}"),
+    }
+}
+
+/// The connection's chain was presented no longer than `stale_bound` after
+/// the server rotated away from it: old chains do not linger.
+fn check_fresh(seed: u64, served_by: &rotary::ServedBy, tally: &mut Tally) {
+    let chain = served_by
+        .chain
+        .as_ref()
+        .expect("https responses carry a chain");
+    let leaf = sha256(&chain.der()[0]);
+    let k = tally
+        .generations
+        .iter()
+        .position(|(_, h)| *h == leaf)
+        .unwrap_or_else(|| panic!("seed {seed}: served by a chain the server never presented"));
+    if let Some((superseded, _)) = tally.generations.get(k + 1) {
+        let stale = superseded.elapsed();
+        tally.worst_staleness = tally.worst_staleness.max(stale);
+        assert!(
+            stale <= tally.stale_bound,
+            "seed {seed}: a response was served by generation {} {stale:?} after the server rotated away from it (bound {:?}, connection {:?}, reused {})",
+            k + 1,
+            tally.stale_bound,
+            served_by.conn,
+            served_by.reused
+        );
     }
 }
 
@@ -768,6 +846,13 @@ fn check_counters(
             <= injected.fired + stats.drains_hit_grace + tally.breaking,
         "more failures and retries than faults fired; {ctx}"
     );
+    assert_eq!(stats.chain_changes, tally.chain_changed_events, "{ctx}");
+    if tally.rotations > 1 {
+        assert!(
+            tally.chain_changed_events > 0,
+            "rotations without a chain change; {ctx}"
+        );
+    }
     assert!(
         tally.cancelled <= tally.cancels_sent,
         "cancelled without a cancel; {ctx}"
@@ -814,6 +899,8 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
             drain_grace: None,
             probe: None,
             bad_server: false,
+            rotate_every: None,
+            resumption: false,
             budget: Duration::from_secs(110),
         },
     );
@@ -836,6 +923,8 @@ fn a_fixed_seed_replays() {
             drain_grace: None,
             probe: None,
             bad_server: false,
+            rotate_every: None,
+            resumption: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -858,15 +947,19 @@ fn heavy_faults() {
             drain_grace: None,
             probe: None,
             bad_server: false,
+            rotate_every: None,
+            resumption: false,
             budget: Duration::from_secs(110),
         },
     );
 }
 
 /// Connections age out every 250 ms with a 100 ms drain grace and a chain
-/// probe every 200 ms, under the same faults: long polls in flight at expiry
-/// run out of grace (failing, or retried when retry-safe), replacements are
-/// prewarmed, probes open handshake-only connections.
+/// probe every 200 ms, under the same faults, while the server rotates its
+/// certificate every 700 ms and sessions may resume within max age: long
+/// polls in flight at expiry run out of grace (failing, or retried when
+/// retry-safe), replacements are prewarmed, probes open handshake-only
+/// connections, chain changes retire older connections.
 #[test]
 fn aging_connections_under_faults() {
     run(
@@ -880,6 +973,8 @@ fn aging_connections_under_faults() {
             drain_grace: Some(Duration::from_millis(100)),
             probe: Some(Duration::from_millis(200)),
             bad_server: false,
+            rotate_every: Some(Duration::from_millis(700)),
+            resumption: true,
             budget: Duration::from_secs(60),
         },
     );
@@ -903,6 +998,8 @@ fn misbehaving_server_without_network_faults() {
             drain_grace: None,
             probe: None,
             bad_server: true,
+            rotate_every: None,
+            resumption: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -922,6 +1019,8 @@ fn misbehaving_server_behind_faults() {
             drain_grace: None,
             probe: None,
             bad_server: true,
+            rotate_every: None,
+            resumption: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -941,6 +1040,8 @@ fn without_faults_nothing_fails() {
             drain_grace: None,
             probe: None,
             bad_server: false,
+            rotate_every: None,
+            resumption: false,
             budget: Duration::from_secs(60),
         },
     );
