@@ -716,11 +716,12 @@ fn stall_before_the_head_hits_the_first_byte_deadline() {
 // The response body
 // ---------------------------------------------------------------------------
 
-/// The head and 300 body bytes, then (50 ms later) `end` at the next part.
+/// The head and 300 body bytes, then (100 ms later, so that the client has
+/// read them before a reset could discard them) `end` at the next part.
 fn head_then_part(body_len: usize, chunked: bool, end: fn(Reply, usize) -> Reply) -> Reply {
     let mut reply = Reply::ok(vec![b'x'; body_len])
         .parts(&[300, 300])
-        .part_delay(Duration::from_millis(50));
+        .part_delay(Duration::from_millis(100));
     if chunked {
         reply = reply.chunked();
     }
@@ -833,7 +834,7 @@ fn chunk_size_overflow() {
 fn stall_mid_body_hits_the_total_deadline() {
     let (server, mut engine, out, id) = plain_get(
         |_, _| head_then_part(1000, false, Reply::stall_at),
-        RequestOptions::default().deadline(Duration::from_millis(300)),
+        RequestOptions::default().deadline(Duration::from_millis(400)),
         |_| {},
     );
     let err = failed_once_not_retried(
