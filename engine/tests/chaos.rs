@@ -82,6 +82,9 @@ struct Setup {
     rotate_every: Option<Duration>,
     /// `Resumption::WithinMaxAge` instead of full handshakes only.
     resumption: bool,
+    /// Shut the engine down once this many requests were submitted (the
+    /// rest are still submitted, and must fail with `Error::Shutdown`).
+    shutdown_after: Option<u64>,
     /// Hard bound on the whole run.
     budget: Duration,
 }
@@ -229,6 +232,8 @@ struct Tally {
     connect_failed_events: u64,
     chain_changed_events: u64,
     rotations: u64,
+    shut: bool,
+    shutdowns: u64,
     /// Each certificate generation: since when new handshakes present it, and
     /// the SHA-256 of its leaf.
     generations: Vec<(Instant, [u8; 32])>,
@@ -369,6 +374,11 @@ fn run(seed: u64, setup: Setup) -> Tally {
                 cancels.push((sent.submitted + Duration::from_millis(rng.u64(0..300)), id));
             }
             outstanding.insert(id, sent);
+            if setup.shutdown_after == Some(next) {
+                engine.shutdown();
+                tally.shut = true;
+                assert_eq!(engine.resolver_threads(), 0, "seed {seed}");
+            }
         }
         let now = Instant::now();
         let mut wait = Duration::from_millis(50);
@@ -639,6 +649,14 @@ fn observe(
             ended_once(seed, id, &s, ended, tally);
             tally.failed += 1;
             *tally.by_kind.entry(error_kind(error)).or_default() += 1;
+            if matches!(error, Error::Shutdown) {
+                assert!(
+                    tally.shut,
+                    "seed {seed}: Error::Shutdown before the shutdown"
+                );
+                tally.shutdowns += 1;
+                return;
+            }
             if s.bad.breaks() {
                 tally.breaking += 1;
                 return;
@@ -864,7 +882,7 @@ fn check_counters(
     if injected.fired == 0 && stats.drains_hit_grace == 0 {
         assert_eq!(
             tally.failed,
-            tally.cancelled + tally.breaking,
+            tally.cancelled + tally.breaking + tally.shutdowns,
             "without faults only cancelled and broken requests fail; {ctx}"
         );
         assert!(
@@ -901,6 +919,7 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            shutdown_after: None,
             budget: Duration::from_secs(110),
         },
     );
@@ -925,6 +944,7 @@ fn a_fixed_seed_replays() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            shutdown_after: None,
             budget: Duration::from_secs(60),
         },
     );
@@ -949,6 +969,7 @@ fn heavy_faults() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            shutdown_after: None,
             budget: Duration::from_secs(110),
         },
     );
@@ -975,6 +996,7 @@ fn aging_connections_under_faults() {
             bad_server: false,
             rotate_every: Some(Duration::from_millis(700)),
             resumption: true,
+            shutdown_after: None,
             budget: Duration::from_secs(60),
         },
     );
@@ -1000,6 +1022,7 @@ fn misbehaving_server_without_network_faults() {
             bad_server: true,
             rotate_every: None,
             resumption: false,
+            shutdown_after: None,
             budget: Duration::from_secs(60),
         },
     );
@@ -1021,9 +1044,35 @@ fn misbehaving_server_behind_faults() {
             bad_server: true,
             rotate_every: None,
             resumption: false,
+            shutdown_after: None,
             budget: Duration::from_secs(60),
         },
     );
+}
+
+/// The engine shuts down mid-run: every request in flight or queued, and
+/// every one submitted afterwards (directly or through a `Handle`), ends
+/// once with `Error::Shutdown`; nothing is left behind.
+#[test]
+fn shutdown_in_the_middle_of_faults() {
+    let tally = run(
+        seed(),
+        Setup {
+            requests: 1_500,
+            concurrency: 48,
+            fault_rate: 0.05,
+            max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
+            bad_server: false,
+            rotate_every: None,
+            resumption: false,
+            shutdown_after: Some(700),
+            budget: Duration::from_secs(60),
+        },
+    );
+    assert!(tally.shutdowns >= 800, "{tally:?}");
 }
 
 /// The calibration behind the counter relations: without faults, nothing fails.
@@ -1042,6 +1091,7 @@ fn without_faults_nothing_fails() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            shutdown_after: None,
             budget: Duration::from_secs(60),
         },
     );
