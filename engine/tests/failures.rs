@@ -1332,3 +1332,31 @@ fn bare_lf_line_endings() {
     assert_eq!(out.response(id).body(), "ok");
     assert_drained(&mut engine);
 }
+
+#[test]
+fn server_demands_a_client_certificate_we_do_not_have() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::builder()
+        .tls(&leaf)
+        .require_client_cert(ca.cert_der())
+        .start();
+    let (mut engine, _ca_file) = engine_for(&ca, |_| {});
+    let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    let err = out.error(id).clone();
+    row("server_demands_a_client_certificate_we_do_not_have", &err);
+    // TLS 1.3: the client finishes first; the server's alert arrives after
+    // the request went out.
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                reason: rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(server.stats().requests, 0);
+    assert_eq!(engine.stats().retries, 0);
+    assert_drained(&mut engine);
+}
