@@ -1050,6 +1050,29 @@ fn misbehaving_server_behind_faults() {
     );
 }
 
+/// The misbehaving server behind 30 % faulted connections, on demand.
+#[test]
+#[ignore = "stress run on demand: a misbehaving server behind 30 % faulted connections"]
+fn heavy_faults_and_a_misbehaving_server() {
+    run(
+        seed(),
+        Setup {
+            requests: 3_000,
+            concurrency: 48,
+            fault_rate: 0.3,
+            max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
+            bad_server: true,
+            rotate_every: None,
+            resumption: false,
+            shutdown_after: None,
+            budget: Duration::from_secs(110),
+        },
+    );
+}
+
 /// The engine shuts down mid-run: every request in flight or queued, and
 /// every one submitted afterwards (directly or through a `Handle`), ends
 /// once with `Error::Shutdown`; nothing is left behind.
