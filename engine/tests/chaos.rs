@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rotary::{Deadline, Error, Event, RequestId, RequestOptions};
+use rotary::{Deadline, Error, Event, Phase, RequestId, RequestOptions};
 use support::*;
 
 /// How late a terminal event may be observed after the request's deadline
@@ -99,6 +99,8 @@ struct Sent {
     streamed: Option<Streamed>,
     /// What the server was asked to do (always `Fine` unless `bad_server`).
     bad: Misbehaviour,
+    /// Idempotent or marked retry-safe: the engine may send it twice.
+    safe: bool,
 }
 
 /// Server behaviours the misbehaving-server runs ask for per request (as
@@ -571,6 +573,7 @@ fn submit(
         deadline,
         streamed: (kind == Kind::StreamedGet).then(Streamed::default),
         bad,
+        safe: retry_safe || matches!(kind, Kind::Get | Kind::StreamedGet),
     };
     (id, sent)
 }
@@ -644,11 +647,32 @@ fn observe(
             check_answer(seed, &s, status, &st.body);
             tally.ok += 1;
         }
-        Event::Failed { id, ref error, .. } => {
+        Event::Failed {
+            id,
+            ref error,
+            reused,
+        } => {
             let s = outstanding.remove(&id).expect("checked above");
             ended_once(seed, id, &s, ended, tally);
             tally.failed += 1;
             *tally.by_kind.entry(error_kind(error)).or_default() += 1;
+            // A stale connection (closed before any response byte, or failing
+            // while the request is written) is retried once on a fresh one
+            // when the request is safe: a safe request cannot fail that way
+            // on a reused connection. (An I/O error while reading the head
+            // may come after some of it arrived: not a stale connection.)
+            let stale = match error {
+                Error::PeerClosed { reused, phase } => *reused && *phase != Phase::ResponseBody,
+                Error::Io { phase, .. } => reused && *phase == Phase::Write,
+                _ => false,
+            };
+            assert!(
+                !(s.safe && stale),
+                "seed {seed}: safe request {} ({:?}, server {:?}) failed on a stale reused connection without a retry: {error:?}",
+                s.n,
+                s.kind,
+                s.bad
+            );
             if matches!(error, Error::Shutdown) {
                 assert!(
                     tally.shut,
