@@ -54,6 +54,9 @@ pub(crate) struct ReadPass {
     pub(crate) bytes: usize,
     /// The peer closed (TCP FIN or TLS close_notify).
     pub(crate) eof: bool,
+    /// Over TLS, the TCP connection ended without a close_notify: whatever a
+    /// close-delimited body held may have been cut by an attacker.
+    pub(crate) unclean: bool,
     /// The read budget ran out before `WouldBlock`: read again later.
     pub(crate) more: bool,
 }
@@ -98,6 +101,8 @@ pub(crate) struct Conn {
     pub(crate) last_error: Option<crate::Error>,
     /// The peer closed its side; the connection is not reused.
     pub(crate) peer_eof: bool,
+    /// Over TLS, the peer's side ended without close_notify.
+    pub(crate) unclean_eof: bool,
     /// Why the `MaxAge` timer retires it: max age, or the leaf's notAfter.
     pub(crate) expiry_reason: crate::CloseReason,
     /// A TLS-only chain probe: never carries a request.
@@ -130,6 +135,7 @@ impl Conn {
             replacement: false,
             last_error: None,
             peer_eof: false,
+            unclean_eof: false,
             expiry_reason: crate::CloseReason::MaxAge,
             probe: false,
         }
@@ -202,9 +208,10 @@ impl Conn {
                 pending.resize(carried + 16 * 1024, 0);
                 &mut pending
             };
+            let mut fin = false;
             let (filled, stop) = match sock.read(&mut buf[carried..]) {
                 Ok(0) => {
-                    pass.eof = true;
+                    fin = true;
                     (carried, true)
                 }
                 Ok(n) => (carried + n, stop_short && carried + n < buf.len()),
@@ -216,7 +223,8 @@ impl Conn {
                 .process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf)
                 .map_err(IoFailure::Tls)?;
             pass.bytes += done.plaintext;
-            pass.eof |= done.closed;
+            pass.eof |= done.closed || fin;
+            pass.unclean |= fin && !done.closed && !tls.peer_closed();
             let consumed = done.consumed.min(filled);
             if in_scratch {
                 tls.keep_pending(pending, &scratch[consumed..filled])

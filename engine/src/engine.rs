@@ -972,7 +972,14 @@ impl Engine {
                 self.set_conn_timer(key, ConnTimer::Setup, now + self.config.timeouts.handshake);
                 self.drive(key, ReadMode::Skip, now);
             }
-            Err(reason) => self.connect_failed(key, Error::Tls { reason }, now),
+            Err(reason) => self.connect_failed(
+                key,
+                Error::Tls {
+                    reason,
+                    phase: Phase::Tls,
+                },
+                now,
+            ),
         }
     }
 
@@ -1385,7 +1392,17 @@ impl Engine {
                 let stop_short = read == ReadMode::UntilShort;
                 match conn.read_pass(&mut self.scratch, READ_BUDGET, stop_short) {
                     Ok(pass) => pass,
-                    Err(f) => return self.io_failed(key, f, false, now),
+                    Err(f) => {
+                        // Bytes that arrived intact before the failure still
+                        // count: the exchange may even have completed.
+                        if !conn.rbuf.is_empty() && conn.stage == Stage::Ready {
+                            self.on_input(key, id, false, now);
+                        }
+                        if self.is_live(key, id) {
+                            self.io_failed(key, f, false, now);
+                        }
+                        return;
+                    }
                 }
             }
         };
@@ -1393,6 +1410,11 @@ impl Engine {
             && conn.tls.as_ref().is_some_and(|t| !t.is_handshaking())
         {
             self.ready(key, now);
+        }
+        if pass.unclean {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.unclean_eof = true;
+            }
         }
         if (pass.bytes > 0 || pass.eof) && self.is_live(key, id) {
             self.on_input(key, id, pass.eof, now);
@@ -1423,7 +1445,10 @@ impl Engine {
         match conn.stage {
             Stage::Resolving | Stage::Connecting | Stage::Handshaking => {
                 let err = match failure {
-                    IoFailure::Tls(reason) => Error::Tls { reason },
+                    IoFailure::Tls(reason) => Error::Tls {
+                        reason,
+                        phase: Phase::Tls,
+                    },
                     IoFailure::Io(e) => Error::Connect {
                         addr: conn
                             .peer_addr
@@ -1441,7 +1466,7 @@ impl Engine {
                     _ => Phase::ResponseHead,
                 };
                 let err = match failure {
-                    IoFailure::Tls(reason) => Error::Tls { reason },
+                    IoFailure::Tls(reason) => Error::Tls { reason, phase },
                     IoFailure::Io(e) => Error::io(phase, e),
                 };
                 if conn.req.is_some() {
@@ -1496,9 +1521,24 @@ impl Engine {
                         return;
                     }
                     let at_eof = conn.codec.handle_eof();
+                    let truncatable = conn.unclean_eof;
                     self.clear_req_timer(rk, ReqTimer::FirstByte);
                     let reused = self.reqs.get(rk).is_some_and(|r| r.reused);
                     match at_eof {
+                        // RFC 9112 §9.8: over TLS, a close-delimited body is
+                        // complete only with a close_notify; a bare FIN may be
+                        // an attacker's truncation.
+                        Ok(Some(CodecEvent::End { verdict, .. }))
+                            if truncatable
+                                && verdict.close
+                                    == Some(rotary_proto::CloseReason::CloseDelimited) =>
+                        {
+                            let err = Error::PeerClosed {
+                                phase: Phase::ResponseBody,
+                                reused,
+                            };
+                            self.exchange_failed(key, err, now);
+                        }
                         Ok(Some(ev)) => self.on_codec_event(key, rk, ev, now),
                         Ok(None) | Err(_) if !started => {
                             let err = Error::PeerClosed {

@@ -123,11 +123,15 @@ pub enum Error {
         /// What the socket said.
         cause: Arc<io::Error>,
     },
-    /// The TLS handshake failed; `reason` is rustls's verdict (for example an
-    /// unknown issuer, an expired certificate or a name mismatch).
+    /// TLS failed; `reason` is rustls's verdict (for example an unknown
+    /// issuer, an expired certificate or a name mismatch in the handshake, or
+    /// a bad record or an alert later).
     Tls {
         /// rustls's reason.
         reason: rustls::Error,
+        /// [`Phase::Tls`] for the handshake; the exchange's phase for a TLS
+        /// failure afterwards (a bad record, an alert mid-response).
+        phase: Phase,
     },
     /// Reading or writing the socket failed.
     Io {
@@ -172,7 +176,7 @@ impl Error {
             Error::InvalidRequest(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
             Error::Connect { .. } => Phase::Connect,
-            Error::Tls { .. } => Phase::Tls,
+            Error::Tls { phase, .. } => *phase,
             Error::Io { phase, .. }
             | Error::PeerClosed { phase, .. }
             | Error::Protocol { phase, .. } => *phase,
@@ -205,7 +209,13 @@ impl fmt::Display for Error {
             Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
             Error::Resolve { host, cause } => write!(f, "could not resolve {host}: {cause}"),
             Error::Connect { addr, cause } => write!(f, "could not connect to {addr}: {cause}"),
-            Error::Tls { reason } => write!(f, "tls handshake failed: {reason}"),
+            Error::Tls {
+                reason,
+                phase: Phase::Tls,
+            } => write!(f, "tls handshake failed: {reason}"),
+            Error::Tls { reason, phase } => {
+                write!(f, "tls error during {}: {reason}", phase.name())
+            }
             Error::Io { phase, cause } => write!(f, "i/o error during {}: {cause}", phase.name()),
             Error::PeerClosed {
                 phase,
@@ -240,7 +250,7 @@ impl std::error::Error for Error {
             Error::Resolve { cause, .. }
             | Error::Connect { cause, .. }
             | Error::Io { cause, .. } => Some(&**cause),
-            Error::Tls { reason } => Some(reason),
+            Error::Tls { reason, .. } => Some(reason),
             Error::Protocol { cause, .. } => Some(cause),
             _ => None,
         }

@@ -35,6 +35,7 @@ pub(crate) struct Session {
     /// Encoded TLS bytes not yet written to the socket.
     out: Vec<u8>,
     close_queued: bool,
+    peer_closed: bool,
 }
 
 impl Deref for Session {
@@ -55,7 +56,13 @@ impl Session {
             pending: Vec::new(),
             out: Vec::new(),
             close_queued: false,
+            peer_closed: false,
         })
+    }
+
+    /// The peer has sent close_notify (at any earlier point).
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_closed
     }
 
     /// TLS bytes wait to be written.
@@ -162,9 +169,13 @@ impl Session {
                     done.consumed += discard;
                     return Ok(done);
                 }
-                ConnectionState::PeerClosed => done.closed = true,
+                ConnectionState::PeerClosed => {
+                    done.closed = true;
+                    self.peer_closed = true;
+                }
                 ConnectionState::Closed => {
                     done.closed = true;
+                    self.peer_closed = true;
                     done.consumed += discard;
                     return Ok(done);
                 }

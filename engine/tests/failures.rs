@@ -1129,6 +1129,13 @@ fn garbage_inside_the_tls_stream_mid_response() {
         1,
     );
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    // Mid-body, not in the handshake: the error names the exchange's phase.
+    assert_eq!(err.phase(), Phase::ResponseBody, "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("tls error during response_body"),
+        "{err}"
+    );
 }
 
 #[test]
