@@ -4,8 +4,9 @@
 //! random offsets in both directions, stalls, delays, 1-byte segments,
 //! garbage, refused connects).
 //!
-//! Further runs add aging connections (max age, drain grace, chain probes)
-//! and a server that itself misbehaves on half the requests.
+//! Further runs add aging connections (max age, drain grace, chain probes,
+//! certificate rotations, resumption), a server that itself misbehaves on half
+//! the requests, a shutdown mid-run, and an embedded engine in a host loop.
 //!
 //! About 2 % of the requests are also cancelled at a random moment (queued,
 //! connecting, mid-exchange or after they ended).
@@ -85,6 +86,9 @@ struct Setup {
     /// Shut the engine down once this many requests were submitted (the
     /// rest are still submitted, and must fail with `Error::Shutdown`).
     shutdown_after: Option<u64>,
+    /// Drive an embedded engine from a host's mio loop (`handle_event`,
+    /// `next_timeout`, `handle_timeouts`) instead of `Engine::poll`.
+    embedded: bool,
     /// Hard bound on the whole run.
     budget: Duration,
 }
@@ -312,7 +316,11 @@ fn run(seed: u64, setup: Setup) -> Tally {
         .seed(seed)
         .random_faults(setup.fault_rate, setup.max_offset)
         .start();
-    let (mut engine, _ca_file) = driver::engine_for(&ca, |c| {
+    let ca_file = ca.write_pem_file();
+    let mut config = rotary::Config::default();
+    config.trust = rotary::Trust::pem_file(ca_file.path());
+    {
+        let c = &mut config;
         c.timeouts.connect = Duration::from_secs(1);
         c.timeouts.handshake = Duration::from_secs(1);
         // Room for every request plus replacements: a request never waits
@@ -327,7 +335,13 @@ fn run(seed: u64, setup: Setup) -> Tally {
         if setup.resumption {
             c.policy.resumption = rotary::Resumption::WithinMaxAge;
         }
-    });
+    }
+    let mut host = new_host(setup.embedded);
+    let mut engine = match &host {
+        Some((poll, _)) => rotary::Engine::embedded(poll.registry(), 1 << 20, 1 << 16, config),
+        None => rotary::Engine::new(config),
+    }
+    .expect("engine builds");
     let mut rotated_at = Instant::now();
     let base = format!("https://127.0.0.1:{}", proxy.port());
     // A tenth of the submissions and cancels go through a `Handle` (the
@@ -402,9 +416,7 @@ fn run(seed: u64, setup: Setup) -> Tally {
                 true
             }
         });
-        engine
-            .poll(Some(wait))
-            .unwrap_or_else(|e| panic!("seed {seed}: poll failed: {e}"));
+        drive(seed, &mut engine, &mut host, wait);
         while let Some(ev) = engine.next_event() {
             observe(seed, ev, &mut outstanding, &mut ended, &mut tally);
         }
@@ -422,16 +434,16 @@ fn run(seed: u64, setup: Setup) -> Tally {
         if engine.stats().is_idle() || Instant::now() >= settle {
             break;
         }
-        engine
-            .poll(Some(Duration::from_millis(10)))
-            .unwrap_or_else(|e| panic!("seed {seed}: poll failed: {e}"));
+        drive(seed, &mut engine, &mut host, Duration::from_millis(10));
     }
     let stats = engine.stats();
     assert!(
         stats.is_idle(),
         "seed {seed}: engine not idle at the end: {stats:#?}"
     );
-    driver::assert_drained(&mut engine);
+    if host.is_none() {
+        driver::assert_drained(&mut engine);
+    }
     assert_eq!(ended.len() as u64, setup.requests, "seed {seed}");
 
     // The proxy accepts asynchronously: wait until it saw every attempt.
@@ -473,6 +485,43 @@ fn run(seed: u64, setup: Setup) -> Tally {
     drop(proxy);
     drop(server);
     tally
+}
+
+/// The host's own mio loop for an embedded engine.
+type Host = Option<(mio::Poll, mio::Events)>;
+
+fn new_host(embedded: bool) -> Host {
+    embedded.then(|| {
+        (
+            mio::Poll::new().expect("mio poll"),
+            mio::Events::with_capacity(256),
+        )
+    })
+}
+
+/// One turn of the loop: `Engine::poll`, or for an embedded engine the
+/// host's poll, `handle_event` for each event and `handle_timeouts`.
+fn drive(seed: u64, engine: &mut rotary::Engine, host: &mut Host, wait: Duration) {
+    let Some((poll, events)) = host else {
+        return engine
+            .poll(Some(wait))
+            .unwrap_or_else(|e| panic!("seed {seed}: poll failed: {e}"));
+    };
+    let timeout = engine
+        .next_timeout(Instant::now())
+        .map_or(wait, |t| t.min(wait));
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(e) => panic!("seed {seed}: host poll failed: {e}"),
+    }
+    for ev in events.iter() {
+        assert!(
+            engine.handle_event(ev),
+            "seed {seed}: only the engine's tokens are registered"
+        );
+    }
+    engine.handle_timeouts(Instant::now());
 }
 
 fn submit(
@@ -928,6 +977,7 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(110),
         },
     );
@@ -953,6 +1003,7 @@ fn a_fixed_seed_replays() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -978,6 +1029,7 @@ fn heavy_faults() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(110),
         },
     );
@@ -1005,6 +1057,7 @@ fn aging_connections_under_faults() {
             rotate_every: Some(Duration::from_millis(700)),
             resumption: true,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -1031,6 +1084,7 @@ fn misbehaving_server_without_network_faults() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -1053,6 +1107,7 @@ fn misbehaving_server_behind_faults() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(60),
         },
     );
@@ -1076,6 +1131,7 @@ fn heavy_faults_and_a_misbehaving_server() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(110),
         },
     );
@@ -1100,10 +1156,35 @@ fn shutdown_in_the_middle_of_faults() {
             rotate_every: None,
             resumption: false,
             shutdown_after: Some(700),
+            embedded: false,
             budget: Duration::from_secs(60),
         },
     );
     assert!(tally.shutdowns >= 800, "{tally:?}");
+}
+
+/// An embedded engine in a host's mio loop, a misbehaving server behind the
+/// faulty network, aging connections.
+#[test]
+fn embedded_engine_under_faults() {
+    run(
+        seed(),
+        Setup {
+            requests: 2_000,
+            concurrency: 32,
+            fault_rate: 0.05,
+            max_offset: 8_000,
+            max_age: Duration::from_millis(500),
+            drain_grace: Some(Duration::from_millis(200)),
+            probe: None,
+            bad_server: true,
+            rotate_every: None,
+            resumption: false,
+            shutdown_after: None,
+            embedded: true,
+            budget: Duration::from_secs(60),
+        },
+    );
 }
 
 /// The calibration behind the counter relations: without faults, nothing fails.
@@ -1123,6 +1204,7 @@ fn without_faults_nothing_fails() {
             rotate_every: None,
             resumption: false,
             shutdown_after: None,
+            embedded: false,
             budget: Duration::from_secs(60),
         },
     );
