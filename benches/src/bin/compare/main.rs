@@ -1,0 +1,555 @@
+//! rotary against hyper, side by side in one run (issue 6).
+//!
+//! Run: `cargo run --release -p rotary-benches --bin compare` (add `--quick`
+//! for a short smoke run, `--help` for the flags).
+//!
+//! The parent process starts one local TLS server (nginx when installed, else
+//! this binary's `server` mode), then runs every workload through rotary and
+//! through hyper-util's pooled legacy `Client`, each client in a child process
+//! of its own (`compare client ...`), so `getrusage(RUSAGE_SELF)` CPU and RSS
+//! belong to one client. The two alternate (A B, B A, ...) for a number of
+//! rounds; the report holds medians and the ratio rotary / hyper, as a
+//! markdown table (stdout and `target/bench-report.md`) and an SVG chart of
+//! the ratios (`target/bench-report.svg`).
+
+mod hyper_client;
+mod measure;
+mod report;
+mod rotary_client;
+mod server;
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use measure::Schedule;
+use report::{Outcome, Row, Wheel};
+
+const HELP: &str = "\
+compare: rotary against hyper on the same local TLS server (issue 6)
+
+usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin]
+               [--port P] [--idle N] [--no-wheel] [--out DIR]
+
+  --quick          short runs (0.3 s windows, 1,000 idle connections, no wheel
+                   bench); for smoke tests, not for numbers
+  --rounds N       rounds of A B alternation (default 3)
+  --only LIST      workloads to run: a keep-alive, b idle, c reconnect,
+                   d expiry, e timer wheel (default all)
+  --server KIND    nginx (default when installed) or builtin (hyper in a
+                   child process)
+  --port P         the server's port (default: a free one)
+  --idle N         idle connections for workload b (default 10000)
+  --no-wheel       skip workload e (it runs `cargo bench --bench wheel`)
+  --out DIR        where bench-report.md/.svg go (default: <workspace>/target)
+
+Pieces, for profiling one client by hand (e.g. under perf):
+  compare pki DIR                    ca.pem, cert.pem, key.pem, www/{5,4k} in DIR
+  compare server --dir DIR [--port P]   the builtin server; prints LISTEN <port>
+  compare client rotary|hyper load|idle --url U --ca FILE [--conns C]
+      [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
+      [--close] [--idle N]
+";
+
+/// What one client process is asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientArgs {
+    pub(crate) url: String,
+    pub(crate) ca: PathBuf,
+    pub(crate) conns: usize,
+    pub(crate) schedule: Schedule,
+    pub(crate) max_age: Option<Duration>,
+    /// `Connection: close` on every request (and rotary's `max_requests = 1`).
+    pub(crate) close: bool,
+    pub(crate) idle: usize,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("client") => client_main(&args[1..]),
+        Some("server") => server_main(&args[1..]),
+        Some("pki") => match args.get(1) {
+            Some(dir) => std::fs::create_dir_all(Path::new(dir).join("www"))
+                .map_err(|e| format!("create {dir}: {e}"))
+                .and_then(|()| server::write_pki(Path::new(dir))),
+            None => Err("pki: need a directory".into()),
+        },
+        _ => parent_main(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ERROR {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn value<'a>(it: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a str, String> {
+    it.next()
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{flag}: not a number: {s:?}"))
+}
+
+fn client_main(args: &[String]) -> Result<(), String> {
+    let (Some(which), Some(mode)) = (args.first(), args.get(1)) else {
+        return Err(format!("client: need <rotary|hyper> <load|idle>\n{HELP}"));
+    };
+    let mut a = ClientArgs {
+        url: String::new(),
+        ca: PathBuf::new(),
+        conns: 1,
+        schedule: Schedule {
+            warm_requests: 0,
+            warm_min: Duration::from_millis(300),
+            measure: Duration::from_millis(1500),
+        },
+        max_age: None,
+        close: false,
+        idle: 0,
+    };
+    let mut it = args[2..].iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--url" => a.url = value(&mut it, flag)?.to_owned(),
+            "--ca" => a.ca = PathBuf::from(value(&mut it, flag)?),
+            "--conns" => a.conns = number(value(&mut it, flag)?, flag)?,
+            "--warm-requests" => a.schedule.warm_requests = number(value(&mut it, flag)?, flag)?,
+            "--warm-ms" => {
+                a.schedule.warm_min = Duration::from_millis(number(value(&mut it, flag)?, flag)?)
+            }
+            "--measure-ms" => {
+                a.schedule.measure = Duration::from_millis(number(value(&mut it, flag)?, flag)?)
+            }
+            "--max-age-ms" => {
+                a.max_age = Some(Duration::from_millis(number(value(&mut it, flag)?, flag)?))
+            }
+            "--close" => a.close = true,
+            "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
+            _ => return Err(format!("client: unknown flag {flag:?}")),
+        }
+    }
+    if a.conns == 0 {
+        return Err("--conns must be at least 1".into());
+    }
+    let nofile = measure::raise_nofile();
+    let needed = (a.conns.max(a.idle) + 64) as u64;
+    if nofile < needed {
+        return Err(format!(
+            "RLIMIT_NOFILE is {nofile}, {needed} needed (raise the hard limit: ulimit -Hn)"
+        ));
+    }
+    let report = match (which.as_str(), mode.as_str()) {
+        ("rotary", "load") => rotary_client::load(&a)?,
+        ("rotary", "idle") => rotary_client::idle(&a)?,
+        ("hyper", "load") => hyper_client::load(a)?,
+        ("hyper", "idle") => hyper_client::idle(a)?,
+        _ => return Err(format!("client: unknown {which:?} {mode:?}")),
+    };
+    println!("{}", report.line());
+    Ok(())
+}
+
+fn server_main(args: &[String]) -> Result<(), String> {
+    let (mut port, mut dir) = (0u16, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--port" => port = number(value(&mut it, flag)?, flag)?,
+            "--dir" => dir = Some(PathBuf::from(value(&mut it, flag)?)),
+            _ => return Err(format!("server: unknown flag {flag:?}")),
+        }
+    }
+    measure::raise_nofile();
+    server::serve(port, &dir.ok_or("server: --dir is required")?)
+}
+
+/// The parent's options.
+struct Opts {
+    quick: bool,
+    rounds: usize,
+    only: String,
+    server: Option<String>,
+    port: Option<u16>,
+    idle: usize,
+    wheel: bool,
+    out: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Option<Opts>, String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut o = Opts {
+        quick: false,
+        rounds: 3,
+        only: "abcde".into(),
+        server: None,
+        port: None,
+        idle: 10_000,
+        wheel: true,
+        out: workspace.join("target"),
+    };
+    let mut idle_set = false;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--quick" => o.quick = true,
+            "--rounds" => o.rounds = number(value(&mut it, flag)?, flag)?,
+            "--only" => o.only = value(&mut it, flag)?.to_owned(),
+            "--server" => o.server = Some(value(&mut it, flag)?.to_owned()),
+            "--port" => o.port = Some(number(value(&mut it, flag)?, flag)?),
+            "--idle" => {
+                o.idle = number(value(&mut it, flag)?, flag)?;
+                idle_set = true;
+            }
+            "--no-wheel" => o.wheel = false,
+            "--out" => o.out = PathBuf::from(value(&mut it, flag)?),
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            _ => return Err(format!("unknown flag {flag:?}\n{HELP}")),
+        }
+    }
+    if o.quick {
+        o.wheel = false;
+        if !idle_set {
+            o.idle = 1_000;
+        }
+    }
+    if o.rounds == 0 || o.idle == 0 {
+        return Err("--rounds and --idle must be at least 1".into());
+    }
+    Ok(Some(o))
+}
+
+/// One row group: a workload run through two clients, A and B.
+struct Spec {
+    title: String,
+    /// Column names of A and B.
+    labels: (&'static str, &'static str),
+    /// Client args after `client`: A's and B's.
+    a: Vec<String>,
+    b: Vec<String>,
+    /// Rows to derive from the two sides' medians.
+    rows: Vec<Row>,
+}
+
+fn load_args(
+    which: &str,
+    url: &str,
+    ca: &Path,
+    conns: usize,
+    warm_ms: u64,
+    measure_ms: u64,
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![which.into(), "load".into(), "--url".into(), url.into()];
+    v.extend([
+        "--ca".into(),
+        ca.display().to_string(),
+        "--conns".into(),
+        conns.to_string(),
+        "--warm-requests".into(),
+        (4 * conns).to_string(),
+        "--warm-ms".into(),
+        warm_ms.to_string(),
+        "--measure-ms".into(),
+        measure_ms.to_string(),
+    ]);
+    v
+}
+
+fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
+    let (warm, window) = if o.quick { (100, 300) } else { (300, 1500) };
+    let mut out = Vec::new();
+    if o.only.contains('a') {
+        for (path, size) in [(server::SMALL, "5 B"), (server::LARGE, "4 KiB")] {
+            for conns in [1usize, 16, 256] {
+                let url = format!("{base}{path}");
+                let warm = if conns == 256 { warm * 2 } else { warm };
+                out.push(Spec {
+                    title: format!("a. keep-alive GET {size}, C={conns}"),
+                    labels: ("rotary", "hyper"),
+                    a: load_args("rotary", &url, ca, conns, warm, window),
+                    b: load_args("hyper", &url, ca, conns, warm, window),
+                    rows: Row::keep_alive(conns),
+                });
+            }
+        }
+    }
+    if o.only.contains('b') {
+        let idle = |which: &str| -> Vec<String> {
+            vec![
+                which.into(),
+                "idle".into(),
+                "--url".into(),
+                format!("{base}{}", server::SMALL),
+                "--ca".into(),
+                ca.display().to_string(),
+                "--idle".into(),
+                o.idle.to_string(),
+            ]
+        };
+        out.push(Spec {
+            title: format!("b. idle: {} warmed TLS connections", o.idle),
+            labels: ("rotary", "hyper"),
+            a: idle("rotary"),
+            b: idle("hyper"),
+            rows: Row::idle(o.idle),
+        });
+    }
+    if o.only.contains('c') {
+        let url = format!("{base}{}", server::SMALL);
+        let close = |which: &str| {
+            let mut v = load_args(which, &url, ca, 4, warm, window);
+            v.push("--close".into());
+            v
+        };
+        out.push(Spec {
+            title: "c. reconnect: full handshake per request, C=4".into(),
+            labels: ("rotary", "hyper"),
+            a: close("rotary"),
+            b: close("hyper"),
+            rows: Row::reconnect(),
+        });
+    }
+    if o.only.contains('d') {
+        let url = format!("{base}{}", server::SMALL);
+        let window = if o.quick { 500 } else { 2000 };
+        let mut expiring = load_args("rotary", &url, ca, 16, warm, window);
+        expiring.extend(["--max-age-ms".into(), "100".into()]);
+        out.push(Spec {
+            title: "d. expiry under load: rotary C=16, GET 5 B".into(),
+            labels: ("max_age 100 ms", "no expiry"),
+            a: expiring,
+            b: load_args("rotary", &url, ca, 16, warm, window),
+            rows: Row::expiry(),
+        });
+    }
+    out
+}
+
+/// Longest one client run may take before it is killed and reported.
+const CLIENT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `compare client <args>`; the parsed `RESULT` line, or why not.
+fn run_client(args: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = server::die_with_parent(&mut Command::new(exe))
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn client: {e}"))?;
+    let (mut stdout, mut stderr) = (
+        child.stdout.take().ok_or("client: no stdout")?,
+        child.stderr.take().ok_or("client: no stderr")?,
+    );
+    // Read both pipes off-thread so a chatty child never blocks on them.
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + CLIENT_LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("wait for client: {e}")),
+        }
+    };
+    let out = out_thread.join().unwrap_or_default();
+    let err = err_thread.join().unwrap_or_default();
+    let Some(status) = status else {
+        return Err(format!(
+            "client run exceeded {CLIENT_LIMIT:?} and was killed"
+        ));
+    };
+    let reason = || {
+        err.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim_start_matches("ERROR ").to_owned())
+            .unwrap_or_else(|| format!("client exited with {status}"))
+    };
+    if !status.success() {
+        return Err(reason());
+    }
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(reason)?;
+    Ok(line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown kernel".into());
+    format!("{cores} cores, {cpu}, Linux {kernel}")
+}
+
+/// The workspace's git commit, and whether the engine or codec differ from it.
+fn revision() -> String {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain", "--", "engine/src", "proto/src"]) {
+            Some(s) if !s.is_empty() => format!("commit {head} + uncommitted engine/proto changes"),
+            _ => format!("commit {head}"),
+        },
+        None => "unknown commit (no git)".into(),
+    }
+}
+
+fn parent_main(args: &[String]) -> Result<(), String> {
+    let Some(o) = parse(args)? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let dir = server::TempDir::new()?;
+    server::write_pki(dir.path())?;
+    let kind = match o.server.as_deref() {
+        Some("builtin") => server::Kind::Builtin,
+        Some("nginx") => server::Kind::Nginx(
+            server::find_nginx().ok_or("--server nginx: nginx not found (PATH, /usr/sbin)")?,
+        ),
+        Some(other) => return Err(format!("--server: unknown {other:?}")),
+        None => server::find_nginx().map_or(server::Kind::Builtin, server::Kind::Nginx),
+    };
+    let mut notes = Vec::new();
+    if matches!(kind, server::Kind::Builtin) && o.server.is_none() {
+        notes.push("nginx not found: using the builtin hyper server instead".to_owned());
+    }
+    let need_server = o.only.contains(['a', 'b', 'c', 'd']);
+    let server = if need_server {
+        match server::start(&kind, dir.path(), o.port) {
+            Ok(s) => {
+                eprintln!("server: {} on 127.0.0.1:{}", s.description, s.port);
+                Ok(s)
+            }
+            Err(e) => {
+                eprintln!("server: {e}");
+                Err(format!("server did not start: {e}"))
+            }
+        }
+    } else {
+        Err("no server needed".into())
+    };
+    let (base, server_desc) = match &server {
+        Ok(s) => (
+            format!("https://127.0.0.1:{}", s.port),
+            s.description.clone(),
+        ),
+        Err(e) => (String::new(), e.clone()),
+    };
+    let ca = dir.path().join("ca.pem");
+    let mut outcomes = Vec::new();
+    for spec in specs(&o, &base, &ca) {
+        let mut a_runs = Vec::new();
+        let mut b_runs = Vec::new();
+        if let Err(e) = &server {
+            a_runs.push(Err(e.clone()));
+            b_runs.push(Err(e.clone()));
+        } else {
+            for round in 0..o.rounds {
+                eprintln!("{} [round {}/{}]", spec.title, round + 1, o.rounds);
+                // A B, then B A: drift in the machine's load hits both alike.
+                if round % 2 == 0 {
+                    a_runs.push(run_client(&spec.a));
+                    b_runs.push(run_client(&spec.b));
+                } else {
+                    b_runs.push(run_client(&spec.b));
+                    a_runs.push(run_client(&spec.a));
+                }
+            }
+        }
+        outcomes.push(Outcome::new(
+            spec.title,
+            spec.labels,
+            spec.rows,
+            a_runs,
+            b_runs,
+        ));
+    }
+    drop(server);
+    let wheel = if o.only.contains('e') {
+        Some(if o.wheel {
+            eprintln!("e. timer wheel: cargo bench -p rotary-benches --bench wheel (summary)");
+            Wheel::run()
+        } else {
+            Wheel::skipped("skipped (--no-wheel or --quick)")
+        })
+    } else {
+        None
+    };
+    let header = report::Header {
+        machine: machine(),
+        revision: revision(),
+        server: server_desc,
+        rounds: o.rounds,
+        quick: o.quick,
+        elapsed: started.elapsed(),
+        notes,
+    };
+    let md = report::markdown(&header, &outcomes, wheel.as_ref());
+    println!("{md}");
+    let svg = report::svg(&outcomes, wheel.as_ref());
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("create {}: {e}", o.out.display()))?;
+    for (name, contents) in [("bench-report.md", md), ("bench-report.svg", svg)] {
+        let path = o.out.join(name);
+        std::fs::write(&path, contents).map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! Medians, ratios and targets (issue 6, point 4), rendered as a markdown
+//! table and an SVG bar chart of the ratios.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The parsed `RESULT` line of one client run, or why there is none.
+pub(crate) type Run = Result<BTreeMap<String, String>, String>;
+
+/// A target from issue 6.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// ratio A / B at most this.
+    AtMost(f64),
+    /// ratio A / B at least this.
+    AtLeast(f64),
+    /// A's own value equals this.
+    Equals(f64),
+}
+
+impl Target {
+    fn describe(self) -> String {
+        match self {
+            Target::AtMost(r) => format!("≤ {r}×"),
+            Target::AtLeast(r) => format!("≥ {r}×"),
+            Target::Equals(v) => format!("= {v}"),
+        }
+    }
+
+    fn check(self, a: f64, ratio: Option<f64>) -> Option<bool> {
+        match self {
+            Target::AtMost(r) => ratio.map(|x| x <= r),
+            Target::AtLeast(r) => ratio.map(|x| x >= r),
+            Target::Equals(v) => Some((a - v).abs() < 0.5),
+        }
+    }
+}
+
+/// Where a row's number comes from in one run.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Key(&'static str),
+    /// user + system CPU µs per request.
+    TotalCpu,
+    /// requests (each a full handshake) per CPU second.
+    HandshakesPerCpuSecond,
+}
+
+impl Value {
+    fn of(self, run: &BTreeMap<String, String>) -> Option<f64> {
+        let get = |k: &str| run.get(k).and_then(|v| v.parse::<f64>().ok());
+        match self {
+            Value::Key(k) => get(k),
+            Value::TotalCpu => Some(get("user_us_per_req")? + get("sys_us_per_req")?),
+            Value::HandshakesPerCpuSecond => {
+                let cpu = get("cpu_s")?;
+                (cpu > 0.0).then(|| get("requests").unwrap_or(0.0) / cpu)
+            }
+        }
+    }
+}
+
+/// One metric of a workload.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    metric: String,
+    value: Value,
+    target: Option<Target>,
+    /// Shown in the chart.
+    chart: bool,
+    decimals: usize,
+}
+
+impl Row {
+    fn new(metric: impl Into<String>, value: Value, decimals: usize) -> Row {
+        Row {
+            metric: metric.into(),
+            value,
+            target: None,
+            chart: false,
+            decimals,
+        }
+    }
+
+    fn target(mut self, t: Target) -> Row {
+        self.target = Some(t);
+        self.chart = true;
+        self
+    }
+
+    fn chart(mut self) -> Row {
+        self.chart = true;
+        self
+    }
+
+    pub(crate) fn keep_alive(conns: usize) -> Vec<Row> {
+        let busy = conns >= 16;
+        let mut user = Row::new("user CPU µs / request", Value::Key("user_us_per_req"), 2);
+        if busy {
+            user = user.target(Target::AtMost(0.5));
+        }
+        let total = Row::new("user+sys CPU µs / request", Value::TotalCpu, 2)
+            .target(Target::AtMost(if busy { 0.85 } else { 1.0 }));
+        vec![
+            Row::new("requests / s", Value::Key("req_per_s"), 0).chart(),
+            user,
+            Row::new("sys CPU µs / request", Value::Key("sys_us_per_req"), 2),
+            total,
+            Row::new("p50 latency µs", Value::Key("p50_us"), 0),
+            Row::new("p99 latency µs", Value::Key("p99_us"), 0),
+            Row::new(
+                format!("connections opened (C = {conns})"),
+                Value::Key("opened"),
+                0,
+            )
+            .target(Target::Equals(conns as f64)),
+        ]
+    }
+
+    pub(crate) fn idle(asked: usize) -> Vec<Row> {
+        vec![
+            Row::new("KiB RSS / idle connection", Value::Key("kib_per_conn"), 2)
+                .target(Target::AtMost(0.35)),
+            Row::new(
+                "KiB RSS / idle connection after malloc_trim(0)",
+                Value::Key("kib_per_conn_trimmed"),
+                2,
+            ),
+            Row::new(
+                format!("idle connections reached (asked {asked})"),
+                Value::Key("conns"),
+                0,
+            ),
+        ]
+    }
+
+    pub(crate) fn reconnect() -> Vec<Row> {
+        vec![
+            Row::new(
+                "full handshakes / client CPU second",
+                Value::HandshakesPerCpuSecond,
+                0,
+            )
+            .target(Target::AtLeast(1.0)),
+            Row::new("handshakes (requests) / s", Value::Key("req_per_s"), 0),
+            Row::new("user+sys CPU µs / handshake", Value::TotalCpu, 1),
+        ]
+    }
+
+    pub(crate) fn expiry() -> Vec<Row> {
+        vec![
+            Row::new("failed requests", Value::Key("failed_total"), 0).target(Target::Equals(0.0)),
+            Row::new("p99 latency µs", Value::Key("p99_us"), 0).target(Target::AtMost(1.25)),
+            Row::new("p50 latency µs", Value::Key("p50_us"), 0),
+            Row::new("requests / s", Value::Key("req_per_s"), 0),
+            Row::new("connections opened", Value::Key("opened"), 0),
+        ]
+    }
+}
+
+/// A side's median, or why there is none.
+type Cell = Result<f64, String>;
+
+fn median(runs: &[Run], value: Value) -> Cell {
+    let failed: Vec<&String> = runs.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(first) = failed.first() {
+        return Err(if runs.len() > 1 {
+            format!("{first} ({} of {} runs failed)", failed.len(), runs.len())
+        } else {
+            (*first).clone()
+        });
+    }
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.as_ref().ok().and_then(|m| value.of(m)))
+        .collect();
+    if v.len() != runs.len() || v.is_empty() {
+        return Err("a run did not report this value".into());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+/// A computed row.
+struct Line {
+    row: Row,
+    a: Cell,
+    b: Cell,
+    ratio: Option<f64>,
+    pass: Option<bool>,
+}
+
+/// One workload's rows, for sides A and B.
+pub(crate) struct Outcome {
+    title: String,
+    labels: (&'static str, &'static str),
+    lines: Vec<Line>,
+}
+
+impl Outcome {
+    pub(crate) fn new(
+        title: String,
+        labels: (&'static str, &'static str),
+        rows: Vec<Row>,
+        a_runs: Vec<Run>,
+        b_runs: Vec<Run>,
+    ) -> Outcome {
+        let lines = rows
+            .into_iter()
+            .map(|row| {
+                let a = median(&a_runs, row.value);
+                let b = median(&b_runs, row.value);
+                let ratio = match (&a, &b) {
+                    (Ok(x), Ok(y)) if *y != 0.0 => Some(x / y),
+                    _ => None,
+                };
+                let pass = match (&a, row.target) {
+                    (Ok(x), Some(t)) => t.check(*x, ratio),
+                    _ => None,
+                };
+                Line {
+                    row,
+                    a,
+                    b,
+                    ratio,
+                    pass,
+                }
+            })
+            .collect();
+        Outcome {
+            title,
+            labels,
+            lines,
+        }
+    }
+}
+
+/// Workload e: the numbers of `cargo bench -p rotary-benches --bench wheel`.
+pub(crate) struct Wheel {
+    /// (structure, median ms, ratio to btree_map)
+    rows: Result<Vec<(String, f64, f64)>, String>,
+}
+
+impl Wheel {
+    pub(crate) fn skipped(why: &str) -> Wheel {
+        Wheel {
+            rows: Err(why.to_owned()),
+        }
+    }
+
+    /// Runs the wheel bench through cargo and parses its alternated summary
+    /// (5 rounds of wheel, heap, btree). The criterion filter matches none of
+    /// criterion's own measurements, which take minutes; run
+    /// `cargo bench -p rotary-benches --bench wheel` for those.
+    pub(crate) fn run() -> Wheel {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        let out = Command::new(cargo)
+            .args(["bench", "-p", "rotary-benches", "--bench", "wheel", "--"])
+            .arg(CRITERION_NONE)
+            .current_dir(workspace)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        let out = match out {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => return Wheel::skipped(&format!("cargo bench --bench wheel: {}", o.status)),
+            Err(e) => return Wheel::skipped(&format!("cannot run cargo: {e}")),
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rows: Vec<(String, f64, f64)> = text
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.trim().trim_matches('|').split('|').collect();
+                match cells.as_slice() {
+                    [name, ms, ratio] => Some((
+                        name.trim().to_owned(),
+                        ms.trim().parse().ok()?,
+                        ratio.trim().parse().ok()?,
+                    )),
+                    _ => None,
+                }
+            })
+            .collect();
+        if rows.is_empty() {
+            return Wheel::skipped("the wheel bench printed no summary table");
+        }
+        Wheel { rows: Ok(rows) }
+    }
+}
+
+/// A criterion filter no benchmark name contains.
+const CRITERION_NONE: &str = "only-the-alternated-summary";
+
+/// What the report says about the run itself.
+pub(crate) struct Header {
+    pub(crate) machine: String,
+    pub(crate) revision: String,
+    pub(crate) server: String,
+    pub(crate) rounds: usize,
+    pub(crate) quick: bool,
+    pub(crate) elapsed: Duration,
+    pub(crate) notes: Vec<String>,
+}
+
+fn fmt_num(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$}");
+    // Thousands separators for the integer part.
+    let (int, frac) = s
+        .split_once('.')
+        .map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn cell(c: &Cell, decimals: usize) -> String {
+    match c {
+        Ok(v) => fmt_num(*v, decimals),
+        Err(e) => format!("not measured: {}", e.replace('|', "/")),
+    }
+}
+
+fn verdict(pass: Option<bool>, target: Option<Target>) -> &'static str {
+    match (target, pass) {
+        (None, _) => "",
+        (Some(_), Some(true)) => "pass",
+        (Some(_), Some(false)) => "**miss**",
+        (Some(_), None) => "not measured",
+    }
+}
+
+pub(crate) fn markdown(h: &Header, outcomes: &[Outcome], wheel: Option<&Wheel>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## rotary / hyper\n");
+    let _ = writeln!(s, "- machine: {}", h.machine);
+    let _ = writeln!(s, "- rotary: {}", h.revision);
+    let _ = writeln!(s, "- server: {}", h.server);
+    let _ = writeln!(
+        s,
+        "- {} rounds, clients alternated (A B, B A, ...), medians; run took {:.0} s{}",
+        h.rounds,
+        h.elapsed.as_secs_f64(),
+        if h.quick {
+            " (--quick: smoke numbers only)"
+        } else {
+            ""
+        }
+    );
+    for n in &h.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    let mut labels = None;
+    for o in outcomes {
+        if labels != Some(o.labels) {
+            labels = Some(o.labels);
+            let (a, b) = o.labels;
+            let _ = writeln!(
+                s,
+                "\n| workload | metric | {a} | {b} | {a} / {b} | target | result |"
+            );
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|");
+        }
+        for l in &o.lines {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                o.title,
+                l.row.metric,
+                cell(&l.a, l.row.decimals),
+                cell(&l.b, l.row.decimals),
+                match (l.ratio, l.row.target) {
+                    (None, _) => "—".into(),
+                    // Three decimals where a target is judged, so a miss by a
+                    // hair does not print as the target itself.
+                    (Some(r), Some(_)) => format!("{r:.3}"),
+                    (Some(r), None) => format!("{r:.2}"),
+                },
+                l.row.target.map_or(String::new(), Target::describe),
+                verdict(l.pass, l.row.target),
+            );
+        }
+    }
+    if let Some(w) = wheel {
+        let _ = writeln!(
+            s,
+            "\n| workload | structure (1M timers: insert, cancel half, expire rest) | median ms | / btree_map | target | result |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---|---|");
+        match &w.rows {
+            Ok(rows) => {
+                for (name, ms, ratio) in rows {
+                    let (target, result) = if name == "wheel" {
+                        ("≤ 0.3×", if *ratio <= 0.3 { "pass" } else { "**miss**" })
+                    } else {
+                        ("", "")
+                    };
+                    let _ = writeln!(
+                        s,
+                        "| e. timer wheel | {name} | {ms:.1} | {ratio:.2} | {target} | {result} |"
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "| e. timer wheel | wheel | not measured: {e} | — | ≤ 0.3× | not measured |"
+                );
+            }
+        }
+    }
+    s
+}
+
+/// Horizontal bars of every charted ratio, a line at 1.0 and a tick at each
+/// target; green passes, red misses, grey has no target.
+pub(crate) fn svg(outcomes: &[Outcome], wheel: Option<&Wheel>) -> String {
+    struct Bar {
+        label: String,
+        ratio: Option<f64>,
+        target: Option<f64>,
+        pass: Option<bool>,
+    }
+    let mut bars = Vec::new();
+    for o in outcomes {
+        let (a, b) = o.labels;
+        for l in o.lines.iter().filter(|l| l.row.chart) {
+            let target = match l.row.target {
+                Some(Target::AtMost(r) | Target::AtLeast(r)) => Some(r),
+                _ => None,
+            };
+            // An absolute target (connections opened) has no ratio tick, but
+            // its bar still shows whether it passed.
+            bars.push(Bar {
+                label: format!("{} — {} ({a}/{b})", o.title, l.row.metric),
+                ratio: l.ratio,
+                target,
+                pass: l.pass,
+            });
+        }
+    }
+    if let Some(Wheel { rows: Ok(rows) }) = wheel {
+        for (name, _, ratio) in rows.iter().filter(|(n, _, _)| n != "btree_map") {
+            let is_wheel = name == "wheel";
+            bars.push(Bar {
+                label: format!("e. timer wheel — {name} / btree_map"),
+                ratio: Some(*ratio),
+                target: is_wheel.then_some(0.3),
+                pass: is_wheel.then_some(*ratio <= 0.3),
+            });
+        }
+    }
+    let max = bars
+        .iter()
+        .filter_map(|b| b.ratio)
+        .fold(2.0f64, f64::max)
+        .min(10.0);
+    let (label_w, plot_w, row_h, top) = (520.0, 420.0, 22.0, 40.0);
+    let width = label_w + plot_w + 80.0;
+    let height = top + row_h * bars.len() as f64 + 30.0;
+    let x = |r: f64| label_w + plot_w * (r.min(max) / max);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">rotary / hyper ratios (medians; tick = target; green pass, red miss, grey no target)</text>"#
+    );
+    for (i, b) in bars.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            label_w - 8.0,
+            y + 14.0,
+            escape(&b.label)
+        );
+        match b.ratio {
+            Some(r) => {
+                let colour = match b.pass {
+                    Some(true) => "#2e9d4a",
+                    Some(false) => "#d0342c",
+                    None => "#9a9a9a",
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{label_w}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/><text x="{:.1}" y="{:.1}">{r:.2}</text>"#,
+                    y + 3.0,
+                    x(r) - label_w,
+                    row_h - 6.0,
+                    x(r) + 4.0,
+                    y + 14.0
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{:.1}" y="{:.1}" fill="#d0342c">not measured</text>"##,
+                    label_w + 4.0,
+                    y + 14.0
+                );
+            }
+        }
+        if let Some(t) = b.target {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{0:.1}" x2="{0:.1}" y1="{1:.1}" y2="{2:.1}" stroke="black" stroke-width="2"/>"#,
+                x(t),
+                y + 1.0,
+                y + row_h - 1.0
+            );
+        }
+    }
+    let bottom = top + row_h * bars.len() as f64;
+    let _ = writeln!(
+        s,
+        r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{bottom:.1}" stroke="#444" stroke-dasharray="4 3"/><text x="{0:.1}" y="{1:.1}" text-anchor="middle">1.0</text><text x="{2:.1}" y="{1:.1}" text-anchor="end">{max:.1}</text>"##,
+        x(1.0),
+        bottom + 16.0,
+        label_w + plot_w
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

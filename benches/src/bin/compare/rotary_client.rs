@@ -1,0 +1,203 @@
+//! The rotary side: one `Engine` on this thread, driven by `poll` and
+//! `next_event`, exactly as an embedder without a host loop would.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rotary::{Config, Engine, Event, RequestId, RequestOptions, Trust};
+
+use crate::measure::{self, Clock, Phase, Report};
+use crate::ClientArgs;
+
+fn engine(a: &ClientArgs, max_connections: usize) -> Result<Engine, String> {
+    let mut config = Config::default();
+    config.trust = Trust::pem_file(&a.ca);
+    config.policy.max_connections = max_connections;
+    // Like hyper's pool: no age limit unless the workload asks for one, and
+    // no idle close while measuring.
+    config.policy.max_age = a.max_age;
+    config.policy.idle_timeout = Some(Duration::from_secs(600));
+    if a.close {
+        config.policy.max_requests = Some(1);
+    }
+    // Default Resumption::Never: every connection is a full handshake.
+    // 10,000 simultaneous handshakes queue at the server for seconds.
+    config.timeouts.connect = Duration::from_secs(120);
+    config.timeouts.handshake = Duration::from_secs(120);
+    config.dns_threads = 1;
+    Engine::new(config).map_err(|e| format!("rotary engine: {e}"))
+}
+
+fn request(a: &ClientArgs, uri: &http::Uri) -> http::Request<Bytes> {
+    let mut req = http::Request::new(Bytes::new());
+    *req.uri_mut() = uri.clone();
+    if a.close {
+        req.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    req
+}
+
+fn uri(a: &ClientArgs) -> Result<http::Uri, String> {
+    a.url
+        .parse()
+        .map_err(|e| format!("bad url {:?}: {e}", a.url))
+}
+
+/// Closed loop: `conns` requests always outstanding, a new one submitted as
+/// each ends.
+pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
+    let uri = uri(a)?;
+    let mut engine = engine(a, a.conns)?;
+    let opts = RequestOptions::default();
+    let mut clock = Clock::new(a.schedule);
+    let mut started: HashMap<RequestId, Instant> = HashMap::with_capacity(a.conns * 2);
+    let mut latencies = Vec::with_capacity(1 << 20);
+    let (mut completed, mut failed_total) = (0u64, 0u64);
+    let (mut requests, mut failed) = (0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    for _ in 0..a.conns {
+        started.insert(engine.submit(request(a, &uri), opts), Instant::now());
+    }
+    while clock.phase() != Phase::Done {
+        engine
+            .poll(Some(Duration::from_millis(5)))
+            .map_err(|e| format!("rotary poll: {e}"))?;
+        while let Some(ev) = engine.next_event() {
+            let (id, ok) = match ev {
+                Event::Response { id, .. } => (id, true),
+                Event::Failed { id, error, .. } => {
+                    first_error.get_or_insert_with(|| error.to_string());
+                    (id, false)
+                }
+                _ => continue,
+            };
+            let Some(t0) = started.remove(&id) else {
+                continue;
+            };
+            completed += 1;
+            if !ok {
+                failed_total += 1;
+            }
+            if clock.phase() == Phase::Measure {
+                requests += 1;
+                if ok {
+                    latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    failed += 1;
+                }
+            }
+            if clock.phase() != Phase::Done {
+                started.insert(engine.submit(request(a, &uri), opts), Instant::now());
+            }
+        }
+        clock.tick(completed)?;
+    }
+    if completed == failed_total {
+        return Err(format!(
+            "every request failed; first: {}",
+            first_error.unwrap_or_default()
+        ));
+    }
+    let stats = engine.stats();
+    let mut w = clock.window();
+    w.requests = requests;
+    w.failed = failed;
+    w.latencies_us = latencies;
+    let mut r = Report::default();
+    r.window(w)
+        .put("failed_total", failed_total)
+        .put("opened", stats.connections_opened)
+        .put("handshakes_full", stats.handshakes_full)
+        .put("handshakes_resumed", stats.handshakes_resumed)
+        .put("max_rss_kib", measure::cpu().max_rss_kib);
+    engine.shutdown();
+    Ok(r)
+}
+
+/// Opens `idle` connections (each carries one request), holds them idle and
+/// reports RSS per connection.
+pub(crate) fn idle(a: &ClientArgs) -> Result<Report, String> {
+    let uri = uri(a)?;
+    let mut engine = engine(a, a.idle + 2)?;
+    let opts = RequestOptions::default();
+    // Warm: one connection and one exchange, so the TLS config, the codec
+    // and the loop's own buffers exist before the baseline.
+    engine
+        .execute(request(a, &uri), opts)
+        .map_err(|e| format!("warm-up request: {e}"))?;
+    let before = measure::vm_rss_kib().ok_or("no VmRSS in /proc/self/status")?;
+    let open_before = engine.stats().connections;
+    for _ in 0..=a.idle {
+        engine.submit(request(a, &uri), opts);
+    }
+    let (mut live, mut failed) = (a.idle + 1, 0usize);
+    let mut first_error = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while live > 0 {
+        if Instant::now() > deadline {
+            return Err(format!("{live} of {} warming requests still open", a.idle));
+        }
+        engine
+            .poll(Some(Duration::from_millis(100)))
+            .map_err(|e| format!("rotary poll: {e}"))?;
+        while let Some(ev) = engine.next_event() {
+            match ev {
+                Event::Response { .. } => live -= 1,
+                Event::Failed { error, .. } => {
+                    live -= 1;
+                    failed += 1;
+                    first_error.get_or_insert_with(|| error.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    hold(&mut engine, Duration::from_millis(500))?;
+    let after = measure::vm_rss_kib().ok_or("no VmRSS in /proc/self/status")?;
+    let open = engine.stats().connections.saturating_sub(open_before);
+    measure::trim_heap();
+    let trimmed = measure::vm_rss_kib().unwrap_or(after);
+    let mut r = Report::default();
+    r.put("conns", open)
+        .put("failed", failed)
+        .put("rss_before_kib", before)
+        .put("rss_after_kib", after)
+        .put("rss_trimmed_kib", trimmed)
+        .put(
+            "kib_per_conn_trimmed",
+            format!(
+                "{:.2}",
+                trimmed.saturating_sub(before) as f64 / open.max(1) as f64
+            ),
+        )
+        .put(
+            "kib_per_conn",
+            format!(
+                "{:.2}",
+                after.saturating_sub(before) as f64 / open.max(1) as f64
+            ),
+        );
+    if let Some(e) = first_error {
+        r.put("first_error", e.replace(char::is_whitespace, "_"));
+    }
+    engine.shutdown();
+    Ok(r)
+}
+
+fn hold(engine: &mut Engine, d: Duration) -> Result<(), String> {
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        engine
+            .poll(Some(left))
+            .map_err(|e| format!("rotary poll: {e}"))?;
+        while engine.next_event().is_some() {}
+    }
+}
