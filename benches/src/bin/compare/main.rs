@@ -457,6 +457,8 @@ fn parent_main(args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     let started = Instant::now();
+    // Read now, not at the end: others may commit while the run goes on.
+    let revision = revision();
     let dir = server::TempDir::new()?;
     server::write_pki(dir.path())?;
     let kind = match o.server.as_deref() {
@@ -535,7 +537,7 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     };
     let header = report::Header {
         machine: machine(),
-        revision: revision(),
+        revision,
         server: server_desc,
         rounds: o.rounds,
         quick: o.quick,
