@@ -157,6 +157,9 @@ impl Conn {
         if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP {
             self.wbuf = BytesMut::new();
         }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.release_buffers();
+        }
     }
 
     /// Read until `WouldBlock`, EOF, or `budget` bytes (and, with

@@ -195,6 +195,16 @@ impl Session {
         self.close_queued = true;
     }
 
+    /// Give back the output buffer while the connection is idle.
+    pub(crate) fn release_buffers(&mut self) {
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+    }
+
     /// Write the output buffer until done or `WouldBlock`.
     pub(crate) fn write_to(&mut self, sock: &mut impl Write) -> io::Result<()> {
         let mut sent = 0;
