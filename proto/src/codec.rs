@@ -1,6 +1,6 @@
 //! The per-connection exchange state machine.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, CONNECTION};
 use http::{Method, StatusCode, Uri};
 
@@ -409,10 +409,9 @@ impl Codec {
                 Reading::Body(decoder) => decoder,
                 Reading::Head => {
                     self.exchange.started |= !input.is_empty();
-                    let Some((head, len)) = parse_head(input, &self.limits)? else {
+                    let Some(head) = parse_head(input, &self.limits)? else {
                         return Ok(None);
                     };
-                    input.advance(len);
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Error::UnsupportedUpgrade { status: 101 });
                     }

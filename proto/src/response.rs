@@ -1,5 +1,6 @@
 //! Response head parsing on httparse, incremental and bounded.
 
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
@@ -16,19 +17,30 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
-/// Parse one response head (final or interim) from the front of `buf`.
+/// Header slots parsed on the stack; a larger `max_headers` uses the heap.
+const STACK_HEADERS: usize = 128;
+
+/// Parse one response head (final or interim) from the front of `input` and
+/// consume it.
 ///
-/// Returns the head and its length in bytes, or `Ok(None)` when the head is
-/// not complete yet. Only the first `max_head_bytes` of `buf` are looked at,
-/// so a head that does not end within them is [`Error::HeadTooLarge`] however
-/// the bytes arrived.
+/// Returns `Ok(None)` when the head is not complete yet. Only the first
+/// `max_head_bytes` of `input` are looked at, so a head that does not end
+/// within them is [`Error::HeadTooLarge`] however the bytes arrived. Header
+/// values share the head's one buffer instead of each owning a copy.
 pub(crate) fn parse_head(
-    buf: &[u8],
+    input: &mut BytesMut,
     limits: &Limits,
-) -> Result<Option<(ResponseHead, usize)>, Error> {
-    let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut response = httparse::Response::new(&mut fields);
+) -> Result<Option<ResponseHead>, Error> {
+    let window = &input[..input.len().min(limits.max_head_bytes)];
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let fields: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        &mut heap
+    };
+    let mut response = httparse::Response::new(fields);
     // Folded lines are parsed only to be refused with the header's name.
     let mut config = httparse::ParserConfig::default();
     config.allow_obsolete_multiline_headers_in_responses(true);
@@ -62,28 +74,40 @@ pub(crate) fn parse_head(
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(invalid("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    // Where each name and value lies in the head, to slice the shared buffer.
+    let base = window.as_ptr() as usize;
+    let offset = |part: &[u8]| part.as_ptr() as usize - base;
+    let mut spans = Vec::with_capacity(response.headers.len());
     for field in response.headers.iter() {
         if field.value.iter().any(|&b| b == b'\r' || b == b'\n') {
             return Err(Error::ObsoleteLineFolding {
                 name: field.name.to_owned(),
             });
         }
-        let name = HeaderName::from_bytes(field.name.as_bytes());
-        let value = HeaderValue::from_bytes(field.value);
+        let name = offset(field.name.as_bytes());
+        let value = offset(field.value);
+        spans.push((
+            name..name + field.name.len(),
+            value..value + field.value.len(),
+        ));
+    }
+    let head = input.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, value) in spans {
+        let name = head.get(name).map(HeaderName::from_bytes);
+        let value = head
+            .get(value.clone())
+            .map(|_| HeaderValue::from_maybe_shared(head.slice(value)));
         match (name, value) {
-            (Ok(name), Ok(value)) => headers.append(name, value),
+            (Some(Ok(name)), Some(Ok(value))) => headers.append(name, value),
             _ => return Err(invalid("invalid header field")),
         };
     }
-    Ok(Some((
-        ResponseHead {
-            status,
-            version,
-            headers,
-        },
-        len,
-    )))
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+    }))
 }
 
 fn reason(err: httparse::Error) -> &'static str {
@@ -103,7 +127,13 @@ mod tests {
     use super::*;
 
     fn parse(input: &[u8]) -> Result<Option<(ResponseHead, usize)>, Error> {
-        parse_head(input, &Limits::default())
+        parse_with(input, &Limits::default())
+    }
+
+    fn parse_with(input: &[u8], limits: &Limits) -> Result<Option<(ResponseHead, usize)>, Error> {
+        let mut buf = BytesMut::from(input);
+        let head = parse_head(&mut buf, limits)?;
+        Ok(head.map(|h| (h, input.len() - buf.len())))
     }
 
     #[test]
@@ -148,13 +178,13 @@ mod tests {
             ..Limits::default()
         };
         let long = b"HTTP/1.1 200 OK\r\nX: 1234567890";
-        assert_eq!(parse_head(&long[..15], &limits), Ok(None));
+        assert_eq!(parse_with(&long[..15], &limits), Ok(None));
         assert_eq!(
-            parse_head(&long[..16], &limits),
+            parse_with(&long[..16], &limits),
             Err(Error::HeadTooLarge { limit: 16 })
         );
         assert_eq!(
-            parse_head(long, &limits),
+            parse_with(long, &limits),
             Err(Error::HeadTooLarge { limit: 16 })
         );
         let fits = b"HTTP/1.1 200 \r\n\r\n";
@@ -162,6 +192,6 @@ mod tests {
             max_head_bytes: fits.len(),
             ..Limits::default()
         };
-        assert!(matches!(parse_head(fits, &limits), Ok(Some(_))));
+        assert!(matches!(parse_with(fits, &limits), Ok(Some(_))));
     }
 }
