@@ -141,6 +141,12 @@ impl Conn {
         }
     }
 
+    /// The address connected to (or being tried); unspecified before any.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.peer_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// Ready, not retiring and not carrying an exchange.
     pub(crate) fn is_idle(&self) -> bool {
         self.stage == Stage::Ready && self.req.is_none()

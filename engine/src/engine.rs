@@ -910,9 +910,7 @@ impl Engine {
         let Some(sock) = conn.sock.as_ref() else {
             return;
         };
-        let addr = conn
-            .peer_addr
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = conn.addr();
         match sock.connect_result() {
             Ok(true) => self.connected(key, now),
             Ok(false) => {}
@@ -1055,9 +1053,7 @@ impl Engine {
         let mut info = ConnectionInfo {
             conn: conn.id,
             origin: pool.origin.clone(),
-            peer_addr: conn
-                .peer_addr
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            peer_addr: conn.addr(),
             tls_version: None,
             cipher_suite: None,
             alpn: None,
@@ -1450,9 +1446,7 @@ impl Engine {
                         phase: Phase::Tls,
                     },
                     IoFailure::Io(e) => Error::Connect {
-                        addr: conn
-                            .peer_addr
-                            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                        addr: conn.addr(),
                         cause: Arc::new(e),
                     },
                 };

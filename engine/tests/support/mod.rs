@@ -37,6 +37,7 @@ pub use server::{
     ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
 
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes; returns
@@ -59,4 +60,34 @@ pub fn ca_and_leaf() -> (TestCa, Issued) {
     let ca = TestCa::new("rotary test CA");
     let leaf = ca.issue(&["localhost", "127.0.0.1"]);
     (ca, leaf)
+}
+
+/// Locks `m`, taking over a lock poisoned by a panicking test thread.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits on `changed` until `pred` holds on the state behind `m`; false on
+/// timeout. The state's owner notifies `changed` whenever it changes.
+pub(crate) fn wait_on<T>(
+    m: &Mutex<T>,
+    changed: &Condvar,
+    timeout: Duration,
+    pred: impl Fn(&T) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut g = lock(m);
+    loop {
+        if pred(&g) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        g = match changed.wait_timeout(g, deadline - now) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
 }

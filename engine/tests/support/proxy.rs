@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::lock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -259,10 +261,6 @@ struct Shared {
     next_id: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     fn update(&self, f: impl FnOnce(&mut State)) {
         f(&mut lock(&self.state));
@@ -325,21 +323,9 @@ impl FaultProxy {
 
     /// Waits until `pred` holds on the counters; false on timeout.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&ProxyStats) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = lock(&self.shared.state);
-        loop {
-            if pred(&g.stats) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = match self.shared.changed.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
+        super::wait_on(&self.shared.state, &self.shared.changed, timeout, |s| {
+            pred(&s.stats)
+        })
     }
 }
 

@@ -12,7 +12,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use super::lock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -878,10 +880,6 @@ struct Shared {
     next_conn: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
@@ -1101,21 +1099,9 @@ impl TestServer {
 
     /// Waits until `pred` holds on the counters; false on timeout.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&ServerStats) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = lock(&self.shared.state);
-        loop {
-            if pred(&g.stats) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = match self.shared.changed.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
+        super::wait_on(&self.shared.state, &self.shared.changed, timeout, |s| {
+            pred(&s.stats)
+        })
     }
 
     /// Waits until `pred` holds, panicking with `what` and the counters on timeout.
