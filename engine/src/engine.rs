@@ -28,6 +28,36 @@ use crate::{
     Origin, PeerChain, Phase, Policy, RequestId, RequestOptions, Resumption, ServedBy, Stats,
 };
 
+/// Hashes a [`RequestId`] as itself: ids are distinct sequential numbers, so
+/// SipHash's protection against chosen keys buys nothing for the `ids` map.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread sequential ids over hashbrown's top 7 control bits too.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Plaintext bytes read from one connection per readiness event before the
 /// loop moves on to others (fairness, and a bound on queued body events).
 const READ_BUDGET: usize = 256 * 1024;
@@ -123,9 +153,12 @@ pub struct Engine {
     wheel: Wheel<Timer>,
     conns: Slab<Conn>,
     reqs: Slab<Req>,
-    ids: HashMap<RequestId, usize>,
+    ids: HashMap<RequestId, usize, IdHash>,
     pools: Vec<Pool>,
     pool_index: HashMap<Origin, usize>,
+    /// The scheme and authority of the last submitted URI and its pool:
+    /// consecutive requests to one origin skip building an `Origin`.
+    last_pool: Option<(bool, http::uri::Authority, usize)>,
     policies: HashMap<Origin, Policy>,
     out: VecDeque<Event>,
     dns: DnsPool,
@@ -302,7 +335,8 @@ impl Engine {
             wheel: Wheel::new(Instant::now()),
             conns: Slab::new(),
             reqs: Slab::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
+            last_pool: None,
             pools: Vec::new(),
             pool_index: HashMap::new(),
             policies: HashMap::new(),
@@ -374,11 +408,10 @@ impl Engine {
         if self.shut {
             return self.emit_failed(id, Error::Shutdown, false);
         }
-        let origin = match Origin::from_uri(request.uri()) {
-            Ok(o) => o,
+        let p = match self.pool_of_uri(request.uri()) {
+            Ok(p) => p,
             Err(e) => return self.emit_failed(id, e, false),
         };
-        let p = self.pool_for(origin);
         let key = self.reqs.insert(Req {
             id,
             pool: p,
@@ -613,6 +646,26 @@ impl Engine {
     }
 
     // ----- plumbing -------------------------------------------------------
+
+    /// The pool for a request URI. Pools are never removed, so the last
+    /// URI's pool stays valid; `Authority` compares case-insensitively.
+    fn pool_of_uri(&mut self, uri: &http::Uri) -> Result<usize, Error> {
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(true),
+            Some("http") => Some(false),
+            _ => None,
+        };
+        if let (Some((last_tls, last, p)), Some(tls), Some(authority)) =
+            (&self.last_pool, tls, uri.authority())
+        {
+            if *last_tls == tls && last == authority {
+                return Ok(*p);
+            }
+        }
+        let p = self.pool_for(Origin::from_uri(uri)?);
+        self.last_pool = tls.zip(uri.authority()).map(|(t, a)| (t, a.clone(), p));
+        Ok(p)
+    }
 
     fn pool_for(&mut self, origin: Origin) -> usize {
         if let Some(&p) = self.pool_index.get(&origin) {

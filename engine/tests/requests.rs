@@ -632,6 +632,36 @@ fn invalid_requests_end_at_once_with_one_event() {
 }
 
 #[test]
+fn scheme_and_authority_of_each_uri_pick_its_pool() {
+    // The engine remembers the last URI's pool; a URI that differs only in
+    // scheme must not land on it.
+    let server = TestServer::plain(|_, _| Reply::ok("plain"));
+    let mut engine = plain_engine(|_| {});
+    let plain = server.url_ip("/");
+    let ok = engine.submit(get(&plain), RequestOptions::default());
+    let out = finish(&mut engine, &[ok], T);
+    assert_eq!(out.response(ok).body(), "plain");
+    let ftp = engine.submit(
+        get(&plain.replace("http:", "ftp:")),
+        RequestOptions::default(),
+    );
+    let tls = engine.submit(
+        get(&plain.replace("http:", "https:")),
+        RequestOptions::default(),
+    );
+    let again = engine.submit(
+        get(&plain.replace("http:", "HTTP:")),
+        RequestOptions::default(),
+    );
+    let out = finish(&mut engine, &[ftp, tls, again], T);
+    assert!(matches!(out.error(ftp), Error::InvalidRequest(_)));
+    assert_eq!(out.error(tls).phase(), Phase::Tls);
+    assert_eq!(out.response(again).body(), "plain");
+    assert_eq!(engine.stats().connections_reused, 1);
+    assert_drained(&mut engine);
+}
+
+#[test]
 fn prometheus_rendering_names_counters() {
     let server = TestServer::plain(|_, _| Reply::ok("x"));
     let mut engine = plain_engine(|_| {});

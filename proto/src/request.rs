@@ -154,11 +154,11 @@ pub(crate) fn encode_head(
 /// `host[:port]` of the URI's authority, without user info.
 fn put_host(uri: &Uri, out: &mut BytesMut) {
     if let Some(authority) = uri.authority() {
-        out.put_slice(authority.host().as_bytes());
-        if let Some(port) = authority.port() {
-            out.put_u8(b':');
-            out.put_slice(port.as_str().as_bytes());
-        }
+        // The authority is already validated: drop `userinfo@` and an empty
+        // port's `:`, and what is left is `host[:port]`.
+        let s = authority.as_str();
+        let s = s.rsplit_once('@').map_or(s, |(_, rest)| rest);
+        out.put_slice(s.strip_suffix(':').unwrap_or(s).as_bytes());
     }
 }
 
@@ -255,6 +255,9 @@ mod tests {
             => "GET / HTTP/1.1\r\nhost: example.com:8443\r\n\r\n";
         request_host_drops_user_info:
             Method::GET, "http://user:pw@example.com/", [], Framing::None, Origin
+            => "GET / HTTP/1.1\r\nhost: example.com\r\n\r\n";
+        request_host_drops_an_empty_port:
+            Method::GET, "http://u@example.com:/", [], Framing::None, Origin
             => "GET / HTTP/1.1\r\nhost: example.com\r\n\r\n";
         request_host_for_ipv6_keeps_brackets:
             Method::GET, "http://[::1]:8080/", [], Framing::None, Origin
