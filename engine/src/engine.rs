@@ -124,7 +124,9 @@ struct Pool {
     origin: Origin,
     policy: Policy,
     conns: Vec<usize>,
-    idle: Vec<usize>,
+    /// Idle connections as (id, slab key), ascending by id: the youngest is
+    /// last, the oldest first.
+    idle: Vec<(ConnId, usize)>,
     queue: VecDeque<usize>,
     connecting: usize,
     last_used: Option<Instant>,
@@ -255,15 +257,23 @@ pub(crate) fn hinted_idle(
 
 /// Which idle connection gets the next request: the youngest (highest id,
 /// so older ones age out unused), and for a retry that must not reuse, only
-/// one that has carried nothing yet. Returns the index in `idle`.
+/// one that has carried nothing yet (`fresh` tells which). `idle` is sorted
+/// by id, so the usual pick is the last entry. Returns the index in `idle`.
 pub(crate) fn pick_idle(
-    idle: impl Iterator<Item = (ConnId, u32)>,
-    fresh_only: bool,
+    idle: &[(ConnId, usize)],
+    fresh_only: Option<&dyn Fn(usize) -> bool>,
 ) -> Option<usize> {
-    idle.enumerate()
-        .filter(|(_, (_, served))| !fresh_only || *served == 0)
-        .max_by_key(|(_, (id, _))| *id)
-        .map(|(i, _)| i)
+    match fresh_only {
+        None => idle.len().checked_sub(1),
+        Some(fresh) => idle.iter().rposition(|&(_, key)| fresh(key)),
+    }
+}
+
+/// Add an idle connection to `idle`, keeping it sorted by id.
+fn insert_idle(idle: &mut Vec<(ConnId, usize)>, id: ConnId, key: usize) {
+    // A connection going idle is usually the youngest or near it.
+    let at = idle.partition_point(|&(other, _)| other < id);
+    idle.insert(at, (id, key));
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -1333,17 +1343,15 @@ impl Engine {
             let pool = &self.pools[p];
             let Some(&rk) = pool.queue.front() else { break };
             let fresh = self.reqs.get(rk).is_some_and(|r| r.fresh_only);
-            let candidates = pool.idle.iter().map(|&k| {
-                let c = self.conns.get(k);
-                (
-                    c.map_or(ConnId(0), |c| c.id),
-                    c.map_or(u32::MAX, |c| c.served),
-                )
-            });
-            let pick = pick_idle(candidates, fresh);
+            let conns = &self.conns;
+            let unused = |k: usize| conns.get(k).is_some_and(|c| c.served == 0);
+            let pick = pick_idle(
+                &pool.idle,
+                fresh.then_some(&unused as &dyn Fn(usize) -> bool),
+            );
             let Some(i) = pick else { break };
             let pool = &mut self.pools[p];
-            let ck = pool.idle.swap_remove(i);
+            let (_, ck) = pool.idle.remove(i);
             pool.queue.pop_front();
             self.assign(ck, rk, now);
         }
@@ -1353,7 +1361,7 @@ impl Engine {
         while waiting > self.pools[p].connecting && self.has_token_room() {
             if self.pools[p].conns.len() >= max {
                 // Only fresh-only retries wait while connections sit idle: make room.
-                let Some(&victim) = self.pools[p].idle.first() else {
+                let Some(&(_, victim)) = self.pools[p].idle.first() else {
                     break;
                 };
                 self.close_conn(victim, CloseReason::Idle);
@@ -1375,7 +1383,7 @@ impl Engine {
         }
         conn.release_buffers();
         let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
-        self.pools[p].idle.push(key);
+        insert_idle(&mut self.pools[p].idle, conn.id, key);
         if let Some(limit) = limit {
             self.set_conn_timer(key, ConnTimer::Idle, now + limit);
         }
@@ -1876,7 +1884,7 @@ impl Engine {
         conn.shutdown(&self.registry);
         let pool = &mut self.pools[conn.pool];
         pool.conns.retain(|&k| k != key);
-        pool.idle.retain(|&k| k != key);
+        pool.idle.retain(|&(_, k)| k != key);
         if conn.stage != Stage::Ready && !conn.probe {
             pool.connecting = pool.connecting.saturating_sub(1);
         }
@@ -2023,12 +2031,19 @@ mod tests {
 
     #[test]
     fn the_youngest_idle_connection_gets_the_next_request() {
-        let idle = [(ConnId(3), 5), (ConnId(9), 1), (ConnId(4), 0)];
-        assert_eq!(pick_idle(idle.into_iter(), false), Some(1));
+        // (id, slab key); the key doubles as "requests served" here.
+        let mut idle = Vec::new();
+        for (id, key) in [(3, 5), (9, 1), (4, 0), (7, 0)] {
+            insert_idle(&mut idle, ConnId(id), key);
+        }
+        let ids: Vec<u64> = idle.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, [3, 4, 7, 9]);
+        assert_eq!(pick_idle(&idle, None), Some(3));
         // A retry that must use a fresh connection skips used ones.
-        assert_eq!(pick_idle(idle.into_iter(), true), Some(2));
-        assert_eq!(pick_idle([(ConnId(1), 2)].into_iter(), true), None);
-        assert_eq!(pick_idle(std::iter::empty(), false), None);
+        let unused = |served: usize| served == 0;
+        assert_eq!(pick_idle(&idle, Some(&unused)), Some(2));
+        assert_eq!(pick_idle(&idle[3..], Some(&unused)), None);
+        assert_eq!(pick_idle(&[], None), None);
     }
 
     #[test]
