@@ -50,6 +50,7 @@ mod session;
 mod sock;
 mod stats;
 mod tls;
+mod verify_cache;
 pub mod wheel;
 
 pub use chain::PeerChain;

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, WebPkiServerVerifier,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::{ClientIdentity, Trust};
+use crate::verify_cache::CachingVerifier;
 
 /// What identifies one version of a file: modification time, size and (on
 /// Unix) inode, so a file replaced by rename is seen even when the two
@@ -170,12 +173,20 @@ fn build(
     trust: &Trust,
     sessions: &Arc<ClientSessionMemoryCache>,
 ) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), FileError> {
-    let roots = read_roots(trust)?;
+    let roots = Arc::new(read_roots(trust)?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = |e: &dyn std::fmt::Display| bad(Path::new(""), format!("tls configuration: {e}"));
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| config(&e))?;
+    // Verification of a byte-identical chain is remembered (see
+    // verify_cache.rs); a new trust configuration starts a new cache.
+    let verifier = Arc::new(CachingVerifier::new(webpki));
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(Path::new(""), format!("tls configuration: {e}")))?
-        .with_root_certificates(roots);
+        .map_err(|e| config(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut full = match &trust.client_identity {
         None => builder.with_no_client_auth(),
         Some(id) => {
