@@ -50,7 +50,12 @@ fn https_get_reports_full_handshake_version_alpn_and_chain() {
     assert_eq!(opened.len(), 1);
     let info = opened[0];
     assert_eq!(info.handshake, Some(Handshake::Full));
-    assert!(info.tls_version.is_some() && info.cipher_suite.is_some());
+    assert_eq!(info.tls_version, Some(rustls::ProtocolVersion::TLSv1_3));
+    // rotary offers AES-128-GCM first (the test server follows the client).
+    assert_eq!(
+        info.cipher_suite,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
     let chain = info.chain.as_ref().expect("tls connections carry a chain");
     assert_eq!(chain.der(), &leaf.chain_der()[..]);

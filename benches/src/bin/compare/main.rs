@@ -50,7 +50,7 @@ Pieces, for profiling one client by hand (e.g. under perf):
   compare server --dir DIR [--port P]   the builtin server; prints LISTEN <port>
   compare client rotary|hyper load|idle --url U --ca FILE [--conns C]
       [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
-      [--close] [--idle N]
+      [--close] [--idle N] [--max-conns N]
 ";
 
 /// What one client process is asked to do.
@@ -64,6 +64,8 @@ pub(crate) struct ClientArgs {
     /// `Connection: close` on every request (and rotary's `max_requests = 1`).
     pub(crate) close: bool,
     pub(crate) idle: usize,
+    /// rotary's per-origin `max_connections`; 0 means `conns`.
+    pub(crate) max_conns: usize,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +117,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
         max_age: None,
         close: false,
         idle: 0,
+        max_conns: 0,
     };
     let mut it = args[2..].iter();
     while let Some(flag) = it.next() {
@@ -134,6 +137,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
             }
             "--close" => a.close = true,
             "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
+            "--max-conns" => a.max_conns = number(value(&mut it, flag)?, flag)?,
             _ => return Err(format!("client: unknown flag {flag:?}")),
         }
     }
@@ -326,13 +330,17 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
     if o.only.contains('d') {
         let url = format!("{base}{}", server::SMALL);
         let window = if o.quick { 500 } else { 2000 };
-        let mut expiring = load_args("rotary", &url, ca, 16, warm, window);
+        // Prewarm never opens beyond max_connections, so make-before-break
+        // needs room above the concurrency: both runs allow 2 × C.
+        let mut steady = load_args("rotary", &url, ca, 16, warm, window);
+        steady.extend(["--max-conns".into(), "32".into()]);
+        let mut expiring = steady.clone();
         expiring.extend(["--max-age-ms".into(), "100".into()]);
         out.push(Spec {
-            title: "d. expiry under load: rotary C=16, GET 5 B".into(),
+            title: "d. expiry under load: rotary C=16 (max_connections 32), GET 5 B".into(),
             labels: ("max_age 100 ms", "no expiry"),
             a: expiring,
-            b: load_args("rotary", &url, ca, 16, warm, window),
+            b: steady,
             rows: Row::expiry(),
         });
     }

@@ -51,7 +51,12 @@ fn uri(a: &ClientArgs) -> Result<http::Uri, String> {
 /// each ends.
 pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
     let uri = uri(a)?;
-    let mut engine = engine(a, a.conns)?;
+    let max = if a.max_conns == 0 {
+        a.conns
+    } else {
+        a.max_conns
+    };
+    let mut engine = engine(a, max)?;
     let opts = RequestOptions::default();
     let mut clock = Clock::new(a.schedule);
     let mut started: HashMap<RequestId, Instant> = HashMap::with_capacity(a.conns * 2);
