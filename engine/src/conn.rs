@@ -170,10 +170,13 @@ impl Conn {
 
     /// Read until `WouldBlock`, EOF, or `budget` bytes (and, with
     /// `stop_short`, a short read); plaintext goes to `rbuf`. TLS records
-    /// are read into the shared `scratch` and decrypted from there.
+    /// are read into the shared `scratch` and decrypted from there; records
+    /// the handshake answers with wait for the next `flush` (`stage` is left
+    /// empty).
     pub(crate) fn read_pass(
         &mut self,
         scratch: &mut [u8],
+        stage: &mut Vec<u8>,
         budget: usize,
         stop_short: bool,
     ) -> Result<ReadPass, IoFailure> {
@@ -228,9 +231,9 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => (carried, false),
                 Err(e) => return Err(IoFailure::Io(e)),
             };
-            let done = tls
-                .process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf)
-                .map_err(IoFailure::Tls)?;
+            let done = tls.process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf, stage);
+            tls.park(stage);
+            let done = done.map_err(IoFailure::Tls)?;
             pass.bytes += done.plaintext;
             pass.eof |= done.closed || fin;
             pass.unclean |= fin && !done.closed && !tls.peer_closed();
@@ -249,8 +252,9 @@ impl Conn {
         }
     }
 
-    /// Write `wbuf` (through TLS) until done or `WouldBlock`.
-    pub(crate) fn flush(&mut self) -> Result<(), IoFailure> {
+    /// Write `wbuf` (through TLS, encrypted into the shared `stage`) until
+    /// done or `WouldBlock`.
+    pub(crate) fn flush(&mut self, stage: &mut Vec<u8>) -> Result<(), IoFailure> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(());
         };
@@ -268,14 +272,15 @@ impl Conn {
         };
         if tls.is_handshaking() || !self.wbuf.is_empty() {
             let mut pending = tls.take_pending();
-            let done = tls
-                .process(&mut pending, &mut self.rbuf, &mut self.wbuf)
-                .map_err(IoFailure::Tls)?;
+            let done = tls.process(&mut pending, &mut self.rbuf, &mut self.wbuf, stage);
+            let sent = tls.send(sock, stage);
+            let done = done.map_err(IoFailure::Tls)?;
             let consumed = done.consumed.min(pending.len());
             pending.drain(..consumed);
             tls.keep_pending_vec(pending).map_err(IoFailure::Io)?;
+            return sent.map_err(IoFailure::Io);
         }
-        tls.write_to(sock).map_err(IoFailure::Io)
+        tls.send(sock, stage).map_err(IoFailure::Io)
     }
 
     /// Bytes are waiting to go out.
@@ -312,12 +317,10 @@ impl Conn {
                     tls.queue_close_notify();
                     let mut pending = tls.take_pending();
                     let mut nothing = BytesMut::new();
-                    if tls
-                        .process(&mut pending, &mut nothing, &mut BytesMut::new())
-                        .is_ok()
-                    {
-                        let _ = tls.write_to(&mut sock);
-                    }
+                    let mut stage = Vec::new();
+                    let _ =
+                        tls.process(&mut pending, &mut nothing, &mut BytesMut::new(), &mut stage);
+                    let _ = tls.send(&mut sock, &mut stage);
                 }
             }
             if self.interest.is_some() {

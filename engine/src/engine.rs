@@ -173,6 +173,8 @@ pub struct Engine {
     next_req: Arc<AtomicU64>,
     next_conn: u64,
     scratch: Vec<u8>,
+    /// Outgoing TLS records of one connection, from encryption to the socket.
+    stage: Vec<u8>,
     read_again: Vec<(usize, ConnId)>,
     shut: bool,
 }
@@ -361,6 +363,7 @@ impl Engine {
             next_req: Arc::new(AtomicU64::new(1)),
             next_conn: 1,
             scratch: vec![0; SCRATCH],
+            stage: Vec::with_capacity(16 * 1024 + 256),
             read_again: Vec::new(),
             shut: false,
         })
@@ -1440,14 +1443,14 @@ impl Engine {
         // Slab keys are reused: a connection closed below may hand its key to
         // a new one, so every later look-up checks the id too.
         let id = conn.id;
-        if let Err(e) = conn.flush() {
+        if let Err(e) = conn.flush(&mut self.stage) {
             return self.io_failed(key, e, true, now);
         }
         let pass = match read {
             ReadMode::Skip => ReadPass::default(),
             ReadMode::UntilShort | ReadMode::UntilWouldBlock => {
                 let stop_short = read == ReadMode::UntilShort;
-                match conn.read_pass(&mut self.scratch, READ_BUDGET, stop_short) {
+                match conn.read_pass(&mut self.scratch, &mut self.stage, READ_BUDGET, stop_short) {
                     Ok(pass) => pass,
                     Err(f) => {
                         // Bytes that arrived intact before the failure still
@@ -1480,7 +1483,7 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
             return;
         };
-        if let Err(e) = conn.flush() {
+        if let Err(e) = conn.flush(&mut self.stage) {
             return self.io_failed(key, e, true, now);
         }
         if pass.more {

@@ -1,7 +1,9 @@
 //! A TLS client session on rustls's unbuffered API, so the engine owns every
 //! buffer: records are read into the loop's one shared scratch buffer and
-//! decrypted from there; only a partial record is kept per connection, and
-//! only until it completes. An idle connection holds no TLS buffer at all.
+//! decrypted from there, and outgoing records are encoded into the loop's one
+//! shared staging buffer and written from there. Only a partial record and
+//! bytes the socket would not take are kept per connection, and only until
+//! they are done. An idle connection holds no TLS buffer at all.
 
 use std::io::{self, Write};
 use std::ops::Deref;
@@ -32,7 +34,8 @@ pub(crate) struct Session {
     conn: UnbufferedClientConnection,
     /// Incoming bytes of an incomplete record or handshake message.
     pending: Vec<u8>,
-    /// Encoded TLS bytes not yet written to the socket.
+    /// Encoded TLS bytes the socket did not take yet (new records queue
+    /// behind them, so order is kept).
     out: Vec<u8>,
     close_queued: bool,
     peer_closed: bool,
@@ -118,13 +121,21 @@ impl Session {
 
     /// Run the state machine over `input`: decrypt application data into
     /// `rbuf`, encode handshake records and encrypt `wbuf` (once the handshake
-    /// allows it) into the output buffer. Stops when rustls needs more input.
+    /// allows it) into `stage`, or behind the unsent bytes when there are
+    /// some. Stops when rustls needs more input. [`Session::send`] must
+    /// follow before `stage` serves another connection.
     pub(crate) fn process(
         &mut self,
         input: &mut [u8],
         rbuf: &mut BytesMut,
         wbuf: &mut BytesMut,
+        stage: &mut Vec<u8>,
     ) -> Result<Processed, rustls::Error> {
+        let out: &mut Vec<u8> = if self.out.is_empty() {
+            stage
+        } else {
+            &mut self.out
+        };
         let mut done = Processed::default();
         loop {
             let status = self.conn.process_tls_records(&mut input[done.consumed..]);
@@ -139,7 +150,7 @@ impl Session {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    write_into(&mut self.out, 2048, |buf| match encode.encode(buf) {
+                    write_into(out, 2048, |buf| match encode.encode(buf) {
                         Ok(n) => Ok(n),
                         Err(EncodeError::InsufficientSize(InsufficientSizeError {
                             required_size,
@@ -153,16 +164,16 @@ impl Session {
                 ConnectionState::TransmitTlsData(mut transmit) => {
                     // The records are in `out`, which `write_to` sends in order.
                     if let Some(mut traffic) = transmit.may_encrypt_app_data() {
-                        encrypt(&mut traffic, &mut self.out, wbuf)?;
+                        encrypt(&mut traffic, out, wbuf)?;
                     }
                     transmit.done();
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    encrypt(&mut traffic, &mut self.out, wbuf)?;
+                    encrypt(&mut traffic, out, wbuf)?;
                     if self.close_queued {
                         self.close_queued = false;
                         // Best effort: a close that does not fit is just a FIN.
-                        let _ = write_into(&mut self.out, 64, |buf| {
+                        let _ = write_into(out, 64, |buf| {
                             traffic.queue_close_notify(buf).map_err(|_| None)
                         });
                     }
@@ -205,27 +216,51 @@ impl Session {
         }
     }
 
-    /// Write the output buffer until done or `WouldBlock`.
-    pub(crate) fn write_to(&mut self, sock: &mut impl Write) -> io::Result<()> {
-        let mut sent = 0;
-        let result = loop {
-            if sent == self.out.len() {
-                break Ok(());
-            }
-            match sock.write(&self.out[sent..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        self.out.drain(..sent);
-        if self.out.is_empty() && self.out.capacity() > 4096 {
-            self.out = Vec::new();
+    /// Keep what `process` staged to be sent later, leaving `stage` empty.
+    pub(crate) fn park(&mut self, stage: &mut Vec<u8>) {
+        if !stage.is_empty() {
+            self.out.extend_from_slice(stage);
+            stage.clear();
         }
+    }
+
+    /// Write the unsent bytes, then what `process` staged, until done or
+    /// `WouldBlock`; what the socket does not take is kept. `stage` is
+    /// always left empty, also on error.
+    pub(crate) fn send(&mut self, sock: &mut impl Write, stage: &mut Vec<u8>) -> io::Result<()> {
+        if !self.out.is_empty() {
+            // `process` stages nothing while these wait; anything staged
+            // anyway queues behind them.
+            self.park(stage);
+            let (sent, result) = write_some(sock, &self.out);
+            self.out.drain(..sent);
+            if self.out.is_empty() {
+                self.out = Vec::new();
+            }
+            return result;
+        }
+        let (sent, result) = write_some(sock, stage);
+        if result.is_ok() && sent < stage.len() {
+            self.out.extend_from_slice(&stage[sent..]);
+        }
+        stage.clear();
         result
     }
+}
+
+/// Write `buf` until done, `WouldBlock` or an error; the bytes written.
+fn write_some(sock: &mut impl Write, buf: &[u8]) -> (usize, io::Result<()>) {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match sock.write(&buf[sent..]) {
+            Ok(0) => return (sent, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (sent, Err(e)),
+        }
+    }
+    (sent, Ok(()))
 }
 
 /// Append to `out` what `fill` writes into a slice of `room` bytes; `fill`
@@ -277,4 +312,84 @@ fn encrypt(
         wbuf.advance(take);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most `room` bytes, then answers `WouldBlock` (or `fail`).
+    struct Sink {
+        got: Vec<u8>,
+        room: usize,
+        fail: bool,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.fail {
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn session() -> Session {
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+        let name = ServerName::try_from("a.test").expect("name");
+        Session::new(Arc::new(config), name).expect("session")
+    }
+
+    #[test]
+    fn staged_bytes_the_socket_refuses_are_kept_in_order_and_stage_is_emptied() {
+        let mut s = session();
+        let mut sock = Sink {
+            got: Vec::new(),
+            room: 4,
+            fail: false,
+        };
+        let mut stage = b"abcdef".to_vec();
+        s.send(&mut sock, &mut stage).expect("send");
+        assert_eq!(sock.got, b"abcd");
+        assert!(stage.is_empty() && s.wants_write());
+        // Staged while bytes wait: queued behind them, nothing is lost.
+        stage.extend_from_slice(b"gh");
+        sock.room = 100;
+        s.send(&mut sock, &mut stage).expect("send");
+        assert_eq!(sock.got, b"abcdefgh");
+        assert!(stage.is_empty() && !s.wants_write());
+        // park keeps bytes for a later send without writing.
+        stage.extend_from_slice(b"ij");
+        s.park(&mut stage);
+        assert!(stage.is_empty() && s.wants_write());
+        s.send(&mut sock, &mut stage).expect("send");
+        assert_eq!(sock.got, b"abcdefghij");
+    }
+
+    #[test]
+    fn a_failed_write_still_empties_the_shared_stage() {
+        let mut s = session();
+        let mut sock = Sink {
+            got: Vec::new(),
+            room: 0,
+            fail: true,
+        };
+        let mut stage = b"secret of this connection".to_vec();
+        assert!(s.send(&mut sock, &mut stage).is_err());
+        assert!(stage.is_empty());
+    }
 }
