@@ -92,6 +92,8 @@ pub(crate) struct Conn {
     pub(crate) retiring: Option<crate::CloseReason>,
     pub(crate) connected_at: Option<Instant>,
     pub(crate) idle_limit: Option<std::time::Duration>,
+    /// While idle with an idle limit: when the idle timeout closes it.
+    pub(crate) idle_until: Option<Instant>,
     pub(crate) timers: [Option<TimerKey>; CONN_TIMERS],
     pub(crate) interest: Option<Interest>,
     pub(crate) chain: Option<Arc<PeerChain>>,
@@ -129,6 +131,7 @@ impl Conn {
             retiring: None,
             connected_at: None,
             idle_limit: None,
+            idle_until: None,
             timers: [None; CONN_TIMERS],
             interest: None,
             chain: None,

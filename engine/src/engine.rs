@@ -837,13 +837,17 @@ impl Engine {
                         }
                         Stage::Ready => {}
                     },
-                    ConnTimer::Idle => {
-                        if conn.is_idle() {
+                    // Armed lazily (see make_idle): the connection may have
+                    // worked and gone idle again since; then it waits on.
+                    ConnTimer::Idle => match conn.idle_until.filter(|_| conn.is_idle()) {
+                        Some(until) if until <= now => {
                             let p = conn.pool;
                             self.close_conn(key, CloseReason::Idle);
                             self.dispatch(p, now);
                         }
-                    }
+                        Some(until) => self.set_conn_timer(key, ConnTimer::Idle, until),
+                        None => {}
+                    },
                     ConnTimer::MaxAge => self.expire(key, now),
                     ConnTimer::Drain => {
                         if conn.req.is_some() {
@@ -1387,17 +1391,25 @@ impl Engine {
         conn.release_buffers();
         let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
         insert_idle(&mut self.pools[p].idle, conn.id, key);
-        if let Some(limit) = limit {
-            self.set_conn_timer(key, ConnTimer::Idle, now + limit);
+        conn.idle_until = limit.map(|l| now + l);
+        // A busy keep-alive connection goes idle once per exchange: an idle
+        // timer still armed from an earlier idle spell stays and, when it
+        // fires, re-arms for the rest. The wheel is touched only when the
+        // new deadline is earlier (a server's Keep-Alive hint) or none is set.
+        let armed = conn.timers[ConnTimer::Idle as usize].and_then(|t| self.wheel.deadline(t));
+        if let Some(until) = conn.idle_until {
+            if armed.is_none_or(|at| at > until) {
+                self.set_conn_timer(key, ConnTimer::Idle, until);
+            }
         }
         self.dispatch(p, now);
     }
 
     fn assign(&mut self, ck: usize, rk: usize, now: Instant) {
-        self.clear_conn_timer(ck, ConnTimer::Idle);
         let (Some(conn), Some(req)) = (self.conns.get_mut(ck), self.reqs.get_mut(rk)) else {
             return;
         };
+        conn.idle_until = None;
         let r = &req.request;
         let body = r.body();
         let needs_body =

@@ -451,6 +451,45 @@ fn idle_connection_closed_by_server_is_dropped_at_once() {
 }
 
 #[test]
+fn idle_timeout_counts_from_the_last_exchange_not_the_first() {
+    // The idle timer is re-armed lazily: one armed before the connection got
+    // busy again must not close it, and it still closes once truly idle.
+    let idle = Duration::from_millis(150);
+    let server = TestServer::plain(|_, _| Reply::ok("x"));
+    let mut engine = plain_engine(|c| c.policy.idle_timeout = Some(idle));
+    let started = Instant::now();
+    let (mut served, mut last) = (0, started);
+    while started.elapsed() < idle * 4 && served < 10_000 {
+        last = Instant::now();
+        let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
+        finish(&mut engine, &[id], T);
+        served += 1;
+    }
+    assert_eq!(
+        engine.stats().connections_opened,
+        1,
+        "after {served} requests"
+    );
+    let mut events = Vec::new();
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(
+            e,
+            Event::Closed {
+                reason: CloseReason::Idle,
+                ..
+            }
+        )
+    });
+    // The last exchange went idle after `last`: the close cannot be earlier.
+    assert!(
+        last.elapsed() >= idle,
+        "closed {:?} after the last submit",
+        last.elapsed()
+    );
+    assert_drained(&mut engine);
+}
+
+#[test]
 fn idle_timeout_closes_unused_connections() {
     let server = TestServer::plain(|_, _| Reply::ok("x"));
     let mut engine = plain_engine(|c| c.policy.idle_timeout = Some(Duration::from_millis(30)));
