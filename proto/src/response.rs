@@ -1,5 +1,7 @@
 //! Response head parsing on httparse, incremental and bounded.
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
@@ -32,19 +34,21 @@ pub(crate) fn parse_head(
     limits: &Limits,
 ) -> Result<Option<ResponseHead>, Error> {
     let window = &input[..input.len().min(limits.max_head_bytes)];
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    // Uninitialized slots: httparse fills only what it parses, so a head is
+    // not preceded by writing `max_headers` empty slots (3.2 KiB by default).
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
     let mut heap = Vec::new();
-    let fields: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+    let fields = if limits.max_headers <= STACK_HEADERS {
         &mut stack[..limits.max_headers]
     } else {
-        heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
-        &mut heap
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut heap[..]
     };
-    let mut response = httparse::Response::new(fields);
+    let mut response = httparse::Response::new(&mut []);
     // Folded lines are parsed only to be refused with the header's name.
     let mut config = httparse::ParserConfig::default();
     config.allow_obsolete_multiline_headers_in_responses(true);
-    let len = match config.parse_response(&mut response, window) {
+    let len = match config.parse_response_with_uninit_headers(&mut response, window, fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if window.len() >= limits.max_head_bytes => {
             return Err(Error::HeadTooLarge {
