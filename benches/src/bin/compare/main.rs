@@ -50,7 +50,7 @@ Pieces, for profiling one client by hand (e.g. under perf):
   compare server --dir DIR [--port P]   the builtin server; prints LISTEN <port>
   compare client rotary|hyper load|idle --url U --ca FILE [--conns C]
       [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
-      [--close] [--idle N] [--max-conns N]
+      [--close] [--idle N] [--max-conns N] [--side-handshakes RATE]
 ";
 
 /// What one client process is asked to do.
@@ -66,6 +66,9 @@ pub(crate) struct ClientArgs {
     pub(crate) idle: usize,
     /// rotary's per-origin `max_connections`; 0 means `conns`.
     pub(crate) max_conns: usize,
+    /// Full handshakes per second made meanwhile by a second engine on
+    /// another thread of the same process (0: none).
+    pub(crate) side_handshakes: f64,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
         close: false,
         idle: 0,
         max_conns: 0,
+        side_handshakes: 0.0,
     };
     let mut it = args[2..].iter();
     while let Some(flag) = it.next() {
@@ -138,6 +142,13 @@ fn client_main(args: &[String]) -> Result<(), String> {
             "--close" => a.close = true,
             "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
             "--max-conns" => a.max_conns = number(value(&mut it, flag)?, flag)?,
+            "--side-handshakes" => {
+                a.side_handshakes = value(&mut it, flag)?
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| r.is_finite() && *r >= 0.0 && *r <= 100_000.0)
+                    .ok_or("--side-handshakes: a rate from 0 to 100000 per second")?
+            }
             _ => return Err(format!("client: unknown flag {flag:?}")),
         }
     }
@@ -340,8 +351,26 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
             title: "d. expiry under load: rotary C=16 (max_connections 32), GET 5 B".into(),
             labels: ("max_age 100 ms", "no expiry"),
             a: expiring,
-            b: steady,
+            b: steady.clone(),
             rows: Row::expiry(),
+        });
+        // The same handshake rate, made off the loop: a second engine on
+        // another thread of the client opens (and closes) connections at the
+        // rate the expiry run replaces them: 16 connections living 100 ms
+        // less 5 ms of mean jitter less the 25 ms prewarm lead. What this
+        // does to the first engine's tail is what moving handshakes to a
+        // worker thread could at best achieve on this machine.
+        let rate = 16.0 / (0.100 - 0.005 - 0.025);
+        let mut side = steady.clone();
+        side.extend(["--side-handshakes".into(), format!("{rate:.0}")]);
+        out.push(Spec {
+            title: format!(
+                "d. reference: no expiry, {rate:.0} handshakes/s by a second engine on another thread"
+            ),
+            labels: ("with side handshakes", "no expiry"),
+            a: side,
+            b: steady,
+            rows: Row::side_handshakes(),
         });
     }
     out

@@ -149,6 +149,16 @@ impl Row {
         ]
     }
 
+    pub(crate) fn side_handshakes() -> Vec<Row> {
+        vec![
+            Row::new("failed requests", Value::Key("failed_total"), 0),
+            Row::new("p99 latency µs", Value::Key("p99_us"), 0),
+            Row::new("p50 latency µs", Value::Key("p50_us"), 0),
+            Row::new("requests / s", Value::Key("req_per_s"), 0),
+            Row::new("side handshakes / s", Value::Key("side_per_s"), 0),
+        ]
+    }
+
     pub(crate) fn expiry() -> Vec<Row> {
         vec![
             Row::new("failed requests", Value::Key("failed_total"), 0).target(Target::Equals(0.0)),

@@ -2,6 +2,8 @@
 //! `next_event`, exactly as an embedder without a host loop would.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,6 +59,11 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
         a.max_conns
     };
     let mut engine = engine(a, max)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let side = (a.side_handshakes > 0.0).then(|| {
+        let (a, stop) = (a.clone(), stop.clone());
+        std::thread::spawn(move || side_handshakes(&a, &stop))
+    });
     let opts = RequestOptions::default();
     let mut clock = Clock::new(a.schedule);
     let mut started: HashMap<RequestId, Instant> = HashMap::with_capacity(a.conns * 2);
@@ -101,6 +108,13 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
         }
         clock.tick(completed)?;
     }
+    stop.store(true, Ordering::Relaxed);
+    let side_per_s = match side.map(|t| t.join()) {
+        None => 0.0,
+        Some(Ok(Ok(rate))) => rate,
+        Some(Ok(Err(e))) => return Err(format!("side handshakes: {e}")),
+        Some(Err(_)) => return Err("side handshakes: the thread panicked".into()),
+    };
     if completed == failed_total {
         return Err(format!(
             "every request failed; first: {}",
@@ -118,9 +132,50 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
         .put("opened", stats.connections_opened)
         .put("handshakes_full", stats.handshakes_full)
         .put("handshakes_resumed", stats.handshakes_resumed)
-        .put("max_rss_kib", measure::cpu().max_rss_kib);
+        .put("max_rss_kib", measure::cpu().max_rss_kib)
+        .put("side_per_s", format!("{side_per_s:.1}"));
     engine.shutdown();
     Ok(r)
+}
+
+/// A second engine that opens connections at `a.side_handshakes` per second,
+/// each carrying one `Connection: close` request (a full handshake, then a
+/// close), until `stop`. Returns the rate achieved.
+fn side_handshakes(a: &ClientArgs, stop: &AtomicBool) -> Result<f64, String> {
+    let mut a = a.clone();
+    a.close = true;
+    a.max_age = None;
+    let uri = uri(&a)?;
+    // A few in flight at most: the pace, not a backlog, sets the rate.
+    let mut engine = engine(&a, 4)?;
+    let period = Duration::from_secs_f64(1.0 / a.side_handshakes);
+    let started = Instant::now();
+    let (mut next, mut in_flight, mut done) = (started, 0usize, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= next && in_flight < 8 {
+            engine.submit(request(&a, &uri), RequestOptions::default());
+            in_flight += 1;
+            next += period;
+            continue;
+        }
+        let wait = next
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(5));
+        engine.poll(Some(wait)).map_err(|e| format!("poll: {e}"))?;
+        while let Some(ev) = engine.next_event() {
+            match ev {
+                Event::Response { .. } => {
+                    in_flight -= 1;
+                    done += 1;
+                }
+                Event::Failed { error, .. } => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    }
+    engine.shutdown();
+    Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Opens `idle` connections (each carries one request), holds them idle and
