@@ -45,49 +45,25 @@ pub(crate) fn parse_head(
         &mut heap[..]
     };
     let mut response = httparse::Response::new(&mut []);
-    // Folded lines are parsed only to be refused with the header's name.
-    let mut config = httparse::ParserConfig::default();
-    config.allow_obsolete_multiline_headers_in_responses(true);
-    let len = match config.parse_response_with_uninit_headers(&mut response, window, fields) {
+    // Strict first: a head without folded lines (all of them, in practice)
+    // needs no scan of its values. Any error is looked at again leniently.
+    let strict = httparse::ParserConfig::default();
+    let len = match strict.parse_response_with_uninit_headers(&mut response, window, fields) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if window.len() >= limits.max_head_bytes => {
-            return Err(Error::HeadTooLarge {
-                limit: limits.max_head_bytes,
-            })
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::TooManyHeaders {
-                limit: limits.max_headers,
-            })
-        }
-        Err(err) => {
-            return Err(Error::InvalidHead {
-                reason: reason(err),
-            })
-        }
+        Ok(httparse::Status::Partial) => return incomplete(window, limits),
+        Err(err) => return refuse(window, limits, err),
     };
-
-    let invalid = |reason| Error::InvalidHead { reason };
     let version = match response.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => return Err(invalid("invalid HTTP version")),
     };
-    let status = response
-        .code
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .ok_or(invalid("invalid status code"))?;
+    let status = status_code(response.code)?;
     // Where each name and value lies in the head, to slice the shared buffer.
     let base = window.as_ptr() as usize;
     let offset = |part: &[u8]| part.as_ptr() as usize - base;
     let mut spans = Vec::with_capacity(response.headers.len());
     for field in response.headers.iter() {
-        if field.value.iter().any(|&b| b == b'\r' || b == b'\n') {
-            return Err(Error::ObsoleteLineFolding {
-                name: field.name.to_owned(),
-            });
-        }
         let name = offset(field.name.as_bytes());
         let value = offset(field.value);
         spans.push((
@@ -112,6 +88,66 @@ pub(crate) fn parse_head(
         version,
         headers,
     }))
+}
+
+fn invalid(reason: &'static str) -> Error {
+    Error::InvalidHead { reason }
+}
+
+fn status_code(code: Option<u16>) -> Result<StatusCode, Error> {
+    code.and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(invalid("invalid status code"))
+}
+
+/// A head not complete yet: wait, unless it has used up its limit.
+fn incomplete(window: &[u8], limits: &Limits) -> Result<Option<ResponseHead>, Error> {
+    if window.len() >= limits.max_head_bytes {
+        return Err(Error::HeadTooLarge {
+            limit: limits.max_head_bytes,
+        });
+    }
+    Ok(None)
+}
+
+fn parse_error(err: httparse::Error, limits: &Limits) -> Error {
+    match err {
+        httparse::Error::TooManyHeaders => Error::TooManyHeaders {
+            limit: limits.max_headers,
+        },
+        err => invalid(reason(err)),
+    }
+}
+
+/// The strict parse failed: parse again allowing folded lines, so a fold is
+/// refused naming its header (or waited for, when the head is incomplete).
+/// The outcome is what a lenient parse alone would give; heads are never
+/// built here.
+fn refuse(
+    window: &[u8],
+    limits: &Limits,
+    strict: httparse::Error,
+) -> Result<Option<ResponseHead>, Error> {
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut response = httparse::Response::new(&mut fields);
+    let mut lenient = httparse::ParserConfig::default();
+    lenient.allow_obsolete_multiline_headers_in_responses(true);
+    match lenient.parse_response(&mut response, window) {
+        Ok(httparse::Status::Complete(_)) => {
+            status_code(response.code)?;
+            let folded = response
+                .headers
+                .iter()
+                .find(|f| f.value.iter().any(|&b| b == b'\r' || b == b'\n'));
+            Err(match folded {
+                Some(field) => Error::ObsoleteLineFolding {
+                    name: field.name.to_owned(),
+                },
+                None => parse_error(strict, limits),
+            })
+        }
+        Ok(httparse::Status::Partial) => incomplete(window, limits),
+        Err(err) => Err(parse_error(err, limits)),
+    }
 }
 
 fn reason(err: httparse::Error) -> &'static str {

@@ -199,6 +199,15 @@ exchange_cases! {
     obsolete_line_folding_is_refused:
         Get, "HTTP/1.1 200 OK\r\nX-Folded: one\r\n\ttwo\r\nContent-Length: 0\r\n\r\n"
         => fails(Error::ObsoleteLineFolding { name: "X-Folded".into() });
+    obsolete_line_folding_with_space_in_a_later_header_is_refused:
+        Get, "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n  3\r\n\r\n"
+        => fails(Error::ObsoleteLineFolding { name: "B".into() });
+    a_bad_status_code_is_reported_before_a_fold:
+        Get, "HTTP/1.1 099 Low\r\nX-Folded: one\r\n two\r\n\r\n"
+        => fails(Error::InvalidHead { reason: "invalid status code" });
+    a_line_starting_with_space_before_any_header_is_invalid:
+        Get, "HTTP/1.1 200 OK\r\n X: 1\r\n\r\n"
+        => fails(Error::InvalidHead { reason: "invalid header name" });
     too_many_headers_are_refused:
         Get, many_headers(100) => fails(Error::TooManyHeaders { limit: 100 });
     exactly_max_headers_are_accepted:
