@@ -671,7 +671,10 @@ impl Engine {
         if let (Some((last_tls, last, p)), Some(tls), Some(authority)) =
             (&self.last_pool, tls, uri.authority())
         {
-            if *last_tls == tls && last == authority {
+            // A URI cloned from the last one shares its bytes: no compare.
+            let same = last.as_str().as_ptr() == authority.as_str().as_ptr()
+                && last.as_str().len() == authority.as_str().len();
+            if *last_tls == tls && (same || last == authority) {
                 return Ok(*p);
             }
         }

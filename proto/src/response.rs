@@ -21,6 +21,8 @@ pub struct ResponseHead {
 
 /// Header slots parsed on the stack; a larger `max_headers` uses the heap.
 const STACK_HEADERS: usize = 128;
+/// Where the fields lie, kept on the stack for heads with up to this many.
+const STACK_SPANS: usize = 32;
 
 /// Parse one response head (final or interim) from the front of `input` and
 /// consume it.
@@ -62,18 +64,31 @@ pub(crate) fn parse_head(
     // Where each name and value lies in the head, to slice the shared buffer.
     let base = window.as_ptr() as usize;
     let offset = |part: &[u8]| part.as_ptr() as usize - base;
-    let mut spans = Vec::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = offset(field.name.as_bytes());
-        let value = offset(field.value);
-        spans.push((
-            name..name + field.name.len(),
-            value..value + field.value.len(),
-        ));
-    }
+    let span = |field: &httparse::Header<'_>| {
+        let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
+        [
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        ]
+    };
+    // Up to STACK_SPANS on the stack (responses carry ~10), more on the heap.
+    let mut stack_spans = [[0; 4]; STACK_SPANS];
+    let mut heap_spans = Vec::new();
+    let spans = if response.headers.len() <= STACK_SPANS {
+        for (slot, field) in stack_spans.iter_mut().zip(response.headers.iter()) {
+            *slot = span(field);
+        }
+        &stack_spans[..response.headers.len()]
+    } else {
+        heap_spans.extend(response.headers.iter().map(span));
+        &heap_spans[..]
+    };
     let head = input.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, value) in spans {
+    for &[name, name_end, value, value_end] in spans {
+        let (name, value) = (name..name_end, value..value_end);
         let name = head.get(name).map(HeaderName::from_bytes);
         let value = head
             .get(value.clone())
