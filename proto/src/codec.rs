@@ -7,7 +7,7 @@ use http::{Method, StatusCode, Uri};
 use crate::body::{body_length, BodyDecoder, BodyLength, Decoded};
 use crate::keepalive::{has_token, keep_alive_hints, KeepAliveHints, Reuse, Verdict};
 use crate::request::{encode_head, put_chunk, Framing, LAST_CHUNK};
-use crate::response::{parse_head, ResponseHead};
+use crate::response::{parse_head, NameCache, ResponseHead};
 use crate::{Error, TargetForm};
 
 /// Limits on what a peer can make the codec buffer.
@@ -148,6 +148,7 @@ pub struct Codec {
     phase: Phase,
     exchange: Exchange,
     error: Option<Error>,
+    names: NameCache,
 }
 
 impl Codec {
@@ -158,6 +159,7 @@ impl Codec {
             phase: Phase::Idle,
             exchange: Exchange::default(),
             error: None,
+            names: NameCache::default(),
         }
     }
 
@@ -409,7 +411,7 @@ impl Codec {
                 Reading::Body(decoder) => decoder,
                 Reading::Head => {
                     self.exchange.started |= !input.is_empty();
-                    let Some(head) = parse_head(input, &self.limits)? else {
+                    let Some(head) = parse_head(input, &self.limits, &mut self.names)? else {
                         return Ok(None);
                     };
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {

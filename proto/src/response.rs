@@ -24,6 +24,33 @@ const STACK_HEADERS: usize = 128;
 /// Where the fields lie, kept on the stack for heads with up to this many.
 const STACK_SPANS: usize = 32;
 
+/// The header names of earlier heads, by position. A server sends the same
+/// fields in the same order every time; a name equal, ignoring ASCII case, to
+/// the one remembered at its position is that name (both are the same token
+/// lowercased), so it is cloned instead of parsed and matched again.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NameCache(Vec<HeaderName>);
+
+impl NameCache {
+    /// Positions remembered; later fields are always parsed.
+    const LEN: usize = 32;
+
+    fn name(&mut self, at: usize, raw: &[u8]) -> Option<HeaderName> {
+        if let Some(known) = self.0.get(at) {
+            if known.as_str().as_bytes().eq_ignore_ascii_case(raw) {
+                return Some(known.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if let Some(slot) = self.0.get_mut(at) {
+            *slot = name.clone();
+        } else if at == self.0.len() && at < Self::LEN {
+            self.0.push(name.clone());
+        }
+        Some(name)
+    }
+}
+
 /// Parse one response head (final or interim) from the front of `input` and
 /// consume it.
 ///
@@ -34,6 +61,7 @@ const STACK_SPANS: usize = 32;
 pub(crate) fn parse_head(
     input: &mut BytesMut,
     limits: &Limits,
+    names: &mut NameCache,
 ) -> Result<Option<ResponseHead>, Error> {
     let window = &input[..input.len().min(limits.max_head_bytes)];
     // Uninitialized slots: httparse fills only what it parses, so a head is
@@ -87,14 +115,14 @@ pub(crate) fn parse_head(
     };
     let head = input.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for &[name, name_end, value, value_end] in spans {
+    for (at, &[name, name_end, value, value_end]) in spans.iter().enumerate() {
         let (name, value) = (name..name_end, value..value_end);
-        let name = head.get(name).map(HeaderName::from_bytes);
+        let name = head.get(name).and_then(|raw| names.name(at, raw));
         let value = head
             .get(value.clone())
             .map(|_| HeaderValue::from_maybe_shared(head.slice(value)));
         match (name, value) {
-            (Some(Ok(name)), Some(Ok(value))) => headers.append(name, value),
+            (Some(name), Some(Ok(value))) => headers.append(name, value),
             _ => return Err(invalid("invalid header field")),
         };
     }
@@ -187,7 +215,7 @@ mod tests {
 
     fn parse_with(input: &[u8], limits: &Limits) -> Result<Option<(ResponseHead, usize)>, Error> {
         let mut buf = BytesMut::from(input);
-        let head = parse_head(&mut buf, limits)?;
+        let head = parse_head(&mut buf, limits, &mut NameCache::default())?;
         Ok(head.map(|h| (h, input.len() - buf.len())))
     }
 
@@ -213,6 +241,51 @@ mod tests {
         assert_eq!(head.version, Version::HTTP_10);
         let values: Vec<_> = head.headers.get_all("a").iter().collect();
         assert_eq!(values, ["1", "2"]);
+    }
+
+    #[test]
+    fn remembered_names_match_ignoring_case_and_only_at_their_position() {
+        let mut names = NameCache::default();
+        let parse = |names: &mut NameCache, input: &[u8]| {
+            let mut buf = BytesMut::from(input);
+            let head = parse_head(&mut buf, &Limits::default(), names);
+            let head = head.expect("valid").expect("complete");
+            let names: Vec<String> = head.headers.keys().map(|n| n.to_string()).collect();
+            names
+        };
+        assert_eq!(
+            parse(
+                &mut names,
+                b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nX-One: 1\r\n\r\n"
+            ),
+            ["content-type", "x-one"]
+        );
+        // Same names in another case, a new one, one more than before.
+        assert_eq!(
+            parse(
+                &mut names,
+                b"HTTP/1.1 200 OK\r\ncontent-TYPE: a\r\nX-Two: 2\r\nDate: d\r\n\r\n"
+            ),
+            ["content-type", "x-two", "date"]
+        );
+        // Known names at other positions are parsed, not mistaken.
+        assert_eq!(
+            parse(
+                &mut names,
+                b"HTTP/1.1 200 OK\r\nX-Two: 2\r\nContent-Type: a\r\n\r\n"
+            ),
+            ["x-two", "content-type"]
+        );
+        assert_eq!(names.0.len(), 3);
+        // 40 fields: the first 32 positions are remembered.
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..40 {
+            many.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&mut names, &many).len(), 40);
+        assert_eq!(parse(&mut names, &many).len(), 40);
+        assert_eq!(names.0.len(), NameCache::LEN);
     }
 
     #[test]
