@@ -25,27 +25,39 @@ const STACK_HEADERS: usize = 128;
 const STACK_SPANS: usize = 32;
 
 /// The header names of earlier heads, by position. A server sends the same
-/// fields in the same order every time; a name equal, ignoring ASCII case, to
-/// the one remembered at its position is that name (both are the same token
-/// lowercased), so it is cloned instead of parsed and matched again.
+/// fields in the same order every time; a raw name byte-equal to the one
+/// remembered at its position is that name, so it is cloned instead of
+/// parsed and matched against the standard names again. A field that differs
+/// is parsed, and it and the later positions are learned anew.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct NameCache(Vec<HeaderName>);
+pub(crate) struct NameCache {
+    /// The raw names, one after the other.
+    raw: Vec<u8>,
+    /// For each position: where its raw name ends in `raw`, and the name.
+    names: Vec<(usize, HeaderName)>,
+}
 
 impl NameCache {
     /// Positions remembered; later fields are always parsed.
     const LEN: usize = 32;
 
     fn name(&mut self, at: usize, raw: &[u8]) -> Option<HeaderName> {
-        if let Some(known) = self.0.get(at) {
-            if known.as_str().as_bytes().eq_ignore_ascii_case(raw) {
-                return Some(known.clone());
+        let start = match at.checked_sub(1) {
+            None => 0,
+            Some(before) => self.names.get(before).map_or(usize::MAX, |n| n.0),
+        };
+        if let Some((end, name)) = self.names.get(at) {
+            if self.raw.get(start..*end) == Some(raw) {
+                return Some(name.clone());
             }
         }
         let name = HeaderName::from_bytes(raw).ok()?;
-        if let Some(slot) = self.0.get_mut(at) {
-            *slot = name.clone();
-        } else if at == self.0.len() && at < Self::LEN {
-            self.0.push(name.clone());
+        // Learn it when the positions before it are known.
+        if start != usize::MAX && at < Self::LEN {
+            self.names.truncate(at);
+            self.raw.truncate(start);
+            self.raw.extend_from_slice(raw);
+            self.names.push((self.raw.len(), name.clone()));
         }
         Some(name)
     }
@@ -244,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn remembered_names_match_ignoring_case_and_only_at_their_position() {
+    fn remembered_names_match_only_byte_equal_and_at_their_position() {
         let mut names = NameCache::default();
         let parse = |names: &mut NameCache, input: &[u8]| {
             let mut buf = BytesMut::from(input);
@@ -276,7 +288,7 @@ mod tests {
             ),
             ["x-two", "content-type"]
         );
-        assert_eq!(names.0.len(), 3);
+        assert_eq!(names.names.len(), 2);
         // 40 fields: the first 32 positions are remembered.
         let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
         for i in 0..40 {
@@ -285,7 +297,7 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         assert_eq!(parse(&mut names, &many).len(), 40);
         assert_eq!(parse(&mut names, &many).len(), 40);
-        assert_eq!(names.0.len(), NameCache::LEN);
+        assert_eq!(names.names.len(), NameCache::LEN);
     }
 
     #[test]
