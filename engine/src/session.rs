@@ -325,6 +325,16 @@ mod tests {
         fail: bool,
     }
 
+    impl Sink {
+        fn new(room: usize, fail: bool) -> Sink {
+            Sink {
+                got: Vec::new(),
+                room,
+                fail,
+            }
+        }
+    }
+
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.fail {
@@ -357,11 +367,7 @@ mod tests {
     #[test]
     fn staged_bytes_the_socket_refuses_are_kept_in_order_and_stage_is_emptied() {
         let mut s = session();
-        let mut sock = Sink {
-            got: Vec::new(),
-            room: 4,
-            fail: false,
-        };
+        let mut sock = Sink::new(4, false);
         let mut stage = b"abcdef".to_vec();
         s.send(&mut sock, &mut stage).expect("send");
         assert_eq!(sock.got, b"abcd");
@@ -383,11 +389,7 @@ mod tests {
     #[test]
     fn a_failed_write_still_empties_the_shared_stage() {
         let mut s = session();
-        let mut sock = Sink {
-            got: Vec::new(),
-            room: 0,
-            fail: true,
-        };
+        let mut sock = Sink::new(0, true);
         let mut stage = b"secret of this connection".to_vec();
         assert!(s.send(&mut sock, &mut stage).is_err());
         assert!(stage.is_empty());
