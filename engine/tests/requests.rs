@@ -232,6 +232,34 @@ fn refused_connection_is_a_connect_error() {
     assert_drained(&mut engine);
 }
 
+struct Fixed(Vec<std::net::SocketAddr>);
+impl rotary::Resolver for Fixed {
+    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        Ok(self.0.clone())
+    }
+}
+
+#[test]
+fn the_connect_deadline_is_per_address_and_the_next_one_is_tried() {
+    let hole = BlackHole::new();
+    let server = TestServer::plain(|_, _| Reply::ok("second address"));
+    let limit = Duration::from_millis(100);
+    let mut engine = plain_engine(|c| {
+        c.timeouts.connect = limit;
+        let addrs = vec![hole.addr(), hole.addr(), server.addr()];
+        c.resolver = Some(std::sync::Arc::new(Fixed(addrs)));
+    });
+    let started = Instant::now();
+    let url = format!("http://coordinator.test:{}/", server.port());
+    let id = engine.submit(get(&url), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    assert_eq!(out.response(id).body(), "second address");
+    // Two hung addresses, each with a deadline of its own.
+    assert!(started.elapsed() >= limit * 2, "{:?}", started.elapsed());
+    assert_eq!(engine.stats().connections_opened, 1);
+    assert_drained(&mut engine);
+}
+
 struct NoSuchHost;
 impl rotary::Resolver for NoSuchHost {
     fn resolve(&self, host: &str, _port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {

@@ -1,7 +1,8 @@
 //! Test support for rotary's integration tests, independent of the engine's code:
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
-//! (`server`), a seeded fault-injecting TCP proxy (`proxy`), and a tiny
-//! blocking client for cross-checks (`client`).
+//! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a tiny
+//! blocking client for cross-checks (`client`), and an address where
+//! connects hang (`blackhole`).
 //!
 //! Use from a test file as `mod support;` then `use support::*;`:
 //!
@@ -24,11 +25,13 @@
 //! so that the kernel never turns it into an RST.
 #![allow(dead_code, unused_imports)]
 
+pub mod blackhole;
 pub mod certs;
 pub mod client;
 pub mod proxy;
 pub mod server;
 
+pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
 pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
