@@ -153,6 +153,9 @@ pub struct Engine {
     tokens: Vec<(Token, bool)>,
     waker: Arc<Waker>,
     wheel: Wheel<Timer>,
+    /// The latest instant `handle_timeouts` was given: a host's clock that
+    /// goes back is read as this, as the wheel reads it.
+    clock: Instant,
     conns: Slab<Conn>,
     reqs: Slab<Req>,
     ids: HashMap<RequestId, usize, IdHash>,
@@ -345,6 +348,7 @@ impl Engine {
             tokens: Vec::with_capacity(1024),
             waker,
             wheel: Wheel::new(Instant::now()),
+            clock: Instant::now(),
             conns: Slab::new(),
             reqs: Slab::new(),
             ids: HashMap::default(),
@@ -570,6 +574,11 @@ impl Engine {
     /// answers, submissions from handles, reads cut short by the budget).
     /// Harmless to call more often than needed.
     pub fn handle_timeouts(&mut self, now: Instant) {
+        // The wheel fires what is due by the latest time it has seen; the
+        // handlers must judge by that time too, or a re-armed timer would be
+        // due again at once, forever.
+        let now = now.max(self.clock);
+        self.clock = now;
         self.drain_commands(now);
         self.drain_answers(now);
         let again = std::mem::take(&mut self.read_again);

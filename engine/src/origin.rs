@@ -43,7 +43,20 @@ impl Origin {
             Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
             _ => return Err(Error::InvalidRequest(format!("uri {uri} has no host"))),
         };
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let port = match port_text(uri) {
+            None | Some("") => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            // `Uri` accepts any text after the colon (`:abc`, `:99999`) and
+            // then reports no port: refuse rather than use the default.
+            Some(p) => p.parse().map_err(|_| {
+                Error::InvalidRequest(format!("uri {uri} has an invalid port {p:?}"))
+            })?,
+        };
         Ok(Origin {
             tls,
             host: host.to_ascii_lowercase(),
@@ -87,6 +100,18 @@ impl Origin {
     }
 }
 
+/// The text after the authority's port colon, if there is one.
+fn port_text(uri: &Uri) -> Option<&str> {
+    let authority = uri.authority()?.as_str();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    match host_port.rfind(']') {
+        Some(end) => host_port.get(end + 1..)?.strip_prefix(':'),
+        None => host_port.rsplit_once(':').map(|(_, port)| port),
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -111,6 +136,23 @@ mod tests {
         let o = Origin::parse("https://[::1]:9/").unwrap();
         assert_eq!(o.host(), "::1");
         assert_eq!(o.to_string(), "https://[::1]:9");
+    }
+
+    #[test]
+    fn origin_refuses_ports_that_are_not_16_bit_numbers() {
+        for bad in ["http://x:abc/", "https://x:99999/", "http://u@[::1]:7z/"] {
+            assert!(
+                matches!(Origin::parse(bad), Err(Error::InvalidRequest(_))),
+                "{bad}"
+            );
+        }
+        // An empty port is the scheme's default (RFC 3986 §6.2.3).
+        assert_eq!(Origin::parse("https://x:/").unwrap().port(), 443);
+        assert_eq!(
+            Origin::parse("http://u:p@[::1]:8080/").unwrap().port(),
+            8080
+        );
+        assert_eq!(Origin::parse("http://[::1]/").unwrap().port(), 80);
     }
 
     #[test]

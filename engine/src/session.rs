@@ -220,7 +220,7 @@ impl Session {
     pub(crate) fn park(&mut self, stage: &mut Vec<u8>) {
         if !stage.is_empty() {
             self.out.extend_from_slice(stage);
-            stage.clear();
+            empty(stage);
         }
     }
 
@@ -243,8 +243,17 @@ impl Session {
         if result.is_ok() && sent < stage.len() {
             self.out.extend_from_slice(&stage[sent..]);
         }
-        stage.clear();
+        empty(stage);
         result
+    }
+}
+
+/// Empty the shared staging buffer; one grown by a large body shrinks back
+/// to a record's size, so the engine does not keep it.
+fn empty(stage: &mut Vec<u8>) {
+    stage.clear();
+    if stage.capacity() > 64 * 1024 {
+        stage.shrink_to(16 * 1024 + 256);
     }
 }
 
@@ -393,5 +402,15 @@ mod tests {
         let mut stage = b"secret of this connection".to_vec();
         assert!(s.send(&mut sock, &mut stage).is_err());
         assert!(stage.is_empty());
+    }
+
+    #[test]
+    fn a_stage_grown_by_a_large_body_shrinks_back() {
+        let mut s = session();
+        let mut sock = Sink::new(usize::MAX, false);
+        let mut stage = vec![7; 1 << 20];
+        s.send(&mut sock, &mut stage).expect("send");
+        assert_eq!(sock.got.len(), 1 << 20);
+        assert!(stage.is_empty() && stage.capacity() <= 64 * 1024);
     }
 }

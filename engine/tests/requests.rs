@@ -670,6 +670,56 @@ fn embedded_engine_runs_in_a_host_mio_loop() {
 }
 
 #[test]
+fn a_host_clock_that_goes_back_does_not_stall_the_timers() {
+    // The host once passes an instant a minute ahead; deadlines the engine
+    // then sets from its own clock are already due by the wheel's. Firing
+    // them with the host's earlier `now` must still end: here the idle
+    // timer closes the connection instead of re-arming itself forever.
+    let server = TestServer::plain(|_, _| Reply::ok("x"));
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(64);
+    let mut config = rotary::Config::default();
+    config.policy.idle_timeout = Some(Duration::from_secs(1));
+    let mut engine = rotary::Engine::embedded(poll.registry(), 1000, 100, config).unwrap();
+    engine.handle_timeouts(Instant::now() + Duration::from_secs(60));
+    let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
+    let deadline = Instant::now() + T;
+    // Only readiness events until the response: no timer fires before it.
+    'outer: loop {
+        assert!(Instant::now() < deadline, "no response");
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        for ev in events.iter() {
+            engine.handle_event(ev);
+        }
+        while let Some(e) = engine.next_event() {
+            if matches!(e, Event::Response { id: got, .. } if got == id) {
+                break 'outer;
+            }
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        engine.handle_timeouts(Instant::now());
+        let closed = std::iter::from_fn(|| engine.next_event()).any(|e| {
+            matches!(
+                e,
+                Event::Closed {
+                    reason: CloseReason::Idle,
+                    ..
+                }
+            )
+        });
+        let _ = tx.send((closed, engine.stats().connections));
+    });
+    let (closed, open) = rx.recv_timeout(T).expect("handle_timeouts returned");
+    assert!(
+        closed && open == 0,
+        "closed idle: {closed}, connections: {open}"
+    );
+}
+
+#[test]
 fn shutdown_fails_everything_once_and_leaves_nothing() {
     let server = TestServer::plain(|_, _| Reply::ok("x").delay(Duration::from_secs(5)));
     let mut engine = plain_engine(|c| c.policy.max_connections = 1);

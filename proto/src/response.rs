@@ -174,9 +174,9 @@ fn parse_error(err: httparse::Error, limits: &Limits) -> Error {
 }
 
 /// The strict parse failed: parse again allowing folded lines, so a fold is
-/// refused naming its header (or waited for, when the head is incomplete).
-/// The outcome is what a lenient parse alone would give; heads are never
-/// built here.
+/// refused naming its header (or waited for, when the head is incomplete),
+/// also a fold that httparse's lenient mode trims out of the value. Other
+/// errors are the lenient parse's, as before. Heads are never built here.
 fn refuse(
     window: &[u8],
     limits: &Limits,
@@ -187,12 +187,24 @@ fn refuse(
     let mut lenient = httparse::ParserConfig::default();
     lenient.allow_obsolete_multiline_headers_in_responses(true);
     match lenient.parse_response(&mut response, window) {
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) => {
             status_code(response.code)?;
-            let folded = response
-                .headers
-                .iter()
-                .find(|f| f.value.iter().any(|&b| b == b'\r' || b == b'\n'));
+            // Only folds set the two modes apart. The folded field is the
+            // one whose line comes before the first line starting with
+            // white space; its value may not show it (httparse trims a fold
+            // that is all white space, or that comes right after the colon).
+            let head = window.get(..len).unwrap_or(window);
+            let fold = head
+                .windows(2)
+                .position(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'));
+            let base = window.as_ptr() as usize;
+            let folded = fold.and_then(|at| {
+                response
+                    .headers
+                    .iter()
+                    .take_while(|f| (f.name.as_ptr() as usize).saturating_sub(base) <= at)
+                    .last()
+            });
             Err(match folded {
                 Some(field) => Error::ObsoleteLineFolding {
                     name: field.name.to_owned(),

@@ -202,6 +202,12 @@ exchange_cases! {
     obsolete_line_folding_with_space_in_a_later_header_is_refused:
         Get, "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n  3\r\n\r\n"
         => fails(Error::ObsoleteLineFolding { name: "B".into() });
+    a_fold_of_only_white_space_is_refused:
+        Get, "HTTP/1.1 200 OK\r\nA: 1\r\nX-Blank: a\r\n \r\nContent-Length: 0\r\n\r\n"
+        => fails(Error::ObsoleteLineFolding { name: "X-Blank".into() });
+    a_fold_right_after_the_colon_is_refused:
+        Get, "HTTP/1.1 200 OK\r\nX-Late:\r\n b\r\nContent-Length: 0\r\n\r\n"
+        => fails(Error::ObsoleteLineFolding { name: "X-Late".into() });
     a_bad_status_code_is_reported_before_a_fold:
         Get, "HTTP/1.1 099 Low\r\nX-Folded: one\r\n two\r\n\r\n"
         => fails(Error::InvalidHead { reason: "invalid status code" });
