@@ -296,22 +296,12 @@ fn tls_port_answering_plain_http() {
     );
 }
 
-struct OneAddress(std::net::SocketAddr);
-impl rotary::Resolver for OneAddress {
-    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
-        Ok(vec![self.0])
-    }
-}
-
 #[test]
 fn connect_hangs() {
     // SYNs dropped, as by a firewall or a host that is gone.
     let hole = BlackHole::new();
     let limit = Duration::from_millis(100);
-    let mut engine = plain_engine(|c| {
-        c.timeouts.connect = limit;
-        c.resolver = Some(std::sync::Arc::new(OneAddress(hole.addr())));
-    });
+    let mut engine = engine_resolving_to(vec![hole.addr()], |c| c.timeouts.connect = limit);
     let started = std::time::Instant::now();
     let url = format!("http://coordinator.test:{}/", hole.addr().port());
     let id = engine.submit(get(&url), RequestOptions::default());

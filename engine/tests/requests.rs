@@ -232,23 +232,13 @@ fn refused_connection_is_a_connect_error() {
     assert_drained(&mut engine);
 }
 
-struct Fixed(Vec<std::net::SocketAddr>);
-impl rotary::Resolver for Fixed {
-    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
-        Ok(self.0.clone())
-    }
-}
-
 #[test]
 fn the_connect_deadline_is_per_address_and_the_next_one_is_tried() {
     let hole = BlackHole::new();
     let server = TestServer::plain(|_, _| Reply::ok("second address"));
     let limit = Duration::from_millis(100);
-    let mut engine = plain_engine(|c| {
-        c.timeouts.connect = limit;
-        let addrs = vec![hole.addr(), hole.addr(), server.addr()];
-        c.resolver = Some(std::sync::Arc::new(Fixed(addrs)));
-    });
+    let addrs = vec![hole.addr(), hole.addr(), server.addr()];
+    let mut engine = engine_resolving_to(addrs, |c| c.timeouts.connect = limit);
     let started = Instant::now();
     let url = format!("http://coordinator.test:{}/", server.port());
     let id = engine.submit(get(&url), RequestOptions::default());

@@ -198,13 +198,6 @@ fn rotation_to_an_untrusted_chain_fails_new_connections_with_an_event() {
     assert_drained(&mut engine);
 }
 
-struct Addrs(Vec<std::net::SocketAddr>);
-impl rotary::Resolver for Addrs {
-    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
-        Ok(self.0.clone())
-    }
-}
-
 #[test]
 fn addresses_are_tried_in_order_until_one_connects() {
     let server = TestServer::plain(|_, _| Reply::ok("second address"));
@@ -212,8 +205,7 @@ fn addresses_are_tried_in_order_until_one_connects() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let resolver = Arc::new(Addrs(vec![refused, server.addr()]));
-    let mut engine = plain_engine(|c| c.resolver = Some(resolver));
+    let mut engine = engine_resolving_to(vec![refused, server.addr()], |_| {});
     let url = format!("http://coordinator.test:{}/", server.port());
     let id = engine.submit(get(&url), RequestOptions::default());
     let out = finish(&mut engine, &[id], T);

@@ -20,6 +20,26 @@ pub fn engine_for(ca: &TestCa, tweak: impl FnOnce(&mut Config)) -> (Engine, Temp
     (Engine::new(config).expect("engine builds"), file)
 }
 
+/// A resolver that answers every name with these addresses, in order.
+pub struct FixedAddrs(pub Vec<std::net::SocketAddr>);
+
+impl rotary::Resolver for FixedAddrs {
+    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// An engine that resolves every name to `addrs`.
+pub fn engine_resolving_to(
+    addrs: Vec<std::net::SocketAddr>,
+    tweak: impl FnOnce(&mut Config),
+) -> Engine {
+    plain_engine(|c| {
+        c.resolver = Some(std::sync::Arc::new(FixedAddrs(addrs)));
+        tweak(c);
+    })
+}
+
 /// A plain engine (webpki roots; fine for http:// tests).
 pub fn plain_engine(tweak: impl FnOnce(&mut Config)) -> Engine {
     let mut config = Config::default();
