@@ -162,7 +162,8 @@ impl Session {
                     })?;
                 }
                 ConnectionState::TransmitTlsData(mut transmit) => {
-                    // The records are in `out`, which `write_to` sends in order.
+                    // The records are in `out` (the stage, or behind the
+                    // unsent bytes), which `send` writes in order.
                     if let Some(mut traffic) = transmit.may_encrypt_app_data() {
                         encrypt(&mut traffic, out, wbuf)?;
                     }

@@ -42,18 +42,18 @@ impl NameCache {
     const LEN: usize = 32;
 
     fn name(&mut self, at: usize, raw: &[u8]) -> Option<HeaderName> {
+        // Where position `at`'s raw name starts, if the ones before are known.
         let start = match at.checked_sub(1) {
-            None => 0,
-            Some(before) => self.names.get(before).map_or(usize::MAX, |n| n.0),
+            None => Some(0),
+            Some(before) => self.names.get(before).map(|n| n.0),
         };
-        if let Some((end, name)) = self.names.get(at) {
+        if let (Some(start), Some((end, name))) = (start, self.names.get(at)) {
             if self.raw.get(start..*end) == Some(raw) {
                 return Some(name.clone());
             }
         }
         let name = HeaderName::from_bytes(raw).ok()?;
-        // Learn it when the positions before it are known.
-        if start != usize::MAX && at < Self::LEN {
+        if let Some(start) = start.filter(|_| at < Self::LEN) {
             self.names.truncate(at);
             self.raw.truncate(start);
             self.raw.extend_from_slice(raw);
@@ -102,8 +102,7 @@ pub(crate) fn parse_head(
     };
     let status = status_code(response.code)?;
     // Where each name and value lies in the head, to slice the shared buffer.
-    let base = window.as_ptr() as usize;
-    let offset = |part: &[u8]| part.as_ptr() as usize - base;
+    let offset = |part: &[u8]| offset_in(window, part);
     let span = |field: &httparse::Header<'_>| {
         let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
         [
@@ -143,6 +142,11 @@ pub(crate) fn parse_head(
         version,
         headers,
     }))
+}
+
+/// Where `part`, a slice httparse returned from `window`, starts in it.
+fn offset_in(window: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).saturating_sub(window.as_ptr() as usize)
 }
 
 fn invalid(reason: &'static str) -> Error {
@@ -197,12 +201,11 @@ fn refuse(
             let fold = head
                 .windows(2)
                 .position(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'));
-            let base = window.as_ptr() as usize;
             let folded = fold.and_then(|at| {
                 response
                     .headers
                     .iter()
-                    .take_while(|f| (f.name.as_ptr() as usize).saturating_sub(base) <= at)
+                    .take_while(|f| offset_in(window, f.name.as_bytes()) <= at)
                     .last()
             });
             Err(match folded {
