@@ -193,12 +193,33 @@ fn median(runs: &[Run], value: Value) -> Cell {
     Ok(v[v.len() / 2])
 }
 
+/// The smallest and largest ratio of one round's A to the same round's B,
+/// when every round measured both: how far one round strays from another
+/// on this machine, next to the ratio of the medians that is judged.
+fn round_range(a_runs: &[Run], b_runs: &[Run], value: Value) -> Option<(f64, f64)> {
+    if a_runs.len() != b_runs.len() || a_runs.len() < 2 {
+        return None;
+    }
+    let mut range: Option<(f64, f64)> = None;
+    for (a, b) in a_runs.iter().zip(b_runs) {
+        let (a, b) = (value.of(a.as_ref().ok()?)?, value.of(b.as_ref().ok()?)?);
+        if b == 0.0 {
+            return None;
+        }
+        let r = a / b;
+        range = Some(range.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))));
+    }
+    range
+}
+
 /// A computed row.
 struct Line {
     row: Row,
     a: Cell,
     b: Cell,
     ratio: Option<f64>,
+    /// Per-round ratios, for rows judged by a ratio.
+    rounds: Option<(f64, f64)>,
     pass: Option<bool>,
 }
 
@@ -230,11 +251,18 @@ impl Outcome {
                     (Ok(x), Some(t)) => t.check(*x, ratio),
                     _ => None,
                 };
+                let rounds = match row.target {
+                    Some(Target::AtMost(_) | Target::AtLeast(_)) => {
+                        round_range(&a_runs, &b_runs, row.value)
+                    }
+                    _ => None,
+                };
                 Line {
                     row,
                     a,
                     b,
                     ratio,
+                    rounds,
                     pass,
                 }
             })
@@ -380,14 +408,14 @@ pub(crate) fn markdown(h: &Header, outcomes: &[Outcome], wheel: Option<&Wheel>) 
             let (a, b) = o.labels;
             let _ = writeln!(
                 s,
-                "\n| workload | metric | {a} | {b} | {a} / {b} | target | result |"
+                "\n| workload | metric | {a} | {b} | {a} / {b} | rounds | target | result |"
             );
-            let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|");
+            let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|---|");
         }
         for l in &o.lines {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 o.title,
                 l.row.metric,
                 cell(&l.a, l.row.decimals),
@@ -399,6 +427,8 @@ pub(crate) fn markdown(h: &Header, outcomes: &[Outcome], wheel: Option<&Wheel>) 
                     (Some(r), Some(_)) => format!("{r:.3}"),
                     (Some(r), None) => format!("{r:.2}"),
                 },
+                l.rounds
+                    .map_or(String::new(), |(lo, hi)| format!("{lo:.2}–{hi:.2}")),
                 l.row.target.map_or(String::new(), Target::describe),
                 verdict(l.pass, l.row.target),
             );
@@ -552,4 +582,54 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(user: &str, sys: &str) -> Run {
+        Ok(BTreeMap::from([
+            ("user_us_per_req".to_owned(), user.to_owned()),
+            ("sys_us_per_req".to_owned(), sys.to_owned()),
+        ]))
+    }
+
+    #[test]
+    fn the_round_range_pairs_each_round_with_its_own_partner() {
+        let a = [run("4", "1"), run("6", "1"), run("5", "1")];
+        let b = [run("10", "1"), run("10", "1"), run("8", "1")];
+        let user = Value::Key("user_us_per_req");
+        assert_eq!(round_range(&a, &b, user), Some((0.4, 0.625)));
+        // Medians pair 5 with 10 (0.5), inside that range.
+        assert_eq!((median(&a, user), median(&b, user)), (Ok(5.0), Ok(10.0)));
+        assert_eq!(
+            round_range(&a, &b, Value::TotalCpu),
+            Some((5.0 / 11.0, 6.0 / 9.0))
+        );
+    }
+
+    #[test]
+    fn a_failed_round_leaves_no_range_and_no_median() {
+        let a = [run("4", "1"), Err("hyper: connection refused".into())];
+        let b = [run("10", "1"), run("10", "1")];
+        let user = Value::Key("user_us_per_req");
+        assert_eq!(round_range(&a, &b, user), None);
+        let err = median(&a, user).unwrap_err();
+        assert!(
+            err.contains("connection refused") && err.contains("1 of 2"),
+            "{err}"
+        );
+        // One round is no spread; a zero denominator is no ratio.
+        assert_eq!(round_range(&a[..1], &b[..1], user), None);
+        let zero = [run("1", "0"), run("1", "0")];
+        assert_eq!(
+            round_range(&zero, &[run("2", "0"), run("0", "0")], user),
+            None
+        );
+        assert_eq!(
+            round_range(&zero, &[run("2", "0"), run("4", "0")], user),
+            Some((0.25, 0.5))
+        );
+    }
 }
