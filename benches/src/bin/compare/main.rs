@@ -35,7 +35,7 @@ usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin
 
   --quick          short runs (0.3 s windows, 1,000 idle connections, no wheel
                    bench); for smoke tests, not for numbers
-  --rounds N       rounds of A B alternation (default 3)
+  --rounds N       rounds of A B alternation (default 5; 3 with --quick)
   --only LIST      workloads to run: a keep-alive, b idle, c reconnect,
                    d expiry, e timer wheel (default all)
   --server KIND    nginx (default when installed) or builtin (hyper in a
@@ -206,7 +206,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
         .to_path_buf();
     let mut o = Opts {
         quick: false,
-        rounds: 3,
+        rounds: 5,
         only: "abcde".into(),
         server: None,
         port: None,
@@ -215,11 +215,15 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
         out: workspace.join("target"),
     };
     let mut idle_set = false;
+    let mut rounds_set = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--quick" => o.quick = true,
-            "--rounds" => o.rounds = number(value(&mut it, flag)?, flag)?,
+            "--rounds" => {
+                o.rounds = number(value(&mut it, flag)?, flag)?;
+                rounds_set = true;
+            }
             "--only" => o.only = value(&mut it, flag)?.to_owned(),
             "--server" => o.server = Some(value(&mut it, flag)?.to_owned()),
             "--port" => o.port = Some(number(value(&mut it, flag)?, flag)?),
@@ -238,6 +242,9 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     }
     if o.quick {
         o.wheel = false;
+        if !rounds_set {
+            o.rounds = 3;
+        }
         if !idle_set {
             o.idle = 1_000;
         }
