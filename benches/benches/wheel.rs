@@ -18,7 +18,8 @@
 //! criterion group, a markdown table gives medians of five alternated rounds
 //! (wheel, heap, btree, wheel, …) and their ratio to `btree_map`: criterion
 //! times the three one after the other, so load on the machine can skew its
-//! ratios; the alternated ones come from the same rounds. The target (issue 6)
+//! ratios; the alternated ones come from the same rounds, and the `rounds`
+//! column gives the smallest and largest ratio of a single round. The target (issue 6)
 //! is wheel ≤ 0.3 × btree_map.
 
 use std::cmp::Reverse;
@@ -209,14 +210,26 @@ fn alternating_summary(w: &Workload) {
             t.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
+    // Per-round ratios too: how far one round strays from another.
+    let ranges = times.clone().map(|t| {
+        let ratios = t.iter().zip(&times[2]).map(|(x, btree)| x / btree);
+        ratios.fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
+            (lo.min(r), hi.max(r))
+        })
+    });
     let medians = times.map(|mut t| {
         t.sort_by(f64::total_cmp);
         t[ROUNDS / 2]
     });
-    println!("\n| structure (1M timers, alternated x{ROUNDS}) | median ms | / btree_map |");
-    println!("|---|---:|---:|");
-    for ((name, _), m) in runs.iter().zip(medians) {
-        println!("| {name} | {m:.1} | {:.2} |", m / medians[2]);
+    println!(
+        "\n| structure (1M timers, alternated x{ROUNDS}) | median ms | / btree_map | rounds |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (((name, _), m), (lo, hi)) in runs.iter().zip(medians).zip(ranges) {
+        println!(
+            "| {name} | {m:.1} | {:.2} | {lo:.2}–{hi:.2} |",
+            m / medians[2]
+        );
     }
 }
 

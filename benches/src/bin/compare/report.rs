@@ -277,8 +277,8 @@ impl Outcome {
 
 /// Workload e: the numbers of `cargo bench -p rotary-benches --bench wheel`.
 pub(crate) struct Wheel {
-    /// (structure, median ms, ratio to btree_map)
-    rows: Result<Vec<(String, f64, f64)>, String>,
+    /// (structure, median ms, ratio to btree_map, per-round ratio range)
+    rows: Result<Vec<(String, f64, f64, String)>, String>,
 }
 
 impl Wheel {
@@ -310,25 +310,26 @@ impl Wheel {
             Err(e) => return Wheel::skipped(&format!("cannot run cargo: {e}")),
         };
         let text = String::from_utf8_lossy(&out.stdout);
-        let rows: Vec<(String, f64, f64)> = text
-            .lines()
-            .filter_map(|l| {
-                let cells: Vec<&str> = l.trim().trim_matches('|').split('|').collect();
-                match cells.as_slice() {
-                    [name, ms, ratio] => Some((
-                        name.trim().to_owned(),
-                        ms.trim().parse().ok()?,
-                        ratio.trim().parse().ok()?,
-                    )),
-                    _ => None,
-                }
-            })
-            .collect();
+        let rows: Vec<_> = text.lines().filter_map(summary_row).collect();
         if rows.is_empty() {
             return Wheel::skipped("the wheel bench printed no summary table");
         }
         Wheel { rows: Ok(rows) }
     }
+}
+
+/// One row of the wheel bench's summary: `| name | ms | ratio | lo–hi |`.
+fn summary_row(line: &str) -> Option<(String, f64, f64, String)> {
+    let cells: Vec<&str> = line.trim().trim_matches('|').split('|').collect();
+    let [name, ms, ratio, range] = cells.as_slice() else {
+        return None;
+    };
+    Some((
+        name.trim().to_owned(),
+        ms.trim().parse().ok()?,
+        ratio.trim().parse().ok()?,
+        range.trim().to_owned(),
+    ))
 }
 
 /// A criterion filter no benchmark name contains.
@@ -437,12 +438,12 @@ pub(crate) fn markdown(h: &Header, outcomes: &[Outcome], wheel: Option<&Wheel>) 
     if let Some(w) = wheel {
         let _ = writeln!(
             s,
-            "\n| workload | structure (1M timers: insert, cancel half, expire rest) | median ms | / btree_map | target | result |"
+            "\n| workload | structure (1M timers: insert, cancel half, expire rest) | median ms | / btree_map | rounds | target | result |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---|---|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|");
         match &w.rows {
             Ok(rows) => {
-                for (name, ms, ratio) in rows {
+                for (name, ms, ratio, range) in rows {
                     let (target, result) = if name == "wheel" {
                         ("≤ 0.3×", if *ratio <= 0.3 { "pass" } else { "**miss**" })
                     } else {
@@ -450,14 +451,14 @@ pub(crate) fn markdown(h: &Header, outcomes: &[Outcome], wheel: Option<&Wheel>) 
                     };
                     let _ = writeln!(
                         s,
-                        "| e. timer wheel | {name} | {ms:.1} | {ratio:.2} | {target} | {result} |"
+                        "| e. timer wheel | {name} | {ms:.1} | {ratio:.2} | {range} | {target} | {result} |"
                     );
                 }
             }
             Err(e) => {
                 let _ = writeln!(
                     s,
-                    "| e. timer wheel | wheel | not measured: {e} | — | ≤ 0.3× | not measured |"
+                    "| e. timer wheel | wheel | not measured: {e} | — | | ≤ 0.3× | not measured |"
                 );
             }
         }
@@ -493,7 +494,7 @@ pub(crate) fn svg(outcomes: &[Outcome], wheel: Option<&Wheel>) -> String {
         }
     }
     if let Some(Wheel { rows: Ok(rows) }) = wheel {
-        for (name, _, ratio) in rows.iter().filter(|(n, _, _)| n != "btree_map") {
+        for (name, _, ratio, _) in rows.iter().filter(|(n, ..)| n != "btree_map") {
             let is_wheel = name == "wheel";
             bars.push(Bar {
                 label: format!("e. timer wheel — {name} / btree_map"),
@@ -607,6 +608,19 @@ mod tests {
             round_range(&a, &b, Value::TotalCpu),
             Some((5.0 / 11.0, 6.0 / 9.0))
         );
+    }
+
+    #[test]
+    fn the_wheel_summary_rows_are_parsed_and_headings_skipped() {
+        let row = summary_row("| wheel | 248.4 | 0.25 | 0.23–0.29 |");
+        assert_eq!(row, Some(("wheel".into(), 248.4, 0.25, "0.23–0.29".into())));
+        assert_eq!(summary_row("|---|---:|---:|---:|"), None);
+        assert_eq!(
+            summary_row("| structure | median ms | / btree_map | rounds |"),
+            None
+        );
+        // The summary of an older bench, without the rounds column.
+        assert_eq!(summary_row("| wheel | 248.4 | 0.25 |"), None);
     }
 
     #[test]
