@@ -211,7 +211,7 @@ fn alternating_summary(w: &Workload) {
         }
     }
     // Per-round ratios too: how far one round strays from another.
-    let ranges = times.clone().map(|t| {
+    let ranges = times.each_ref().map(|t| {
         let ratios = t.iter().zip(&times[2]).map(|(x, btree)| x / btree);
         ratios.fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
             (lo.min(r), hi.max(r))
