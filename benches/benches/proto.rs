@@ -7,7 +7,7 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use http::{HeaderMap, Method, Uri};
-use rotary_proto::{Codec, Event, Limits, TargetForm};
+use rotary_proto::{Codec, Limits, ResponseEvent, TargetForm};
 
 /// A typical response head with 10 header fields.
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
@@ -51,9 +51,9 @@ fn head(c: &mut Criterion) {
             send_get(&mut codec, &mut out);
             input.extend_from_slice(black_box(HEAD));
             let head = codec.poll_response(&mut input).expect("valid head");
-            assert!(matches!(head, Some(Event::Head(_))));
+            assert!(matches!(head, Some(ResponseEvent::Head(_))));
             let end = codec.poll_response(&mut input).expect("empty body");
-            assert!(matches!(end, Some(Event::End { .. })));
+            assert!(matches!(end, Some(ResponseEvent::End { .. })));
         })
     });
     group.finish();
@@ -87,7 +87,7 @@ fn chunked(c: &mut Criterion) {
                     send_get(&mut codec, &mut out);
                     let mut received = 0;
                     while let Some(event) = codec.poll_response(&mut input).expect("valid body") {
-                        if let Event::Data(data) = event {
+                        if let ResponseEvent::Data(data) = event {
                             received += black_box(data).len();
                         }
                     }

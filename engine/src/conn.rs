@@ -12,6 +12,7 @@ use bytes::{Buf, BytesMut};
 use mio::{Interest, Registry, Token};
 use rotary_proto::Codec;
 
+use crate::keys::{PoolKey, ReqKey};
 use crate::session::Session;
 use crate::sock::Sock;
 use crate::wheel::TimerKey;
@@ -68,59 +69,100 @@ pub(crate) enum IoFailure {
     Tls(rustls::Error),
 }
 
+/// What a connection is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Carrying requests; may resume a stored TLS session.
+    Requests,
+    /// Replacing a retired connection (prewarm): never resumes a session.
+    Replacement,
+    /// A TLS-only chain probe: never resumes, never carries a request.
+    Probe,
+}
+
+/// How far the peer's side of the connection has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerEnd {
+    /// Still open.
+    Open,
+    /// Closed (TCP FIN, or TLS close_notify).
+    Closed,
+    /// Over TLS, the TCP connection ended without a close_notify: whatever a
+    /// close-delimited body held may have been cut by an attacker.
+    Unclean,
+}
+
+/// The addresses of one connection attempt, tried in order.
+#[derive(Debug, Default)]
+pub(crate) struct Dial {
+    addrs: Vec<SocketAddr>,
+    next: usize,
+    /// The failure of the previous address, reported if every address fails.
+    pub(crate) last_error: Option<crate::Error>,
+}
+
+impl Dial {
+    pub(crate) fn new(addrs: Vec<SocketAddr>) -> Dial {
+        Dial {
+            addrs,
+            ..Dial::default()
+        }
+    }
+
+    /// The next untried address.
+    pub(crate) fn next_addr(&mut self) -> Option<SocketAddr> {
+        let addr = self.addrs.get(self.next).copied()?;
+        self.next += 1;
+        Some(addr)
+    }
+}
+
+/// One connection. Its lifecycle (`stage`) changes only through the
+/// transition methods below; the engine decides when to call them.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    pub(crate) pool: usize,
-    pub(crate) stage: Stage,
+    pub(crate) pool: PoolKey,
+    stage: Stage,
+    pub(crate) purpose: Purpose,
     pub(crate) sock: Option<Sock>,
     pub(crate) tls: Option<Box<Session>>,
-    pub(crate) addrs: Vec<SocketAddr>,
-    pub(crate) next_addr: usize,
-    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) dial: Dial,
+    peer_addr: Option<SocketAddr>,
     pub(crate) codec: Codec,
     /// Plaintext received and not yet consumed by the codec.
     pub(crate) rbuf: BytesMut,
     /// Plaintext to send (before TLS).
     pub(crate) wbuf: BytesMut,
-    /// The request in flight, by request slab key.
-    pub(crate) req: Option<usize>,
+    /// The request in flight.
+    pub(crate) req: Option<ReqKey>,
     /// Exchanges started on this connection.
     pub(crate) served: u32,
     /// Exchanges the server still allows (`Keep-Alive: max`, `max_requests`).
     pub(crate) remaining: Option<u32>,
     /// Set when no new request may be assigned; closed when the exchange ends.
     pub(crate) retiring: Option<crate::CloseReason>,
+    /// Why the `MaxAge` timer retires it: max age, or the leaf's notAfter.
+    pub(crate) expiry_reason: crate::CloseReason,
     pub(crate) connected_at: Option<Instant>,
     pub(crate) idle_limit: Option<std::time::Duration>,
     /// While idle with an idle limit: when the idle timeout closes it.
     pub(crate) idle_until: Option<Instant>,
     pub(crate) timers: [Option<TimerKey>; CONN_TIMERS],
-    pub(crate) interest: Option<Interest>,
+    interest: Option<Interest>,
     pub(crate) chain: Option<Arc<PeerChain>>,
-    /// Opened to replace a retired connection: never resumes a session.
-    pub(crate) replacement: bool,
-    /// The failure of the previous address, reported if every address fails.
-    pub(crate) last_error: Option<crate::Error>,
-    /// The peer closed its side; the connection is not reused.
-    pub(crate) peer_eof: bool,
-    /// Over TLS, the peer's side ended without close_notify.
-    pub(crate) unclean_eof: bool,
-    /// Why the `MaxAge` timer retires it: max age, or the leaf's notAfter.
-    pub(crate) expiry_reason: crate::CloseReason,
-    /// A TLS-only chain probe: never carries a request.
-    pub(crate) probe: bool,
+    pub(crate) peer_end: PeerEnd,
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, pool: usize, codec: Codec) -> Conn {
+    pub(crate) fn new(id: ConnId, pool: PoolKey, purpose: Purpose, codec: Codec) -> Conn {
         Conn {
             id,
             pool,
             stage: Stage::Resolving,
+            purpose,
             sock: None,
             tls: None,
-            addrs: Vec::new(),
-            next_addr: 0,
+            dial: Dial::default(),
             peer_addr: None,
             codec,
             rbuf: BytesMut::new(),
@@ -129,19 +171,48 @@ impl Conn {
             served: 0,
             remaining: None,
             retiring: None,
+            expiry_reason: crate::CloseReason::MaxAge,
             connected_at: None,
             idle_limit: None,
             idle_until: None,
             timers: [None; CONN_TIMERS],
             interest: None,
             chain: None,
-            replacement: false,
-            last_error: None,
-            peer_eof: false,
-            unclean_eof: false,
-            expiry_reason: crate::CloseReason::MaxAge,
-            probe: false,
+            peer_end: PeerEnd::Open,
         }
+    }
+
+    pub(crate) fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Resolving or connecting → connecting to `addr` over `sock`.
+    pub(crate) fn start_connecting(&mut self, sock: Sock, addr: SocketAddr) {
+        self.sock = Some(sock);
+        self.stage = Stage::Connecting;
+        self.peer_addr = Some(addr);
+        self.interest = None;
+    }
+
+    /// Connected → TLS handshake in progress.
+    pub(crate) fn start_handshake(&mut self, session: Session) {
+        self.tls = Some(Box::new(session));
+        self.stage = Stage::Handshaking;
+    }
+
+    /// Connected (and handshaken) → usable.
+    pub(crate) fn set_ready(&mut self) {
+        self.stage = Stage::Ready;
+    }
+
+    /// Counts toward the pool's connections being opened for requests.
+    pub(crate) fn is_opening(&self) -> bool {
+        self.stage != Stage::Ready && self.purpose != Purpose::Probe
+    }
+
+    /// The peer's side has ended (cleanly or not).
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_end != PeerEnd::Open
     }
 
     /// The address connected to (or being tried); unspecified before any.
@@ -174,12 +245,12 @@ impl Conn {
     /// Read until `WouldBlock`, EOF, or `budget` bytes (and, with
     /// `stop_short`, a short read); plaintext goes to `rbuf`. TLS records
     /// are read into the shared `scratch` and decrypted from there; records
-    /// the handshake answers with wait for the next `flush` (`stage` is left
-    /// empty).
+    /// the handshake answers with wait for the next `flush` (`sealed` is
+    /// left empty).
     pub(crate) fn read_pass(
         &mut self,
         scratch: &mut [u8],
-        stage: &mut Vec<u8>,
+        sealed: &mut Vec<u8>,
         budget: usize,
         stop_short: bool,
     ) -> Result<ReadPass, IoFailure> {
@@ -234,8 +305,8 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => (carried, false),
                 Err(e) => return Err(IoFailure::Io(e)),
             };
-            let done = tls.process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf, stage);
-            tls.park(stage);
+            let done = tls.process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf, sealed);
+            tls.park(sealed);
             let done = done.map_err(IoFailure::Tls)?;
             pass.bytes += done.plaintext;
             pass.eof |= done.closed || fin;
@@ -255,9 +326,9 @@ impl Conn {
         }
     }
 
-    /// Write `wbuf` (through TLS, encrypted into the shared `stage`) until
+    /// Write `wbuf` (through TLS, encrypted into the shared `sealed`) until
     /// done or `WouldBlock`.
-    pub(crate) fn flush(&mut self, stage: &mut Vec<u8>) -> Result<(), IoFailure> {
+    pub(crate) fn flush(&mut self, sealed: &mut Vec<u8>) -> Result<(), IoFailure> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(());
         };
@@ -275,15 +346,15 @@ impl Conn {
         };
         if tls.is_handshaking() || !self.wbuf.is_empty() {
             let mut pending = tls.take_pending();
-            let done = tls.process(&mut pending, &mut self.rbuf, &mut self.wbuf, stage);
-            let sent = tls.send(sock, stage);
+            let done = tls.process(&mut pending, &mut self.rbuf, &mut self.wbuf, sealed);
+            let sent = tls.send(sock, sealed);
             let done = done.map_err(IoFailure::Tls)?;
             let consumed = done.consumed.min(pending.len());
             pending.drain(..consumed);
             tls.keep_pending_vec(pending).map_err(IoFailure::Io)?;
             return sent.map_err(IoFailure::Io);
         }
-        tls.send(sock, stage).map_err(IoFailure::Io)
+        tls.send(sock, sealed).map_err(IoFailure::Io)
     }
 
     /// Bytes are waiting to go out.
@@ -320,10 +391,14 @@ impl Conn {
                     tls.queue_close_notify();
                     let mut pending = tls.take_pending();
                     let mut nothing = BytesMut::new();
-                    let mut stage = Vec::new();
-                    let _ =
-                        tls.process(&mut pending, &mut nothing, &mut BytesMut::new(), &mut stage);
-                    let _ = tls.send(&mut sock, &mut stage);
+                    let mut sealed = Vec::new();
+                    let _ = tls.process(
+                        &mut pending,
+                        &mut nothing,
+                        &mut BytesMut::new(),
+                        &mut sealed,
+                    );
+                    let _ = tls.send(&mut sock, &mut sealed);
                 }
             }
             if self.interest.is_some() {

@@ -7,6 +7,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::keys::ConnKey;
+
 /// Resolves a host name to the addresses to try, in order.
 ///
 /// Called on one of the engine's resolver threads, never on the loop, so it
@@ -31,7 +33,7 @@ impl Resolver for SystemResolver {
 }
 
 struct Job {
-    conn: usize,
+    conn: ConnKey,
     serial: u64,
     host: String,
     port: u16,
@@ -39,7 +41,7 @@ struct Job {
 
 /// One finished lookup, for the connection `conn` with attempt `serial`.
 pub(crate) struct Answer {
-    pub(crate) conn: usize,
+    pub(crate) conn: ConnKey,
     pub(crate) serial: u64,
     pub(crate) result: io::Result<Vec<SocketAddr>>,
 }
@@ -75,7 +77,7 @@ impl DnsPool {
 
     /// Queue a lookup; the answer arrives through [`DnsPool::take_answers`]
     /// after the waker fires.
-    pub(crate) fn submit(&mut self, conn: usize, serial: u64, host: &str, port: u16) {
+    pub(crate) fn submit(&mut self, conn: ConnKey, serial: u64, host: &str, port: u16) {
         if self.threads.len() < self.max_threads {
             self.spawn_thread();
         }

@@ -31,6 +31,10 @@ impl ConnId {
     }
 }
 
+/// Trailers of a chunked response, stored in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct Trailers(pub HeaderMap);
+
 /// How a TLS connection was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Handshake {

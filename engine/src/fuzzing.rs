@@ -272,7 +272,7 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
             for p in peers.iter_mut() {
                 p.service();
             }
-            engine.drive_memnet(now);
+            engine.drive_silent(now);
         }
     };
     let mut ops = 0;

@@ -45,6 +45,7 @@ mod error;
 mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+mod keys;
 mod origin;
 mod session;
 mod sock;
@@ -58,9 +59,11 @@ pub use config::{
     ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
 };
 pub use dns::{Resolver, SystemResolver};
-pub use engine::{Engine, Handle, Trailers};
+pub use engine::{Engine, Handle};
 pub use error::{Deadline, Error, Phase};
-pub use event::{CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy};
+pub use event::{
+    CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,
+};
 pub use origin::Origin;
 pub use stats::{OriginStats, Stats};
 

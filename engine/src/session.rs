@@ -121,18 +121,18 @@ impl Session {
 
     /// Run the state machine over `input`: decrypt application data into
     /// `rbuf`, encode handshake records and encrypt `wbuf` (once the handshake
-    /// allows it) into `stage`, or behind the unsent bytes when there are
+    /// allows it) into `sealed`, or behind the unsent bytes when there are
     /// some. Stops when rustls needs more input. [`Session::send`] must
-    /// follow before `stage` serves another connection.
+    /// follow before `sealed` serves another connection.
     pub(crate) fn process(
         &mut self,
         input: &mut [u8],
         rbuf: &mut BytesMut,
         wbuf: &mut BytesMut,
-        stage: &mut Vec<u8>,
+        sealed: &mut Vec<u8>,
     ) -> Result<Processed, rustls::Error> {
         let out: &mut Vec<u8> = if self.out.is_empty() {
-            stage
+            sealed
         } else {
             &mut self.out
         };
@@ -162,7 +162,7 @@ impl Session {
                     })?;
                 }
                 ConnectionState::TransmitTlsData(mut transmit) => {
-                    // The records are in `out` (the stage, or behind the
+                    // The records are in `out` (the sealed buffer, or behind the
                     // unsent bytes), which `send` writes in order.
                     if let Some(mut traffic) = transmit.may_encrypt_app_data() {
                         encrypt(&mut traffic, out, wbuf)?;
@@ -217,22 +217,22 @@ impl Session {
         }
     }
 
-    /// Keep what `process` staged to be sent later, leaving `stage` empty.
-    pub(crate) fn park(&mut self, stage: &mut Vec<u8>) {
-        if !stage.is_empty() {
-            self.out.extend_from_slice(stage);
-            empty(stage);
+    /// Keep what `process` staged to be sent later, leaving `sealed` empty.
+    pub(crate) fn park(&mut self, sealed: &mut Vec<u8>) {
+        if !sealed.is_empty() {
+            self.out.extend_from_slice(sealed);
+            empty(sealed);
         }
     }
 
     /// Write the unsent bytes, then what `process` staged, until done or
-    /// `WouldBlock`; what the socket does not take is kept. `stage` is
+    /// `WouldBlock`; what the socket does not take is kept. `sealed` is
     /// always left empty, also on error.
-    pub(crate) fn send(&mut self, sock: &mut impl Write, stage: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn send(&mut self, sock: &mut impl Write, sealed: &mut Vec<u8>) -> io::Result<()> {
         if !self.out.is_empty() {
             // `process` stages nothing while these wait; anything staged
             // anyway queues behind them.
-            self.park(stage);
+            self.park(sealed);
             let (sent, result) = write_some(sock, &self.out);
             self.out.drain(..sent);
             if self.out.is_empty() {
@@ -240,21 +240,21 @@ impl Session {
             }
             return result;
         }
-        let (sent, result) = write_some(sock, stage);
-        if result.is_ok() && sent < stage.len() {
-            self.out.extend_from_slice(&stage[sent..]);
+        let (sent, result) = write_some(sock, sealed);
+        if result.is_ok() && sent < sealed.len() {
+            self.out.extend_from_slice(&sealed[sent..]);
         }
-        empty(stage);
+        empty(sealed);
         result
     }
 }
 
 /// Empty the shared staging buffer; one grown by a large body shrinks back
 /// to a record's size, so the engine does not keep it.
-fn empty(stage: &mut Vec<u8>) {
-    stage.clear();
-    if stage.capacity() > 64 * 1024 {
-        stage.shrink_to(16 * 1024 + 256);
+fn empty(sealed: &mut Vec<u8>) {
+    sealed.clear();
+    if sealed.capacity() > 64 * 1024 {
+        sealed.shrink_to(16 * 1024 + 256);
     }
 }
 
@@ -375,43 +375,43 @@ mod tests {
     }
 
     #[test]
-    fn staged_bytes_the_socket_refuses_are_kept_in_order_and_stage_is_emptied() {
+    fn staged_bytes_the_socket_refuses_are_kept_in_order_and_the_sealed_buffer_is_emptied() {
         let mut s = session();
         let mut sock = Sink::new(4, false);
-        let mut stage = b"abcdef".to_vec();
-        s.send(&mut sock, &mut stage).expect("send");
+        let mut sealed = b"abcdef".to_vec();
+        s.send(&mut sock, &mut sealed).expect("send");
         assert_eq!(sock.got, b"abcd");
-        assert!(stage.is_empty() && s.wants_write());
+        assert!(sealed.is_empty() && s.wants_write());
         // Staged while bytes wait: queued behind them, nothing is lost.
-        stage.extend_from_slice(b"gh");
+        sealed.extend_from_slice(b"gh");
         sock.room = 100;
-        s.send(&mut sock, &mut stage).expect("send");
+        s.send(&mut sock, &mut sealed).expect("send");
         assert_eq!(sock.got, b"abcdefgh");
-        assert!(stage.is_empty() && !s.wants_write());
+        assert!(sealed.is_empty() && !s.wants_write());
         // park keeps bytes for a later send without writing.
-        stage.extend_from_slice(b"ij");
-        s.park(&mut stage);
-        assert!(stage.is_empty() && s.wants_write());
-        s.send(&mut sock, &mut stage).expect("send");
+        sealed.extend_from_slice(b"ij");
+        s.park(&mut sealed);
+        assert!(sealed.is_empty() && s.wants_write());
+        s.send(&mut sock, &mut sealed).expect("send");
         assert_eq!(sock.got, b"abcdefghij");
     }
 
     #[test]
-    fn a_failed_write_still_empties_the_shared_stage() {
+    fn a_failed_write_still_empties_the_shared_sealed_buffer() {
         let mut s = session();
         let mut sock = Sink::new(0, true);
-        let mut stage = b"secret of this connection".to_vec();
-        assert!(s.send(&mut sock, &mut stage).is_err());
-        assert!(stage.is_empty());
+        let mut sealed = b"secret of this connection".to_vec();
+        assert!(s.send(&mut sock, &mut sealed).is_err());
+        assert!(sealed.is_empty());
     }
 
     #[test]
-    fn a_stage_grown_by_a_large_body_shrinks_back() {
+    fn a_sealed_buffer_grown_by_a_large_body_shrinks_back() {
         let mut s = session();
         let mut sock = Sink::new(usize::MAX, false);
-        let mut stage = vec![7; 1 << 20];
-        s.send(&mut sock, &mut stage).expect("send");
+        let mut sealed = vec![7; 1 << 20];
+        s.send(&mut sock, &mut sealed).expect("send");
         assert_eq!(sock.got.len(), 1 << 20);
-        assert!(stage.is_empty() && stage.capacity() <= 64 * 1024);
+        assert!(sealed.is_empty() && sealed.capacity() <= 64 * 1024);
     }
 }

@@ -2,12 +2,43 @@
 //! from [`crate::fuzzing::MemNet`] that lets a fuzzer play the peer.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::fuzzing::MemConn;
+use crate::fuzzing::{MemConn, MemNet};
+
+/// Where connections go: TCP, or the in-memory pipes of a fuzzer. The one
+/// place the engine's production path meets the fuzzing hooks.
+pub(crate) enum Net {
+    Tcp,
+    Mem(MemNet),
+}
+
+impl Net {
+    pub(crate) fn new(memnet: Option<MemNet>) -> Net {
+        memnet.map_or(Net::Tcp, Net::Mem)
+    }
+
+    /// The address of `host` when no lookup is needed: an IP literal, or any
+    /// name on an in-memory network (which has no names to look up).
+    pub(crate) fn literal(&self, host: &str) -> Option<IpAddr> {
+        match (host.parse::<IpAddr>(), self) {
+            (Ok(ip), _) => Some(ip),
+            (Err(_), Net::Mem(_)) => Some(IpAddr::from([127, 0, 0, 1])),
+            (Err(_), Net::Tcp) => None,
+        }
+    }
+
+    /// Start a non-blocking connect to `addr`.
+    pub(crate) fn connect(&self, addr: SocketAddr) -> io::Result<Sock> {
+        match self {
+            Net::Tcp => TcpStream::connect(addr).map(Sock::Tcp),
+            Net::Mem(net) => Ok(Sock::Mem(net.connect(addr))),
+        }
+    }
+}
 
 pub(crate) enum Sock {
     Tcp(TcpStream),
@@ -68,8 +99,10 @@ impl Sock {
         }
     }
 
-    pub(crate) fn connect(addr: SocketAddr) -> io::Result<Sock> {
-        TcpStream::connect(addr).map(Sock::Tcp)
+    /// A socket raises readiness events; an in-memory pipe raises none: it
+    /// connects at once and is driven by `Engine::drive_silent`.
+    pub(crate) fn is_evented(&self) -> bool {
+        matches!(self, Sock::Tcp(_))
     }
 }
 

@@ -4,6 +4,43 @@ use std::fmt::Write as _;
 
 use crate::{CloseReason, Origin, Phase};
 
+/// A lifetime counter kept both engine-wide ([`Stats`]) and per origin
+/// ([`OriginStats`]); the engine bumps both with one call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    Opened,
+    Closed(CloseReason),
+    HandshakeFull,
+    HandshakeResumed,
+    ChainChange,
+    Probe,
+    Retry,
+    DrainHitGrace,
+}
+
+/// `counter(c)`: the field that counts `c`, on both stats types (they name
+/// their shared counters alike).
+macro_rules! counters {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub(crate) fn counter(&mut self, c: Counter) -> &mut u64 {
+                match c {
+                    Counter::Opened => &mut self.connections_opened,
+                    Counter::Closed(reason) => &mut self.closed_by_reason[reason.index()],
+                    Counter::HandshakeFull => &mut self.handshakes_full,
+                    Counter::HandshakeResumed => &mut self.handshakes_resumed,
+                    Counter::ChainChange => &mut self.chain_changes,
+                    Counter::Probe => &mut self.probes,
+                    Counter::Retry => &mut self.retries,
+                    Counter::DrainHitGrace => &mut self.drains_hit_grace,
+                }
+            }
+        }
+    )*};
+}
+
+counters!(Stats, OriginStats);
+
 /// Lifetime counters of one origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

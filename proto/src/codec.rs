@@ -40,7 +40,7 @@ impl Default for Limits {
 
 /// Output of [`Codec::poll_response`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum ResponseEvent {
     /// The final response head (interim 1xx responses are skipped).
     Head(ResponseHead),
     /// A piece of body (a `Bytes` split off the input buffer, no copy).
@@ -73,7 +73,7 @@ pub enum State {
 }
 
 #[derive(Debug)]
-enum Phase {
+enum Progress {
     Idle,
     Active { writing: Writing, reading: Reading },
     Done,
@@ -145,7 +145,7 @@ impl Exchange {
 #[derive(Debug)]
 pub struct Codec {
     limits: Limits,
-    phase: Phase,
+    progress: Progress,
     exchange: Exchange,
     error: Option<Error>,
     names: NameCache,
@@ -156,7 +156,7 @@ impl Codec {
     pub fn new(limits: Limits) -> Self {
         Codec {
             limits,
-            phase: Phase::Idle,
+            progress: Progress::Idle,
             exchange: Exchange::default(),
             error: None,
             names: NameCache::default(),
@@ -170,17 +170,17 @@ impl Codec {
 
     /// Current state.
     pub fn state(&self) -> State {
-        match &self.phase {
+        match &self.progress {
             _ if self.error.is_some() => State::Closed,
-            Phase::Idle => State::Idle,
-            Phase::Done => State::Done,
-            Phase::Closed => State::Closed,
-            Phase::Active { writing, .. } if *writing != Writing::Finished => State::Sending,
-            Phase::Active {
+            Progress::Idle => State::Idle,
+            Progress::Done => State::Done,
+            Progress::Closed => State::Closed,
+            Progress::Active { writing, .. } if *writing != Writing::Finished => State::Sending,
+            Progress::Active {
                 reading: Reading::Head,
                 ..
             } => State::AwaitingHead,
-            Phase::Active {
+            Progress::Active {
                 reading: Reading::Body(_),
                 ..
             } => State::Body,
@@ -278,8 +278,8 @@ impl Codec {
     /// request body is open.
     pub fn send_body(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), Error> {
         self.check()?;
-        match &mut self.phase {
-            Phase::Active {
+        match &mut self.progress {
+            Progress::Active {
                 writing:
                     Writing::Length {
                         declared,
@@ -296,7 +296,7 @@ impl Codec {
                 }
                 out.put_slice(data);
             }
-            Phase::Active {
+            Progress::Active {
                 writing: Writing::Chunked,
                 ..
             } => put_chunk(out, data),
@@ -315,7 +315,7 @@ impl Codec {
     /// [`Error::InvalidState`] when no streamed request body is open.
     pub fn end_body(&mut self, out: &mut BytesMut) -> Result<(), Error> {
         self.check()?;
-        let Phase::Active { writing, .. } = &mut self.phase else {
+        let Progress::Active { writing, .. } = &mut self.progress else {
             return self.misuse("end_body");
         };
         match *writing {
@@ -351,7 +351,7 @@ impl Codec {
     /// Any malformed or over-limit response (see [`Error`]); a 101 response
     /// ([`Error::UnsupportedUpgrade`]); bytes when no response is expected
     /// ([`Error::UnsolicitedData`]).
-    pub fn poll_response(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Error> {
+    pub fn poll_response(&mut self, input: &mut BytesMut) -> Result<Option<ResponseEvent>, Error> {
         self.check()?;
         match self.read(input) {
             Ok(event) => Ok(event),
@@ -372,35 +372,35 @@ impl Codec {
     /// reused connection: the server dropped it as idle);
     /// [`Error::IncompleteHead`] inside the head; [`Error::TruncatedBody`]
     /// inside a Content-Length or chunked body.
-    pub fn handle_eof(&mut self) -> Result<Option<Event>, Error> {
+    pub fn handle_eof(&mut self) -> Result<Option<ResponseEvent>, Error> {
         self.check()?;
-        let result = match &self.phase {
-            Phase::Idle | Phase::Done | Phase::Closed => Ok(None),
-            Phase::Active {
+        let result = match &self.progress {
+            Progress::Idle | Progress::Done | Progress::Closed => Ok(None),
+            Progress::Active {
                 reading: Reading::Head,
                 ..
             } if self.exchange.started => Err(Error::IncompleteHead),
-            Phase::Active {
+            Progress::Active {
                 reading: Reading::Head,
                 ..
             } => Err(Error::ClosedBeforeResponse),
-            Phase::Active {
+            Progress::Active {
                 reading: Reading::Body(decoder),
                 ..
             } => decoder.eof().map(|()| Some(self.end(None))),
         };
         match result {
             Ok(event) => {
-                self.phase = Phase::Closed;
+                self.progress = Progress::Closed;
                 Ok(event)
             }
             Err(err) => self.fail(err),
         }
     }
 
-    fn read(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Error> {
+    fn read(&mut self, input: &mut BytesMut) -> Result<Option<ResponseEvent>, Error> {
         loop {
-            let Phase::Active { writing, reading } = &mut self.phase else {
+            let Progress::Active { writing, reading } = &mut self.progress else {
                 return if input.is_empty() {
                     Ok(None)
                 } else {
@@ -423,32 +423,32 @@ impl Codec {
                     let early = *writing != Writing::Finished;
                     let length = self.exchange.final_head(&head, early)?;
                     *reading = Reading::Body(BodyDecoder::new(length, self.limits));
-                    return Ok(Some(Event::Head(head)));
+                    return Ok(Some(ResponseEvent::Head(head)));
                 }
             };
             return Ok(match decoder.decode(input)? {
                 None => None,
-                Some(Decoded::Data(data)) => Some(Event::Data(data)),
+                Some(Decoded::Data(data)) => Some(ResponseEvent::Data(data)),
                 Some(Decoded::End(trailers)) => Some(self.end(trailers)),
             });
         }
     }
 
     /// Finish the exchange with its verdict.
-    fn end(&mut self, trailers: Option<HeaderMap>) -> Event {
+    fn end(&mut self, trailers: Option<HeaderMap>) -> ResponseEvent {
         let verdict = self.exchange.reuse.verdict(self.exchange.hints);
-        self.phase = if verdict.keep_alive() {
-            Phase::Done
+        self.progress = if verdict.keep_alive() {
+            Progress::Done
         } else {
-            Phase::Closed
+            Progress::Closed
         };
-        Event::End { trailers, verdict }
+        ResponseEvent::End { trailers, verdict }
     }
 
     fn check_can_send(&mut self, operation: &'static str) -> Result<(), Error> {
         self.check()?;
-        match self.phase {
-            Phase::Idle | Phase::Done => Ok(()),
+        match self.progress {
+            Progress::Idle | Progress::Done => Ok(()),
             _ => self.misuse(operation),
         }
     }
@@ -486,7 +486,7 @@ impl Codec {
             reuse,
             hints: KeepAliveHints::default(),
         };
-        self.phase = Phase::Active {
+        self.progress = Progress::Active {
             writing,
             reading: Reading::Head,
         };
@@ -506,7 +506,7 @@ impl Codec {
 
     fn fail<T>(&mut self, err: Error) -> Result<T, Error> {
         self.error = Some(err.clone());
-        self.phase = Phase::Closed;
+        self.progress = Progress::Closed;
         Err(err)
     }
 }

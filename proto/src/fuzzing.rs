@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Uri};
 
 use crate::chunked::{Chunk, ChunkedDecoder};
 use crate::request::{put_chunk, LAST_CHUNK};
-use crate::{Codec, Error, Event, Limits, ResponseHead, State, TargetForm, Verdict};
+use crate::{Codec, Error, Limits, ResponseEvent, ResponseHead, State, TargetForm, Verdict};
 
 /// How each request is sent before its response is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,13 +165,13 @@ fn pump(
         let Some(event) = codec.poll_response(input)? else {
             return Ok(());
         };
-        let ended = matches!(event, Event::End { .. });
+        let ended = matches!(event, ResponseEvent::End { .. });
         assert!(
             ended || input.len() < before,
             "event without progress: {event:?}"
         );
         assert!(
-            !matches!(&event, Event::Data(d) if d.is_empty()),
+            !matches!(&event, ResponseEvent::Data(d) if d.is_empty()),
             "empty data event"
         );
         record(exchanges, event);
@@ -179,21 +179,21 @@ fn pump(
     panic!("poll_response did not settle within {bound} events");
 }
 
-fn record(exchanges: &mut [Exchange], event: Event) {
+fn record(exchanges: &mut [Exchange], event: ResponseEvent) {
     let Some(exchange) = exchanges.last_mut() else {
         return;
     };
     assert!(exchange.end.is_none(), "event after End: {event:?}");
     match event {
-        Event::Head(head) => {
+        ResponseEvent::Head(head) => {
             assert!(exchange.head.is_none(), "second head");
             exchange.head = Some(head);
         }
-        Event::Data(data) => {
+        ResponseEvent::Data(data) => {
             assert!(exchange.head.is_some(), "data before head");
             exchange.body.extend_from_slice(&data);
         }
-        Event::End { trailers, verdict } => exchange.end = Some((trailers, verdict)),
+        ResponseEvent::End { trailers, verdict } => exchange.end = Some((trailers, verdict)),
     }
 }
 

@@ -17,7 +17,7 @@ pub struct KeepAliveHints {
 /// Why a connection may not carry another request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum CloseReason {
+pub enum CloseCause {
     /// The request carried `Connection: close`.
     RequestClose,
     /// The response carried `Connection: close`.
@@ -38,7 +38,7 @@ pub enum CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     /// `None` when the connection may carry another request.
-    pub close: Option<CloseReason>,
+    pub close: Option<CloseCause>,
     /// Server hints, parsed leniently.
     pub hints: KeepAliveHints,
 }
@@ -74,12 +74,12 @@ impl Reuse {
     /// `Connection: close`, HTTP/1.0, the request's `Connection: close`.
     pub(crate) fn verdict(&self, hints: KeepAliveHints) -> Verdict {
         let reasons = [
-            (self.ambiguous_framing, CloseReason::AmbiguousFraming),
-            (self.close_delimited, CloseReason::CloseDelimited),
-            (self.early_response, CloseReason::EarlyResponse),
-            (self.response_close, CloseReason::ResponseClose),
-            (self.http10_without_keep_alive, CloseReason::Http10),
-            (self.request_close, CloseReason::RequestClose),
+            (self.ambiguous_framing, CloseCause::AmbiguousFraming),
+            (self.close_delimited, CloseCause::CloseDelimited),
+            (self.early_response, CloseCause::EarlyResponse),
+            (self.response_close, CloseCause::ResponseClose),
+            (self.http10_without_keep_alive, CloseCause::Http10),
+            (self.request_close, CloseCause::RequestClose),
         ];
         let close = reasons
             .iter()

@@ -8,7 +8,7 @@
 //! ```
 //! use bytes::BytesMut;
 //! use http::{HeaderMap, Method, Uri};
-//! use rotary_proto::{Codec, Event, Limits, State, TargetForm};
+//! use rotary_proto::{Codec, ResponseEvent, Limits, State, TargetForm};
 //!
 //! let mut codec = Codec::new(Limits::default());
 //! let mut out = BytesMut::new();
@@ -21,9 +21,9 @@
 //! let mut body = Vec::new();
 //! while let Some(event) = codec.poll_response(&mut input)? {
 //!     match event {
-//!         Event::Head(head) => assert_eq!(head.status, 200),
-//!         Event::Data(data) => body.extend_from_slice(&data),
-//!         Event::End { verdict, .. } => assert!(verdict.keep_alive()),
+//!         ResponseEvent::Head(head) => assert_eq!(head.status, 200),
+//!         ResponseEvent::Data(data) => body.extend_from_slice(&data),
+//!         ResponseEvent::End { verdict, .. } => assert!(verdict.keep_alive()),
 //!     }
 //! }
 //! assert_eq!(body, b"ok");
@@ -51,8 +51,8 @@ mod response;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use codec::{Codec, Event, Limits, State};
+pub use codec::{Codec, Limits, ResponseEvent, State};
 pub use error::Error;
-pub use keepalive::{keep_alive_hints, CloseReason, KeepAliveHints, Verdict};
+pub use keepalive::{keep_alive_hints, CloseCause, KeepAliveHints, Verdict};
 pub use request::{check_header, TargetForm};
 pub use response::ResponseHead;

@@ -4,14 +4,14 @@
 //! ("shotgun"); all feedings must agree before the result is compared.
 
 use rotary_proto::fuzzing::{drive, Outcome, Request};
-use rotary_proto::{CloseReason, Error, Limits, State};
+use rotary_proto::{CloseCause, Error, Limits, State};
 
 enum Expect {
     /// The first exchange completes with this status, body and close reason.
     Complete {
         status: u16,
         body: &'static [u8],
-        close: Option<CloseReason>,
+        close: Option<CloseCause>,
     },
     /// The codec stops with this error.
     Fails(Error),
@@ -25,7 +25,7 @@ fn keep(status: u16, body: &'static [u8]) -> Expect {
     }
 }
 
-fn close(status: u16, body: &'static [u8], reason: CloseReason) -> Expect {
+fn close(status: u16, body: &'static [u8], reason: CloseCause) -> Expect {
     Expect::Complete {
         status,
         body,
@@ -110,7 +110,7 @@ fn huge_head() -> Vec<u8> {
     s
 }
 
-use CloseReason::*;
+use CloseCause::*;
 
 exchange_cases! {
     content_length_body_keeps_the_connection:

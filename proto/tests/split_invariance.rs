@@ -5,7 +5,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use rotary_proto::fuzzing::{drive, Outcome, Request};
-use rotary_proto::{CloseReason, Error, Limits};
+use rotary_proto::{CloseCause, Error, Limits};
 
 #[derive(Debug, Clone)]
 enum Framing {
@@ -86,13 +86,13 @@ impl Response {
         s
     }
 
-    fn expected_close(&self) -> Option<CloseReason> {
+    fn expected_close(&self) -> Option<CloseCause> {
         if matches!(self.framing, Framing::CloseDelimited) {
-            Some(CloseReason::CloseDelimited)
+            Some(CloseCause::CloseDelimited)
         } else if self.connection_close {
-            Some(CloseReason::ResponseClose)
+            Some(CloseCause::ResponseClose)
         } else if self.http10 && !self.keep_alive_header {
-            Some(CloseReason::Http10)
+            Some(CloseCause::Http10)
         } else {
             None
         }

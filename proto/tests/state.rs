@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, Method, Uri};
-use rotary_proto::{CloseReason, Codec, Error, Event, Limits, State, TargetForm};
+use rotary_proto::{CloseCause, Codec, Error, Limits, ResponseEvent, State, TargetForm};
 
 const ORIGIN: TargetForm = TargetForm::Origin;
 
@@ -32,7 +32,7 @@ fn input(bytes: &[u8]) -> BytesMut {
 }
 
 /// Poll until `Ok(None)`, collecting events.
-fn poll_all(codec: &mut Codec, input: &mut BytesMut) -> Result<Vec<Event>, Error> {
+fn poll_all(codec: &mut Codec, input: &mut BytesMut) -> Result<Vec<ResponseEvent>, Error> {
     let mut events = Vec::new();
     while let Some(event) = codec.poll_response(input)? {
         events.push(event);
@@ -40,9 +40,9 @@ fn poll_all(codec: &mut Codec, input: &mut BytesMut) -> Result<Vec<Event>, Error
     Ok(events)
 }
 
-fn verdict_of(events: &[Event]) -> Option<CloseReason> {
+fn verdict_of(events: &[ResponseEvent]) -> Option<CloseCause> {
     match events.last() {
-        Some(Event::End { verdict, .. }) => verdict.close,
+        Some(ResponseEvent::End { verdict, .. }) => verdict.close,
         other => panic!("no end: {other:?}"),
     }
 }
@@ -315,7 +315,7 @@ fn closed_connection_refuses_the_next_request() {
     get(&mut codec).expect("first");
     let mut bytes = input(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     let events = poll_all(&mut codec, &mut bytes).expect("response");
-    assert_eq!(verdict_of(&events), Some(CloseReason::ResponseClose));
+    assert_eq!(verdict_of(&events), Some(CloseCause::ResponseClose));
     assert_eq!(codec.state(), State::Closed);
     assert_eq!(
         get(&mut codec),
@@ -337,7 +337,7 @@ fn request_connection_close_gives_a_close_verdict() {
         .expect("request");
     assert!(out.windows(19).any(|w| w == b"connection: close\r\n"));
     let events = poll_all(&mut codec, &mut input(OK)).expect("response");
-    assert_eq!(verdict_of(&events), Some(CloseReason::RequestClose));
+    assert_eq!(verdict_of(&events), Some(CloseCause::RequestClose));
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn events_come_in_order_head_data_end() {
     get(&mut codec).expect("request");
     let events = poll_all(&mut codec, &mut input(OK)).expect("response");
     assert!(
-        matches!(&events[..], [Event::Head(h), Event::Data(d), Event::End { trailers: None, .. }]
+        matches!(&events[..], [ResponseEvent::Head(h), ResponseEvent::Data(d), ResponseEvent::End { trailers: None, .. }]
         if h.status == 200 && &d[..] == b"ok")
     );
 }
@@ -358,11 +358,11 @@ fn body_data_is_handed_out_before_the_body_is_complete() {
     let mut bytes = input(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
     assert!(matches!(
         codec.poll_response(&mut bytes),
-        Ok(Some(Event::Head(_)))
+        Ok(Some(ResponseEvent::Head(_)))
     ));
     assert_eq!(codec.state(), State::Body);
     assert!(
-        matches!(codec.poll_response(&mut bytes), Ok(Some(Event::Data(d))) if &d[..] == b"abc")
+        matches!(codec.poll_response(&mut bytes), Ok(Some(ResponseEvent::Data(d))) if &d[..] == b"abc")
     );
     assert!(matches!(codec.poll_response(&mut bytes), Ok(None)));
 }
@@ -374,7 +374,7 @@ fn body_data_is_split_off_the_input_without_copying() {
     let mut bytes = input(OK);
     let body_at = bytes.as_ptr() as usize + OK.len() - 2;
     let events = poll_all(&mut codec, &mut bytes).expect("response");
-    let Event::Data(data) = &events[1] else {
+    let ResponseEvent::Data(data) = &events[1] else {
         panic!("expected data: {events:?}")
     };
     assert_eq!(
@@ -422,7 +422,7 @@ fn early_response_while_sending_keeps_the_body_open_then_closes() {
     let mut bytes = input(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nba");
     assert!(matches!(
         codec.poll_response(&mut bytes),
-        Ok(Some(Event::Head(_)))
+        Ok(Some(ResponseEvent::Head(_)))
     ));
     assert_eq!(codec.state(), State::Sending);
     codec
@@ -430,11 +430,11 @@ fn early_response_while_sending_keeps_the_body_open_then_closes() {
         .expect("body may still be sent");
     assert!(matches!(
         codec.poll_response(&mut bytes),
-        Ok(Some(Event::Data(_)))
+        Ok(Some(ResponseEvent::Data(_)))
     ));
     bytes.extend_from_slice(b"d");
     let events = poll_all(&mut codec, &mut bytes).expect("rest");
-    assert_eq!(verdict_of(&events), Some(CloseReason::EarlyResponse));
+    assert_eq!(verdict_of(&events), Some(CloseCause::EarlyResponse));
     assert_eq!(codec.state(), State::Closed);
 }
 
@@ -494,9 +494,12 @@ fn eof_before_the_end_of_a_bodiless_response_still_ends_it() {
     let mut bytes = input(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n");
     assert!(matches!(
         codec.poll_response(&mut bytes),
-        Ok(Some(Event::Head(_)))
+        Ok(Some(ResponseEvent::Head(_)))
     ));
-    assert!(matches!(codec.handle_eof(), Ok(Some(Event::End { .. }))));
+    assert!(matches!(
+        codec.handle_eof(),
+        Ok(Some(ResponseEvent::End { .. }))
+    ));
     assert_eq!(codec.state(), State::Closed);
 }
 
@@ -507,7 +510,7 @@ fn input_after_a_close_delimited_end_is_refused() {
     poll_all(&mut codec, &mut input(b"HTTP/1.1 200 OK\r\n\r\nbody")).expect("response");
     let end = codec.handle_eof();
     assert!(
-        matches!(end, Ok(Some(Event::End { verdict, .. })) if verdict.close == Some(CloseReason::CloseDelimited))
+        matches!(end, Ok(Some(ResponseEvent::End { verdict, .. })) if verdict.close == Some(CloseCause::CloseDelimited))
     );
     assert_eq!(
         codec.poll_response(&mut input(b"more")),

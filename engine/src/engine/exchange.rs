@@ -1,0 +1,344 @@
+//! One exchange on one connection: writing the request, feeding what
+//! arrives to the codec, turning codec output into events, and ending the
+//! exchange — reuse, retire, or retry the request elsewhere.
+//!
+//! Owns `Conn::req`, `served`, `remaining`, `idle_limit` and `peer_end`
+//! while an exchange runs, the request's `FirstByte` timer, and the retry
+//! rules. A response's bytes are the request's ([`super::request`]).
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use rotary_proto::{CloseCause, Codec, ResponseEvent, TargetForm, Verdict};
+
+use crate::conn::{PeerEnd, Stage};
+use crate::keys::{ConnKey, ReqKey};
+use crate::stats::Counter;
+use crate::{CloseReason, ConnId, Deadline, Error, Event, Phase, ServedBy, Trailers};
+
+use super::io::ReadMode;
+use super::timers::{ReqTimer, Timer};
+use super::Engine;
+
+/// The idle limit after a server's `Keep-Alive: timeout` hint.
+pub(crate) fn hinted_idle(
+    ours: Option<Duration>,
+    hint: Option<Duration>,
+    margin: Duration,
+) -> Option<Duration> {
+    match (ours, hint) {
+        (o, None) => o,
+        (None, Some(h)) => Some(h.saturating_sub(margin)),
+        (Some(o), Some(h)) => Some(o.min(h.saturating_sub(margin))),
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+impl Engine {
+    /// Put request `rk` on idle connection `ck` and send its head and body.
+    pub(super) fn assign(&mut self, ck: ConnKey, rk: ReqKey, now: Instant) {
+        let (Some(conn), Some(req)) = (self.conns.get_mut(ck), self.reqs.get_mut(rk)) else {
+            return;
+        };
+        conn.idle_until = None;
+        let r = &req.request;
+        let body = r.body();
+        let needs_body =
+            !body.is_empty() || matches!(*r.method(), Method::POST | Method::PUT | Method::PATCH);
+        let sent = conn.codec.send_request(
+            r.method(),
+            r.uri(),
+            r.headers(),
+            needs_body.then_some(&body[..]),
+            TargetForm::Origin,
+            &mut conn.wbuf,
+        );
+        if let Err(e) = sent {
+            // The codec refuses before writing a byte: the connection is
+            // untouched, so it goes back to the pool with a fresh codec.
+            conn.codec = Codec::new(self.config.limits);
+            conn.wbuf.clear();
+            self.fail_request(rk, Error::InvalidRequest(e.to_string()));
+            return self.make_idle(ck, now);
+        }
+        req.reused = conn.served > 0;
+        req.conn = Some(ck);
+        conn.served += 1;
+        conn.remaining = conn.remaining.map(|r| r.saturating_sub(1));
+        conn.req = Some(rk);
+        if req.reused {
+            self.stats.connections_reused += 1;
+        }
+        if let Some(t) = req.opts.first_byte_timeout {
+            self.arm(Timer::Req(rk, ReqTimer::FirstByte), now + t);
+        }
+        // Only the request goes out: anything the peer sends raises an event.
+        self.drive(ck, ReadMode::Skip, now);
+    }
+
+    /// New plaintext (or EOF) on a connection.
+    pub(super) fn on_input(&mut self, key: ConnKey, id: ConnId, eof: bool, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if eof && conn.peer_end == PeerEnd::Open {
+                conn.peer_end = PeerEnd::Closed;
+            }
+        }
+        loop {
+            let Some(conn) = self.live(key, id) else {
+                return;
+            };
+            let Some(rk) = conn.req else {
+                if !conn.rbuf.is_empty() || eof {
+                    // Idle (or draining after its exchange): bytes or EOF mean stale.
+                    let p = conn.pool;
+                    if conn.stage() == Stage::Ready {
+                        self.close_conn(key, CloseReason::PeerClose);
+                    } else {
+                        let err = Error::PeerClosed {
+                            phase: Phase::Tls,
+                            reused: false,
+                        };
+                        return self.connect_failed(key, err, now);
+                    }
+                    self.dispatch(p, now);
+                }
+                return;
+            };
+            let polled = conn.codec.poll_response(&mut conn.rbuf);
+            let started = conn.codec.response_started();
+            match polled {
+                Ok(Some(ev)) => {
+                    self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
+                    self.on_response_event(key, rk, ev, now);
+                }
+                Ok(None) if !eof => {
+                    if started {
+                        self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
+                    }
+                    return;
+                }
+                Ok(None) => return self.on_eof(key, id, rk, started, now),
+                Err(cause) => {
+                    let phase = self.response_phase(rk);
+                    return self.exchange_failed(key, Error::Protocol { phase, cause }, now);
+                }
+            }
+        }
+    }
+
+    /// The peer closed while request `rk` was on `key` and the codec has
+    /// nothing more from the bytes it had: the end of a close-delimited body,
+    /// or a cut exchange. Either way the connection closes.
+    fn on_eof(&mut self, key: ConnKey, id: ConnId, rk: ReqKey, started: bool, now: Instant) {
+        let Some(conn) = self.live(key, id) else {
+            return;
+        };
+        let at_eof = conn.codec.handle_eof();
+        let truncatable = conn.peer_end == PeerEnd::Unclean;
+        self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
+        let reused = self.reqs.get(rk).is_some_and(|r| r.reused);
+        let cut = |phase| Error::PeerClosed { phase, reused };
+        match at_eof {
+            // RFC 9112 §9.8: over TLS, a close-delimited body is complete
+            // only with a close_notify; a bare FIN may be an attacker's
+            // truncation.
+            Ok(Some(ResponseEvent::End { verdict, .. }))
+                if truncatable && verdict.close == Some(CloseCause::CloseDelimited) =>
+            {
+                self.exchange_failed(key, cut(Phase::ResponseBody), now);
+            }
+            Ok(Some(ev)) => self.on_response_event(key, rk, ev, now),
+            Ok(None) | Err(_) if !started => {
+                self.exchange_failed(key, cut(Phase::ResponseHead), now);
+            }
+            Ok(None) => self.exchange_failed(key, cut(Phase::ResponseBody), now),
+            Err(cause) => {
+                let phase = self.response_phase(rk);
+                self.exchange_failed(key, Error::Protocol { phase, cause }, now);
+            }
+        }
+        // Whatever happened, the peer is gone.
+        if let Some(p) = self.live(key, id).map(|c| c.pool) {
+            self.close_conn(key, CloseReason::PeerClose);
+            self.dispatch(p, now);
+        }
+    }
+
+    /// The phase a protocol error of request `rk`'s response belongs to.
+    fn response_phase(&self, rk: ReqKey) -> Phase {
+        if self.reqs.get(rk).is_some_and(|r| r.head.is_some()) {
+            Phase::ResponseBody
+        } else {
+            Phase::ResponseHead
+        }
+    }
+
+    fn served_by(&self, key: ConnKey, rk: ReqKey) -> ServedBy {
+        let conn = self.conns.get(key);
+        ServedBy {
+            conn: conn.map_or(ConnId(0), |c| c.id),
+            reused: self.reqs.get(rk).is_some_and(|r| r.reused),
+            chain: conn.and_then(|c| c.chain.clone()),
+        }
+    }
+
+    /// One piece of request `rk`'s response arrived on `key`.
+    fn on_response_event(&mut self, key: ConnKey, rk: ReqKey, ev: ResponseEvent, now: Instant) {
+        match ev {
+            ResponseEvent::Head(head) => {
+                let Some(req) = self.reqs.get_mut(rk) else {
+                    return;
+                };
+                if req.opts.streaming {
+                    let mut response = http::Response::new(());
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    let id = req.id;
+                    let served_by = self.served_by(key, rk);
+                    self.out.push_back(Event::Head {
+                        id,
+                        response,
+                        served_by,
+                    });
+                } else {
+                    req.head = Some(head);
+                }
+            }
+            ResponseEvent::Data(data) => {
+                let Some(req) = self.reqs.get_mut(rk) else {
+                    return;
+                };
+                if req.opts.streaming {
+                    let id = req.id;
+                    self.out.push_back(Event::Body { id, data });
+                    return;
+                }
+                if let Err(limit) = req.buffer_body(data) {
+                    let err = Error::BodyTooLarge { limit };
+                    self.abort_request(rk, err, CloseReason::Error, now);
+                }
+            }
+            ResponseEvent::End { trailers, verdict } => {
+                let served_by = self.served_by(key, rk);
+                let Some(mut req) = self.take_request(rk) else {
+                    return;
+                };
+                self.stats.requests_ok += 1;
+                let event = if req.opts.streaming {
+                    Event::End {
+                        id: req.id,
+                        trailers,
+                    }
+                } else {
+                    let mut response = req.buffered_response();
+                    if let Some(t) = trailers {
+                        response.extensions_mut().insert(Trailers(t));
+                    }
+                    Event::Response {
+                        id: req.id,
+                        response,
+                        served_by,
+                    }
+                };
+                self.out.push_back(event);
+                self.exchange_done(key, verdict, now);
+            }
+        }
+    }
+
+    /// The exchange on `key` ended well: reuse or retire the connection.
+    fn exchange_done(&mut self, key: ConnKey, verdict: Verdict, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let p = conn.pool;
+        conn.req = None;
+        self.disarm(Timer::Conn(key, crate::conn::ConnTimer::Drain));
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let policy = self.pools[p].policy;
+        if let Some(max) = verdict.hints.max {
+            conn.remaining = Some(conn.remaining.map_or(max, |r| r.min(max)));
+        }
+        let idle = hinted_idle(
+            conn.idle_limit.or(policy.idle_timeout),
+            verdict.hints.timeout,
+            policy.keep_alive_margin,
+        );
+        conn.idle_limit = idle;
+        let reason = if verdict.close.is_some() || idle == Some(Duration::ZERO) {
+            Some(CloseReason::ServerClose)
+        } else if conn.peer_closed() {
+            Some(CloseReason::PeerClose)
+        } else if let Some(r) = conn.retiring {
+            Some(r)
+        } else if conn.remaining == Some(0) {
+            Some(CloseReason::MaxRequests)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                self.close_conn(key, reason);
+                self.dispatch(p, now);
+            }
+            None => self.make_idle(key, now),
+        }
+    }
+
+    /// The exchange on `key` failed: retry the request on a fresh connection
+    /// when that is safe, fail it otherwise; close the connection.
+    pub(super) fn exchange_failed(&mut self, key: ConnKey, err: Error, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let p = conn.pool;
+        let started = conn.codec.response_started();
+        let reason = match err {
+            Error::PeerClosed { .. } | Error::Io { .. } => CloseReason::PeerClose,
+            Error::Timeout(Deadline::DrainGrace) => CloseReason::MaxAge,
+            _ => CloseReason::Error,
+        };
+        let rk = conn.req.take();
+        self.close_conn(key, reason);
+        if let Some(rk) = rk {
+            let retry = self.reqs.get(rk).is_some_and(|r| {
+                let safe = is_idempotent(r.request.method()) || r.opts.retry_safe;
+                let stale = matches!(err, Error::PeerClosed { reused: true, .. })
+                    || (r.reused && matches!(err, Error::Io { .. }));
+                let drained = matches!(err, Error::Timeout(Deadline::DrainGrace));
+                safe && !r.retried && !started && (stale || drained)
+            });
+            if retry {
+                self.count(p, Counter::Retry);
+                self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
+                if let Some(r) = self.reqs.get_mut(rk) {
+                    log::debug!(
+                        "retrying request {} on a fresh connection after: {err}",
+                        r.id.0
+                    );
+                    r.prepare_retry();
+                }
+                self.pools[p].queue.push_front(rk);
+            } else {
+                let err = match err {
+                    Error::PeerClosed { phase, .. } => Error::PeerClosed {
+                        phase,
+                        reused: self.reqs.get(rk).is_some_and(|r| r.reused),
+                    },
+                    e => e,
+                };
+                self.fail_request(rk, err);
+            }
+        }
+        self.dispatch(p, now);
+    }
+}

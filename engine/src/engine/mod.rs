@@ -1,0 +1,520 @@
+//! The event loop: the [`Engine`] and its [`Handle`], the public API, and
+//! the loop that turns readiness, deadlines and commands into work.
+//!
+//! A request flows submit → [`request`] → [`pool`] → [`connect`] → [`io`] →
+//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it. This
+//! file owns construction, the mio plumbing ([`Mio`]) and the command
+//! channel; every other piece of state belongs to the child module named
+//! after it, which alone changes it (see the README's architecture notes).
+
+mod connect;
+mod exchange;
+mod io;
+mod lifecycle;
+mod pool;
+mod request;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Events, Poll, Registry, Token, Waker};
+
+use crate::conn::{Conn, Stage};
+use crate::dns::{Answer, DnsPool, SystemResolver};
+use crate::keys::{ConnKey, Key, Slots};
+use crate::sock::Net;
+use crate::stats::Counter;
+use crate::tls::TlsState;
+use crate::{
+    CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase, Policy, RequestId,
+    RequestOptions, Stats,
+};
+
+use self::io::{Buffers, ReadMode};
+use self::pool::{PoolKey, Pools};
+use self::request::Requests;
+use self::timers::Timers;
+
+/// What a [`Handle`] sends to the engine's thread.
+enum Command {
+    Submit(Box<(RequestId, http::Request<Bytes>, RequestOptions)>),
+    Cancel(RequestId),
+}
+
+/// The engine's place in a mio loop: its own poll (or none when embedded),
+/// the registry its sockets go on, and its token range. Token `base` is the
+/// waker; connection `key` has token `base + 1 + key`.
+struct Mio {
+    poll: Option<Poll>,
+    registry: Registry,
+    base: usize,
+    count: usize,
+    events: Events,
+    /// The tokens of one `poll`, copied out of `events` (reused).
+    tokens: Vec<(Token, bool)>,
+    waker: Arc<Waker>,
+}
+
+impl Mio {
+    fn token(&self, key: ConnKey) -> Token {
+        Token(self.base + 1 + key.index())
+    }
+
+    /// The connection a token stands for; `None` for the waker (and for
+    /// tokens outside the range, which `handle_event` filters first).
+    fn conn_of(&self, token: Token) -> Option<ConnKey> {
+        let offset = token.0.checked_sub(self.base)?.checked_sub(1)?;
+        Some(ConnKey::from_index(offset))
+    }
+
+    fn owns(&self, token: Token) -> bool {
+        token.0 >= self.base && token.0 - self.base < self.count
+    }
+}
+
+/// A readiness-driven HTTP/1.1-over-TLS client.
+///
+/// One engine per thread. Drive it with [`Engine::poll`] and drain
+/// [`Engine::next_event`], or embed it in a host's mio loop with
+/// [`Engine::embedded`]; submit from other threads through [`Engine::handle`].
+pub struct Engine {
+    mio: Mio,
+    timers: Timers,
+    conns: Slots<ConnKey, Conn>,
+    reqs: Requests,
+    pools: Pools,
+    out: VecDeque<Event>,
+    dns: DnsPool,
+    /// Resolver answers of one drain (reused).
+    answers: Vec<Answer>,
+    tls: TlsState,
+    net: Net,
+    config: Config,
+    stats: Stats,
+    cmd_tx: mpsc::Sender<Command>,
+    cmd_rx: mpsc::Receiver<Command>,
+    next_req: Arc<AtomicU64>,
+    next_conn: u64,
+    bufs: Buffers,
+    /// Connections whose read stopped at the budget: read on next turn.
+    read_again: Vec<(ConnKey, ConnId)>,
+    shut: bool,
+}
+
+/// A `Send + Clone` handle that submits and cancels requests from other
+/// threads and wakes the engine's loop. Events still come out of the engine.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    next_req: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// Submit a request; its events come out of the engine's `next_event`.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn submit(
+        &self,
+        request: http::Request<Bytes>,
+        opts: RequestOptions,
+    ) -> Result<RequestId, Error> {
+        let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.tx
+            .send(Command::Submit(Box::new((id, request, opts))))
+            .map_err(|_| Error::Shutdown)?;
+        let _ = self.waker.wake();
+        Ok(id)
+    }
+
+    /// Cancel a request; it ends with [`Error::Cancelled`] unless it already ended.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn cancel(&self, id: RequestId) -> Result<(), Error> {
+        self.tx
+            .send(Command::Cancel(id))
+            .map_err(|_| Error::Shutdown)?;
+        let _ = self.waker.wake();
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// An engine that owns its `mio::Poll`; drive it with [`Engine::poll`].
+    ///
+    /// # Errors
+    /// An I/O error from creating the poll, or `InvalidInput` when the trust
+    /// configuration yields no usable anchors (unreadable or empty CA file).
+    pub fn new(config: Config) -> std::io::Result<Engine> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        Engine::build(Some(poll), registry, 0, usize::MAX, config)
+    }
+
+    /// An engine embedded in a host's mio loop: its waker and sockets are
+    /// registered on `registry` under tokens `token_base ..
+    /// token_base + token_count`. The host routes events for those tokens to
+    /// [`Engine::handle_event`], sleeps at most [`Engine::next_timeout`], and
+    /// calls [`Engine::handle_timeouts`] after every wake-up. At most
+    /// `token_count - 1` connections are open at once.
+    ///
+    /// # Errors
+    /// As [`Engine::new`]; `InvalidInput` when `token_count < 2` or the
+    /// range runs past `usize::MAX`.
+    pub fn embedded(
+        registry: &Registry,
+        token_base: usize,
+        token_count: usize,
+        config: Config,
+    ) -> std::io::Result<Engine> {
+        if token_count < 2 || token_base.checked_add(token_count).is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "token_count must be at least 2, and the range must fit in usize",
+            ));
+        }
+        Engine::build(None, registry.try_clone()?, token_base, token_count, config)
+    }
+
+    fn build(
+        poll: Option<Poll>,
+        registry: Registry,
+        base: usize,
+        count: usize,
+        config: Config,
+    ) -> std::io::Result<Engine> {
+        let tls = TlsState::new(&config.trust)?;
+        let waker = Arc::new(Waker::new(&registry, Token(base))?);
+        let resolver = config
+            .resolver
+            .clone()
+            .unwrap_or_else(|| Arc::new(SystemResolver));
+        let dns = DnsPool::new(resolver, config.dns_threads, waker.clone());
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        Ok(Engine {
+            mio: Mio {
+                poll,
+                registry,
+                base,
+                count,
+                events: Events::with_capacity(1024),
+                tokens: Vec::with_capacity(1024),
+                waker,
+            },
+            timers: Timers::new(Instant::now()),
+            conns: Slots::default(),
+            reqs: Requests::default(),
+            pools: Pools::default(),
+            out: VecDeque::new(),
+            dns,
+            answers: Vec::new(),
+            tls,
+            net: Net::new(config.memnet.clone()),
+            config,
+            stats: Stats::default(),
+            cmd_tx,
+            cmd_rx,
+            next_req: Arc::new(AtomicU64::new(1)),
+            next_conn: 1,
+            bufs: Buffers::new(),
+            read_again: Vec::new(),
+            shut: false,
+        })
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.cmd_tx.clone(),
+            waker: self.mio.waker.clone(),
+            next_req: self.next_req.clone(),
+        }
+    }
+
+    /// Override the lifetime policy for one origin (existing connections
+    /// keep the deadlines they already have).
+    pub fn set_origin_policy(&mut self, origin: Origin, policy: Policy) {
+        self.pools.set_policy(origin, policy);
+    }
+
+    /// The policy in force for `origin`.
+    pub fn origin_policy(&self, origin: &Origin) -> Policy {
+        self.pools.policy_of(origin, &self.config.policy)
+    }
+
+    /// The verified chain of the origin's newest TLS connection.
+    pub fn peer_chain(&self, origin: &Origin) -> Option<Arc<PeerChain>> {
+        let p = self.pools.find(origin)?;
+        self.pools[p].chain.clone()
+    }
+
+    /// Submit a request (absolute URI: `http://` or `https://`). The request
+    /// ends with exactly one terminal event; an invalid request ends at once
+    /// with [`Error::InvalidRequest`], a request submitted after
+    /// [`Engine::shutdown`] with [`Error::Shutdown`].
+    pub fn submit(&mut self, request: http::Request<Bytes>, opts: RequestOptions) -> RequestId {
+        let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.submit_with_id(id, request, opts, Instant::now());
+        id
+    }
+
+    /// Cancel a request: it ends with [`Error::Cancelled`] (its connection,
+    /// if mid-exchange, is closed). Unknown or finished ids are ignored.
+    pub fn cancel(&mut self, id: RequestId) {
+        self.cancel_at(id, Instant::now());
+    }
+
+    /// Run the loop until the request ends; returns its response. Events
+    /// about other requests and connections stay queued for `next_event`.
+    ///
+    /// # Errors
+    /// The request's error; [`Error::InvalidRequest`] for an embedded engine
+    /// (the host owns the loop there).
+    pub fn execute(
+        &mut self,
+        request: http::Request<Bytes>,
+        opts: RequestOptions,
+    ) -> Result<http::Response<Bytes>, Error> {
+        if self.mio.poll.is_none() {
+            return Err(Error::InvalidRequest(
+                "execute needs an engine that owns its poll".into(),
+            ));
+        }
+        let id = self.submit(request, opts.streaming(false));
+        loop {
+            let found = self
+                .out
+                .iter()
+                .position(|e| e.is_terminal() && e.request_id() == Some(id));
+            if let Some(pos) = found {
+                return match self.out.remove(pos) {
+                    Some(Event::Response { response, .. }) => Ok(response),
+                    Some(Event::Failed { error, .. }) => Err(error),
+                    _ => Err(Error::Shutdown),
+                };
+            }
+            if let Err(e) = self.poll(None) {
+                self.cancel(id);
+                return Err(Error::io(Phase::Request, e));
+            }
+        }
+    }
+
+    /// The next event, if any.
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.out.pop_front()
+    }
+
+    /// Block until I/O, the next deadline or `timeout` (whichever is first;
+    /// `None` = no limit beyond the deadlines), then process what happened.
+    /// Returns at once when events are already waiting.
+    ///
+    /// # Errors
+    /// An error from `mio::Poll::poll`; `InvalidInput` for an embedded engine.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.drain_commands(now);
+        let mut wait = timeout;
+        if let Some(t) = self.next_timeout(now) {
+            wait = Some(wait.map_or(t, |w| w.min(t)));
+        }
+        if !self.out.is_empty() {
+            wait = Some(Duration::ZERO);
+        }
+        let Some(poll) = self.mio.poll.as_mut() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "embedded engine: the host polls",
+            ));
+        };
+        match poll.poll(&mut self.mio.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let mut tokens = std::mem::take(&mut self.mio.tokens);
+        tokens.clear();
+        tokens.extend(
+            self.mio
+                .events
+                .iter()
+                .map(|e| (e.token(), e.is_read_closed() || e.is_error())),
+        );
+        let now = Instant::now();
+        for &(t, closed) in &tokens {
+            self.on_token(t, ReadMode::after_event(closed), now);
+        }
+        self.mio.tokens = tokens;
+        self.handle_timeouts(Instant::now());
+        Ok(())
+    }
+
+    /// Embedded mode: handle one mio event. Returns false when the token is
+    /// not the engine's.
+    pub fn handle_event(&mut self, event: &mio::event::Event) -> bool {
+        if !self.mio.owns(event.token()) {
+            return false;
+        }
+        let closed = event.is_read_closed() || event.is_error();
+        self.on_token(event.token(), ReadMode::after_event(closed), Instant::now());
+        true
+    }
+
+    /// How long the host may sleep before calling [`Engine::handle_timeouts`]:
+    /// the next deadline, zero when work is pending, `None` when nothing is
+    /// scheduled.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.timers.next_timeout(now)
+    }
+
+    /// Fire every deadline due at `now`, and finish deferred work (resolver
+    /// answers, submissions from handles, reads cut short by the budget).
+    /// Harmless to call more often than needed.
+    pub fn handle_timeouts(&mut self, now: Instant) {
+        let now = self.timers.advance(now);
+        self.drain_commands(now);
+        self.drain_answers(now);
+        self.read_deferred(now);
+        while let Some(timer) = self.timers.poll_expired(now) {
+            self.on_timer(timer, now);
+        }
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.connections = self.conns.len();
+        s.timers = self.timers.len();
+        s.queued = self.pools.queued();
+        s.in_flight = self.reqs.len() - s.queued;
+        s.origins = self.pools.iter().map(|p| p.stats.clone()).collect();
+        s
+    }
+
+    /// Close every connection that carries no exchange: idle ones (with
+    /// close_notify on TLS) and ones still being opened.
+    pub fn close_idle(&mut self) {
+        let idle: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.req.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close_conn(key, CloseReason::Shutdown);
+        }
+    }
+
+    /// Fail every queued and in-flight request with [`Error::Shutdown`], send
+    /// close_notify on every TLS connection, close every socket and stop the
+    /// resolver threads (waiting for a lookup in progress). Later submissions
+    /// fail with [`Error::Shutdown`].
+    pub fn shutdown(&mut self) {
+        self.stop(true);
+    }
+
+    fn stop(&mut self, join: bool) {
+        if self.shut {
+            return;
+        }
+        let now = Instant::now();
+        self.drain_commands(now);
+        self.shut = true;
+        for rk in self.reqs.keys() {
+            self.abort_request(rk, Error::Shutdown, CloseReason::Shutdown, now);
+        }
+        for key in self.conns.keys() {
+            self.close_conn(key, CloseReason::Shutdown);
+        }
+        self.dns.stop(join);
+        self.drain_commands(now);
+    }
+
+    /// Live resolver threads (for leak checks).
+    pub fn resolver_threads(&self) -> usize {
+        self.dns.threads()
+    }
+
+    /// Readiness on `token`: the waker's wakes the command and resolver
+    /// queues; a connection's moves it on by its stage.
+    fn on_token(&mut self, token: Token, read: ReadMode, now: Instant) {
+        let Some(key) = self.mio.conn_of(token) else {
+            self.drain_commands(now);
+            self.drain_answers(now);
+            return;
+        };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        match conn.stage() {
+            Stage::Resolving => {}
+            Stage::Connecting => self.on_connecting(key, now),
+            Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
+        }
+    }
+
+    fn drain_commands(&mut self, now: Instant) {
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                Command::Submit(sub) => {
+                    let (id, req, opts) = *sub;
+                    self.submit_with_id(id, req, opts, now)
+                }
+                Command::Cancel(id) => self.cancel_at(id, now),
+            }
+        }
+    }
+
+    /// The connection at `key`, if it is still the one with `id`: slab keys
+    /// are reused, so a key held across a call that may close connections is
+    /// checked this way before it is used again.
+    fn live(&mut self, key: ConnKey, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(key).filter(|c| c.id == id)
+    }
+
+    fn is_live(&self, key: ConnKey, id: ConnId) -> bool {
+        self.conns.get(key).is_some_and(|c| c.id == id)
+    }
+
+    /// Bump `counter` engine-wide and for pool `p`.
+    fn count(&mut self, p: PoolKey, counter: Counter) {
+        *self.stats.counter(counter) += 1;
+        *self.pools[p].stats.counter(counter) += 1;
+    }
+
+    fn has_token_room(&self) -> bool {
+        self.conns.len() + 1 < self.mio.count
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}

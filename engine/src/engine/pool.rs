@@ -1,0 +1,283 @@
+//! Pools of connections per origin: finding a request's pool, putting
+//! queued requests on idle connections (or opening new ones), taking a
+//! connection back when its exchange ends, and closing connections.
+//!
+//! Owns [`Pools`] (the pools, their index by origin, the origin policies)
+//! and each pool's `conns`, `idle`, `queue` and `connecting`. `close_conn` is
+//! the one place a connection leaves the slab.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::{Index, IndexMut};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::conn::Purpose;
+use crate::keys::{ConnKey, ReqKey};
+use crate::stats::{Counter, OriginStats};
+use crate::{CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy};
+
+pub(super) use crate::keys::PoolKey;
+
+use super::Engine;
+
+/// The connections and waiting requests of one origin.
+pub(super) struct Pool {
+    pub(super) origin: Origin,
+    pub(super) policy: Policy,
+    pub(super) conns: Vec<ConnKey>,
+    /// Idle connections, ascending by id: the youngest is last, the oldest
+    /// first.
+    pub(super) idle: Vec<(ConnId, ConnKey)>,
+    pub(super) queue: VecDeque<ReqKey>,
+    /// Connections being opened for requests (probes do not count).
+    pub(super) connecting: usize,
+    pub(super) last_used: Option<Instant>,
+    /// The chain of the origin's newest full handshake.
+    pub(super) chain: Option<Arc<PeerChain>>,
+    /// When a full handshake last stored fresh session tickets.
+    pub(super) full_handshake_at: Option<Instant>,
+    /// A connection retired for age or chain: forget stored sessions.
+    pub(super) purge_sessions: bool,
+    pub(super) probe_timer: Option<crate::wheel::TimerKey>,
+    pub(super) stats: OriginStats,
+}
+
+/// Every pool (never removed, so a [`PoolKey`] stays valid), found by
+/// origin, and the policies set per origin.
+#[derive(Default)]
+pub(super) struct Pools {
+    list: Vec<Pool>,
+    index: HashMap<Origin, PoolKey>,
+    /// The scheme and authority of the last submitted URI and its pool:
+    /// consecutive requests to one origin skip building an `Origin`.
+    last: Option<(bool, http::uri::Authority, PoolKey)>,
+    policies: HashMap<Origin, Policy>,
+}
+
+impl Index<PoolKey> for Pools {
+    type Output = Pool;
+    fn index(&self, p: PoolKey) -> &Pool {
+        &self.list[crate::keys::Key::index(p)]
+    }
+}
+
+impl IndexMut<PoolKey> for Pools {
+    fn index_mut(&mut self, p: PoolKey) -> &mut Pool {
+        &mut self.list[crate::keys::Key::index(p)]
+    }
+}
+
+impl Pools {
+    pub(super) fn find(&self, origin: &Origin) -> Option<PoolKey> {
+        self.index.get(origin).copied()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.list.iter()
+    }
+
+    /// Requests waiting for a connection, over every pool.
+    pub(super) fn queued(&self) -> usize {
+        self.list.iter().map(|p| p.queue.len()).sum()
+    }
+
+    pub(super) fn set_policy(&mut self, origin: Origin, policy: Policy) {
+        if let Some(p) = self.find(&origin) {
+            self[p].policy = policy;
+        }
+        self.policies.insert(origin, policy);
+    }
+
+    pub(super) fn policy_of(&self, origin: &Origin, default: &Policy) -> Policy {
+        self.policies.get(origin).copied().unwrap_or(*default)
+    }
+
+    /// The pool for a request URI. Pools are never removed, so the last
+    /// URI's pool stays valid; `Authority` compares case-insensitively.
+    pub(super) fn of_uri(&mut self, uri: &http::Uri, default: &Policy) -> Result<PoolKey, Error> {
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(true),
+            Some("http") => Some(false),
+            _ => None,
+        };
+        if let (Some((last_tls, last, p)), Some(tls), Some(authority)) =
+            (&self.last, tls, uri.authority())
+        {
+            // A URI cloned from the last one shares its bytes: no compare.
+            let same = last.as_str().as_ptr() == authority.as_str().as_ptr()
+                && last.as_str().len() == authority.as_str().len();
+            if *last_tls == tls && (same || last == authority) {
+                return Ok(*p);
+            }
+        }
+        let p = self.get_or_insert(Origin::from_uri(uri)?, default);
+        self.last = tls.zip(uri.authority()).map(|(t, a)| (t, a.clone(), p));
+        Ok(p)
+    }
+
+    fn get_or_insert(&mut self, origin: Origin, default: &Policy) -> PoolKey {
+        if let Some(p) = self.find(&origin) {
+            return p;
+        }
+        let policy = self.policy_of(&origin, default);
+        let p = crate::keys::Key::from_index(self.list.len());
+        self.list.push(Pool {
+            origin: origin.clone(),
+            policy,
+            conns: Vec::new(),
+            idle: Vec::new(),
+            queue: VecDeque::new(),
+            connecting: 0,
+            last_used: None,
+            chain: None,
+            full_handshake_at: None,
+            purge_sessions: false,
+            probe_timer: None,
+            stats: OriginStats::new(origin.clone()),
+        });
+        self.index.insert(origin, p);
+        p
+    }
+}
+
+/// Which idle connection gets the next request: the youngest (highest id,
+/// so older ones age out unused), and for a retry that must not reuse, only
+/// one that has carried nothing yet (`fresh` tells which). `idle` is sorted
+/// by id, so the usual pick is the last entry. Returns the index in `idle`.
+pub(super) fn pick_idle(
+    idle: &[(ConnId, ConnKey)],
+    fresh_only: Option<&dyn Fn(ConnKey) -> bool>,
+) -> Option<usize> {
+    match fresh_only {
+        None => idle.len().checked_sub(1),
+        Some(fresh) => idle.iter().rposition(|&(_, key)| fresh(key)),
+    }
+}
+
+/// Add an idle connection to `idle`, keeping it sorted by id.
+pub(super) fn insert_idle(idle: &mut Vec<(ConnId, ConnKey)>, id: ConnId, key: ConnKey) {
+    // A connection going idle is usually the youngest or near it.
+    let at = idle.partition_point(|&(other, _)| other < id);
+    idle.insert(at, (id, key));
+}
+
+impl Engine {
+    /// Put queued requests on idle connections (the youngest first), then open
+    /// connections for those still waiting, within the origin's maximum.
+    pub(super) fn dispatch(&mut self, p: PoolKey, now: Instant) {
+        if self.shut {
+            return;
+        }
+        loop {
+            let pool = &self.pools[p];
+            let Some(&rk) = pool.queue.front() else { break };
+            let fresh = self.reqs.get(rk).is_some_and(|r| r.fresh_only);
+            let conns = &self.conns;
+            let unused = |k: ConnKey| conns.get(k).is_some_and(|c| c.served == 0);
+            let pick = pick_idle(
+                &pool.idle,
+                fresh.then_some(&unused as &dyn Fn(ConnKey) -> bool),
+            );
+            let Some(i) = pick else { break };
+            let pool = &mut self.pools[p];
+            let (_, ck) = pool.idle.remove(i);
+            pool.queue.pop_front();
+            self.assign(ck, rk, now);
+        }
+        let pool = &self.pools[p];
+        let max = pool.policy.max_connections.max(1);
+        let mut waiting = pool.queue.len();
+        while waiting > self.pools[p].connecting && self.has_token_room() {
+            if self.pools[p].conns.len() >= max {
+                // Only fresh-only retries wait while connections sit idle: make room.
+                let Some(&(_, oldest)) = self.pools[p].idle.first() else {
+                    break;
+                };
+                self.close_conn(oldest, CloseReason::Idle);
+                continue;
+            }
+            self.open(p, Purpose::Requests, now);
+            waiting = self.pools[p].queue.len();
+        }
+    }
+
+    /// The connection is free: back to the pool's idle list with its idle
+    /// deadline, or closed when the peer sent bytes nobody asked for.
+    pub(super) fn make_idle(&mut self, key: ConnKey, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let p = conn.pool;
+        if !conn.rbuf.is_empty() {
+            self.close_conn(key, CloseReason::PeerClose);
+            return self.dispatch(p, now);
+        }
+        conn.release_buffers();
+        let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
+        insert_idle(&mut self.pools[p].idle, conn.id, key);
+        conn.idle_until = limit.map(|l| now + l);
+        let until = conn.idle_until;
+        // A busy keep-alive connection goes idle once per exchange: an idle
+        // timer still armed from an earlier idle spell stays and, when it
+        // fires, re-arms for the rest. The wheel is touched only when the
+        // new deadline is earlier (a server's Keep-Alive hint) or none is set.
+        let idle = super::timers::Timer::Conn(key, crate::conn::ConnTimer::Idle);
+        if let Some(until) = until {
+            if self.armed(idle).is_none_or(|at| at > until) {
+                self.arm(idle, until);
+            }
+        }
+        self.dispatch(p, now);
+    }
+
+    /// Close a connection now: cancel its timers, close_notify, drop the
+    /// socket, leave the pool. Its request, if still attached, fails.
+    pub(super) fn close_conn(&mut self, key: ConnKey, reason: CloseReason) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        self.timers.cancel_all(&mut conn.timers);
+        conn.shutdown(&self.mio.registry);
+        let pool = &mut self.pools[conn.pool];
+        pool.conns.retain(|&k| k != key);
+        pool.idle.retain(|&(_, k)| k != key);
+        if conn.is_opening() {
+            pool.connecting = pool.connecting.saturating_sub(1);
+        }
+        if matches!(
+            reason,
+            CloseReason::MaxAge | CloseReason::ChainChange | CloseReason::CertExpiry
+        ) {
+            pool.purge_sessions = true;
+        }
+        if pool.conns.is_empty() {
+            // Nothing left to heal: the probe stops until the next connection.
+            self.disarm(super::timers::Timer::Probe(conn.pool));
+        }
+        let origin = self.pools[conn.pool].origin.clone();
+        self.count(conn.pool, Counter::Closed(reason));
+        log::debug!(
+            "connection {} to {origin} closed: {}",
+            conn.id.0,
+            reason.name()
+        );
+        if let Some(rk) = conn.req {
+            if let Some(r) = self.reqs.get_mut(rk) {
+                r.conn = None;
+            }
+            let err = match reason {
+                CloseReason::Shutdown => Error::Shutdown,
+                _ => Error::PeerClosed {
+                    phase: Phase::ResponseHead,
+                    reused: conn.served > 1,
+                },
+            };
+            self.fail_request(rk, err);
+        }
+        self.out.push_back(crate::Event::Closed {
+            conn: conn.id,
+            origin,
+            reason,
+        });
+    }
+}

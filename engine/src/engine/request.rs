@@ -1,0 +1,267 @@
+//! Requests from submission to their one terminal event: the request slab
+//! and its id map, a buffered response's body, and ending a request
+//! (abort, fail, emit).
+//!
+//! Owns [`Requests`] and every `Req`'s fields but `conn` and `reused`,
+//! which [`super::exchange`] sets when it puts a request on a connection.
+//! `take_request` is the one place a request leaves the slab.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rotary_proto::ResponseHead;
+
+use crate::keys::{ConnKey, ReqKey, Slots};
+use crate::wheel::TimerKey;
+use crate::{CloseReason, Error, RequestId, RequestOptions};
+
+use super::pool::PoolKey;
+use super::timers::{ReqTimer, Timer, REQ_TIMERS};
+use super::Engine;
+
+/// Hashes a [`RequestId`] as itself: ids are distinct sequential numbers, so
+/// SipHash's protection against chosen keys buys nothing for the id map.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread sequential ids over hashbrown's top 7 control bits too.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A submitted request that has not ended yet.
+pub(super) struct Req {
+    pub(super) id: RequestId,
+    pub(super) pool: PoolKey,
+    pub(super) request: http::Request<Bytes>,
+    pub(super) opts: RequestOptions,
+    /// The connection carrying it, once assigned.
+    pub(super) conn: Option<ConnKey>,
+    pub(super) timers: [Option<TimerKey>; REQ_TIMERS],
+    /// Sent again once already (never twice).
+    pub(super) retried: bool,
+    /// A retry: only a connection that carried nothing yet may take it.
+    pub(super) fresh_only: bool,
+    /// Put on a connection that had carried an earlier exchange.
+    pub(super) reused: bool,
+    /// A buffered response's head, until its body ends.
+    pub(super) head: Option<ResponseHead>,
+    body: BytesMut,
+    /// A body that arrives in one piece is handed on without a copy.
+    first_chunk: Option<Bytes>,
+    body_len: usize,
+}
+
+impl Req {
+    fn new(
+        id: RequestId,
+        pool: PoolKey,
+        request: http::Request<Bytes>,
+        opts: RequestOptions,
+    ) -> Req {
+        Req {
+            id,
+            pool,
+            request,
+            opts,
+            conn: None,
+            timers: [None; REQ_TIMERS],
+            retried: false,
+            fresh_only: false,
+            reused: false,
+            head: None,
+            body: BytesMut::new(),
+            first_chunk: None,
+            body_len: 0,
+        }
+    }
+
+    /// Keep a piece of a buffered body. `Err(limit)` when the body would pass
+    /// `max_body`.
+    pub(super) fn buffer_body(&mut self, data: Bytes) -> Result<(), usize> {
+        self.body_len += data.len();
+        if self.body_len > self.opts.max_body {
+            return Err(self.opts.max_body);
+        }
+        match self.first_chunk.take() {
+            None if self.body.is_empty() => self.first_chunk = Some(data),
+            None => self.body.extend_from_slice(&data),
+            Some(first) => {
+                self.body.reserve(first.len() + data.len());
+                self.body.extend_from_slice(&first);
+                self.body.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    }
+
+    /// The buffered response: its head and the whole body.
+    pub(super) fn buffered_response(&mut self) -> http::Response<Bytes> {
+        let body = match self.first_chunk.take() {
+            Some(b) => b,
+            None => std::mem::take(&mut self.body).freeze(),
+        };
+        let mut response = http::Response::new(body);
+        if let Some(head) = self.head.take() {
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+        }
+        response
+    }
+
+    /// Back to waiting, for a retry on a fresh connection: whatever part of
+    /// a response arrived is dropped.
+    pub(super) fn prepare_retry(&mut self) {
+        self.retried = true;
+        self.fresh_only = true;
+        self.conn = None;
+        self.head = None;
+        self.body.clear();
+        self.first_chunk = None;
+        self.body_len = 0;
+    }
+}
+
+/// The live requests, by slot and by id.
+#[derive(Default)]
+pub(super) struct Requests {
+    slab: Slots<ReqKey, Req>,
+    ids: HashMap<RequestId, ReqKey, IdHash>,
+}
+
+impl Requests {
+    fn insert(&mut self, req: Req) -> ReqKey {
+        let id = req.id;
+        let key = self.slab.insert(req);
+        self.ids.insert(id, key);
+        key
+    }
+
+    fn remove(&mut self, key: ReqKey) -> Option<Req> {
+        let req = self.slab.remove(key)?;
+        self.ids.remove(&req.id);
+        Some(req)
+    }
+
+    pub(super) fn find(&self, id: RequestId) -> Option<ReqKey> {
+        self.ids.get(&id).copied()
+    }
+
+    pub(super) fn get(&self, key: ReqKey) -> Option<&Req> {
+        self.slab.get(key)
+    }
+
+    pub(super) fn get_mut(&mut self, key: ReqKey) -> Option<&mut Req> {
+        self.slab.get_mut(key)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub(super) fn keys(&self) -> Vec<ReqKey> {
+        self.slab.keys()
+    }
+}
+
+impl Engine {
+    pub(super) fn submit_with_id(
+        &mut self,
+        id: RequestId,
+        request: http::Request<Bytes>,
+        opts: RequestOptions,
+        now: Instant,
+    ) {
+        if self.shut {
+            return self.emit_failed(id, Error::Shutdown, false);
+        }
+        let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
+            Ok(p) => p,
+            Err(e) => return self.emit_failed(id, e, false),
+        };
+        let key = self.reqs.insert(Req::new(id, p, request, opts));
+        if let Some(d) = opts.deadline {
+            self.arm(Timer::Req(key, ReqTimer::Total), now + d);
+        }
+        let pool = &mut self.pools[p];
+        pool.last_used = Some(now);
+        pool.queue.push_back(key);
+        self.dispatch(p, now);
+    }
+
+    /// Cancel request `id` if it is still live.
+    pub(super) fn cancel_at(&mut self, id: RequestId, now: Instant) {
+        if let Some(rk) = self.reqs.find(id) {
+            self.abort_request(rk, Error::Cancelled, CloseReason::Cancelled, now);
+        }
+    }
+
+    /// End a request with `err` wherever it is; close its connection (with
+    /// `reason`) if it was mid-exchange.
+    pub(super) fn abort_request(
+        &mut self,
+        rk: ReqKey,
+        err: Error,
+        reason: CloseReason,
+        now: Instant,
+    ) {
+        let Some(req) = self.reqs.get(rk) else { return };
+        let p = req.pool;
+        if let Some(ck) = req.conn {
+            if let Some(conn) = self.conns.get_mut(ck) {
+                conn.req = None;
+            }
+            self.fail_request(rk, err);
+            self.close_conn(ck, reason);
+        } else {
+            self.fail_request(rk, err);
+        }
+        self.dispatch(p, now);
+    }
+
+    /// Remove a request from every structure; its timers are cancelled.
+    pub(super) fn take_request(&mut self, rk: ReqKey) -> Option<Req> {
+        let mut req = self.reqs.remove(rk)?;
+        self.timers.cancel_all(&mut req.timers);
+        if req.conn.is_none() {
+            self.pools[req.pool].queue.retain(|&k| k != rk);
+        }
+        Some(req)
+    }
+
+    pub(super) fn fail_request(&mut self, rk: ReqKey, err: Error) {
+        let Some(req) = self.take_request(rk) else {
+            return;
+        };
+        self.emit_failed(req.id, err, req.reused);
+    }
+
+    fn emit_failed(&mut self, id: RequestId, error: Error, reused: bool) {
+        log::debug!("request {} failed: {error}", id.0);
+        self.stats.failed_by_phase[error.phase().index()] += 1;
+        self.out
+            .push_back(crate::Event::Failed { id, error, reused });
+    }
+}
