@@ -14,6 +14,19 @@ fn at(origin: Instant, ms: u64) -> Instant {
     origin + Duration::from_millis(ms)
 }
 
+/// An empty wheel whose tick clock starts now, and its origin.
+fn fresh_wheel<T>() -> (Instant, Wheel<T>) {
+    let origin = Instant::now();
+    (origin, Wheel::new(origin))
+}
+
+/// Asserts that `wheel` holds no timer and so reports no deadline.
+#[track_caller]
+fn assert_drained<T>(wheel: &Wheel<T>) {
+    assert!(wheel.is_empty());
+    assert_eq!(wheel.next_deadline(), None);
+}
+
 /// Drains everything due at `now`, returning the payloads in firing order.
 fn drain<T>(wheel: &mut Wheel<T>, now: Instant) -> Vec<T> {
     std::iter::from_fn(|| wheel.poll_expired(now).map(|(_, p)| p)).collect()
@@ -97,8 +110,7 @@ fn random_deadline(
 
 fn run_model(seed: u64, ops: usize) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let mut model = Model {
         origin,
         now_tick: 0,
@@ -271,8 +283,7 @@ const BOUNDARIES: &[u64] = &[
 fn level_boundary_deadlines_fire_exactly_on_their_tick() {
     for start in [0, 1, 63, 64, 4095, 4096, 262_143, 1_000_000] {
         for &d in BOUNDARIES {
-            let origin = Instant::now();
-            let mut wheel = Wheel::new(origin);
+            let (origin, mut wheel) = fresh_wheel();
             assert_eq!(wheel.poll_expired(at(origin, start)), None);
             let key = wheel.insert(at(origin, start + d), d);
             assert_eq!(
@@ -292,16 +303,14 @@ fn level_boundary_deadlines_fire_exactly_on_their_tick() {
                 Some((key, d)),
                 "start {start} d {d}"
             );
-            assert!(wheel.is_empty());
-            assert_eq!(wheel.next_deadline(), None);
+            assert_drained(&wheel);
         }
     }
 }
 
 #[test]
 fn all_boundaries_in_one_wheel_fire_in_deadline_order() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     for &d in BOUNDARIES.iter().rev() {
         wheel.insert(at(origin, d), d);
     }
@@ -312,13 +321,12 @@ fn all_boundaries_in_one_wheel_fire_in_deadline_order() {
         }
         assert_eq!(drain(&mut wheel, at(origin, d)), vec![d]);
     }
-    assert!(wheel.is_empty());
+    assert_drained(&wheel);
 }
 
 #[test]
 fn past_deadline_fires_on_next_poll_even_with_an_earlier_now() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     assert_eq!(wheel.poll_expired(at(origin, 10 * SEC)), None);
     wheel.insert(at(origin, 5 * SEC), "past");
     wheel.insert(at(origin, 20 * SEC), "future");
@@ -331,8 +339,7 @@ fn past_deadline_fires_on_next_poll_even_with_an_earlier_now() {
 
 #[test]
 fn instants_before_the_origin_count_as_the_origin() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let Some(before) = origin.checked_sub(Duration::from_secs(1)) else {
         return;
     };
@@ -344,8 +351,7 @@ fn instants_before_the_origin_count_as_the_origin() {
 
 #[test]
 fn sub_millisecond_deadlines_round_up_to_the_next_tick() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let key = wheel.insert(at(origin, 7) + Duration::from_nanos(1), ());
     assert_eq!(wheel.deadline(key), Some(at(origin, 8)));
     assert_eq!(
@@ -357,8 +363,7 @@ fn sub_millisecond_deadlines_round_up_to_the_next_tick() {
 
 #[test]
 fn same_tick_timers_fire_in_insertion_order() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     // Far enough to start in a coarse slot, then cascade together.
     for i in 0..100 {
         wheel.insert(at(origin, 300_000) + Duration::from_micros(i % 1000), i);
@@ -374,8 +379,7 @@ fn same_tick_timers_fire_in_insertion_order() {
 
 #[test]
 fn reset_moves_a_timer_earlier_and_later() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let a = wheel.insert(at(origin, 5000), 'a');
     let b = wheel.insert(at(origin, 6000), 'b');
     assert!(wheel.reset(b, at(origin, 100)));
@@ -394,8 +398,7 @@ fn reset_moves_a_timer_earlier_and_later() {
 
 #[test]
 fn stale_keys_are_no_ops_after_fire_cancel_and_cell_reuse() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let fired = wheel.insert(at(origin, 1), 1);
     assert_eq!(wheel.poll_expired(at(origin, 1)), Some((fired, 1)));
     assert_eq!(wheel.cancel(fired), None);
@@ -410,14 +413,12 @@ fn stale_keys_are_no_ops_after_fire_cancel_and_cell_reuse() {
     assert_eq!(wheel.deadline(reused), Some(at(origin, 10)));
     assert_eq!(wheel.cancel(reused), Some(2));
     assert_eq!(wheel.cancel(reused), None);
-    assert!(wheel.is_empty());
-    assert_eq!(wheel.next_deadline(), None);
+    assert_drained(&wheel);
 }
 
 #[test]
 fn a_24_hour_deadline_fires_after_24_hours() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     wheel.insert(at(origin, 24 * HOUR), "day");
     wheel.insert(at(origin, 90 * SEC), "idle");
     assert_eq!(drain(&mut wheel, at(origin, 90 * SEC)), vec!["idle"]);
@@ -431,8 +432,7 @@ fn a_24_hour_deadline_fires_after_24_hours() {
 
 #[test]
 fn huge_jumps_in_now_fire_everything_in_order() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut want: Vec<(u64, u32)> = (0..5000).map(|i| (rng.u64(0..24 * HOUR), i)).collect();
     for &(ms, i) in &want {
@@ -454,8 +454,7 @@ fn huge_jumps_in_now_fire_everything_in_order() {
 
 #[test]
 fn far_future_deadlines_are_clamped_without_panicking() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let mut far = origin;
     for secs in [1u64 << 40, 1 << 50, 1 << 60, u64::MAX / 2, u64::MAX] {
         if let Some(t) = origin.checked_add(Duration::from_secs(secs)) {
@@ -470,13 +469,12 @@ fn far_future_deadlines_are_clamped_without_panicking() {
     let scheduled = wheel.len();
     assert!(scheduled > 0);
     assert_eq!(drain(&mut wheel, far).len(), scheduled);
-    assert!(wheel.is_empty());
+    assert_drained(&wheel);
 }
 
 #[test]
 fn cancelling_the_earliest_timer_of_a_coarse_slot_finds_the_next_exactly() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let mut rng = fastrand::Rng::with_seed(3);
     // 200 timers inside one 4096 ms slot (and one level higher), shuffled.
     let mut ms: Vec<u64> = (0..200).map(|i| 8192 + i * 20 + rng.u64(0..20)).collect();
@@ -500,8 +498,7 @@ fn cancelling_the_earliest_timer_of_a_coarse_slot_finds_the_next_exactly() {
 
 #[test]
 fn a_warmed_up_wheel_reuses_its_storage() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     // The same 5000 deadlines over 5 minutes, shifted by a multiple of a
     // level-3 slot so that every round has the same shape in the tree.
     let round = |wheel: &mut Wheel<u32>, base: u64| {
@@ -521,8 +518,7 @@ fn a_warmed_up_wheel_reuses_its_storage() {
 
 #[test]
 fn poll_at_next_deadline_always_makes_progress() {
-    let origin = Instant::now();
-    let mut wheel = Wheel::new(origin);
+    let (origin, mut wheel) = fresh_wheel();
     let mut rng = fastrand::Rng::with_seed(11);
     for i in 0..2000 {
         wheel.insert(
