@@ -64,6 +64,10 @@
 
 use std::time::{Duration, Instant};
 
+use entry::Entries;
+
+mod entry;
+
 /// log2 of the slots per node.
 const SLOT_BITS: u32 = 6;
 /// Slots per node.
@@ -92,29 +96,6 @@ const NO_TICK: u64 = u64::MAX;
 pub struct TimerKey {
     index: u32,
     generation: u32,
-}
-
-/// One timer (or a vacant cell of the entry slab when `payload` is `None`).
-///
-/// `repr(C)` keeps the fields a cascade walk reads (`tick`, `next`) and the
-/// links it writes in the first 16 bytes, which never straddle a cache line
-/// for the usual entry sizes (multiples of 16): one miss per entry, not two.
-#[repr(C)]
-struct Entry<T> {
-    /// Deadline tick (already rounded up and clamped).
-    tick: u64,
-    /// Next entry in the slot list, or the next vacant cell when vacant.
-    next: u32,
-    /// Previous entry in the slot list (`NIL` at the head).
-    prev: u32,
-    /// Node whose slot lists this entry.
-    node: u32,
-    /// Bumped every time the cell is vacated, to detect stale keys.
-    generation: u32,
-    /// Slot within `node`.
-    slot: u8,
-    /// The timer's payload; `None` for a vacant cell.
-    payload: Option<T>,
 }
 
 /// A slot: the ends of its entry list, or (when cascaded) its child node.
@@ -204,9 +185,7 @@ pub struct Wheel<T> {
     max_instant: Instant,
     /// Latest `now` seen by `poll_expired`, rounded down to its tick.
     now_tick: u64,
-    entries: Vec<Entry<T>>,
-    /// Head of the vacant entry cells (linked through `Entry::next`).
-    free_entry: u32,
+    entries: Entries<T>,
     nodes: Vec<Node>,
     /// Head of the vacant nodes (linked through `Node::parent`).
     free_node: u32,
@@ -270,8 +249,7 @@ impl<T> Wheel<T> {
             max_tick,
             max_instant,
             now_tick: 0,
-            entries: Vec::with_capacity(cap),
-            free_entry: NIL,
+            entries: Entries::with_capacity(cap),
             nodes,
             free_node: NIL,
             root: 0,
@@ -310,13 +288,10 @@ impl<T> Wheel<T> {
     /// exhausted; memory runs out long before on common machines).
     pub fn insert(&mut self, deadline: Instant, payload: T) -> TimerKey {
         let tick = self.tick_ceil(deadline);
-        let index = self.alloc_entry(tick, payload);
+        let index = self.entries.alloc(tick, payload);
         self.place(index);
         self.len += 1;
-        TimerKey {
-            index,
-            generation: self.entries[index as usize].generation,
-        }
+        self.entries.key(index)
     }
 
     /// Cancels the timer `key` and returns its payload, or `None` if the key is
@@ -325,12 +300,12 @@ impl<T> Wheel<T> {
     /// O(levels) to unlink and clear emptied bitfields, plus amortised cascade
     /// work when the earliest timer is cancelled.
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        if !self.is_live(key) {
+        if !self.entries.is_live(key) {
             return None;
         }
         self.remove(key.index);
         self.len -= 1;
-        Some(self.free(key.index))
+        Some(self.entries.free(key.index))
     }
 
     /// Moves the timer `key` to `deadline` (rounded up like
@@ -340,12 +315,12 @@ impl<T> Wheel<T> {
     /// The key stays valid. Among timers due at the same tick, a reset timer
     /// counts as inserted now. O(levels) plus amortised cascade work.
     pub fn reset(&mut self, key: TimerKey, deadline: Instant) -> bool {
-        if !self.is_live(key) {
+        if !self.entries.is_live(key) {
             return false;
         }
         let tick = self.tick_ceil(deadline);
         self.remove(key.index);
-        self.entries[key.index as usize].tick = tick;
+        self.entries[key.index].tick = tick;
         self.place(key.index);
         true
     }
@@ -353,10 +328,10 @@ impl<T> Wheel<T> {
     /// The deadline of the timer `key` as the wheel keeps it (rounded up to
     /// its tick, clamped to the origin), or `None` if the key is stale. O(1).
     pub fn deadline(&self, key: TimerKey) -> Option<Instant> {
-        if !self.is_live(key) {
+        if !self.entries.is_live(key) {
             return None;
         }
-        Some(self.instant_of(self.entries[key.index as usize].tick))
+        Some(self.instant_of(self.entries[key.index].tick))
     }
 
     /// The exact instant at which the earliest timer is due, or `None` when the
@@ -399,10 +374,10 @@ impl<T> Wheel<T> {
             self.find_front(node);
         }
         let index = self.nodes[self.front.node as usize].slots[self.front.slot as usize].head;
-        let generation = self.entries[index as usize].generation;
+        let key = self.entries.key(index);
         self.remove(index);
         self.len -= 1;
-        Some((TimerKey { index, generation }, self.free(index)))
+        Some((key, self.entries.free(index)))
     }
 
     // ----- time conversion -------------------------------------------------
@@ -435,49 +410,7 @@ impl<T> Wheel<T> {
             .unwrap_or(self.max_instant)
     }
 
-    // ----- storage -----------------------------------------------------------
-
-    fn is_live(&self, key: TimerKey) -> bool {
-        self.entries
-            .get(key.index as usize)
-            .is_some_and(|e| e.generation == key.generation && e.payload.is_some())
-    }
-
-    fn alloc_entry(&mut self, tick: u64, payload: T) -> u32 {
-        if self.free_entry != NIL {
-            let index = self.free_entry;
-            let e = &mut self.entries[index as usize];
-            self.free_entry = e.next;
-            e.tick = tick;
-            e.payload = Some(payload);
-            return index;
-        }
-        let index = u32::try_from(self.entries.len())
-            .ok()
-            .filter(|&i| i != NIL)
-            .expect("timer wheel: at most 2^32 - 1 timers may be live at once");
-        self.entries.push(Entry {
-            tick,
-            prev: NIL,
-            next: NIL,
-            node: NIL,
-            slot: 0,
-            generation: 0,
-            payload: Some(payload),
-        });
-        index
-    }
-
-    /// Vacates an unlinked entry cell and returns its payload.
-    fn free(&mut self, index: u32) -> T {
-        let e = &mut self.entries[index as usize];
-        e.generation = e.generation.wrapping_add(1);
-        e.next = self.free_entry;
-        self.free_entry = index;
-        e.payload
-            .take()
-            .expect("timer wheel: a linked entry always holds its payload")
-    }
+    // ----- nodes -------------------------------------------------------------
 
     fn alloc_node(&mut self, level: u8, parent: u32, parent_slot: u8) -> u32 {
         if self.free_node != NIL {
@@ -526,9 +459,9 @@ impl<T> Wheel<T> {
         s.tail = index;
         n.occupied |= 1 << slot;
         if tail != NIL {
-            self.entries[tail as usize].next = index;
+            self.entries[tail].next = index;
         }
-        let e = &mut self.entries[index as usize];
+        let e = &mut self.entries[index];
         e.prev = tail;
         e.next = NIL;
         e.node = node;
@@ -540,16 +473,16 @@ impl<T> Wheel<T> {
     /// emptied and the lowest node that still holds timers (`NIL` if none).
     fn unlink(&mut self, index: u32) -> (bool, u32) {
         let (prev, next, mut node, slot) = {
-            let e = &self.entries[index as usize];
+            let e = &self.entries[index];
             (e.prev, e.next, e.node, e.slot)
         };
         if prev != NIL {
-            self.entries[prev as usize].next = next;
+            self.entries[prev].next = next;
         } else {
             self.nodes[node as usize].slots[slot as usize].head = next;
         }
         if next != NIL {
-            self.entries[next as usize].prev = prev;
+            self.entries[next].prev = prev;
         } else {
             self.nodes[node as usize].slots[slot as usize].tail = prev;
         }
@@ -582,7 +515,7 @@ impl<T> Wheel<T> {
     /// Links the unlinked entry `index` (its `tick` set) into the tree and
     /// updates the front.
     fn place(&mut self, index: u32) {
-        let tick = self.entries[index as usize].tick;
+        let tick = self.entries[index].tick;
         self.grow_to(tick);
         let mut node = self.root;
         loop {
@@ -634,7 +567,7 @@ impl<T> Wheel<T> {
     /// Unlinks entry `index` and restores the front if it was affected.
     fn remove(&mut self, index: u32) {
         let (tick, node, slot) = {
-            let e = &self.entries[index as usize];
+            let e = &self.entries[index];
             (e.tick, e.node, e.slot)
         };
         let in_front = node == self.front.node && slot == self.front.slot;
@@ -663,7 +596,7 @@ impl<T> Wheel<T> {
         let list = n.slots[slot as usize];
         if list.head == list.tail {
             // One timer left in the coarse slot: it is the minimum.
-            self.front.tick = self.entries[list.head as usize].tick;
+            self.front.tick = self.entries[list.head].tick;
         } else {
             // The minimum of a coarse slot left: cascade to find the next one.
             self.find_front(node);
@@ -691,7 +624,7 @@ impl<T> Wheel<T> {
             let list = n.slots[slot as usize];
             if n.level == 0 || list.head == list.tail {
                 self.front = Front {
-                    tick: self.entries[list.head as usize].tick,
+                    tick: self.entries[list.head].tick,
                     node,
                     slot,
                 };
@@ -728,15 +661,15 @@ impl<T> Wheel<T> {
                 break;
             }
             behind.push(last);
-            let next = self.entries[first as usize].next;
+            let next = self.entries[first].next;
             if next == last {
                 break;
             }
             first = next;
-            last = self.entries[last as usize].prev;
+            last = self.entries[last].prev;
         }
         for &index in ahead.iter().chain(behind.iter().rev()) {
-            let tick = self.entries[index as usize].tick;
+            let tick = self.entries[index].tick;
             let mut target = child;
             if level <= DEEP_CASCADE_LEVEL {
                 // Down to the single-tick node of `tick`.
