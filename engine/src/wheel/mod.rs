@@ -65,15 +65,11 @@
 use std::time::{Duration, Instant};
 
 use entry::Entries;
+use level::{slot_of, Nodes, MAX_LEVEL, SLOT_BITS};
 
 mod entry;
+mod level;
 
-/// log2 of the slots per node.
-const SLOT_BITS: u32 = 6;
-/// Slots per node.
-const SLOTS: usize = 1 << SLOT_BITS;
-/// Highest node level; `MAX_LEVEL + 1` levels cover `64^10 = 2^60` ticks.
-const MAX_LEVEL: u8 = 9;
 /// Slots of this level (64^2 ticks, 4 s) and below cascade straight to
 /// level 0; see `Wheel::cascade`.
 const DEEP_CASCADE_LEVEL: u8 = 2;
@@ -96,34 +92,6 @@ const NO_TICK: u64 = u64::MAX;
 pub struct TimerKey {
     index: u32,
     generation: u32,
-}
-
-/// A slot: the ends of its entry list, or (when cascaded) its child node.
-#[derive(Clone, Copy)]
-struct Slot {
-    head: u32,
-    /// Tail of the list, or the child node index when the slot is cascaded.
-    tail: u32,
-}
-
-const EMPTY_SLOT: Slot = Slot {
-    head: NIL,
-    tail: NIL,
-};
-
-/// One level-`level` node: 64 slots of `64^level` ticks each.
-struct Node {
-    /// Bit `s` set ⇔ slot `s` holds at least one timer (listed or below).
-    occupied: u64,
-    /// Bit `s` set ⇔ slot `s` is cascaded into the child node `slots[s].tail`.
-    cascaded: u64,
-    /// Parent node (`NIL` for the root), or the next free node when vacant.
-    parent: u32,
-    /// Slot of the parent that points at this node.
-    parent_slot: u8,
-    /// 0 for single-tick slots.
-    level: u8,
-    slots: [Slot; SLOTS],
 }
 
 /// Where the earliest timer is, and its tick.
@@ -186,10 +154,7 @@ pub struct Wheel<T> {
     /// Latest `now` seen by `poll_expired`, rounded down to its tick.
     now_tick: u64,
     entries: Entries<T>,
-    nodes: Vec<Node>,
-    /// Head of the vacant nodes (linked through `Node::parent`).
-    free_node: u32,
-    root: u32,
+    nodes: Nodes,
     len: usize,
     front: Front,
     /// Reused buffers of [`cascade`](Self::cascade): the list from its head,
@@ -204,7 +169,7 @@ impl<T> std::fmt::Debug for Wheel<T> {
             .field("len", &self.len)
             .field("now_tick", &self.now_tick)
             .field("next_tick", &self.next_tick())
-            .field("levels", &(self.nodes[self.root as usize].level + 1))
+            .field("levels", &(self.nodes[self.nodes.root()].level + 1))
             .finish_non_exhaustive()
     }
 }
@@ -235,24 +200,13 @@ impl<T> Wheel<T> {
                 None => max_tick /= 2,
             }
         };
-        let mut nodes = Vec::with_capacity(1 + cap / 16);
-        nodes.push(Node {
-            occupied: 0,
-            cascaded: 0,
-            parent: NIL,
-            parent_slot: 0,
-            level: 0,
-            slots: [EMPTY_SLOT; SLOTS],
-        });
         Wheel {
             origin: now,
             max_tick,
             max_instant,
             now_tick: 0,
             entries: Entries::with_capacity(cap),
-            nodes,
-            free_node: NIL,
-            root: 0,
+            nodes: Nodes::with_capacity(cap),
             len: 0,
             front: NO_FRONT,
             scratch_ahead: Vec::new(),
@@ -365,7 +319,7 @@ impl<T> Wheel<T> {
         }
         let Front { node, slot, .. } = self.front;
         let (level, list) = {
-            let n = &self.nodes[node as usize];
+            let n = &self.nodes[node];
             (n.level, n.slots[slot as usize])
         };
         if level > 0 && list.head != list.tail {
@@ -373,7 +327,7 @@ impl<T> Wheel<T> {
             // necessarily its head. Cascade until it sits alone or at level 0.
             self.find_front(node);
         }
-        let index = self.nodes[self.front.node as usize].slots[self.front.slot as usize].head;
+        let index = self.nodes[self.front.node].slots[self.front.slot as usize].head;
         let key = self.entries.key(index);
         self.remove(index);
         self.len -= 1;
@@ -410,157 +364,28 @@ impl<T> Wheel<T> {
             .unwrap_or(self.max_instant)
     }
 
-    // ----- nodes -------------------------------------------------------------
-
-    fn alloc_node(&mut self, level: u8, parent: u32, parent_slot: u8) -> u32 {
-        if self.free_node != NIL {
-            let index = self.free_node;
-            let n = &mut self.nodes[index as usize];
-            self.free_node = n.parent;
-            // A node is freed only once empty: its bitfields are 0 and its
-            // slots are empty already.
-            n.parent = parent;
-            n.parent_slot = parent_slot;
-            n.level = level;
-            return index;
-        }
-        let index = u32::try_from(self.nodes.len())
-            .ok()
-            .filter(|&i| i != NIL)
-            .expect(
-            "timer wheel: fewer than 2^32 nodes (each holds a live timer; memory runs out first)",
-        );
-        self.nodes.push(Node {
-            occupied: 0,
-            cascaded: 0,
-            parent,
-            parent_slot,
-            level,
-            slots: [EMPTY_SLOT; SLOTS],
-        });
-        index
-    }
-
-    // ----- lists -------------------------------------------------------------
-
-    /// Slot of `tick` in a node of `level`.
-    fn slot_of(tick: u64, level: u8) -> u8 {
-        ((tick >> (SLOT_BITS * u32::from(level))) & (SLOTS as u64 - 1)) as u8
-    }
-
-    /// Links entry `index` at the tail of list slot `slot` of `node`.
-    fn push_back(&mut self, node: u32, slot: u8, index: u32) {
-        let n = &mut self.nodes[node as usize];
-        let s = &mut n.slots[slot as usize];
-        let tail = s.tail;
-        if tail == NIL {
-            s.head = index;
-        }
-        s.tail = index;
-        n.occupied |= 1 << slot;
-        if tail != NIL {
-            self.entries[tail].next = index;
-        }
-        let e = &mut self.entries[index];
-        e.prev = tail;
-        e.next = NIL;
-        e.node = node;
-        e.slot = slot;
-    }
-
-    /// Unlinks entry `index` from its slot list. When the slot empties, clears
-    /// its bit and frees nodes left empty above it. Returns whether the slot
-    /// emptied and the lowest node that still holds timers (`NIL` if none).
-    fn unlink(&mut self, index: u32) -> (bool, u32) {
-        let (prev, next, mut node, slot) = {
-            let e = &self.entries[index];
-            (e.prev, e.next, e.node, e.slot)
-        };
-        if prev != NIL {
-            self.entries[prev].next = next;
-        } else {
-            self.nodes[node as usize].slots[slot as usize].head = next;
-        }
-        if next != NIL {
-            self.entries[next].prev = prev;
-        } else {
-            self.nodes[node as usize].slots[slot as usize].tail = prev;
-        }
-        if prev != NIL || next != NIL {
-            return (false, node);
-        }
-        // The slot emptied: clear its bit, then free empty nodes bottom-up.
-        self.nodes[node as usize].occupied &= !(1 << slot);
-        loop {
-            let n = &self.nodes[node as usize];
-            if n.occupied != 0 {
-                return (true, node);
-            }
-            if node == self.root {
-                return (true, NIL);
-            }
-            let (parent, parent_slot) = (n.parent, n.parent_slot);
-            self.nodes[node as usize].parent = self.free_node;
-            self.free_node = node;
-            let p = &mut self.nodes[parent as usize];
-            p.slots[parent_slot as usize] = EMPTY_SLOT;
-            p.occupied &= !(1 << parent_slot);
-            p.cascaded &= !(1 << parent_slot);
-            node = parent;
-        }
-    }
-
     // ----- placement and front ----------------------------------------------
 
     /// Links the unlinked entry `index` (its `tick` set) into the tree and
     /// updates the front.
     fn place(&mut self, index: u32) {
         let tick = self.entries[index].tick;
-        self.grow_to(tick);
-        let mut node = self.root;
+        self.nodes.grow_to(tick);
+        let mut node = self.nodes.root();
         loop {
-            let n = &self.nodes[node as usize];
-            let slot = Self::slot_of(tick, n.level);
-            if n.cascaded & (1 << slot) != 0 {
-                node = n.slots[slot as usize].tail;
+            let n = &self.nodes[node];
+            let slot = slot_of(tick, n.level);
+            if let Some(child) = n.child(slot) {
+                node = child;
                 continue;
             }
-            self.push_back(node, slot, index);
+            self.nodes.push_back(&mut self.entries, node, slot, index);
             if tick < self.front.tick {
                 // Earliest timer (strictly, so earlier timers of the same tick
                 // keep the front): its slot is the front, with a known minimum.
                 self.front = Front { tick, node, slot };
             }
             return;
-        }
-    }
-
-    /// Adds root levels until the root covers `tick`.
-    fn grow_to(&mut self, tick: u64) {
-        loop {
-            let root = &self.nodes[self.root as usize];
-            let level = root.level;
-            // A level-`level` node covers `64^(level + 1)` ticks from 0.
-            if level >= MAX_LEVEL || tick >> (SLOT_BITS * (u32::from(level) + 1)) == 0 {
-                return;
-            }
-            if root.occupied == 0 {
-                self.nodes[self.root as usize].level = level + 1;
-                continue;
-            }
-            let old = self.root;
-            let new = self.alloc_node(level + 1, NIL, 0);
-            let n = &mut self.nodes[new as usize];
-            n.occupied = 1;
-            n.cascaded = 1;
-            n.slots[0] = Slot {
-                head: NIL,
-                tail: old,
-            };
-            let o = &mut self.nodes[old as usize];
-            o.parent = new;
-            o.parent_slot = 0;
-            self.root = new;
         }
     }
 
@@ -571,7 +396,7 @@ impl<T> Wheel<T> {
             (e.tick, e.node, e.slot)
         };
         let in_front = node == self.front.node && slot == self.front.slot;
-        let (emptied, holder) = self.unlink(index);
+        let (emptied, holder) = self.nodes.unlink(&mut self.entries, index);
         if !in_front {
             // Timers outside the front slot are later than the front: it stands.
             return;
@@ -587,7 +412,7 @@ impl<T> Wheel<T> {
             }
             return;
         }
-        let n = &self.nodes[node as usize];
+        let n = &self.nodes[node];
         if tick != self.front.tick || n.level == 0 {
             // A later timer of the front slot left, or one of several timers of
             // the same tick: the minimum stands.
@@ -608,7 +433,7 @@ impl<T> Wheel<T> {
     /// cascades coarse slots of several timers until the minimum is known.
     fn find_front(&mut self, mut node: u32) {
         loop {
-            let n = &self.nodes[node as usize];
+            let n = &self.nodes[node];
             let slot = n.occupied.trailing_zeros() as u8;
             debug_assert!(n.occupied != 0, "find_front starts at a non-empty node");
             if n.occupied == 0 {
@@ -617,8 +442,8 @@ impl<T> Wheel<T> {
                 self.front = NO_FRONT;
                 return;
             }
-            if n.cascaded & (1 << slot) != 0 {
-                node = n.slots[slot as usize].tail;
+            if let Some(child) = n.child(slot) {
+                node = child;
                 continue;
             }
             let list = n.slots[slot as usize];
@@ -645,10 +470,10 @@ impl<T> Wheel<T> {
     /// not fan out into many nodes.
     fn cascade(&mut self, node: u32, slot: u8) -> u32 {
         let (level, list) = {
-            let n = &self.nodes[node as usize];
+            let n = &self.nodes[node];
             (n.level, n.slots[slot as usize])
         };
-        let child = self.alloc_node(level - 1, node, slot);
+        let child = self.nodes.alloc(level - 1, node, slot);
         // Collect the list walking from both ends at once: two independent
         // chains of loads, so two cache misses are in flight instead of one.
         // The buffers are kept in the wheel and reused.
@@ -674,45 +499,21 @@ impl<T> Wheel<T> {
             if level <= DEEP_CASCADE_LEVEL {
                 // Down to the single-tick node of `tick`.
                 for l in (1..level).rev() {
-                    target = self.child_node(target, Self::slot_of(tick, l));
+                    target = self.nodes.child_node(target, slot_of(tick, l));
                 }
-                self.push_back(target, Self::slot_of(tick, 0), index);
+                self.nodes
+                    .push_back(&mut self.entries, target, slot_of(tick, 0), index);
             } else {
-                self.push_back(child, Self::slot_of(tick, level - 1), index);
+                self.nodes
+                    .push_back(&mut self.entries, child, slot_of(tick, level - 1), index);
             }
         }
         ahead.clear();
         behind.clear();
         self.scratch_ahead = ahead;
         self.scratch_behind = behind;
-        let n = &mut self.nodes[node as usize];
-        n.slots[slot as usize] = Slot {
-            head: NIL,
-            tail: child,
-        };
-        n.cascaded |= 1 << slot;
-        child
-    }
-
-    /// The child node of slot `slot` of `node`, cascading the slot first if it
-    /// is not yet. Only for slots with no list, as during [`cascade`](Self::cascade).
-    fn child_node(&mut self, node: u32, slot: u8) -> u32 {
-        let n = &self.nodes[node as usize];
-        if n.cascaded & (1 << slot) != 0 {
-            return n.slots[slot as usize].tail;
-        }
-        debug_assert_eq!(
-            n.slots[slot as usize].head, NIL,
-            "child_node on a listed slot"
-        );
-        let child = self.alloc_node(n.level - 1, node, slot);
-        let n = &mut self.nodes[node as usize];
-        n.slots[slot as usize] = Slot {
-            head: NIL,
-            tail: child,
-        };
-        n.cascaded |= 1 << slot;
-        n.occupied |= 1 << slot;
+        // The slot was occupied by its list; now it is by `child`.
+        self.nodes.attach(node, slot, child);
         child
     }
 }

@@ -507,7 +507,7 @@ fn a_warmed_up_wheel_reuses_its_storage() {
             wheel.insert(at(origin, base + rng.u64(0..300 * SEC)), i);
         }
         assert_eq!(drain(wheel, at(origin, base + 300 * SEC)).len(), 5000);
-        (wheel.entries.cells(), wheel.nodes.len())
+        (wheel.entries.cells(), wheel.nodes.cells())
     };
     let warm = round(&mut wheel, 0);
     for k in 1..4 {
