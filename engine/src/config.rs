@@ -16,6 +16,12 @@ pub struct Timeouts {
     pub connect: Duration,
     /// TLS handshake. Default 10 s.
     pub handshake: Duration,
+    /// Happy Eyeballs (RFC 8305): how long a connect attempt runs alone
+    /// before the next address's attempt starts beside it (an attempt that
+    /// fails starts the next at once). The first to connect wins; the others
+    /// close. Default 250 ms, the RFC's recommendation; `Duration::MAX`
+    /// tries the addresses strictly one after another.
+    pub happy_eyeballs_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -24,6 +30,7 @@ impl Default for Timeouts {
             dns: Duration::from_secs(10),
             connect: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
+            happy_eyeballs_delay: Duration::from_millis(250),
         }
     }
 }

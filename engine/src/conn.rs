@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use mio::{Interest, Registry, Token};
 use rotary_proto::Codec;
 
-use crate::keys::{PoolKey, ReqKey};
+use crate::keys::{ConnKey, PoolKey, ReqKey};
 use crate::session::Session;
 use crate::sock::Sock;
 use crate::wheel::TimerKey;
@@ -44,9 +44,12 @@ pub(crate) enum ConnTimer {
     Drain = 3,
     /// Open the replacement shortly before expiry.
     Prewarm = 4,
+    /// Happy Eyeballs: start the next address's attempt while the others
+    /// are still connecting.
+    Race = 5,
 }
 
-pub(crate) const CONN_TIMERS: usize = 5;
+pub(crate) const CONN_TIMERS: usize = 6;
 
 /// Result of one read pass.
 #[derive(Debug, Default)]
@@ -78,6 +81,17 @@ pub(crate) enum Purpose {
     Replacement,
     /// A TLS-only chain probe: never resumes, never carries a request.
     Probe,
+    /// One more TCP connect racing for the connection at this key and id
+    /// (Happy Eyeballs). Not part of any pool; the first attempt to connect
+    /// hands its socket to that connection and the others close.
+    Attempt(Leader),
+}
+
+/// The connection an attempt races for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leader {
+    pub(crate) key: ConnKey,
+    pub(crate) id: ConnId,
 }
 
 /// How far the peer's side of the connection has ended.
@@ -92,13 +106,18 @@ pub(crate) enum PeerEnd {
     Unclean,
 }
 
-/// The addresses of one connection attempt, tried in order.
+/// The addresses of one connection, tried in order (racing, per RFC 8305),
+/// and what became of the attempts.
 #[derive(Debug, Default)]
 pub(crate) struct Dial {
     addrs: Vec<SocketAddr>,
     next: usize,
-    /// The failure of the previous address, reported if every address fails.
+    /// The latest failure, reported if every address fails.
     pub(crate) last_error: Option<crate::Error>,
+    /// Every address that failed, with why, in the order they failed.
+    pub(crate) failed: Vec<(SocketAddr, String)>,
+    /// The other sockets racing for this connection.
+    pub(crate) attempts: Vec<(ConnKey, ConnId)>,
 }
 
 impl Dial {
@@ -114,6 +133,32 @@ impl Dial {
         let addr = self.addrs.get(self.next).copied()?;
         self.next += 1;
         Some(addr)
+    }
+
+    /// Some address is still untried.
+    pub(crate) fn has_next(&self) -> bool {
+        self.next < self.addrs.len()
+    }
+}
+
+/// The order in which to try `addrs` (RFC 8305 §4): the families
+/// interleaved, starting with the family of the first address (the
+/// resolver's, and so the host's, preference); within a family the
+/// resolver's order stays.
+pub(crate) fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let v6_first = first.is_ipv6();
+    let (preferred, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.iter().partition(|a| a.is_ipv6() == v6_first);
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut p, mut o) = (preferred.into_iter(), other.into_iter());
+    loop {
+        match (p.next(), o.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
     }
 }
 
@@ -207,7 +252,39 @@ impl Conn {
 
     /// Counts toward the pool's connections being opened for requests.
     pub(crate) fn is_opening(&self) -> bool {
-        self.stage != Stage::Ready && self.purpose != Purpose::Probe
+        self.stage != Stage::Ready
+            && matches!(self.purpose, Purpose::Requests | Purpose::Replacement)
+    }
+
+    /// The connection this attempt races for, if it is one.
+    pub(crate) fn attempt_for(&self) -> Option<Leader> {
+        match self.purpose {
+            Purpose::Attempt(of) => Some(of),
+            _ => None,
+        }
+    }
+
+    /// Give up the socket (of a won attempt), with its address and the
+    /// interest it is registered with.
+    pub(crate) fn hand_over(&mut self) -> Option<(Sock, SocketAddr, Option<Interest>)> {
+        let sock = self.sock.take()?;
+        Some((sock, self.addr(), self.interest.take()))
+    }
+
+    /// Take over the socket of a won attempt: it moves to `token`.
+    pub(crate) fn adopt(
+        &mut self,
+        (mut sock, addr, interest): (Sock, SocketAddr, Option<Interest>),
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<()> {
+        let result = match interest {
+            Some(have) => sock.register(registry, token, have, false),
+            None => Ok(()),
+        };
+        self.start_connecting(sock, addr);
+        self.interest = interest;
+        result
     }
 
     /// The peer's side has ended (cleanly or not).
@@ -407,5 +484,46 @@ impl Conn {
             sock.shutdown_write();
         }
         self.interest = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().expect("address")).collect()
+    }
+
+    #[test]
+    fn addresses_interleave_by_family_starting_with_the_first() {
+        let got = interleave(addrs(&[
+            "[2001:db8::1]:443",
+            "[2001:db8::2]:443",
+            "[2001:db8::3]:443",
+            "192.0.2.1:443",
+        ]));
+        let want = addrs(&[
+            "[2001:db8::1]:443",
+            "192.0.2.1:443",
+            "[2001:db8::2]:443",
+            "[2001:db8::3]:443",
+        ]);
+        assert_eq!(got, want);
+        let got = interleave(addrs(&["192.0.2.1:80", "192.0.2.2:80", "[::1]:80"]));
+        assert_eq!(got, addrs(&["192.0.2.1:80", "[::1]:80", "192.0.2.2:80"]));
+        assert_eq!(interleave(Vec::new()), Vec::new());
+        let one = addrs(&["[::1]:1"]);
+        assert_eq!(interleave(one.clone()), one);
+    }
+
+    #[test]
+    fn a_dial_hands_out_each_address_once() {
+        let mut dial = Dial::new(addrs(&["192.0.2.1:1", "192.0.2.2:1"]));
+        assert!(dial.has_next());
+        assert_eq!(dial.next_addr(), Some(addrs(&["192.0.2.1:1"])[0]));
+        assert_eq!(dial.next_addr(), Some(addrs(&["192.0.2.2:1"])[0]));
+        assert!(!dial.has_next());
+        assert_eq!(dial.next_addr(), None);
     }
 }

@@ -116,12 +116,16 @@ pub enum Error {
         /// What the resolver said.
         cause: Arc<io::Error>,
     },
-    /// Every address refused or failed the TCP connect; this is the last failure.
+    /// Every address refused or failed the TCP connect; this is the last
+    /// failure, and `earlier` names the others.
     Connect {
         /// The address of the last attempt.
         addr: SocketAddr,
         /// What the socket said.
         cause: Arc<io::Error>,
+        /// The addresses that failed before, each with why, in the order
+        /// they failed (empty when only one address was tried).
+        earlier: Vec<(SocketAddr, String)>,
     },
     /// TLS failed; `reason` is rustls's verdict (for example an unknown
     /// issuer, an expired certificate or a name mismatch in the handshake, or
@@ -195,6 +199,15 @@ impl Error {
         }
     }
 
+    /// A failed connect to `addr` (naming no other address).
+    pub(crate) fn connect(addr: SocketAddr, e: io::Error) -> Error {
+        Error::Connect {
+            addr,
+            cause: Arc::new(e),
+            earlier: Vec::new(),
+        }
+    }
+
     pub(crate) fn io(phase: Phase, e: io::Error) -> Error {
         Error::Io {
             phase,
@@ -208,7 +221,22 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
             Error::Resolve { host, cause } => write!(f, "could not resolve {host}: {cause}"),
-            Error::Connect { addr, cause } => write!(f, "could not connect to {addr}: {cause}"),
+            Error::Connect {
+                addr,
+                cause,
+                earlier,
+            } => {
+                write!(f, "could not connect to {addr}: {cause}")?;
+                for (i, (addr, why)) in earlier.iter().enumerate() {
+                    let lead = if i == 0 { " (also tried " } else { "; " };
+                    write!(f, "{lead}{addr}: {why}")?;
+                }
+                if earlier.is_empty() {
+                    Ok(())
+                } else {
+                    f.write_str(")")
+                }
+            }
             Error::Tls {
                 reason,
                 phase: Phase::Tls,

@@ -7,13 +7,14 @@
 //! handshake or resumption). What a finished handshake means for the
 //! connection's lifetime is [`super::lifecycle`]'s.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::conn::{Conn, ConnTimer, Dial, Purpose};
+use crate::conn::{interleave, Conn, ConnTimer, Dial, Leader, Purpose, Stage};
 use crate::keys::ConnKey;
 use crate::session::Session;
 use crate::stats::Counter;
@@ -21,15 +22,14 @@ use crate::{CloseReason, ConnId, Error, Event, Phase, Resumption};
 
 use super::io::ReadMode;
 use super::pool::PoolKey;
-use super::timers::Timer;
+use super::timers::{after, Timer};
 use super::Engine;
 
 impl Engine {
     /// Open a connection for pool `p`: look its host up (IP literals need
     /// no lookup), then connect.
     pub(super) fn open(&mut self, p: PoolKey, purpose: Purpose, now: Instant) {
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
+        let id = self.new_conn_id();
         let key = self.conns.insert(Conn::new(
             id,
             p,
@@ -47,12 +47,12 @@ impl Engine {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.dial = Dial::new(vec![std::net::SocketAddr::new(ip, port)]);
             }
-            self.start_connect(key, now);
+            self.next_attempt(key, now);
         } else {
             self.dns.submit(key, id.0, &host, port);
             self.arm(
                 Timer::Conn(key, ConnTimer::Setup),
-                now + self.config.timeouts.dns,
+                after(now, self.config.timeouts.dns),
             );
         }
     }
@@ -65,15 +65,15 @@ impl Engine {
             let Some(conn) = self.live(a.conn, ConnId(a.serial)) else {
                 continue;
             };
-            if conn.stage() != crate::conn::Stage::Resolving {
+            if conn.stage() != Stage::Resolving {
                 continue;
             }
             let p = conn.pool;
             match a.result {
                 Ok(addrs) => {
-                    conn.dial = Dial::new(addrs);
+                    conn.dial = Dial::new(interleave(addrs));
                     self.disarm(Timer::Conn(a.conn, ConnTimer::Setup));
-                    self.start_connect(a.conn, now);
+                    self.next_attempt(a.conn, now);
                 }
                 Err(e) => {
                     let host = self.pools[p].origin.host().to_owned();
@@ -88,67 +88,119 @@ impl Engine {
         self.answers = answers;
     }
 
-    /// Connect to the next untried address, or fail the attempt.
-    fn start_connect(&mut self, key: ConnKey, now: Instant) {
-        let token = self.mio.token(key);
+    /// Start the next address's attempt: on the connection's own socket
+    /// when it has none, else on a new attempt entry that races it (RFC 8305:
+    /// the next address waits `happy_eyeballs_delay`, or only until an
+    /// attempt fails). With nothing left to try and nothing in flight, the
+    /// connection fails.
+    fn next_attempt(&mut self, key: ConnKey, now: Instant) {
         loop {
+            let room = self.has_token_room();
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            let racing = conn.sock.is_some();
+            if !conn.dial.has_next() {
+                if !racing && conn.dial.attempts.is_empty() {
+                    let err = self.race_lost(key);
+                    return self.connect_failed(key, err, now);
+                }
+                return;
+            }
+            if racing && !room {
+                // No token for another socket: the next address waits for
+                // an attempt to fail.
+                return;
+            }
             let Some(addr) = conn.dial.next_addr() else {
-                let err = conn
-                    .dial
-                    .last_error
-                    .take()
-                    .unwrap_or_else(|| Error::Resolve {
-                        host: self.pools[conn.pool].origin.host().to_owned(),
-                        cause: Arc::new(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "no addresses",
-                        )),
-                    });
-                return self.connect_failed(key, err, now);
+                return;
             };
             let sock = match self.net.connect(addr) {
                 Ok(sock) => sock,
                 Err(e) => {
-                    conn.dial.last_error = Some(Error::Connect {
-                        addr,
-                        cause: Arc::new(e),
-                    });
+                    self.note_attempt_failure(key, addr, Error::connect(addr, e));
                     continue;
                 }
             };
+            let carrier = if racing {
+                let of = Leader { key, id: conn.id };
+                let pool = conn.pool;
+                let codec = rotary_proto::Codec::new(self.config.limits);
+                let attempt = Conn::new(self.new_conn_id(), pool, Purpose::Attempt(of), codec);
+                let id = attempt.id;
+                let carrier = self.conns.insert(attempt);
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.dial.attempts.push((carrier, id));
+                }
+                carrier
+            } else {
+                key
+            };
             let at_once = !sock.is_evented();
-            conn.start_connecting(sock, addr);
-            if let Err(e) = conn.update_interest(&self.mio.registry, token) {
-                conn.sock = None;
-                conn.dial.last_error = Some(Error::Connect {
-                    addr,
-                    cause: Arc::new(e),
-                });
+            let token = self.mio.token(carrier);
+            let Some(c) = self.conns.get_mut(carrier) else {
+                return;
+            };
+            c.start_connecting(sock, addr);
+            if let Err(e) = c.update_interest(&self.mio.registry, token) {
+                self.drop_attempt(carrier, key);
+                self.note_attempt_failure(key, addr, Error::connect(addr, e));
                 continue;
             }
             self.arm(
-                Timer::Conn(key, ConnTimer::Setup),
-                now + self.config.timeouts.connect,
+                Timer::Conn(carrier, ConnTimer::Setup),
+                after(now, self.config.timeouts.connect),
             );
+            let next_at = now.checked_add(self.config.timeouts.happy_eyeballs_delay);
+            if let (Some(at), true) = (
+                next_at,
+                self.conns.get(key).is_some_and(|c| c.dial.has_next()),
+            ) {
+                self.arm(Timer::Conn(key, ConnTimer::Race), at);
+            }
             if at_once {
                 // A pipe that raises no readiness event is connected already.
-                self.on_connecting(key, now);
+                self.on_connecting(carrier, now);
             }
             return;
         }
     }
 
-    /// The current address failed with `err`: try the next.
-    pub(super) fn next_address(&mut self, key: ConnKey, err: Error, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    /// The `Race` timer fired: start the next address alongside.
+    pub(super) fn on_race_timer(&mut self, key: ConnKey, now: Instant) {
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.stage() == Stage::Connecting)
+        {
+            self.next_attempt(key, now);
+        }
+    }
+
+    /// The attempt on `carrier` (the connection itself, or one racing for
+    /// it) failed with `err`: it closes, and the next address starts at once.
+    pub(super) fn attempt_failed(&mut self, carrier: ConnKey, err: Error, now: Instant) {
+        let Some(conn) = self.conns.get_mut(carrier) else {
             return;
         };
-        conn.shutdown(&self.mio.registry);
-        conn.dial.last_error = Some(err);
-        self.start_connect(key, now);
+        let addr = conn.addr();
+        let key = match conn.attempt_for() {
+            Some(of) => {
+                self.drop_attempt(carrier, of.key);
+                if !self.is_live(of.key, of.id) {
+                    return;
+                }
+                of.key
+            }
+            None => {
+                conn.shutdown(&self.mio.registry);
+                self.disarm(Timer::Conn(carrier, ConnTimer::Setup));
+                carrier
+            }
+        };
+        self.note_attempt_failure(key, addr, err);
+        self.disarm(Timer::Conn(key, ConnTimer::Race));
+        self.next_attempt(key, now);
     }
 
     /// Readiness while connecting: connected, still waiting, or failed.
@@ -161,16 +213,102 @@ impl Engine {
         };
         let addr = conn.addr();
         match sock.connect_result() {
-            Ok(true) => self.connected(key, now),
+            Ok(true) => self.won(key, now),
             Ok(false) => {}
-            Err(e) => {
-                let err = Error::Connect {
-                    addr,
-                    cause: Arc::new(e),
+            Err(e) => self.attempt_failed(key, Error::connect(addr, e), now),
+        }
+    }
+
+    /// The attempt on `carrier` connected first: its socket becomes the
+    /// connection's, every other attempt closes, and the connection goes on.
+    fn won(&mut self, carrier: ConnKey, now: Instant) {
+        let Some(conn) = self.conns.get_mut(carrier) else {
+            return;
+        };
+        let key = match conn.attempt_for() {
+            None => carrier,
+            Some(of) => {
+                let sock = conn.hand_over();
+                self.drop_attempt(carrier, of.key);
+                let token = self.mio.token(of.key);
+                let conn = self.conns.get_mut(of.key).filter(|c| c.id == of.id);
+                let (Some(conn), Some(sock)) = (conn, sock) else {
+                    return;
                 };
-                self.next_address(key, err, now)
+                let registry = &self.mio.registry;
+                // The connection's own attempt, if any, lost.
+                conn.shutdown(registry);
+                let addr = sock.1;
+                if let Err(e) = conn.adopt(sock, registry, token) {
+                    return self.attempt_failed(of.key, Error::connect(addr, e), now);
+                }
+                of.key
+            }
+        };
+        let losers = self
+            .conns
+            .get_mut(key)
+            .map(|c| std::mem::take(&mut c.dial.attempts))
+            .unwrap_or_default();
+        for (k, id) in losers {
+            if self.is_live(k, id) {
+                self.close_conn(k, CloseReason::ConnectFailed);
             }
         }
+        self.disarm(Timer::Conn(key, ConnTimer::Race));
+        self.connected(key, now);
+    }
+
+    /// Close attempt `carrier` (it closes quietly: it was never a
+    /// connection of the pool's) and forget it in connection `key`.
+    fn drop_attempt(&mut self, carrier: ConnKey, key: ConnKey) {
+        if carrier == key {
+            return;
+        }
+        self.close_conn(carrier, CloseReason::ConnectFailed);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.dial.attempts.retain(|&(k, _)| k != carrier);
+        }
+    }
+
+    fn note_attempt_failure(&mut self, key: ConnKey, addr: SocketAddr, err: Error) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            log::debug!("connect attempt to {addr} failed: {err}");
+            let why = match &err {
+                Error::Connect { cause, .. } => cause.to_string(),
+                other => other.to_string(),
+            };
+            conn.dial.failed.push((addr, why));
+            conn.dial.last_error = Some(err);
+        }
+    }
+
+    /// The error of a connection none of whose addresses connected: the
+    /// last failure, naming the earlier ones.
+    fn race_lost(&mut self, key: ConnKey) -> Error {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Error::Shutdown;
+        };
+        let dial = &mut conn.dial;
+        let host = self.pools[conn.pool].origin.host();
+        let mut err = dial.last_error.take().unwrap_or_else(|| Error::Resolve {
+            host: host.to_owned(),
+            cause: Arc::new(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no addresses",
+            )),
+        });
+        if let Error::Connect { earlier, .. } = &mut err {
+            let n = dial.failed.len().saturating_sub(1);
+            *earlier = dial.failed.drain(..n).collect();
+        }
+        err
+    }
+
+    fn new_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
     }
 
     /// TCP is up: the age clock starts; `https://` starts its handshake.
@@ -203,7 +341,7 @@ impl Engine {
                 }
                 self.arm(
                     Timer::Conn(key, ConnTimer::Setup),
-                    now + self.config.timeouts.handshake,
+                    after(now, self.config.timeouts.handshake),
                 );
                 self.drive(key, ReadMode::Skip, now);
             }

@@ -17,7 +17,7 @@ use crate::stats::Counter;
 use crate::{CloseReason, ConnId, Deadline, Error, Event, Phase, ServedBy, Trailers};
 
 use super::io::ReadMode;
-use super::timers::{ReqTimer, Timer};
+use super::timers::{after, ReqTimer, Timer};
 use super::Engine;
 
 /// The idle limit after a server's `Keep-Alive: timeout` hint.
@@ -76,7 +76,7 @@ impl Engine {
             self.stats.connections_reused += 1;
         }
         if let Some(t) = req.opts.first_byte_timeout {
-            self.arm(Timer::Req(rk, ReqTimer::FirstByte), now + t);
+            self.arm(Timer::Req(rk, ReqTimer::FirstByte), after(now, t));
         }
         // Only the request goes out: anything the peer sends raises an event.
         self.drive(ck, ReadMode::Skip, now);

@@ -6,7 +6,6 @@
 //! `Conn::flush` and `Conn::read_pass`; this file decides when, and hands
 //! what arrived to [`super::exchange`].
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{IoFailure, PeerEnd, ReadPass, Stage};
@@ -168,10 +167,7 @@ impl Engine {
                         reason,
                         phase: Phase::Tls,
                     },
-                    IoFailure::Io(e) => Error::Connect {
-                        addr: conn.addr(),
-                        cause: Arc::new(e),
-                    },
+                    IoFailure::Io(e) => Error::connect(conn.addr(), e),
                 };
                 self.connect_failed(key, err, now);
             }

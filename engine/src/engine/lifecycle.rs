@@ -16,7 +16,7 @@ use crate::stats::Counter;
 use crate::{CloseReason, ConnectionInfo, Event, Handshake, OnChainChange, PeerChain, Policy};
 
 use super::pool::PoolKey;
-use super::timers::Timer;
+use super::timers::{after, Timer};
 use super::Engine;
 
 /// The instant a connection made at `connected_at` expires, given a random
@@ -127,7 +127,7 @@ impl Engine {
         let left = not_after
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        let at = now + left;
+        let at = after(now, left);
         let max_age = Timer::Conn(key, ConnTimer::MaxAge);
         if self.armed(max_age).is_none_or(|c| at < c) {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -194,7 +194,7 @@ impl Engine {
         }
         if conn.req.is_some() {
             if let Some(grace) = self.pools[p].policy.drain_grace {
-                self.arm(Timer::Conn(key, ConnTimer::Drain), now + grace);
+                self.arm(Timer::Conn(key, ConnTimer::Drain), after(now, grace));
             }
         }
         // A draining connection takes no request; queued ones may need a new one.
@@ -233,7 +233,7 @@ impl Engine {
         if pool.probe_timer.is_some() || !pool.origin.is_tls() {
             return;
         }
-        self.arm(Timer::Probe(p), now + every);
+        self.arm(Timer::Probe(p), after(now, every));
     }
 
     /// The probe timer fired: a TLS-only full handshake shows whether the

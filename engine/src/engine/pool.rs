@@ -11,13 +11,14 @@ use std::ops::{Index, IndexMut};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::Purpose;
+use crate::conn::{ConnTimer, Purpose};
 use crate::keys::{ConnKey, ReqKey};
 use crate::stats::{Counter, OriginStats};
 use crate::{CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy};
 
 pub(super) use crate::keys::PoolKey;
 
+use super::timers::{after, Timer};
 use super::Engine;
 
 /// The connections and waiting requests of one origin.
@@ -215,13 +216,13 @@ impl Engine {
         conn.release_buffers();
         let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
         insert_idle(&mut self.pools[p].idle, conn.id, key);
-        conn.idle_until = limit.map(|l| now + l);
+        conn.idle_until = limit.map(|l| after(now, l));
         let until = conn.idle_until;
         // A busy keep-alive connection goes idle once per exchange: an idle
         // timer still armed from an earlier idle spell stays and, when it
         // fires, re-arms for the rest. The wheel is touched only when the
         // new deadline is earlier (a server's Keep-Alive hint) or none is set.
-        let idle = super::timers::Timer::Conn(key, crate::conn::ConnTimer::Idle);
+        let idle = Timer::Conn(key, ConnTimer::Idle);
         if let Some(until) = until {
             if self.armed(idle).is_none_or(|at| at > until) {
                 self.arm(idle, until);
@@ -238,6 +239,15 @@ impl Engine {
         };
         self.timers.cancel_all(&mut conn.timers);
         conn.shutdown(&self.mio.registry);
+        if conn.attempt_for().is_some() {
+            // A losing Happy Eyeballs attempt was never the pool's.
+            return;
+        }
+        for (k, id) in std::mem::take(&mut conn.dial.attempts) {
+            if self.is_live(k, id) {
+                self.close_conn(k, reason);
+            }
+        }
         let pool = &mut self.pools[conn.pool];
         pool.conns.retain(|&k| k != key);
         pool.idle.retain(|&(_, k)| k != key);
@@ -252,7 +262,7 @@ impl Engine {
         }
         if pool.conns.is_empty() {
             // Nothing left to heal: the probe stops until the next connection.
-            self.disarm(super::timers::Timer::Probe(conn.pool));
+            self.disarm(Timer::Probe(conn.pool));
         }
         let origin = self.pools[conn.pool].origin.clone();
         self.count(conn.pool, Counter::Closed(reason));

@@ -17,7 +17,7 @@ use crate::wheel::TimerKey;
 use crate::{CloseReason, Error, RequestId, RequestOptions};
 
 use super::pool::PoolKey;
-use super::timers::{ReqTimer, Timer, REQ_TIMERS};
+use super::timers::{after, ReqTimer, Timer, REQ_TIMERS};
 use super::Engine;
 
 /// Hashes a [`RequestId`] as itself: ids are distinct sequential numbers, so
@@ -203,7 +203,7 @@ impl Engine {
         };
         let key = self.reqs.insert(Req::new(id, p, request, opts));
         if let Some(d) = opts.deadline {
-            self.arm(Timer::Req(key, ReqTimer::Total), now + d);
+            self.arm(Timer::Req(key, ReqTimer::Total), after(now, d));
         }
         let pool = &mut self.pools[p];
         pool.last_used = Some(now);

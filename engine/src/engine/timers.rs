@@ -17,6 +17,14 @@ use crate::{CloseReason, Deadline, Error};
 use super::pool::PoolKey;
 use super::Engine;
 
+/// `now + d`, saturating: a duration too long to add (a user's
+/// `Duration::MAX`) means "not within this process's life", never a panic.
+pub(super) fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(1 << 34)))
+        .unwrap_or(now)
+}
+
 /// The deadlines a request may hold, at most one of each.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ReqTimer {
@@ -163,7 +171,9 @@ impl Engine {
         match kind {
             ConnTimer::Setup => match conn.stage() {
                 Stage::Resolving => self.connect_failed(key, Error::Timeout(Deadline::Dns), now),
-                Stage::Connecting => self.next_address(key, Error::Timeout(Deadline::Connect), now),
+                Stage::Connecting => {
+                    self.attempt_failed(key, Error::Timeout(Deadline::Connect), now)
+                }
                 Stage::Handshaking => {
                     self.connect_failed(key, Error::Timeout(Deadline::Handshake), now)
                 }
@@ -188,6 +198,7 @@ impl Engine {
                 }
             }
             ConnTimer::Prewarm => self.prewarm(key, now),
+            ConnTimer::Race => self.on_race_timer(key, now),
         }
     }
 }
