@@ -213,6 +213,10 @@ pub struct Config {
     /// tests only). Default none.
     #[doc(hidden)]
     pub memnet: Option<crate::fuzzing::MemNet>,
+    /// Headers of the host's own that carry credentials (a runner's
+    /// `JOB-TOKEN`, `PRIVATE-TOKEN`): like `Authorization`, they are dropped
+    /// when a followed redirect leaves the origin. Default none.
+    pub sensitive_headers: Vec<http::HeaderName>,
 }
 
 impl Default for Config {
@@ -225,6 +229,7 @@ impl Default for Config {
             dns_threads: 2,
             resolver: None,
             memnet: None,
+            sensitive_headers: Vec::new(),
         }
     }
 }
@@ -238,6 +243,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("dns_threads", &self.dns_threads)
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
+            .field("sensitive_headers", &self.sensitive_headers)
             .finish()
     }
 }
@@ -262,6 +268,17 @@ pub struct RequestOptions {
     /// Deliver the body as [`Event::Body`](crate::Event::Body) chunks instead of
     /// buffering it. Default false.
     pub streaming: bool,
+    /// Redirects (301, 302, 303, 307, 308 with a `Location`) followed before
+    /// the response is the answer. Default 0: a redirect is the response.
+    /// 301/302 turn a POST into a GET and 303 anything but HEAD; 307/308 keep
+    /// method and body. A hop to another origin drops `Authorization`,
+    /// `Cookie`, `Proxy-Authorization` and [`Config::sensitive_headers`];
+    /// [`RequestOptions::deadline`] covers every hop. More hops than this, or
+    /// a loop, end with [`Error::Redirect`](crate::Error::Redirect).
+    pub max_redirects: usize,
+    /// Follow a redirect from `https://` to `http://`. Default false: such a
+    /// hop ends with [`Error::Redirect`](crate::Error::Redirect).
+    pub allow_https_to_http: bool,
 }
 
 impl Default for RequestOptions {
@@ -272,11 +289,23 @@ impl Default for RequestOptions {
             retry_safe: false,
             max_body: 16 * 1024 * 1024,
             streaming: false,
+            max_redirects: 0,
+            allow_https_to_http: false,
         }
     }
 }
 
 impl RequestOptions {
+    /// Follow up to `max` redirects (see [`RequestOptions::max_redirects`]).
+    pub fn follow_redirects(mut self, max: usize) -> Self {
+        self.max_redirects = max;
+        self
+    }
+    /// Allow redirects from `https://` to `http://`.
+    pub fn allow_https_to_http(mut self, allow: bool) -> Self {
+        self.allow_https_to_http = allow;
+        self
+    }
     /// Set the total deadline.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);

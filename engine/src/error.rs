@@ -99,6 +99,43 @@ impl Phase {
     }
 }
 
+/// Why a redirect was not followed; see [`Error::Redirect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedirectError {
+    /// More than [`RequestOptions::max_redirects`](crate::RequestOptions::max_redirects) hops.
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
+    /// The hop leads to a URI already requested.
+    Loop {
+        /// The URI seen twice.
+        uri: String,
+    },
+    /// An `https://` request redirected to `http://`, which was not allowed
+    /// ([`RequestOptions::allow_https_to_http`](crate::RequestOptions::allow_https_to_http)).
+    Downgrade {
+        /// The `http://` target.
+        uri: String,
+    },
+    /// `Location` is no URI reference.
+    BadLocation(String),
+}
+
+impl fmt::Display for RedirectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedirectError::TooMany { max } => write!(f, "more than {max} redirects"),
+            RedirectError::Loop { uri } => write!(f, "redirect loop back to {uri}"),
+            RedirectError::Downgrade { uri } => {
+                write!(f, "refused to follow https to {uri} (plain http)")
+            }
+            RedirectError::BadLocation(why) => write!(f, "bad Location header {why}"),
+        }
+    }
+}
+
 /// Why a request failed.
 ///
 /// Every variant names its phase ([`Error::phase`]); `Display` is a lowercase
@@ -116,6 +153,9 @@ pub enum Error {
         /// What the resolver said.
         cause: Arc<io::Error>,
     },
+    /// A redirect could not be followed (the response was a redirect the
+    /// request asked to follow).
+    Redirect(RedirectError),
     /// Every address refused or failed the TCP connect; this is the last
     /// failure, and `earlier` names the others.
     Connect {
@@ -180,6 +220,7 @@ impl Error {
             Error::InvalidRequest(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
             Error::Connect { .. } => Phase::Connect,
+            Error::Redirect(_) => Phase::ResponseHead,
             Error::Tls { phase, .. } => *phase,
             Error::Io { phase, .. }
             | Error::PeerClosed { phase, .. }
@@ -221,6 +262,7 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
             Error::Resolve { host, cause } => write!(f, "could not resolve {host}: {cause}"),
+            Error::Redirect(why) => write!(f, "redirect not followed: {why}"),
             Error::Connect {
                 addr,
                 cause,

@@ -147,6 +147,9 @@ pub struct ServedBy {
     pub reused: bool,
     /// Its verified peer chain (`None` for `http://`).
     pub chain: Option<Arc<PeerChain>>,
+    /// The URI this response answers when redirects were followed to it
+    /// (`None` when it answers the submitted URI).
+    pub redirected_to: Option<http::Uri>,
 }
 
 /// An engine event, drained with [`Engine::next_event`](crate::Engine::next_event).

@@ -60,7 +60,7 @@ pub use config::{
 };
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle};
-pub use error::{Deadline, Error, Phase};
+pub use error::{Deadline, Error, Phase, RedirectError};
 pub use event::{
     CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,
 };

@@ -17,6 +17,7 @@ use crate::stats::Counter;
 use crate::{CloseReason, ConnId, Deadline, Error, Event, Phase, ServedBy, Trailers};
 
 use super::io::ReadMode;
+use super::redirect;
 use super::timers::{after, ReqTimer, Timer};
 use super::Engine;
 
@@ -181,10 +182,80 @@ impl Engine {
 
     fn served_by(&self, key: ConnKey, rk: ReqKey) -> ServedBy {
         let conn = self.conns.get(key);
+        let req = self.reqs.get(rk);
         ServedBy {
             conn: conn.map_or(ConnId(0), |c| c.id),
-            reused: self.reqs.get(rk).is_some_and(|r| r.reused),
+            reused: req.is_some_and(|r| r.reused),
             chain: conn.and_then(|c| c.chain.clone()),
+            redirected_to: req.and_then(|r| r.redirected_to()),
+        }
+    }
+
+    /// A response head arrived for `rk`: when it is a redirect the request
+    /// follows, remember the next hop (its body is then drained unseen).
+    /// `Err` when the redirect cannot be followed.
+    fn redirect_of(
+        &mut self,
+        rk: ReqKey,
+        head: &rotary_proto::ResponseHead,
+    ) -> Result<bool, Error> {
+        let Some(req) = self.reqs.get_mut(rk) else {
+            return Ok(false);
+        };
+        if req.opts.max_redirects == 0 {
+            return Ok(false);
+        }
+        let first = [req.request.uri().clone()];
+        let visited: &[http::Uri] = if req.visited.is_empty() {
+            &first
+        } else {
+            &req.visited
+        };
+        let rules = redirect::Rules {
+            hops: visited.len() - 1,
+            max: req.opts.max_redirects,
+            to_http: req.opts.allow_https_to_http,
+            sensitive: &self.config.sensitive_headers,
+            visited,
+        };
+        let location = head.headers.get(http::header::LOCATION);
+        match redirect::next_hop(&req.request, head.status, location, &rules) {
+            Ok(Some(next)) => {
+                log::debug!(
+                    "request {} follows a {} to {}",
+                    req.id.0,
+                    head.status.as_u16(),
+                    next.uri()
+                );
+                req.redirect = Some(next);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(Error::Redirect(e)),
+        }
+    }
+
+    /// The redirect response on `key` ended: the request goes on to its next
+    /// hop (in its origin's queue) and the connection is reused or retired.
+    fn follow_redirect(&mut self, key: ConnKey, rk: ReqKey, verdict: Verdict, now: Instant) {
+        self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
+        let next = self.reqs.get_mut(rk).and_then(|r| r.redirect.take());
+        let Some(next) = next else {
+            return self.exchange_done(key, verdict, now);
+        };
+        let pool = self.pools.of_uri(next.uri(), &self.config.policy);
+        self.exchange_done(key, verdict, now);
+        match pool {
+            Ok(p) => {
+                if let Some(req) = self.reqs.get_mut(rk) {
+                    req.follow(next, p);
+                    let pool = &mut self.pools[p];
+                    pool.last_used = Some(now);
+                    pool.queue.push_back(rk);
+                    self.dispatch(p, now);
+                }
+            }
+            Err(e) => self.fail_request(rk, e),
         }
     }
 
@@ -192,6 +263,11 @@ impl Engine {
     fn on_response_event(&mut self, key: ConnKey, rk: ReqKey, ev: ResponseEvent, now: Instant) {
         match ev {
             ResponseEvent::Head(head) => {
+                match self.redirect_of(rk, &head) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => return self.abort_request(rk, e, CloseReason::Error, now),
+                }
                 let Some(req) = self.reqs.get_mut(rk) else {
                     return;
                 };
@@ -215,6 +291,10 @@ impl Engine {
                 let Some(req) = self.reqs.get_mut(rk) else {
                     return;
                 };
+                if req.redirect.is_some() {
+                    // A followed redirect's body: nobody reads it.
+                    return;
+                }
                 if req.opts.streaming {
                     let id = req.id;
                     self.out.push_back(Event::Body { id, data });
@@ -226,6 +306,9 @@ impl Engine {
                 }
             }
             ResponseEvent::End { trailers, verdict } => {
+                if self.reqs.get(rk).is_some_and(|r| r.redirect.is_some()) {
+                    return self.follow_redirect(key, rk, verdict, now);
+                }
                 let served_by = self.served_by(key, rk);
                 let Some(mut req) = self.take_request(rk) else {
                     return;

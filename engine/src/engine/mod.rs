@@ -12,6 +12,7 @@ mod exchange;
 mod io;
 mod lifecycle;
 mod pool;
+mod redirect;
 mod request;
 mod timers;
 

@@ -67,6 +67,10 @@ pub(super) struct Req {
     pub(super) reused: bool,
     /// A buffered response's head, until its body ends.
     pub(super) head: Option<ResponseHead>,
+    /// The next hop's request, while a redirect response's body drains.
+    pub(super) redirect: Option<http::Request<Bytes>>,
+    /// Every URI requested, once a redirect was followed (empty before).
+    pub(super) visited: Vec<http::Uri>,
     body: BytesMut,
     /// A body that arrives in one piece is handed on without a copy.
     first_chunk: Option<Bytes>,
@@ -91,10 +95,33 @@ impl Req {
             fresh_only: false,
             reused: false,
             head: None,
+            redirect: None,
+            visited: Vec::new(),
             body: BytesMut::new(),
             first_chunk: None,
             body_len: 0,
         }
+    }
+
+    /// Becomes the request for the next hop of a redirect, waiting for a
+    /// connection again.
+    pub(super) fn follow(&mut self, next: http::Request<Bytes>, pool: PoolKey) {
+        if self.visited.is_empty() {
+            self.visited.push(self.request.uri().clone());
+        }
+        self.visited.push(next.uri().clone());
+        self.request = next;
+        self.pool = pool;
+        self.conn = None;
+        self.retried = false;
+        self.fresh_only = false;
+        self.reused = false;
+        self.head = None;
+    }
+
+    /// The URI a response answers, when redirects led to it.
+    pub(super) fn redirected_to(&self) -> Option<http::Uri> {
+        (!self.visited.is_empty()).then(|| self.request.uri().clone())
     }
 
     /// Keep a piece of a buffered body. `Err(limit)` when the body would pass
