@@ -1,10 +1,9 @@
 //! Test PKI made at run time with rcgen: a CA, leaves signed by it, and the bad
 //! leaves that verification-failure tests need. Nothing here is ever written to
-//! the repository; temp files are removed on drop.
+//! the repository; PEM files go to private temp dirs removed on drop.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -445,27 +444,26 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A file under `std::env::temp_dir()` with a unique name, deleted on drop.
+/// A file alone in a private temp directory (random name, mode 0700), which
+/// is removed with everything in it on drop, so that nothing written next to
+/// the file (a replacement half written when a test panics) outlives it.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
+    // Declared after `path`, dropped last: removes the file and its siblings.
+    _dir: tempfile::TempDir,
 }
 
 impl TempFile {
-    /// Creates `<tmp>/rotary-test-<pid>-<n>-<nanos>-<label>` holding `contents`.
+    /// Creates `<tmp>/rotary-test-<random>/<label>` holding `contents`.
     pub fn new(label: &str, contents: &[u8]) -> TempFile {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("rotary-test-{}-{n}-{nanos}-{label}", std::process::id());
-        let file = TempFile {
-            path: std::env::temp_dir().join(name),
-        };
-        std::fs::write(&file.path, contents).expect("write temp file");
-        file
+        let dir = tempfile::Builder::new()
+            .prefix("rotary-test-")
+            .tempdir()
+            .expect("create a private temp dir");
+        let path = dir.path().join(label);
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile { path, _dir: dir }
     }
 
     /// The file's path.
@@ -484,11 +482,5 @@ impl TempFile {
     /// Overwrites the contents in place (not atomic: a reader may see a partial file).
     pub fn overwrite(&self, contents: &[u8]) {
         std::fs::write(&self.path, contents).expect("overwrite temp file");
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
