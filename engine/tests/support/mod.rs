@@ -30,6 +30,7 @@ pub mod certs;
 pub mod client;
 pub mod proxy;
 pub mod server;
+mod sockopt;
 
 pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};

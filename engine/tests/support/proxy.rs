@@ -216,7 +216,7 @@ impl ProxyBuilder {
     /// Binds 127.0.0.1:0 and starts accepting.
     pub fn start(self) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        super::server::raise_backlog(&listener);
+        super::sockopt::raise_backlog(&listener);
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared {
             upstream: self.upstream,
@@ -427,7 +427,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 st.stats.fired += 1;
                 st.stats.refused += 1;
             });
-            super::server::set_linger_zero(&client);
+            super::sockopt::set_linger_zero(&client);
             drop(client);
             continue;
         }
@@ -435,7 +435,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             Ok(s) => s,
             Err(_) => {
                 shared.update(|st| st.stats.upstream_errors += 1);
-                super::server::set_linger_zero(&client);
+                super::sockopt::set_linger_zero(&client);
                 continue;
             }
         };
@@ -623,8 +623,8 @@ fn pump(shared: &Shared, link: &Link, dir: Dir) {
 fn abort(link: &Link, reset: bool) {
     link.aborted.store(true, Ordering::SeqCst);
     if reset {
-        super::server::set_linger_zero(&link.client);
-        super::server::set_linger_zero(&link.server);
+        super::sockopt::set_linger_zero(&link.client);
+        super::sockopt::set_linger_zero(&link.server);
         // Wake the other pump (its read returns EOF) without sending anything.
         let _ = link.client.shutdown(Shutdown::Read);
         let _ = link.server.shutdown(Shutdown::Read);
