@@ -31,6 +31,7 @@ pub mod client;
 pub mod proxy;
 pub mod server;
 mod sockopt;
+mod stream;
 
 pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::io::Io;
 use super::request::{ConnInfo, ReadError, RequestReader};
 use super::script::{Accept, Cut, Reply, ReplyKind};
 use super::shared::Shared;
 use super::tls::handshake;
+use super::Io;
 use crate::support::lock;
 use crate::support::sockopt::set_linger_zero;
 

@@ -15,13 +15,11 @@
 //! - `request`: [`RecordedRequest`], [`ConnInfo`] and the request reader;
 //! - `tls`: rustls config, the rotating resolver, the handshake, [`TlsInfo`];
 //! - `shared`: the state every thread shares, [`ServerStats`], the stop flag;
-//! - `conn`: the accept loop and serving one connection until it ends;
-//! - `io`: one connection's byte stream, plain or TLS.
+//! - `conn`: the accept loop and serving one connection until it ends.
 #![allow(dead_code)]
 
 mod builder;
 mod conn;
-mod io;
 mod request;
 mod script;
 mod shared;
@@ -46,6 +44,9 @@ pub use tls::{Resumption, TlsInfo};
 use super::certs::Issued;
 use super::lock;
 use shared::Shared;
+
+/// One connection's byte stream, plain or TLS.
+type Io = super::stream::Stream<rustls::server::ServerConnection>;
 
 /// How long `Drop` waits for the server's threads.
 const JOIN_BOUND: Duration = Duration::from_secs(5);

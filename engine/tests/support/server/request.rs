@@ -8,8 +8,9 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::io::Io;
 use super::tls::TlsInfo;
+use super::Io;
+use crate::support::stream::take_line;
 
 /// Largest request head the server accepts.
 const MAX_HEAD: usize = 64 * 1024;
@@ -133,13 +134,8 @@ impl RequestReader {
     /// Takes one line (without CRLF/LF), reading as needed.
     fn line(&mut self, io: &mut Io, limit: usize) -> Result<String, ReadError> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+            if let Some(line) = take_line(&mut self.buf) {
+                return Ok(line);
             }
             if self.buf.len() > limit {
                 return Err(ReadError::Bad("line too long".into()));

@@ -12,8 +12,8 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnec
 use rustls::sign::CertifiedKey;
 use rustls::{HandshakeKind, ProtocolVersion, SupportedProtocolVersion};
 
-use super::io::Io;
 use super::shared::Shared;
+use super::Io;
 
 /// TLS facts of one server-side connection.
 #[derive(Clone, Debug)]
