@@ -32,6 +32,8 @@ pub mod proxy;
 pub mod server;
 mod sockopt;
 mod stream;
+mod sync;
+mod threads;
 
 pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
@@ -41,8 +43,8 @@ pub use server::{
     reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,
     ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
+pub(crate) use sync::{lock, Watched};
 
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes; returns
@@ -65,34 +67,4 @@ pub fn ca_and_leaf() -> (TestCa, Issued) {
     let ca = TestCa::new("rotary test CA");
     let leaf = ca.issue(&["localhost", "127.0.0.1"]);
     (ca, leaf)
-}
-
-/// Locks `m`, taking over a lock poisoned by a panicking test thread.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Waits on `changed` until `pred` holds on the state behind `m`; false on
-/// timeout. The state's owner notifies `changed` whenever it changes.
-pub(crate) fn wait_on<T>(
-    m: &Mutex<T>,
-    changed: &Condvar,
-    timeout: Duration,
-    pred: impl Fn(&T) -> bool,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut g = lock(m);
-    loop {
-        if pred(&g) {
-            return true;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        g = match changed.wait_timeout(g, deadline - now) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        };
-    }
 }

@@ -69,11 +69,7 @@ pub(super) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 serve_conn(&s, stream, &guard, peer, accepted_at);
             });
         match spawned {
-            Ok(h) => {
-                let mut threads = lock(&shared.threads);
-                threads.retain(|h| !h.is_finished());
-                threads.push(h);
-            }
+            Ok(h) => shared.threads.add(h),
             Err(_) => {
                 shared.untrack(id);
                 shared.update(|st| st.stats.connections_open -= 1);

@@ -30,7 +30,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -172,22 +172,24 @@ impl TestServer {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ServerStats {
-        lock(&self.shared.state).stats.clone()
+        self.shared.state.lock().stats.clone()
     }
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.state).requests.clone()
+        self.shared.state.lock().requests.clone()
     }
 
     /// Connection facts of every connection that finished its (TLS) setup, in order.
     pub fn connections(&self) -> Vec<ConnInfo> {
-        lock(&self.shared.state).conn_infos.clone()
+        self.shared.state.lock().conn_infos.clone()
     }
 
     /// The facts of connection `id`, once it finished its (TLS) setup.
     pub fn connection(&self, id: u64) -> Option<ConnInfo> {
-        lock(&self.shared.state)
+        self.shared
+            .state
+            .lock()
             .conn_infos
             .iter()
             .find(|c| c.id == id)
@@ -196,7 +198,9 @@ impl TestServer {
 
     /// The requests received on connection `id`, in order.
     pub fn requests_on(&self, id: u64) -> Vec<RecordedRequest> {
-        lock(&self.shared.state)
+        self.shared
+            .state
+            .lock()
             .requests
             .iter()
             .filter(|r| r.conn_id == id)
@@ -206,14 +210,12 @@ impl TestServer {
 
     /// Why TLS handshakes failed, as rustls said it.
     pub fn tls_errors(&self) -> Vec<String> {
-        lock(&self.shared.state).tls_errors.clone()
+        self.shared.state.lock().tls_errors.clone()
     }
 
     /// Waits until `pred` holds on the counters; false on timeout.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&ServerStats) -> bool) -> bool {
-        crate::support::wait_on(&self.shared.state, &self.shared.changed, timeout, |s| {
-            pred(&s.stats)
-        })
+        self.shared.state.wait_until(timeout, |s| pred(&s.stats))
     }
 
     /// Waits until `pred` holds, panicking with `what` and the counters on timeout.
@@ -249,17 +251,13 @@ impl TestServer {
     pub fn close_idle_gracefully(&self) {
         // A blocked read returns EOF after SHUT_RD; the connection thread then
         // closes gracefully, since its write side is still open.
-        for s in lock(&self.shared.conns).values() {
-            let _ = s.shutdown(Shutdown::Read);
-        }
+        self.shared.shutdown_conns(Shutdown::Read);
     }
 
     /// Shuts down every live connection (FIN both ways, no close_notify),
     /// keeping the listener.
     pub fn close_all_connections(&self) {
-        for s in lock(&self.shared.conns).values() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        self.shared.shutdown_conns(Shutdown::Both);
     }
 
     /// Stops the server (same as dropping it).
@@ -276,34 +274,14 @@ impl Drop for TestServer {
         }
         // Unblock accept().
         let _ = TcpStream::connect_timeout(&shared.addr, Duration::from_secs(1));
-        for s in lock(&shared.conns).values() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        let deadline = Instant::now() + JOIN_BOUND;
-        let mut handles: Vec<JoinHandle<()>> = self.accept_thread.take().into_iter().collect();
-        // The accept thread pushes no handles once it has stopped.
-        while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        handles.extend(lock(&shared.threads).drain(..));
-        loop {
-            // Connections accepted during shutdown may still be registering.
-            for s in lock(&shared.conns).values() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            if handles.iter().all(|h| h.is_finished()) || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut stuck = 0;
-        for h in handles {
-            if h.is_finished() {
-                let _ = h.join();
-            } else {
-                stuck += 1;
-            }
-        }
+        shared.shutdown_conns(Shutdown::Both);
+        // Connections accepted during shutdown may still be registering:
+        // shut those down too, until every thread has ended.
+        let stuck = shared
+            .threads
+            .join_within(JOIN_BOUND, self.accept_thread.take(), || {
+                shared.shutdown_conns(Shutdown::Both)
+            });
         if stuck > 0 {
             eprintln!(
                 "test server {}: {stuck} thread(s) still running after {JOIN_BOUND:?}; detached",

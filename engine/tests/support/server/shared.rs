@@ -6,18 +6,18 @@
 //! `update`, `untrack` and the atomics.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::server::ServerConfig;
 
 use super::request::{ConnInfo, RecordedRequest};
 use super::tls::RotatingResolver;
 use super::{AcceptHook, Handler};
-use crate::support::lock;
+use crate::support::sync::{lock, wait_on, Watched};
+use crate::support::threads::Threads;
 
 /// Counters of one server, a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,13 +68,12 @@ pub(super) struct Shared {
     pub(super) idle_ms: AtomicU64,
     pub(super) keepalive_requests: AtomicU64,
     pub(super) stopping: AtomicBool,
-    pub(super) state: Mutex<State>,
-    pub(super) changed: Condvar,
+    pub(super) state: Watched<State>,
     pub(super) stop_lock: Mutex<()>,
     pub(super) stop_cv: Condvar,
     /// Clones of live connections' sockets, to shut them down on drop.
     pub(super) conns: Mutex<HashMap<u64, TcpStream>>,
-    pub(super) threads: Mutex<Vec<JoinHandle<()>>>,
+    pub(super) threads: Threads,
     pub(super) next_conn: AtomicU64,
 }
 
@@ -96,12 +95,11 @@ impl Shared {
             idle_ms: AtomicU64::new(0),
             keepalive_requests: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            state: Watched::default(),
             stop_lock: Mutex::new(()),
             stop_cv: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
-            threads: Mutex::new(Vec::new()),
+            threads: Threads::default(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -112,21 +110,8 @@ impl Shared {
 
     /// Sleeps up to `d`; false if the server is shutting down.
     pub(super) fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let mut g = lock(&self.stop_lock);
-        loop {
-            if self.stopping() {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            g = match self.stop_cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
+        // Drop notifies `stop_cv` under `stop_lock` when it sets the flag.
+        !wait_on(&self.stop_lock, &self.stop_cv, d, |_| self.stopping())
     }
 
     pub(super) fn stall(&self) {
@@ -134,8 +119,7 @@ impl Shared {
     }
 
     pub(super) fn update(&self, f: impl FnOnce(&mut State)) {
-        f(&mut lock(&self.state));
-        self.changed.notify_all();
+        self.state.update(f);
     }
 
     /// Sets (or clears) the idle timeout for waits that start from now on.
@@ -159,5 +143,12 @@ impl Shared {
 
     pub(super) fn untrack(&self, id: u64) {
         lock(&self.conns).remove(&id);
+    }
+
+    /// Shuts `how` down on every live connection's socket.
+    pub(super) fn shutdown_conns(&self, how: Shutdown) {
+        for s in lock(&self.conns).values() {
+            let _ = s.shutdown(how);
+        }
     }
 }
