@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::request::{ConnInfo, ReadError, RequestReader};
-use super::script::{Accept, Cut, Reply, ReplyKind};
+use super::script::{Accept, Cut, End, Reply, ReplyKind};
 use super::shared::Shared;
 use super::tls::handshake;
 use super::Io;
@@ -151,11 +151,6 @@ fn finish(shared: &Shared, guard: &ConnGuard, mut io: Io, how: End) {
     drop(io);
 }
 
-enum End {
-    Graceful,
-    Abort(Cut),
-}
-
 fn serve_conn(
     shared: &Arc<Shared>,
     tcp: TcpStream,
@@ -279,9 +274,7 @@ enum Written {
 
 fn write_reply(shared: &Shared, io: &mut Io, reply: &Reply, head_request: bool) -> Written {
     match reply.kind {
-        ReplyKind::Close => return Written::End(End::Graceful),
-        ReplyKind::Reset => return Written::End(End::Abort(Cut::Reset)),
-        ReplyKind::Stall => return Written::End(End::Abort(Cut::Stall)),
+        ReplyKind::End(end) => return Written::End(end),
         ReplyKind::Respond | ReplyKind::Raw(_) => {}
     }
     let mut written = 0usize;

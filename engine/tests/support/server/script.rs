@@ -50,14 +50,21 @@ pub enum Cut {
     Stall,
 }
 
+/// How the server ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// TLS close_notify, FIN, then a linger until the client's EOF.
+    Graceful,
+    /// Abruptly, the way a cut does.
+    Abort(Cut),
+}
+
 /// What a reply does: answer, write raw bytes, or end without answering.
 #[derive(Clone, Debug)]
 pub(super) enum ReplyKind {
     Respond,
     Raw(Vec<u8>),
-    Close,
-    Reset,
-    Stall,
+    End(End),
 }
 
 /// One scripted reply. Build it with a constructor and chained modifiers:
@@ -134,17 +141,17 @@ impl Reply {
 
     /// Close without answering (graceful: TLS close_notify, then FIN).
     pub fn close() -> Reply {
-        Reply::with_kind(ReplyKind::Close)
+        Reply::with_kind(ReplyKind::End(End::Graceful))
     }
 
     /// Reset without answering (RST where supported, see [`reset_supported`]).
     pub fn reset() -> Reply {
-        Reply::with_kind(ReplyKind::Reset)
+        Reply::with_kind(ReplyKind::End(End::Abort(Cut::Reset)))
     }
 
     /// Never answer; the connection stays open and silent until server shutdown.
     pub fn stall() -> Reply {
-        Reply::with_kind(ReplyKind::Stall)
+        Reply::with_kind(ReplyKind::End(End::Abort(Cut::Stall)))
     }
 
     /// Sets the status code.
