@@ -1,6 +1,7 @@
 //! A minimal blocking HTTP/1.1 client (std TcpStream, optionally rustls) for
 //! checking the test server itself, and for "a plain rustls client would see…"
 //! comparisons in engine tests. Not the engine, and not meant to be clever.
+//! Owns one connection and its read buffer; changes nothing outside them.
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};

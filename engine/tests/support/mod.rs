@@ -2,7 +2,13 @@
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
 //! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a tiny
 //! blocking client for cross-checks (`client`), and an address where
-//! connects hang (`blackhole`).
+//! connects hang (`blackhole`). What they share lives in private modules:
+//! `stream` (a plain-or-TLS blocking stream, line splitting), `sync` (locks
+//! and state that tests wait on), `threads` (joining worker threads within a
+//! bound) and `sockopt` (RST on close, a deeper listen backlog).
+//!
+//! This file owns only the re-exported surface and two helpers (`wait_for`,
+//! `ca_and_leaf`); it changes no state.
 //!
 //! Use from a test file as `mod support;` then `use support::*;`:
 //!

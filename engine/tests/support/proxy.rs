@@ -4,6 +4,8 @@
 //! chosen byte offset, and counts what it injected.
 //!
 //! Thread per direction, blocking I/O; dropping the proxy ends every thread.
+//! Owns its listener, the two sockets of each link, its RNG and counters;
+//! the pumps change a link's sockets and the counters, nothing else.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
