@@ -11,10 +11,11 @@ use proptest::prelude::*;
 use rotary::fuzzing::run_script;
 use support::*;
 
+/// What every script shares. No file lives here: a static is never dropped,
+/// so a CA file it held would outlast the test process.
 struct Setup {
     server: Arc<rustls::ServerConfig>,
-    trust: rotary::Trust,
-    _ca_file: TempFile,
+    ca_pem: String,
 }
 
 fn setup() -> &'static Setup {
@@ -28,18 +29,23 @@ fn setup() -> &'static Setup {
             .with_no_client_auth()
             .with_single_cert(leaf.chain_der(), leaf.key_der())
             .expect("server config");
-        let file = ca.write_pem_file();
         Setup {
             server: Arc::new(server),
-            trust: rotary::Trust::pem_file(file.path()),
-            _ca_file: file,
+            ca_pem: ca.root_pem(),
         }
     })
 }
 
+/// Runs one script trusting the CA through a PEM file, as the fuzz target
+/// does; the file lives for this run only.
 fn run(data: &[u8]) -> rotary::fuzzing::Report {
     let s = setup();
-    run_script(data, Some(s.server.clone()), s.trust.clone())
+    let ca_file = TempFile::new("ca.pem", s.ca_pem.as_bytes());
+    run_script(
+        data,
+        Some(s.server.clone()),
+        rotary::Trust::pem_file(ca_file.path()),
+    )
 }
 
 #[test]

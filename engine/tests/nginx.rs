@@ -16,8 +16,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use driver::*;
 use rotary::{CloseReason, Engine, Event, Handshake, RequestId, RequestOptions};
@@ -49,30 +48,22 @@ fn nginx_binary() -> PathBuf {
     }
 }
 
-/// A temp directory removed (with its contents) on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "rotary-nginx-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(path.join("www")).expect("create nginx temp dir");
-        TempDir(path)
+/// nginx's prefix: a temp directory with `www/` inside, removed (with
+/// whatever nginx wrote there) on drop. Opened to 0755 from tempfile's 0700:
+/// the workers run as another user and must reach `www/`.
+fn nginx_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("rotary-nginx-")
+        .tempdir()
+        .expect("create nginx temp dir");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open nginx temp dir to its workers");
     }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    std::fs::create_dir(dir.path().join("www")).expect("create nginx www dir");
+    dir
 }
 
 /// nginx serving TLS on 127.0.0.1:<port> from a temp dir of its own.
@@ -81,7 +72,7 @@ struct Nginx {
     port: u16,
     child: Option<Child>,
     // Dropped after the child is stopped (fields drop in order).
-    dir: TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -90,7 +81,7 @@ impl Nginx {
     /// document root.
     fn start(leaf: &Issued, server: &str, files: &[(&str, &[u8])]) -> Nginx {
         let bin = nginx_binary();
-        let dir = TempDir::new();
+        let dir = nginx_dir();
         let mut nginx = Nginx {
             bin,
             port: 0,
@@ -115,7 +106,7 @@ impl Nginx {
 
     /// Writes `nginx.conf` for `self.port`, spawns nginx and waits until it listens.
     fn launch(&mut self, server: &str) -> Result<(), String> {
-        let (d, port) = (self.dir.0.display(), self.port);
+        let (d, port) = (self.dir.path().display(), self.port);
         let conf = format!(
             "worker_processes 1;
 daemon off;
@@ -147,11 +138,11 @@ http {{
         std::fs::write(self.conf_path(), conf).expect("write nginx.conf");
         let child = Command::new(&self.bin)
             .arg("-p")
-            .arg(&self.dir.0)
+            .arg(self.dir.path())
             .arg("-c")
             .arg(self.conf_path())
             .arg("-e")
-            .arg(self.dir.0.join("error.log"))
+            .arg(self.dir.path().join("error.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -162,11 +153,11 @@ http {{
     }
 
     fn conf_path(&self) -> PathBuf {
-        self.dir.0.join("nginx.conf")
+        self.dir.path().join("nginx.conf")
     }
 
     fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
     /// Waits (bounded) until the port accepts; `Err` with the error log if
@@ -199,7 +190,7 @@ http {{
     }
 
     fn write(&self, name: &str, contents: &[u8]) {
-        let path = self.dir.0.join("www").join(name);
+        let path = self.dir.path().join("www").join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("create www subdir");
         }
@@ -209,8 +200,8 @@ http {{
     /// (Re)writes the certificate chain and key nginx loads (at start and on reload).
     fn set_cert(&self, leaf: &Issued) {
         for (name, contents) in [("cert.pem", leaf.chain_pem()), ("key.pem", leaf.key_pem())] {
-            let path = self.dir.0.join(name);
-            let tmp = self.dir.0.join(format!("{name}.new"));
+            let path = self.dir.path().join(name);
+            let tmp = self.dir.path().join(format!("{name}.new"));
             std::fs::write(&tmp, contents).expect("write certificate file");
             std::fs::rename(&tmp, &path).expect("move certificate file in place");
         }
@@ -220,11 +211,11 @@ http {{
     fn signal(&self, signal: &str) -> std::process::Output {
         Command::new(&self.bin)
             .arg("-p")
-            .arg(&self.dir.0)
+            .arg(self.dir.path())
             .arg("-c")
             .arg(self.conf_path())
             .arg("-e")
-            .arg(self.dir.0.join("error.log"))
+            .arg(self.dir.path().join("error.log"))
             .args(["-s", signal])
             .stdin(Stdio::null())
             .output()

@@ -144,36 +144,25 @@ pub fn finish(program: &str, out: &Output, result: Result<i32, Failure>) -> i32 
     }
 }
 
-/// A unique scratch directory under the system temp dir, removed on drop.
+/// A scratch directory under the system temp dir, removed with its contents
+/// on drop: created exclusively with a random name and mode 0700, so that
+/// the CA files a program writes there for the engine to trust can neither
+/// land in a directory someone else made nor be swapped by another user.
 pub struct TempDir {
-    path: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TempDir {
-    /// Create `<tmp>/rotary-<what>-<pid>-<n>`.
+    /// Create `<tmp>/rotary-<what>-<random>`.
     pub fn new(what: &str) -> io::Result<TempDir> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "rotary-{what}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rotary-{what}-"))
+            .tempdir()?;
+        Ok(TempDir { dir })
     }
 
     /// The directory.
     pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        self.dir.path()
     }
 }

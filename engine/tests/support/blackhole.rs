@@ -1,7 +1,9 @@
 //! An address on loopback where TCP connects hang, as to a host that drops
 //! packets: a listener with a backlog of 0 whose one queued connection is
 //! never accepted. Linux then drops further SYNs (the accept queue is full)
-//! and the client waits for SYN-ACKs that never come.
+//! and the client waits for SYN-ACKs that never come. Owns that listener,
+//! its one queued connection and the runtime that made the listener; it
+//! changes nothing else, and nothing changes them until drop.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

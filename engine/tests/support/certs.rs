@@ -1,10 +1,11 @@
 //! Test PKI made at run time with rcgen: a CA, leaves signed by it, and the bad
-//! leaves that verification-failure tests need. Nothing here is ever written to
-//! the repository; temp files are removed on drop.
+//! leaves that verification-failure tests need, with rustls client configs
+//! that trust them. Nothing here is ever written to the repository; PEM files
+//! go to private temp dirs removed on drop ([`TempFile`]), the only thing
+//! this file changes outside its own values.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,22 @@ fn set_validity(params: &mut CertificateParams, not_before: SystemTime, not_afte
     params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
 }
 
+/// Parameters of a CA named `name`, valid from a day ago for ten years.
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs is valid");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = SystemTime::now();
+    set_validity(&mut params, now - DAY, now + 3650 * DAY);
+    params
+}
+
 /// A self-signed certificate authority generated at run time (ECDSA P-256).
 pub struct TestCa {
     name: String,
@@ -52,17 +69,7 @@ pub struct TestCa {
 impl TestCa {
     /// A new CA whose common name is `name`, valid from a day ago for ten years.
     pub fn new(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs is valid");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = SystemTime::now();
-        set_validity(&mut params, now - DAY, now + 3650 * DAY);
+        let params = ca_params(name);
         let key = KeyPair::generate().expect("generate CA key");
         let cert = params.self_signed(&key).expect("self-sign CA");
         TestCa {
@@ -80,18 +87,8 @@ impl TestCa {
     /// An intermediate CA signed by this one; its leaves' chains carry it (and
     /// any intermediates above it), while trust stays anchored at the root.
     pub fn intermediate(&self, name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs is valid");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut params = ca_params(name);
         params.use_authority_key_identifier_extension = true;
-        let now = SystemTime::now();
-        set_validity(&mut params, now - DAY, now + 3650 * DAY);
         let key = KeyPair::generate().expect("generate intermediate key");
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).expect("sign intermediate");
@@ -159,26 +156,27 @@ impl TestCa {
     /// A client config trusting only this CA that presents `client` (mTLS).
     pub fn client_config_with_cert(&self, client: &Issued) -> Arc<rustls::ClientConfig> {
         Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_root_certificates(self.root_store())
-            .with_client_auth_cert(client.chain_der(), client.key_der())
-            .expect("client certificate and key match"),
+            self.trusting_builder()
+                .with_client_auth_cert(client.chain_der(), client.key_der())
+                .expect("client certificate and key match"),
         )
     }
 
     /// A mutable client config trusting only this CA, for tests that tweak it.
     pub fn client_config_builder(&self) -> rustls::ClientConfig {
+        self.trusting_builder().with_no_client_auth()
+    }
+
+    /// A client config builder on ring's defaults trusting only this CA's root.
+    fn trusting_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")
         .with_root_certificates(self.root_store())
-        .with_no_client_auth()
     }
 
     /// Writes the root CA PEM to a unique temp file, removed when the handle drops.
@@ -445,27 +443,26 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A file under `std::env::temp_dir()` with a unique name, deleted on drop.
+/// A file alone in a private temp directory (random name, mode 0700), which
+/// is removed with everything in it on drop, so that nothing written next to
+/// the file (a replacement half written when a test panics) outlives it.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
+    // Declared after `path`, dropped last: removes the file and its siblings.
+    _dir: tempfile::TempDir,
 }
 
 impl TempFile {
-    /// Creates `<tmp>/rotary-test-<pid>-<n>-<nanos>-<label>` holding `contents`.
+    /// Creates `<tmp>/rotary-test-<random>/<label>` holding `contents`.
     pub fn new(label: &str, contents: &[u8]) -> TempFile {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("rotary-test-{}-{n}-{nanos}-{label}", std::process::id());
-        let file = TempFile {
-            path: std::env::temp_dir().join(name),
-        };
-        std::fs::write(&file.path, contents).expect("write temp file");
-        file
+        let dir = tempfile::Builder::new()
+            .prefix("rotary-test-")
+            .tempdir()
+            .expect("create a private temp dir");
+        let path = dir.path().join(label);
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile { path, _dir: dir }
     }
 
     /// The file's path.
@@ -484,11 +481,5 @@ impl TempFile {
     /// Overwrites the contents in place (not atomic: a reader may see a partial file).
     pub fn overwrite(&self, contents: &[u8]) {
         std::fs::write(&self.path, contents).expect("overwrite temp file");
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }

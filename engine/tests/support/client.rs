@@ -1,6 +1,7 @@
 //! A minimal blocking HTTP/1.1 client (std TcpStream, optionally rustls) for
 //! checking the test server itself, and for "a plain rustls client would see…"
 //! comparisons in engine tests. Not the engine, and not meant to be clever.
+//! Owns one connection and its read buffer; changes nothing outside them.
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
+
+use super::stream::{take_line, Stream};
 
 /// A parsed response.
 #[derive(Clone, Debug)]
@@ -41,38 +44,9 @@ impl Response {
     }
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
-
 /// One blocking client connection.
 pub struct Client {
-    stream: Stream,
+    stream: Stream<ClientConnection>,
     buf: Vec<u8>,
 }
 
@@ -135,10 +109,7 @@ impl Client {
 
     /// Sets the read timeout of later reads.
     pub fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
-        match &self.stream {
-            Stream::Plain(s) => s.set_read_timeout(Some(d)),
-            Stream::Tls(s) => s.sock.set_read_timeout(Some(d)),
-        }
+        self.stream.tcp().set_read_timeout(Some(d))
     }
 
     /// Writes raw bytes.
@@ -211,13 +182,8 @@ impl Client {
 
     fn line(&mut self) -> io::Result<String> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+            if let Some(line) = take_line(&mut self.buf) {
+                return Ok(line);
             }
             self.fill()?;
         }

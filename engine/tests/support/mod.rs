@@ -2,7 +2,13 @@
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
 //! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a tiny
 //! blocking client for cross-checks (`client`), and an address where
-//! connects hang (`blackhole`).
+//! connects hang (`blackhole`). What they share lives in private modules:
+//! `stream` (a plain-or-TLS blocking stream, line splitting), `sync` (locks
+//! and state that tests wait on), `threads` (joining worker threads within a
+//! bound) and `sockopt` (RST on close, a deeper listen backlog).
+//!
+//! This file owns only the re-exported surface and two helpers (`wait_for`,
+//! `ca_and_leaf`); it changes no state.
 //!
 //! Use from a test file as `mod support;` then `use support::*;`:
 //!
@@ -30,6 +36,10 @@ pub mod certs;
 pub mod client;
 pub mod proxy;
 pub mod server;
+mod sockopt;
+mod stream;
+mod sync;
+mod threads;
 
 pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
@@ -39,8 +49,8 @@ pub use server::{
     reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,
     ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
+pub(crate) use sync::{lock, Watched};
 
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes; returns
@@ -63,34 +73,4 @@ pub fn ca_and_leaf() -> (TestCa, Issued) {
     let ca = TestCa::new("rotary test CA");
     let leaf = ca.issue(&["localhost", "127.0.0.1"]);
     (ca, leaf)
-}
-
-/// Locks `m`, taking over a lock poisoned by a panicking test thread.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Waits on `changed` until `pred` holds on the state behind `m`; false on
-/// timeout. The state's owner notifies `changed` whenever it changes.
-pub(crate) fn wait_on<T>(
-    m: &Mutex<T>,
-    changed: &Condvar,
-    timeout: Duration,
-    pred: impl Fn(&T) -> bool,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut g = lock(m);
-    loop {
-        if pred(&g) {
-            return true;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        g = match changed.wait_timeout(g, deadline - now) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        };
-    }
 }

@@ -4,15 +4,18 @@
 //! chosen byte offset, and counts what it injected.
 //!
 //! Thread per direction, blocking I/O; dropping the proxy ends every thread.
+//! Owns its listener, the two sockets of each link, its RNG and counters;
+//! the pumps change a link's sockets and the counters, nothing else.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
-use super::lock;
+use super::threads::Threads;
+use super::{lock, Watched};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -216,17 +219,16 @@ impl ProxyBuilder {
     /// Binds 127.0.0.1:0 and starts accepting.
     pub fn start(self) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        super::server::raise_backlog(&listener);
+        super::sockopt::raise_backlog(&listener);
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared {
             upstream: self.upstream,
             plan: Mutex::new(self.plan),
             rng: Mutex::new(fastrand::Rng::with_seed(self.seed)),
             stopping: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            state: Watched::default(),
             links: Mutex::new(HashMap::new()),
-            threads: Mutex::new(Vec::new()),
+            threads: Threads::default(),
             next_id: AtomicU64::new(1),
         });
         let s = shared.clone();
@@ -254,17 +256,15 @@ struct Shared {
     plan: Mutex<Plan>,
     rng: Mutex<fastrand::Rng>,
     stopping: AtomicBool,
-    state: Mutex<State>,
-    changed: Condvar,
+    state: Watched<State>,
     links: Mutex<HashMap<u64, Arc<Link>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Threads,
     next_id: AtomicU64,
 }
 
 impl Shared {
     fn update(&self, f: impl FnOnce(&mut State)) {
-        f(&mut lock(&self.state));
-        self.changed.notify_all();
+        self.state.update(f);
     }
 
     fn stopping(&self) -> bool {
@@ -313,19 +313,17 @@ impl FaultProxy {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ProxyStats {
-        lock(&self.shared.state).stats.clone()
+        self.shared.state.lock().stats.clone()
     }
 
     /// Every connection with its planned fault and whether it fired.
     pub fn connections(&self) -> Vec<ProxiedConn> {
-        lock(&self.shared.state).conns.clone()
+        self.shared.state.lock().conns.clone()
     }
 
     /// Waits until `pred` holds on the counters; false on timeout.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&ProxyStats) -> bool) -> bool {
-        super::wait_on(&self.shared.state, &self.shared.changed, timeout, |s| {
-            pred(&s.stats)
-        })
+        self.shared.state.wait_until(timeout, |s| pred(&s.stats))
     }
 }
 
@@ -333,29 +331,14 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut handles: Vec<JoinHandle<()>> = self.accept.take().into_iter().collect();
-        while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        handles.extend(lock(&self.shared.threads).drain(..));
-        loop {
-            for link in lock(&self.shared.links).values() {
-                link.shutdown_both();
-            }
-            if handles.iter().all(|h| h.is_finished()) || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut stuck = 0;
-        for h in handles {
-            if h.is_finished() {
-                let _ = h.join();
-            } else {
-                stuck += 1;
-            }
-        }
+        let stuck =
+            self.shared
+                .threads
+                .join_within(Duration::from_secs(5), self.accept.take(), || {
+                    for link in lock(&self.shared.links).values() {
+                        link.shutdown_both();
+                    }
+                });
         if stuck > 0 {
             eprintln!(
                 "fault proxy {}: {stuck} thread(s) still running; detached",
@@ -427,7 +410,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 st.stats.fired += 1;
                 st.stats.refused += 1;
             });
-            super::server::set_linger_zero(&client);
+            super::sockopt::set_linger_zero(&client);
             drop(client);
             continue;
         }
@@ -435,7 +418,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             Ok(s) => s,
             Err(_) => {
                 shared.update(|st| st.stats.upstream_errors += 1);
-                super::server::set_linger_zero(&client);
+                super::sockopt::set_linger_zero(&client);
                 continue;
             }
         };
@@ -465,11 +448,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 .stack_size(128 * 1024)
                 .spawn(move || pump(&s, &l, dir));
             match spawned {
-                Ok(h) => {
-                    let mut threads = lock(&shared.threads);
-                    threads.retain(|h| !h.is_finished());
-                    threads.push(h);
-                }
+                Ok(h) => shared.threads.add(h),
                 Err(_) => link.shutdown_both(),
             }
         }
@@ -623,8 +602,8 @@ fn pump(shared: &Shared, link: &Link, dir: Dir) {
 fn abort(link: &Link, reset: bool) {
     link.aborted.store(true, Ordering::SeqCst);
     if reset {
-        super::server::set_linger_zero(&link.client);
-        super::server::set_linger_zero(&link.server);
+        super::sockopt::set_linger_zero(&link.client);
+        super::sockopt::set_linger_zero(&link.server);
         // Wake the other pump (its read returns EOF) without sending anything.
         let _ = link.client.shutdown(Shutdown::Read);
         let _ = link.server.shutdown(Shutdown::Read);
