@@ -149,7 +149,7 @@ pub struct ServedBy {
     pub chain: Option<Arc<PeerChain>>,
     /// The URI this response answers when redirects were followed to it
     /// (`None` when it answers the submitted URI).
-    pub redirected_to: Option<http::Uri>,
+    pub redirected_to: Option<Arc<http::Uri>>,
 }
 
 /// An engine event, drained with [`Engine::next_event`](crate::Engine::next_event).

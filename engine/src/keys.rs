@@ -23,9 +23,11 @@ macro_rules! key {
         pub(crate) struct $name(usize);
 
         impl Key for $name {
+#[inline]
             fn from_index(i: usize) -> Self {
                 $name(i)
             }
+#[inline]
             fn index(self) -> usize {
                 self.0
             }
@@ -62,18 +64,22 @@ impl<K: Key, T> Default for Slots<K, T> {
 }
 
 impl<K: Key, T> Slots<K, T> {
+    #[inline]
     pub(crate) fn insert(&mut self, value: T) -> K {
         K::from_index(self.slab.insert(value))
     }
 
+    #[inline]
     pub(crate) fn get(&self, key: K) -> Option<&T> {
         self.slab.get(key.index())
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, key: K) -> Option<&mut T> {
         self.slab.get_mut(key.index())
     }
 
+    #[inline]
     pub(crate) fn remove(&mut self, key: K) -> Option<T> {
         self.slab.try_remove(key.index())
     }

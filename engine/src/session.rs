@@ -259,6 +259,7 @@ fn empty(sealed: &mut Vec<u8>) {
 }
 
 /// Write `buf` until done, `WouldBlock` or an error; the bytes written.
+#[inline]
 fn write_some(sock: &mut impl Write, buf: &[u8]) -> (usize, io::Result<()>) {
     let mut sent = 0;
     while sent < buf.len() {

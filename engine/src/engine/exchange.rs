@@ -180,6 +180,7 @@ impl Engine {
         }
     }
 
+    #[inline]
     fn served_by(&self, key: ConnKey, rk: ReqKey) -> ServedBy {
         let conn = self.conns.get(key);
         let req = self.reqs.get(rk);
@@ -205,11 +206,13 @@ impl Engine {
         if req.opts.max_redirects == 0 {
             return Ok(false);
         }
-        let first = [req.request.uri().clone()];
-        let visited: &[http::Uri] = if req.visited.is_empty() {
-            &first
-        } else {
-            &req.visited
+        let first;
+        let visited: &[http::Uri] = match &req.hops {
+            Some(hops) => &hops.visited,
+            None => {
+                first = [req.request.uri().clone()];
+                &first
+            }
         };
         let rules = redirect::Rules {
             hops: visited.len() - 1,
@@ -227,7 +230,7 @@ impl Engine {
                     head.status.as_u16(),
                     next.uri()
                 );
-                req.redirect = Some(next);
+                req.redirect_to(next);
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -239,16 +242,20 @@ impl Engine {
     /// hop (in its origin's queue) and the connection is reused or retired.
     fn follow_redirect(&mut self, key: ConnKey, rk: ReqKey, verdict: Verdict, now: Instant) {
         self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
-        let next = self.reqs.get_mut(rk).and_then(|r| r.redirect.take());
-        let Some(next) = next else {
+        let next_uri = self
+            .reqs
+            .get(rk)
+            .and_then(|r| r.hops.as_ref())
+            .and_then(|h| h.next.as_ref())
+            .map(|n| n.uri().clone());
+        let Some(next_uri) = next_uri else {
             return self.exchange_done(key, verdict, now);
         };
-        let pool = self.pools.of_uri(next.uri(), &self.config.policy);
+        let pool = self.pools.of_uri(&next_uri, &self.config.policy);
         self.exchange_done(key, verdict, now);
         match pool {
             Ok(p) => {
-                if let Some(req) = self.reqs.get_mut(rk) {
-                    req.follow(next, p);
+                if let Some(()) = self.reqs.get_mut(rk).and_then(|r| r.follow(p)) {
                     let pool = &mut self.pools[p];
                     pool.last_used = Some(now);
                     pool.queue.push_back(rk);
@@ -291,7 +298,7 @@ impl Engine {
                 let Some(req) = self.reqs.get_mut(rk) else {
                     return;
                 };
-                if req.redirect.is_some() {
+                if req.redirecting() {
                     // A followed redirect's body: nobody reads it.
                     return;
                 }
@@ -306,7 +313,7 @@ impl Engine {
                 }
             }
             ResponseEvent::End { trailers, verdict } => {
-                if self.reqs.get(rk).is_some_and(|r| r.redirect.is_some()) {
+                if self.reqs.get(rk).is_some_and(|r| r.redirecting()) {
                     return self.follow_redirect(key, rk, verdict, now);
                 }
                 let served_by = self.served_by(key, rk);
@@ -314,29 +321,29 @@ impl Engine {
                     return;
                 };
                 self.stats.requests_ok += 1;
-                let event = if req.opts.streaming {
-                    Event::End {
+                if req.opts.streaming {
+                    self.out.push_back(Event::End {
                         id: req.id,
                         trailers,
-                    }
+                    });
                 } else {
                     let mut response = req.buffered_response();
                     if let Some(t) = trailers {
                         response.extensions_mut().insert(Trailers(t));
                     }
-                    Event::Response {
+                    self.out.push_back(Event::Response {
                         id: req.id,
                         response,
                         served_by,
-                    }
-                };
-                self.out.push_back(event);
+                    });
+                }
                 self.exchange_done(key, verdict, now);
             }
         }
     }
 
     /// The exchange on `key` ended well: reuse or retire the connection.
+    #[inline]
     fn exchange_done(&mut self, key: ConnKey, verdict: Verdict, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;

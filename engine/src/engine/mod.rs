@@ -64,6 +64,7 @@ struct Mio {
 }
 
 impl Mio {
+    #[inline]
     fn token(&self, key: ConnKey) -> Token {
         Token(self.base + 1 + key.index())
     }
@@ -487,15 +488,18 @@ impl Engine {
     /// The connection at `key`, if it is still the one with `id`: slab keys
     /// are reused, so a key held across a call that may close connections is
     /// checked this way before it is used again.
+    #[inline]
     fn live(&mut self, key: ConnKey, id: ConnId) -> Option<&mut Conn> {
         self.conns.get_mut(key).filter(|c| c.id == id)
     }
 
+    #[inline]
     fn is_live(&self, key: ConnKey, id: ConnId) -> bool {
         self.conns.get(key).is_some_and(|c| c.id == id)
     }
 
     /// Bump `counter` engine-wide and for pool `p`.
+    #[inline]
     fn count(&mut self, p: PoolKey, counter: Counter) {
         *self.stats.counter(counter) += 1;
         *self.pools[p].stats.counter(counter) += 1;

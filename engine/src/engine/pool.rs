@@ -57,12 +57,14 @@ pub(super) struct Pools {
 
 impl Index<PoolKey> for Pools {
     type Output = Pool;
+    #[inline]
     fn index(&self, p: PoolKey) -> &Pool {
         &self.list[crate::keys::Key::index(p)]
     }
 }
 
 impl IndexMut<PoolKey> for Pools {
+    #[inline]
     fn index_mut(&mut self, p: PoolKey) -> &mut Pool {
         &mut self.list[crate::keys::Key::index(p)]
     }
@@ -95,6 +97,7 @@ impl Pools {
 
     /// The pool for a request URI. Pools are never removed, so the last
     /// URI's pool stays valid; `Authority` compares case-insensitively.
+    #[inline]
     pub(super) fn of_uri(&mut self, uri: &http::Uri, default: &Policy) -> Result<PoolKey, Error> {
         let tls = match uri.scheme_str() {
             Some("https") => Some(true),

@@ -7,6 +7,7 @@
 //! `take_request` is the one place a request leaves the slab.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -67,10 +68,9 @@ pub(super) struct Req {
     pub(super) reused: bool,
     /// A buffered response's head, until its body ends.
     pub(super) head: Option<ResponseHead>,
-    /// The next hop's request, while a redirect response's body drains.
-    pub(super) redirect: Option<http::Request<Bytes>>,
-    /// Every URI requested, once a redirect was followed (empty before).
-    pub(super) visited: Vec<http::Uri>,
+    /// Redirects seen, once there is one (boxed: most requests never see
+    /// one, and a `Req` is moved on every submit and end).
+    pub(super) hops: Option<Box<Hops>>,
     body: BytesMut,
     /// A body that arrives in one piece is handed on without a copy.
     first_chunk: Option<Bytes>,
@@ -78,6 +78,7 @@ pub(super) struct Req {
 }
 
 impl Req {
+    #[inline]
     fn new(
         id: RequestId,
         pool: PoolKey,
@@ -95,21 +96,39 @@ impl Req {
             fresh_only: false,
             reused: false,
             head: None,
-            redirect: None,
-            visited: Vec::new(),
+            hops: None,
             body: BytesMut::new(),
             first_chunk: None,
             body_len: 0,
         }
     }
 
-    /// Becomes the request for the next hop of a redirect, waiting for a
-    /// connection again.
-    pub(super) fn follow(&mut self, next: http::Request<Bytes>, pool: PoolKey) {
-        if self.visited.is_empty() {
-            self.visited.push(self.request.uri().clone());
-        }
-        self.visited.push(next.uri().clone());
+    /// A redirect response's body is draining before the next hop.
+    #[inline]
+    pub(super) fn redirecting(&self) -> bool {
+        self.hops.as_ref().is_some_and(|h| h.next.is_some())
+    }
+
+    /// The response being read redirects to `next`.
+    pub(super) fn redirect_to(&mut self, next: http::Request<Bytes>) {
+        let uri = self.request.uri();
+        let hops = self.hops.get_or_insert_with(|| {
+            Box::new(Hops {
+                visited: vec![uri.clone()],
+                next: None,
+                current: None,
+            })
+        });
+        hops.next = Some(next);
+    }
+
+    /// Becomes the request for the next hop of a redirect (waiting for a
+    /// connection again, now in `pool`); `None` when no hop was pending.
+    pub(super) fn follow(&mut self, pool: PoolKey) -> Option<()> {
+        let hops = self.hops.as_mut()?;
+        let next = hops.next.take()?;
+        hops.visited.push(next.uri().clone());
+        hops.current = Some(Arc::new(next.uri().clone()));
         self.request = next;
         self.pool = pool;
         self.conn = None;
@@ -117,15 +136,17 @@ impl Req {
         self.fresh_only = false;
         self.reused = false;
         self.head = None;
+        Some(())
     }
 
     /// The URI a response answers, when redirects led to it.
-    pub(super) fn redirected_to(&self) -> Option<http::Uri> {
-        (!self.visited.is_empty()).then(|| self.request.uri().clone())
+    pub(super) fn redirected_to(&self) -> Option<Arc<http::Uri>> {
+        self.hops.as_ref().and_then(|h| h.current.clone())
     }
 
     /// Keep a piece of a buffered body. `Err(limit)` when the body would pass
     /// `max_body`.
+    #[inline]
     pub(super) fn buffer_body(&mut self, data: Bytes) -> Result<(), usize> {
         self.body_len += data.len();
         if self.body_len > self.opts.max_body {
@@ -144,6 +165,7 @@ impl Req {
     }
 
     /// The buffered response: its head and the whole body.
+    #[inline]
     pub(super) fn buffered_response(&mut self) -> http::Response<Bytes> {
         let body = match self.first_chunk.take() {
             Some(b) => b,
@@ -171,6 +193,16 @@ impl Req {
     }
 }
 
+/// The redirects of one request.
+pub(super) struct Hops {
+    /// Every URI requested, the submitted one first.
+    pub(super) visited: Vec<http::Uri>,
+    /// The next hop's request, while a redirect response's body drains.
+    pub(super) next: Option<http::Request<Bytes>>,
+    /// The URI requested now, once a hop was followed.
+    current: Option<Arc<http::Uri>>,
+}
+
 /// The live requests, by slot and by id.
 #[derive(Default)]
 pub(super) struct Requests {
@@ -179,6 +211,7 @@ pub(super) struct Requests {
 }
 
 impl Requests {
+    #[inline]
     fn insert(&mut self, req: Req) -> ReqKey {
         let id = req.id;
         let key = self.slab.insert(req);
@@ -186,20 +219,17 @@ impl Requests {
         key
     }
 
-    fn remove(&mut self, key: ReqKey) -> Option<Req> {
-        let req = self.slab.remove(key)?;
-        self.ids.remove(&req.id);
-        Some(req)
-    }
-
+    #[inline]
     pub(super) fn find(&self, id: RequestId) -> Option<ReqKey> {
         self.ids.get(&id).copied()
     }
 
+    #[inline]
     pub(super) fn get(&self, key: ReqKey) -> Option<&Req> {
         self.slab.get(key)
     }
 
+    #[inline]
     pub(super) fn get_mut(&mut self, key: ReqKey) -> Option<&mut Req> {
         self.slab.get_mut(key)
     }
@@ -269,9 +299,14 @@ impl Engine {
     }
 
     /// Remove a request from every structure; its timers are cancelled.
+    #[inline]
     pub(super) fn take_request(&mut self, rk: ReqKey) -> Option<Req> {
-        let mut req = self.reqs.remove(rk)?;
-        self.timers.cancel_all(&mut req.timers);
+        // Straight from the slab, with one move: a `Req` is large.
+        let req = self.reqs.slab.remove(rk)?;
+        self.reqs.ids.remove(&req.id);
+        for t in req.timers.into_iter().flatten() {
+            self.timers.cancel(t);
+        }
         if req.conn.is_none() {
             self.pools[req.pool].queue.retain(|&k| k != rk);
         }

@@ -83,17 +83,26 @@ impl Timers {
     }
 
     /// When the timer remembered in `slot` is due.
+    #[inline]
     pub(super) fn deadline(&self, slot: Option<TimerKey>) -> Option<Instant> {
         slot.and_then(|t| self.wheel.deadline(t))
     }
 
+    /// Cancel the timer `t` of a value that is going away.
+    #[inline]
+    pub(super) fn cancel(&mut self, t: TimerKey) {
+        self.wheel.cancel(t);
+    }
+
     /// Cancel every timer of a value that is going away.
+    #[inline]
     pub(super) fn cancel_all(&mut self, slots: &mut [Option<TimerKey>]) {
         for t in slots.iter_mut().filter_map(Option::take) {
             self.wheel.cancel(t);
         }
     }
 
+    #[inline]
     fn set(&mut self, slot: &mut Option<TimerKey>, at: Instant, timer: Timer) {
         match *slot {
             Some(t) if self.wheel.reset(t, at) => {}
@@ -101,6 +110,7 @@ impl Timers {
         }
     }
 
+    #[inline]
     fn clear(&mut self, slot: &mut Option<TimerKey>) {
         if let Some(t) = slot.take() {
             self.wheel.cancel(t);
@@ -110,6 +120,7 @@ impl Timers {
 
 impl Engine {
     /// The slot that remembers `timer`, if its owner is still there.
+    #[inline]
     fn timer_slot(&mut self, timer: Timer) -> Option<(&mut Timers, &mut Option<TimerKey>)> {
         let slot = match timer {
             Timer::Conn(key, kind) => &mut self.conns.get_mut(key)?.timers[kind as usize],
@@ -120,6 +131,7 @@ impl Engine {
     }
 
     /// Arm `timer` for `at` (moving it if armed); nothing when its owner is gone.
+    #[inline]
     pub(super) fn arm(&mut self, timer: Timer, at: Instant) {
         if let Some((timers, slot)) = self.timer_slot(timer) {
             timers.set(slot, at, timer);
@@ -127,6 +139,7 @@ impl Engine {
     }
 
     /// Cancel `timer` if armed.
+    #[inline]
     pub(super) fn disarm(&mut self, timer: Timer) {
         if let Some((timers, slot)) = self.timer_slot(timer) {
             timers.clear(slot);
@@ -134,6 +147,7 @@ impl Engine {
     }
 
     /// When `timer` is due, if armed.
+    #[inline]
     pub(super) fn armed(&self, timer: Timer) -> Option<Instant> {
         let slot = match timer {
             Timer::Conn(key, kind) => self.conns.get(key)?.timers[kind as usize],

@@ -274,6 +274,7 @@ impl<T> Wheel<T> {
 
     /// The deadline of the timer `key` as the wheel keeps it (rounded up to
     /// its tick, clamped to the origin), or `None` if the key is stale. O(1).
+    #[inline]
     pub fn deadline(&self, key: TimerKey) -> Option<Instant> {
         if !self.entries.is_live(key) {
             return None;
