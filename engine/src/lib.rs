@@ -46,10 +46,12 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 mod origin;
+mod path;
 mod session;
 mod sock;
 mod stats;
 mod tls;
+mod verifier;
 mod verify_cache;
 pub mod wheel;
 
@@ -62,6 +64,7 @@ pub use engine::{Engine, Handle, Trailers};
 pub use error::{Deadline, Error, Phase};
 pub use event::{CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy};
 pub use origin::Origin;
+pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
 pub use stats::{OriginStats, Stats};
 
 /// The README's code, compiled as a doctest so it cannot rot.
