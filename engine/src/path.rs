@@ -17,8 +17,10 @@ use rustls::pki_types::CertificateDer;
 use crate::chain::{colon_hex, sha256, to_pem};
 
 /// The path rotary's verifier built from a server's chain: the leaf, the
-/// intermediates it used (the leaf's issuer first; certificates the server
-/// sent but the path did not need are left out) and the trust anchor.
+/// intermediates it used (the leaf's issuer first; taken from the server's
+/// chain or from a CA file that carries intermediates beside its root;
+/// certificates the server sent but the path did not need are left out) and
+/// the trust anchor.
 ///
 /// Made by the verification itself (rustls-webpki's path building), never by
 /// a second search; see [`PeerChain::verified_path`](crate::PeerChain::verified_path).

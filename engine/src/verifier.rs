@@ -22,11 +22,23 @@ use crate::verify_cache::{Presented, VerifyCache};
 
 /// Trust anchors, each with the certificate it was read from when there
 /// was one (CA files), so a path's anchor can be handed on as a certificate.
+///
+/// Every CA-file certificate is an anchor, as with rustls's own verifier.
+/// Those that are not self-issued (intermediates a CA file carries above
+/// its root, or instead of one) are also kept as links: a path is first
+/// built through them to a root, which is what a job's bundle must end in
+/// for OpenSSL and GnuTLS, and only when none is reachable does it end at
+/// such an intermediate.
 #[derive(Debug)]
 pub(crate) struct Anchors {
+    /// Every anchor.
     store: RootCertStore,
     /// `certs[i]` is the certificate of `store.roots[i]`, if any.
     certs: Vec<Option<CertificateDer<'static>>>,
+    /// The anchors without the links.
+    roots: RootCertStore,
+    /// CA-file certificates that are not self-issued.
+    links: Vec<CertificateDer<'static>>,
 }
 
 impl Anchors {
@@ -35,6 +47,8 @@ impl Anchors {
         Anchors {
             store: RootCertStore::empty(),
             certs: Vec::new(),
+            roots: RootCertStore::empty(),
+            links: Vec::new(),
         }
     }
 
@@ -44,7 +58,8 @@ impl Anchors {
         anchors: impl IntoIterator<Item = TrustAnchor<'static>>,
     ) {
         for anchor in anchors {
-            self.store.roots.push(anchor);
+            self.store.roots.push(anchor.clone());
+            self.roots.roots.push(anchor);
             self.certs.push(None);
         }
     }
@@ -55,6 +70,13 @@ impl Anchors {
     /// rustls's reason when the certificate cannot be an anchor.
     pub(crate) fn add_certificate(&mut self, cert: CertificateDer<'static>) -> Result<(), Error> {
         self.store.add(cert.clone())?;
+        let self_issued =
+            webpki::EndEntityCert::try_from(&cert).is_ok_and(|c| c.subject() == c.issuer());
+        if self_issued {
+            self.roots.add(cert.clone())?;
+        } else {
+            self.links.push(cert.clone());
+        }
         self.certs.push(Some(cert));
         Ok(())
     }
@@ -158,26 +180,48 @@ impl Verifier {
         let parsed = ParsedCertificate::try_from(chain.end_entity)?;
         let leaf = webpki::EndEntityCert::try_from(chain.end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let built = leaf.verify_for_usage(
-            self.algs.all,
-            &self.anchors.store.roots,
-            chain.intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        );
-        let path = match built {
-            Ok(path) => self.owned(chain, &path),
-            Err(e) => return Err(self.rustls_error(&parsed, chain, now, e)),
+        // Through the CA files' intermediates to a root first (see
+        // `Anchors`); else, as rustls's verifier does, to any anchor.
+        let to_root = match self.anchors.links.is_empty() {
+            true => None,
+            false => {
+                let mut candidates = chain.intermediates.to_vec();
+                candidates.extend(self.anchors.links.iter().cloned());
+                self.path(&leaf, &self.anchors.roots, &candidates, chain, now)
+                    .ok()
+            }
+        };
+        let path = match to_root {
+            Some(path) => path,
+            None => match self.path(&leaf, &self.anchors.store, chain.intermediates, chain, now) {
+                Ok(path) => path,
+                Err(e) => return Err(self.rustls_error(&parsed, chain, now, e)),
+            },
         };
         verify_server_name(&parsed, name)?;
         Ok(path)
     }
 
-    /// The path as owned certificates, the anchor with its certificate
-    /// when it came from one.
-    fn owned(&self, chain: Presented<'_>, path: &webpki::VerifiedPath<'_>) -> VerifiedPath {
+    /// webpki's path from `leaf` through `intermediates` to one of
+    /// `anchors`, for server auth, as owned certificates with the anchor's
+    /// certificate when it came from one.
+    fn path(
+        &self,
+        leaf: &webpki::EndEntityCert<'_>,
+        anchors: &RootCertStore,
+        intermediates: &[CertificateDer<'_>],
+        chain: Presented<'_>,
+        now: UnixTime,
+    ) -> Result<VerifiedPath, webpki::Error> {
+        let path = leaf.verify_for_usage(
+            self.algs.all,
+            &anchors.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )?;
         let intermediates = path
             .intermediate_certificates()
             .map(|c| c.der().into_owned())
@@ -191,7 +235,11 @@ impl Verifier {
                     .to_vec(),
             },
         };
-        VerifiedPath::new(chain.end_entity.clone().into_owned(), intermediates, anchor)
+        Ok(VerifiedPath::new(
+            chain.end_entity.clone().into_owned(),
+            intermediates,
+            anchor,
+        ))
     }
 
     /// rustls names webpki's errors (`UnknownIssuer`, `ExpiredContext`,
@@ -455,5 +503,25 @@ mod tests {
         let v = Verifier::new(anchors, algs());
         let path = v.path_for(&chain, "a.test").expect("a path");
         assert_eq!(path.anchor().certificate(), Some(&root.der));
+    }
+
+    #[test]
+    fn an_intermediate_in_the_ca_file_leads_the_path_on_to_the_root() {
+        let root = self_signed("Root");
+        let mid = sub_ca("Mid", &root);
+        let chain = [leaf("a.test", &mid)];
+        // The server sends the leaf alone; the CA file holds the
+        // intermediate and the root, in either order.
+        for order in [[&mid, &root], [&root, &mid]] {
+            let v = trusting(&order);
+            let path = v.path_for(&chain, "a.test").expect("a path");
+            assert_eq!(path.intermediates(), std::slice::from_ref(&mid.der));
+            assert_eq!(path.anchor(), &Anchor::Certificate(root.der.clone()));
+        }
+        // With the intermediate alone it is the anchor, as in rustls.
+        let v = trusting(&[&mid]);
+        let path = v.path_for(&chain, "a.test").expect("a path");
+        assert!(path.intermediates().is_empty());
+        assert_eq!(path.anchor(), &Anchor::Certificate(mid.der.clone()));
     }
 }
