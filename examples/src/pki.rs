@@ -47,14 +47,7 @@ impl Ca {
         let params = ca_params(name)?;
         let key = KeyPair::generate().map_err(|e| err("ca key", e))?;
         let cert = params.self_signed(&key).map_err(|e| err("ca cert", e))?;
-        Ok(Ca {
-            name: name.to_owned(),
-            der: cert.der().clone(),
-            pem: cert.pem(),
-            params,
-            key,
-            above: Vec::new(),
-        })
+        Ok(Ca::made(name, params, key, &cert, Vec::new()))
     }
 
     /// An intermediate CA with common name `name`, signed by this one. Its
@@ -65,21 +58,41 @@ impl Ca {
     pub fn intermediate(&self, name: &str) -> Result<Ca, String> {
         let mut params = ca_params(name)?;
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|e| err("intermediate key", e))?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| err("intermediate cert", e))?;
+        let (key, cert) = self.sign(&params, "intermediate")?;
         let mut above = vec![cert.der().clone()];
         above.extend(self.above.iter().cloned());
-        Ok(Ca {
+        Ok(Ca::made(name, params, key, &cert, above))
+    }
+
+    fn made(
+        name: &str,
+        params: CertificateParams,
+        key: KeyPair,
+        cert: &rcgen::Certificate,
+        above: Vec<CertificateDer<'static>>,
+    ) -> Ca {
+        Ca {
             name: name.to_owned(),
             der: cert.der().clone(),
             pem: cert.pem(),
             params,
             key,
             above,
-        })
+        }
+    }
+
+    /// A new key, and `params` signed by this CA for it.
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        what: &str,
+    ) -> Result<(KeyPair, rcgen::Certificate), String> {
+        let key = KeyPair::generate().map_err(|e| err(&format!("{what} key"), e))?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| err(&format!("{what} cert"), e))?;
+        Ok((key, cert))
     }
 
     /// The CA's common name.
@@ -112,11 +125,7 @@ impl Ca {
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|e| err("leaf key", e))?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| err("leaf cert", e))?;
+        let (key, cert) = self.sign(&params, "leaf")?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.above.iter().cloned());
         Ok(ServerCert {
