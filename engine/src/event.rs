@@ -129,7 +129,8 @@ pub struct ConnectionInfo {
     pub alpn: Option<Vec<u8>>,
     /// Full or resumed (`None` for `http://`).
     pub handshake: Option<Handshake>,
-    /// The verified peer chain (`None` for `http://`).
+    /// The peer chain as presented, with its verified path and CA bundle
+    /// (`None` for `http://`).
     pub chain: Option<Arc<PeerChain>>,
 }
 
@@ -141,7 +142,8 @@ pub struct ServedBy {
     pub conn: ConnId,
     /// It had carried an earlier exchange.
     pub reused: bool,
-    /// Its verified peer chain (`None` for `http://`).
+    /// Its peer chain, with the verified path; a job this response delivers
+    /// should trust [`PeerChain::ca_bundle`] (`None` for `http://`).
     pub chain: Option<Arc<PeerChain>>,
 }
 

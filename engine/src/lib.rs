@@ -20,6 +20,11 @@
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
 //!   request to completion.
+//! * Every TLS connection reports its [`PeerChain`]: what the server
+//!   presented, the [`VerifiedPath`] rotary's verifier built from it (leaf,
+//!   intermediates used, trust anchor), and [`PeerChain::ca_bundle`], the
+//!   PEM a job should trust to reach any server with a certificate from the
+//!   same CA.
 //!
 //! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
 //! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
