@@ -1,34 +1,83 @@
-//! A verified peer certificate chain: DER, PEM and SHA-256 fingerprint.
+//! A peer's certificate chain: what the server presented (DER, PEM, SHA-256
+//! fingerprint) and the path its verification built.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
 
-/// The certificate chain a server presented on one connection, leaf first.
+use crate::path::{NoCaBundle, VerifiedPath};
+
+/// The certificate chain a server presented on one connection, leaf first,
+/// and the path rotary's verifier built from it.
 ///
-/// Two chains are equal when every certificate is byte-identical.
+/// The presented chain is exactly what the server sent: it may lack the
+/// root, carry certificates the verifier did not use, or come in any order.
+/// Hand a job [`PeerChain::ca_bundle`] instead, which comes from the
+/// verified path.
+///
+/// Two chains are equal when every presented certificate is byte-identical
+/// and they verified along the same path.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerChain {
     der: Vec<CertificateDer<'static>>,
     fingerprint: [u8; 32],
+    path: Option<Arc<VerifiedPath>>,
 }
 
 impl PeerChain {
-    /// Build from the DER certificates rustls reports (leaf first). The
-    /// fingerprint is SHA-256 over the leaf's DER; empty chains have the
-    /// fingerprint of the empty string.
+    /// Build from the DER certificates rustls reports (leaf first), without
+    /// a verified path. The fingerprint is SHA-256 over the leaf's DER;
+    /// empty chains have the fingerprint of the empty string.
     pub fn new(der: Vec<CertificateDer<'static>>) -> PeerChain {
-        let leaf: &[u8] = der.first().map(|c| c.as_ref()).unwrap_or(&[]);
-        let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(digest.as_ref());
-        PeerChain { der, fingerprint }
+        PeerChain::verified(der, None)
     }
 
-    /// The certificates as DER, leaf first.
+    /// The presented chain with the path its verification built.
+    pub(crate) fn verified(
+        der: Vec<CertificateDer<'static>>,
+        path: Option<Arc<VerifiedPath>>,
+    ) -> PeerChain {
+        let leaf: &[u8] = der.first().map(|c| c.as_ref()).unwrap_or(&[]);
+        PeerChain {
+            fingerprint: sha256(leaf),
+            der,
+            path,
+        }
+    }
+
+    /// The certificates as the server presented them (DER, leaf first).
     pub fn der(&self) -> &[CertificateDer<'static>] {
         &self.der
+    }
+
+    /// The path rotary's verifier built for this chain: leaf, the
+    /// intermediates it used, and the trust anchor. `None` when rotary did
+    /// not verify the chain (`Trust::dangerous_skip_verification`), or for a
+    /// resumed session whose chain no longer verifies.
+    pub fn verified_path(&self) -> Option<&VerifiedPath> {
+        self.path.as_deref()
+    }
+
+    /// The shared path, for comparing without dereferencing.
+    pub(crate) fn path_arc(&self) -> Option<&Arc<VerifiedPath>> {
+        self.path.as_ref()
+    }
+
+    /// The PEM a job should trust to reach this server, or any other server
+    /// with a certificate from the same CA: the verified path's
+    /// intermediates, then the trust anchor's certificate, without the leaf.
+    /// See [`VerifiedPath::ca_bundle`].
+    ///
+    /// # Errors
+    /// [`NoCaBundle::AnchorWithoutCertificate`] when the path ends at a
+    /// compiled-in root, [`NoCaBundle::NotVerified`] when there is no path.
+    pub fn ca_bundle(&self) -> Result<String, NoCaBundle> {
+        match &self.path {
+            Some(path) => path.ca_bundle(),
+            None => Err(NoCaBundle::NotVerified),
+        }
     }
 
     /// SHA-256 of the leaf certificate.
@@ -39,40 +88,21 @@ impl PeerChain {
     /// The leaf certificate's notAfter, if the leaf parses as X.509.
     pub fn not_after(&self) -> Option<std::time::SystemTime> {
         let leaf = self.der.first()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-        let secs = cert.validity().not_after.timestamp();
-        let secs = u64::try_from(secs).ok()?;
+        let secs = not_after_secs(leaf)?;
         std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
     }
 
     /// The fingerprint as colon-separated uppercase hex (`AB:CD:...`), the
     /// form `openssl x509 -fingerprint -sha256` prints.
     pub fn fingerprint_hex(&self) -> String {
-        let mut s = String::with_capacity(95);
-        for (i, b) in self.fingerprint.iter().enumerate() {
-            if i > 0 {
-                s.push(':');
-            }
-            s.push_str(&format!("{b:02X}"));
-        }
-        s
+        colon_hex(&self.fingerprint)
     }
 
-    /// The chain as PEM text (`-----BEGIN CERTIFICATE-----` blocks, 64-column
-    /// base64), suitable as a CA bundle file.
+    /// The presented chain as PEM text (`-----BEGIN CERTIFICATE-----`
+    /// blocks, 64-column base64), leaf first. This is what the server sent,
+    /// not a CA bundle: see [`PeerChain::ca_bundle`].
     pub fn to_pem(&self) -> String {
-        let mut out = String::new();
-        for cert in &self.der {
-            out.push_str("-----BEGIN CERTIFICATE-----\n");
-            let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-            for line in b64.as_bytes().chunks(64) {
-                // base64 output is ASCII, so every chunk is valid UTF-8.
-                out.push_str(std::str::from_utf8(line).unwrap_or_default());
-                out.push('\n');
-            }
-            out.push_str("-----END CERTIFICATE-----\n");
-        }
-        out
+        to_pem(&self.der)
     }
 }
 
@@ -81,8 +111,52 @@ impl fmt::Debug for PeerChain {
         f.debug_struct("PeerChain")
             .field("certificates", &self.der.len())
             .field("sha256", &self.fingerprint_hex())
+            .field("verified_path", &self.path)
             .finish()
     }
+}
+
+/// SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Colon-separated uppercase hex (`AB:CD:...`).
+pub(crate) fn colon_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+
+/// Certificates as PEM blocks with 64-column base64, in the given order.
+pub(crate) fn to_pem<'a>(certs: impl IntoIterator<Item = &'a CertificateDer<'a>>) -> String {
+    let mut out = String::new();
+    for cert in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            // base64 output is ASCII, so every chunk is valid UTF-8.
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+/// A certificate's notAfter in seconds since the epoch; `None` when it does
+/// not parse or lies before 1970.
+pub(crate) fn not_after_secs(cert: &CertificateDer<'_>) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
 #[cfg(test)]
@@ -111,5 +185,12 @@ mod tests {
         let b = PeerChain::new(vec![vec![1u8].into(), vec![3u8].into()]);
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_chain_without_a_path_has_no_ca_bundle() {
+        let chain = PeerChain::new(vec![vec![1u8].into()]);
+        assert!(chain.verified_path().is_none());
+        assert_eq!(chain.ca_bundle(), Err(NoCaBundle::NotVerified));
     }
 }

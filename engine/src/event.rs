@@ -133,7 +133,8 @@ pub struct ConnectionInfo {
     pub alpn: Option<Vec<u8>>,
     /// Full or resumed (`None` for `http://`).
     pub handshake: Option<Handshake>,
-    /// The verified peer chain (`None` for `http://`).
+    /// The peer chain as presented, with its verified path and CA bundle
+    /// (`None` for `http://`).
     pub chain: Option<Arc<PeerChain>>,
 }
 
@@ -145,7 +146,8 @@ pub struct ServedBy {
     pub conn: ConnId,
     /// It had carried an earlier exchange.
     pub reused: bool,
-    /// Its verified peer chain (`None` for `http://`).
+    /// Its peer chain, with the verified path; a job this response delivers
+    /// should trust [`PeerChain::ca_bundle`] (`None` for `http://`).
     pub chain: Option<Arc<PeerChain>>,
     /// The URI this response answers when redirects were followed to it
     /// (`None` when it answers the submitted URI).

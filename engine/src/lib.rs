@@ -20,6 +20,11 @@
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
 //!   request to completion.
+//! * Every TLS connection reports its [`PeerChain`]: what the server
+//!   presented, the [`VerifiedPath`] rotary's verifier built from it (leaf,
+//!   intermediates used, trust anchor), and [`PeerChain::ca_bundle`], the
+//!   PEM a job should trust to reach any server with a certificate from the
+//!   same CA.
 //!
 //! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
 //! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
@@ -47,10 +52,12 @@ mod event;
 pub mod fuzzing;
 mod keys;
 mod origin;
+mod path;
 mod session;
 mod sock;
 mod stats;
 mod tls;
+mod verifier;
 mod verify_cache;
 pub mod wheel;
 
@@ -65,6 +72,7 @@ pub use event::{
     CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,
 };
 pub use origin::Origin;
+pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
 pub use stats::{OriginStats, Stats};
 
 /// The README's code, compiled as a doctest so it cannot rot.

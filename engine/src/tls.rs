@@ -1,21 +1,21 @@
 //! TLS client configuration: trust anchors and client identity from PEM
-//! files that are re-read when they change, and the two rustls configs the
-//! engine hands out (resumption off, or on with a purgeable session store).
+//! files that are re-read when they change, the two rustls configs the
+//! engine hands out (resumption off, or on with a purgeable session store),
+//! and the verified path of a finished handshake's chain.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustls::client::{
-    ClientSessionMemoryCache, ClientSessionStore, Resumption, WebPkiServerVerifier,
-};
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 
 use crate::config::{ClientIdentity, Trust};
-use crate::verify_cache::CachingVerifier;
+use crate::verifier::{Anchors, Verifier};
+use crate::PeerChain;
 
 /// What identifies one version of a file: modification time, size and (on
 /// Unix) inode, so a file replaced by rename is seen even when the two
@@ -48,9 +48,16 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
 pub(crate) struct TlsState {
     trust: Trust,
     stamps: Vec<Stamp>,
+    configs: Configs,
+    sessions: Arc<ClientSessionMemoryCache>,
+}
+
+/// What one version of the trust settings builds: the two configs and the
+/// verifier both use.
+struct Configs {
     full: Arc<ClientConfig>,
     resume: Arc<ClientConfig>,
-    sessions: Arc<ClientSessionMemoryCache>,
+    verifier: Arc<Verifier>,
 }
 
 impl TlsState {
@@ -61,7 +68,7 @@ impl TlsState {
     /// cannot be read or holds nothing usable, or when no anchor is left.
     pub(crate) fn new(trust: &Trust) -> io::Result<TlsState> {
         let sessions = Arc::new(ClientSessionMemoryCache::new(256));
-        let (full, resume) = build(trust, &sessions).map_err(|e| {
+        let configs = build(trust, &sessions).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: {}", e.path.display(), e.reason),
@@ -70,8 +77,7 @@ impl TlsState {
         Ok(TlsState {
             stamps: watched(trust).iter().map(|p| stamp(p)).collect(),
             trust: trust.clone(),
-            full,
-            resume,
+            configs,
             sessions,
         })
     }
@@ -84,15 +90,13 @@ impl TlsState {
             return Ok(false);
         }
         self.stamps = now;
-        let (full, resume) = build(&self.trust, &self.sessions)?;
-        self.full = full;
-        self.resume = resume;
+        self.configs = build(&self.trust, &self.sessions)?;
         Ok(true)
     }
 
     /// The config for a connection that must do a full handshake.
     pub(crate) fn full(&self) -> Arc<ClientConfig> {
-        self.full.clone()
+        self.configs.full.clone()
     }
 
     /// The config that may resume; with `purge`, first forget the sessions
@@ -104,7 +108,25 @@ impl TlsState {
                 self.sessions.remove_tls12_session(&name);
             }
         }
-        self.resume.clone()
+        self.configs.resume.clone()
+    }
+
+    /// The chain a finished handshake with `host` reported (leaf first),
+    /// with the path its verification built: remembered from that
+    /// verification, including for a resumed session while it is cached,
+    /// else verified again with the current anchors. When the chain and its
+    /// path equal `known` (the origin's current chain), `known` is shared.
+    pub(crate) fn peer_chain(
+        &self,
+        presented: &[CertificateDer<'static>],
+        host: &str,
+        known: Option<&Arc<PeerChain>>,
+    ) -> Arc<PeerChain> {
+        let path = self.configs.verifier.path_for(presented, host);
+        match known {
+            Some(k) if k.der() == presented && k.path_arc() == path.as_ref() => k.clone(),
+            _ => Arc::new(PeerChain::verified(presented.to_vec(), path)),
+        }
     }
 }
 
@@ -117,10 +139,10 @@ fn watched(trust: &Trust) -> Vec<PathBuf> {
     files
 }
 
-fn read_roots(trust: &Trust) -> Result<RootCertStore, FileError> {
-    let mut roots = RootCertStore::empty();
+fn read_anchors(trust: &Trust) -> Result<Anchors, FileError> {
+    let mut anchors = Anchors::empty();
     if trust.webpki_roots {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        anchors.add_compiled_in(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     for path in &trust.pem_files {
         let mut found = 0;
@@ -128,8 +150,8 @@ fn read_roots(trust: &Trust) -> Result<RootCertStore, FileError> {
             .map_err(|e| bad(path, format!("cannot read CA file: {e}")))?;
         for cert in certs {
             let cert = cert.map_err(|e| bad(path, format!("bad PEM: {e}")))?;
-            roots
-                .add(cert)
+            anchors
+                .add_certificate(cert)
                 .map_err(|e| bad(path, format!("bad CA certificate: {e}")))?;
             found += 1;
         }
@@ -137,13 +159,13 @@ fn read_roots(trust: &Trust) -> Result<RootCertStore, FileError> {
             return Err(bad(path, "no certificate in CA file"));
         }
     }
-    if roots.is_empty() {
+    if anchors.is_empty() {
         return Err(FileError {
             path: PathBuf::new(),
             reason: "no trust anchors: enable webpki roots or give a CA file".into(),
         });
     }
-    Ok(roots)
+    Ok(anchors)
 }
 
 fn read_identity(
@@ -183,24 +205,25 @@ fn provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
-fn build(
-    trust: &Trust,
-    sessions: &Arc<ClientSessionMemoryCache>,
-) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), FileError> {
-    let roots = Arc::new(read_roots(trust)?);
+fn build(trust: &Trust, sessions: &Arc<ClientSessionMemoryCache>) -> Result<Configs, FileError> {
+    let anchors = read_anchors(trust)?;
     let provider = Arc::new(provider());
     let config = |e: &dyn std::fmt::Display| bad(Path::new(""), format!("tls configuration: {e}"));
-    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| config(&e))?;
-    // Verification of a byte-identical chain is remembered (see
-    // verify_cache.rs); a new trust configuration starts a new cache.
-    let verifier = Arc::new(CachingVerifier::new(webpki));
+    // Verification of a byte-identical chain, and the path it took, is
+    // remembered (see verify_cache.rs); a new trust configuration starts a
+    // new verifier with an empty cache.
+    let verifier = Verifier::new(anchors, provider.signature_verification_algorithms);
+    #[cfg(feature = "dangerous-skip-verification")]
+    let verifier = match trust.dangerous_skip_verification {
+        true => verifier.skipping(),
+        false => verifier,
+    };
+    let verifier = Arc::new(verifier);
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| config(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier);
+        .with_custom_certificate_verifier(verifier.clone());
     let mut full = match &trust.client_identity {
         None => builder.with_no_client_auth(),
         Some(id) => {
@@ -213,77 +236,13 @@ fn build(
             })?
         }
     };
-    #[cfg(feature = "dangerous-skip-verification")]
-    if trust.dangerous_skip_verification {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        full.dangerous()
-            .set_certificate_verifier(Arc::new(danger::AcceptAnyCertificate(provider)));
-    }
     full.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut resume = full.clone();
     full.resumption = Resumption::disabled();
     resume.resumption = Resumption::store(sessions.clone());
-    Ok((Arc::new(full), Arc::new(resume)))
-}
-
-/// The verifier behind `Trust::dangerous_skip_verification`.
-#[cfg(feature = "dangerous-skip-verification")]
-mod danger {
-    use std::sync::Arc;
-
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, Error, SignatureScheme};
-
-    #[derive(Debug)]
-    pub(super) struct AcceptAnyCertificate(pub(super) Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AcceptAnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, Error> {
-            log::warn!(
-                "certificate verification is OFF: accepting any certificate for {server_name:?}"
-            );
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
+    Ok(Configs {
+        full: Arc::new(full),
+        resume: Arc::new(resume),
+        verifier,
+    })
 }

@@ -619,3 +619,47 @@ fn certificate_rotation_through_nginx_reload_moves_connections_to_the_new_chain(
     );
     assert_drained(&mut engine);
 }
+
+#[test]
+#[ignore = "needs nginx; run with --ignored (CI does)"]
+fn a_leaf_only_nginx_still_gives_jobs_a_bundle_that_trusts_its_other_edges() {
+    // nginx with a private CA sends the leaf alone: the presented chain
+    // pins that leaf, the bundle is the root it verified up to.
+    let (ca, leaf) = ca_and_leaf();
+    let edge_a = Nginx::start(&leaf, "", &[]);
+    let edge_b = Nginx::start(&ca.issue(&["localhost", "127.0.0.1"]), "", &[]);
+    let (mut engine, _ca_file) = engine_for(&ca, |_| {});
+    let (id, out) = get_ok(&mut engine, &edge_a.url("/hello"));
+    let chain = served_by(&out, id).chain.clone().expect("a TLS chain");
+    assert_eq!(
+        chain.der(),
+        &[leaf.cert_der()][..],
+        "nginx sent the leaf alone"
+    );
+    let bundle = chain.ca_bundle().expect("a bundle");
+    use rustls::pki_types::pem::PemObject;
+    let in_bundle = rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the bundle is PEM");
+    assert_eq!(in_bundle, [ca.cert_der()], "the root, not the leaf");
+    assert_drained(&mut engine);
+
+    let trusting = |pem: &str| {
+        let file = TempFile::new("job-ca.pem", pem.as_bytes());
+        let mut config = rotary::Config::default();
+        config.trust = rotary::Trust::pem_file(file.path());
+        let mut engine = Engine::new(config).expect("engine builds");
+        let id = engine.submit(get(&edge_b.url("/hello")), RequestOptions::default());
+        let out = finish(&mut engine, &[id], T);
+        let result = match out.event(id) {
+            Event::Response { .. } => Ok(()),
+            Event::Failed { error, .. } => Err(error.to_string()),
+            other => panic!("not terminal: {other:#?}"),
+        };
+        assert_drained(&mut engine);
+        result
+    };
+    assert_eq!(trusting(&bundle), Ok(()), "the bundle trusts edge B");
+    let err = trusting(&chain.to_pem()).expect_err("leaf A does not vouch for leaf B");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}

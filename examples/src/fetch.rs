@@ -22,11 +22,18 @@ usage: cargo run --example fetch -- [FLAGS] URL
   -i, --include          print the status line and headers before the body
   -v, --verbose          connection events on stderr: opened (address, TLS
                          version, cipher, full or resumed handshake, chain
-                         SHA-256), closed (reason), chain changes
+                         SHA-256, and the verified path: subject, issuer and
+                         SHA-256 of each certificate, which one is the
+                         anchor), closed (reason), chain changes
   --max-age D            connection max age                   [15m]
   --repeat N             send the request N times on one engine [1]
   --interval D           wait D between repeats               [1s]
-  --dump-chain FILE      write the serving connection's chain (PEM) to FILE
+  --dump-chain FILE      write the chain the server presented (PEM, leaf first,
+                         as sent: often no root) to FILE
+  --dump-ca FILE         write the CA bundle a client should trust to reach
+                         this server and any other with a certificate from
+                         the same CA (PEM): the verified path's intermediates
+                         and root, without the leaf
   --timeout D            total deadline per request           [30s]
   -h, --help             this text
 
@@ -43,7 +50,9 @@ exit codes:
   6  the TLS handshake failed (untrusted chain, wrong name, ...)
   7  the HTTP exchange failed (write, response head or body, peer closed)
   8  a deadline passed (connect, handshake or --timeout)
-  9  --dump-chain FILE could not be written";
+  9  --dump-chain or --dump-ca FILE could not be written, or --dump-ca has
+     no bundle to write (the root is a compiled-in one without a
+     certificate: trust the system's store instead)";
 
 /// Exit code for an error in `phase` (see the help text).
 pub fn exit_code(phase: Phase) -> i32 {
@@ -75,6 +84,7 @@ struct Opts {
     repeat: u32,
     interval: Duration,
     dump_chain: Option<PathBuf>,
+    dump_ca: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -92,6 +102,7 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
         repeat: 1,
         interval: Duration::from_secs(1),
         dump_chain: None,
+        dump_ca: None,
         timeout: Duration::from_secs(30),
     };
     let mut url = None;
@@ -123,6 +134,7 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
             "--repeat" => o.repeat = a.parse(&arg)?,
             "--interval" => o.interval = a.duration(&arg)?,
             "--dump-chain" => o.dump_chain = Some(PathBuf::from(a.value(&arg)?)),
+            "--dump-ca" => o.dump_ca = Some(PathBuf::from(a.value(&arg)?)),
             "--timeout" => o.timeout = a.duration(&arg)?,
             h if Args::is_help(h) => {
                 out.line(HELP);
@@ -295,16 +307,30 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         }
         out.bytes(response.body());
         if let (Some(file), Some(chain)) = (&o.dump_chain, &served_by.chain) {
-            std::fs::write(file, chain.to_pem()).map_err(|e| {
-                Failure::new(
-                    9,
-                    format!("cannot write the chain to {}: {e}", file.display()),
-                )
-            })?;
+            dump(file, &chain.to_pem(), "the presented chain")?;
             if o.verbose {
                 note(format!(
-                    "wrote {} certificates to {}",
+                    "wrote the presented chain ({} certificates) to {}",
                     chain.der().len(),
+                    file.display()
+                ));
+            }
+        }
+        if let Some(file) = &o.dump_ca {
+            let Some(chain) = &served_by.chain else {
+                return Err(Failure::new(
+                    9,
+                    "--dump-ca: a plain http:// URL has no chain",
+                ));
+            };
+            let bundle = chain
+                .ca_bundle()
+                .map_err(|e| Failure::new(9, format!("--dump-ca {}: {e}", file.display())))?;
+            dump(file, &bundle, "the CA bundle")?;
+            if o.verbose {
+                note(format!(
+                    "wrote the CA bundle ({} certificates) to {}",
+                    bundle.matches("-----BEGIN CERTIFICATE-----").count(),
                     file.display()
                 ));
             }
@@ -322,6 +348,11 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         ));
     }
     Ok(0)
+}
+
+fn dump(file: &std::path::Path, pem: &str, what: &str) -> Result<(), Failure> {
+    std::fs::write(file, pem)
+        .map_err(|e| Failure::new(9, format!("cannot write {what} to {}: {e}", file.display())))
 }
 
 fn short(fp: &str) -> &str {
@@ -347,10 +378,19 @@ fn show_event(ev: &Event, verbose: bool, chatty: bool, note: &dyn Fn(String)) {
             note(line);
             if let (true, Some(chain)) = (verbose, &info.chain) {
                 note(format!(
-                    "  chain: {} certificates, leaf SHA-256 {}",
+                    "  chain: {} certificates presented, leaf SHA-256 {}",
                     chain.der().len(),
                     chain.fingerprint_hex()
                 ));
+                match chain.verified_path() {
+                    Some(path) => {
+                        note("  verified path:".to_owned());
+                        for entry in path.entries() {
+                            note(format!("    {entry}"));
+                        }
+                    }
+                    None => note("  verified path: none (not verified by rotary)".to_owned()),
+                }
             }
         }
         Event::Closed { conn, reason, .. }

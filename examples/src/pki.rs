@@ -1,5 +1,7 @@
 //! Certificate authorities and server certificates generated at run time
-//! (rcgen, ECDSA P-256). Keys stay in memory; only certificates are written.
+//! (rcgen, ECDSA P-256): roots, intermediates under them, and leaves whose
+//! chains carry what real servers send (the leaf and its intermediates,
+//! never the root). Keys stay in memory; only certificates are written.
 
 use std::sync::Arc;
 
@@ -10,16 +12,21 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
-/// A self-signed certificate authority.
+/// A certificate authority: a self-signed root, or an intermediate signed
+/// by one.
 pub struct Ca {
     name: String,
     params: CertificateParams,
     key: KeyPair,
     der: CertificateDer<'static>,
     pem: String,
+    /// This CA's certificate and those above it up to the root, excluding
+    /// the root: what a server sends after its leaf. Empty for a root.
+    above: Vec<CertificateDer<'static>>,
 }
 
-/// A server certificate chain (leaf, then its CA) and the leaf's key.
+/// A server certificate chain (the leaf, then its intermediates) and the
+/// leaf's key.
 #[derive(Clone)]
 pub struct ServerCert {
     /// The chain the server presents, leaf first.
@@ -37,25 +44,55 @@ impl Ca {
     /// # Errors
     /// rcgen's message when generation fails.
     pub fn new(name: &str) -> Result<Ca, String> {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| err("ca params", e))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = ca_params(name)?;
         let key = KeyPair::generate().map_err(|e| err("ca key", e))?;
         let cert = params.self_signed(&key).map_err(|e| err("ca cert", e))?;
-        Ok(Ca {
+        Ok(Ca::made(name, params, key, &cert, Vec::new()))
+    }
+
+    /// An intermediate CA with common name `name`, signed by this one. Its
+    /// leaves' chains carry it (and any intermediates above it).
+    ///
+    /// # Errors
+    /// rcgen's message when generation fails.
+    pub fn intermediate(&self, name: &str) -> Result<Ca, String> {
+        let mut params = ca_params(name)?;
+        params.use_authority_key_identifier_extension = true;
+        let (key, cert) = self.sign(&params, "intermediate")?;
+        let mut above = vec![cert.der().clone()];
+        above.extend(self.above.iter().cloned());
+        Ok(Ca::made(name, params, key, &cert, above))
+    }
+
+    fn made(
+        name: &str,
+        params: CertificateParams,
+        key: KeyPair,
+        cert: &rcgen::Certificate,
+        above: Vec<CertificateDer<'static>>,
+    ) -> Ca {
+        Ca {
             name: name.to_owned(),
             der: cert.der().clone(),
             pem: cert.pem(),
             params,
             key,
-        })
+            above,
+        }
+    }
+
+    /// A new key, and `params` signed by this CA for it.
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        what: &str,
+    ) -> Result<(KeyPair, rcgen::Certificate), String> {
+        let key = KeyPair::generate().map_err(|e| err(&format!("{what} key"), e))?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| err(&format!("{what} cert"), e))?;
+        Ok((key, cert))
     }
 
     /// The CA's common name.
@@ -74,8 +111,8 @@ impl Ca {
     }
 
     /// A server certificate for `names` (DNS names or IP literals), signed
-    /// by this CA; the chain carries the CA certificate after the leaf, as
-    /// public edges send their intermediates.
+    /// by this CA. The chain is the leaf, then this CA and the CAs above it
+    /// when it is an intermediate, never the root: what public edges send.
     ///
     /// # Errors
     /// rcgen's message when generation fails.
@@ -88,19 +125,40 @@ impl Ca {
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|e| err("leaf key", e))?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| err("leaf cert", e))?;
+        let (key, cert) = self.sign(&params, "leaf")?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.above.iter().cloned());
         Ok(ServerCert {
-            chain: vec![cert.der().clone(), self.der.clone()],
+            chain,
             key: Arc::new(PrivatePkcs8KeyDer::from(key.serialize_der())),
         })
     }
 }
 
+fn ca_params(name: &str) -> Result<CertificateParams, String> {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| err("ca params", e))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
 impl ServerCert {
+    /// The same certificate, presented without its intermediates (as nginx
+    /// does when given the leaf alone).
+    pub fn leaf_only(&self) -> ServerCert {
+        ServerCert {
+            chain: self.chain.iter().take(1).cloned().collect(),
+            key: self.key.clone(),
+        }
+    }
+
     /// The leaf's private key.
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.as_ref().clone_key())

@@ -1,10 +1,11 @@
 //! The rotation demo: a local coordinator rotates its certificate from CA "A"
-//! to CA "B" while two runners long-poll it for jobs. Each job gets the chain
-//! of the connection that delivered it as its CA file and `git clone`s with
-//! it. The "pinned" runner (a connection that never ages, resumption on, as
-//! ordinary clients behave) keeps handing jobs chain A and every clone fails;
-//! the "rotary" runner (max age of a few seconds, full handshakes) heals
-//! within one max age.
+//! to CA "B" while two runners long-poll it for jobs. Each job gets the CA
+//! bundle of the connection that delivered it (the verified path's
+//! intermediate and root) as its CA file and `git clone`s with it from a
+//! second edge, which serves another leaf from the same CA. The "pinned"
+//! runner (a connection that never ages, resumption on, as ordinary clients
+//! behave) keeps handing jobs CA A and every clone fails; the "rotary" runner
+//! (max age of a few seconds, full handshakes) heals within one max age.
 
 use std::path::PathBuf;
 use std::thread;
@@ -19,7 +20,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::args::{show, Args};
 use crate::coordinator::{json_number, Coordinator, Settings};
-use crate::pki::Ca;
+use crate::pki::{Ca, ServerCert};
 use crate::{finish, git, Failure, Output, TempDir};
 
 const HELP: &str = "\
@@ -28,15 +29,18 @@ rotation: a certificate rotation seen by two CI runners, side by side.
 usage: cargo run --release --example rotation [-- FLAGS]
 
 A local TLS coordinator (loopback only) serves long-polled jobs with a
-certificate from CA A, and at --rotate-at switches new handshakes to a
-certificate from CA B; live sessions and session tickets stay valid, as at a
-CDN edge. Two runners poll it:
+certificate from CA A (root A -> intermediate A -> leaf; the edge sends leaf
++ intermediate, as public sites do), and at --rotate-at switches new
+handshakes to a certificate from CA B; live sessions and session tickets stay
+valid, as at a CDN edge. Two runners poll it:
   pinned  one connection that never ages, TLS resumption on (ordinary clients)
   rotary  connections retire at --max-age and reconnect with a full handshake
-Each job gets the chain of the connection that delivered it as its CA file,
-then does what `git clone` would: a fresh TLS connection trusting only that
-file. Exit code 0 when the rotary runner healed and the pinned one kept
-failing; 1 otherwise; 2 for bad flags.
+Each job's CA file is the CA bundle of the connection that delivered it: the
+verified path's intermediate and root, never the leaf. The job then does what
+`git clone` would: a fresh TLS connection trusting only that file, to a second
+edge of the coordinator serving another leaf from the same CA. Exit code 0
+when the rotary runner healed and the pinned one kept failing; 1 otherwise; 2
+for bad flags.
 
 flags (durations: 500ms, 3s, 1.5):
   --rotate-at D          when the coordinator rotates            [5s]
@@ -47,10 +51,15 @@ flags (durations: 500ms, 3s, 1.5):
   --edge-max-requests N  the coordinator closes each connection after N
                          requests (the pinned runner then resumes its old
                          session and still sees chain A)         [off]
+  --send-leaf-only       the edges send their leaf alone (nginx with a
+                         private CA); the runners' CA file then holds the
+                         intermediates beside the roots, and jobs still get
+                         intermediate + root
   -v, --verbose          one timeline line per job, not only per change
   --serve ADDR           run only the coordinator on ADDR (e.g. 127.0.0.1:8443)
-                         and print its CA file, for `--example runner`; with
-                         --rotate-at it rotates then, with --duration it stops
+                         and print the runners' CA file, for `--example runner`;
+                         with --rotate-at it rotates then, with --duration it
+                         stops
   -h, --help             this text";
 
 /// Run the demo with `args` (without the program name); returns the exit code.
@@ -66,6 +75,7 @@ struct Plan {
     max_age: Duration,
     settings: Settings,
     verbose: bool,
+    leaf_only: bool,
 }
 
 fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
@@ -76,6 +86,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     let mut settings = Settings::default();
     let mut serve = None;
     let mut verbose = false;
+    let mut leaf_only = false;
     while let Some(arg) = a.next() {
         match arg.as_str() {
             "--rotate-at" => rotate_at = Some(a.duration("--rotate-at")?),
@@ -89,6 +100,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
             }
             "--serve" => serve = Some(a.value("--serve")?),
             "-v" | "--verbose" => verbose = true,
+            "--send-leaf-only" => leaf_only = true,
             h if Args::is_help(h) => {
                 out.line(HELP);
                 return Ok(0);
@@ -97,7 +109,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         }
     }
     if let Some(addr) = serve {
-        return serve_only(&addr, rotate_at, duration, settings, out);
+        return serve_only(&addr, rotate_at, duration, settings, leaf_only, out);
     }
     let plan = Plan {
         rotate_at: rotate_at.unwrap_or(Duration::from_secs(5)),
@@ -105,6 +117,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         max_age,
         settings,
         verbose,
+        leaf_only,
     };
     if plan.max_age.is_zero() {
         return Err(Failure::usage("--max-age must be more than zero"));
@@ -122,23 +135,49 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     demo(plan, out)
 }
 
-/// The two CAs, their leaves, and the runners' trust bundle on disk.
+/// One issuer: a root and the intermediate that signs the leaves.
+struct Issuer {
+    root: Ca,
+    mid: Ca,
+}
+
+impl Issuer {
+    fn new(label: &str) -> Result<Issuer, String> {
+        let root = Ca::new(&format!("rotary demo root {label}"))?;
+        let mid = root.intermediate(&format!("rotary demo intermediate {label}"))?;
+        Ok(Issuer { root, mid })
+    }
+
+    /// A leaf for `names`, presented with its intermediate unless `leaf_only`.
+    fn leaf(&self, names: &[&str], leaf_only: bool) -> Result<ServerCert, String> {
+        let cert = self.mid.issue(names)?;
+        Ok(if leaf_only { cert.leaf_only() } else { cert })
+    }
+}
+
+/// The two issuers and the runners' trust bundle on disk.
 struct Pki {
-    a: Ca,
-    b: Ca,
+    a: Issuer,
+    b: Issuer,
     dir: TempDir,
     trust: PathBuf,
 }
 
-fn pki() -> Result<Pki, Failure> {
+fn pki(leaf_only: bool) -> Result<Pki, Failure> {
     let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
-    let a = Ca::new("rotary demo CA A").map_err(fail)?;
-    let b = Ca::new("rotary demo CA B").map_err(fail)?;
+    let a = Issuer::new("A").map_err(fail)?;
+    let b = Issuer::new("B").map_err(fail)?;
     let dir = TempDir::new("rotation").map_err(|e| Failure::new(1, format!("temp dir: {e}")))?;
-    // The runners themselves trust both CAs, as a real runner trusts the
-    // public roots of both the old and the new issuer.
-    let trust = dir.path().join("ca-a-and-b.pem");
-    std::fs::write(&trust, format!("{}{}", a.pem(), b.pem()))
+    // The runners themselves trust both roots, as a real runner trusts the
+    // public roots of both the old and the new issuer; edges that send the
+    // leaf alone can only be verified with the intermediates at hand too.
+    let trust = dir.path().join("runner-ca.pem");
+    let mut pem = format!("{}{}", a.root.pem(), b.root.pem());
+    if leaf_only {
+        pem.push_str(a.mid.pem());
+        pem.push_str(b.mid.pem());
+    }
+    std::fs::write(&trust, pem)
         .map_err(|e| Failure::new(1, format!("writing {}: {e}", trust.display())))?;
     Ok(Pki { a, b, dir, trust })
 }
@@ -158,23 +197,37 @@ fn serve_only(
     rotate_at: Option<Duration>,
     duration: Option<Duration>,
     settings: Settings,
+    leaf_only: bool,
     out: &Output,
 ) -> Result<i32, Failure> {
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']));
-    let pki = pki()?;
+    let pki = pki(leaf_only)?;
     let all = names(host);
     let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
-    let leaf_a = pki.a.issue(&all).map_err(fail)?;
-    let leaf_b = pki.b.issue(&all).map_err(fail)?;
+    let leaf_a = pki.a.leaf(&all, leaf_only).map_err(fail)?;
+    let leaf_b = pki.b.leaf(&all, leaf_only).map_err(fail)?;
     let coordinator = Coordinator::start(addr, &leaf_a, settings)
         .map_err(|e| Failure::new(1, format!("cannot listen on {addr}: {e}")))?;
     let url = coordinator.url("");
+    let sends = if leaf_only {
+        "the leaf alone"
+    } else {
+        "leaf + intermediate"
+    };
     out.line(format!(
-        "coordinator listening on {url} (certificate from CA A)"
+        "coordinator listening on {url} (certificate from CA A, sending {sends})"
     ));
-    out.line(format!("CA file (CA A and CA B): {}", pki.trust.display()));
+    out.line(format!(
+        "runners' CA file (roots A and B{}): {}",
+        if leaf_only {
+            ", and their intermediates"
+        } else {
+            ""
+        },
+        pki.trust.display()
+    ));
     out.line(format!(
         "try: cargo run --example runner -- --url {url} --token demo --ca-file {}",
         pki.trust.display()
@@ -256,7 +309,8 @@ struct RunnerSpec {
 /// Everything a runner thread needs to know.
 struct Env {
     url: String,
-    addr: std::net::SocketAddr,
+    /// The second edge, where jobs `git clone` from.
+    git_addr: std::net::SocketAddr,
     trust: PathBuf,
     jobs_dir: PathBuf,
     stop_at: Instant,
@@ -266,23 +320,37 @@ struct Env {
     verbose: bool,
 }
 
+/// "A" or "B": the root the chain's verified path ended at.
 fn label(
     chain: Option<&PeerChain>,
-    cas: &[(&'static str, CertificateDer<'static>)],
+    roots: &[(&'static str, CertificateDer<'static>)],
 ) -> &'static str {
-    let Some(top) = chain.and_then(|c| c.der().last()) else {
+    let Some(root) = chain
+        .and_then(|c| c.verified_path())
+        .and_then(|p| p.anchor().certificate())
+    else {
         return "?";
     };
-    cas.iter().find(|(_, d)| d == top).map_or("?", |(n, _)| n)
+    roots
+        .iter()
+        .find(|(_, d)| d == root)
+        .map_or("?", |(n, _)| n)
 }
 
 fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
-    let pki = pki()?;
+    let pki = pki(plan.leaf_only)?;
     let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
-    let leaf_a = pki.a.issue(&names(None)).map_err(fail)?;
-    let leaf_b = pki.b.issue(&names(None)).map_err(fail)?;
-    let coordinator = Coordinator::start("127.0.0.1:0", &leaf_a, plan.settings)
-        .map_err(|e| Failure::new(1, format!("starting the coordinator: {e}")))?;
+    let leaf = |issuer: &Issuer| issuer.leaf(&names(None), plan.leaf_only).map_err(fail);
+    // Two edges of one coordinator, each with a leaf of its own from the
+    // same CA: the runners poll the first, jobs clone from the second.
+    let (leaf_a, git_leaf_a) = (leaf(&pki.a)?, leaf(&pki.a)?);
+    let (leaf_b, git_leaf_b) = (leaf(&pki.b)?, leaf(&pki.b)?);
+    let start_edge = |cert: &ServerCert| {
+        Coordinator::start("127.0.0.1:0", cert, plan.settings)
+            .map_err(|e| Failure::new(1, format!("starting the coordinator: {e}")))
+    };
+    let coordinator = start_edge(&leaf_a)?;
+    let git_edge = start_edge(&git_leaf_a)?;
     let jobs_dir = pki.dir.path().join("jobs");
     std::fs::create_dir_all(&jobs_dir)
         .map_err(|e| Failure::new(1, format!("creating {}: {e}", jobs_dir.display())))?;
@@ -297,8 +365,19 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         "  rotary  max age {}, a full handshake for every new connection",
         show(plan.max_age)
     ));
-    out.line("Each job's CA file is the chain of the connection that delivered it;");
-    out.line("`git clone` then trusts only that file.");
+    let sends = if plan.leaf_only {
+        "their leaf alone"
+    } else {
+        "leaf + intermediate"
+    };
+    out.line(format!(
+        "The edges send {sends}. Each job's CA file is the CA bundle of the connection"
+    ));
+    out.line("that delivered it (intermediate + root, never the leaf); `git clone` trusts");
+    out.line(format!(
+        "only that file, at a second edge ({}) serving another leaf from the same CA.",
+        git_edge.url("")
+    ));
     out.line("");
 
     let start = Instant::now();
@@ -328,12 +407,15 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
     for spec in specs {
         let env = Env {
             url: coordinator.url("/api/v4/jobs/request"),
-            addr: coordinator.addr(),
+            git_addr: git_edge.addr(),
             trust: pki.trust.clone(),
             jobs_dir: jobs_dir.clone(),
             stop_at: start + plan.duration,
             hold: plan.settings.hold,
-            cas: vec![("A", pki.a.der().clone()), ("B", pki.b.der().clone())],
+            cas: vec![
+                ("A", pki.a.root.der().clone()),
+                ("B", pki.b.root.der().clone()),
+            ],
             timeline: timeline.clone(),
             verbose: plan.verbose,
         };
@@ -349,6 +431,7 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
     thread::sleep(rotate_at.saturating_duration_since(Instant::now()));
     coordinator
         .rotate(&leaf_b)
+        .and_then(|_| git_edge.rotate(&git_leaf_b))
         .map_err(|e| Failure::new(1, e))?;
     let rotated = start.elapsed();
     timeline.log(
@@ -365,7 +448,9 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         reports.push((name, r));
     }
     let counters = coordinator.counters();
+    let git_counters = git_edge.counters();
     drop(coordinator);
+    drop(git_edge);
     let wall = start.elapsed();
 
     out.line("");
@@ -398,10 +483,11 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         }
     }
     out.line(format!(
-        "coordinator: {} full and {} resumed handshakes, {} jobs; wall time {}",
+        "coordinator: {} full and {} resumed handshakes, {} jobs; git edge: {} handshakes; wall time {}",
         counters.handshakes_full,
         counters.handshakes_resumed,
         counters.jobs,
+        git_counters.handshakes_full,
         show(wall)
     ));
     let verdict = match (healed, pinned_kept_failing) {
@@ -571,17 +657,21 @@ fn repeats(n: u32, (ok, chain): (bool, &str)) -> String {
     format!("... {n} more jobs since, chain {chain}, git clone {what}")
 }
 
-/// Write the job's CA file from the delivering connection's chain and clone.
-/// Returns (ok, why not).
+/// Write the job's CA file, the CA bundle of the delivering connection, and
+/// clone from the second edge. Returns (ok, why not).
 fn run_job(env: &Env, runner: &str, job: u64, chain: Option<&PeerChain>) -> (bool, Option<String>) {
     let Some(chain) = chain else {
         return (false, Some("the connection had no TLS chain".into()));
     };
+    let bundle = match chain.ca_bundle() {
+        Ok(pem) => pem,
+        Err(e) => return (false, Some(e.to_string())),
+    };
     let file = env.jobs_dir.join(format!("{runner}-job-{job}-ca.pem"));
-    if let Err(e) = std::fs::write(&file, chain.to_pem()) {
+    if let Err(e) = std::fs::write(&file, bundle) {
         return (false, Some(format!("writing {}: {e}", file.display())));
     }
-    let result = git::clone_check(env.addr, "localhost", "/demo/project.git", &file);
+    let result = git::clone_check(env.git_addr, "localhost", "/demo/project.git", &file);
     let _ = std::fs::remove_file(&file);
     match result {
         Ok(()) => (true, None),

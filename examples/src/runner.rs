@@ -1,6 +1,9 @@
 //! A minimal custom CI runner on rotary: long-poll the coordinator for jobs
-//! and hand each job the chain of the connection that delivered it, as a CA
-//! file. It does not run jobs; it shows where a runner hooks into the engine.
+//! and hand each job, as its CA file, the CA bundle of the connection that
+//! delivered it: the intermediates and the root its verified path went
+//! through, never the leaf, so the job's `git clone` verifies whichever edge
+//! of the coordinator it lands on. It does not run jobs; it shows where a
+//! runner hooks into the engine.
 //!
 //! Against the demo's coordinator:
 //!
@@ -37,7 +40,11 @@ usage: cargo run --example runner -- --url URL --token TOKEN [FLAGS]
   --ca-file FILE     trust only the CA certificates in FILE (PEM); default:
                      the Mozilla roots
   --max-age D        connection max age                          [15m]
-  --builds-dir DIR   where each job's CA file goes: DIR/job-<id>/ca.pem
+  --builds-dir DIR   where each job's CA file goes: DIR/job-<id>/ca.pem, the
+                     CA bundle (intermediates + root) of the connection that
+                     delivered the job; none when the root is a compiled-in
+                     one without a certificate (the job then trusts its
+                     system's store; the log says so)
                      [a temporary directory, removed at exit]
   --jobs N           stop after N jobs                           [never]
   --duration D       stop after D                                [never]
@@ -212,19 +219,24 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
                         201 => {
                             jobs += 1;
                             let job = json_number(response.body(), "id").unwrap_or(jobs);
-                            // The chain of the connection that delivered this
-                            // job, not the pool's newest: that is what the
-                            // job's `git clone` will meet.
-                            match served_by.chain.as_deref() {
-                                Some(chain) => {
-                                    let file = write_ca_file(builds, job, chain)?;
+                            // The bundle of the connection that delivered this
+                            // job, not the pool's newest: its chain is the
+                            // one the job's `git clone` will meet.
+                            let conn = served_by.conn.get();
+                            match served_by.chain.as_deref().map(|c| (c, c.ca_bundle())) {
+                                Some((chain, Ok(bundle))) => {
+                                    let file = write_ca_file(builds, job, &bundle)?;
                                     log(format!(
-                                        "job {job} via connection #{}: CA file {} (chain {})",
-                                        served_by.conn.get(),
+                                        "job {job} via connection #{conn}: CA file {} \
+                                         (chain {}, root {})",
                                         file.display(),
-                                        fingerprint(Some(chain))
+                                        fingerprint(Some(chain)),
+                                        root(chain)
                                     ));
                                 }
+                                Some((_, Err(why))) => log(format!(
+                                    "job {job} via connection #{conn}: no CA file written: {why}"
+                                )),
                                 None => log(format!("job {job} over plain http: no CA file")),
                             }
                         }
@@ -269,13 +281,20 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     Ok(0)
 }
 
-fn write_ca_file(builds: &Path, job: u64, chain: &PeerChain) -> Result<PathBuf, Failure> {
+fn write_ca_file(builds: &Path, job: u64, bundle: &str) -> Result<PathBuf, Failure> {
     let dir = builds.join(format!("job-{job}"));
     let file = dir.join("ca.pem");
     std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(&file, chain.to_pem()))
+        .and_then(|()| std::fs::write(&file, bundle))
         .map_err(|e| Failure::new(1, format!("writing {}: {e}", file.display())))?;
     Ok(file)
+}
+
+/// The subject of the root the chain's verified path ended at.
+fn root(chain: &PeerChain) -> String {
+    chain
+        .verified_path()
+        .map_or_else(|| "-".to_owned(), |p| p.anchor().subject())
 }
 
 fn fingerprint(chain: Option<&PeerChain>) -> String {

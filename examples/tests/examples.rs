@@ -12,16 +12,20 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-/// A coordinator with a fresh CA, and that CA's PEM file.
+/// A coordinator with a fresh root and intermediate (it sends leaf +
+/// intermediate), and the root's PEM file.
 struct Server {
     coordinator: Coordinator,
     ca_file: PathBuf,
+    root: Ca,
+    mid: Ca,
     _dir: TempDir,
 }
 
 fn server(settings: Settings) -> Server {
     let ca = Ca::new("examples test CA").expect("generate CA");
-    let cert = ca.issue(&["localhost", "127.0.0.1"]).expect("issue leaf");
+    let mid = ca.intermediate("examples test intermediate").expect("CA");
+    let cert = mid.issue(&["localhost", "127.0.0.1"]).expect("issue leaf");
     let dir = TempDir::new("examples-test").expect("temp dir");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).expect("write CA file");
@@ -29,6 +33,8 @@ fn server(settings: Settings) -> Server {
     Server {
         coordinator,
         ca_file,
+        root: ca,
+        mid,
         _dir: dir,
     }
 }
@@ -37,35 +43,46 @@ fn ca(s: &Server) -> &str {
     s.ca_file.to_str().expect("temp paths are UTF-8")
 }
 
-#[test]
-fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
+/// The rotation demo with short timings (and `extra` flags); its stdout
+/// once it exited 0.
+fn short_demo(extra: &[&str]) -> String {
+    let mut a = args(&[
+        "--rotate-at",
+        "1.2s",
+        "--duration",
+        "4s",
+        "--max-age",
+        "800ms",
+        "--hold",
+        "300ms",
+        "--job-every",
+        "150ms",
+    ]);
+    a.extend(args(extra));
     let (out, cap) = Output::capture();
-    let started = Instant::now();
-    let code = rotation::main_with_args(
-        args(&[
-            "--rotate-at",
-            "1.2s",
-            "--duration",
-            "4s",
-            "--max-age",
-            "800ms",
-            "--hold",
-            "300ms",
-            "--job-every",
-            "150ms",
-        ]),
-        &out,
-    );
+    let code = rotation::main_with_args(a, &out);
     let text = cap.stdout();
     assert_eq!(code, 0, "demo failed:\n{text}\n{}", cap.stderr());
+    text
+}
+
+/// The demo's summary row for `runner` (its name, then the counts).
+fn table_row<'a>(text: &'a str, runner: &str) -> &'a str {
+    text.lines()
+        .find(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some(runner) && words.next().is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .unwrap_or_else(|| panic!("no table row for {runner}:\n{text}"))
+}
+
+#[test]
+fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
+    let started = Instant::now();
+    let text = short_demo(&[]);
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(text.contains("ROTATED"), "{text}");
-    let row = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l.contains('/'))
-            .unwrap_or_else(|| panic!("no table row for {name}:\n{text}"))
-            .to_owned()
-    };
+    let row = |name: &str| table_row(&text, name).to_owned();
     let pinned = row("pinned");
     assert!(pinned.ends_with("never"), "pinned must not heal: {pinned}");
     assert!(
@@ -383,15 +400,13 @@ fn runner_writes_a_ca_file_per_job_from_the_delivering_connection() {
         .map(|e| e.path().join("ca.pem"))
         .collect();
     assert_eq!(files.len(), 2, "{text}");
+    // Each job's CA file is the bundle: intermediate then root, no leaf.
+    let bundle = format!("{}{}", s.mid.pem(), s.root.pem());
     for f in files {
         let pem = std::fs::read_to_string(&f).expect("CA file");
-        assert_eq!(
-            pem.matches("BEGIN CERTIFICATE").count(),
-            2,
-            "{}",
-            f.display()
-        );
+        assert_eq!(pem, bundle, "{}", f.display());
     }
+    assert!(text.contains("root CN=examples test CA"), "{text}");
 }
 
 #[test]
@@ -412,4 +427,80 @@ fn runner_requires_url_and_token() {
         &out,
     );
     assert_eq!(code, 3, "{}", cap.stderr());
+}
+
+#[test]
+fn fetch_dumps_the_ca_bundle_apart_from_the_presented_chain_and_shows_the_path() {
+    let s = server(Settings::default());
+    let dir = TempDir::new("fetch-ca").expect("temp dir");
+    let (chain, bundle) = (dir.path().join("chain.pem"), dir.path().join("ca.pem"));
+    let (out, cap) = Output::capture();
+    let code = fetch::main_with_args(
+        args(&[
+            "-v",
+            "--cacert",
+            ca(&s),
+            "--dump-chain",
+            chain.to_str().expect("utf-8"),
+            "--dump-ca",
+            bundle.to_str().expect("utf-8"),
+            &s.coordinator.url("/"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}", cap.stderr());
+    let chain = std::fs::read_to_string(&chain).expect("chain dumped");
+    let bundle = std::fs::read_to_string(&bundle).expect("bundle dumped");
+    assert!(chain.ends_with(s.mid.pem()), "leaf + intermediate: {chain}");
+    assert!(
+        !chain.contains(s.root.pem()),
+        "the server never sends the root"
+    );
+    assert_eq!(bundle, format!("{}{}", s.mid.pem(), s.root.pem()));
+    let err = cap.stderr();
+    assert!(err.contains("verified path:"), "{err}");
+    assert!(
+        err.contains("leaf CN=localhost, issued by CN=examples test intermediate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("anchor CN=examples test CA, issued by CN=examples test CA, SHA-256 "),
+        "{err}"
+    );
+    // The bundle alone lets a second fetch verify the server.
+    let (out, cap) = Output::capture();
+    let code = fetch::main_with_args(
+        args(&[
+            "--cacert",
+            dir.path().join("ca.pem").to_str().expect("utf-8"),
+            &s.coordinator.url("/"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}", cap.stderr());
+}
+
+#[test]
+fn fetch_help_says_what_each_dump_holds() {
+    let (out, cap) = Output::capture();
+    assert_eq!(fetch::main_with_args(args(&["--help"]), &out), 0);
+    let help = cap.stdout();
+    assert!(
+        help.contains("--dump-chain FILE      write the chain the server presented"),
+        "{help}"
+    );
+    assert!(help.contains("--dump-ca FILE"), "{help}");
+}
+
+#[test]
+fn rotation_demo_heals_when_the_edges_send_the_leaf_alone() {
+    let text = short_demo(&["--send-leaf-only"]);
+    assert!(text.contains("The edges send their leaf alone"), "{text}");
+    assert!(text.contains("verdict: rotary healed"), "{text}");
+    // Before the rotation both runners' jobs clone from the second edge,
+    // whose leaf they never saw: their CA files hold intermediate + root.
+    for runner in ["pinned", "rotary"] {
+        let ok = table_row(&text, runner).split_whitespace().nth(1);
+        assert_ne!(ok, Some("0"), "{runner}: no job cloned\n{text}");
+    }
 }
