@@ -141,7 +141,21 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Trust {
-    /// Trust the Mozilla roots shipped in `webpki-roots`. Default true.
+    /// Trust the host's store, as OpenSSL, curl and Go find it:
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` when either is set, else the
+    /// platform's bundle and certificate directory (on Debian
+    /// `/etc/ssl/certs/ca-certificates.crt` and `/etc/ssl/certs`, which
+    /// `update-ca-certificates` writes). Located when the engine is built, read
+    /// through `rustls-native-certs`, and re-read before a new connection when
+    /// one of those files or directories changed, like [`Trust::pem_files`].
+    /// When no store is found (and neither variable is set), the
+    /// `webpki-roots` are used instead, with a warning; a store named by
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR` that holds no certificate is an error.
+    /// Default true.
+    pub system: bool,
+    /// Trust the Mozilla roots compiled in from `webpki-roots` (anchors
+    /// without a certificate: a job's CA bundle cannot name them). Default
+    /// false; the fallback when the host has no store.
     pub webpki_roots: bool,
     /// PEM bundles of extra (or, with `webpki_roots = false`, only) trust
     /// anchors. Read when the engine is built, and re-read before a new
@@ -169,26 +183,42 @@ pub struct ClientIdentity {
 }
 
 impl Default for Trust {
+    /// [`Trust::system`].
     fn default() -> Self {
+        Trust::system()
+    }
+}
+
+impl Trust {
+    /// Trust the host's store (see [`Trust::system`](Trust#structfield.system)):
+    /// the default.
+    pub fn system() -> Trust {
         Trust {
-            webpki_roots: true,
+            system: true,
+            webpki_roots: false,
             pem_files: Vec::new(),
             client_identity: None,
             #[cfg(feature = "dangerous-skip-verification")]
             dangerous_skip_verification: false,
         }
     }
-}
 
-impl Trust {
+    /// Trust only the Mozilla roots compiled in from `webpki-roots`.
+    pub fn webpki() -> Trust {
+        Trust {
+            system: false,
+            webpki_roots: true,
+            ..Trust::system()
+        }
+    }
+
     /// Trust only the CA certificates in this PEM file.
     pub fn pem_file(path: impl Into<PathBuf>) -> Trust {
         Trust {
+            system: false,
             webpki_roots: false,
             pem_files: vec![path.into()],
-            client_identity: None,
-            #[cfg(feature = "dangerous-skip-verification")]
-            dangerous_skip_verification: false,
+            ..Trust::system()
         }
     }
 }

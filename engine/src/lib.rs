@@ -56,6 +56,7 @@ mod path;
 mod session;
 mod sock;
 mod stats;
+mod store;
 mod tls;
 mod verifier;
 mod verify_cache;

@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::ClientConfig;
 
 use crate::config::{ClientIdentity, Trust};
+use crate::store::{Loaded, SystemStore};
 use crate::verifier::{Anchors, Verifier};
 use crate::PeerChain;
 
@@ -47,6 +48,8 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
 
 pub(crate) struct TlsState {
     trust: Trust,
+    /// The host's store, located when the engine was built.
+    store: Option<SystemStore>,
     stamps: Vec<Stamp>,
     configs: Configs,
     sessions: Arc<ClientSessionMemoryCache>,
@@ -68,15 +71,17 @@ impl TlsState {
     /// cannot be read or holds nothing usable, or when no anchor is left.
     pub(crate) fn new(trust: &Trust) -> io::Result<TlsState> {
         let sessions = Arc::new(ClientSessionMemoryCache::new(256));
-        let configs = build(trust, &sessions).map_err(|e| {
+        let store = trust.system.then(SystemStore::locate);
+        let configs = build(trust, store.as_ref(), &sessions).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: {}", e.path.display(), e.reason),
             )
         })?;
         Ok(TlsState {
-            stamps: watched(trust).iter().map(|p| stamp(p)).collect(),
+            stamps: stamps(trust, store.as_ref()),
             trust: trust.clone(),
+            store,
             configs,
             sessions,
         })
@@ -85,12 +90,12 @@ impl TlsState {
     /// Re-read the files if any changed since the last look. On failure the
     /// previous configuration stays and the error is returned once per change.
     pub(crate) fn refresh(&mut self) -> Result<bool, FileError> {
-        let now: Vec<Stamp> = watched(&self.trust).iter().map(|p| stamp(p)).collect();
+        let now = stamps(&self.trust, self.store.as_ref());
         if now == self.stamps {
             return Ok(false);
         }
         self.stamps = now;
-        self.configs = build(&self.trust, &self.sessions)?;
+        self.configs = build(&self.trust, self.store.as_ref(), &self.sessions)?;
         Ok(true)
     }
 
@@ -130,18 +135,65 @@ impl TlsState {
     }
 }
 
-fn watched(trust: &Trust) -> Vec<PathBuf> {
-    let mut files = trust.pem_files.clone();
+/// The current version of every file the trust settings read.
+fn stamps(trust: &Trust, store: Option<&SystemStore>) -> Vec<Stamp> {
+    let mut files: Vec<&Path> = trust.pem_files.iter().map(PathBuf::as_path).collect();
     if let Some(id) = &trust.client_identity {
-        files.push(id.cert_chain.clone());
-        files.push(id.key.clone());
+        files.push(&id.cert_chain);
+        files.push(&id.key);
     }
-    files
+    files.extend(
+        store
+            .into_iter()
+            .flat_map(|s| s.watched())
+            .map(PathBuf::as_path),
+    );
+    files.into_iter().map(stamp).collect()
 }
 
-fn read_anchors(trust: &Trust) -> Result<Anchors, FileError> {
+fn read_anchors(trust: &Trust, store: Option<&SystemStore>) -> Result<Anchors, FileError> {
     let mut anchors = Anchors::empty();
-    if trust.webpki_roots {
+    let mut webpki = trust.webpki_roots;
+    if let Some(store) = store {
+        match store.load() {
+            // A store the user named must read cleanly: a half-written
+            // bundle keeps the previous anchors (the caller's rule for files).
+            Loaded::Certs(_, problems) if store.named_by_env() && !problems.is_empty() => {
+                return Err(bad(Path::new(&store.describe()), problems.join("; ")));
+            }
+            Loaded::Certs(certs, problems) => {
+                for p in &problems {
+                    log::warn!("system trust store {}: {p}", store.describe());
+                }
+                let mut added = 0;
+                for cert in certs {
+                    match anchors.add_certificate(cert) {
+                        Ok(()) => added += 1,
+                        // One odd certificate in a store of hundreds is
+                        // skipped, as OpenSSL and rustls-native-certs users do.
+                        Err(e) => log::debug!("system trust store: skipped a certificate: {e}"),
+                    }
+                }
+                if added == 0 {
+                    return Err(bad(
+                        Path::new(&store.describe()),
+                        "no usable certificate in the system trust store",
+                    ));
+                }
+            }
+            Loaded::Empty(why) if store.named_by_env() => {
+                return Err(bad(
+                    Path::new(&store.describe()),
+                    format!("SSL_CERT_FILE/SSL_CERT_DIR hold no usable certificate: {why}"),
+                ));
+            }
+            Loaded::Empty(why) => {
+                log::warn!("no system trust store ({why}); trusting the compiled-in webpki roots");
+                webpki = true;
+            }
+        }
+    }
+    if webpki {
         anchors.add_compiled_in(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     for path in &trust.pem_files {
@@ -162,7 +214,7 @@ fn read_anchors(trust: &Trust) -> Result<Anchors, FileError> {
     if anchors.is_empty() {
         return Err(FileError {
             path: PathBuf::new(),
-            reason: "no trust anchors: enable webpki roots or give a CA file".into(),
+            reason: "no trust anchors: use the system store, the webpki roots or a CA file".into(),
         });
     }
     Ok(anchors)
@@ -205,8 +257,12 @@ fn provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
-fn build(trust: &Trust, sessions: &Arc<ClientSessionMemoryCache>) -> Result<Configs, FileError> {
-    let anchors = read_anchors(trust)?;
+fn build(
+    trust: &Trust,
+    store: Option<&SystemStore>,
+    sessions: &Arc<ClientSessionMemoryCache>,
+) -> Result<Configs, FileError> {
+    let anchors = read_anchors(trust, store)?;
     let provider = Arc::new(provider());
     let config = |e: &dyn std::fmt::Display| bad(Path::new(""), format!("tls configuration: {e}"));
     // Verification of a byte-identical chain, and the path it took, is
@@ -245,4 +301,23 @@ fn build(trust: &Trust, sessions: &Arc<ClientSessionMemoryCache>) -> Result<Conf
         resume: Arc::new(resume),
         verifier,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_system_store_the_webpki_roots_are_the_fallback_unless_one_was_named() {
+        let trust = Trust::system();
+        let nowhere = PathBuf::from("/nonexistent/rotary/ca-certificates.crt");
+        let probed = SystemStore::at(Some(nowhere.clone()), Vec::new(), false);
+        let anchors = read_anchors(&trust, Some(&probed)).expect("webpki fallback");
+        assert!(!anchors.is_empty());
+        let named = SystemStore::at(Some(nowhere), Vec::new(), true);
+        let Err(err) = read_anchors(&trust, Some(&named)) else {
+            panic!("a named store must load");
+        };
+        assert!(err.reason.contains("SSL_CERT_FILE"), "{}", err.reason);
+    }
 }

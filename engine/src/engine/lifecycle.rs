@@ -87,11 +87,10 @@ impl Engine {
             _ => Handshake::Full,
         };
         let presented = tls.peer_certificates().unwrap_or_default();
-        // Connections presenting the origin's current chain share one copy.
-        let chain = match pool.chain.as_ref() {
-            Some(known) if known.der() == presented => known.clone(),
-            _ => Arc::new(PeerChain::new(presented.to_vec())),
-        };
+        // With its verified path; the origin's current chain is shared.
+        let chain = self
+            .tls
+            .peer_chain(presented, pool.origin.host(), pool.chain.as_ref());
         info.tls_version = tls.protocol_version();
         info.cipher_suite = tls.negotiated_cipher_suite().map(|s| s.suite());
         info.alpn = tls.alpn_protocol().map(|a| a.to_vec());
