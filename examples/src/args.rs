@@ -1,5 +1,6 @@
-//! A small flag parser: `--name value`, `--name=value`, `-X value`, and
-//! durations such as `500ms`, `3s`, `1.5` (seconds) or `2m`.
+//! A small flag parser: `--name value`, `--name=value`, `-X value`, short
+//! flags bundled as curl and getopt take them (`-fsSL`, `-XPOST`, `-d@-`),
+//! and durations such as `500ms`, `3s`, `1.5` (seconds) or `2m`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,7 +27,17 @@ use crate::Failure;
 #[derive(Debug)]
 pub struct Args {
     items: std::vec::IntoIter<String>,
-    inline: Option<String>,
+    attached: Option<Attached>,
+}
+
+/// What came with the flag [`Args::next`] returned, in the same argument.
+#[derive(Debug)]
+enum Attached {
+    /// `--name=value`: the value.
+    Value(String),
+    /// `-abc` returned `-a`: `bc` is the value of `-a` if it takes one, and
+    /// more flags (`-b`, `-c`) if it does not.
+    Cluster(String),
 }
 
 impl Args {
@@ -34,23 +45,42 @@ impl Args {
     pub fn new(args: Vec<String>) -> Args {
         Args {
             items: args.into_iter(),
-            inline: None,
+            attached: None,
         }
     }
 
     /// The next flag or positional argument. `--name=value` yields `--name`
-    /// and keeps `value` for [`Args::value`].
+    /// and keeps `value` for [`Args::value`]. `-abc` yields `-a`; what
+    /// follows the letter is `-a`'s value if [`Args::value`] asks for one,
+    /// and otherwise the next flags, `-b` then `-c`.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<String> {
-        self.inline = None;
+        if let Some(Attached::Cluster(rest)) = self.attached.take() {
+            return Some(self.short(&rest));
+        }
         let arg = self.items.next()?;
         if arg.starts_with("--") {
             if let Some((name, value)) = arg.split_once('=') {
-                self.inline = Some(value.to_owned());
+                self.attached = Some(Attached::Value(value.to_owned()));
                 return Some(name.to_owned());
+            }
+        } else if let Some(letters) = arg.strip_prefix('-') {
+            if letters.len() > 1 && letters.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                return Some(self.short(letters));
             }
         }
         Some(arg)
+    }
+
+    /// `-x` for the first letter of `letters`, keeping the rest attached.
+    fn short(&mut self, letters: &str) -> String {
+        let mut chars = letters.chars();
+        let flag = chars.next().map_or_else(String::new, |c| format!("-{c}"));
+        let rest = chars.as_str();
+        if !rest.is_empty() {
+            self.attached = Some(Attached::Cluster(rest.to_owned()));
+        }
+        flag
     }
 
     /// The value of flag `name`: the `=value` part or the next argument.
@@ -58,7 +88,7 @@ impl Args {
     /// # Errors
     /// A usage failure when there is none.
     pub fn value(&mut self, name: &str) -> Result<String, Failure> {
-        if let Some(v) = self.inline.take() {
+        if let Some(Attached::Value(v) | Attached::Cluster(v)) = self.attached.take() {
             return Ok(v);
         }
         self.items
@@ -163,5 +193,25 @@ mod tests {
         assert_eq!(a.value("--b").as_deref(), Ok("2"));
         assert_eq!(a.next().as_deref(), Some("--c"));
         assert_eq!(a.value("--c").unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn bundled_short_flags_split_and_the_rest_is_a_value_when_one_is_asked_for() {
+        let mut a = Args::new(
+            ["-fsSL", "-XPOST", "-d@-", "-H", "-x: y", "-", "-1"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let mut seen = Vec::new();
+        while let Some(arg) = a.next() {
+            match arg.as_str() {
+                "-X" | "-d" | "-H" => seen.push(format!("{arg}={}", a.value(&arg).expect("value"))),
+                _ => seen.push(arg),
+            }
+        }
+        assert_eq!(
+            seen,
+            ["-f", "-s", "-S", "-L", "-X=POST", "-d=@-", "-H=-x: y", "-", "-1"]
+        );
     }
 }
