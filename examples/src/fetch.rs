@@ -1,62 +1,33 @@
 //! fetch: a curl-like client on one rotary engine, showing which connection
 //! served each request, how it was established and when the chain changed.
 
-use std::path::PathBuf;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rotary::{CloseReason, Config, Engine, Event, Handshake, Phase, RequestOptions, Trust};
+use rotary::{
+    CloseReason, Config, Engine, Error, Event, Handshake, Phase, RequestOptions, ServedBy, Trust,
+};
 
-use crate::args::{show, Args};
+use crate::args::show;
 use crate::{finish, Failure, Output};
 
-const HELP: &str = "\
-fetch: a curl-like HTTP/1.1 client on the rotary engine.
+mod opts;
+mod request;
 
-usage: cargo run --example fetch -- [FLAGS] URL
+use opts::Opts;
 
-  -X, --request METHOD   method                               [GET; POST with -d]
-  -H, --header 'N: V'    add a request header (repeatable)
-  -d, --data DATA        request body; @FILE reads it from FILE
-  --cacert FILE          trust only the CA certificates in FILE (PEM)
-  -i, --include          print the status line and headers before the body
-  -v, --verbose          connection events on stderr: opened (address, TLS
-                         version, cipher, full or resumed handshake, chain
-                         SHA-256, and the verified path: subject, issuer and
-                         SHA-256 of each certificate, which one is the
-                         anchor), closed (reason), chain changes
-  --max-age D            connection max age                   [15m]
-  --repeat N             send the request N times on one engine [1]
-  --interval D           wait D between repeats               [1s]
-  --dump-chain FILE      write the chain the server presented (PEM, leaf first,
-                         as sent: often no root) to FILE
-  --dump-ca FILE         write the CA bundle a client should trust to reach
-                         this server and any other with a certificate from
-                         the same CA (PEM): the verified path's intermediates
-                         and root, without the leaf
-  --timeout D            total deadline per request           [30s]
-  -h, --help             this text
+/// Exit code for a response whose status `-f` fails (as curl).
+const FAILED_STATUS: i32 = 22;
+/// Exit code for a redirect `-L` could not follow (curl's "too many").
+const REDIRECT: i32 = 47;
 
-Status line (with -i) and body go to stdout; with --repeat, one line per
-request on stderr says which connection served it and whether it was reused.
-
-exit codes:
-  0  a response arrived (whatever its status)
-  1  other failure (engine could not start, cancelled)
-  2  bad flags or arguments, or a request that cannot be sent
-  3  the --cacert file cannot be read or holds no certificate
-  4  the host name did not resolve
-  5  the TCP connection failed
-  6  the TLS handshake failed (untrusted chain, wrong name, ...)
-  7  the HTTP exchange failed (write, response head or body, peer closed)
-  8  a deadline passed (connect, handshake or --timeout)
-  9  --dump-chain or --dump-ca FILE could not be written, or --dump-ca has
-     no bundle to write (the root is a compiled-in one without a
-     certificate: trust the system's store instead)";
-
-/// Exit code for an error in `phase` (see the help text).
-pub fn exit_code(phase: Phase) -> i32 {
-    match phase {
+/// Exit code for `error` (see the help text).
+pub fn exit_code(error: &Error) -> i32 {
+    if let Error::Redirect(_) = error {
+        return REDIRECT;
+    }
+    match error.phase() {
         Phase::Request => 2,
         Phase::Resolve => 4,
         Phase::Connect => 5,
@@ -67,131 +38,29 @@ pub fn exit_code(phase: Phase) -> i32 {
     }
 }
 
-/// Run fetch with `args` (without the program name); returns the exit code.
+/// Run fetch with `args` (without the program name), reading the process's
+/// stdin for `-d @-`; returns the exit code.
 pub fn main_with_args(args: Vec<String>, out: &Output) -> i32 {
-    finish("fetch", out, run(args, out))
+    main_with_stdin(args, out, &mut std::io::stdin().lock())
 }
 
-struct Opts {
-    url: String,
-    method: Option<String>,
-    headers: Vec<(String, String)>,
-    data: Option<Bytes>,
-    cacert: Option<PathBuf>,
-    include: bool,
-    verbose: bool,
-    max_age: Option<Duration>,
-    repeat: u32,
-    interval: Duration,
-    dump_chain: Option<PathBuf>,
-    dump_ca: Option<PathBuf>,
-    timeout: Duration,
-}
-
-fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
-    let mut a = Args::new(args);
-    let mut o = Opts {
-        url: String::new(),
-        method: None,
-        headers: Vec::new(),
-        data: None,
-        cacert: None,
-        include: false,
-        verbose: false,
-        max_age: None,
-        repeat: 1,
-        interval: Duration::from_secs(1),
-        dump_chain: None,
-        dump_ca: None,
-        timeout: Duration::from_secs(30),
+/// Run fetch with `args`, reading `stdin` for `-d @-`; returns the exit code.
+pub fn main_with_stdin(args: Vec<String>, out: &Output, stdin: &mut dyn Read) -> i32 {
+    let o = match opts::parse(args, out, stdin) {
+        Ok(Some(o)) => o,
+        Ok(None) => return 0,
+        Err(f) => return finish("fetch", out, Err(f)),
     };
-    let mut url = None;
-    while let Some(arg) = a.next() {
-        match arg.as_str() {
-            "-X" | "--request" => o.method = Some(a.value(&arg)?),
-            "-H" | "--header" => {
-                let h = a.value(&arg)?;
-                let Some((n, v)) = h.split_once(':') else {
-                    return Err(Failure::usage(format!(
-                        "{arg}: expected 'Name: value', got {h:?}"
-                    )));
-                };
-                o.headers.push((n.trim().to_owned(), v.trim().to_owned()));
-            }
-            "-d" | "--data" => {
-                let d = a.value(&arg)?;
-                let body = match d.strip_prefix('@') {
-                    Some(file) => std::fs::read(file)
-                        .map_err(|e| Failure::usage(format!("{arg}: cannot read {file}: {e}")))?,
-                    None => d.into_bytes(),
-                };
-                o.data = Some(Bytes::from(body));
-            }
-            "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
-            "-i" | "--include" => o.include = true,
-            "-v" | "--verbose" => o.verbose = true,
-            "--max-age" => o.max_age = Some(a.duration(&arg)?),
-            "--repeat" => o.repeat = a.parse(&arg)?,
-            "--interval" => o.interval = a.duration(&arg)?,
-            "--dump-chain" => o.dump_chain = Some(PathBuf::from(a.value(&arg)?)),
-            "--dump-ca" => o.dump_ca = Some(PathBuf::from(a.value(&arg)?)),
-            "--timeout" => o.timeout = a.duration(&arg)?,
-            h if Args::is_help(h) => {
-                out.line(HELP);
-                return Ok(None);
-            }
-            _ if !arg.starts_with('-') && url.is_none() => url = Some(arg),
-            _ => return Err(a.unknown(&arg)),
-        }
+    match run(&o, out) {
+        // curl -s hides a failure's message too, unless -S.
+        Err(f) if o.silent && !o.show_error => f.code,
+        result => finish("fetch", out, result),
     }
-    o.url = url.ok_or_else(|| Failure::usage("a URL is required"))?;
-    if o.repeat == 0 {
-        return Err(Failure::usage("--repeat must be at least 1"));
-    }
-    if o.max_age.is_some_and(|d| d.is_zero()) {
-        return Err(Failure::usage("--max-age must be more than zero"));
-    }
-    Ok(Some(o))
 }
 
-fn build(o: &Opts) -> Result<http::Request<Bytes>, Failure> {
-    let method = match (&o.method, &o.data) {
-        (Some(m), _) => m.clone(),
-        (None, Some(_)) => "POST".to_owned(),
-        (None, None) => "GET".to_owned(),
-    };
-    let method = http::Method::from_bytes(method.as_bytes())
-        .map_err(|_| Failure::usage(format!("bad method {method:?}")))?;
-    let uri: http::Uri = o
-        .url
-        .parse()
-        .map_err(|e| Failure::usage(format!("bad URL {:?}: {e}", o.url)))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") if uri.host().is_some() => {}
-        _ => {
-            return Err(Failure::usage(format!(
-                "bad URL {:?}: it needs http:// or https:// and a host",
-                o.url
-            )))
-        }
-    }
-    let mut b = http::Request::builder().method(method).uri(uri);
-    for (n, v) in &o.headers {
-        let name = http::HeaderName::from_bytes(n.as_bytes())
-            .map_err(|_| Failure::usage(format!("bad header name {n:?}")))?;
-        let value = http::HeaderValue::from_str(v)
-            .map_err(|_| Failure::usage(format!("bad value for header {n}")))?;
-        b = b.header(name, value);
-    }
-    b.body(o.data.clone().unwrap_or_default())
-        .map_err(|e| Failure::usage(format!("bad request: {e}")))
-}
-
-fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
-    let Some(o) = parse(args, out)? else {
-        return Ok(0);
-    };
-    let request = build(&o)?;
+/// The engine configuration the flags ask for.
+fn config(o: &Opts) -> Result<Config, Failure> {
+    // Without --cacert the engine's default trust: the host's store.
     let mut config = Config::default();
     if let Some(ca) = &o.cacert {
         match std::fs::read(ca) {
@@ -218,13 +87,23 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     config.timeouts.handshake = config.timeouts.handshake.min(o.timeout);
     config.timeouts.dns = config.timeouts.dns.min(o.timeout);
     config.dns_threads = 1;
-    let mut engine = Engine::new(config).map_err(|e| match &o.cacert {
-        Some(ca) => Failure::new(3, format!("CA file {}: {e}", ca.display())),
-        None => Failure::new(1, format!("cannot start the engine: {e}")),
+    Ok(config)
+}
+
+fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
+    let request = request::build(o)?;
+    let mut engine = Engine::new(config(o)?).map_err(|e| match e.kind() {
+        // A trust file (--cacert or the host's store): the
+        // engine names it and what is wrong with it.
+        std::io::ErrorKind::InvalidInput => {
+            Failure::new(3, format!("cannot load the TLS files: {e}"))
+        }
+        _ => Failure::new(1, format!("cannot start the engine: {e}")),
     })?;
     let start = Instant::now();
     let note = |s: String| out.err_line(format!("* {:>7.3}s {s}", start.elapsed().as_secs_f64()));
-    let chatty = o.verbose || o.repeat > 1;
+    // -s silences what fetch says on its own; -v still shows what it asks.
+    let chatty = !o.silent && (o.verbose || o.repeat > 1);
     let mut last_chain: Option<String> = None;
     for n in 1..=o.repeat {
         if n > 1 {
@@ -237,38 +116,15 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
                     .poll(Some(left))
                     .map_err(|e| Failure::new(1, format!("poll: {e}")))?;
                 while let Some(ev) = engine.next_event() {
-                    show_event(&ev, o.verbose, chatty, &note);
+                    show_event(&ev, o, chatty, &note);
                 }
             }
         }
-        let opts = RequestOptions::default().deadline(o.timeout);
-        let id = engine.submit(request.clone(), opts);
-        let outcome = loop {
-            let mut done = None;
-            while let Some(ev) = engine.next_event() {
-                show_event(&ev, o.verbose, chatty, &note);
-                match ev {
-                    Event::Response {
-                        id: rid,
-                        response,
-                        served_by,
-                    } if rid == id => done = Some(Ok((response, served_by))),
-                    Event::Failed { id: rid, error, .. } if rid == id => done = Some(Err(error)),
-                    _ => {}
-                }
-            }
-            if let Some(d) = done {
-                break d;
-            }
-            engine
-                .poll(Some(Duration::from_millis(200)))
-                .map_err(|e| Failure::new(1, format!("poll: {e}")))?;
-        };
-        let (response, served_by) = match outcome {
+        let (response, served_by) = match exchange(&mut engine, &request, o, chatty, &note)? {
             Ok(r) => r,
             Err(error) => {
                 engine.shutdown();
-                return Err(Failure::new(exit_code(error.phase()), error.to_string()));
+                return Err(Failure::new(exit_code(&error), error.to_string()));
             }
         };
         let fp = served_by
@@ -276,7 +132,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
             .as_ref()
             .map(|c| c.fingerprint_hex())
             .unwrap_or_else(|| "-".into());
-        if o.repeat > 1 {
+        if o.repeat > 1 && !o.silent {
             let changed = match &last_chain {
                 Some(prev) if *prev != fp => " (CHAIN CHANGED)",
                 _ => "",
@@ -295,7 +151,14 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
             ));
         }
         last_chain = Some(fp);
-        if o.include {
+        if o.fail && response.status().as_u16() >= 400 {
+            engine.shutdown();
+            return Err(Failure::new(
+                FAILED_STATUS,
+                format!("the server answered {} (--fail)", response.status()),
+            ));
+        }
+        if o.include || o.head {
             out.line(format!("{:?} {}", response.version(), response.status()));
             for (name, value) in response.headers() {
                 out.line(format!(
@@ -306,41 +169,13 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
             out.line("");
         }
         out.bytes(response.body());
-        if let (Some(file), Some(chain)) = (&o.dump_chain, &served_by.chain) {
-            dump(file, &chain.to_pem(), "the presented chain")?;
-            if o.verbose {
-                note(format!(
-                    "wrote the presented chain ({} certificates) to {}",
-                    chain.der().len(),
-                    file.display()
-                ));
-            }
-        }
-        if let Some(file) = &o.dump_ca {
-            let Some(chain) = &served_by.chain else {
-                return Err(Failure::new(
-                    9,
-                    "--dump-ca: a plain http:// URL has no chain",
-                ));
-            };
-            let bundle = chain
-                .ca_bundle()
-                .map_err(|e| Failure::new(9, format!("--dump-ca {}: {e}", file.display())))?;
-            dump(file, &bundle, "the CA bundle")?;
-            if o.verbose {
-                note(format!(
-                    "wrote the CA bundle ({} certificates) to {}",
-                    bundle.matches("-----BEGIN CERTIFICATE-----").count(),
-                    file.display()
-                ));
-            }
-        }
+        dumps(o, &served_by, &note)?;
     }
     engine.shutdown();
     while let Some(ev) = engine.next_event() {
-        show_event(&ev, o.verbose, false, &note);
+        show_event(&ev, o, false, &note);
     }
-    if o.repeat > 1 {
+    if o.repeat > 1 && !o.silent {
         note(format!(
             "{} requests in {}",
             o.repeat,
@@ -348,6 +183,77 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         ));
     }
     Ok(0)
+}
+
+/// Submit `request` and drive the engine until it ends: the response, or
+/// the engine's error (a `Failure` only when the engine itself fails).
+fn exchange(
+    engine: &mut Engine,
+    request: &http::Request<Bytes>,
+    o: &Opts,
+    chatty: bool,
+    note: &dyn Fn(String),
+) -> Result<Result<(http::Response<Bytes>, ServedBy), Error>, Failure> {
+    let mut opts = RequestOptions::default().deadline(o.timeout);
+    if let Some(max) = o.follow {
+        opts = opts.follow_redirects(max);
+    }
+    let id = engine.submit(request.clone(), opts);
+    loop {
+        let mut done = None;
+        while let Some(ev) = engine.next_event() {
+            show_event(&ev, o, chatty, note);
+            match ev {
+                Event::Response {
+                    id: rid,
+                    response,
+                    served_by,
+                } if rid == id => done = Some(Ok((response, served_by))),
+                Event::Failed { id: rid, error, .. } if rid == id => done = Some(Err(error)),
+                _ => {}
+            }
+        }
+        if let Some(d) = done {
+            return Ok(d);
+        }
+        engine
+            .poll(Some(Duration::from_millis(200)))
+            .map_err(|e| Failure::new(1, format!("poll: {e}")))?;
+    }
+}
+
+/// Write what --dump-chain and --dump-ca ask for.
+fn dumps(o: &Opts, served_by: &ServedBy, note: &dyn Fn(String)) -> Result<(), Failure> {
+    if let (Some(file), Some(chain)) = (&o.dump_chain, &served_by.chain) {
+        dump(file, &chain.to_pem(), "the presented chain")?;
+        if o.verbose {
+            note(format!(
+                "wrote the presented chain ({} certificates) to {}",
+                chain.der().len(),
+                file.display()
+            ));
+        }
+    }
+    if let Some(file) = &o.dump_ca {
+        let Some(chain) = &served_by.chain else {
+            return Err(Failure::new(
+                9,
+                "--dump-ca: a plain http:// URL has no chain",
+            ));
+        };
+        let bundle = chain
+            .ca_bundle()
+            .map_err(|e| Failure::new(9, format!("--dump-ca {}: {e}", file.display())))?;
+        dump(file, &bundle, "the CA bundle")?;
+        if o.verbose {
+            note(format!(
+                "wrote the CA bundle ({} certificates) to {}",
+                bundle.matches("-----BEGIN CERTIFICATE-----").count(),
+                file.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn dump(file: &std::path::Path, pem: &str, what: &str) -> Result<(), Failure> {
@@ -359,7 +265,11 @@ fn short(fp: &str) -> &str {
     fp.get(..23).unwrap_or(fp)
 }
 
-fn show_event(ev: &Event, verbose: bool, chatty: bool, note: &dyn Fn(String)) {
+/// Show `ev` as `* ` lines: everything with -v; with `chatty` the
+/// lifecycle (opened, closed but for shutdown, chain changes); a trust file
+/// that went bad unless -s.
+fn show_event(ev: &Event, o: &Opts, chatty: bool, note: &dyn Fn(String)) {
+    let verbose = o.verbose;
     match ev {
         Event::Opened(info) if verbose || chatty => {
             let kind = match info.handshake {
@@ -412,7 +322,7 @@ fn show_event(ev: &Event, verbose: bool, chatty: bool, note: &dyn Fn(String)) {
         Event::ConnectFailed { conn, error, .. } if verbose => {
             note(format!("connection #{} failed: {error}", conn.get()));
         }
-        Event::TrustError { path, reason } => {
+        Event::TrustError { path, reason } if verbose || !o.silent => {
             note(format!("trust file {}: {reason}", path.display()));
         }
         _ => {}

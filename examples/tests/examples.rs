@@ -1,12 +1,17 @@
 //! Each example program, run in-process through its `main_with_args` with
 //! short timings and small counts, so none can rot.
 
+mod support;
+
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rotary_examples::coordinator::{Coordinator, Settings};
 use rotary_examples::pki::Ca;
 use rotary_examples::{fetch, loadgen, rotation, runner, Output, TempDir};
+use support::{response, Peer};
 
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -502,5 +507,204 @@ fn rotation_demo_heals_when_the_edges_send_the_leaf_alone() {
     for runner in ["pinned", "rotary"] {
         let ok = table_row(&text, runner).split_whitespace().nth(1);
         assert_ne!(ok, Some("0"), "{runner}: no job cloned\n{text}");
+    }
+}
+
+/// fetch with `a` (after a 10 s `--max-time`, so nothing hangs) and `stdin`:
+/// its exit code, stdout and stderr.
+fn fetch_with(a: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut all = args(&["--max-time", "10s"]);
+    all.extend(args(a));
+    let (out, cap) = Output::capture();
+    let code = fetch::main_with_stdin(all, &out, &mut &stdin[..]);
+    (code, cap.stdout(), cap.stderr())
+}
+
+fn fetch_run(a: &[&str]) -> (i32, String, String) {
+    fetch_with(a, b"")
+}
+
+/// A run that failed with `code`, nothing on stdout and one line on stderr,
+/// `fetch: ...`, that says `says`.
+fn assert_fails((got, out, err): (i32, String, String), code: i32, says: &str) {
+    assert_eq!(got, code, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("fetch: ") && err.contains(says), "{err}");
+}
+
+/// A peer answering everything `200 OK` with `body`.
+fn ok_peer(body: &'static str) -> Peer {
+    Peer::plain(move |_| response("200 OK", &[("X-Served", "yes")], body))
+}
+
+#[test]
+fn fetch_location_follows_a_redirect_to_another_origin_without_its_authorization() {
+    let b = ok_peer("from b");
+    let target = b.url("/landed");
+    let a = Peer::plain(move |_| response("302 Found", &[("Location", &target)], ""));
+    let (code, out, err) = fetch_run(&[
+        "-L",
+        "-H",
+        "Authorization: Bearer secret",
+        "-H",
+        "X-Kept: 1",
+        &a.url("/start"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from b");
+    let (first, second) = (&a.seen()[0], &b.seen()[0]);
+    assert_eq!(first.header("authorization"), Some("Bearer secret"));
+    assert_eq!(second.request_line(), "GET /landed HTTP/1.1");
+    assert_eq!(second.header("authorization"), None, "{}", second.head);
+    assert_eq!(second.header("x-kept"), Some("1"));
+}
+
+#[test]
+fn fetch_without_location_prints_the_redirect_as_is() {
+    let b = ok_peer("from b");
+    let target = b.url("/landed");
+    let a = Peer::plain(move |_| response("302 Found", &[("Location", &target)], "moved"));
+    let (code, out, err) = fetch_run(&["-i", &a.url("/start")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HTTP/1.1 302 Found\n"), "{out}");
+    assert!(
+        out.contains(&format!("location: {}", b.url("/landed"))),
+        "{out}"
+    );
+    assert!(out.ends_with("\nmoved"), "{out}");
+    assert!(b.seen().is_empty());
+}
+
+#[test]
+fn fetch_max_redirs_exceeded_exits_47_naming_the_limit() {
+    let hops = Arc::new(AtomicUsize::new(0));
+    let counter = hops.clone();
+    let a = Peer::plain(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        response("302 Found", &[("Location", &format!("/hop/{n}"))], "")
+    });
+    assert_fails(
+        fetch_run(&["-L", "--max-redirs", "2", &a.url("/")]),
+        47,
+        "more than 2 redirects",
+    );
+    // The first request and two followed hops; the third hop is refused.
+    assert_eq!(a.seen().len(), 3);
+}
+
+#[test]
+fn fetch_user_and_url_userinfo_become_basic_auth_and_never_reach_the_target() {
+    let peer = ok_peer("");
+    let (code, _, err) = fetch_run(&["-u", "alice:s3cret", &peer.url("/a")]);
+    assert_eq!(code, 0, "{err}");
+    let url = peer.url("/b").replace("://", "://bob:p%40ss@");
+    let (code, _, err) = fetch_run(&[&url]);
+    assert_eq!(code, 0, "{err}");
+    let seen = peer.seen();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Basic YWxpY2U6czNjcmV0")
+    );
+    // bob:p@ss, decoded from the URL.
+    assert_eq!(seen[1].header("authorization"), Some("Basic Ym9iOnBAc3M="));
+    assert_eq!(seen[1].request_line(), "GET /b HTTP/1.1");
+    let host = format!("127.0.0.1:{}", peer.port());
+    assert_eq!(seen[1].header("host"), Some(host.as_str()));
+    assert!(!seen[1].head.contains("bob"), "{}", seen[1].head);
+    // A user without a password would need a prompt: refused, as a usage error.
+    assert_fails(fetch_run(&["-u", "alice", &peer.url("/c")]), 2, "USER:PASS");
+}
+
+#[test]
+fn fetch_fail_exits_22_without_the_body_and_silent_hides_the_message_unless_show_error() {
+    let peer = Peer::plain(|_| response("404 Not Found", &[], "not here"));
+    assert_fails(
+        fetch_run(&["-f", &peer.url("/missing")]),
+        22,
+        "404 Not Found",
+    );
+    let (code, out, err) = fetch_run(&["-fs", &peer.url("/missing")]);
+    assert_eq!((code, out.as_str(), err.as_str()), (22, "", ""));
+    let (code, _, err) = fetch_run(&["-fsS", &peer.url("/missing")]);
+    assert_eq!(code, 22);
+    assert!(err.contains("404 Not Found"), "{err}");
+    // Without -f the status is an answer like any other.
+    let (code, out, _) = fetch_run(&[&peer.url("/missing")]);
+    assert_eq!((code, out.as_str()), (0, "not here"));
+}
+
+#[test]
+fn fetch_head_sends_head_and_prints_the_response_head() {
+    let peer =
+        Peer::plain(|_| "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Y: z\r\n\r\n".to_owned());
+    let (code, out, err) = fetch_run(&["-I", &peer.url("/doc")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(peer.seen()[0].request_line(), "HEAD /doc HTTP/1.1");
+    assert_eq!(out, "HTTP/1.1 200 OK\ncontent-length: 10\nx-y: z\n\n");
+}
+
+#[test]
+fn fetch_data_at_dash_posts_stdin_as_a_form() {
+    let peer = ok_peer("");
+    let (code, _, err) = fetch_with(&["-d", "@-", &peer.url("/up")], b"piped=body");
+    assert_eq!(code, 0, "{err}");
+    let seen = &peer.seen()[0];
+    assert_eq!(seen.request_line(), "POST /up HTTP/1.1");
+    assert_eq!(seen.body, b"piped=body");
+    assert_eq!(
+        seen.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    // -H names its own type, and bundled `-d@-` reads stdin too.
+    let (code, _, err) = fetch_with(
+        &["-H", "Content-Type: text/plain", "-d@-", &peer.url("/up")],
+        b"raw",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(peer.seen()[1].header("content-type"), Some("text/plain"));
+    assert_eq!(peer.seen()[1].body, b"raw");
+}
+
+#[test]
+fn fetch_help_lists_every_flag_and_where_fetch_differs_from_curl() {
+    let (code, help, _) = fetch_run(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "-X, --request",
+        "-H, --header",
+        "-d, --data",
+        "--data-binary",
+        "-u, --user",
+        "-I, --head",
+        "-L, --location",
+        "--max-redirs",
+        "-m, --max-time",
+        "--timeout",
+        "--cacert",
+        "-i, --include",
+        "-f, --fail",
+        "-s, --silent",
+        "-S, --show-error",
+        "-v, --verbose",
+        "--dump-chain",
+        "--dump-ca",
+        "--max-age",
+        "--repeat",
+        "--interval",
+        "-h, --help",
+    ] {
+        assert!(
+            help.contains(&format!("  {flag} ")),
+            "{flag} missing:\n{help}"
+        );
+    }
+    assert!(help.contains("where fetch differs from curl:"), "{help}");
+    assert!(help.contains("the host's trust store"), "{help}");
+    for code in ["22 ", "47 "] {
+        assert!(
+            help.contains(&format!("\n  {code}")),
+            "exit code {code}:\n{help}"
+        );
     }
 }

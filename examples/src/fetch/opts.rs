@@ -1,0 +1,343 @@
+//! fetch's flags: the help text, what each flag sets, and the checks that
+//! need no network (files to read, values to parse).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::args::Args;
+use crate::{Failure, Output};
+
+pub(super) const HELP: &str = "\
+fetch: a curl-like HTTP/1.1 client on the rotary engine.
+
+usage: cargo run --example fetch -- [FLAGS] URL
+
+Short flags bundle as in curl: -fsSL, -XPOST, -d@-.
+
+request:
+  -X, --request METHOD   method              [GET; POST with -d; HEAD with -I]
+  -H, --header 'N: V'    add a request header (repeatable); 'N:' sends no N
+                         (drops the Authorization or Content-Type fetch would
+                         add), 'N;' sends N with an empty value
+  -d, --data DATA        request body; @FILE reads FILE, @- reads stdin; -d
+                         given again appends '&' and DATA; the Content-Type is
+                         application/x-www-form-urlencoded unless -H sets one
+      --data-binary DATA the same as -d
+  -u, --user USER:PASS   Basic authentication (Authorization: Basic ...);
+                         overrides user:pass@ in the URL, which is sent the same
+                         way and never in the request line or Host
+  -I, --head             send HEAD; print the response head on stdout
+  -L, --location         follow redirects (301, 302, 303, 307, 308)
+      --max-redirs N     with -L, fail after N redirects; -1: no limit   [50]
+  -m, --max-time D       total deadline per request, redirects included [30s]
+      --timeout D        the same
+
+TLS:
+  --cacert FILE          trust only the CA certificates in FILE (PEM); without
+                         it, the engine's default: the host's trust store
+                         (SSL_CERT_FILE and SSL_CERT_DIR honoured, as in curl)
+
+output:
+  -i, --include          print the status line and headers before the body
+  -f, --fail             on a status of 400 or more print no body and exit 22
+  -s, --silent           print nothing on stderr but -v output: no --repeat
+                         lines, and no failure message unless -S
+  -S, --show-error       with -s, still print a failure's message
+  -v, --verbose          connection events on stderr: opened (address, TLS
+                         version, cipher, full or resumed handshake, chain
+                         SHA-256, and the verified path: subject, issuer and
+                         SHA-256 of each certificate, which one is the
+                         anchor), closed (reason), chain changes
+  --dump-chain FILE      write the chain the server presented (PEM, leaf first,
+                         as sent: often no root) to FILE
+  --dump-ca FILE         write the CA bundle a client should trust to reach
+                         this server and any other with a certificate from
+                         the same CA (PEM): the verified path's intermediates
+                         and root, without the leaf
+
+rotary:
+  --max-age D            connection max age                   [15m]
+  --repeat N             send the request N times on one engine [1]
+  --interval D           wait D between repeats               [1s]
+  -h, --help             this text
+
+Status line (with -i or -I) and body go to stdout; with --repeat, one line per
+request on stderr says which connection served it and whether it was reused.
+Durations take units: 500ms, 3s, 1.5 (seconds), 2m.
+
+where fetch differs from curl:
+  - -i and -I print the final response's head only, not each redirect's.
+  - -L refuses a redirect from https:// to http:// (curl follows it).
+  - -u needs USER:PASS: fetch never prompts for a password.
+  - -d @FILE sends FILE as it is (curl -d strips CR and LF, --data-binary not).
+  - -s: there is no progress meter to hide; bad flags are always reported.
+  - a URL needs http:// or https://; no -o, -k, cookies, proxies or
+    compression.
+  - exit codes other than 22 and 47 are fetch's own:
+
+exit codes:
+  0  a response arrived (whatever its status, unless -f)
+  1  other failure (engine could not start, cancelled)
+  2  bad flags or arguments, or a request that cannot be sent
+  3  a TLS file cannot be read or holds no usable PEM: --cacert, or the
+     host's store (as SSL_CERT_FILE or SSL_CERT_DIR name it)
+  4  the host name did not resolve
+  5  the TCP connection failed (to every address tried)
+  6  the TLS handshake failed (untrusted chain, wrong name, ...)
+  7  the HTTP exchange failed (write, response head or body, peer closed)
+  8  a deadline passed (connect, handshake or --max-time)
+  9  --dump-chain or --dump-ca FILE could not be written, or --dump-ca has
+     no bundle to write (the root is a compiled-in one without a
+     certificate: trust the system's store instead)
+  22 with -f, the status was 400 or more (as curl)
+  47 a redirect could not be followed: more than --max-redirs, a loop,
+     https to http, or a bad Location (curl: 47 for too many)";
+
+/// Curl's default for `--max-redirs`.
+const MAX_REDIRS: usize = 50;
+
+/// A header from `-H`: a value to send, or (for `Name:`) none at all.
+pub(super) struct Header {
+    pub(super) name: String,
+    pub(super) value: Option<String>,
+}
+
+/// Everything the flags say.
+pub(super) struct Opts {
+    pub(super) url: String,
+    pub(super) method: Option<String>,
+    pub(super) headers: Vec<Header>,
+    pub(super) data: Option<Vec<u8>>,
+    pub(super) user: Option<String>,
+    pub(super) head: bool,
+    /// `Some(max)` with `-L`.
+    pub(super) follow: Option<usize>,
+    pub(super) timeout: Duration,
+    pub(super) cacert: Option<PathBuf>,
+    pub(super) include: bool,
+    pub(super) fail: bool,
+    pub(super) silent: bool,
+    pub(super) show_error: bool,
+    pub(super) verbose: bool,
+    pub(super) dump_chain: Option<PathBuf>,
+    pub(super) dump_ca: Option<PathBuf>,
+    pub(super) max_age: Option<Duration>,
+    pub(super) repeat: u32,
+    pub(super) interval: Duration,
+}
+
+/// The options in `args`, or `None` when `--help` was printed. `-d @-`
+/// reads `stdin` to its end.
+pub(super) fn parse(
+    args: Vec<String>,
+    out: &Output,
+    stdin: &mut dyn Read,
+) -> Result<Option<Opts>, Failure> {
+    let mut a = Args::new(args);
+    let mut o = Opts {
+        url: String::new(),
+        method: None,
+        headers: Vec::new(),
+        data: None,
+        user: None,
+        head: false,
+        follow: None,
+        timeout: Duration::from_secs(30),
+        cacert: None,
+        include: false,
+        fail: false,
+        silent: false,
+        show_error: false,
+        verbose: false,
+        dump_chain: None,
+        dump_ca: None,
+        max_age: None,
+        repeat: 1,
+        interval: Duration::from_secs(1),
+    };
+    let mut url = None;
+    let mut location = false;
+    let mut max_redirs = MAX_REDIRS;
+    while let Some(arg) = a.next() {
+        match arg.as_str() {
+            "-X" | "--request" => o.method = Some(a.value(&arg)?),
+            "-H" | "--header" => o.headers.push(header(&arg, &a.value(&arg)?)?),
+            "-d" | "--data" | "--data-binary" => {
+                let piece = data(&arg, &a.value(&arg)?, stdin)?;
+                match &mut o.data {
+                    Some(body) => {
+                        body.push(b'&');
+                        body.extend(piece);
+                    }
+                    None => o.data = Some(piece),
+                }
+            }
+            "-u" | "--user" => o.user = Some(a.value(&arg)?),
+            "-I" | "--head" => o.head = true,
+            "-L" | "--location" => location = true,
+            "--max-redirs" => {
+                max_redirs = match a.value(&arg)?.as_str() {
+                    "-1" => usize::MAX,
+                    n => n.parse().map_err(|_| {
+                        Failure::usage(format!("{arg}: expected a count or -1, got {n:?}"))
+                    })?,
+                }
+            }
+            "-m" | "--max-time" | "--timeout" => o.timeout = a.duration(&arg)?,
+            "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
+            "-i" | "--include" => o.include = true,
+            "-f" | "--fail" => o.fail = true,
+            "-s" | "--silent" => o.silent = true,
+            "-S" | "--show-error" => o.show_error = true,
+            "-v" | "--verbose" => o.verbose = true,
+            "--dump-chain" => o.dump_chain = Some(PathBuf::from(a.value(&arg)?)),
+            "--dump-ca" => o.dump_ca = Some(PathBuf::from(a.value(&arg)?)),
+            "--max-age" => o.max_age = Some(a.duration(&arg)?),
+            "--repeat" => o.repeat = a.parse(&arg)?,
+            "--interval" => o.interval = a.duration(&arg)?,
+            h if Args::is_help(h) => {
+                out.line(HELP);
+                return Ok(None);
+            }
+            _ if !arg.starts_with('-') && url.is_none() => url = Some(arg),
+            _ => return Err(a.unknown(&arg)),
+        }
+    }
+    o.url = url.ok_or_else(|| Failure::usage("a URL is required"))?;
+    o.follow = location.then_some(max_redirs);
+    if o.repeat == 0 {
+        return Err(Failure::usage("--repeat must be at least 1"));
+    }
+    if o.max_age.is_some_and(|d| d.is_zero()) {
+        return Err(Failure::usage("--max-age must be more than zero"));
+    }
+    if o.head && o.data.is_some() {
+        return Err(Failure::usage("-I sends HEAD, which takes no -d body"));
+    }
+    Ok(Some(o))
+}
+
+/// `Name: value`, `Name:` (send no Name) or `Name;` (send Name empty).
+fn header(flag: &str, h: &str) -> Result<Header, Failure> {
+    let (name, value) = match (h.split_once(':'), h.strip_suffix(';')) {
+        (Some((n, v)), _) if v.trim().is_empty() => (n, None),
+        (Some((n, v)), _) => (n, Some(v.trim().to_owned())),
+        (None, Some(n)) => (n, Some(String::new())),
+        (None, None) => {
+            return Err(Failure::usage(format!(
+                "{flag}: expected 'Name: value', got {h:?}"
+            )))
+        }
+    };
+    Ok(Header {
+        name: name.trim().to_owned(),
+        value,
+    })
+}
+
+/// One `-d` value: DATA itself, `@FILE`'s bytes or, for `@-`, stdin's.
+fn data(flag: &str, d: &str, stdin: &mut dyn Read) -> Result<Vec<u8>, Failure> {
+    match d.strip_prefix('@') {
+        Some("-") => {
+            let mut body = Vec::new();
+            stdin
+                .read_to_end(&mut body)
+                .map_err(|e| Failure::usage(format!("{flag} @-: cannot read stdin: {e}")))?;
+            Ok(body)
+        }
+        Some(file) => std::fs::read(file)
+            .map_err(|e| Failure::usage(format!("{flag}: cannot read {file}: {e}"))),
+        None => Ok(d.as_bytes().to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(a: &[&str], stdin: &[u8]) -> Result<Opts, Failure> {
+        let (out, _) = Output::capture();
+        let args = a.iter().map(|s| s.to_string()).collect();
+        parse(args, &out, &mut &stdin[..]).map(|o| o.expect("not --help"))
+    }
+
+    #[test]
+    fn curl_style_bundles_set_each_flag() {
+        let o = parsed(&["-fsSLv", "-XPUT", "-d@-", "http://x/"], b"from stdin").expect("ok");
+        assert!(o.fail && o.silent && o.show_error && o.verbose);
+        assert_eq!(o.follow, Some(50));
+        assert_eq!(o.method.as_deref(), Some("PUT"));
+        assert_eq!(o.data.as_deref(), Some(&b"from stdin"[..]));
+    }
+
+    #[test]
+    fn repeated_data_joins_with_ampersands_and_max_redirs_takes_minus_one() {
+        let o = parsed(
+            &[
+                "-d",
+                "a=1",
+                "--data-binary",
+                "b=2",
+                "-L",
+                "--max-redirs",
+                "-1",
+                "http://x/",
+            ],
+            b"",
+        )
+        .expect("ok");
+        assert_eq!(o.data.as_deref(), Some(&b"a=1&b=2"[..]));
+        assert_eq!(o.follow, Some(usize::MAX));
+        let o = parsed(&["--max-redirs", "3", "http://x/"], b"").expect("ok");
+        assert_eq!(o.follow, None, "--max-redirs alone follows nothing");
+    }
+
+    #[test]
+    fn headers_take_curl_forms_for_removing_and_sending_empty() {
+        let o = parsed(
+            &[
+                "-H",
+                "A: 1",
+                "-H",
+                "B:",
+                "-H",
+                "C;",
+                "-H",
+                "D: x:y",
+                "http://x/",
+            ],
+            b"",
+        )
+        .expect("ok");
+        let got: Vec<_> = o
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("A", Some("1")),
+                ("B", None),
+                ("C", Some("")),
+                ("D", Some("x:y"))
+            ]
+        );
+    }
+
+    #[test]
+    fn contradictions_and_bad_values_are_usage_errors() {
+        for a in [
+            &["-I", "-d", "x", "http://x/"][..],
+            &["--max-redirs", "lots", "http://x/"],
+            &["-H", "no colon", "http://x/"],
+            &["-L"],
+        ] {
+            let e = parsed(a, b"")
+                .err()
+                .unwrap_or_else(|| panic!("{a:?} parsed"));
+            assert_eq!(e.code, 2, "{a:?}: {}", e.message);
+        }
+    }
+}
