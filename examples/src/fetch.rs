@@ -2,6 +2,7 @@
 //! served each request, how it was established and when the chain changed.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use crate::{finish, Failure, Output};
 
 mod opts;
 mod request;
+mod resolve;
 
 use opts::Opts;
 
@@ -80,6 +82,9 @@ fn config(o: &Opts) -> Result<Config, Failure> {
         }
         config.trust = Trust::pem_file(ca);
     }
+    if !o.resolve.is_empty() {
+        config.resolver = Some(Arc::new(resolve::Pinned::new(o.resolve.clone())));
+    }
     if let Some(age) = o.max_age {
         config.policy.max_age = Some(age);
     }
@@ -102,6 +107,11 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
     })?;
     let start = Instant::now();
     let note = |s: String| out.err_line(format!("* {:>7.3}s {s}", start.elapsed().as_secs_f64()));
+    if o.verbose {
+        for pin in &o.resolve {
+            note(format!("--resolve: {pin}"));
+        }
+    }
     // -s silences what fetch says on its own; -v still shows what it asks.
     let chatty = !o.silent && (o.verbose || o.repeat > 1);
     let mut last_chain: Option<String> = None;

@@ -28,9 +28,14 @@ struct Server {
 }
 
 fn server(settings: Settings) -> Server {
+    server_named(&["localhost", "127.0.0.1"], settings)
+}
+
+/// The same with a leaf for `names`.
+fn server_named(names: &[&str], settings: Settings) -> Server {
     let ca = Ca::new("examples test CA").expect("generate CA");
     let mid = ca.intermediate("examples test intermediate").expect("CA");
-    let cert = mid.issue(&["localhost", "127.0.0.1"]).expect("issue leaf");
+    let cert = mid.issue(names).expect("issue leaf");
     let dir = TempDir::new("examples-test").expect("temp dir");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).expect("write CA file");
@@ -594,6 +599,41 @@ fn fetch_max_redirs_exceeded_exits_47_naming_the_limit() {
 }
 
 #[test]
+fn fetch_resolve_reaches_a_local_server_by_a_fake_name() {
+    let peer = ok_peer("pinned");
+    let port = peer.port().to_string();
+    let url = format!("http://fetch.test:{port}/x");
+    let pin = format!("fetch.test:{port}:127.0.0.1");
+    let (code, out, err) = fetch_run(&["--resolve", &pin, &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "pinned");
+    let host = format!("fetch.test:{port}");
+    assert_eq!(peer.seen()[0].header("host"), Some(host.as_str()));
+}
+
+#[test]
+fn fetch_resolve_races_its_addresses_and_tls_checks_the_pinned_name() {
+    let s = server_named(&["fetch.test"], Settings::default());
+    let port = s.coordinator.addr().port();
+    // 127.0.0.2 has no listener on that port: its attempt fails, the next wins.
+    let pin = format!("fetch.test:{port}:127.0.0.2,127.0.0.1");
+    let (code, out, err) = fetch_run(&[
+        "-v",
+        "--cacert",
+        ca(&s),
+        "--resolve",
+        &pin,
+        &format!("https://fetch.test:{port}/hello"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GET /hello"), "{out}");
+    assert!(
+        err.contains(&format!("opened to 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
 fn fetch_user_and_url_userinfo_become_basic_auth_and_never_reach_the_target() {
     let peer = ok_peer("");
     let (code, _, err) = fetch_run(&["-u", "alice:s3cret", &peer.url("/a")]);
@@ -679,6 +719,7 @@ fn fetch_help_lists_every_flag_and_where_fetch_differs_from_curl() {
         "-I, --head",
         "-L, --location",
         "--max-redirs",
+        "--resolve",
         "-m, --max-time",
         "--timeout",
         "--cacert",

@@ -8,6 +8,8 @@ use std::time::Duration;
 use crate::args::Args;
 use crate::{Failure, Output};
 
+use super::resolve::Pin;
+
 pub(super) const HELP: &str = "\
 fetch: a curl-like HTTP/1.1 client on the rotary engine.
 
@@ -30,6 +32,11 @@ request:
   -I, --head             send HEAD; print the response head on stdout
   -L, --location         follow redirects (301, 302, 303, 307, 308)
       --max-redirs N     with -L, fail after N redirects; -1: no limit   [50]
+      --resolve HOST:PORT:ADDR[,ADDR...]
+                         connect to ADDR (IPv6 as [::1]; several race)
+                         instead of resolving HOST, for URLs with HOST and
+                         PORT; TLS still checks the certificate against HOST
+                         (repeatable)
   -m, --max-time D       total deadline per request, redirects included [30s]
       --timeout D        the same
 
@@ -73,7 +80,7 @@ where fetch differs from curl:
   - -d @FILE sends FILE as it is (curl -d strips CR and LF, --data-binary not).
   - -s: there is no progress meter to hide; bad flags are always reported.
   - a URL needs http:// or https://; no -o, -k, cookies, proxies or
-    compression.
+    compression; --resolve takes no '+' or '-' entries and no '*' host.
   - exit codes other than 22 and 47 are fetch's own:
 
 exit codes:
@@ -113,6 +120,7 @@ pub(super) struct Opts {
     pub(super) head: bool,
     /// `Some(max)` with `-L`.
     pub(super) follow: Option<usize>,
+    pub(super) resolve: Vec<Pin>,
     pub(super) timeout: Duration,
     pub(super) cacert: Option<PathBuf>,
     pub(super) include: bool,
@@ -143,6 +151,7 @@ pub(super) fn parse(
         user: None,
         head: false,
         follow: None,
+        resolve: Vec::new(),
         timeout: Duration::from_secs(30),
         cacert: None,
         include: false,
@@ -183,6 +192,11 @@ pub(super) fn parse(
                         Failure::usage(format!("{arg}: expected a count or -1, got {n:?}"))
                     })?,
                 }
+            }
+            "--resolve" => {
+                let v = a.value(&arg)?;
+                o.resolve
+                    .push(Pin::parse(&v).map_err(|e| Failure::usage(format!("{arg} {v:?}: {e}")))?);
             }
             "-m" | "--max-time" | "--timeout" => o.timeout = a.duration(&arg)?,
             "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
@@ -331,6 +345,7 @@ mod tests {
         for a in [
             &["-I", "-d", "x", "http://x/"][..],
             &["--max-redirs", "lots", "http://x/"],
+            &["--resolve", "x:80", "http://x/"],
             &["-H", "no colon", "http://x/"],
             &["-L"],
         ] {
