@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rotary::{
-    CloseReason, Config, Engine, Error, Event, Handshake, Phase, RequestOptions, ServedBy, Trust,
+    ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, RequestOptions,
+    ServedBy, Trust,
 };
 
 use crate::args::show;
@@ -82,6 +83,12 @@ fn config(o: &Opts) -> Result<Config, Failure> {
         }
         config.trust = Trust::pem_file(ca);
     }
+    if let Some(cert) = &o.cert {
+        config.trust.client_identity = Some(ClientIdentity {
+            cert_chain: cert.clone(),
+            key: o.key.clone().unwrap_or_else(|| cert.clone()),
+        });
+    }
     if !o.resolve.is_empty() {
         config.resolver = Some(Arc::new(resolve::Pinned::new(o.resolve.clone())));
     }
@@ -98,7 +105,7 @@ fn config(o: &Opts) -> Result<Config, Failure> {
 fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
     let request = request::build(o)?;
     let mut engine = Engine::new(config(o)?).map_err(|e| match e.kind() {
-        // A trust file (--cacert or the host's store): the
+        // A trust file (--cacert, --cert, --key or the host's store): the
         // engine names it and what is wrong with it.
         std::io::ErrorKind::InvalidInput => {
             Failure::new(3, format!("cannot load the TLS files: {e}"))

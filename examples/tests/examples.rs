@@ -706,6 +706,102 @@ fn fetch_data_at_dash_posts_stdin_as_a_form() {
     assert_eq!(peer.seen()[1].body, b"raw");
 }
 
+/// A client CA and a client certificate from it, as PEM files in `dir`:
+/// (the CA's DER, the certificate file, the key file, one file with both).
+fn client_identity(dir: &std::path::Path) -> (Vec<u8>, PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("client CA");
+    let mut params = CertificateParams::new(vec!["runner-7".to_owned()]).expect("params");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().expect("key");
+    let cert = params
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .expect("client certificate");
+    let (cert_file, key_file, both) = (
+        dir.join("client.pem"),
+        dir.join("client.key"),
+        dir.join("client-both.pem"),
+    );
+    std::fs::write(&cert_file, cert.pem()).expect("write");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
+    std::fs::write(&both, format!("{}{}", cert.pem(), key.serialize_pem())).expect("write");
+    (ca.der().to_vec(), cert_file, key_file, both)
+}
+
+#[test]
+fn fetch_cert_and_key_present_a_client_certificate_the_server_requires() {
+    let dir = TempDir::new("fetch-mtls").expect("temp dir");
+    let (client_ca, cert_file, key_file, both) = client_identity(dir.path());
+    let server_ca = Ca::new("mtls server CA").expect("CA");
+    let server_cert = server_ca.issue(&["127.0.0.1"]).expect("leaf");
+    let ca_file = dir.path().join("server-ca.pem");
+    std::fs::write(&ca_file, server_ca.pem()).expect("write");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca.into()).expect("client CA");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server_cert.chain.clone(), server_cert.key())
+        .expect("server config");
+    let peer = Peer::tls(Arc::new(config), |_| {
+        response("200 OK", &[], "hello, runner")
+    });
+    let path = |p: &PathBuf| p.to_str().expect("utf-8").to_owned();
+    let (ca, cert, key, both) = (
+        path(&ca_file),
+        path(&cert_file),
+        path(&key_file),
+        path(&both),
+    );
+    let (code, out, err) = fetch_run(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        &peer.url("/"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "hello, runner");
+    assert!(peer.seen()[0].client_cert);
+    // As in curl, --cert alone may hold the key too.
+    let (code, _, err) = fetch_run(&["--cacert", &ca, "-E", &both, &peer.url("/")]);
+    assert_eq!(code, 0, "{err}");
+    // Without a certificate the server refuses the connection.
+    let (code, _, err) = fetch_run(&["--cacert", &ca, &peer.url("/")]);
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(
+        peer.seen().len(),
+        2,
+        "no request got through without a certificate"
+    );
+    // An unreadable key is the local-file exit code, naming the file.
+    let bad_key = [
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        "/nonexistent.key",
+        &peer.url("/"),
+    ];
+    assert_fails(fetch_run(&bad_key), 3, "/nonexistent.key");
+}
+
 #[test]
 fn fetch_help_lists_every_flag_and_where_fetch_differs_from_curl() {
     let (code, help, _) = fetch_run(&["--help"]);
@@ -723,6 +819,8 @@ fn fetch_help_lists_every_flag_and_where_fetch_differs_from_curl() {
         "-m, --max-time",
         "--timeout",
         "--cacert",
+        "-E, --cert",
+        "--key",
         "-i, --include",
         "-f, --fail",
         "-s, --silent",

@@ -44,6 +44,9 @@ TLS:
   --cacert FILE          trust only the CA certificates in FILE (PEM); without
                          it, the engine's default: the host's trust store
                          (SSL_CERT_FILE and SSL_CERT_DIR honoured, as in curl)
+  -E, --cert FILE        client certificate chain for mutual TLS (PEM, leaf
+                         first); also its private key unless --key is given
+      --key FILE         the client certificate's private key (PEM)
 
 output:
   -i, --include          print the status line and headers before the body
@@ -87,8 +90,8 @@ exit codes:
   0  a response arrived (whatever its status, unless -f)
   1  other failure (engine could not start, cancelled)
   2  bad flags or arguments, or a request that cannot be sent
-  3  a TLS file cannot be read or holds no usable PEM: --cacert, or the
-     host's store (as SSL_CERT_FILE or SSL_CERT_DIR name it)
+  3  a TLS file cannot be read or holds no usable PEM: --cacert, --cert,
+     --key, or the host's store (as SSL_CERT_FILE or SSL_CERT_DIR name it)
   4  the host name did not resolve
   5  the TCP connection failed (to every address tried)
   6  the TLS handshake failed (untrusted chain, wrong name, ...)
@@ -123,6 +126,8 @@ pub(super) struct Opts {
     pub(super) resolve: Vec<Pin>,
     pub(super) timeout: Duration,
     pub(super) cacert: Option<PathBuf>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
     pub(super) include: bool,
     pub(super) fail: bool,
     pub(super) silent: bool,
@@ -154,6 +159,8 @@ pub(super) fn parse(
         resolve: Vec::new(),
         timeout: Duration::from_secs(30),
         cacert: None,
+        cert: None,
+        key: None,
         include: false,
         fail: false,
         silent: false,
@@ -200,6 +207,8 @@ pub(super) fn parse(
             }
             "-m" | "--max-time" | "--timeout" => o.timeout = a.duration(&arg)?,
             "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
+            "-E" | "--cert" => o.cert = Some(PathBuf::from(a.value(&arg)?)),
+            "--key" => o.key = Some(PathBuf::from(a.value(&arg)?)),
             "-i" | "--include" => o.include = true,
             "-f" | "--fail" => o.fail = true,
             "-s" | "--silent" => o.silent = true,
@@ -228,6 +237,9 @@ pub(super) fn parse(
     }
     if o.head && o.data.is_some() {
         return Err(Failure::usage("-I sends HEAD, which takes no -d body"));
+    }
+    if o.key.is_some() && o.cert.is_none() {
+        return Err(Failure::usage("--key needs --cert"));
     }
     Ok(Some(o))
 }
@@ -344,6 +356,7 @@ mod tests {
     fn contradictions_and_bad_values_are_usage_errors() {
         for a in [
             &["-I", "-d", "x", "http://x/"][..],
+            &["--key", "k.pem", "http://x/"],
             &["--max-redirs", "lots", "http://x/"],
             &["--resolve", "x:80", "http://x/"],
             &["-H", "no colon", "http://x/"],

@@ -1,4 +1,4 @@
-//! A scripted HTTP/1.1 peer for fetch's tests, answering each
+//! A scripted HTTP/1.1 peer for fetch's tests: plain or TLS, answering each
 //! request with what a closure returns and keeping every request it saw, so
 //! a test asserts on the bytes fetch sent.
 //!
@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
 /// How long a connection waits for the next request before the peer drops it.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -22,6 +24,8 @@ pub struct Seen {
     pub head: String,
     /// The body (by `Content-Length`).
     pub body: Vec<u8>,
+    /// The client presented a certificate (TLS only).
+    pub client_cert: bool,
 }
 
 impl Seen {
@@ -55,6 +59,7 @@ type Reply = dyn Fn(&Seen) -> String + Send + Sync;
 /// A running peer on 127.0.0.1; stops when dropped.
 pub struct Peer {
     addr: SocketAddr,
+    scheme: &'static str,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
@@ -63,14 +68,23 @@ pub struct Peer {
 impl Peer {
     /// A plain-HTTP peer answering every request with `reply(request)`.
     pub fn plain(reply: impl Fn(&Seen) -> String + Send + Sync + 'static) -> Peer {
-        Peer::start(Arc::new(reply))
+        Peer::start(None, Arc::new(reply))
     }
 
-    fn start(reply: Arc<Reply>) -> Peer {
+    /// A TLS peer with `config`.
+    pub fn tls(
+        config: Arc<ServerConfig>,
+        reply: impl Fn(&Seen) -> String + Send + Sync + 'static,
+    ) -> Peer {
+        Peer::start(Some(config), Arc::new(reply))
+    }
+
+    fn start(tls: Option<Arc<ServerConfig>>, reply: Arc<Reply>) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (s, st) = (seen.clone(), stop.clone());
         let accept = std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -78,14 +92,15 @@ impl Peer {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                let (reply, seen) = (reply.clone(), s.clone());
+                let (tls, reply, seen) = (tls.clone(), reply.clone(), s.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &*reply, &seen);
+                    let _ = serve(stream, tls, &*reply, &seen);
                 });
             }
         });
         Peer {
             addr,
+            scheme,
             seen,
             stop,
             accept: Some(accept),
@@ -97,9 +112,9 @@ impl Peer {
         self.addr.port()
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>` (or `https://`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// Every request so far, in arrival order.
@@ -119,14 +134,32 @@ impl Drop for Peer {
     }
 }
 
-fn serve(stream: TcpStream, reply: &Reply, seen: &Mutex<Vec<Seen>>) -> io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    reply: &Reply,
+    seen: &Mutex<Vec<Seen>>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(READ_DEADLINE))?;
-    exchanges(stream, reply, seen)
+    match tls {
+        None => exchanges(stream, |_| false, reply, seen),
+        Some(config) => {
+            let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+            let tls = StreamOwned::new(conn, stream);
+            exchanges(
+                tls,
+                |s: &StreamOwned<ServerConnection, TcpStream>| s.conn.peer_certificates().is_some(),
+                reply,
+                seen,
+            )
+        }
+    }
 }
 
 /// Answer requests on `stream` until the client closes it.
 fn exchanges<S: Read + Write>(
     mut stream: S,
+    client_cert: impl Fn(&S) -> bool,
     reply: &Reply,
     seen: &Mutex<Vec<Seen>>,
 ) -> io::Result<()> {
@@ -147,6 +180,7 @@ fn exchanges<S: Read + Write>(
         let mut request = Seen {
             head,
             body: Vec::new(),
+            client_cert: client_cert(&stream),
         };
         let length: usize = request
             .header("content-length")
