@@ -17,6 +17,7 @@ use crate::{finish, Failure, Output};
 mod opts;
 mod request;
 mod resolve;
+mod trace;
 
 use opts::Opts;
 
@@ -114,6 +115,13 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
     })?;
     let start = Instant::now();
     let note = |s: String| out.err_line(format!("* {:>7.3}s {s}", start.elapsed().as_secs_f64()));
+    let _engine_log = if o.verbose {
+        trace::EngineLog::start(out, start)
+            .map_err(|why| note(why.to_owned()))
+            .ok()
+    } else {
+        None
+    };
     if o.verbose {
         for pin in &o.resolve {
             note(format!("--resolve: {pin}"));
@@ -137,7 +145,7 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
                 }
             }
         }
-        let (response, served_by) = match exchange(&mut engine, &request, o, chatty, &note)? {
+        let (response, served_by) = match exchange(&mut engine, &request, o, out, chatty, &note)? {
             Ok(r) => r,
             Err(error) => {
                 engine.shutdown();
@@ -176,14 +184,9 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
             ));
         }
         if o.include || o.head {
-            out.line(format!("{:?} {}", response.version(), response.status()));
-            for (name, value) in response.headers() {
-                out.line(format!(
-                    "{name}: {}",
-                    String::from_utf8_lossy(value.as_bytes())
-                ));
+            for line in trace::response_head(&response, "") {
+                out.line(line);
             }
-            out.line("");
         }
         out.bytes(response.body());
         dumps(o, &served_by, &note)?;
@@ -204,10 +207,12 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
 
 /// Submit `request` and drive the engine until it ends: the response, or
 /// the engine's error (a `Failure` only when the engine itself fails).
+/// Under -v, the request head before and the response head after.
 fn exchange(
     engine: &mut Engine,
     request: &http::Request<Bytes>,
     o: &Opts,
+    out: &Output,
     chatty: bool,
     note: &dyn Fn(String),
 ) -> Result<Result<(http::Response<Bytes>, ServedBy), Error>, Failure> {
@@ -215,6 +220,12 @@ fn exchange(
     if let Some(max) = o.follow {
         opts = opts.follow_redirects(max);
     }
+    let heads = |lines: Vec<String>| {
+        if o.verbose {
+            lines.into_iter().for_each(|l| out.err_line(l));
+        }
+    };
+    heads(trace::request_head(request));
     let id = engine.submit(request.clone(), opts);
     loop {
         let mut done = None;
@@ -229,6 +240,12 @@ fn exchange(
                 Event::Failed { id: rid, error, .. } if rid == id => done = Some(Err(error)),
                 _ => {}
             }
+        }
+        if let Some(Ok((response, served_by))) = &done {
+            if let (true, Some(uri)) = (o.verbose, &served_by.redirected_to) {
+                note(format!("the response answers {uri}"));
+            }
+            heads(trace::response_head(response, "< "));
         }
         if let Some(d) = done {
             return Ok(d);

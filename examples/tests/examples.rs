@@ -550,6 +550,7 @@ fn fetch_location_follows_a_redirect_to_another_origin_without_its_authorization
     let a = Peer::plain(move |_| response("302 Found", &[("Location", &target)], ""));
     let (code, out, err) = fetch_run(&[
         "-L",
+        "-v",
         "-H",
         "Authorization: Bearer secret",
         "-H",
@@ -563,6 +564,13 @@ fn fetch_location_follows_a_redirect_to_another_origin_without_its_authorization
     assert_eq!(second.request_line(), "GET /landed HTTP/1.1");
     assert_eq!(second.header("authorization"), None, "{}", second.head);
     assert_eq!(second.header("x-kept"), Some("1"));
+    // The hop shows under -v, as a `* ` line naming where it led.
+    let landed = b.url("/landed");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("* ") && l.contains(&landed)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -627,6 +635,11 @@ fn fetch_resolve_races_its_addresses_and_tls_checks_the_pinned_name() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("GET /hello"), "{out}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("* ") && l.contains("127.0.0.2")),
+        "the failed attempt shows: {err}"
+    );
     assert!(
         err.contains(&format!("opened to 127.0.0.1:{port}")),
         "{err}"
@@ -704,6 +717,41 @@ fn fetch_data_at_dash_posts_stdin_as_a_form() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(peer.seen()[1].header("content-type"), Some("text/plain"));
     assert_eq!(peer.seen()[1].body, b"raw");
+}
+
+#[test]
+fn fetch_verbose_shows_the_request_and_response_heads_as_curl_does() {
+    let peer = ok_peer("body");
+    let (code, out, err) = fetch_run(&["-v", "-H", "X-One: 1", &peer.url("/v?q=1")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "body", "heads go to stderr");
+    let lines: Vec<&str> = err.lines().collect();
+    let request = [
+        "> GET /v?q=1 HTTP/1.1".to_owned(),
+        format!("> host: 127.0.0.1:{}", peer.port()),
+        "> x-one: 1".to_owned(),
+        ">".to_owned(),
+    ];
+    let at = lines
+        .iter()
+        .position(|l| *l == request[0])
+        .unwrap_or_else(|| panic!("no request line: {err}"));
+    assert_eq!(lines[at..at + 4], request, "{err}");
+    let response = [
+        "< HTTP/1.1 200 OK",
+        "< x-served: yes",
+        "< content-length: 4",
+        "<",
+    ];
+    let at = lines
+        .iter()
+        .position(|l| *l == response[0])
+        .unwrap_or_else(|| panic!("no status line: {err}"));
+    assert_eq!(lines[at..at + 4], response, "{err}");
+    // What the peer received is what the `> ` lines said.
+    let seen = &peer.seen()[0];
+    assert_eq!(seen.request_line(), "GET /v?q=1 HTTP/1.1");
+    assert_eq!(seen.header("x-one"), Some("1"));
 }
 
 /// A client CA and a client certificate from it, as PEM files in `dir`:

@@ -54,11 +54,15 @@ output:
   -s, --silent           print nothing on stderr but -v output: no --repeat
                          lines, and no failure message unless -S
   -S, --show-error       with -s, still print a failure's message
-  -v, --verbose          connection events on stderr: opened (address, TLS
-                         version, cipher, full or resumed handshake, chain
-                         SHA-256, and the verified path: subject, issuer and
-                         SHA-256 of each certificate, which one is the
-                         anchor), closed (reason), chain changes
+  -v, --verbose          on stderr, as curl: '> ' lines for the request head,
+                         '< ' for the response head, '* ' for the rest:
+                         rotary's debug log (each address attempt of the race,
+                         each redirect hop) and connection events: opened
+                         (address, TLS version, cipher, full or resumed
+                         handshake, chain SHA-256, and the verified path:
+                         subject, issuer and SHA-256 of each certificate,
+                         which one is the anchor), closed (reason), chain
+                         changes
   --dump-chain FILE      write the chain the server presented (PEM, leaf first,
                          as sent: often no root) to FILE
   --dump-ca FILE         write the CA bundle a client should trust to reach
@@ -77,6 +81,11 @@ request on stderr says which connection served it and whether it was reused.
 Durations take units: 500ms, 3s, 1.5 (seconds), 2m.
 
 where fetch differs from curl:
+  - the '> ' lines show the first request's head as rotary's codec encodes it,
+    printed before connecting; header names are lowercase, as on the wire.
+    A followed redirect's request head is not shown: a '* ' line from rotary
+    names each hop's URI. The '< ' lines show the final response's head as
+    rotary parsed it: lowercase names and the standard reason phrase.
   - -i and -I print the final response's head only, not each redirect's.
   - -L refuses a redirect from https:// to http:// (curl follows it).
   - -u needs USER:PASS: fetch never prompts for a password.
