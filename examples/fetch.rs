@@ -1,7 +1,8 @@
 // cargo run --example fetch -- -v https://example.com/
 //
-// A curl-like client: -X, -H, -d, --cacert, -i, -v, --max-age,
-// --repeat N --interval D, --dump-chain FILE; a distinct exit code per failure
+// A curl-like client: curl's -X, -H, -d, -u, -I, -L, --resolve, --cacert,
+// --cert/--key, -i, -f, -s, -v, and rotary's --max-age, --repeat N
+// --interval D, --dump-chain/--dump-ca FILE; a distinct exit code per failure
 // phase (see --help).
 
 fn main() {
