@@ -8,6 +8,10 @@
 //! certificate rotations, resumption), a server that itself misbehaves on half
 //! the requests, a shutdown mid-run, and an embedded engine in a host loop.
 //!
+//! The server's name resolves to a dead address before the proxy's, so every
+//! connection races two addresses (Happy Eyeballs), and about 6 % of the
+//! requests are GETs redirected first, on the same origin or to another.
+//!
 //! About 2 % of the requests are also cancelled at a random moment (queued,
 //! connecting, mid-exchange or after they ended).
 //!
@@ -45,6 +49,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Get,
+    /// A GET that is redirected first: same-origin (302) or to the other
+    /// name of the server, another origin (307); it follows the redirect.
+    RedirectedGet,
     StreamedGet,
     SafePost,
     UnsafePost,
@@ -55,6 +62,7 @@ impl Kind {
     fn path(self) -> &'static str {
         match self {
             Kind::Get | Kind::StreamedGet => "/get",
+            Kind::RedirectedGet => "/hop",
             Kind::SafePost => "/post-safe",
             Kind::UnsafePost => "/post-unsafe",
             Kind::LongPoll => "/api/v4/jobs/request",
@@ -237,6 +245,8 @@ struct Tally {
     strict: bool,
     connect_failed_events: u64,
     chain_changed_events: u64,
+    /// Responses that came after following a redirect.
+    redirected: u64,
     rotations: u64,
     shut: bool,
     shutdowns: u64,
@@ -279,6 +289,26 @@ fn chaos_server(leaf: &Issued) -> TestServer {
         if req.method == "POST" && req.body != format!("post-{n}").as_bytes() {
             return Reply::text(400, "wrong body");
         }
+        if req.path() == "/hop" {
+            // Same query, at /get: on this origin, or on the server's other
+            // name (localhost <-> 127.0.0.1), which is another origin.
+            let rest = req.target.split_once('?').map_or("", |(_, q)| q);
+            let to = match query(&req.target, "hop") {
+                Some(2) => {
+                    let host = req.header("host").unwrap_or("");
+                    let port = host.rsplit_once(':').map_or("", |(_, p)| p);
+                    let other = if host.starts_with("localhost") {
+                        "127.0.0.1"
+                    } else {
+                        "localhost"
+                    };
+                    return Reply::status(307)
+                        .header("location", &format!("https://{other}:{port}/get?{rest}"));
+                }
+                _ => format!("/get?{rest}"),
+            };
+            return Reply::status(302).header("location", &to);
+        }
         let size = query(&req.target, "size").unwrap_or(0) as usize;
         let bad = Misbehaviour::from_query(query(&req.target, "bad").unwrap_or(0));
         let chunked = query(&req.target, "chunked") == Some(1);
@@ -319,6 +349,16 @@ fn run(seed: u64, setup: Setup) -> Tally {
     let ca_file = ca.write_pem_file();
     let mut config = rotary::Config::default();
     config.trust = rotary::Trust::pem_file(ca_file.path());
+    // The server's name resolves to a dead address first (connects are
+    // refused there), then to the proxy: every connection races the two.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    config.resolver = Some(std::sync::Arc::new(driver::FixedAddrs(vec![
+        dead,
+        proxy.addr(),
+    ])));
     {
         let c = &mut config;
         c.timeouts.connect = Duration::from_secs(1);
@@ -343,7 +383,7 @@ fn run(seed: u64, setup: Setup) -> Tally {
     }
     .expect("engine builds");
     let mut rotated_at = Instant::now();
-    let base = format!("https://127.0.0.1:{}", proxy.port());
+    let base = format!("https://localhost:{}", proxy.port());
     // A tenth of the submissions and cancels go through a `Handle` (the
     // command channel and the waker), as from another thread.
     let handle = engine.handle();
@@ -533,7 +573,8 @@ fn submit(
     bad_server: bool,
 ) -> (RequestId, Sent) {
     let kind = match rng.u8(0..100) {
-        0..=39 => Kind::Get,
+        0..=33 => Kind::Get,
+        34..=39 => Kind::RedirectedGet,
         40..=49 => Kind::StreamedGet,
         50..=64 => Kind::SafePost,
         65..=84 => Kind::UnsafePost,
@@ -556,8 +597,12 @@ fn submit(
         Duration::from_millis(rng.u64(2_500..3_500))
     };
     opts = opts.deadline(deadline);
+    if kind == Kind::RedirectedGet {
+        target.push_str(&format!("&hop={}", rng.u8(1..=2)));
+        opts = opts.follow_redirects(2);
+    }
     let mut bad = Misbehaviour::Fine;
-    if bad_server && rng.u8(0..100) < 50 {
+    if bad_server && kind != Kind::RedirectedGet && rng.u8(0..100) < 50 {
         bad = if rng.u8(0..100) < 40 {
             Misbehaviour::BREAKING[rng.usize(0..Misbehaviour::BREAKING.len())]
         } else {
@@ -582,7 +627,9 @@ fn submit(
         .header("x-chaos-id", n.to_string())
         .header("x-chaos-retry-safe", if retry_safe { "1" } else { "0" });
     let request = match kind {
-        Kind::Get | Kind::StreamedGet => builder.method("GET").body(Bytes::new()),
+        Kind::Get | Kind::RedirectedGet | Kind::StreamedGet => {
+            builder.method("GET").body(Bytes::new())
+        }
         Kind::SafePost | Kind::UnsafePost | Kind::LongPoll => builder
             .method("POST")
             .body(Bytes::from(format!("post-{n}"))),
@@ -606,7 +653,7 @@ fn submit(
         deadline,
         streamed: (kind == Kind::StreamedGet).then(Streamed::default),
         bad,
-        safe: retry_safe || matches!(kind, Kind::Get | Kind::StreamedGet),
+        safe: retry_safe || matches!(kind, Kind::Get | Kind::RedirectedGet | Kind::StreamedGet),
     };
     (id, sent)
 }
@@ -665,6 +712,18 @@ fn observe(
             );
             ended_once(seed, id, &s, ended, tally);
             check_answer(seed, &s, response.status(), response.body());
+            let redirected = served_by.redirected_to.is_some();
+            assert_eq!(
+                redirected,
+                s.kind == Kind::RedirectedGet,
+                "seed {seed}: request {} ({:?}) redirected to {:?}",
+                s.n,
+                s.kind,
+                served_by.redirected_to
+            );
+            if redirected {
+                tally.redirected += 1;
+            }
             tally.ok += 1;
         }
         Event::End { id, .. } => {
@@ -861,8 +920,11 @@ fn check_no_duplicate_unsafe_posts(seed: u64, server: &TestServer) {
 ///
 /// * Every request ended once: `requests_ok + requests_failed == submitted`,
 ///   and the counters match the events seen.
-/// * Every connection attempt reached the proxy: `connections_attempted ==`
-///   the proxy's accepted connections.
+/// * Every connection reached the proxy (after its attempt at the dead
+///   address failed), but those the shutdown or the final `close_idle`
+///   closed while still at the dead address: the proxy's accepted
+///   connections are `connections_attempted` less at most the connections
+///   closed for `Shutdown`.
 /// * Without a fault nothing fails but cancelled requests and those the
 ///   server was asked to break (which must fail, and may each be retried
 ///   once). A fired fault ends at most one
@@ -894,9 +956,16 @@ fn check_counters(
         setup.requests,
         "{ctx}"
     );
-    assert_eq!(
-        stats.connections_attempted, injected.connections,
-        "every attempt reached the proxy; {ctx}"
+    // A connection closed by the shutdown or the final close_idle while its
+    // attempt at the dead address was still in flight never reached the
+    // proxy; every other one did.
+    let stopped_early = stats
+        .connections_attempted
+        .checked_sub(injected.connections)
+        .unwrap_or_else(|| panic!("the proxy saw connections never attempted; {ctx}"));
+    assert!(
+        stopped_early <= stats.closed(rotary::CloseReason::Shutdown),
+        "connections that never reached the proxy past the dead address; {ctx}"
     );
     assert_eq!(injected.upstream_errors, 0, "{ctx}");
     assert!(
@@ -982,6 +1051,11 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
         },
     );
     assert!(tally.ok > 9_000, "seed {seed}: only {} ok", tally.ok);
+    assert!(
+        tally.redirected > 300,
+        "seed {seed}: {} redirected",
+        tally.redirected
+    );
 }
 
 /// Replays one fixed seed, smaller, so that a regression found by a random

@@ -115,6 +115,7 @@ impl Engine {
             let Some(addr) = conn.dial.next_addr() else {
                 return;
             };
+            log::debug!("trying {addr}");
             let sock = match self.net.connect(addr) {
                 Ok(sock) => sock,
                 Err(e) => {

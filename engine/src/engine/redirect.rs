@@ -123,33 +123,27 @@ pub(super) fn resolve(base: &Uri, reference: &str) -> Result<Uri, RedirectError>
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
     });
-    if scheme_len.is_some() {
-        // Absolute: only its dot segments need removing.
-        let uri: Uri = reference.parse().map_err(|_| bad("not a URI"))?;
+    // An absolute or scheme-relative reference: only its dot segments need
+    // removing.
+    let absolute = |text: &str| {
+        let uri: Uri = text.parse().map_err(|_| bad("not a URI"))?;
         let path = remove_dot_segments(uri.path());
-        return rebuild(
+        rebuild(
             &uri,
             uri.authority().map(|a| a.as_str()),
             &path,
             uri.query(),
         )
-        .ok_or_else(|| bad("not a URI"));
+        .ok_or_else(|| bad("not a URI"))
+    };
+    if scheme_len.is_some() {
+        return absolute(reference);
     }
     let base_scheme = base
         .scheme_str()
         .ok_or_else(|| bad("the base is not absolute"))?;
     if let Some(rest) = reference.strip_prefix("//") {
-        let uri: Uri = format!("{base_scheme}://{rest}")
-            .parse()
-            .map_err(|_| bad("not a URI"))?;
-        let path = remove_dot_segments(uri.path());
-        return rebuild(
-            &uri,
-            uri.authority().map(|a| a.as_str()),
-            &path,
-            uri.query(),
-        )
-        .ok_or_else(|| bad("not a URI"));
+        return absolute(&format!("{base_scheme}://{rest}"));
     }
     let (ref_path, ref_query) = match reference.split_once('?') {
         Some((p, q)) => (p, Some(q)),
