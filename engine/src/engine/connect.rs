@@ -18,7 +18,7 @@ use crate::conn::{interleave, Conn, ConnTimer, Dial, Leader, Purpose, Stage};
 use crate::keys::ConnKey;
 use crate::session::Session;
 use crate::stats::Counter;
-use crate::{CloseReason, ConnId, Error, Event, Phase, Resumption};
+use crate::{CloseReason, ConnId, Error, Event, Handshake, Phase, Resumption};
 
 use super::io::ReadMode;
 use super::pool::PoolKey;
@@ -421,12 +421,12 @@ impl Engine {
         }
         self.schedule_probe(p, now);
         self.count(p, Counter::Opened);
-        log::debug!(
-            "connection {} to {} open ({:?})",
-            info.conn.0,
-            info.origin,
-            info.handshake
-        );
+        let how = match info.handshake {
+            Some(Handshake::Full) => "full handshake",
+            Some(Handshake::Resumed) => "resumed session",
+            None => "plain tcp",
+        };
+        log::debug!("connection {} to {} open ({how})", info.conn.0, info.origin);
         self.out.push_back(Event::Opened(info));
         if let Some(previous) = changed {
             self.chain_changed(p, key, previous);
