@@ -242,16 +242,15 @@ impl Engine {
     /// hop (in its origin's queue) and the connection is reused or retired.
     fn follow_redirect(&mut self, key: ConnKey, rk: ReqKey, verdict: Verdict, now: Instant) {
         self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
-        let next_uri = self
+        let next = self
             .reqs
             .get(rk)
             .and_then(|r| r.hops.as_ref())
-            .and_then(|h| h.next.as_ref())
-            .map(|n| n.uri().clone());
-        let Some(next_uri) = next_uri else {
+            .and_then(|h| h.next.as_ref());
+        let Some(next) = next else {
             return self.exchange_done(key, verdict, now);
         };
-        let pool = self.pools.of_uri(&next_uri, &self.config.policy);
+        let pool = self.pools.of_uri(next.uri(), &self.config.policy);
         self.exchange_done(key, verdict, now);
         match pool {
             Ok(p) => {
