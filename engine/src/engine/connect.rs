@@ -274,11 +274,11 @@ impl Engine {
 
     fn note_attempt_failure(&mut self, key: ConnKey, addr: SocketAddr, err: Error) {
         if let Some(conn) = self.conns.get_mut(key) {
-            log::debug!("connect attempt to {addr} failed: {err}");
             let why = match &err {
                 Error::Connect { cause, .. } => cause.to_string(),
                 other => other.to_string(),
             };
+            log::debug!("connect attempt to {addr} failed: {why}");
             conn.dial.failed.push((addr, why));
             conn.dial.last_error = Some(err);
         }
