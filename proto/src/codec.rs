@@ -6,7 +6,7 @@ use http::{Method, StatusCode, Uri};
 
 use crate::body::{body_length, BodyDecoder, BodyLength, Decoded};
 use crate::keepalive::{has_token, keep_alive_hints, KeepAliveHints, Reuse, Verdict};
-use crate::request::{encode_head, put_chunk, Framing, LAST_CHUNK};
+use crate::request::{check_header, encode_head, put_chunk, put_last_chunk_with, Framing, LAST_CHUNK};
 use crate::response::{parse_head, NameCache, ResponseHead};
 use crate::{Error, TargetForm};
 
@@ -45,6 +45,11 @@ pub enum ResponseEvent {
     Head(ResponseHead),
     /// A piece of body (a `Bytes` split off the input buffer, no copy).
     Data(Bytes),
+    /// A `100 Continue` arrived while the request body was still open: a
+    /// request sent with `Expect: 100-continue` may now send its body. (Any
+    /// other interim response, and a 100 once the body is complete, is
+    /// consumed silently.)
+    Continue,
     /// The exchange is complete.
     End {
         /// Trailers of a chunked body, if any.
@@ -314,7 +319,41 @@ impl Codec {
     /// [`Error::RequestBodyTooShort`] if a declared length was not met;
     /// [`Error::InvalidState`] when no streamed request body is open.
     pub fn end_body(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        self.end_body_with(None, out)
+    }
+
+    /// End a streamed request body as [`end_body`](Self::end_body) does,
+    /// sending `trailers` after the last chunk of a chunked body.
+    ///
+    /// # Errors
+    ///
+    /// As [`end_body`](Self::end_body); [`Error::InvalidRequestHeader`] for
+    /// a trailer that would break framing, and [`Error::InvalidState`] for
+    /// trailers on a body with a declared length (they have nowhere to go).
+    /// Nothing is written on error.
+    pub fn end_body_with(
+        &mut self,
+        trailers: Option<&HeaderMap>,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
         self.check()?;
+        let trailers = trailers.filter(|t| !t.is_empty());
+        if let Some(t) = trailers {
+            for (name, value) in t {
+                if let Err(e) = check_header(name.as_str().as_bytes(), value.as_bytes()) {
+                    return self.fail(e);
+                }
+            }
+            if !matches!(
+                self.progress,
+                Progress::Active {
+                    writing: Writing::Chunked,
+                    ..
+                }
+            ) {
+                return self.misuse("end_body_with(trailers)");
+            }
+        }
         let Progress::Active { writing, .. } = &mut self.progress else {
             return self.misuse("end_body");
         };
@@ -329,7 +368,10 @@ impl Codec {
                     missing: remaining,
                 })
             }
-            Writing::Chunked => out.put_slice(LAST_CHUNK),
+            Writing::Chunked => match trailers {
+                None => out.put_slice(LAST_CHUNK),
+                Some(t) => put_last_chunk_with(out, t),
+            },
             Writing::Finished => return self.misuse("end_body"),
         }
         *writing = Writing::Finished;
@@ -416,6 +458,9 @@ impl Codec {
                     };
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Error::UnsupportedUpgrade { status: 101 });
+                    }
+                    if head.status == StatusCode::CONTINUE && *writing != Writing::Finished {
+                        return Ok(Some(ResponseEvent::Continue));
                     }
                     if head.status.is_informational() {
                         continue;

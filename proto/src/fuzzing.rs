@@ -193,6 +193,9 @@ fn record(exchanges: &mut [Exchange], event: ResponseEvent) {
             assert!(exchange.head.is_some(), "data before head");
             exchange.body.extend_from_slice(&data);
         }
+        ResponseEvent::Continue => {
+            assert!(exchange.head.is_none(), "100 Continue after the final head");
+        }
         ResponseEvent::End { trailers, verdict } => exchange.end = Some((trailers, verdict)),
     }
 }

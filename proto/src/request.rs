@@ -184,6 +184,18 @@ pub(crate) fn put_chunk(out: &mut BytesMut, data: &[u8]) {
 /// The last chunk and an empty trailer section.
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// The last chunk with a trailer section (fields already checked).
+pub(crate) fn put_last_chunk_with(out: &mut BytesMut, trailers: &HeaderMap) {
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
 fn put_decimal(out: &mut BytesMut, n: u64) {
     put_radix(out, n, 10);
 }

@@ -453,6 +453,10 @@ fn interim_response_while_sending_is_not_an_early_response() {
         )
         .expect("start");
     let mut bytes = input(b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(
+        codec.poll_response(&mut bytes),
+        Ok(Some(ResponseEvent::Continue))
+    );
     assert_eq!(codec.poll_response(&mut bytes), Ok(None));
     assert!(bytes.is_empty());
     codec.send_body(b"payload", &mut out).expect("body");
@@ -618,4 +622,62 @@ fn error_messages_are_lowercase_and_specific() {
             "response header `x-f` uses obsolete line folding",
         ]
     );
+}
+
+fn start_stream(codec: &mut Codec, length: Option<u64>) -> BytesMut {
+    let mut out = BytesMut::new();
+    codec
+        .start_streaming_request(
+            &Method::PUT,
+            &uri(),
+            &HeaderMap::new(),
+            length,
+            ORIGIN,
+            &mut out,
+        )
+        .expect("start");
+    out
+}
+
+#[test]
+fn chunked_request_ends_with_its_trailers() {
+    let mut codec = codec();
+    let mut out = start_stream(&mut codec, None);
+    out.clear();
+    codec.send_body(b"abc", &mut out).expect("body");
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("ff00"));
+    codec
+        .end_body_with(Some(&trailers), &mut out)
+        .expect("end with trailers");
+    assert_eq!(&out[..], &b"3\r\nabc\r\n0\r\nx-checksum: ff00\r\n\r\n"[..]);
+    assert_eq!(codec.state(), State::AwaitingHead);
+}
+
+#[test]
+fn trailers_on_a_declared_length_body_are_refused_and_nothing_is_written() {
+    let mut codec = codec();
+    let mut out = start_stream(&mut codec, Some(0));
+    out.clear();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("ff00"));
+    let err = codec
+        .end_body_with(Some(&trailers), &mut out)
+        .expect_err("no trailers with content-length");
+    assert!(matches!(err, Error::InvalidState { .. }), "{err:?}");
+    assert!(out.is_empty());
+}
+
+#[test]
+fn continue_is_surfaced_only_while_the_body_is_open() {
+    let mut codec = codec();
+    let mut out = start_stream(&mut codec, Some(2));
+    let events = poll_all(&mut codec, &mut input(b"HTTP/1.1 100 Continue\r\n\r\n")).expect("100");
+    assert_eq!(events, vec![ResponseEvent::Continue]);
+    codec.send_body(b"ok", &mut out).expect("body");
+    codec.end_body(&mut out).expect("end");
+    // A 100 after the body is complete (and a 103) is skipped silently.
+    let stream = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let events = poll_all(&mut codec, &mut input(stream)).expect("response");
+    assert!(matches!(events[..], [ResponseEvent::Head(_), ResponseEvent::End { .. }]), "{events:?}");
 }
