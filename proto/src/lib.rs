@@ -24,6 +24,7 @@
 //!         ResponseEvent::Head(head) => assert_eq!(head.status, 200),
 //!         ResponseEvent::Data(data) => body.extend_from_slice(&data),
 //!         ResponseEvent::End { verdict, .. } => assert!(verdict.keep_alive()),
+//!         ResponseEvent::Continue => unreachable!("no Expect: 100-continue was sent"),
 //!     }
 //! }
 //! assert_eq!(body, b"ok");
