@@ -309,6 +309,39 @@ pub struct RequestOptions {
     /// Follow a redirect from `https://` to `http://`. Default false: such a
     /// hop ends with [`Error::Redirect`](crate::Error::Redirect).
     pub allow_https_to_http: bool,
+    /// Most bytes of a file or streamed request body the engine holds at
+    /// once: a file is read this much at a time as the socket takes it, and
+    /// a host feeding a [`Body::stream`](crate::Body::stream) may queue this
+    /// much ahead ([`Event::BodyWanted`](crate::Event::BodyWanted)). Default
+    /// 256 KiB: enough to keep a loopback or LAN socket busy between two
+    /// readiness events, small beside a runner's budget.
+    pub send_window: usize,
+    /// Streaming mode: body bytes delivered as [`Event::Body`](crate::Event::Body)
+    /// and not yet consumed before the engine stops reading the connection
+    /// (so a slow consumer throttles the server through TCP). Bytes count as
+    /// consumed when [`Engine::next_event`](crate::Engine::next_event) hands
+    /// out their event, or, with `manual_consume`, when the host calls
+    /// [`Engine::consume`](crate::Engine::consume). Default 1 MiB.
+    pub receive_window: usize,
+    /// Body bytes are consumed only through [`Engine::consume`](crate::Engine::consume)
+    /// (a host that hands events to another thread, which writes them out).
+    /// Default false.
+    pub manual_consume: bool,
+    /// Fail with [`Deadline::SendStall`](crate::Deadline::SendStall) when the
+    /// peer takes none of the request's bytes for this long while some are
+    /// waiting (curl's `--speed-time` habit). Default 60 s; `None` disables.
+    pub send_stall_timeout: Option<Duration>,
+    /// Fail with [`Deadline::ReceiveStall`](crate::Deadline::ReceiveStall)
+    /// when no byte of a started response body arrives for this long (time
+    /// the host holds the body back does not count). The wait for the head
+    /// is [`first_byte_timeout`](Self::first_byte_timeout)'s. Default 60 s;
+    /// `None` disables.
+    pub receive_stall_timeout: Option<Duration>,
+    /// With `Expect: 100-continue` among the request's headers, how long to
+    /// wait for the `100` before sending the body anyway (curl waits 1 s).
+    /// A final response instead of the `100` ends the exchange with the body
+    /// unsent. Default 1 s.
+    pub continue_timeout: Duration,
 }
 
 impl Default for RequestOptions {
@@ -321,6 +354,12 @@ impl Default for RequestOptions {
             streaming: false,
             max_redirects: 0,
             allow_https_to_http: false,
+            send_window: 256 * 1024,
+            receive_window: 1024 * 1024,
+            manual_consume: false,
+            send_stall_timeout: Some(Duration::from_secs(60)),
+            receive_stall_timeout: Some(Duration::from_secs(60)),
+            continue_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -359,6 +398,37 @@ impl RequestOptions {
     /// Stream the body as events.
     pub fn streaming(mut self, yes: bool) -> Self {
         self.streaming = yes;
+        self
+    }
+
+    /// Set the request body window (see [`RequestOptions::send_window`]).
+    pub fn send_window(mut self, bytes: usize) -> Self {
+        self.send_window = bytes;
+        self
+    }
+
+    /// Set the streamed response window (see [`RequestOptions::receive_window`]).
+    pub fn receive_window(mut self, bytes: usize) -> Self {
+        self.receive_window = bytes;
+        self
+    }
+
+    /// Consume streamed body bytes only through `Engine::consume`.
+    pub fn manual_consume(mut self, yes: bool) -> Self {
+        self.manual_consume = yes;
+        self
+    }
+
+    /// Set (or with `None` disable) both stall timeouts.
+    pub fn stall_timeouts(mut self, send: Option<Duration>, receive: Option<Duration>) -> Self {
+        self.send_stall_timeout = send;
+        self.receive_stall_timeout = receive;
+        self
+    }
+
+    /// Set the wait for `100 Continue`.
+    pub fn continue_timeout(mut self, d: Duration) -> Self {
+        self.continue_timeout = d;
         self
     }
 }

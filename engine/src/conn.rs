@@ -196,6 +196,14 @@ pub(crate) struct Conn {
     interest: Option<Interest>,
     pub(crate) chain: Option<Arc<PeerChain>>,
     pub(crate) peer_end: PeerEnd,
+    /// A request body is being moved in by the engine's pump.
+    pub(crate) uploading: bool,
+    /// The host holds the response body back: do not read.
+    pub(crate) read_paused: bool,
+    /// Plaintext bytes read, in all (for the receive-stall deadline).
+    pub(crate) bytes_in: u64,
+    /// Bytes written to a plain socket, in all (TLS counts its own).
+    plain_out: u64,
 }
 
 impl Conn {
@@ -224,7 +232,16 @@ impl Conn {
             interest: None,
             chain: None,
             peer_end: PeerEnd::Open,
+            uploading: false,
+            read_paused: false,
+            bytes_in: 0,
+            plain_out: 0,
         }
+    }
+
+    /// Bytes written to the socket, in all (ciphertext for TLS).
+    pub(crate) fn bytes_out(&self) -> u64 {
+        self.plain_out + self.tls.as_ref().map_or(0, |t| t.written())
     }
 
     pub(crate) fn stage(&self) -> Stage {
@@ -413,7 +430,10 @@ impl Conn {
             while !self.wbuf.is_empty() {
                 match sock.write(&self.wbuf) {
                     Ok(0) => return Err(IoFailure::Io(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => self.wbuf.advance(n),
+                    Ok(n) => {
+                        self.wbuf.advance(n);
+                        self.plain_out += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(IoFailure::Io(e)),

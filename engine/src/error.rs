@@ -22,6 +22,13 @@ pub enum Deadline {
     /// The connection's max age passed and the in-flight exchange did not
     /// finish within [`Policy::drain_grace`](crate::Policy::drain_grace).
     DrainGrace,
+    /// The peer took none of the request's bytes for
+    /// [`RequestOptions::send_stall_timeout`](crate::RequestOptions::send_stall_timeout).
+    SendStall,
+    /// No response byte arrived mid-body for
+    /// [`RequestOptions::receive_stall_timeout`](crate::RequestOptions::receive_stall_timeout)
+    /// (while the host was not holding the body back).
+    ReceiveStall,
 }
 
 impl fmt::Display for Deadline {
@@ -33,6 +40,8 @@ impl fmt::Display for Deadline {
             Deadline::FirstByte => "first response byte",
             Deadline::Total => "total request",
             Deadline::DrainGrace => "drain grace",
+            Deadline::SendStall => "send stall",
+            Deadline::ReceiveStall => "receive stall",
         })
     }
 }
@@ -121,6 +130,9 @@ pub enum RedirectError {
     },
     /// `Location` is no URI reference.
     BadLocation(String),
+    /// A 307 or 308 asks for the body again, and it was a stream
+    /// ([`Body::stream`](crate::Body::stream)) that cannot be replayed.
+    BodyNotReplayable,
 }
 
 impl fmt::Display for RedirectError {
@@ -132,6 +144,9 @@ impl fmt::Display for RedirectError {
                 write!(f, "refused to follow https to {uri} (plain http)")
             }
             RedirectError::BadLocation(why) => write!(f, "bad Location header {why}"),
+            RedirectError::BodyNotReplayable => {
+                write!(f, "a 307/308 redirect needs the body again, and a streamed body cannot be replayed")
+            }
         }
     }
 }
@@ -205,6 +220,28 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body's source failed: a file could not be read or
+    /// shrank while it was sent, or a streamed body ended short of its
+    /// declared length or went past it. The connection is closed, never
+    /// reused mid-body.
+    BodySource {
+        /// What went wrong, with the byte counts.
+        reason: String,
+        /// Body bytes sent before it failed.
+        sent: u64,
+    },
+    /// [`Engine::send_body`](crate::Engine::send_body) was handed more than
+    /// the request's [`RequestOptions::send_window`](crate::RequestOptions::send_window)
+    /// holds: wait for [`Event::BodyWanted`](crate::Event::BodyWanted). From a
+    /// [`Handle`](crate::Handle), where the chunk cannot be handed back, the
+    /// request fails with it.
+    WindowFull {
+        /// The window in bytes.
+        window: usize,
+    },
+    /// Writing a response body to the caller's sink failed
+    /// ([`Engine::execute_into`](crate::Engine::execute_into)).
+    Sink(Arc<io::Error>),
     /// A deadline fired.
     Timeout(Deadline),
     /// The request was cancelled by the caller.
@@ -225,7 +262,8 @@ impl Error {
             Error::Io { phase, .. }
             | Error::PeerClosed { phase, .. }
             | Error::Protocol { phase, .. } => *phase,
-            Error::BodyTooLarge { .. } => Phase::ResponseBody,
+            Error::BodyTooLarge { .. } | Error::Sink(_) => Phase::ResponseBody,
+            Error::BodySource { .. } | Error::WindowFull { .. } => Phase::Write,
             Error::Timeout(_) => Phase::Timeout,
             Error::Cancelled => Phase::Cancelled,
             Error::Shutdown => Phase::Shutdown,
@@ -307,6 +345,14 @@ impl fmt::Display for Error {
             Error::BodyTooLarge { limit } => {
                 write!(f, "response body larger than the {limit}-byte limit")
             }
+            Error::BodySource { reason, sent } => {
+                write!(f, "request body failed after {sent} bytes: {reason}")
+            }
+            Error::WindowFull { window } => write!(
+                f,
+                "request body chunk does not fit the {window}-byte send window (wait for BodyWanted)"
+            ),
+            Error::Sink(cause) => write!(f, "could not write the response body: {cause}"),
             Error::Timeout(d) => write!(f, "{d} deadline passed"),
             Error::Cancelled => f.write_str("request cancelled"),
             Error::Shutdown => f.write_str("engine shut down"),
@@ -319,7 +365,8 @@ impl std::error::Error for Error {
         match self {
             Error::Resolve { cause, .. }
             | Error::Connect { cause, .. }
-            | Error::Io { cause, .. } => Some(&**cause),
+            | Error::Io { cause, .. }
+            | Error::Sink(cause) => Some(&**cause),
             Error::Tls { reason, .. } => Some(reason),
             Error::Protocol { cause, .. } => Some(cause),
             _ => None,

@@ -193,6 +193,17 @@ pub enum Event {
         /// Trailers of a chunked body.
         trailers: Option<HeaderMap>,
     },
+    /// A request with a [`Body::stream`](crate::Body::stream) can take up
+    /// to `room` more bytes: hand them to
+    /// [`Engine::send_body`](crate::Engine::send_body) (or end the body with
+    /// [`Engine::end_body`](crate::Engine::end_body)). Raised once at
+    /// submission and again each time the queued chunks have gone out.
+    BodyWanted {
+        /// The request.
+        id: RequestId,
+        /// Bytes the send window has room for.
+        room: usize,
+    },
     /// The request failed (terminal).
     Failed {
         /// The request.
@@ -253,6 +264,7 @@ impl Event {
             | Event::Head { id, .. }
             | Event::Body { id, .. }
             | Event::End { id, .. }
+            | Event::BodyWanted { id, .. }
             | Event::Failed { id, .. } => Some(*id),
             _ => None,
         }

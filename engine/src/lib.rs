@@ -41,6 +41,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod body;
 mod chain;
 mod config;
 mod conn;
@@ -62,12 +63,13 @@ mod verifier;
 mod verify_cache;
 pub mod wheel;
 
+pub use body::Body;
 pub use chain::PeerChain;
 pub use config::{
     ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
 };
 pub use dns::{Resolver, SystemResolver};
-pub use engine::{Engine, Handle};
+pub use engine::{Engine, Handle, Progress};
 pub use error::{Deadline, Error, Phase, RedirectError};
 pub use event::{
     CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,

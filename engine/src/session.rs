@@ -39,6 +39,8 @@ pub(crate) struct Session {
     out: Vec<u8>,
     close_queued: bool,
     peer_closed: bool,
+    /// Bytes written to the socket, in all.
+    written: u64,
 }
 
 impl Deref for Session {
@@ -60,7 +62,13 @@ impl Session {
             out: Vec::new(),
             close_queued: false,
             peer_closed: false,
+            written: 0,
         })
+    }
+
+    /// Bytes written to the socket, in all.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
     }
 
     /// The peer has sent close_notify (at any earlier point).
@@ -234,6 +242,7 @@ impl Session {
             // anyway queues behind them.
             self.park(sealed);
             let (sent, result) = write_some(sock, &self.out);
+            self.written += sent as u64;
             self.out.drain(..sent);
             if self.out.is_empty() {
                 self.out = Vec::new();
@@ -241,6 +250,7 @@ impl Session {
             return result;
         }
         let (sent, result) = write_some(sock, sealed);
+        self.written += sent as u64;
         if result.is_ok() && sent < sealed.len() {
             self.out.extend_from_slice(&sealed[sent..]);
         }
@@ -253,7 +263,9 @@ impl Session {
 /// to a record's size, so the engine does not keep it.
 fn empty(sealed: &mut Vec<u8>) {
     sealed.clear();
-    if sealed.capacity() > 64 * 1024 {
+    // A file or streamed body is encrypted a window (256 KiB by default) at
+    // a time: keeping room for one saves a large allocation per window.
+    if sealed.capacity() > 1024 * 1024 {
         sealed.shrink_to(16 * 1024 + 256);
     }
 }
@@ -410,9 +422,9 @@ mod tests {
     fn a_sealed_buffer_grown_by_a_large_body_shrinks_back() {
         let mut s = session();
         let mut sock = Sink::new(usize::MAX, false);
-        let mut sealed = vec![7; 1 << 20];
+        let mut sealed = vec![7; 4 << 20];
         s.send(&mut sock, &mut sealed).expect("send");
-        assert_eq!(sock.got.len(), 1 << 20);
-        assert!(sealed.is_empty() && sealed.capacity() <= 64 * 1024);
+        assert_eq!(sock.got.len(), 4 << 20);
+        assert!(sealed.is_empty() && sealed.capacity() <= 1024 * 1024);
     }
 }

@@ -6,7 +6,9 @@ use http::{Method, StatusCode, Uri};
 
 use crate::body::{body_length, BodyDecoder, BodyLength, Decoded};
 use crate::keepalive::{has_token, keep_alive_hints, KeepAliveHints, Reuse, Verdict};
-use crate::request::{check_header, encode_head, put_chunk, put_last_chunk_with, Framing, LAST_CHUNK};
+use crate::request::{
+    check_header, encode_head, put_chunk, put_last_chunk_with, Framing, LAST_CHUNK,
+};
 use crate::response::{parse_head, NameCache, ResponseHead};
 use crate::{Error, TargetForm};
 

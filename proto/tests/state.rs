@@ -679,5 +679,11 @@ fn continue_is_surfaced_only_while_the_body_is_open() {
     // A 100 after the body is complete (and a 103) is skipped silently.
     let stream = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
     let events = poll_all(&mut codec, &mut input(stream)).expect("response");
-    assert!(matches!(events[..], [ResponseEvent::Head(_), ResponseEvent::End { .. }]), "{events:?}");
+    assert!(
+        matches!(
+            events[..],
+            [ResponseEvent::Head(_), ResponseEvent::End { .. }]
+        ),
+        "{events:?}"
+    );
 }

@@ -18,6 +18,7 @@ use crate::{CloseReason, ConnId, Deadline, Error, Event, Phase, ServedBy, Traile
 
 use super::io::ReadMode;
 use super::redirect;
+use super::request::Req;
 use super::timers::{after, ReqTimer, Timer};
 use super::Engine;
 
@@ -49,17 +50,28 @@ impl Engine {
         };
         conn.idle_until = None;
         let r = &req.request;
-        let body = r.body();
-        let needs_body =
-            !body.is_empty() || matches!(*r.method(), Method::POST | Method::PUT | Method::PATCH);
-        let sent = conn.codec.send_request(
-            r.method(),
-            r.uri(),
-            r.headers(),
-            needs_body.then_some(&body[..]),
-            TargetForm::Origin,
-            &mut conn.wbuf,
-        );
+        let sent = match (req.upload.as_deref(), r.body().as_bytes()) {
+            (None, Some(body)) => {
+                let needs_body = !body.is_empty()
+                    || matches!(*r.method(), Method::POST | Method::PUT | Method::PATCH);
+                conn.codec.send_request(
+                    r.method(),
+                    r.uri(),
+                    r.headers(),
+                    needs_body.then_some(&body[..]),
+                    TargetForm::Origin,
+                    &mut conn.wbuf,
+                )
+            }
+            (upload, _) => conn.codec.start_streaming_request(
+                r.method(),
+                r.uri(),
+                r.headers(),
+                upload.and_then(|u| u.len()),
+                TargetForm::Origin,
+                &mut conn.wbuf,
+            ),
+        };
         if let Err(e) = sent {
             // The codec refuses before writing a byte: the connection is
             // untouched, so it goes back to the pool with a fresh codec.
@@ -76,8 +88,12 @@ impl Engine {
         if req.reused {
             self.stats.connections_reused += 1;
         }
+        let uploads = req.upload.is_some();
         if let Some(t) = req.opts.first_byte_timeout {
             self.arm(Timer::Req(rk, ReqTimer::FirstByte), after(now, t));
+        }
+        if uploads {
+            self.upload_started(ck, rk, now);
         }
         // Only the request goes out: anything the peer sends raises an event.
         self.drive(ck, ReadMode::Skip, now);
@@ -94,6 +110,10 @@ impl Engine {
             let Some(conn) = self.live(key, id) else {
                 return;
             };
+            if conn.read_paused {
+                // The host holds the body back: what arrived waits in rbuf.
+                return;
+            }
             let Some(rk) = conn.req else {
                 if !conn.rbuf.is_empty() || eof {
                     // Idle (or draining after its exchange): bytes or EOF mean stale.
@@ -113,6 +133,7 @@ impl Engine {
             };
             let polled = conn.codec.poll_response(&mut conn.rbuf);
             let started = conn.codec.response_started();
+            let in_body = conn.codec.state() == rotary_proto::State::Body;
             match polled {
                 Ok(Some(ev)) => {
                     self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
@@ -121,6 +142,9 @@ impl Engine {
                 Ok(None) if !eof => {
                     if started {
                         self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
+                    }
+                    if in_body {
+                        self.watch_receive(key, rk, now);
                     }
                     return;
                 }
@@ -253,14 +277,16 @@ impl Engine {
         let pool = self.pools.of_uri(next.uri(), &self.config.policy);
         self.exchange_done(key, verdict, now);
         match pool {
-            Ok(p) => {
-                if let Some(()) = self.reqs.get_mut(rk).and_then(|r| r.follow(p)) {
+            Ok(p) => match self.reqs.get_mut(rk).and_then(|r| r.follow(p)) {
+                Some(Ok(())) => {
                     let pool = &mut self.pools[p];
                     pool.last_used = Some(now);
                     pool.queue.push_back(rk);
                     self.dispatch(p, now);
                 }
-            }
+                Some(Err(e)) => self.fail_request(rk, e),
+                None => {}
+            },
             Err(e) => self.fail_request(rk, e),
         }
     }
@@ -268,7 +294,20 @@ impl Engine {
     /// One piece of request `rk`'s response arrived on `key`.
     fn on_response_event(&mut self, key: ConnKey, rk: ReqKey, ev: ResponseEvent, now: Instant) {
         match ev {
+            ResponseEvent::Continue => self.upload_continue(rk),
             ResponseEvent::Head(head) => {
+                if self.conns.get(key).is_some_and(|c| c.uploading)
+                    || self.reqs.get(rk).is_some_and(Req::awaits_continue)
+                {
+                    self.upload_stop(key, rk);
+                }
+                if let Some(req) = self.reqs.get_mut(rk) {
+                    req.flow.receive_total = head
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                }
                 match self.redirect_of(rk, &head) {
                     Ok(true) => return,
                     Ok(false) => {}
@@ -301,10 +340,12 @@ impl Engine {
                     // A followed redirect's body: nobody reads it.
                     return;
                 }
+                req.flow.received += data.len() as u64;
                 if req.opts.streaming {
                     let id = req.id;
+                    let n = data.len();
                     self.out.push_back(Event::Body { id, data });
-                    return;
+                    return self.delivered(key, rk, n);
                 }
                 if let Err(limit) = req.buffer_body(data) {
                     let err = Error::BodyTooLarge { limit };
@@ -400,21 +441,34 @@ impl Engine {
         self.close_conn(key, reason);
         if let Some(rk) = rk {
             let retry = self.reqs.get(rk).is_some_and(|r| {
-                let safe = is_idempotent(r.request.method()) || r.opts.retry_safe;
+                let safe =
+                    (is_idempotent(r.request.method()) || r.opts.retry_safe) && r.replayable();
                 let stale = matches!(err, Error::PeerClosed { reused: true, .. })
                     || (r.reused && matches!(err, Error::Io { .. }));
                 let drained = matches!(err, Error::Timeout(Deadline::DrainGrace));
                 safe && !r.retried && !started && (stale || drained)
             });
-            if retry {
-                self.count(p, Counter::Retry);
-                self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
-                if let Some(r) = self.reqs.get_mut(rk) {
+            let rewound = match retry {
+                true => self.reqs.get_mut(rk).map(|r| {
                     log::debug!(
                         "retrying request {} on a fresh connection after: {err}",
                         r.id.0
                     );
-                    r.prepare_retry();
+                    r.prepare_retry()
+                }),
+                false => None,
+            };
+            if let Some(Err(e)) = rewound {
+                self.fail_request(rk, e);
+            } else if retry {
+                self.count(p, Counter::Retry);
+                for t in [
+                    ReqTimer::FirstByte,
+                    ReqTimer::Continue,
+                    ReqTimer::SendStall,
+                    ReqTimer::ReceiveStall,
+                ] {
+                    self.disarm(Timer::Req(rk, t));
                 }
                 self.pools[p].queue.push_front(rk);
             } else {

@@ -49,9 +49,9 @@ impl ReadMode {
 /// Buffers shared by every connection, used by one at a time.
 pub(super) struct Buffers {
     /// Ciphertext (or plaintext for `http://`) read from a socket.
-    scratch: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
     /// Outgoing TLS records of one connection, from encryption to the socket.
-    sealed: Vec<u8>,
+    pub(super) sealed: Vec<u8>,
 }
 
 impl Buffers {
@@ -76,6 +76,12 @@ impl Engine {
         if let Err(e) = conn.flush(&mut bufs.sealed) {
             return self.io_failed(key, e, true, now);
         }
+        // A paused body is left in the socket: TCP holds the server back.
+        let read = if conn.read_paused {
+            ReadMode::Skip
+        } else {
+            read
+        };
         let pass = match read {
             ReadMode::Skip => ReadPass::default(),
             ReadMode::UntilShort | ReadMode::UntilWouldBlock => {
@@ -103,8 +109,9 @@ impl Engine {
         {
             self.ready(key, now);
         }
-        if pass.unclean {
-            if let Some(conn) = self.live(key, id) {
+        if let Some(conn) = self.live(key, id) {
+            conn.bytes_in += pass.bytes as u64;
+            if pass.unclean {
                 conn.peer_end = PeerEnd::Unclean;
             }
         }
@@ -118,9 +125,23 @@ impl Engine {
         if let Err(e) = conn.flush(&mut self.bufs.sealed) {
             return self.io_failed(key, e, true, now);
         }
+        if conn.uploading {
+            self.pump(key, now);
+        }
         if pass.more {
             self.read_again.push((key, id));
         }
+        let Some(conn) = self.live(key, id) else {
+            return;
+        };
+        if let (Some(rk), true) = (conn.req, conn.wants_write()) {
+            if conn.stage() == Stage::Ready {
+                self.watch_send(key, rk, now);
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if let Err(e) = conn.update_interest(&self.mio.registry, token) {
             self.io_failed(key, IoFailure::Io(e), false, now);
         }
@@ -156,7 +177,13 @@ impl Engine {
 
     /// A read or write failed: before `Ready` the attempt fails; after, the
     /// exchange on it does (or the idle connection just closes).
-    fn io_failed(&mut self, key: ConnKey, failure: IoFailure, writing: bool, now: Instant) {
+    pub(super) fn io_failed(
+        &mut self,
+        key: ConnKey,
+        failure: IoFailure,
+        writing: bool,
+        now: Instant,
+    ) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };

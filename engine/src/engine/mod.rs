@@ -9,12 +9,14 @@
 
 mod connect;
 mod exchange;
+mod flow;
 mod io;
 mod lifecycle;
 mod pool;
 mod redirect;
 mod request;
 mod timers;
+mod upload;
 
 #[cfg(test)]
 mod tests;
@@ -25,6 +27,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use mio::{Events, Poll, Registry, Token, Waker};
 
 use crate::conn::{Conn, Stage};
@@ -34,7 +37,7 @@ use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase, Policy, RequestId,
+    Body, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase, Policy, RequestId,
     RequestOptions, Stats,
 };
 
@@ -43,10 +46,16 @@ use self::pool::{PoolKey, Pools};
 use self::request::Requests;
 use self::timers::Timers;
 
+pub use self::flow::Progress;
+
 /// What a [`Handle`] sends to the engine's thread.
 enum Command {
-    Submit(Box<(RequestId, http::Request<Bytes>, RequestOptions)>),
+    Submit(Box<(RequestId, http::Request<Body>, RequestOptions)>),
     Cancel(RequestId),
+    SendBody(RequestId, Bytes),
+    EndBody(RequestId, Option<Box<HeaderMap>>),
+    Consume(RequestId, usize),
+    Pause(RequestId, bool),
 }
 
 /// The engine's place in a mio loop: its own poll (or none when embedded),
@@ -107,6 +116,8 @@ pub struct Engine {
     bufs: Buffers,
     /// Connections whose read stopped at the budget: read on next turn.
     read_again: Vec<(ConnKey, ConnId)>,
+    /// Connections whose host let their body go on: read on next turn.
+    resumed: Vec<(ConnKey, ConnId)>,
     shut: bool,
 }
 
@@ -132,15 +143,55 @@ impl Handle {
     /// [`Error::Shutdown`] when the engine is gone.
     pub fn submit(
         &self,
-        request: http::Request<Bytes>,
+        request: http::Request<impl Into<Body>>,
         opts: RequestOptions,
     ) -> Result<RequestId, Error> {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.tx
-            .send(Command::Submit(Box::new((id, request, opts))))
-            .map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
+        let request = request.map(Into::into);
+        self.send(Command::Submit(Box::new((id, request, opts))))?;
         Ok(id)
+    }
+
+    /// Hand a chunk of a [`Body::stream`] to request `id` (see
+    /// [`Engine::send_body`]). A chunk past the request's send window fails
+    /// the request with [`Error::WindowFull`]; chunks for a request that
+    /// has ended are dropped.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn send_body(&self, id: RequestId, data: Bytes) -> Result<(), Error> {
+        self.send(Command::SendBody(id, data))
+    }
+
+    /// End the [`Body::stream`] of request `id` (see [`Engine::end_body`]).
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn end_body(&self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
+        self.send(Command::EndBody(id, trailers.map(Box::new)))
+    }
+
+    /// Report `n` streamed body bytes of `id` consumed (see [`Engine::consume`]).
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn consume(&self, id: RequestId, n: usize) -> Result<(), Error> {
+        self.send(Command::Consume(id, n))
+    }
+
+    /// Pause (`true`) or resume (`false`) the streamed body of `id` (see
+    /// [`Engine::pause`]).
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn pause(&self, id: RequestId, paused: bool) -> Result<(), Error> {
+        self.send(Command::Pause(id, paused))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.tx.send(cmd).map_err(|_| Error::Shutdown)?;
+        let _ = self.waker.wake();
+        Ok(())
     }
 
     /// Cancel a request; it ends with [`Error::Cancelled`] unless it already ended.
@@ -148,11 +199,7 @@ impl Handle {
     /// # Errors
     /// [`Error::Shutdown`] when the engine is gone.
     pub fn cancel(&self, id: RequestId) -> Result<(), Error> {
-        self.tx
-            .send(Command::Cancel(id))
-            .map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(())
+        self.send(Command::Cancel(id))
     }
 }
 
@@ -235,6 +282,7 @@ impl Engine {
             next_conn: 1,
             bufs: Buffers::new(),
             read_again: Vec::new(),
+            resumed: Vec::new(),
             shut: false,
         })
     }
@@ -268,11 +316,66 @@ impl Engine {
     /// Submit a request (absolute URI: `http://` or `https://`). The request
     /// ends with exactly one terminal event; an invalid request ends at once
     /// with [`Error::InvalidRequest`], a request submitted after
-    /// [`Engine::shutdown`] with [`Error::Shutdown`].
-    pub fn submit(&mut self, request: http::Request<Bytes>, opts: RequestOptions) -> RequestId {
+    /// [`Engine::shutdown`] with [`Error::Shutdown`]. The body is anything
+    /// that converts into a [`Body`]: bytes, a file, or a stream the host
+    /// feeds with [`Engine::send_body`].
+    pub fn submit(
+        &mut self,
+        request: http::Request<impl Into<Body>>,
+        opts: RequestOptions,
+    ) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.submit_with_id(id, request, opts, Instant::now());
+        self.submit_with_id(id, request.map(Into::into), opts, Instant::now());
         id
+    }
+
+    /// Hand the next chunk of request `id`'s [`Body::stream`] to the engine.
+    /// The host may queue up to [`RequestOptions::send_window`] bytes ahead;
+    /// [`Event::BodyWanted`] says when there is room again. A declared
+    /// length passed fails the request.
+    ///
+    /// # Errors
+    /// [`Error::WindowFull`] when the chunk does not fit the window (it is
+    /// not taken: send it after the next `BodyWanted`);
+    /// [`Error::BodySource`] when it goes past the declared length (the
+    /// request fails with it too); [`Error::InvalidRequest`] when `id` has
+    /// ended, has no streamed body, or its body was ended.
+    pub fn send_body(&mut self, id: RequestId, data: Bytes) -> Result<(), Error> {
+        self.feed_body(id, data, Instant::now())
+    }
+
+    /// End request `id`'s [`Body::stream`]; `trailers` follow a chunked
+    /// body (one without a declared length).
+    ///
+    /// # Errors
+    /// [`Error::BodySource`] when the body is shorter than its declared
+    /// length, or trailers were given for a body with one (the request fails
+    /// with it too); [`Error::InvalidRequest`] when `id` has ended or has no
+    /// streamed body.
+    pub fn end_body(&mut self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
+        self.finish_body(id, trailers, Instant::now())
+    }
+
+    /// Report `n` bytes of request `id`'s streamed body as consumed, for a
+    /// request with [`RequestOptions::manual_consume`]: once fewer than
+    /// [`RequestOptions::receive_window`] bytes are unconsumed, the engine
+    /// reads its connection again. Unknown ids are ignored.
+    pub fn consume(&mut self, id: RequestId, n: usize) {
+        self.consumed(id, n);
+    }
+
+    /// Stop reading request `id`'s response body (`true`), whatever the
+    /// window says, or let it go on (`false`). The receive-stall deadline
+    /// does not run while paused; the total deadline does. Unknown ids are
+    /// ignored.
+    pub fn pause(&mut self, id: RequestId, paused: bool) {
+        self.set_paused(id, paused);
+    }
+
+    /// How far live request `id` has got: body bytes sent and received,
+    /// with totals when known. `None` once it has ended.
+    pub fn progress(&self, id: RequestId) -> Option<Progress> {
+        self.progress_of(id)
     }
 
     /// Cancel a request: it ends with [`Error::Cancelled`] (its connection,
@@ -289,7 +392,7 @@ impl Engine {
     /// (the host owns the loop there).
     pub fn execute(
         &mut self,
-        request: http::Request<Bytes>,
+        request: http::Request<impl Into<Body>>,
         opts: RequestOptions,
     ) -> Result<http::Response<Bytes>, Error> {
         if self.mio.poll.is_none() {
@@ -317,9 +420,82 @@ impl Engine {
         }
     }
 
-    /// The next event, if any.
+    /// Run the loop until the request ends, writing its body to `sink` as
+    /// it arrives (streamed, so `max_body` does not apply and memory stays
+    /// within the receive window whatever the size). Returns the response
+    /// head, with [`Trailers`](crate::Trailers) in its extensions for a
+    /// chunked body with trailers. Other events stay queued.
+    ///
+    /// # Errors
+    /// The request's error; [`Error::Sink`] when writing to `sink` fails
+    /// (the request is cancelled); [`Error::InvalidRequest`] for an embedded
+    /// engine; a request body fed by the host cannot be used here (nothing
+    /// would feed it) and ends with [`Error::InvalidRequest`].
+    pub fn execute_into(
+        &mut self,
+        request: http::Request<impl Into<Body>>,
+        opts: RequestOptions,
+        sink: &mut impl std::io::Write,
+    ) -> Result<http::Response<()>, Error> {
+        if self.mio.poll.is_none() {
+            return Err(Error::InvalidRequest(
+                "execute_into needs an engine that owns its poll".into(),
+            ));
+        }
+        let request = request.map(Into::into);
+        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
+            return Err(Error::InvalidRequest(
+                "execute_into cannot feed a streamed request body".into(),
+            ));
+        }
+        let id = self.submit(request, opts.streaming(true).manual_consume(true));
+        let mut head = None;
+        loop {
+            while let Some(pos) = self.out.iter().position(|e| e.request_id() == Some(id)) {
+                match self.out.remove(pos) {
+                    Some(Event::Head { response, .. }) => head = Some(response),
+                    Some(Event::Body { data, .. }) => {
+                        if let Err(e) = sink.write_all(&data) {
+                            self.cancel(id);
+                            self.out.retain(|e| e.request_id() != Some(id));
+                            return Err(Error::Sink(Arc::new(e)));
+                        }
+                        self.consume(id, data.len());
+                    }
+                    Some(Event::End { trailers, .. }) => {
+                        let mut response = head.unwrap_or_default();
+                        if let Some(t) = trailers {
+                            response.extensions_mut().insert(crate::Trailers(t));
+                        }
+                        return Ok(response);
+                    }
+                    Some(Event::Failed { error, .. }) => return Err(error),
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.poll(None) {
+                self.cancel(id);
+                return Err(Error::io(Phase::Request, e));
+            }
+        }
+    }
+
+    /// The next event, if any. A streamed body's bytes count as consumed
+    /// once their [`Event::Body`] is handed out here (unless the request has
+    /// [`RequestOptions::manual_consume`]).
     pub fn next_event(&mut self) -> Option<Event> {
-        self.out.pop_front()
+        let event = self.out.pop_front()?;
+        if let Event::Body { id, data } = &event {
+            let auto = self
+                .reqs
+                .find(*id)
+                .and_then(|rk| self.reqs.get(rk))
+                .is_some_and(|r| !r.opts.manual_consume);
+            if auto {
+                self.consumed(*id, data.len());
+            }
+        }
+        Some(event)
     }
 
     /// Block until I/O, the next deadline or `timeout` (whichever is first;
@@ -381,7 +557,7 @@ impl Engine {
     /// the next deadline, zero when work is pending, `None` when nothing is
     /// scheduled.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_again.is_empty() {
+        if !self.read_again.is_empty() || !self.resumed.is_empty() {
             return Some(Duration::ZERO);
         }
         self.timers.next_timeout(now)
@@ -395,6 +571,7 @@ impl Engine {
         self.drain_commands(now);
         self.drain_answers(now);
         self.read_deferred(now);
+        self.resume_reads(now);
         while let Some(timer) = self.timers.poll_expired(now) {
             self.on_timer(timer, now);
         }
@@ -481,6 +658,19 @@ impl Engine {
                     self.submit_with_id(id, req, opts, now)
                 }
                 Command::Cancel(id) => self.cancel_at(id, now),
+                Command::SendBody(id, data) => {
+                    if let Err(e @ Error::WindowFull { .. }) = self.feed_body(id, data, now) {
+                        if let Some(rk) = self.reqs.find(id) {
+                            self.abort_request(rk, e, CloseReason::Error, now);
+                        }
+                    }
+                }
+                Command::EndBody(id, trailers) => {
+                    // A failure already ended the request with its error.
+                    let _ = self.finish_body(id, trailers.map(|t| *t), now);
+                }
+                Command::Consume(id, n) => self.consumed(id, n),
+                Command::Pause(id, paused) => self.set_paused(id, paused),
             }
         }
     }

@@ -3,11 +3,10 @@
 //! request keeps of the last one. Pure decisions: the engine owns the
 //! request and acts on the answer ([`super::exchange`]).
 
-use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{Method, Request, StatusCode, Uri};
 
-use crate::{Origin, RedirectError};
+use crate::{Body, Origin, RedirectError};
 
 /// Headers never sent to another origin than the one they were meant for.
 const CREDENTIALS: [HeaderName; 3] = [
@@ -43,11 +42,11 @@ pub(super) struct Rules<'a> {
 /// Too many hops, a loop, an https → http hop not allowed, or a `Location`
 /// that is no URI reference.
 pub(super) fn next_hop(
-    req: &Request<Bytes>,
+    req: &Request<Body>,
     status: StatusCode,
     location: Option<&http::HeaderValue>,
     rules: &Rules<'_>,
-) -> Result<Option<Request<Bytes>>, RedirectError> {
+) -> Result<Option<Request<Body>>, RedirectError> {
     let keeps_method = match status.as_u16() {
         301..=303 => false,
         307 | 308 => true,
@@ -89,11 +88,14 @@ pub(super) fn next_hop(
         (false, m) => m.clone(),
     };
     let keeps_body = method == req.method() && method != Method::HEAD;
-    let mut next = Request::new(if keeps_body {
-        req.body().clone()
-    } else {
-        Bytes::new()
-    });
+    let body = match keeps_body {
+        true => req
+            .body()
+            .try_clone()
+            .ok_or(RedirectError::BodyNotReplayable)?,
+        false => Body::empty(),
+    };
+    let mut next = Request::new(body);
     *next.method_mut() = method;
     *next.uri_mut() = uri;
     *next.version_mut() = req.version();
@@ -217,6 +219,7 @@ fn remove_dot_segments(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn references_resolve_as_rfc_3986_section_5_4_says() {
@@ -282,18 +285,18 @@ mod tests {
         }
     }
 
-    fn post(uri: &str) -> Request<Bytes> {
+    fn post(uri: &str) -> Request<Body> {
         Request::post(uri)
             .header("authorization", "Bearer t")
             .header("cookie", "c=1")
             .header("job-token", "j")
             .header("content-type", "text/plain")
             .header("x-kept", "k")
-            .body(Bytes::from_static(b"body"))
+            .body(Body::from(Bytes::from_static(b"body")))
             .expect("request")
     }
 
-    fn hop(req: &Request<Bytes>, status: u16, to: &str, r: &Rules<'_>) -> Request<Bytes> {
+    fn hop(req: &Request<Body>, status: u16, to: &str, r: &Rules<'_>) -> Request<Body> {
         let location = http::HeaderValue::from_str(to).expect("location");
         let status = StatusCode::from_u16(status).expect("status");
         next_hop(req, status, Some(&location), r)
@@ -314,18 +317,18 @@ mod tests {
         for status in [307, 308] {
             let next = hop(&req, status, "/again", &rules(&[], &[]));
             assert_eq!(next.method(), Method::POST);
-            assert_eq!(next.body().as_ref(), b"body");
+            assert_eq!(next.body().as_bytes().map(|b| &b[..]), Some(&b"body"[..]));
             assert_eq!(next.headers()["content-type"], "text/plain");
         }
         let head = Request::head("http://a.test/")
-            .body(Bytes::new())
+            .body(Body::empty())
             .expect("head");
         assert_eq!(
             hop(&head, 303, "/x", &rules(&[], &[])).method(),
             Method::HEAD
         );
         let put = Request::put("http://a.test/")
-            .body(Bytes::new())
+            .body(Body::empty())
             .expect("put");
         assert_eq!(hop(&put, 302, "/x", &rules(&[], &[])).method(), Method::PUT);
     }

@@ -15,10 +15,12 @@ use rotary_proto::ResponseHead;
 
 use crate::keys::{ConnKey, ReqKey, Slots};
 use crate::wheel::TimerKey;
-use crate::{CloseReason, Error, RequestId, RequestOptions};
+use crate::{Body, CloseReason, Error, RequestId, RequestOptions};
 
+use super::flow::Flow;
 use super::pool::PoolKey;
 use super::timers::{after, ReqTimer, Timer, REQ_TIMERS};
+use super::upload::Upload;
 use super::Engine;
 
 /// Hashes a [`RequestId`] as itself: ids are distinct sequential numbers, so
@@ -55,8 +57,12 @@ impl std::hash::Hasher for IdHasher {
 pub(super) struct Req {
     pub(super) id: RequestId,
     pub(super) pool: PoolKey,
-    pub(super) request: http::Request<Bytes>,
+    pub(super) request: http::Request<Body>,
     pub(super) opts: RequestOptions,
+    /// A body sent in pieces (file, stream, or after `100 Continue`).
+    pub(super) upload: Option<Box<Upload>>,
+    /// Transfer counters and flow control.
+    pub(super) flow: Flow,
     /// The connection carrying it, once assigned.
     pub(super) conn: Option<ConnKey>,
     pub(super) timers: [Option<TimerKey>; REQ_TIMERS],
@@ -82,14 +88,17 @@ impl Req {
     fn new(
         id: RequestId,
         pool: PoolKey,
-        request: http::Request<Bytes>,
+        request: http::Request<Body>,
         opts: RequestOptions,
+        upload: Option<Box<Upload>>,
     ) -> Req {
         Req {
             id,
             pool,
             request,
             opts,
+            upload,
+            flow: Flow::default(),
             conn: None,
             timers: [None; REQ_TIMERS],
             retried: false,
@@ -110,7 +119,7 @@ impl Req {
     }
 
     /// The response being read redirects to `next`.
-    pub(super) fn redirect_to(&mut self, next: http::Request<Bytes>) {
+    pub(super) fn redirect_to(&mut self, next: http::Request<Body>) {
         let uri = self.request.uri();
         let hops = self.hops.get_or_insert_with(|| {
             Box::new(Hops {
@@ -124,9 +133,18 @@ impl Req {
 
     /// Becomes the request for the next hop of a redirect (waiting for a
     /// connection again, now in `pool`); `None` when no hop was pending.
-    pub(super) fn follow(&mut self, pool: PoolKey) -> Option<()> {
+    ///
+    /// # Errors
+    /// The next hop's body cannot be sent (its file cannot be reopened).
+    pub(super) fn follow(&mut self, pool: PoolKey) -> Option<Result<(), Error>> {
         let hops = self.hops.as_mut()?;
         let next = hops.next.take()?;
+        let upload = match Upload::of(&next) {
+            Ok(u) => u,
+            Err(e) => return Some(Err(e)),
+        };
+        self.upload = upload;
+        self.flow = Flow::default();
         hops.visited.push(next.uri().clone());
         hops.current = Some(Arc::new(next.uri().clone()));
         self.request = next;
@@ -136,7 +154,7 @@ impl Req {
         self.fresh_only = false;
         self.reused = false;
         self.head = None;
-        Some(())
+        Some(Ok(()))
     }
 
     /// The URI a response answers, when redirects led to it.
@@ -180,9 +198,30 @@ impl Req {
         response
     }
 
+    /// Its head went out with `Expect: 100-continue` and the body waits.
+    #[inline]
+    pub(super) fn awaits_continue(&self) -> bool {
+        self.upload
+            .as_deref()
+            .is_some_and(|u| u.stage == super::upload::UploadStage::Continue)
+    }
+
+    /// Can its body be sent again?
+    #[inline]
+    pub(super) fn replayable(&self) -> bool {
+        self.upload.as_deref().is_none_or(Upload::replayable)
+    }
+
     /// Back to waiting, for a retry on a fresh connection: whatever part of
-    /// a response arrived is dropped.
-    pub(super) fn prepare_retry(&mut self) {
+    /// a response arrived is dropped, and a file body starts over.
+    ///
+    /// # Errors
+    /// The body's file cannot seek back.
+    pub(super) fn prepare_retry(&mut self) -> Result<(), Error> {
+        self.flow = Flow::default();
+        if let Some(up) = self.upload.as_deref_mut() {
+            up.rewind()?;
+        }
         self.retried = true;
         self.fresh_only = true;
         self.conn = None;
@@ -190,6 +229,7 @@ impl Req {
         self.body.clear();
         self.first_chunk = None;
         self.body_len = 0;
+        Ok(())
     }
 }
 
@@ -198,7 +238,7 @@ pub(super) struct Hops {
     /// Every URI requested, the submitted one first.
     pub(super) visited: Vec<http::Uri>,
     /// The next hop's request, while a redirect response's body drains.
-    pub(super) next: Option<http::Request<Bytes>>,
+    pub(super) next: Option<http::Request<Body>>,
     /// The URI requested now, once a hop was followed.
     current: Option<Arc<http::Uri>>,
 }
@@ -247,7 +287,7 @@ impl Engine {
     pub(super) fn submit_with_id(
         &mut self,
         id: RequestId,
-        request: http::Request<Bytes>,
+        request: http::Request<Body>,
         opts: RequestOptions,
         now: Instant,
     ) {
@@ -258,7 +298,15 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return self.emit_failed(id, e, false),
         };
-        let key = self.reqs.insert(Req::new(id, p, request, opts));
+        let upload = match Upload::of(&request) {
+            Ok(u) => u,
+            Err(e) => return self.emit_failed(id, e, false),
+        };
+        let fed = upload.is_some();
+        let key = self.reqs.insert(Req::new(id, p, request, opts, upload));
+        if fed {
+            self.upload_submitted(key);
+        }
         if let Some(d) = opts.deadline {
             self.arm(Timer::Req(key, ReqTimer::Total), after(now, d));
         }

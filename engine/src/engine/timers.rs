@@ -30,9 +30,15 @@ pub(super) fn after(now: Instant, d: Duration) -> Instant {
 pub(super) enum ReqTimer {
     Total = 0,
     FirstByte = 1,
+    /// The wait for `100 Continue` ([`super::upload`]).
+    Continue = 2,
+    /// Bytes wait for the socket ([`super::upload`]).
+    SendStall = 3,
+    /// A started body waits for more ([`super::flow`]).
+    ReceiveStall = 4,
 }
 
-pub(super) const REQ_TIMERS: usize = 2;
+pub(super) const REQ_TIMERS: usize = 5;
 
 /// A timer on the wheel: whose it is and what it means.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +178,9 @@ impl Engine {
                 let deadline = match kind {
                     ReqTimer::Total => Deadline::Total,
                     ReqTimer::FirstByte => Deadline::FirstByte,
+                    ReqTimer::Continue => return self.on_continue_timer(key, now),
+                    ReqTimer::SendStall => return self.on_send_stall(key, now),
+                    ReqTimer::ReceiveStall => return self.on_receive_stall(key, now),
                 };
                 self.abort_request(key, Error::Timeout(deadline), CloseReason::Error, now);
             }
