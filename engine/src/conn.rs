@@ -25,6 +25,8 @@ pub(crate) enum Stage {
     Resolving,
     /// Non-blocking TCP connect in progress.
     Connecting,
+    /// Connected to a proxy: `CONNECT` sent, waiting for its answer.
+    Tunneling,
     /// TLS handshake in progress.
     Handshaking,
     /// Usable: idle or carrying an exchange.
@@ -34,7 +36,7 @@ pub(crate) enum Stage {
 /// The timers a connection may hold, at most one of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnTimer {
-    /// DNS, connect or handshake deadline (one at a time).
+    /// DNS, connect, proxy CONNECT or handshake deadline (one at a time).
     Setup = 0,
     /// Idle timeout.
     Idle = 1,
@@ -239,7 +241,12 @@ impl Conn {
         self.interest = None;
     }
 
-    /// Connected → TLS handshake in progress.
+    /// Connected to a proxy → `CONNECT` in flight.
+    pub(crate) fn start_tunnel(&mut self) {
+        self.stage = Stage::Tunneling;
+    }
+
+    /// Connected (or tunnelled) → TLS handshake in progress.
     pub(crate) fn start_handshake(&mut self, session: Session) {
         self.tls = Some(Box::new(session));
         self.stage = Stage::Handshaking;

@@ -15,6 +15,9 @@ pub enum Deadline {
     Connect,
     /// The TLS handshake took longer than [`Timeouts::handshake`](crate::Timeouts::handshake).
     Handshake,
+    /// The proxy did not answer the `CONNECT` within
+    /// [`Timeouts::proxy_connect`](crate::Timeouts::proxy_connect).
+    ProxyConnect,
     /// No response byte arrived within [`RequestOptions::first_byte_timeout`](crate::RequestOptions::first_byte_timeout).
     FirstByte,
     /// The request did not end within [`RequestOptions::deadline`](crate::RequestOptions::deadline).
@@ -30,6 +33,7 @@ impl fmt::Display for Deadline {
             Deadline::Dns => "dns",
             Deadline::Connect => "connect",
             Deadline::Handshake => "tls handshake",
+            Deadline::ProxyConnect => "proxy CONNECT",
             Deadline::FirstByte => "first response byte",
             Deadline::Total => "total request",
             Deadline::DrainGrace => "drain grace",
@@ -61,11 +65,14 @@ pub enum Phase {
     Cancelled,
     /// The engine shut down.
     Shutdown,
+    /// Reaching the origin through the proxy: reaching the proxy, its
+    /// `CONNECT` answer.
+    Proxy,
 }
 
 impl Phase {
     /// Every phase, in order; for counters.
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Request,
         Phase::Resolve,
         Phase::Connect,
@@ -76,6 +83,7 @@ impl Phase {
         Phase::Timeout,
         Phase::Cancelled,
         Phase::Shutdown,
+        Phase::Proxy,
     ];
 
     /// A short lowercase name (`"tls"`, `"response_head"`, ...), used in metrics.
@@ -91,6 +99,7 @@ impl Phase {
             Phase::Timeout => "timeout",
             Phase::Cancelled => "cancelled",
             Phase::Shutdown => "shutdown",
+            Phase::Proxy => "proxy",
         }
     }
 
@@ -132,6 +141,61 @@ impl fmt::Display for RedirectError {
                 write!(f, "refused to follow https to {uri} (plain http)")
             }
             RedirectError::BadLocation(why) => write!(f, "bad Location header {why}"),
+        }
+    }
+}
+
+/// What went wrong with the proxy; see [`Error::Proxy`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ProxyFailure {
+    /// The proxy's name did not resolve or no address of it connected.
+    Unreachable(Box<Error>),
+    /// The proxy answered the `CONNECT` with a status other than 2xx.
+    Refused {
+        /// The proxy's status (407: it wants credentials, or refused ours;
+        /// 403: its policy forbids the destination; 502/503: it could not
+        /// reach the origin).
+        status: http::StatusCode,
+        /// The `Proxy-Authenticate` challenges of a 407, as sent.
+        authenticate: Vec<String>,
+        /// Whether we had sent credentials (`Proxy-Authorization`).
+        credentials_sent: bool,
+    },
+    /// The proxy closed the connection before its `CONNECT` answer was complete.
+    Closed,
+    /// The `CONNECT` answer broke HTTP/1.1 or a codec limit (an oversized
+    /// head, a malformed status line, ...).
+    BadResponse(rotary_proto::Error),
+    /// Reading or writing the proxy connection failed before the tunnel was up.
+    Io(Arc<io::Error>),
+}
+
+impl fmt::Display for ProxyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyFailure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            ProxyFailure::Refused {
+                status,
+                authenticate,
+                credentials_sent,
+            } => {
+                write!(f, "CONNECT answered {status}")?;
+                if *status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                    f.write_str(if *credentials_sent {
+                        ": the proxy rejected the credentials"
+                    } else {
+                        ": the proxy wants credentials and none were given"
+                    })?;
+                    if !authenticate.is_empty() {
+                        write!(f, " (Proxy-Authenticate: {})", authenticate.join(", "))?;
+                    }
+                }
+                Ok(())
+            }
+            ProxyFailure::Closed => f.write_str("closed the connection during CONNECT"),
+            ProxyFailure::BadResponse(e) => write!(f, "bad CONNECT answer: {e}"),
+            ProxyFailure::Io(e) => write!(f, "i/o error during CONNECT: {e}"),
         }
     }
 }
@@ -205,6 +269,13 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The origin could not be reached through its proxy.
+    Proxy {
+        /// The proxy, as `http://host:port` (never with credentials).
+        proxy: String,
+        /// What went wrong.
+        failure: ProxyFailure,
+    },
     /// A deadline fired.
     Timeout(Deadline),
     /// The request was cancelled by the caller.
@@ -226,6 +297,7 @@ impl Error {
             | Error::PeerClosed { phase, .. }
             | Error::Protocol { phase, .. } => *phase,
             Error::BodyTooLarge { .. } => Phase::ResponseBody,
+            Error::Proxy { .. } => Phase::Proxy,
             Error::Timeout(_) => Phase::Timeout,
             Error::Cancelled => Phase::Cancelled,
             Error::Shutdown => Phase::Shutdown,
@@ -307,6 +379,7 @@ impl fmt::Display for Error {
             Error::BodyTooLarge { limit } => {
                 write!(f, "response body larger than the {limit}-byte limit")
             }
+            Error::Proxy { proxy, failure } => write!(f, "proxy {proxy}: {failure}"),
             Error::Timeout(d) => write!(f, "{d} deadline passed"),
             Error::Cancelled => f.write_str("request cancelled"),
             Error::Shutdown => f.write_str("engine shut down"),
@@ -322,6 +395,10 @@ impl std::error::Error for Error {
             | Error::Io { cause, .. } => Some(&**cause),
             Error::Tls { reason, .. } => Some(reason),
             Error::Protocol { cause, .. } => Some(cause),
+            Error::Proxy {
+                failure: ProxyFailure::Unreachable(e),
+                ..
+            } => Some(&**e),
             _ => None,
         }
     }

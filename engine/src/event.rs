@@ -123,8 +123,11 @@ pub struct ConnectionInfo {
     pub conn: ConnId,
     /// Its origin.
     pub origin: Origin,
-    /// The address it connected to.
+    /// The address it connected to (the proxy's, through a proxy).
     pub peer_addr: SocketAddr,
+    /// The proxy it goes through, as `http://host:port` (`None`: direct).
+    /// The chain and TLS facts below are the origin's, from inside the tunnel.
+    pub proxy: Option<String>,
     /// TLS version (`None` for `http://`).
     pub tls_version: Option<rustls::ProtocolVersion>,
     /// Negotiated cipher suite (`None` for `http://`).

@@ -53,6 +53,7 @@ pub mod fuzzing;
 mod keys;
 mod origin;
 mod path;
+mod proxy;
 mod session;
 mod sock;
 mod stats;
@@ -68,12 +69,13 @@ pub use config::{
 };
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle};
-pub use error::{Deadline, Error, Phase, RedirectError};
+pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
     CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
+pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
 pub use stats::{OriginStats, Stats};
 
 /// The README's code, compiled as a doctest so it cannot rot.

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
@@ -42,7 +43,12 @@ impl Engine {
         if purpose != Purpose::Probe {
             pool.connecting += 1;
         }
-        let (host, port) = (pool.origin.host().to_owned(), pool.origin.port());
+        // Through a proxy, the TCP connection (and every lifetime clock) is
+        // the proxy's; the origin is reached inside it.
+        let (host, port) = match &pool.proxy {
+            Some(proxy) => (proxy.host().to_owned(), proxy.port()),
+            None => (pool.origin.host().to_owned(), pool.origin.port()),
+        };
         if let Some(ip) = self.net.literal(&host) {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.dial = Dial::new(vec![std::net::SocketAddr::new(ip, port)]);
@@ -324,8 +330,23 @@ impl Engine {
         conn.connected_at = Some(now);
         self.arm_lifetime(key, now);
         if !self.pools[p].origin.is_tls() {
+            // Plain http through a proxy goes in absolute-form: no tunnel.
             return self.ready(key, now);
         }
+        if self.pools[p].proxy.is_some() {
+            return self.start_tunnel(key, now);
+        }
+        self.start_tls(key, BytesMut::new(), now)
+    }
+
+    /// Start the TLS handshake with the origin (directly, or inside a
+    /// tunnel), `early` being bytes that arrived before it started (after
+    /// a proxy's 2xx): they are the handshake's first input.
+    pub(super) fn start_tls(&mut self, key: ConnKey, early: BytesMut, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let p = conn.pool;
         let config = self.tls_config_for(p, key, now);
         let host = self.pools[p].origin.host().to_owned();
         let name = match ServerName::try_from(host) {
@@ -336,7 +357,13 @@ impl Engine {
             }
         };
         match Session::new(config, name) {
-            Ok(session) => {
+            Ok(mut session) => {
+                if !early.is_empty() {
+                    if let Err(e) = session.keep_pending_vec(early.to_vec()) {
+                        let err = self.proxy_error(p, crate::ProxyFailure::Io(Arc::new(e)));
+                        return self.connect_failed(key, err, now);
+                    }
+                }
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.start_handshake(session);
                 }
@@ -446,6 +473,13 @@ impl Engine {
         };
         let p = conn.pool;
         let probe = conn.purpose == Purpose::Probe;
+        let err = match err {
+            // The address that failed was the proxy's.
+            Error::Resolve { .. } | Error::Connect { .. } if self.pools[p].proxy.is_some() => {
+                self.proxy_error(p, crate::ProxyFailure::Unreachable(Box::new(err)))
+            }
+            err => err,
+        };
         log::debug!("connection to {} failed: {err}", self.pools[p].origin);
         self.out.push_back(Event::ConnectFailed {
             conn: conn.id,

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use rotary_proto::{CloseCause, Codec, ResponseEvent, TargetForm, Verdict};
+use rotary_proto::{CloseCause, Codec, ResponseEvent, Verdict};
 
 use crate::conn::{PeerEnd, Stage};
 use crate::keys::{ConnKey, ReqKey};
@@ -19,6 +19,7 @@ use crate::{CloseReason, ConnId, Deadline, Error, Event, Phase, ServedBy, Traile
 use super::io::ReadMode;
 use super::redirect;
 use super::timers::{after, ReqTimer, Timer};
+use super::tunnel;
 use super::Engine;
 
 /// The idle limit after a server's `Keep-Alive: timeout` hint.
@@ -52,12 +53,13 @@ impl Engine {
         let body = r.body();
         let needs_body =
             !body.is_empty() || matches!(*r.method(), Method::POST | Method::PUT | Method::PATCH);
+        let pool = &self.pools[conn.pool];
         let sent = conn.codec.send_request(
             r.method(),
             r.uri(),
-            r.headers(),
+            &tunnel::request_headers(pool, r.headers()),
             needs_body.then_some(&body[..]),
-            TargetForm::Origin,
+            tunnel::target_form(pool),
             &mut conn.wbuf,
         );
         if let Err(e) = sent {

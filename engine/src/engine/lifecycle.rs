@@ -73,6 +73,7 @@ impl Engine {
             conn: conn.id,
             origin: pool.origin.clone(),
             peer_addr: conn.addr(),
+            proxy: pool.proxy.as_ref().map(|p| p.to_string()),
             tls_version: None,
             cipher_suite: None,
             alpn: None,

@@ -15,6 +15,7 @@ mod pool;
 mod redirect;
 mod request;
 mod timers;
+mod tunnel;
 
 #[cfg(test)]
 mod tests;
@@ -201,6 +202,10 @@ impl Engine {
         config: Config,
     ) -> std::io::Result<Engine> {
         let tls = TlsState::new(&config.trust)?;
+        let proxies = config
+            .proxy
+            .resolve()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
             .resolver
@@ -221,7 +226,7 @@ impl Engine {
             timers: Timers::new(Instant::now()),
             conns: Slots::default(),
             reqs: Requests::default(),
-            pools: Pools::default(),
+            pools: Pools::new(proxies),
             out: VecDeque::new(),
             dns,
             answers: Vec::new(),
@@ -469,7 +474,7 @@ impl Engine {
         match conn.stage() {
             Stage::Resolving => {}
             Stage::Connecting => self.on_connecting(key, now),
-            Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
+            Stage::Tunneling | Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
         }
     }
 
