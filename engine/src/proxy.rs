@@ -381,9 +381,17 @@ impl Proxies {
         let parse = |found: Option<(&'static str, String)>| -> Result<Option<Arc<Proxy>>, Error> {
             match found {
                 None => Ok(None),
-                Some((name, value)) => Proxy::parse(&value)
-                    .map(|p| Some(Arc::new(p)))
-                    .map_err(|e| Error::InvalidRequest(format!("{name}: {e}"))),
+                Some((name, value)) => {
+                    Proxy::parse(&value)
+                        .map(|p| Some(Arc::new(p)))
+                        .map_err(|e| {
+                            let why = match e {
+                                Error::InvalidRequest(why) => why,
+                                other => other.to_string(),
+                            };
+                            Error::InvalidRequest(format!("{name}: {why}"))
+                        })
+                }
             }
         };
         let all = ["all_proxy", "ALL_PROXY"];

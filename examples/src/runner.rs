@@ -130,6 +130,11 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     // replaced with a full handshake, so a rotated chain reaches the jobs.
     let mut config = Config::default();
     config.policy.max_age = Some(o.max_age);
+    // Runners behind a corporate proxy are configured through the
+    // environment (https_proxy, no_proxy, ...), read with curl's rules.
+    let proxies = rotary::Proxies::from_env()
+        .map_err(|e| Failure::new(2, format!("proxy from the environment: {e}")))?;
+    config.proxy = rotary::ProxySetting::Use(proxies);
     if let Some(ca) = &o.ca_file {
         std::fs::metadata(ca)
             .map_err(|e| Failure::new(3, format!("cannot read CA file {}: {e}", ca.display())))?;

@@ -895,3 +895,167 @@ fn fetch_help_lists_every_flag_and_where_fetch_differs_from_curl() {
         );
     }
 }
+
+/// A one-purpose CONNECT proxy on 127.0.0.1: answers each CONNECT with 200
+/// and relays both ways; returns its address and the heads it read.
+fn tunnel_proxy() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    match client.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let target = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().expect("heads").push(text);
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .is_err()
+                {
+                    return;
+                }
+                let (mut up_r, mut up_w) = (upstream.try_clone().expect("clone"), upstream);
+                let mut client_r = client.try_clone().expect("clone");
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_r, &mut up_w);
+                    let _ = up_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up_r, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[test]
+fn fetch_x_tunnels_https_with_proxy_user_and_v_shows_the_tunnel() {
+    let s = server(Settings::default());
+    let (proxy, heads) = tunnel_proxy();
+    let (code, out, err) = fetch_run(&[
+        "-v",
+        "-x",
+        &format!("{proxy}"),
+        "--proxy-user",
+        "ops:pw",
+        "--cacert",
+        ca(&s),
+        &s.coordinator.url("/hello"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rotary demo coordinator: GET /hello"), "{out}");
+    let origin = s.coordinator.url("");
+    let origin = origin.trim_end_matches('/');
+    assert!(
+        err.contains(&format!("proxy http://{proxy}: CONNECT tunnel to {origin}")),
+        "{err}"
+    );
+    assert!(err.contains("tunnel up (200 OK)"), "{err}");
+    assert!(
+        err.contains(&format!("opened to {proxy}: full handshake")),
+        "{err}"
+    );
+    assert!(err.contains("(tunnel through proxy"), "{err}");
+    assert!(
+        !err.contains("ops:pw") && !err.contains("b3BzOnB3"),
+        "{err}"
+    );
+    let heads = heads.lock().expect("heads").clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("CONNECT 127.0.0.1:"), "{}", heads[0]);
+    // base64("ops:pw")
+    assert!(
+        heads[0].contains("proxy-authorization: Basic b3BzOnB3\r\n"),
+        "{}",
+        heads[0]
+    );
+}
+
+#[test]
+fn fetch_x_sends_plain_http_in_absolute_form_and_noproxy_goes_direct() {
+    let proxy = ok_peer("from the proxy");
+    let (code, out, err) = fetch_run(&[
+        "-x",
+        &format!("http://u%40corp:p@127.0.0.1:{}", proxy.port()),
+        "http://origin.invalid:8080/x?y=1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from the proxy");
+    let seen = &proxy.seen()[0];
+    assert_eq!(
+        seen.request_line(),
+        "GET http://origin.invalid:8080/x?y=1 HTTP/1.1"
+    );
+    // base64("u@corp:p")
+    assert_eq!(
+        seen.header("proxy-authorization"),
+        Some("Basic dUBjb3JwOnA=")
+    );
+
+    let direct = ok_peer("direct");
+    let (code, out, err) = fetch_run(&[
+        "-x",
+        &format!("127.0.0.1:{}", proxy.port()),
+        "--noproxy",
+        "127.0.0.0/8",
+        &direct.url("/"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "direct");
+    assert_eq!(proxy.seen().len(), 1, "the proxy saw nothing more");
+}
+
+#[test]
+fn fetch_proxy_failures_exit_56_or_2_without_the_credentials() {
+    let refusing = Peer::plain(|_| {
+        response(
+            "407 Proxy Authentication Required",
+            &[("Proxy-Authenticate", "Basic realm=\"corp\"")],
+            "",
+        )
+    });
+    let got = fetch_run(&[
+        "-x",
+        &format!("http://ops:hunter2@127.0.0.1:{}", refusing.port()),
+        "https://origin.invalid/",
+    ]);
+    assert!(!got.2.contains("hunter2"), "{}", got.2);
+    assert_fails(got, 56, "the proxy rejected the credentials");
+    assert_fails(
+        fetch_run(&["-x", "socks5://127.0.0.1:1080", "https://origin.invalid/"]),
+        2,
+        "-x: bad proxy url: unsupported scheme \"socks5\"",
+    );
+    assert_fails(
+        fetch_run(&[
+            "-x",
+            "127.0.0.1:1",
+            "--proxy-user",
+            "nocolon",
+            "https://a.invalid/",
+        ]),
+        2,
+        "--proxy-user needs USER:PASS",
+    );
+}
