@@ -462,3 +462,54 @@ fn bytes_after_the_2xx_go_to_tls_not_to_http() {
         "{err:?}"
     );
 }
+
+#[test]
+fn chaos_behind_the_proxy_ends_every_request_once_and_never_blames_the_proxy() {
+    let seed = std::env::var("ROTARY_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    eprintln!("chaos seed {seed} (ROTARY_CHAOS_SEED replays it)");
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok(vec![b'x'; 2000]));
+    let chaos = FaultProxy::builder(server.addr())
+        .seed(seed)
+        .random_faults(0.3, 4096)
+        .start();
+    let proxy = ConnectProxy::start(ProxyScript::Tunnel {
+        upstream: chaos.addr(),
+    });
+    let url = proxy.url(None);
+    let (mut engine, _ca) = engine_for(&ca, |c| {
+        through(&url)(c);
+        // A tunnel per request: every one meets its own fault, or none.
+        c.policy.max_requests = Some(1);
+    });
+    let opts = RequestOptions::default().deadline(Duration::from_millis(1500));
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..8 {
+        let ids: Vec<_> = (0..5)
+            .map(|_| engine.submit(get(&server.url("/")), opts))
+            .collect();
+        let out = finish(&mut engine, &ids, T);
+        for id in ids {
+            match out.event(id) {
+                rotary::Event::Response { response, .. } => {
+                    assert_eq!(response.body().len(), 2000);
+                    ok += 1;
+                }
+                rotary::Event::Failed { error, .. } => {
+                    // The proxy answered every CONNECT: what broke was the
+                    // origin's traffic inside the tunnel.
+                    assert_ne!(error.phase(), Phase::Proxy, "{error:?}");
+                    failed += 1;
+                }
+                other => panic!("unexpected terminal event {other:?}"),
+            }
+        }
+    }
+    eprintln!("{ok} ok, {failed} failed, faults {:?}", chaos.stats());
+    assert!(ok > 0, "some requests get through");
+    assert!(chaos.stats().fired > 0, "faults fired inside the tunnels");
+    assert_drained(&mut engine);
+}
