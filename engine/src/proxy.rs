@@ -524,6 +524,12 @@ mod tests {
                 "{shown}"
             );
         }
+        let setting = ProxySetting::Use(Proxies::all(p.clone()).credentials("bob", "pw7"));
+        let shown = format!("{setting:?}");
+        assert!(
+            !shown.contains("pw7") && !shown.contains("cr%et"),
+            "{shown}"
+        );
         let p = p.with_credentials("bob", "pw");
         let token = base64::engine::general_purpose::STANDARD.encode("bob:pw");
         assert_eq!(

@@ -25,6 +25,8 @@ usage: cargo run --release --example loadgen -- [FLAGS]
                        CPU and memory then count too: for client-only numbers
                        point --url at `--example rotation -- --serve ADDR`
   --cacert FILE        trust only the CA certificates in FILE (PEM)
+  --proxy URL          go through this http:// proxy (CONNECT tunnels for
+                       https://); its own CPU is not loadgen's
   --conns C            concurrent keep-alive streams (= max connections) [1]
   --requests N         requests in total, spread over the streams     [1000]
   --max-age D          connection max age                             [15m]
@@ -58,6 +60,7 @@ pub fn main_with_args(args: Vec<String>, out: &Output) -> i32 {
 struct Opts {
     url: Option<String>,
     cacert: Option<PathBuf>,
+    proxy: Option<rotary::Proxy>,
     conns: usize,
     requests: u64,
     max_age: Option<Duration>,
@@ -73,6 +76,7 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
     let mut o = Opts {
         url: None,
         cacert: None,
+        proxy: None,
         conns: 1,
         requests: 1000,
         max_age: None,
@@ -86,6 +90,12 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
         match arg.as_str() {
             "--url" => o.url = Some(a.value(&arg)?),
             "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
+            "--proxy" => {
+                let url = a.value(&arg)?;
+                let proxy = rotary::Proxy::parse(&url)
+                    .map_err(|e| Failure::usage(format!("--proxy: {e}")))?;
+                o.proxy = Some(proxy);
+            }
             "--conns" => o.conns = a.parse(&arg)?,
             "--requests" => o.requests = a.parse(&arg)?,
             "--max-age" => o.max_age = Some(a.duration(&arg)?),
@@ -163,6 +173,9 @@ fn engine(o: &Opts, conns: usize) -> Result<Engine, Failure> {
         config.trust = Trust::pem_file(ca);
     }
     config.policy.max_connections = conns;
+    if let Some(proxy) = &o.proxy {
+        config.proxy = rotary::ProxySetting::Use(rotary::Proxies::all(proxy.clone()));
+    }
     if o.max_age.is_some() {
         config.policy.max_age = o.max_age;
     }
