@@ -26,6 +26,11 @@
 //!   PEM a job should trust to reach any server with a certificate from the
 //!   same CA.
 //!
+//! * Forward proxies ([`Config::proxy`], [`Proxies`]): `https://` origins
+//!   through `CONNECT` tunnels, `http://` in absolute-form, Basic
+//!   credentials, the environment read with curl's rules; the chain reported
+//!   is always the origin's.
+//!
 //! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
 //! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
 //! machines short, and it is the provider most rustls users have audited.
