@@ -66,6 +66,20 @@ pub struct OriginStats {
 }
 
 impl OriginStats {
+    /// Add `other`'s counters (another route's pool of the same origin).
+    pub(crate) fn absorb(&mut self, other: &OriginStats) {
+        self.connections_opened += other.connections_opened;
+        for (mine, theirs) in self.closed_by_reason.iter_mut().zip(other.closed_by_reason) {
+            *mine += theirs;
+        }
+        self.handshakes_full += other.handshakes_full;
+        self.handshakes_resumed += other.handshakes_resumed;
+        self.chain_changes += other.chain_changes;
+        self.probes += other.probes;
+        self.retries += other.retries;
+        self.drains_hit_grace += other.drains_hit_grace;
+    }
+
     pub(crate) fn new(origin: Origin) -> OriginStats {
         OriginStats {
             origin,

@@ -196,6 +196,10 @@ fn connections_through_a_proxy_are_never_handed_a_direct_request() {
     assert_eq!(back.response(id).status(), 200);
     assert!(back.opened().is_empty(), "reused the tunnel");
     assert_eq!(proxy.heads().len(), 1);
+    // Two routes, one origin: its counters are reported once, summed.
+    let stats = engine.stats();
+    assert_eq!(stats.origins.len(), 1, "{:#?}", stats.origins);
+    assert_eq!(stats.origins[0].connections_opened, 2);
     assert_drained(&mut engine);
 }
 

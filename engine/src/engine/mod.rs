@@ -412,7 +412,22 @@ impl Engine {
         s.timers = self.timers.len();
         s.queued = self.pools.queued();
         s.in_flight = self.reqs.len() - s.queued;
-        s.origins = self.pools.iter().map(|p| p.stats.clone()).collect();
+        // One entry per origin, whichever routes (direct, proxies) it took.
+        let mut at = std::collections::HashMap::new();
+        s.origins = Vec::new();
+        for p in self.pools.iter() {
+            match at.get(&p.stats.origin) {
+                Some(&i) => {
+                    if let Some(o) = s.origins.get_mut(i) {
+                        crate::stats::OriginStats::absorb(o, &p.stats);
+                    }
+                }
+                None => {
+                    at.insert(p.stats.origin.clone(), s.origins.len());
+                    s.origins.push(p.stats.clone());
+                }
+            }
+        }
         s
     }
 
