@@ -517,3 +517,54 @@ fn chaos_behind_the_proxy_ends_every_request_once_and_never_blames_the_proxy() {
     assert!(chaos.stats().fired > 0, "faults fired inside the tunnels");
     assert_drained(&mut engine);
 }
+
+#[test]
+fn max_age_runs_from_the_tcp_connect_to_the_proxy_not_from_the_tunnel() {
+    // The proxy answers CONNECT only after the whole max age has passed
+    // since the TCP connect: counted from there, the connection is expired
+    // the moment it is ready and carries nothing (counted from the tunnel,
+    // it would carry the request).
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("late"));
+    let proxy = ConnectProxy::start(ProxyScript::SlowTunnel {
+        upstream: server.addr(),
+        delay: Duration::from_millis(250),
+    });
+    let url = proxy.url(None);
+    let (mut engine, _ca) = engine_for(&ca, |c| {
+        through(&url)(c);
+        c.policy.max_age = Some(Duration::from_millis(40));
+        c.policy.max_age_jitter = Some(Duration::ZERO);
+        c.policy.prewarm = false;
+        c.policy.max_connections = 1;
+    });
+    let opts = RequestOptions::default().deadline(Duration::from_millis(400));
+    let id = engine.submit(get(&server.url("/")), opts);
+    let out = finish(&mut engine, &[id], T);
+    assert!(
+        matches!(out.error(id), Error::Timeout(Deadline::Total)),
+        "{:?}",
+        out.event(id)
+    );
+    let mut events = out.events;
+    until_seen(&mut engine, &mut events, T, |e| {
+        matches!(
+            e,
+            rotary::Event::Closed {
+                reason: rotary::CloseReason::MaxAge,
+                ..
+            }
+        )
+    });
+    let opened = events
+        .iter()
+        .filter(|e| matches!(e, rotary::Event::Opened(_)))
+        .count();
+    assert!(opened >= 1, "the tunnel came up: {events:#?}");
+    assert_eq!(
+        server.stats().requests,
+        0,
+        "no expired tunnel carried the request"
+    );
+    assert_drained(&mut engine);
+}

@@ -28,6 +28,11 @@ pub enum ProxyScript {
     /// `CONNECT`: answer 200 and relay to `upstream` both ways. Any other
     /// method (absolute-form): answer `200` with body `via proxy`.
     Tunnel { upstream: SocketAddr },
+    /// As `Tunnel`, answering each `CONNECT` only after `delay`.
+    SlowTunnel {
+        upstream: SocketAddr,
+        delay: Duration,
+    },
     /// Write these bytes, then close.
     Answer(Vec<u8>),
     /// Write these bytes, then keep the connection open without a word
@@ -123,7 +128,26 @@ fn serve(mut conn: TcpStream, script: &ProxyScript, heads: &Mutex<Vec<String>>) 
         ProxyScript::Close => {
             conn.shutdown(Shutdown::Both)?;
         }
-        ProxyScript::Tunnel { upstream } if head.starts_with("CONNECT ") => {
+        ProxyScript::SlowTunnel { upstream, delay } => {
+            std::thread::sleep(*delay);
+            let tunnel = ProxyScript::Tunnel {
+                upstream: *upstream,
+            };
+            return relay(conn, &tunnel, head, rest);
+        }
+        ProxyScript::Tunnel { .. } => return relay(conn, script, head, rest),
+    }
+    Ok(())
+}
+
+/// `Tunnel`: a CONNECT is answered 200 and relayed; anything else is
+/// answered by the proxy itself.
+fn relay(mut conn: TcpStream, script: &ProxyScript, head: String, rest: Vec<u8>) -> io::Result<()> {
+    let ProxyScript::Tunnel { upstream } = script else {
+        return Ok(());
+    };
+    match () {
+        () if head.starts_with("CONNECT ") => {
             let up = TcpStream::connect(upstream)?;
             conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
             let mut up_w = up.try_clone()?;
@@ -138,7 +162,7 @@ fn serve(mut conn: TcpStream, script: &ProxyScript, heads: &Mutex<Vec<String>>) 
             let _ = conn.shutdown(Shutdown::Write);
             let _ = to_server.join();
         }
-        ProxyScript::Tunnel { .. } => {
+        () => {
             conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nvia proxy")?;
             drain(&mut conn);
         }
