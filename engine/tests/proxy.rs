@@ -253,12 +253,23 @@ fn max_age_counts_from_the_tcp_connect_and_a_replacement_re_tunnels() {
 /// the error, after checking what every proxy failure shares: one failure,
 /// no retry, the engine drained, no credential in its text.
 fn failing_tunnel(test: &str, script: ProxyScript, userinfo: Option<&str>) -> (Error, Vec<String>) {
+    // A long CONNECT deadline: a loaded machine must not turn a row into a timeout.
+    failing_tunnel_within(test, script, userinfo, T)
+}
+
+/// As [`failing_tunnel`], with this CONNECT deadline.
+fn failing_tunnel_within(
+    test: &str,
+    script: ProxyScript,
+    userinfo: Option<&str>,
+    proxy_connect: Duration,
+) -> (Error, Vec<String>) {
     let (ca, _) = ca_and_leaf();
     let proxy = ConnectProxy::start(script);
     let url = proxy.url(userinfo);
     let (mut engine, _ca) = engine_for(&ca, |c| {
         through(&url)(c);
-        c.timeouts.proxy_connect = Duration::from_millis(60);
+        c.timeouts.proxy_connect = proxy_connect;
     });
     let id = engine.submit(get("https://localhost:9/"), RequestOptions::default());
     let out = finish(&mut engine, &[id], T);
@@ -396,10 +407,12 @@ fn proxy_closing_during_connect_is_closed() {
 #[test]
 fn a_silent_proxy_hits_the_connect_deadline() {
     let start = Instant::now();
-    let (err, _) = failing_tunnel(
+    let short = Duration::from_millis(60);
+    let (err, _) = failing_tunnel_within(
         "connect_deadline",
         ProxyScript::AnswerThenHold(Vec::new()),
         None,
+        short,
     );
     assert!(
         matches!(err, Error::Timeout(Deadline::ProxyConnect)),
@@ -409,10 +422,11 @@ fn a_silent_proxy_hits_the_connect_deadline() {
     assert!(start.elapsed() < Duration::from_secs(5));
     // A partial answer does not extend it.
     let partial = b"HTTP/1.1 200 OK\r\nX-Slow: 1\r\n".to_vec();
-    let (err, _) = failing_tunnel(
+    let (err, _) = failing_tunnel_within(
         "connect_deadline_partial",
         ProxyScript::AnswerThenHold(partial),
         None,
+        short,
     );
     assert!(
         matches!(err, Error::Timeout(Deadline::ProxyConnect)),
