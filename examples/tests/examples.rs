@@ -380,7 +380,7 @@ fn runner_writes_a_ca_file_per_job_from_the_delivering_connection() {
     let s = server(Settings {
         hold: Duration::from_millis(200),
         job_every: Duration::from_millis(50),
-        max_requests_per_conn: None,
+        ..Settings::default()
     });
     let dir = TempDir::new("runner-builds").expect("temp dir");
     let (out, cap) = Output::capture();
