@@ -43,6 +43,7 @@ mod http1;
 mod multipart;
 
 pub use gitlab::{dependency_artifact, JobReport};
+pub(crate) use multipart::hex;
 pub use multipart::FilePart;
 
 use http1::{Body, Conn, Head, Refusal};
