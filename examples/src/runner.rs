@@ -220,6 +220,11 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut tally = Tally::default();
     let mut contact = false;
+    // A wait never runs past --duration.
+    let left = |wait: Duration| match o.duration {
+        Some(d) => wait.min(d.saturating_sub(start.elapsed())),
+        None => wait,
+    };
     let outcome = loop {
         if o.max_jobs.is_some_and(|n| tally.ok + tally.failed >= n)
             || o.duration.is_some_and(|d| start.elapsed() >= d)
@@ -239,7 +244,7 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
                 }
                 let wait = backoff.next();
                 log(format!("poll failed: {e}; retrying in {}", show(wait)));
-                if let Err(ApiError::Poll(e)) = api.idle(wait) {
+                if let Err(ApiError::Poll(e)) = api.idle(left(wait)) {
                     return Err(Failure::new(1, format!("poll: {e}")));
                 }
                 continue;
@@ -278,7 +283,7 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
             s => {
                 let wait = backoff.next();
                 log(format!("unexpected status {s}; retrying in {}", show(wait)));
-                if let Err(ApiError::Poll(e)) = api.idle(wait) {
+                if let Err(ApiError::Poll(e)) = api.idle(left(wait)) {
                     return Err(Failure::new(1, format!("poll: {e}")));
                 }
             }

@@ -474,6 +474,113 @@ fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
     assert!(text.contains("root CN=examples test CA"), "{text}");
 }
 
+#[test]
+fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
+    let s = server(Settings {
+        hold: Duration::from_millis(50),
+        job_every: Duration::from_millis(1),
+        ..Settings::default()
+    });
+    let mut config = rotary::Config::default();
+    config.trust = rotary::Trust::pem_file(runner_ca(&s));
+    let mut engine = rotary::Engine::new(config).expect("engine");
+    let opts = rotary::RequestOptions::default().deadline(Duration::from_secs(10));
+    let mut send = |req: http::Request<bytes::Bytes>| engine.execute(req, opts).expect("answer");
+    let job = send(
+        http::Request::post(s.coordinator.url("/api/v4/jobs/request"))
+            .body(bytes::Bytes::from_static(br#"{"token":"r"}"#))
+            .expect("request"),
+    );
+    assert_eq!(job.status(), 201);
+    let body = job.body();
+    let id = rotary_examples::coordinator::json_number(body, "id").expect("id");
+    let token = rotary_examples::coordinator::json_string(body, "token").expect("token");
+    let patch = |range: &str, data: &'static [u8]| {
+        http::Request::patch(s.coordinator.url(&format!("/api/v4/jobs/{id}/trace")))
+            .header("job-token", token.as_str())
+            .header("content-range", range)
+            .body(bytes::Bytes::from_static(data))
+            .expect("request")
+    };
+    let ok = send(patch("0-4", b"hello"));
+    assert_eq!(ok.status(), 202);
+    assert_eq!(ok.headers()["range"], "0-5");
+    assert_eq!(ok.headers()["x-gitlab-trace-update-interval"], "3");
+    // A gap (or a repeat) is refused with the range the server holds.
+    let gap = send(patch("7-9", b"abc"));
+    assert_eq!(gap.status(), 416);
+    assert_eq!(gap.headers()["range"], "0-5");
+    assert_eq!(send(patch("0-4", b"hello")).status(), 416);
+    // A range that does not match the body is a bad request.
+    assert_eq!(send(patch("5-9", b"abc")).status(), 400);
+    // The artifact download redirects to object storage, which refuses a
+    // request that still carries the job token.
+    let get = send(
+        http::Request::get(s.coordinator.url(&format!("/api/v4/jobs/{id}/artifacts")))
+            .header("job-token", token.as_str())
+            .body(bytes::Bytes::new())
+            .expect("request"),
+    );
+    assert_eq!(get.status(), 302);
+    let location = get.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(location.starts_with(&format!("https://{}/", s.coordinator.storage_addr())));
+    let leaked = send(
+        http::Request::get(location.as_str())
+            .header("job-token", token.as_str())
+            .body(bytes::Bytes::new())
+            .expect("request"),
+    );
+    assert_eq!(leaked.status(), 400);
+    let clean = send(
+        http::Request::get(location.as_str())
+            .body(bytes::Bytes::new())
+            .expect("r"),
+    );
+    assert_eq!(clean.status(), 200);
+    assert_eq!(clean.body().len(), Settings::default().dependency_size);
+    assert_eq!(s.coordinator.counters().storage_credentials_refused, 1);
+    engine.shutdown();
+}
+
+#[test]
+fn rotation_serve_writes_the_runners_ca_file_where_ca_out_says() {
+    let dir = TempDir::new("serve-ca-out").expect("temp dir");
+    let file = dir.path().join("CA.pem");
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(
+        args(&[
+            "--serve",
+            "127.0.0.1:0",
+            "--duration",
+            "200ms",
+            "--ca-out",
+            file.to_str().expect("utf-8"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}\n{}", cap.stdout(), cap.stderr());
+    let pem = std::fs::read_to_string(&file).expect("--ca-out file");
+    // Roots A and B, and object storage's.
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3, "{pem}");
+    let text = cap.stdout();
+    assert!(
+        text.contains(&format!("--ca-file {}", file.display())),
+        "{text}"
+    );
+    // The line it prints names that file.
+    let own = text
+        .lines()
+        .find_map(|l| l.split("object storage's): ").nth(1))
+        .expect("the CA file line");
+    assert_eq!(own, file.display().to_string());
+    let (out, cap) = Output::capture();
+    assert_eq!(rotation::main_with_args(args(&["--ca-out", "x"]), &out), 2);
+    assert!(cap.stderr().contains("--ca-out goes with --serve"));
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, b)
         .as_ref()
