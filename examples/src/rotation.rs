@@ -333,6 +333,13 @@ fn serve_until(
         }
         thread::sleep(Duration::from_millis(50));
     }
+    for r in coordinator.take_job_reports() {
+        out.line(format!(
+            "{:>8.3}s {}",
+            start.elapsed().as_secs_f64(),
+            job_line(&r)
+        ));
+    }
     let c = coordinator.counters();
     out.line(format!(
         "stopped: {} connections, {} full and {} resumed handshakes, {} requests, {} jobs",

@@ -651,14 +651,19 @@ fn steps(
     // 4. Upload it, multipart. The body is read from the file into one
     // buffer until the engine takes streamed request bodies.
     let boundary = format!("rotary-{:016x}", fastrand::u64(..));
-    let mut body = format!(
+    let preamble = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\n\
          Content-Type: application/octet-stream\r\n\r\n"
-    )
-    .into_bytes();
-    let data = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    body.extend_from_slice(&data);
-    drop(data);
+    );
+    // One buffer, the file read straight into it: no second copy.
+    let capacity = usize::try_from(size)
+        .unwrap_or(0)
+        .saturating_add(preamble.len() + 128);
+    let mut body = Vec::with_capacity(capacity);
+    body.extend_from_slice(preamble.as_bytes());
+    File::open(&path)
+        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut body))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let url = ctx.url(&format!(
         "/api/v4/jobs/{}/artifacts?artifact_format=zip&artifact_type=archive",
