@@ -8,6 +8,8 @@
 //! (max age of a few seconds, full handshakes) heals within one max age.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,7 +61,12 @@ flags (durations: 500ms, 3s, 1.5):
   --serve ADDR           run only the coordinator on ADDR (e.g. 127.0.0.1:8443)
                          and print the runners' CA file, for `--example runner`;
                          with --rotate-at it rotates then, with --duration it
-                         stops
+                         stops; it logs each finished job's trace bytes and
+                         artifact size and SHA-256; SIGINT/SIGTERM stop it
+                         and remove its CA dir
+  --ca-out FILE          with --serve: also write the runners' CA file (roots
+                         A and B and object storage's) to FILE, for
+                         `--cacert FILE` / `--ca-file FILE`
   -h, --help             this text";
 
 /// Run the demo with `args` (without the program name); returns the exit code.
@@ -85,6 +92,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     let mut max_age = Duration::from_secs(3);
     let mut settings = Settings::default();
     let mut serve = None;
+    let mut ca_out = None;
     let mut verbose = false;
     let mut leaf_only = false;
     while let Some(arg) = a.next() {
@@ -99,6 +107,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
                 settings.max_requests_per_conn = (n > 0).then_some(n);
             }
             "--serve" => serve = Some(a.value("--serve")?),
+            "--ca-out" => ca_out = Some(PathBuf::from(a.value("--ca-out")?)),
             "-v" | "--verbose" => verbose = true,
             "--send-leaf-only" => leaf_only = true,
             h if Args::is_help(h) => {
@@ -109,7 +118,17 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         }
     }
     if let Some(addr) = serve {
-        return serve_only(&addr, rotate_at, duration, settings, leaf_only, out);
+        let serve = Serve {
+            rotate_at,
+            duration,
+            settings,
+            leaf_only,
+            ca_out,
+        };
+        return serve_only(&addr, &serve, out);
+    }
+    if ca_out.is_some() {
+        return Err(Failure::usage("--ca-out goes with --serve"));
     }
     let plan = Plan {
         rotate_at: rotate_at.unwrap_or(Duration::from_secs(5)),
@@ -192,14 +211,43 @@ fn names(extra: Option<&str>) -> Vec<&str> {
     n
 }
 
-fn serve_only(
-    addr: &str,
+/// `--serve`'s flags.
+struct Serve {
     rotate_at: Option<Duration>,
     duration: Option<Duration>,
     settings: Settings,
     leaf_only: bool,
+    ca_out: Option<PathBuf>,
+}
+
+fn serve_only(addr: &str, serve: &Serve, out: &Output) -> Result<i32, Failure> {
+    let stop = Arc::new(AtomicUsize::new(0));
+    let mut ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Ok(id) = signal_hook::flag::register_usize(sig, stop.clone(), sig as usize) {
+            ids.push(id);
+        }
+    }
+    let r = serve_until(addr, serve, out, &stop);
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
+    r
+}
+
+fn serve_until(
+    addr: &str,
+    serve: &Serve,
     out: &Output,
+    stop: &AtomicUsize,
 ) -> Result<i32, Failure> {
+    let Serve {
+        rotate_at,
+        duration,
+        settings,
+        leaf_only,
+        ..
+    } = *serve;
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']));
@@ -211,6 +259,20 @@ fn serve_only(
     let coordinator = Coordinator::start(addr, &leaf_a, settings)
         .map_err(|e| Failure::new(1, format!("cannot listen on {addr}: {e}")))?;
     let url = coordinator.url("");
+    // The runners download artifacts from object storage: its root too.
+    let mut trust_pem = std::fs::read_to_string(&pki.trust)
+        .map_err(|e| Failure::new(1, format!("reading {}: {e}", pki.trust.display())))?;
+    trust_pem.push_str(coordinator.storage_ca_pem());
+    std::fs::write(&pki.trust, &trust_pem)
+        .map_err(|e| Failure::new(1, format!("writing {}: {e}", pki.trust.display())))?;
+    let trust_file = match &serve.ca_out {
+        Some(f) => {
+            std::fs::write(f, &trust_pem)
+                .map_err(|e| Failure::new(1, format!("--ca-out {}: {e}", f.display())))?;
+            f.clone()
+        }
+        None => pki.trust.clone(),
+    };
     let sends = if leaf_only {
         "the leaf alone"
     } else {
@@ -220,17 +282,21 @@ fn serve_only(
         "coordinator listening on {url} (certificate from CA A, sending {sends})"
     ));
     out.line(format!(
-        "runners' CA file (roots A and B{}): {}",
+        "object storage listening on https://{} (its own CA)",
+        coordinator.storage_addr()
+    ));
+    out.line(format!(
+        "runners' CA file (roots A and B{}, and object storage's): {}",
         if leaf_only {
-            ", and their intermediates"
+            ", their intermediates"
         } else {
             ""
         },
-        pki.trust.display()
+        trust_file.display()
     ));
     out.line(format!(
         "try: cargo run --example runner -- --url {url} --token demo --ca-file {}",
-        pki.trust.display()
+        trust_file.display()
     ));
     match rotate_at {
         Some(r) => out.line(format!("rotating to CA B at {}", show(r))),
@@ -238,12 +304,20 @@ fn serve_only(
     }
     let start = Instant::now();
     let mut rotated = false;
+    let mut signal = 0;
     loop {
         let now = start.elapsed();
         if let Some(d) = duration {
             if now >= d {
                 break;
             }
+        }
+        signal = stop.load(std::sync::atomic::Ordering::SeqCst);
+        if signal != 0 {
+            break;
+        }
+        for r in coordinator.take_job_reports() {
+            out.line(format!("{:>8.3}s {}", now.as_secs_f64(), job_line(&r)));
         }
         if let Some(r) = rotate_at {
             if !rotated && now >= r {
@@ -259,14 +333,45 @@ fn serve_only(
         }
         thread::sleep(Duration::from_millis(50));
     }
+    for r in coordinator.take_job_reports() {
+        out.line(format!(
+            "{:>8.3}s {}",
+            start.elapsed().as_secs_f64(),
+            job_line(&r)
+        ));
+    }
     let c = coordinator.counters();
     out.line(format!(
         "stopped: {} connections, {} full and {} resumed handshakes, {} requests, {} jobs",
         c.connections, c.handshakes_full, c.handshakes_resumed, c.requests, c.jobs
     ));
-    // The CA file goes with `pki` (a Ctrl-C leaves it: certificates only).
+    // The CA dir goes with `pki`; a signal ends the loop above, so it goes
+    // then too.
     drop(pki);
-    Ok(0)
+    Ok(if signal == 0 { 0 } else { 128 + signal as i32 })
+}
+
+/// `job 3 success: trace 812 bytes in 3 increments; artifact artifacts.zip
+/// 4194304 bytes sha256 ...`.
+fn job_line(r: &crate::coordinator::JobReport) -> String {
+    let mut line = format!(
+        "job {} {}: trace {} bytes in {} increments",
+        r.id, r.state, r.trace_bytes, r.trace_patches
+    );
+    if r.trace_refused > 0 {
+        line.push_str(&format!(" ({} refused with 416)", r.trace_refused));
+    }
+    match &r.artifact {
+        Some(a) => line.push_str(&format!(
+            "; artifact {} {} bytes sha256 {}",
+            a.filename, a.size, a.sha256
+        )),
+        None => line.push_str("; no artifact"),
+    }
+    if let Some(why) = &r.failure_reason {
+        line.push_str(&format!("; failure reason {why}"));
+    }
+    line
 }
 
 /// Timestamped lines shared by the runner threads.

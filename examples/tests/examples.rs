@@ -375,48 +375,324 @@ fn loadgen_against_an_unreachable_url_fails_with_one_line() {
     assert!(err.contains("3 of 3 requests failed"), "{err}");
 }
 
+/// The runner's trust: the coordinator's root and object storage's.
+fn runner_ca(s: &Server) -> PathBuf {
+    let file = s._dir.path().join("runner-ca.pem");
+    let pem = format!("{}{}", s.root.pem(), s.coordinator.storage_ca_pem());
+    std::fs::write(&file, pem).expect("write runner CA file");
+    file
+}
+
 #[test]
-fn runner_writes_a_ca_file_per_job_from_the_delivering_connection() {
+fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
     let s = server(Settings {
         hold: Duration::from_millis(200),
-        job_every: Duration::from_millis(50),
-        max_requests_per_conn: None,
+        job_every: Duration::from_millis(20),
+        trace_update_interval: Duration::from_millis(10),
+        dependency_size: 100_000,
+        ..Settings::default()
     });
     let dir = TempDir::new("runner-builds").expect("temp dir");
+    let ca_file = runner_ca(&s);
     let (out, cap) = Output::capture();
+    let code = runner::main_with_args(
+        args(&[
+            "--url",
+            &format!("{}?x=1", s.coordinator.url("/")),
+            "--token",
+            "t0ken",
+            "--ca-file",
+            ca_file.to_str().expect("utf-8"),
+            "--builds-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--artifact-size",
+            "300000",
+            "--max-jobs",
+            "3",
+            "--duration",
+            "30s",
+        ]),
+        &out,
+    );
+    let text = cap.stdout();
+    assert_eq!(code, 0, "{text}\n{}", cap.stderr());
+    assert!(
+        text.contains("stopped after 3 jobs: 3 succeeded, 0 failed"),
+        "{text}"
+    );
+    let reports = s.coordinator.take_job_reports();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for r in &reports {
+        assert_eq!(r.state, "success", "{r:?}");
+        // The runner's line for the job names the artifact's SHA-256 it
+        // computed from the file; the server's, from the bytes received.
+        let art = r.artifact.as_ref().expect("an artifact per job");
+        assert_eq!(art.size, 300_000, "{r:?}");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("job {}: success", r.id)))
+            .unwrap_or_else(|| panic!("no line for job {}:\n{text}", r.id));
+        assert!(
+            line.contains(&format!("sha256 {}", art.sha256)),
+            "{line}\n{r:?}"
+        );
+        // Increments: the trace went up in more than one PATCH, none refused.
+        assert!(r.trace_patches >= 2, "{r:?}");
+        assert_eq!(r.trace_refused, 0, "{r:?}");
+        assert!(
+            line.contains(&format!("trace {} bytes", r.trace_bytes)),
+            "{line}"
+        );
+        assert_eq!(r.downloads, 1, "{r:?}");
+        // The dependency came from object storage, byte for byte.
+        let dep = rotary_examples::coordinator::dependency_artifact(r.id, 100_000);
+        let sha = sha256_hex(&dep);
+        assert!(
+            text.contains(&format!(
+                "job {}: dependency artifacts 100000 bytes sha256 {sha}",
+                r.id
+            )),
+            "{text}"
+        );
+    }
+    let c = s.coordinator.counters();
+    // The redirect to object storage went without JOB-TOKEN.
+    assert_eq!(c.storage_requests, 3, "{c:?}");
+    assert_eq!(c.storage_credentials_refused, 0, "{c:?}");
+    // Each job kept its CA file: the bundle of the delivering connection.
+    let bundle = format!("{}{}", s.mid.pem(), s.root.pem());
+    let mut seen = 0;
+    for e in std::fs::read_dir(dir.path()).expect("builds dir") {
+        let job_dir = e.expect("entry").path();
+        let pem = std::fs::read_to_string(job_dir.join("ca.pem")).expect("CA file");
+        assert_eq!(pem, bundle, "{}", job_dir.display());
+        // The artifacts are gone once used.
+        assert!(!job_dir.join("artifacts.bin").exists());
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    assert!(text.contains("root CN=examples test CA"), "{text}");
+}
+
+#[test]
+fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
+    let s = server(Settings {
+        hold: Duration::from_millis(50),
+        job_every: Duration::from_millis(1),
+        ..Settings::default()
+    });
+    let mut config = rotary::Config::default();
+    config.trust = rotary::Trust::pem_file(runner_ca(&s));
+    let mut engine = rotary::Engine::new(config).expect("engine");
+    let opts = rotary::RequestOptions::default().deadline(Duration::from_secs(10));
+    let mut send = |req: http::Request<bytes::Bytes>| engine.execute(req, opts).expect("answer");
+    let job = send(
+        http::Request::post(s.coordinator.url("/api/v4/jobs/request"))
+            .body(bytes::Bytes::from_static(br#"{"token":"r"}"#))
+            .expect("request"),
+    );
+    assert_eq!(job.status(), 201);
+    let body = job.body();
+    let id = rotary_examples::coordinator::json_number(body, "id").expect("id");
+    let token = rotary_examples::coordinator::json_string(body, "token").expect("token");
+    let patch = |range: &str, data: &'static [u8]| {
+        http::Request::patch(s.coordinator.url(&format!("/api/v4/jobs/{id}/trace")))
+            .header("job-token", token.as_str())
+            .header("content-range", range)
+            .body(bytes::Bytes::from_static(data))
+            .expect("request")
+    };
+    let ok = send(patch("0-4", b"hello"));
+    assert_eq!(ok.status(), 202);
+    assert_eq!(ok.headers()["range"], "0-5");
+    assert_eq!(ok.headers()["x-gitlab-trace-update-interval"], "3");
+    // A gap (or a repeat) is refused with the range the server holds.
+    let gap = send(patch("7-9", b"abc"));
+    assert_eq!(gap.status(), 416);
+    assert_eq!(gap.headers()["range"], "0-5");
+    assert_eq!(send(patch("0-4", b"hello")).status(), 416);
+    // A range that does not match the body is a bad request.
+    assert_eq!(send(patch("5-9", b"abc")).status(), 400);
+    // The artifact download redirects to object storage, which refuses a
+    // request that still carries the job token.
+    let get = send(
+        http::Request::get(s.coordinator.url(&format!("/api/v4/jobs/{id}/artifacts")))
+            .header("job-token", token.as_str())
+            .body(bytes::Bytes::new())
+            .expect("request"),
+    );
+    assert_eq!(get.status(), 302);
+    let location = get.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(location.starts_with(&format!("https://{}/", s.coordinator.storage_addr())));
+    let leaked = send(
+        http::Request::get(location.as_str())
+            .header("job-token", token.as_str())
+            .body(bytes::Bytes::new())
+            .expect("request"),
+    );
+    assert_eq!(leaked.status(), 400);
+    let clean = send(
+        http::Request::get(location.as_str())
+            .body(bytes::Bytes::new())
+            .expect("r"),
+    );
+    assert_eq!(clean.status(), 200);
+    assert_eq!(clean.body().len(), Settings::default().dependency_size);
+    assert_eq!(s.coordinator.counters().storage_credentials_refused, 1);
+    engine.shutdown();
+}
+
+#[test]
+fn rotation_serve_writes_the_runners_ca_file_where_ca_out_says() {
+    let dir = TempDir::new("serve-ca-out").expect("temp dir");
+    let file = dir.path().join("CA.pem");
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(
+        args(&[
+            "--serve",
+            "127.0.0.1:0",
+            "--duration",
+            "200ms",
+            "--ca-out",
+            file.to_str().expect("utf-8"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}\n{}", cap.stdout(), cap.stderr());
+    let pem = std::fs::read_to_string(&file).expect("--ca-out file");
+    // Roots A and B, and object storage's.
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3, "{pem}");
+    let text = cap.stdout();
+    assert!(
+        text.contains(&format!("--ca-file {}", file.display())),
+        "{text}"
+    );
+    // The line it prints names that file.
+    let own = text
+        .lines()
+        .find_map(|l| l.split("object storage's): ").nth(1))
+        .expect("the CA file line");
+    assert_eq!(own, file.display().to_string());
+    let (out, cap) = Output::capture();
+    assert_eq!(rotation::main_with_args(args(&["--ca-out", "x"]), &out), 2);
+    assert!(cap.stderr().contains("--ca-out goes with --serve"));
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn runner_stops_at_once_with_code_3_when_the_ca_file_cannot_verify_the_server() {
+    let s = server(Settings::default());
+    let other = Ca::new("some other CA").expect("CA");
+    let dir = TempDir::new("runner-wrong-ca").expect("temp dir");
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, other.pem()).expect("write");
+    let (out, cap) = Output::capture();
+    let started = Instant::now();
     let code = runner::main_with_args(
         args(&[
             "--url",
             &s.coordinator.url(""),
             "--token",
-            "t0ken",
+            "t",
             "--ca-file",
-            ca(&s),
-            "--builds-dir",
-            dir.path().to_str().expect("utf-8"),
-            "--jobs",
-            "2",
+            wrong.to_str().expect("utf-8"),
             "--duration",
-            "10s",
+            "20s",
         ]),
         &out,
     );
-    assert_eq!(code, 0, "{}\n{}", cap.stdout(), cap.stderr());
-    let text = cap.stdout();
-    assert!(text.contains("stopped after 2 jobs"), "{text}");
-    let files: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("builds dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("ca.pem"))
-        .collect();
-    assert_eq!(files.len(), 2, "{text}");
-    // Each job's CA file is the bundle: intermediate then root, no leaf.
-    let bundle = format!("{}{}", s.mid.pem(), s.root.pem());
-    for f in files {
-        let pem = std::fs::read_to_string(&f).expect("CA file");
-        assert_eq!(pem, bundle, "{}", f.display());
+    assert_eq!(code, 3, "{}\n{}", cap.stdout(), cap.stderr());
+    let err = cap.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot be verified with --ca-file"), "{err}");
+    // It did not retry until --duration.
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn runner_refuses_an_unsupported_scheme_with_one_line_and_code_2() {
+    let (out, cap) = Output::capture();
+    let code = runner::main_with_args(args(&["--url", "ftp://127.0.0.1:9/", "--token", "t"]), &out);
+    assert_eq!(code, 2, "{}", cap.stderr());
+    assert_eq!(cap.stderr().lines().count(), 1);
+    assert!(
+        cap.stderr().contains("unsupported scheme \"ftp\""),
+        "{}",
+        cap.stderr()
+    );
+}
+
+#[test]
+fn runner_on_a_stop_signal_fails_the_current_job_and_removes_its_temp_dir() {
+    let s = server(Settings {
+        hold: Duration::from_millis(100),
+        job_every: Duration::from_millis(20),
+        trace_update_interval: Duration::from_millis(10),
+        ..Settings::default()
+    });
+    let ca_file = runner_ca(&s);
+    let (out, cap) = Output::capture();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let flag = stop.clone();
+    let url = s.coordinator.url("");
+    let ca = ca_file.to_str().expect("utf-8").to_owned();
+    let runner = std::thread::spawn(move || {
+        runner::run_with_stop(
+            args(&[
+                "--url",
+                &url,
+                "--token",
+                "t",
+                "--ca-file",
+                &ca,
+                "--artifact-size",
+                "1000",
+                "--duration",
+                "30s",
+            ]),
+            &out,
+            flag,
+        )
+    });
+    // Act as SIGTERM once the first job is under way.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !cap.stdout().contains("dependency artifacts") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(text.contains("root CN=examples test CA"), "{text}");
+    stop.store(15, Ordering::SeqCst);
+    let code = runner.join().expect("runner thread");
+    let text = cap.stdout();
+    assert_eq!(code, 128 + 15, "{text}\n{}", cap.stderr());
+    assert!(text.contains("stopped by SIGTERM"), "{text}");
+    let temp = text
+        .lines()
+        .find_map(|l| l.split("job files go to ").nth(1))
+        .expect("the builds dir is logged");
+    assert!(!std::path::Path::new(temp).exists(), "{temp} left behind");
+    // Every job it took ended reported: the interrupted one as failed.
+    let reports = s.coordinator.take_job_reports();
+    assert!(!reports.is_empty(), "{text}");
+    let handed = s.coordinator.counters().jobs;
+    assert_eq!(reports.len() as u64, handed, "{reports:?}\n{text}");
+    if let Some(last) = reports.last() {
+        if last.state == "failed" {
+            assert_eq!(
+                last.failure_reason.as_deref(),
+                Some("runner_system_failure")
+            );
+            assert!(text.contains("interrupted by SIGTERM"), "{text}");
+        }
+    }
 }
 
 #[test]
