@@ -205,6 +205,14 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A fresh-chain handshake had no room: the origin already has
+    /// [`Policy::max_connections`](crate::Policy::max_connections)
+    /// connections and none is idle to close (or an embedded engine's token
+    /// range is full).
+    ConnectionLimit {
+        /// The limit that was reached.
+        limit: usize,
+    },
     /// A deadline fired.
     Timeout(Deadline),
     /// The request was cancelled by the caller.
@@ -219,7 +227,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
-            Error::Connect { .. } => Phase::Connect,
+            Error::Connect { .. } | Error::ConnectionLimit { .. } => Phase::Connect,
             Error::Redirect(_) => Phase::ResponseHead,
             Error::Tls { phase, .. } => *phase,
             Error::Io { phase, .. }
@@ -307,6 +315,10 @@ impl fmt::Display for Error {
             Error::BodyTooLarge { limit } => {
                 write!(f, "response body larger than the {limit}-byte limit")
             }
+            Error::ConnectionLimit { limit } => write!(
+                f,
+                "no room for a new connection: {limit} connections are open and none is idle"
+            ),
             Error::Timeout(d) => write!(f, "{d} deadline passed"),
             Error::Cancelled => f.write_str("request cancelled"),
             Error::Shutdown => f.write_str("engine shut down"),

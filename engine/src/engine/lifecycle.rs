@@ -239,9 +239,9 @@ impl Engine {
     /// origin's chain changed while the live connections kept the old one.
     pub(super) fn probe(&mut self, p: PoolKey, now: Instant) {
         let live = self.pools[p].conns.iter().any(|&k| {
-            self.conns.get(k).is_some_and(|c| {
-                c.purpose != Purpose::Probe && c.stage() == crate::conn::Stage::Ready
-            })
+            self.conns
+                .get(k)
+                .is_some_and(|c| !c.is_chain_only() && c.stage() == crate::conn::Stage::Ready)
         });
         if !live || self.shut || !self.has_token_room() {
             return;
