@@ -317,7 +317,7 @@ impl fmt::Display for Error {
             }
             Error::ConnectionLimit { limit } => write!(
                 f,
-                "no room for a new connection: {limit} connections are open and none is idle"
+                "no room for a fresh-chain connection: at the limit of {limit} connections, none idle"
             ),
             Error::Timeout(d) => write!(f, "{d} deadline passed"),
             Error::Cancelled => f.write_str("request cancelled"),
