@@ -40,8 +40,10 @@ pub(crate) fn prewarm_lead(age: Duration) -> Duration {
 
 impl Engine {
     /// TCP just connected: arm the age limit and, before it, the prewarm.
+    /// A probe or fresh-chain connection closes after its handshake, within
+    /// its handshake deadline: it gets neither.
     pub(super) fn arm_lifetime(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conns.get(key).filter(|c| !c.is_chain_only()) else {
             return;
         };
         let policy = self.pools[conn.pool].policy;
