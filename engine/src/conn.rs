@@ -83,6 +83,10 @@ pub(crate) enum Purpose {
     Replacement,
     /// A TLS-only chain probe: never resumes, never carries a request.
     Probe,
+    /// A TLS-only full handshake a host asked for with
+    /// `Engine::fresh_chain`: like a probe, and its chain answers the
+    /// pool's waiting fresh-chain calls.
+    Fresh,
     /// One more TCP connect racing for the connection at this key and id
     /// (Happy Eyeballs). Not part of any pool; the first attempt to connect
     /// hands its socket to that connection and the others close.
@@ -258,6 +262,13 @@ impl Conn {
     }
 
     /// Counts toward the pool's connections being opened for requests.
+    /// Opened only to see the peer's chain (a probe or a fresh-chain
+    /// handshake): it never carries a request, and the pool's `connecting`
+    /// count (connections opened for requests) leaves it out.
+    pub(crate) fn is_chain_only(&self) -> bool {
+        matches!(self.purpose, Purpose::Probe | Purpose::Fresh)
+    }
+
     pub(crate) fn is_opening(&self) -> bool {
         self.stage != Stage::Ready
             && matches!(self.purpose, Purpose::Requests | Purpose::Replacement)

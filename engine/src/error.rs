@@ -276,6 +276,14 @@ pub enum Error {
         /// What went wrong.
         failure: ProxyFailure,
     },
+    /// A fresh-chain handshake had no room: the origin already has
+    /// [`Policy::max_connections`](crate::Policy::max_connections)
+    /// connections and none is idle to close (or an embedded engine's token
+    /// range is full).
+    ConnectionLimit {
+        /// The limit that was reached.
+        limit: usize,
+    },
     /// A deadline fired.
     Timeout(Deadline),
     /// The request was cancelled by the caller.
@@ -290,7 +298,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
-            Error::Connect { .. } => Phase::Connect,
+            Error::Connect { .. } | Error::ConnectionLimit { .. } => Phase::Connect,
             Error::Redirect(_) => Phase::ResponseHead,
             Error::Tls { phase, .. } => *phase,
             Error::Io { phase, .. }
@@ -380,6 +388,10 @@ impl fmt::Display for Error {
                 write!(f, "response body larger than the {limit}-byte limit")
             }
             Error::Proxy { proxy, failure } => write!(f, "proxy {proxy}: {failure}"),
+            Error::ConnectionLimit { limit } => write!(
+                f,
+                "no room for a fresh-chain connection: at the limit of {limit} connections, none idle"
+            ),
             Error::Timeout(d) => write!(f, "{d} deadline passed"),
             Error::Cancelled => f.write_str("request cancelled"),
             Error::Shutdown => f.write_str("engine shut down"),

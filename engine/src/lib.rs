@@ -76,7 +76,8 @@ pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle};
 pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
-    CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,
+    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy,
+    Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};

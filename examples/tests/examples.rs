@@ -108,6 +108,32 @@ fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
 }
 
 #[test]
+fn rotation_demo_refresh_runner_fails_no_job_before_or_after_the_rotation() {
+    let text = short_demo(&[]);
+    let row = table_row(&text, "refresh");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // refresh, ok, failed, after-ok, "/", after-failed, handshakes/job, heal time...
+    assert_eq!(
+        cols.get(2),
+        Some(&"0"),
+        "no refresh job fails: {row}\n{text}"
+    );
+    assert_ne!(cols.get(1), Some(&"0"), "refresh ran jobs: {row}");
+    assert_ne!(cols.get(3), Some(&"0"), "some after the rotation: {row}");
+    assert_eq!(cols.get(5), Some(&"0"), "none failed after it: {row}");
+    let per_job: f64 = cols
+        .get(6)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("a handshakes/job column: {row}"));
+    assert!(per_job >= 1.0, "a fresh handshake per job: {row}");
+    assert!(
+        text.contains("with a fresh chain (chain B): git clone ok"),
+        "{text}"
+    );
+    assert!(text.contains("refresh failed no job (OK)"), "{text}");
+}
+
+#[test]
 fn rotation_demo_pinned_runner_resumes_the_old_session_when_the_edge_closes() {
     let (out, cap) = Output::capture();
     let code = rotation::main_with_args(

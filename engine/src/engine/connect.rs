@@ -30,6 +30,7 @@ impl Engine {
     /// Open a connection for pool `p`: look its host up (IP literals need
     /// no lookup), then connect.
     pub(super) fn open(&mut self, p: PoolKey, purpose: Purpose, now: Instant) {
+        let chain_only = matches!(purpose, Purpose::Probe | Purpose::Fresh);
         let id = self.new_conn_id();
         let key = self.conns.insert(Conn::new(
             id,
@@ -40,7 +41,7 @@ impl Engine {
         self.stats.connections_attempted += 1;
         let pool = &mut self.pools[p];
         pool.conns.push(key);
-        if purpose != Purpose::Probe {
+        if !chain_only {
             pool.connecting += 1;
         }
         // Through a proxy, the TCP connection (and every lifetime clock) is
@@ -427,7 +428,7 @@ impl Engine {
         let p = conn.pool;
         conn.set_ready();
         let pool = &mut self.pools[p];
-        if conn.purpose != Purpose::Probe {
+        if !conn.is_chain_only() {
             pool.connecting = pool.connecting.saturating_sub(1);
         }
         conn.remaining = pool.policy.max_requests;
@@ -435,6 +436,9 @@ impl Engine {
         let Some((info, changed)) = self.observe_peer(key, now) else {
             return;
         };
+        if purpose == Purpose::Fresh {
+            return self.fresh_done(p, key, info, changed, now);
+        }
         if purpose == Purpose::Probe {
             log::debug!("chain probe of {} done", info.origin);
             if let Some(previous) = changed {
@@ -466,13 +470,15 @@ impl Engine {
     }
 
     /// A connection attempt failed: it closes, and the oldest waiting request
-    /// of its origin (if any) ends with the error.
+    /// of its origin (if any) ends with the error; a fresh-chain
+    /// connection's error answers every call waiting on it instead.
     pub(super) fn connect_failed(&mut self, key: ConnKey, err: Error, now: Instant) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
         let p = conn.pool;
-        let probe = conn.purpose == Purpose::Probe;
+        let chain_only = conn.is_chain_only();
+        let fresh = conn.purpose == Purpose::Fresh;
         let err = match err {
             // The address that failed was the proxy's.
             Error::Resolve { .. } | Error::Connect { .. } if self.pools[p].proxy.is_some() => {
@@ -486,8 +492,12 @@ impl Engine {
             origin: self.pools[p].origin.clone(),
             error: err.clone(),
         });
+        if fresh {
+            // Before the close, which would answer them as closed.
+            self.answer_fresh(p, Err(err.clone()));
+        }
         self.close_conn(key, CloseReason::ConnectFailed);
-        if !probe {
+        if !chain_only {
             if let Some(rk) = self.pools[p].queue.pop_front() {
                 self.fail_request(rk, err);
             }

@@ -40,8 +40,10 @@ pub(crate) fn prewarm_lead(age: Duration) -> Duration {
 
 impl Engine {
     /// TCP just connected: arm the age limit and, before it, the prewarm.
+    /// A probe or fresh-chain connection closes after its handshake, within
+    /// its handshake deadline: it gets neither.
     pub(super) fn arm_lifetime(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conns.get(key).filter(|c| !c.is_chain_only()) else {
             return;
         };
         let policy = self.pools[conn.pool].policy;
@@ -240,9 +242,9 @@ impl Engine {
     /// origin's chain changed while the live connections kept the old one.
     pub(super) fn probe(&mut self, p: PoolKey, now: Instant) {
         let live = self.pools[p].conns.iter().any(|&k| {
-            self.conns.get(k).is_some_and(|c| {
-                c.purpose != Purpose::Probe && c.stage() == crate::conn::Stage::Ready
-            })
+            self.conns
+                .get(k)
+                .is_some_and(|c| !c.is_chain_only() && c.stage() == crate::conn::Stage::Ready)
         });
         if !live || self.shut || !self.has_token_room() {
             return;

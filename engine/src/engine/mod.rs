@@ -2,13 +2,15 @@
 //! the loop that turns readiness, deadlines and commands into work.
 //!
 //! A request flows submit → [`request`] → [`pool`] → [`connect`] → [`io`] →
-//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it. This
+//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it; a
+//! fresh-chain call goes [`fresh`] → [`connect`] → event. This
 //! file owns construction, the mio plumbing ([`Mio`]) and the command
 //! channel; every other piece of state belongs to the child module named
 //! after it, which alone changes it (see the README's architecture notes).
 
 mod connect;
 mod exchange;
+mod fresh;
 mod io;
 mod lifecycle;
 mod pool;
@@ -35,8 +37,8 @@ use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase, Policy, RequestId,
-    RequestOptions, Stats,
+    ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase, Policy,
+    RequestId, RequestOptions, Stats,
 };
 
 use self::io::{Buffers, ReadMode};
@@ -48,6 +50,7 @@ use self::timers::Timers;
 enum Command {
     Submit(Box<(RequestId, http::Request<Bytes>, RequestOptions)>),
     Cancel(RequestId),
+    FreshChain(ChainRequestId, Origin, Duration),
 }
 
 /// The engine's place in a mio loop: its own poll (or none when embedded),
@@ -154,6 +157,25 @@ impl Handle {
             .map_err(|_| Error::Shutdown)?;
         let _ = self.waker.wake();
         Ok(())
+    }
+
+    /// [`Engine::fresh_chain`] from another thread: its
+    /// [`Event::FreshChain`] comes out of the engine's `next_event`. The
+    /// freshness counts from when the engine's loop takes the call.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn fresh_chain(
+        &self,
+        origin: Origin,
+        freshness: Duration,
+    ) -> Result<ChainRequestId, Error> {
+        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.tx
+            .send(Command::FreshChain(id, origin, freshness))
+            .map_err(|_| Error::Shutdown)?;
+        let _ = self.waker.wake();
+        Ok(id)
     }
 }
 
@@ -277,6 +299,43 @@ impl Engine {
     pub fn submit(&mut self, request: http::Request<Bytes>, opts: RequestOptions) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
         self.submit_with_id(id, request, opts, Instant::now());
+        id
+    }
+
+    /// The origin's chain as it is now, for a job's CA file: answered with
+    /// one [`Event::FreshChain`] carrying this call's id.
+    ///
+    /// When a full handshake with `origin` finished within `freshness`, its
+    /// chain answers at once (the event is queued before this returns).
+    /// Otherwise a TLS-only full handshake starts (never a resumption, which
+    /// would replay an old chain; no request is sent and the connection
+    /// closes with [`CloseReason::Probe`] once it is done) and its chain
+    /// answers. Calls for one origin made while that handshake is under way
+    /// share it, each getting its own event. `Duration::ZERO` asks for a new
+    /// handshake every time (unless one finished this very instant).
+    ///
+    /// The handshake is a connection like any other: it counts against the
+    /// origin's [`Policy::max_connections`] (its oldest idle connection is
+    /// closed to make room), has the [`crate::Timeouts`] `dns`, `connect`
+    /// and `handshake` deadlines, raises [`Event::ConnectFailed`] when it
+    /// fails, and when its chain differs from the origin's previous one it
+    /// raises [`Event::ChainChanged`] and applies
+    /// [`Policy::on_chain_change`], as a chain probe does. It also becomes
+    /// the origin's [`Engine::peer_chain`] and counts in
+    /// [`Stats::fresh_chain_handshakes`] and `handshakes_full`; waiting
+    /// calls show in [`Stats::fresh_chains_pending`].
+    ///
+    /// # Errors
+    /// In the event's `result`: [`Error::InvalidRequest`] for an `http://`
+    /// origin; [`Error::ConnectionLimit`] when the origin is at
+    /// `max_connections` with no idle connection to close;
+    /// [`Error::Shutdown`] after (or during) [`Engine::shutdown`], and
+    /// [`Error::Cancelled`] when [`Engine::close_idle`] closes the
+    /// handshake's connection; otherwise the connection's error (resolve,
+    /// connect, TLS with rustls's reason, or a [`crate::Deadline`]).
+    pub fn fresh_chain(&mut self, origin: &Origin, freshness: Duration) -> ChainRequestId {
+        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.fresh_chain_with_id(id, origin.clone(), freshness, Instant::now());
         id
     }
 
@@ -412,6 +471,7 @@ impl Engine {
         s.timers = self.timers.len();
         s.queued = self.pools.queued();
         s.in_flight = self.reqs.len() - s.queued;
+        s.fresh_chains_pending = self.pools.fresh_pending();
         // One entry per origin, whichever routes (direct, proxies) it took.
         let mut at = std::collections::HashMap::new();
         s.origins = Vec::new();
@@ -501,6 +561,9 @@ impl Engine {
                     self.submit_with_id(id, req, opts, now)
                 }
                 Command::Cancel(id) => self.cancel_at(id, now),
+                Command::FreshChain(id, origin, freshness) => {
+                    self.fresh_chain_with_id(id, origin, freshness, now)
+                }
             }
         }
     }

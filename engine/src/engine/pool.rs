@@ -45,6 +45,10 @@ pub(super) struct Pool {
     /// A connection retired for age or chain: forget stored sessions.
     pub(super) purge_sessions: bool,
     pub(super) probe_timer: Option<crate::wheel::TimerKey>,
+    /// Fresh-chain calls waiting for the pool's one fresh-chain handshake
+    /// (a `Purpose::Fresh` connection is open exactly while this is not
+    /// empty; see [`super::fresh`]).
+    pub(super) fresh_waiters: Vec<crate::ChainRequestId>,
     pub(super) stats: OriginStats,
 }
 
@@ -100,6 +104,11 @@ impl Pools {
         self.list.iter().map(|p| p.queue.len()).sum()
     }
 
+    /// Fresh-chain calls waiting for a handshake, over every pool.
+    pub(super) fn fresh_pending(&self) -> usize {
+        self.list.iter().map(|p| p.fresh_waiters.len()).sum()
+    }
+
     pub(super) fn set_policy(&mut self, origin: Origin, policy: Policy) {
         for pool in self.list.iter_mut().filter(|p| p.origin == origin) {
             // A pool's route is fixed: one the new policy no longer takes
@@ -142,7 +151,7 @@ impl Pools {
         Ok(p)
     }
 
-    fn get_or_insert(&mut self, origin: Origin, default: &Policy) -> PoolKey {
+    pub(super) fn get_or_insert(&mut self, origin: Origin, default: &Policy) -> PoolKey {
         let policy = self.policy_of(&origin, default);
         let proxy = match policy.proxy {
             ProxyUse::Engine => self.proxies.route(&origin).cloned(),
@@ -167,6 +176,7 @@ impl Pools {
             full_handshake_at: None,
             purge_sessions: false,
             probe_timer: None,
+            fresh_waiters: Vec::new(),
             stats: OriginStats::new(origin.clone()),
         });
         self.index.insert((origin, proxy), p);
@@ -293,6 +303,7 @@ impl Engine {
         ) {
             pool.purge_sessions = true;
         }
+        let fresh = conn.purpose == Purpose::Fresh;
         if pool.conns.is_empty() {
             // Nothing left to heal: the probe stops until the next connection.
             self.disarm(Timer::Probe(conn.pool));
@@ -304,6 +315,15 @@ impl Engine {
             conn.id.0,
             reason.name()
         );
+        if fresh {
+            // Answered already when it finished or failed its handshake;
+            // anything else (shutdown, close_idle) ends the calls here.
+            let err = match reason {
+                CloseReason::Shutdown => Error::Shutdown,
+                _ => Error::Cancelled,
+            };
+            self.answer_fresh(conn.pool, Err(err));
+        }
         if let Some(rk) = conn.req {
             if let Some(r) = self.reqs.get_mut(rk) {
                 r.conn = None;
