@@ -103,7 +103,7 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
     let opts = RequestOptions::default();
     let mut clock = Clock::new(a.schedule);
     let mut started = Started::default();
-    let mut latencies = Vec::with_capacity(1 << 20);
+    let mut latencies = measure::Latencies::default();
     let (mut completed, mut failed_total) = (0u64, 0u64);
     let (mut requests, mut failed) = (0u64, 0u64);
     let mut first_error: Option<String> = None;
@@ -133,7 +133,7 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
             if clock.phase() == Phase::Measure {
                 requests += 1;
                 if ok {
-                    latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    latencies.record_since(t0);
                 } else {
                     failed += 1;
                 }
