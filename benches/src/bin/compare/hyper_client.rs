@@ -301,6 +301,7 @@ pub(crate) fn load(a: ClientArgs) -> Result<Report, String> {
         let mut r = Report::default();
         r.window(w)
             .put("failed_total", failed_total)
+            .put("completed", completed)
             .put("opened", opened.load(Ordering::Relaxed))
             .put("max_rss_kib", measure::cpu().max_rss_kib);
         Ok(r)

@@ -165,6 +165,7 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
     let mut r = Report::default();
     r.window(w)
         .put("failed_total", failed_total)
+        .put("completed", completed)
         .put("opened", stats.connections_opened)
         .put("handshakes_full", stats.handshakes_full)
         .put("handshakes_resumed", stats.handshakes_resumed)
