@@ -19,6 +19,9 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
+// The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
+pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};

@@ -742,7 +742,10 @@ mod tests {
         let o = expiry_against_reference(&worse, &reference);
         assert_eq!(o.lines[0].pass, Some(false));
         // A failed run leaves the verdict unmeasured, with its reason.
-        let broken = (vec![p99("1000"), Err("nginx died".into())], expiry.1.clone());
+        let broken = (
+            vec![p99("1000"), Err("nginx died".into())],
+            expiry.1.clone(),
+        );
         let o = expiry_against_reference(&broken, &reference);
         assert_eq!(o.lines[0].pass, None);
         assert!(o.lines[0].a.as_ref().unwrap_err().contains("nginx died"));
