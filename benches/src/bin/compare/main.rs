@@ -39,7 +39,7 @@ usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin
                    bench); for smoke tests, not for numbers
   --rounds N       rounds of A B alternation (default 5; 3 with --quick)
   --only LIST      workloads to run: a keep-alive, b idle, c reconnect,
-                   d expiry, e timer wheel (default all)
+                   d expiry, e timer wheel, f soak (default all)
   --server KIND    nginx (default when installed) or builtin (hyper in a
                    child process)
   --port P         the server's port (default: a free one)
@@ -58,6 +58,8 @@ Pieces, for profiling one client by hand (e.g. under perf):
       (or `client wrk load`: wrk -t1 -cC, twice, the difference reported)
       [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
       [--close] [--idle N] [--max-conns N] [--side-handshakes RATE]
+  compare client rotary soak --url U --ca FILE --conns 32 --max-conns 64
+      --max-age-ms 20 --requests 1000000
 ";
 
 /// What one client process is asked to do.
@@ -76,6 +78,9 @@ pub(crate) struct ClientArgs {
     /// Full handshakes per second made meanwhile by a second engine on
     /// another thread of the same process (0: none).
     pub(crate) side_handshakes: f64,
+    /// The soak's requests in total, and its time bound.
+    pub(crate) requests: u64,
+    pub(crate) soak_limit: Duration,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +134,8 @@ fn client_main(args: &[String]) -> Result<(), String> {
         idle: 0,
         max_conns: 0,
         side_handshakes: 0.0,
+        requests: 1_000_000,
+        soak_limit: SOAK_LIMIT,
     };
     let mut it = args[2..].iter();
     while let Some(flag) = it.next() {
@@ -147,6 +154,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
                 a.max_age = Some(Duration::from_millis(number(value(&mut it, flag)?, flag)?))
             }
             "--close" => a.close = true,
+            "--requests" => a.requests = number(value(&mut it, flag)?, flag)?,
             "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
             "--max-conns" => a.max_conns = number(value(&mut it, flag)?, flag)?,
             "--side-handshakes" => {
@@ -175,6 +183,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
         ("hyper", "load") => hyper_client::load(a)?,
         ("hyper", "idle") => hyper_client::idle(a)?,
         ("wrk", "load") => wrk_client::load(&a)?,
+        ("rotary", "soak") => rotary_client::soak(&a)?,
         _ => return Err(format!("client: unknown {which:?} {mode:?}")),
     };
     println!("{}", report.line());
@@ -216,7 +225,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
         rounds: 5,
-        only: "abcde".into(),
+        only: "abcdef".into(),
         server: None,
         port: None,
         idle: 10_000,
@@ -410,6 +419,9 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
     }
     out
 }
+
+/// Longest the soak runs before it stops submitting (under CLIENT_LIMIT).
+const SOAK_LIMIT: Duration = Duration::from_secs(240);
 
 /// Longest one client run may take before it is killed and reported.
 const CLIENT_LIMIT: Duration = Duration::from_secs(300);
@@ -606,7 +618,7 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     if matches!(kind, server::Kind::Builtin) && o.server.is_none() {
         notes.push("nginx not found: using the builtin hyper server instead".to_owned());
     }
-    let need_server = o.only.contains(['a', 'b', 'c', 'd']) || o.instructions;
+    let need_server = o.only.contains(['a', 'b', 'c', 'd', 'f']) || o.instructions;
     let server = if need_server {
         match server::start(&kind, dir.path(), o.port) {
             Ok(s) => {
@@ -679,6 +691,28 @@ fn parent_main(args: &[String]) -> Result<(), String> {
             )],
         });
     }
+    let soak = o.only.contains('f').then(|| {
+        let run = match &server {
+            Err(e) => Err(e.clone()),
+            Ok(_) => {
+                let requests: u64 = if o.quick { 50_000 } else { 1_000_000 };
+                eprintln!("f. soak: rotary C=32, max_age 20 ms, {requests} requests");
+                let mut args =
+                    load_args("rotary", &format!("{base}{}", server::SMALL), &ca, 32, 0, 0);
+                args[1] = "soak".into();
+                args.extend([
+                    "--max-conns".into(),
+                    "64".into(),
+                    "--max-age-ms".into(),
+                    "20".into(),
+                    "--requests".into(),
+                    requests.to_string(),
+                ]);
+                run_client(&args)
+            }
+        };
+        report::Soak { run }
+    });
     drop(server);
     let wheel = if o.only.contains('e') {
         Some(if o.wheel {
@@ -699,11 +733,18 @@ fn parent_main(args: &[String]) -> Result<(), String> {
         elapsed: started.elapsed(),
         notes,
     };
-    let md = report::markdown(&header, &outcomes, wheel.as_ref());
+    let mut md = report::markdown(&header, &outcomes, wheel.as_ref());
+    if let Some(soak) = &soak {
+        md.push_str(&soak.markdown());
+    }
     println!("{md}");
     let svg = report::svg(&outcomes, wheel.as_ref());
     std::fs::create_dir_all(&o.out).map_err(|e| format!("create {}: {e}", o.out.display()))?;
-    for (name, contents) in [("bench-report.md", md), ("bench-report.svg", svg)] {
+    let mut files = vec![("bench-report.md", md), ("bench-report.svg", svg)];
+    if let Some(soak) = &soak {
+        files.push(("soak.svg", soak.svg()));
+    }
+    for (name, contents) in files {
         let path = o.out.join(name);
         std::fs::write(&path, contents).map_err(|e| format!("write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());

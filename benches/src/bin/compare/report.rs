@@ -410,6 +410,192 @@ fn summary_row(line: &str) -> Option<(String, f64, f64, String)> {
 /// A criterion filter no benchmark name contains.
 const CRITERION_NONE: &str = "only-the-alternated-summary";
 
+/// Workload f, the soak (issue 18, point 5): one rotary run, judged by its
+/// own numbers.
+pub(crate) struct Soak {
+    pub(crate) run: Run,
+}
+
+/// RSS may grow at most this much after the warm-up, KiB.
+const SOAK_RSS_GROWTH_KIB: f64 = 1024.0;
+
+impl Soak {
+    fn get(&self, key: &str) -> Option<f64> {
+        self.run.as_ref().ok()?.get(key)?.parse().ok()
+    }
+
+    /// (seconds, RSS KiB, open fds) once a second.
+    fn series(&self) -> Vec<(f64, f64, f64)> {
+        let Some(series) = self.run.as_ref().ok().and_then(|m| m.get("series")) else {
+            return Vec::new();
+        };
+        series
+            .split(',')
+            .filter_map(|p| {
+                let mut it = p.split(':').map(|v| v.parse::<f64>().ok());
+                Some((it.next()??, it.next()??, it.next()??))
+            })
+            .collect()
+    }
+
+    pub(crate) fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n| workload | metric | rotary | target | result |\n|---|---|---:|---|---|"
+        );
+        let title = "f. soak: C=32, max_age 20 ms (max_connections 64), GET 5 B";
+        if let Err(e) = &self.run {
+            let _ = writeln!(
+                s,
+                "| {title} | all | not measured: {} | | not measured |",
+                e.replace('|', "/")
+            );
+            return s;
+        }
+        let v = |k: &str| self.get(k);
+        let judge = |ok: Option<bool>| match ok {
+            Some(true) => "pass",
+            Some(false) => "**miss**",
+            None => "not measured",
+        };
+        let show = |x: Option<f64>| x.map_or("—".to_owned(), |x| fmt_num(x, 0));
+        let gauges = [
+            "gauge_connections",
+            "gauge_timers",
+            "gauge_queued",
+            "gauge_in_flight",
+        ]
+        .map(v);
+        let gauges_zero = gauges
+            .iter()
+            .try_fold(true, |all, g| g.map(|g| all && g == 0.0));
+        let rows: Vec<(String, String, &str, Option<bool>)> = vec![
+            (
+                format!(
+                    "requests completed (asked {}){}",
+                    show(v("asked")),
+                    if v("bounded") == Some(1.0) {
+                        ", stopped by the time bound"
+                    } else {
+                        ""
+                    }
+                ),
+                show(v("requests")),
+                "",
+                None,
+            ),
+            (
+                "wall s".into(),
+                v("wall_s").map_or("—".into(), |x| format!("{x:.1}")),
+                "",
+                None,
+            ),
+            ("connections opened".into(), show(v("opened")), "", None),
+            (
+                "failed requests".into(),
+                show(v("failed_total")),
+                "= 0",
+                v("failed_total").map(|f| f == 0.0),
+            ),
+            (
+                "RSS at the end − RSS after warm-up (10 % of the requests), KiB".into(),
+                show(v("rss_growth_kib")),
+                "≤ 1024",
+                v("rss_growth_kib").map(|g| g <= SOAK_RSS_GROWTH_KIB),
+            ),
+            (
+                "RSS after warm-up → at the end, KiB".into(),
+                format!("{} → {}", show(v("rss_warm_kib")), show(v("rss_end_kib"))),
+                "",
+                None,
+            ),
+            (
+                "open fds at the start → at the end".into(),
+                format!("{} → {}", show(v("fds_start")), show(v("fds_end"))),
+                "equal",
+                v("fds_start").zip(v("fds_end")).map(|(a, b)| a == b),
+            ),
+            (
+                "engine gauges after drain: connections, timers, queued, in flight".into(),
+                gauges.map(show).join(", "),
+                "all 0",
+                gauges_zero,
+            ),
+        ];
+        for (metric, value, target, ok) in rows {
+            let verdict = if target.is_empty() { "" } else { judge(ok) };
+            let _ = writeln!(s, "| {title} | {metric} | {value} | {target} | {verdict} |");
+        }
+        s
+    }
+
+    /// RSS (MiB, left axis) and open fds (right axis) over the run's seconds.
+    pub(crate) fn svg(&self) -> String {
+        let series = self.series();
+        let (left, top, w, h) = (70.0, 40.0, 760.0, 260.0);
+        let t_max = series.iter().map(|p| p.0).fold(1.0f64, f64::max);
+        let rss_max = series.iter().map(|p| p.1 / 1024.0).fold(1.0f64, f64::max) * 1.1;
+        let fd_max = series.iter().map(|p| p.2).fold(1.0f64, f64::max) * 1.1;
+        let x = |t: f64| left + w * t / t_max;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="12">"#,
+            left + w + 70.0,
+            top + h + 60.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="14" font-weight="bold">Soak: rotary VmRSS (blue, MiB, left) and open fds (orange, right), sampled every second</text>"#
+        );
+        for i in 0..=4 {
+            let f = f64::from(i) / 4.0;
+            let y = top + h - h * f;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end" fill="#1f77b4">{:.1}</text><text x="{}" y="{:.1}" fill="#ff7f0e">{:.0}</text>"##,
+                left + w,
+                left - 6.0,
+                y + 4.0,
+                rss_max * f,
+                left + w + 6.0,
+                y + 4.0,
+                fd_max * f
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">seconds (0 to {t_max:.0})</text>"#,
+            left + w / 2.0,
+            top + h + 20.0
+        );
+        for (colour, pick, max) in [("#1f77b4", 1usize, rss_max), ("#ff7f0e", 2usize, fd_max)] {
+            let points: Vec<String> = series
+                .iter()
+                .map(|p| {
+                    let v = if pick == 1 { p.1 / 1024.0 } else { p.2 };
+                    format!("{:.1},{:.1}", x(p.0), top + h - h * v / max)
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+                points.join(" ")
+            );
+        }
+        if series.is_empty() {
+            let _ = writeln!(
+                s,
+                r##"<text x="{left}" y="{}" fill="#d0342c">not measured</text>"##,
+                top + h / 2.0
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
 /// What the report says about the run itself.
 pub(crate) struct Header {
     pub(crate) machine: String,
@@ -749,5 +935,41 @@ mod tests {
         let o = expiry_against_reference(&broken, &reference);
         assert_eq!(o.lines[0].pass, None);
         assert!(o.lines[0].a.as_ref().unwrap_err().contains("nginx died"));
+    }
+
+    #[test]
+    fn the_soak_is_judged_by_growth_fds_and_gauges() {
+        let mut m = BTreeMap::new();
+        for (k, v) in [
+            ("requests", "1000000"),
+            ("asked", "1000000"),
+            ("failed_total", "0"),
+            ("rss_growth_kib", "300"),
+            ("rss_warm_kib", "9000"),
+            ("rss_end_kib", "9300"),
+            ("fds_start", "5"),
+            ("fds_end", "5"),
+            ("gauge_connections", "0"),
+            ("gauge_timers", "0"),
+            ("gauge_queued", "0"),
+            ("gauge_in_flight", "0"),
+            ("series", "0.0:9000:5,1.0:9100:37,2.0:9300:5"),
+        ] {
+            m.insert(k.to_owned(), v.to_owned());
+        }
+        let soak = Soak { run: Ok(m.clone()) };
+        let md = soak.markdown();
+        assert_eq!(md.matches("| pass |").count(), 4, "{md}");
+        assert_eq!(soak.series().len(), 3);
+        assert!(soak.svg().contains("<polyline"));
+        m.insert("fds_end".into(), "6".into());
+        m.insert("rss_growth_kib".into(), "2048".into());
+        let md = Soak { run: Ok(m) }.markdown();
+        assert_eq!(md.matches("**miss**").count(), 2, "{md}");
+        let md = Soak {
+            run: Err("nginx died".into()),
+        }
+        .markdown();
+        assert!(md.contains("not measured: nginx died"), "{md}");
     }
 }
