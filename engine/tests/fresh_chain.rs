@@ -258,7 +258,11 @@ fn a_stalled_handshake_ends_at_the_handshake_deadline() {
         c.timeouts.handshake = Duration::from_millis(50);
     });
     let id = engine.fresh_chain(&origin_of(&server.url_ip("")), Duration::ZERO);
-    assert_eq!(engine.stats().timers, 1, "the connect deadline is on the wheel");
+    assert_eq!(
+        engine.stats().timers,
+        1,
+        "the connect deadline is on the wheel"
+    );
     pump_until(&mut engine, T, || server.stats().connections_accepted >= 1);
     // Then the handshake deadline alone: no max age for a chain-only connection.
     assert_eq!(engine.stats().timers, 1, "{:#?}", engine.stats());

@@ -409,6 +409,100 @@ fn runner_ca(s: &Server) -> PathBuf {
     file
 }
 
+/// The value of a numeric key in loadgen's JSON line.
+fn number(line: &str, key: &str) -> f64 {
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let rest = &line[at + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+}
+
+#[test]
+fn loadgen_counts_an_error_status_as_a_failed_request_and_not_as_load() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    // /bytes/x: the coordinator answers 400 Bad Request to every request.
+    let code = loadgen::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url("/bytes/x"),
+            "--cacert",
+            ca(&s),
+            "--conns",
+            "2",
+            "--requests",
+            "20",
+        ]),
+        &out,
+    );
+    assert_eq!(code, 1, "{}", cap.stderr());
+    let line = cap.stdout();
+    assert_eq!(number(&line, "requests"), 20.0, "{line}");
+    assert_eq!(number(&line, "errors"), 20.0, "{line}");
+    // Failed requests are no throughput, and have no latency to report.
+    assert_eq!(number(&line, "req_per_s"), 0.0, "{line}");
+    assert_eq!(number(&line, "p99_us"), 0.0, "{line}");
+    let err = cap.stderr();
+    assert!(
+        err.contains("20 of 20 requests failed") && err.contains("400"),
+        "{err}"
+    );
+}
+
+#[test]
+fn loadgen_reports_latency_percentiles_of_the_successful_requests() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    let started = Instant::now();
+    let code = loadgen::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url("/bytes/5"),
+            "--cacert",
+            ca(&s),
+            "--conns",
+            "2",
+            "--requests",
+            "100",
+        ]),
+        &out,
+    );
+    let wall_us = started.elapsed().as_micros() as f64;
+    assert_eq!(code, 0, "{}", cap.stderr());
+    let line = cap.stdout();
+    let (p50, p99) = (number(&line, "p50_us"), number(&line, "p99_us"));
+    // Every request took some time, none longer than the whole run.
+    assert!(p50 >= 1.0 && p50 <= p99 && p99 <= wall_us, "{line}");
+    let rate = number(&line, "req_per_s");
+    let expected = 100.0 / number(&line, "wall_s");
+    assert!((rate - expected).abs() <= expected * 0.01 + 0.1, "{line}");
+}
+
+#[test]
+fn loadgen_refuses_a_url_it_cannot_send_to_as_a_usage_error() {
+    for url in [
+        "not a url",
+        "example.com/bytes/5",
+        "ftp://127.0.0.1/x",
+        "/bytes/5",
+    ] {
+        let (out, cap) = Output::capture();
+        let code = loadgen::main_with_args(args(&["--url", url, "--requests", "1000"]), &out);
+        assert_eq!(code, 2, "{url}: {}", cap.stderr());
+        let err = cap.stderr();
+        assert_eq!(err.lines().count(), 1, "{url}: {err}");
+        assert!(
+            err.contains("--url") && !err.contains("failed"),
+            "{url}: {err}"
+        );
+        assert!(cap.stdout().is_empty(), "{url}: no load was run");
+    }
+}
+
 #[test]
 fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
     let s = server(Settings {

@@ -22,6 +22,9 @@ mod tunnel;
 #[cfg(test)]
 mod tests;
 
+// The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
+pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
