@@ -1,8 +1,10 @@
 // cargo run --example runner -- --url https://127.0.0.1:8443 --token demo --ca-file CA.pem
 //
-// A minimal CI runner skeleton on rotary: long-polls POST /api/v4/jobs/request
-// and writes the chain of the connection that delivered each job to a CA file.
-// Point it at `cargo run --example rotation -- --serve 127.0.0.1:8443`.
+// A CI runner on rotary doing GitLab's job loop: long-polls POST
+// /api/v4/jobs/request, runs each job (state, dependency artifacts through
+// object storage, git clone with the delivering connection's CA bundle,
+// trace increments, artifact upload) and reports success or failure. Point it
+// at `cargo run --example rotation -- --serve 127.0.0.1:8443 --ca-out CA.pem`.
 
 fn main() {
     let out = rotary_examples::Output::stdio();

@@ -1,1 +1,3 @@
 //! Benchmarks for rotary.
+
+pub mod fleet;

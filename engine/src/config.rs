@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dns::Resolver;
+use crate::proxy::{ProxySetting, ProxyUse};
 
 /// Connect-phase deadlines, each a timer on the wheel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub struct Timeouts {
     /// close. Default 250 ms, the RFC's recommendation; `Duration::MAX`
     /// tries the addresses strictly one after another.
     pub happy_eyeballs_delay: Duration,
+    /// The proxy's answer to `CONNECT`, from the moment TCP to the proxy is
+    /// up. Default 10 s.
+    pub proxy_connect: Duration,
 }
 
 impl Default for Timeouts {
@@ -31,6 +35,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
             happy_eyeballs_delay: Duration::from_millis(250),
+            proxy_connect: Duration::from_secs(10),
         }
     }
 }
@@ -106,6 +111,10 @@ pub struct Policy {
     /// Safety margin subtracted from a server's `Keep-Alive: timeout=N`, so our
     /// idle close wins the race against the server's. Default 1 s.
     pub keep_alive_margin: Duration,
+    /// Whether this origin goes through the engine's proxies
+    /// ([`Config::proxy`]). Default [`ProxyUse::Engine`]. Connections made
+    /// under one setting are never handed requests under another.
+    pub proxy: ProxyUse,
 }
 
 impl Default for Policy {
@@ -122,6 +131,7 @@ impl Default for Policy {
             on_chain_change: OnChainChange::RetireOld,
             chain_probe_interval: None,
             keep_alive_margin: Duration::from_secs(1),
+            proxy: ProxyUse::Engine,
         }
     }
 }
@@ -247,6 +257,9 @@ pub struct Config {
     /// `JOB-TOKEN`, `PRIVATE-TOKEN`): like `Authorization`, they are dropped
     /// when a followed redirect leaves the origin. Default none.
     pub sensitive_headers: Vec<http::HeaderName>,
+    /// Forward proxies: none (default), the environment's (read when the
+    /// engine is built, curl's rules), or given ones. See [`ProxySetting`].
+    pub proxy: ProxySetting,
 }
 
 impl Default for Config {
@@ -260,6 +273,7 @@ impl Default for Config {
             resolver: None,
             memnet: None,
             sensitive_headers: Vec::new(),
+            proxy: ProxySetting::Direct,
         }
     }
 }
@@ -274,6 +288,7 @@ impl std::fmt::Debug for Config {
             .field("dns_threads", &self.dns_threads)
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
             .field("sensitive_headers", &self.sensitive_headers)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }

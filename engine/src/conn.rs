@@ -25,6 +25,8 @@ pub(crate) enum Stage {
     Resolving,
     /// Non-blocking TCP connect in progress.
     Connecting,
+    /// Connected to a proxy: `CONNECT` sent, waiting for its answer.
+    Tunneling,
     /// TLS handshake in progress.
     Handshaking,
     /// Usable: idle or carrying an exchange.
@@ -34,7 +36,7 @@ pub(crate) enum Stage {
 /// The timers a connection may hold, at most one of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnTimer {
-    /// DNS, connect or handshake deadline (one at a time).
+    /// DNS, connect, proxy CONNECT or handshake deadline (one at a time).
     Setup = 0,
     /// Idle timeout.
     Idle = 1,
@@ -81,6 +83,10 @@ pub(crate) enum Purpose {
     Replacement,
     /// A TLS-only chain probe: never resumes, never carries a request.
     Probe,
+    /// A TLS-only full handshake a host asked for with
+    /// `Engine::fresh_chain`: like a probe, and its chain answers the
+    /// pool's waiting fresh-chain calls.
+    Fresh,
     /// One more TCP connect racing for the connection at this key and id
     /// (Happy Eyeballs). Not part of any pool; the first attempt to connect
     /// hands its socket to that connection and the others close.
@@ -256,7 +262,12 @@ impl Conn {
         self.interest = None;
     }
 
-    /// Connected → TLS handshake in progress.
+    /// Connected to a proxy → `CONNECT` in flight.
+    pub(crate) fn start_tunnel(&mut self) {
+        self.stage = Stage::Tunneling;
+    }
+
+    /// Connected (or tunnelled) → TLS handshake in progress.
     pub(crate) fn start_handshake(&mut self, session: Session) {
         self.tls = Some(Box::new(session));
         self.stage = Stage::Handshaking;
@@ -268,6 +279,13 @@ impl Conn {
     }
 
     /// Counts toward the pool's connections being opened for requests.
+    /// Opened only to see the peer's chain (a probe or a fresh-chain
+    /// handshake): it never carries a request, and the pool's `connecting`
+    /// count (connections opened for requests) leaves it out.
+    pub(crate) fn is_chain_only(&self) -> bool {
+        matches!(self.purpose, Purpose::Probe | Purpose::Fresh)
+    }
+
     pub(crate) fn is_opening(&self) -> bool {
         self.stage != Stage::Ready
             && matches!(self.purpose, Purpose::Requests | Purpose::Replacement)

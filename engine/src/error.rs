@@ -15,6 +15,9 @@ pub enum Deadline {
     Connect,
     /// The TLS handshake took longer than [`Timeouts::handshake`](crate::Timeouts::handshake).
     Handshake,
+    /// The proxy did not answer the `CONNECT` within
+    /// [`Timeouts::proxy_connect`](crate::Timeouts::proxy_connect).
+    ProxyConnect,
     /// No response byte arrived within [`RequestOptions::first_byte_timeout`](crate::RequestOptions::first_byte_timeout).
     FirstByte,
     /// The request did not end within [`RequestOptions::deadline`](crate::RequestOptions::deadline).
@@ -37,6 +40,7 @@ impl fmt::Display for Deadline {
             Deadline::Dns => "dns",
             Deadline::Connect => "connect",
             Deadline::Handshake => "tls handshake",
+            Deadline::ProxyConnect => "proxy CONNECT",
             Deadline::FirstByte => "first response byte",
             Deadline::Total => "total request",
             Deadline::DrainGrace => "drain grace",
@@ -70,11 +74,14 @@ pub enum Phase {
     Cancelled,
     /// The engine shut down.
     Shutdown,
+    /// Reaching the origin through the proxy: reaching the proxy, its
+    /// `CONNECT` answer.
+    Proxy,
 }
 
 impl Phase {
     /// Every phase, in order; for counters.
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Request,
         Phase::Resolve,
         Phase::Connect,
@@ -85,6 +92,7 @@ impl Phase {
         Phase::Timeout,
         Phase::Cancelled,
         Phase::Shutdown,
+        Phase::Proxy,
     ];
 
     /// A short lowercase name (`"tls"`, `"response_head"`, ...), used in metrics.
@@ -100,6 +108,7 @@ impl Phase {
             Phase::Timeout => "timeout",
             Phase::Cancelled => "cancelled",
             Phase::Shutdown => "shutdown",
+            Phase::Proxy => "proxy",
         }
     }
 
@@ -147,6 +156,61 @@ impl fmt::Display for RedirectError {
             RedirectError::BodyNotReplayable => {
                 write!(f, "a 307/308 redirect needs the body again, and a streamed body cannot be replayed")
             }
+        }
+    }
+}
+
+/// What went wrong with the proxy; see [`Error::Proxy`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ProxyFailure {
+    /// The proxy's name did not resolve or no address of it connected.
+    Unreachable(Box<Error>),
+    /// The proxy answered the `CONNECT` with a status other than 2xx.
+    Refused {
+        /// The proxy's status (407: it wants credentials, or refused ours;
+        /// 403: its policy forbids the destination; 502/503: it could not
+        /// reach the origin).
+        status: http::StatusCode,
+        /// The `Proxy-Authenticate` challenges of a 407, as sent.
+        authenticate: Vec<String>,
+        /// Whether we had sent credentials (`Proxy-Authorization`).
+        credentials_sent: bool,
+    },
+    /// The proxy closed the connection before its `CONNECT` answer was complete.
+    Closed,
+    /// The `CONNECT` answer broke HTTP/1.1 or a codec limit (an oversized
+    /// head, a malformed status line, ...).
+    BadResponse(rotary_proto::Error),
+    /// Reading or writing the proxy connection failed before the tunnel was up.
+    Io(Arc<io::Error>),
+}
+
+impl fmt::Display for ProxyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyFailure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            ProxyFailure::Refused {
+                status,
+                authenticate,
+                credentials_sent,
+            } => {
+                write!(f, "CONNECT answered {status}")?;
+                if *status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                    f.write_str(if *credentials_sent {
+                        ": the proxy rejected the credentials"
+                    } else {
+                        ": the proxy wants credentials and none were given"
+                    })?;
+                    if !authenticate.is_empty() {
+                        write!(f, " (Proxy-Authenticate: {})", authenticate.join(", "))?;
+                    }
+                }
+                Ok(())
+            }
+            ProxyFailure::Closed => f.write_str("closed the connection during CONNECT"),
+            ProxyFailure::BadResponse(e) => write!(f, "bad CONNECT answer: {e}"),
+            ProxyFailure::Io(e) => write!(f, "i/o error during CONNECT: {e}"),
         }
     }
 }
@@ -242,6 +306,21 @@ pub enum Error {
     /// Writing a response body to the caller's sink failed
     /// ([`Engine::execute_into`](crate::Engine::execute_into)).
     Sink(Arc<io::Error>),
+    /// The origin could not be reached through its proxy.
+    Proxy {
+        /// The proxy, as `http://host:port` (never with credentials).
+        proxy: String,
+        /// What went wrong.
+        failure: ProxyFailure,
+    },
+    /// A fresh-chain handshake had no room: the origin already has
+    /// [`Policy::max_connections`](crate::Policy::max_connections)
+    /// connections and none is idle to close (or an embedded engine's token
+    /// range is full).
+    ConnectionLimit {
+        /// The limit that was reached.
+        limit: usize,
+    },
     /// A deadline fired.
     Timeout(Deadline),
     /// The request was cancelled by the caller.
@@ -256,7 +335,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
-            Error::Connect { .. } => Phase::Connect,
+            Error::Connect { .. } | Error::ConnectionLimit { .. } => Phase::Connect,
             Error::Redirect(_) => Phase::ResponseHead,
             Error::Tls { phase, .. } => *phase,
             Error::Io { phase, .. }
@@ -264,6 +343,7 @@ impl Error {
             | Error::Protocol { phase, .. } => *phase,
             Error::BodyTooLarge { .. } | Error::Sink(_) => Phase::ResponseBody,
             Error::BodySource { .. } | Error::WindowFull { .. } => Phase::Write,
+            Error::Proxy { .. } => Phase::Proxy,
             Error::Timeout(_) => Phase::Timeout,
             Error::Cancelled => Phase::Cancelled,
             Error::Shutdown => Phase::Shutdown,
@@ -353,6 +433,11 @@ impl fmt::Display for Error {
                 "request body chunk does not fit the {window}-byte send window (wait for BodyWanted)"
             ),
             Error::Sink(cause) => write!(f, "could not write the response body: {cause}"),
+            Error::Proxy { proxy, failure } => write!(f, "proxy {proxy}: {failure}"),
+            Error::ConnectionLimit { limit } => write!(
+                f,
+                "no room for a fresh-chain connection: at the limit of {limit} connections, none idle"
+            ),
             Error::Timeout(d) => write!(f, "{d} deadline passed"),
             Error::Cancelled => f.write_str("request cancelled"),
             Error::Shutdown => f.write_str("engine shut down"),
@@ -369,6 +454,10 @@ impl std::error::Error for Error {
             | Error::Sink(cause) => Some(&**cause),
             Error::Tls { reason, .. } => Some(reason),
             Error::Protocol { cause, .. } => Some(cause),
+            Error::Proxy {
+                failure: ProxyFailure::Unreachable(e),
+                ..
+            } => Some(&**e),
             _ => None,
         }
     }

@@ -19,6 +19,19 @@ impl RequestId {
     }
 }
 
+/// Identifies a call to [`Engine::fresh_chain`](crate::Engine::fresh_chain);
+/// its answer is the [`Event::FreshChain`] with this id. Drawn from the same
+/// sequence as [`RequestId`]s, so the two never share a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChainRequestId(pub(crate) u64);
+
+impl ChainRequestId {
+    /// The numeric id (allocation order).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// Identifies a connection. Unique for the engine's lifetime (never reused,
 /// unlike the slab slot behind it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,8 +136,11 @@ pub struct ConnectionInfo {
     pub conn: ConnId,
     /// Its origin.
     pub origin: Origin,
-    /// The address it connected to.
+    /// The address it connected to (the proxy's, through a proxy).
     pub peer_addr: SocketAddr,
+    /// The proxy it goes through, as `http://host:port` (`None`: direct).
+    /// The chain and TLS facts below are the origin's, from inside the tunnel.
+    pub proxy: Option<String>,
     /// TLS version (`None` for `http://`).
     pub tls_version: Option<rustls::ProtocolVersion>,
     /// Negotiated cipher suite (`None` for `http://`).
@@ -243,6 +259,19 @@ pub enum Event {
         path: std::path::PathBuf,
         /// What was wrong with it.
         reason: String,
+    },
+    /// The answer to one [`Engine::fresh_chain`](crate::Engine::fresh_chain)
+    /// call; every call gets exactly one, even when several shared a
+    /// handshake. Not a request's event: [`Event::request_id`] is `None`.
+    FreshChain {
+        /// The call.
+        id: ChainRequestId,
+        /// The origin asked about.
+        origin: Origin,
+        /// The chain of a full handshake no older than the freshness asked
+        /// for (with its verified path and [`PeerChain::ca_bundle`]), or why
+        /// none could be made.
+        result: Result<Arc<PeerChain>, Error>,
     },
     /// A full handshake showed a different chain than the origin's previous
     /// connection.

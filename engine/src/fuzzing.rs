@@ -392,3 +392,47 @@ fn collect(engine: &mut Engine, ended: &mut HashMap<RequestId, usize>, report: &
         }
     }
 }
+
+/// The engine's connection-lifetime decisions as pure functions of a
+/// [`Policy`](crate::Policy), a time and a random draw: the same code the
+/// engine's timers run, for simulations in virtual time (the fleet
+/// simulation in `benches/`). Not part of the stable API.
+#[doc(hidden)]
+pub mod lifetime {
+    use std::time::Instant;
+
+    use crate::Policy;
+
+    /// When a connection made at `connected_at` expires for age, given a
+    /// random `draw` in `[0, 1)`: `max_age` shortened by `draw × jitter`
+    /// ([`Policy::effective_jitter`]). `None` without a `max_age`.
+    pub fn expiry_deadline(connected_at: Instant, policy: &Policy, draw: f64) -> Option<Instant> {
+        crate::engine::expiry_deadline(connected_at, policy, draw)
+    }
+
+    /// When the engine's prewarm timer fires for a connection made at `now`
+    /// that expires at `expires_at`; `None` when the policy does not prewarm
+    /// or the lead is already past.
+    pub fn prewarm_deadline(now: Instant, expires_at: Instant, policy: &Policy) -> Option<Instant> {
+        crate::engine::prewarm_deadline(now, expires_at, policy)
+    }
+
+    /// Whether that timer, firing at `now`, opens a replacement for an
+    /// origin last used at `last_used` with `open` connections (the engine
+    /// also needs a free connection token, which this does not model).
+    pub fn prewarm_wanted(
+        policy: &Policy,
+        now: Instant,
+        last_used: Option<Instant>,
+        open: usize,
+    ) -> bool {
+        crate::engine::prewarm_wanted(policy, now, last_used, open)
+    }
+
+    /// When the origin's next chain probe fires, armed at `now` (when its
+    /// first connection is ready, and again as each probe starts); `None`
+    /// without a `chain_probe_interval`.
+    pub fn probe_deadline(now: Instant, policy: &Policy) -> Option<Instant> {
+        crate::engine::probe_deadline(now, policy)
+    }
+}

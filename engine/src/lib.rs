@@ -26,6 +26,11 @@
 //!   PEM a job should trust to reach any server with a certificate from the
 //!   same CA.
 //!
+//! * Forward proxies ([`Config::proxy`], [`Proxies`]): `https://` origins
+//!   through `CONNECT` tunnels, `http://` in absolute-form, Basic
+//!   credentials, the environment read with curl's rules; the chain reported
+//!   is always the origin's.
+//!
 //! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
 //! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
 //! machines short, and it is the provider most rustls users have audited.
@@ -54,6 +59,7 @@ pub mod fuzzing;
 mod keys;
 mod origin;
 mod path;
+mod proxy;
 mod session;
 mod sock;
 mod stats;
@@ -70,12 +76,14 @@ pub use config::{
 };
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
-pub use error::{Deadline, Error, Phase, RedirectError};
+pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
-    CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy, Trailers,
+    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy,
+    Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
+pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
 pub use stats::{OriginStats, Stats};
 
 /// The README's code, compiled as a doctest so it cannot rot.

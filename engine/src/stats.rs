@@ -14,6 +14,7 @@ pub(crate) enum Counter {
     HandshakeResumed,
     ChainChange,
     Probe,
+    FreshHandshake,
     Retry,
     DrainHitGrace,
 }
@@ -31,6 +32,7 @@ macro_rules! counters {
                     Counter::HandshakeResumed => &mut self.handshakes_resumed,
                     Counter::ChainChange => &mut self.chain_changes,
                     Counter::Probe => &mut self.probes,
+                    Counter::FreshHandshake => &mut self.fresh_chain_handshakes,
                     Counter::Retry => &mut self.retries,
                     Counter::DrainHitGrace => &mut self.drains_hit_grace,
                 }
@@ -59,6 +61,8 @@ pub struct OriginStats {
     pub chain_changes: u64,
     /// Chain probes started.
     pub probes: u64,
+    /// Fresh-chain handshakes finished ([`Engine::fresh_chain`](crate::Engine::fresh_chain)).
+    pub fresh_chain_handshakes: u64,
     /// Requests retried on a fresh connection.
     pub retries: u64,
     /// Drains whose `drain_grace` passed before the exchange finished.
@@ -66,6 +70,20 @@ pub struct OriginStats {
 }
 
 impl OriginStats {
+    /// Add `other`'s counters (another route's pool of the same origin).
+    pub(crate) fn absorb(&mut self, other: &OriginStats) {
+        self.connections_opened += other.connections_opened;
+        for (mine, theirs) in self.closed_by_reason.iter_mut().zip(other.closed_by_reason) {
+            *mine += theirs;
+        }
+        self.handshakes_full += other.handshakes_full;
+        self.handshakes_resumed += other.handshakes_resumed;
+        self.chain_changes += other.chain_changes;
+        self.probes += other.probes;
+        self.retries += other.retries;
+        self.drains_hit_grace += other.drains_hit_grace;
+    }
+
     pub(crate) fn new(origin: Origin) -> OriginStats {
         OriginStats {
             origin,
@@ -75,6 +93,7 @@ impl OriginStats {
             handshakes_resumed: 0,
             chain_changes: 0,
             probes: 0,
+            fresh_chain_handshakes: 0,
             retries: 0,
             drains_hit_grace: 0,
         }
@@ -112,6 +131,8 @@ pub struct Stats {
     pub chain_changes: u64,
     /// Chain probes started.
     pub probes: u64,
+    /// Fresh-chain handshakes finished ([`Engine::fresh_chain`](crate::Engine::fresh_chain)).
+    pub fresh_chain_handshakes: u64,
     /// Drains whose `drain_grace` passed before the exchange finished.
     pub drains_hit_grace: u64,
     /// Gauge: open connections (connecting, ready or draining).
@@ -122,6 +143,9 @@ pub struct Stats {
     pub queued: usize,
     /// Gauge: requests on a connection.
     pub in_flight: usize,
+    /// Gauge: [`Engine::fresh_chain`](crate::Engine::fresh_chain) calls
+    /// waiting for their handshake.
+    pub fresh_chains_pending: usize,
     /// The lifetime counters of each origin used so far.
     pub origins: Vec<OriginStats>,
 }
@@ -142,9 +166,14 @@ impl Stats {
         self.failed_by_phase.iter().sum()
     }
 
-    /// True when the engine holds no connection, timer or request.
+    /// True when the engine holds no connection, timer, request or pending
+    /// fresh-chain call.
     pub fn is_idle(&self) -> bool {
-        self.connections == 0 && self.timers == 0 && self.queued == 0 && self.in_flight == 0
+        self.connections == 0
+            && self.timers == 0
+            && self.queued == 0
+            && self.in_flight == 0
+            && self.fresh_chains_pending == 0
     }
 
     /// Render in the Prometheus text exposition format, names prefixed `rotary_`.
@@ -221,6 +250,11 @@ impl Stats {
             &[(None, self.probes)],
         );
         counter(
+            "fresh_chain_handshakes_total",
+            "Fresh-chain handshakes finished.",
+            &[(None, self.fresh_chain_handshakes)],
+        );
+        counter(
             "drains_hit_grace_total",
             "Drains that ran out of drain grace.",
             &[(None, self.drains_hit_grace)],
@@ -265,6 +299,11 @@ impl Stats {
                 "in_flight_requests",
                 "Requests on a connection.",
                 self.in_flight,
+            ),
+            (
+                "fresh_chains_pending",
+                "Fresh-chain calls waiting for their handshake.",
+                self.fresh_chains_pending,
             ),
         ] {
             let _ = writeln!(out, "# HELP rotary_{name} {help}");

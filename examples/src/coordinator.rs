@@ -5,17 +5,28 @@
 //! Blocking std threads, one per connection, and a rustls server; good for
 //! demos and tests, not for production.
 //!
-//! Routes:
+//! Requests are read as a real server reads them (see `http1`): strict
+//! framing, chunked or `Content-Length` bodies streamed, limits on every
+//! buffer.
+//!
+//! Routes (GitLab's job API, in `gitlab`):
 //! * `POST /api/v4/jobs/request` (JSON body with `"token"`): held up to
-//!   `hold`; `201` with a small JSON job when one is due for that token
-//!   (one every `job_every`), `204` otherwise.
+//!   `hold`; `201` with a JSON job when one is due for that token (one every
+//!   `job_every`), `204` otherwise.
+//! * `PUT /api/v4/jobs/:id` (`state` `running`, `success` or `failed`),
+//!   `PATCH /api/v4/jobs/:id/trace` (`Content-Range` increments; 416 with
+//!   `Range` for a wrong start; `X-GitLab-Trace-Update-Interval` in the
+//!   answer), `POST /api/v4/jobs/:id/artifacts` (multipart, its `file` part
+//!   measured and hashed as it streams in), `GET /api/v4/jobs/:id/artifacts`
+//!   (a `302` to the object storage origin, a second listener with its own
+//!   CA, which refuses requests carrying a `JOB-TOKEN`).
 //! * `GET /bytes/N`: `N` bytes of body (at most 16 MiB).
 //! * `GET <anything>.git/info/refs...`: a `200` a `git clone` would start with.
 //! * anything else: `200` with a one-line description of the request.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -23,9 +34,19 @@ use std::time::{Duration, Instant};
 
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
-use rustls::{HandshakeKind, StreamOwned};
+use rustls::StreamOwned;
 
-use crate::pki::ServerCert;
+use crate::pki::{Ca, ServerCert};
+
+mod gitlab;
+mod http1;
+mod multipart;
+
+pub use gitlab::{dependency_artifact, JobReport};
+pub(crate) use multipart::hex;
+pub use multipart::FilePart;
+
+use http1::{Body, Conn, Head, Refusal};
 
 /// How the coordinator behaves.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +58,15 @@ pub struct Settings {
     /// Close each connection after this many requests (`Connection: close`),
     /// as edges with a keep-alive request limit do. Default `None`.
     pub max_requests_per_conn: Option<u32>,
+    /// Sent as `X-GitLab-Trace-Update-Interval` (whole seconds as GitLab
+    /// sends them, else decimal seconds): how often a runner should send
+    /// trace increments. Default 3 s.
+    pub trace_update_interval: Duration,
+    /// Size of the dependency artifact object storage serves each job.
+    /// Default 256 KiB; at most 16 MiB.
+    pub dependency_size: usize,
+    /// Largest artifact upload accepted (413 above it). Default 1 GiB.
+    pub max_artifact_size: u64,
 }
 
 impl Default for Settings {
@@ -45,6 +75,9 @@ impl Default for Settings {
             hold: Duration::from_secs(1),
             job_every: Duration::from_millis(500),
             max_requests_per_conn: None,
+            trace_update_interval: Duration::from_secs(3),
+            dependency_size: 256 * 1024,
+            max_artifact_size: 1 << 30,
         }
     }
 }
@@ -64,6 +97,11 @@ pub struct Counters {
     pub jobs: u64,
     /// Certificate generation served to new handshakes (1, +1 per rotation).
     pub generation: u64,
+    /// Requests object storage answered.
+    pub storage_requests: u64,
+    /// Requests object storage refused for carrying a credential
+    /// (`JOB-TOKEN`, `Authorization`, `PRIVATE-TOKEN`).
+    pub storage_credentials_refused: u64,
 }
 
 /// Serves the current certificate to every full handshake.
@@ -78,6 +116,7 @@ impl ResolvesServerCert for Rotating {
 
 struct Shared {
     config: Arc<ServerConfig>,
+    storage_config: Arc<ServerConfig>,
     certs: Arc<Rotating>,
     settings: Settings,
     stop: AtomicBool,
@@ -85,40 +124,96 @@ struct Shared {
     full: AtomicU64,
     resumed: AtomicU64,
     requests: AtomicU64,
-    jobs: AtomicU64,
+    jobs_handed: AtomicU64,
     generation: AtomicU64,
+    storage_requests: AtomicU64,
+    storage_credentials_refused: AtomicU64,
     live: AtomicUsize,
     last_job: Mutex<HashMap<String, Instant>>,
+    jobs: Mutex<gitlab::Jobs>,
     addr: SocketAddr,
+    storage_addr: SocketAddr,
+    /// Signs object storage URLs and job tokens.
+    secret: String,
 }
 
-/// A running coordinator; stops when dropped.
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn count_handshake(&self, resumed: bool) {
+        let c = if resumed { &self.resumed } else { &self.full };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Which listener a connection came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Coordinator,
+    Storage,
+}
+
+/// A running coordinator and its object storage origin; stops when dropped.
 pub struct Coordinator {
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    accept: Vec<JoinHandle<()>>,
+    storage_ca: String,
+}
+
+fn tls_config(resolver: Arc<dyn ResolvesServerCert>) -> io::Result<ServerConfig> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    // One ticket key and one session cache for the server's whole life:
+    // sessions from before a rotation resume after it, with the old chain.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
+    Ok(config)
 }
 
 impl Coordinator {
-    /// Listen on `bind` (such as `127.0.0.1:0`) presenting `cert`.
+    /// Listen on `bind` (such as `127.0.0.1:0`) presenting `cert`, and
+    /// start object storage on another port of the same address, with a
+    /// certificate from a CA of its own ([`Coordinator::storage_ca_pem`]).
     ///
     /// # Errors
     /// A bind failure, or a certificate rustls cannot use.
     pub fn start(bind: &str, cert: &ServerCert, settings: Settings) -> io::Result<Coordinator> {
         let key = cert.certified_key().map_err(io::Error::other)?;
         let certs = Arc::new(Rotating(RwLock::new(key)));
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(io::Error::other)?
-                .with_no_client_auth()
-                .with_cert_resolver(certs.clone());
-        // One ticket key and one session cache for the server's whole life:
-        // sessions from before a rotation resume after it, with the old chain.
-        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
+        let config = tls_config(certs.clone())?;
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
+        // Object storage: loopback when the coordinator listens on every
+        // address, so the Location it hands out is one a runner can reach.
+        let storage_ip = if addr.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            addr.ip()
+        };
+        let storage_listener = TcpListener::bind(SocketAddr::new(storage_ip, 0))?;
+        let storage_addr = storage_listener.local_addr()?;
+        let storage_ca = Ca::new("rotary demo object storage root").map_err(io::Error::other)?;
+        let ip = storage_ip.to_string();
+        let mut names = vec!["localhost", "127.0.0.1"];
+        if !names.contains(&ip.as_str()) {
+            names.push(&ip);
+        }
+        let storage_cert = storage_ca.issue(&names).map_err(io::Error::other)?;
+        let storage_key = storage_cert.certified_key().map_err(io::Error::other)?;
+        let storage_config = tls_config(Arc::new(Rotating(RwLock::new(storage_key))))?;
+        let secret = {
+            let mut b = [0u8; 16];
+            fastrand::fill(&mut b);
+            multipart::hex(&b)
+        };
         let shared = Arc::new(Shared {
             config: Arc::new(config),
+            storage_config: Arc::new(storage_config),
             certs,
             settings,
             stop: AtomicBool::new(false),
@@ -126,25 +221,70 @@ impl Coordinator {
             full: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            jobs: AtomicU64::new(0),
+            jobs_handed: AtomicU64::new(0),
             generation: AtomicU64::new(1),
+            storage_requests: AtomicU64::new(0),
+            storage_credentials_refused: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             last_job: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(gitlab::Jobs::default()),
             addr,
+            storage_addr,
+            secret,
         });
-        let s = shared.clone();
-        let accept = std::thread::Builder::new()
-            .name("coordinator-accept".into())
-            .spawn(move || accept_loop(listener, s))?;
+        let mut accept = Vec::new();
+        for (listener, role) in [
+            (listener, Role::Coordinator),
+            (storage_listener, Role::Storage),
+        ] {
+            let s = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{role:?}-accept").to_lowercase())
+                .spawn(move || accept_loop(listener, s, role));
+            match spawned {
+                Ok(h) => accept.push(h),
+                Err(e) => {
+                    let mut partial = Coordinator {
+                        shared,
+                        accept,
+                        storage_ca: String::new(),
+                    };
+                    partial.stop();
+                    return Err(e);
+                }
+            }
+        }
         Ok(Coordinator {
             shared,
-            accept: Some(accept),
+            accept,
+            storage_ca: storage_ca.pem().to_owned(),
         })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// Object storage's address.
+    pub fn storage_addr(&self) -> SocketAddr {
+        self.shared.storage_addr
+    }
+
+    /// The root certificate (PEM) of object storage's CA: a runner that
+    /// downloads artifacts must trust it too.
+    pub fn storage_ca_pem(&self) -> &str {
+        &self.storage_ca
+    }
+
+    /// Reports of the jobs that ended (`success` or `failed`) since the
+    /// last call, oldest first (at most 1024 are kept between calls).
+    pub fn take_job_reports(&self) -> Vec<JobReport> {
+        self.shared
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_reports()
     }
 
     /// `https://127.0.0.1:<port><path>` (the certificate names `127.0.0.1`
@@ -177,17 +317,21 @@ impl Coordinator {
             handshakes_full: s.full.load(Ordering::Relaxed),
             handshakes_resumed: s.resumed.load(Ordering::Relaxed),
             requests: s.requests.load(Ordering::Relaxed),
-            jobs: s.jobs.load(Ordering::Relaxed),
+            jobs: s.jobs_handed.load(Ordering::Relaxed),
             generation: s.generation.load(Ordering::Relaxed),
+            storage_requests: s.storage_requests.load(Ordering::Relaxed),
+            storage_credentials_refused: s.storage_credentials_refused.load(Ordering::Relaxed),
         }
     }
 
     /// Stop accepting, end held polls and close connections (within ~100 ms).
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.shared.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
+        // Wake the accept loops.
+        for addr in [self.shared.addr, self.shared.storage_addr] {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+        for h in self.accept.drain(..) {
             let _ = h.join();
         }
         let until = Instant::now() + Duration::from_secs(2);
@@ -203,7 +347,7 @@ impl Drop for Coordinator {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, role: Role) {
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -220,7 +364,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .name("coordinator-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = serve(stream, &s);
+                let _ = serve(stream, &s, role);
                 s.live.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -229,230 +373,170 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
+/// A response, framed by `Content-Length` (none for 204 and 304).
+struct Reply {
+    status: &'static str,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
+    /// Close the connection after it (the request body was not read).
     close: bool,
 }
 
-type Tls = StreamOwned<ServerConnection, TcpStream>;
+impl Reply {
+    fn new(status: &'static str, content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body,
+            close: false,
+        }
+    }
 
-fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    // Short read timeouts let the thread notice `stop`.
-    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let conn = ServerConnection::new(shared.config.clone()).map_err(io::Error::other)?;
-    let mut tls = StreamOwned::new(conn, stream);
-    let mut buf = Vec::with_capacity(4096);
-    let mut counted = false;
-    let mut served = 0u32;
-    while let Some(req) = read_request(&mut tls, &mut buf, shared, &mut counted)? {
-        served += 1;
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        let limit_hit = shared
-            .settings
-            .max_requests_per_conn
-            .is_some_and(|m| served >= m);
-        let close = req.close || limit_hit || shared.stop.load(Ordering::SeqCst);
-        let (status, ctype, body) = route(&req, shared);
-        let mut head = format!("HTTP/1.1 {status}\r\n");
-        if !status.starts_with("204") {
-            head.push_str(&format!(
-                "Content-Type: {ctype}\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn close(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+
+    fn refusal(r: Refusal) -> Reply {
+        Reply::new(r.status, "text/plain", format!("{}\n", r.why).into_bytes()).close()
+    }
+
+    /// The bytes on the wire; without the body for a `HEAD`.
+    fn encode(&self, head_only: bool, close: bool) -> Vec<u8> {
+        let mut head = format!("HTTP/1.1 {}\r\n", self.status);
+        let bodiless = self.status.starts_with("204") || self.status.starts_with("304");
+        if !bodiless {
+            if !self.content_type.is_empty() {
+                head.push_str(&format!("Content-Type: {}\r\n", self.content_type));
+            }
+            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        for (n, v) in &self.headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
         }
         if close {
             head.push_str("Connection: close\r\n");
         }
         head.push_str("\r\n");
         let mut msg = head.into_bytes();
-        msg.extend_from_slice(&body);
-        tls.write_all(&msg)?;
-        tls.flush()?;
+        if !bodiless && !head_only {
+            msg.extend_from_slice(&self.body);
+        }
+        msg
+    }
+}
+
+type Tls = StreamOwned<ServerConnection, TcpStream>;
+
+fn serve(stream: TcpStream, shared: &Shared, role: Role) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    // Short read timeouts let the thread notice `stop`.
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let config = match role {
+        Role::Coordinator => shared.config.clone(),
+        Role::Storage => shared.storage_config.clone(),
+    };
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    let tls: Tls = StreamOwned::new(conn, stream);
+    let mut conn = Conn::new(tls);
+    let mut served = 0u32;
+    loop {
+        let head = match conn.read_head(shared)? {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(refusal) => {
+                conn.send(&Reply::refusal(refusal).encode(false, true))?;
+                break;
+            }
+        };
+        let framing = match http1::framing(&head) {
+            Ok(f) => f,
+            Err(refusal) => {
+                conn.send(&Reply::refusal(refusal).encode(false, true))?;
+                break;
+            }
+        };
+        served += 1;
+        if role == Role::Coordinator {
+            shared.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut body = Body::new(&mut conn, shared, &head, framing);
+        let reply = match role {
+            Role::Coordinator => route(&head, &mut body, shared),
+            Role::Storage => Ok(gitlab::storage(&head, shared)),
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            // A body that broke its framing gets an answer; a socket that
+            // failed does not.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Reply::new(
+                "400 Bad Request",
+                "text/plain",
+                format!("{e}\n").into_bytes(),
+            )
+            .close(),
+            Err(e) => return Err(e),
+        };
+        // What a route left unread is skipped when small; otherwise the
+        // connection cannot carry another request.
+        let finished = reply.close || body.is_done() || body.discard(64 * 1024);
+        let limit_hit = shared
+            .settings
+            .max_requests_per_conn
+            .is_some_and(|m| served >= m);
+        let close =
+            reply.close || !finished || head.wants_close() || limit_hit || shared.stopping();
+        conn.send(&reply.encode(head.method == "HEAD", close))?;
         if close {
             break;
         }
     }
-    tls.conn.send_close_notify();
-    let _ = tls.flush();
-    let _ = tls.sock.shutdown(Shutdown::Both);
+    conn.close();
     Ok(())
 }
 
-/// Read one request; `None` on a clean close or when stopping.
-fn read_request(
-    tls: &mut Tls,
-    buf: &mut Vec<u8>,
-    shared: &Shared,
-    counted: &mut bool,
-) -> io::Result<Option<Request>> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let mut lines = head.split("\r\n");
-            let mut first = lines.next().unwrap_or_default().split(' ');
-            let method = first.next().unwrap_or_default().to_owned();
-            let path = first.next().unwrap_or("/").to_owned();
-            let version = first.next().unwrap_or_default();
-            let mut len = 0usize;
-            let mut close = version == "HTTP/1.0";
-            for line in lines {
-                let Some((name, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    len = value.parse().map_err(|_| bad("bad content-length"))?;
-                } else if name.eq_ignore_ascii_case("connection") {
-                    close = value.eq_ignore_ascii_case("close");
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    return Err(bad("chunked request bodies are not supported here"));
-                }
-            }
-            if len > 64 * 1024 * 1024 {
-                return Err(bad("request body too large"));
-            }
-            while buf.len() < end + 4 + len {
-                if !fill(tls, buf, &mut chunk, shared, counted)? {
-                    return Ok(None);
-                }
-            }
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
-            return Ok(Some(Request {
-                method,
-                path,
-                body,
-                close,
-            }));
-        }
-        if buf.len() > 64 * 1024 {
-            return Err(bad("request head too large"));
-        }
-        if !fill(tls, buf, &mut chunk, shared, counted)? {
-            return Ok(None);
-        }
+fn route(head: &Head, body: &mut Body<'_>, shared: &Shared) -> io::Result<Reply> {
+    let path = head.path();
+    if head.method == "POST" && path == "/api/v4/jobs/request" {
+        return gitlab::job_request(body, shared);
     }
-}
-
-/// Read more plaintext; false on EOF or stop.
-fn fill(
-    tls: &mut Tls,
-    buf: &mut Vec<u8>,
-    chunk: &mut [u8],
-    shared: &Shared,
-    counted: &mut bool,
-) -> io::Result<bool> {
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        let r = tls.read(chunk);
-        if !*counted && !tls.conn.is_handshaking() {
-            *counted = true;
-            match tls.conn.handshake_kind() {
-                Some(HandshakeKind::Resumed) => shared.resumed.fetch_add(1, Ordering::Relaxed),
-                _ => shared.full.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-        match r {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(true);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn route(req: &Request, shared: &Shared) -> (&'static str, &'static str, Vec<u8>) {
-    let path = req.path.split('?').next().unwrap_or("/");
-    if req.method == "POST" && path == "/api/v4/jobs/request" {
-        return job_request(req, shared);
+    if let Some(reply) = gitlab::route(head, body, shared) {
+        return reply;
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
-        return match n.parse::<usize>() {
-            Ok(n) if n <= 16 * 1024 * 1024 => ("200 OK", "application/octet-stream", vec![b'x'; n]),
-            _ => (
+        return Ok(match n.parse::<usize>() {
+            Ok(n) if n <= 16 * 1024 * 1024 => {
+                Reply::new("200 OK", "application/octet-stream", vec![b'x'; n])
+            }
+            _ => Reply::new(
                 "400 Bad Request",
                 "text/plain",
                 b"size must be 0..=16777216\n".to_vec(),
             ),
-        };
+        });
     }
     if path.ends_with(".git/info/refs") {
-        return (
+        return Ok(Reply::new(
             "200 OK",
             "application/x-git-upload-pack-advertisement",
             b"001e# service=git-upload-pack\n0000".to_vec(),
-        );
+        ));
     }
-    let body = format!(
-        "rotary demo coordinator: {} {} ({} body bytes)\n",
-        req.method,
-        req.path,
-        req.body.len()
+    // Counted as it streams in, never held.
+    let mut n = 0u64;
+    while body.next(&mut |b| n += b.len() as u64)? {}
+    let text = format!(
+        "rotary demo coordinator: {} {} ({n} body bytes)\n",
+        head.method, head.target
     );
-    ("200 OK", "text/plain", body.into_bytes())
-}
-
-/// Hold the poll until a job is due for the token or `hold` passes.
-fn job_request(req: &Request, shared: &Shared) -> (&'static str, &'static str, Vec<u8>) {
-    let token = json_string(&req.body, "token").unwrap_or_default();
-    if token.is_empty() {
-        return (
-            "403 Forbidden",
-            "application/json",
-            br#"{"message":"403 Forbidden - no runner token"}"#.to_vec(),
-        );
-    }
-    let start = Instant::now();
-    let hold_end = start + shared.settings.hold;
-    loop {
-        let now = Instant::now();
-        let mut last = shared.last_job.lock().unwrap_or_else(|p| p.into_inner());
-        let next_due = last
-            .get(&token)
-            .map_or(now, |t| *t + shared.settings.job_every);
-        if next_due <= now {
-            last.insert(token, now);
-            drop(last);
-            let id = shared.jobs.fetch_add(1, Ordering::Relaxed) + 1;
-            let job = format!(
-                concat!(
-                    r#"{{"id":{id},"token":"job-token-{id}","#,
-                    r#""git_info":{{"repo_url":"https://{addr}/demo/project.git"}}}}"#
-                ),
-                id = id,
-                addr = shared.addr
-            );
-            return ("201 Created", "application/json", job.into_bytes());
-        }
-        drop(last);
-        if now >= hold_end || shared.stop.load(Ordering::SeqCst) {
-            return ("204 No Content", "", Vec::new());
-        }
-        sleep_unless_stopped(next_due.min(hold_end) - now, shared);
-    }
+    Ok(Reply::new("200 OK", "text/plain", text.into_bytes()))
 }
 
 fn sleep_unless_stopped(d: Duration, shared: &Shared) {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rotary::{
-    ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, RequestOptions,
-    ServedBy, Trust,
+    ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, Proxies,
+    ProxySetting, RequestOptions, ServedBy, Trust,
 };
 
 use crate::args::show;
@@ -25,6 +25,8 @@ use opts::Opts;
 const FAILED_STATUS: i32 = 22;
 /// Exit code for a redirect `-L` could not follow (curl's "too many").
 const REDIRECT: i32 = 47;
+/// Exit code for a proxy failure (curl's for a refused CONNECT).
+const PROXY: i32 = 56;
 
 /// Exit code for `error` (see the help text).
 pub fn exit_code(error: &Error) -> i32 {
@@ -38,6 +40,7 @@ pub fn exit_code(error: &Error) -> i32 {
         Phase::Tls => 6,
         Phase::Write | Phase::ResponseHead | Phase::ResponseBody => 7,
         Phase::Timeout => 8,
+        Phase::Proxy => PROXY,
         _ => 1,
     }
 }
@@ -96,11 +99,47 @@ fn config(o: &Opts) -> Result<Config, Failure> {
     if let Some(age) = o.max_age {
         config.policy.max_age = Some(age);
     }
+    config.proxy = ProxySetting::Use(proxies(o)?);
     config.timeouts.connect = config.timeouts.connect.min(o.timeout);
     config.timeouts.handshake = config.timeouts.handshake.min(o.timeout);
     config.timeouts.dns = config.timeouts.dns.min(o.timeout);
     config.dns_threads = 1;
     Ok(config)
+}
+
+/// The proxies: the environment's with curl's rules, `-x` standing in for
+/// its proxy variables and `--noproxy` for its `no_proxy`.
+fn proxies(o: &Opts) -> Result<Proxies, Failure> {
+    let lookup = |name: &str| -> Option<String> {
+        match name {
+            "https_proxy" | "http_proxy" if o.proxy.is_some() => o.proxy.clone(),
+            "HTTPS_PROXY" | "all_proxy" | "ALL_PROXY" if o.proxy.is_some() => None,
+            "no_proxy" if o.noproxy.is_some() => o.noproxy.clone(),
+            "NO_PROXY" if o.noproxy.is_some() => None,
+            other => std::env::var(other).ok(),
+        }
+    };
+    let proxies = Proxies::from_lookup(lookup).map_err(|e| {
+        let e = e.to_string();
+        let e = e.strip_prefix("invalid request: ").unwrap_or(&e);
+        let from = if o.proxy.is_some() {
+            "-x"
+        } else {
+            "environment"
+        };
+        let e = match o.proxy {
+            Some(_) => e.split_once("_proxy: ").map_or(e, |(_, why)| why),
+            None => e,
+        };
+        Failure::usage(format!("{from}: {e}"))
+    })?;
+    match &o.proxy_user {
+        None => Ok(proxies),
+        Some(up) => match up.split_once(':') {
+            Some((user, pass)) => Ok(proxies.credentials(user, pass)),
+            None => Err(Failure::usage("--proxy-user needs USER:PASS")),
+        },
+    }
 }
 
 fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
@@ -123,6 +162,16 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
         None
     };
     if o.verbose {
+        let origin = rotary::Origin::parse(&o.url).ok();
+        if let (Ok(p), Some(origin)) = (proxies(o), origin) {
+            match p.for_origin(&origin) {
+                Some(proxy) if origin.is_tls() => {
+                    note(format!("proxy {proxy}: CONNECT tunnel to {origin}"))
+                }
+                Some(proxy) => note(format!("proxy {proxy}: {origin} in absolute-form")),
+                None => {}
+            }
+        }
         for pin in &o.resolve {
             note(format!("--resolve: {pin}"));
         }
@@ -316,6 +365,13 @@ fn show_event(ev: &Event, o: &Opts, chatty: bool, note: &dyn Fn(String)) {
                 info.conn.get(),
                 info.peer_addr
             );
+            if let Some(proxy) = &info.proxy {
+                // The TCP peer is the proxy; what follows is the origin's.
+                line.push_str(&format!(
+                    " (tunnel through proxy {proxy} to {})",
+                    info.origin
+                ));
+            }
             if let (Some(v), Some(c)) = (info.tls_version, info.cipher_suite) {
                 line.push_str(&format!(", {v:?}, {c:?}"));
             }

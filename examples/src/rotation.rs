@@ -5,16 +5,21 @@
 //! second edge, which serves another leaf from the same CA. The "pinned"
 //! runner (a connection that never ages, resumption on, as ordinary clients
 //! behave) keeps handing jobs CA A and every clone fails; the "rotary" runner
-//! (max age of a few seconds, full handshakes) heals within one max age.
+//! (max age of a few seconds, full handshakes) heals within one max age; the
+//! "refresh" runner (rotary, plus `Engine::fresh_chain` for every job) hands
+//! each job the chain of a handshake made when the job arrived, so no job
+//! fails.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rotary::{
-    CloseReason, Config, Engine, Event, Handshake, PeerChain, Policy, RequestOptions, Resumption,
-    Trust,
+    ChainRequestId, CloseReason, Config, ConnId, Engine, Event, Handshake, Origin, PeerChain,
+    Policy, RequestOptions, Resumption, Trust,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -32,15 +37,17 @@ A local TLS coordinator (loopback only) serves long-polled jobs with a
 certificate from CA A (root A -> intermediate A -> leaf; the edge sends leaf
 + intermediate, as public sites do), and at --rotate-at switches new
 handshakes to a certificate from CA B; live sessions and session tickets stay
-valid, as at a CDN edge. Two runners poll it:
-  pinned  one connection that never ages, TLS resumption on (ordinary clients)
-  rotary  connections retire at --max-age and reconnect with a full handshake
-Each job's CA file is the CA bundle of the connection that delivered it: the
-verified path's intermediate and root, never the leaf. The job then does what
-`git clone` would: a fresh TLS connection trusting only that file, to a second
-edge of the coordinator serving another leaf from the same CA. Exit code 0
-when the rotary runner healed and the pinned one kept failing; 1 otherwise; 2
-for bad flags.
+valid, as at a CDN edge. Three runners poll it:
+  pinned   one connection that never ages, TLS resumption on (ordinary clients)
+  rotary   connections retire at --max-age and reconnect with a full handshake
+  refresh  rotary, and a fresh chain (a TLS-only full handshake) for every job
+Each job's CA file is the CA bundle of the connection that delivered it (for
+refresh: of the handshake made when the job arrived): the verified path's
+intermediate and root, never the leaf. The job then does what `git clone`
+would: a fresh TLS connection trusting only that file, to a second edge of the
+coordinator serving another leaf from the same CA. Exit code 0 when the rotary
+runner healed, the pinned one kept failing and the refresh one failed no job;
+1 otherwise; 2 for bad flags.
 
 flags (durations: 500ms, 3s, 1.5):
   --rotate-at D          when the coordinator rotates            [5s]
@@ -59,7 +66,12 @@ flags (durations: 500ms, 3s, 1.5):
   --serve ADDR           run only the coordinator on ADDR (e.g. 127.0.0.1:8443)
                          and print the runners' CA file, for `--example runner`;
                          with --rotate-at it rotates then, with --duration it
-                         stops
+                         stops; it logs each finished job's trace bytes and
+                         artifact size and SHA-256; SIGINT/SIGTERM stop it
+                         and remove its CA dir
+  --ca-out FILE          with --serve: also write the runners' CA file (roots
+                         A and B and object storage's) to FILE, for
+                         `--cacert FILE` / `--ca-file FILE`
   -h, --help             this text";
 
 /// Run the demo with `args` (without the program name); returns the exit code.
@@ -85,6 +97,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     let mut max_age = Duration::from_secs(3);
     let mut settings = Settings::default();
     let mut serve = None;
+    let mut ca_out = None;
     let mut verbose = false;
     let mut leaf_only = false;
     while let Some(arg) = a.next() {
@@ -99,6 +112,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
                 settings.max_requests_per_conn = (n > 0).then_some(n);
             }
             "--serve" => serve = Some(a.value("--serve")?),
+            "--ca-out" => ca_out = Some(PathBuf::from(a.value("--ca-out")?)),
             "-v" | "--verbose" => verbose = true,
             "--send-leaf-only" => leaf_only = true,
             h if Args::is_help(h) => {
@@ -109,7 +123,17 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
         }
     }
     if let Some(addr) = serve {
-        return serve_only(&addr, rotate_at, duration, settings, leaf_only, out);
+        let serve = Serve {
+            rotate_at,
+            duration,
+            settings,
+            leaf_only,
+            ca_out,
+        };
+        return serve_only(&addr, &serve, out);
+    }
+    if ca_out.is_some() {
+        return Err(Failure::usage("--ca-out goes with --serve"));
     }
     let plan = Plan {
         rotate_at: rotate_at.unwrap_or(Duration::from_secs(5)),
@@ -192,14 +216,43 @@ fn names(extra: Option<&str>) -> Vec<&str> {
     n
 }
 
-fn serve_only(
-    addr: &str,
+/// `--serve`'s flags.
+struct Serve {
     rotate_at: Option<Duration>,
     duration: Option<Duration>,
     settings: Settings,
     leaf_only: bool,
+    ca_out: Option<PathBuf>,
+}
+
+fn serve_only(addr: &str, serve: &Serve, out: &Output) -> Result<i32, Failure> {
+    let stop = Arc::new(AtomicUsize::new(0));
+    let mut ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Ok(id) = signal_hook::flag::register_usize(sig, stop.clone(), sig as usize) {
+            ids.push(id);
+        }
+    }
+    let r = serve_until(addr, serve, out, &stop);
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
+    r
+}
+
+fn serve_until(
+    addr: &str,
+    serve: &Serve,
     out: &Output,
+    stop: &AtomicUsize,
 ) -> Result<i32, Failure> {
+    let Serve {
+        rotate_at,
+        duration,
+        settings,
+        leaf_only,
+        ..
+    } = *serve;
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']));
@@ -211,6 +264,20 @@ fn serve_only(
     let coordinator = Coordinator::start(addr, &leaf_a, settings)
         .map_err(|e| Failure::new(1, format!("cannot listen on {addr}: {e}")))?;
     let url = coordinator.url("");
+    // The runners download artifacts from object storage: its root too.
+    let mut trust_pem = std::fs::read_to_string(&pki.trust)
+        .map_err(|e| Failure::new(1, format!("reading {}: {e}", pki.trust.display())))?;
+    trust_pem.push_str(coordinator.storage_ca_pem());
+    std::fs::write(&pki.trust, &trust_pem)
+        .map_err(|e| Failure::new(1, format!("writing {}: {e}", pki.trust.display())))?;
+    let trust_file = match &serve.ca_out {
+        Some(f) => {
+            std::fs::write(f, &trust_pem)
+                .map_err(|e| Failure::new(1, format!("--ca-out {}: {e}", f.display())))?;
+            f.clone()
+        }
+        None => pki.trust.clone(),
+    };
     let sends = if leaf_only {
         "the leaf alone"
     } else {
@@ -220,17 +287,21 @@ fn serve_only(
         "coordinator listening on {url} (certificate from CA A, sending {sends})"
     ));
     out.line(format!(
-        "runners' CA file (roots A and B{}): {}",
+        "object storage listening on https://{} (its own CA)",
+        coordinator.storage_addr()
+    ));
+    out.line(format!(
+        "runners' CA file (roots A and B{}, and object storage's): {}",
         if leaf_only {
-            ", and their intermediates"
+            ", their intermediates"
         } else {
             ""
         },
-        pki.trust.display()
+        trust_file.display()
     ));
     out.line(format!(
         "try: cargo run --example runner -- --url {url} --token demo --ca-file {}",
-        pki.trust.display()
+        trust_file.display()
     ));
     match rotate_at {
         Some(r) => out.line(format!("rotating to CA B at {}", show(r))),
@@ -238,12 +309,20 @@ fn serve_only(
     }
     let start = Instant::now();
     let mut rotated = false;
+    let mut signal = 0;
     loop {
         let now = start.elapsed();
         if let Some(d) = duration {
             if now >= d {
                 break;
             }
+        }
+        signal = stop.load(std::sync::atomic::Ordering::SeqCst);
+        if signal != 0 {
+            break;
+        }
+        for r in coordinator.take_job_reports() {
+            out.line(format!("{:>8.3}s {}", now.as_secs_f64(), job_line(&r)));
         }
         if let Some(r) = rotate_at {
             if !rotated && now >= r {
@@ -259,14 +338,45 @@ fn serve_only(
         }
         thread::sleep(Duration::from_millis(50));
     }
+    for r in coordinator.take_job_reports() {
+        out.line(format!(
+            "{:>8.3}s {}",
+            start.elapsed().as_secs_f64(),
+            job_line(&r)
+        ));
+    }
     let c = coordinator.counters();
     out.line(format!(
         "stopped: {} connections, {} full and {} resumed handshakes, {} requests, {} jobs",
         c.connections, c.handshakes_full, c.handshakes_resumed, c.requests, c.jobs
     ));
-    // The CA file goes with `pki` (a Ctrl-C leaves it: certificates only).
+    // The CA dir goes with `pki`; a signal ends the loop above, so it goes
+    // then too.
     drop(pki);
-    Ok(0)
+    Ok(if signal == 0 { 0 } else { 128 + signal as i32 })
+}
+
+/// `job 3 success: trace 812 bytes in 3 increments; artifact artifacts.zip
+/// 4194304 bytes sha256 ...`.
+fn job_line(r: &crate::coordinator::JobReport) -> String {
+    let mut line = format!(
+        "job {} {}: trace {} bytes in {} increments",
+        r.id, r.state, r.trace_bytes, r.trace_patches
+    );
+    if r.trace_refused > 0 {
+        line.push_str(&format!(" ({} refused with 416)", r.trace_refused));
+    }
+    match &r.artifact {
+        Some(a) => line.push_str(&format!(
+            "; artifact {} {} bytes sha256 {}",
+            a.filename, a.size, a.sha256
+        )),
+        None => line.push_str("; no artifact"),
+    }
+    if let Some(why) = &r.failure_reason {
+        line.push_str(&format!("; failure reason {why}"));
+    }
+    line
 }
 
 /// Timestamped lines shared by the runner threads.
@@ -298,12 +408,17 @@ struct Job {
 #[derive(Debug, Default)]
 struct Report {
     jobs: Vec<Job>,
+    /// TLS handshakes its engine made (full and resumed).
+    handshakes: u64,
     error: Option<String>,
 }
 
 struct RunnerSpec {
     name: &'static str,
     policy: Policy,
+    /// Ask for a fresh chain for every job, and write that chain's CA
+    /// bundle, not the long poll's.
+    fresh: bool,
 }
 
 /// Everything a runner thread needs to know.
@@ -318,6 +433,11 @@ struct Env {
     cas: Vec<(&'static str, CertificateDer<'static>)>,
     timeline: Timeline,
     verbose: bool,
+    /// Held by the refresh runner from a job's fresh chain to its clone, and
+    /// by the rotation: the two edges rotate between jobs, never inside one
+    /// (a job whose chain predates a rotation that lands before its clone
+    /// would fail, however fresh the chain).
+    job_gate: Arc<Mutex<()>>,
 }
 
 /// "A" or "B": the root the chain's verified path ended at.
@@ -365,6 +485,7 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         "  rotary  max age {}, a full handshake for every new connection",
         show(plan.max_age)
     ));
+    out.line("  refresh rotary, and a fresh chain (a TLS-only full handshake) for every job");
     let sends = if plan.leaf_only {
         "their leaf alone"
     } else {
@@ -373,9 +494,10 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
     out.line(format!(
         "The edges send {sends}. Each job's CA file is the CA bundle of the connection"
     ));
-    out.line("that delivered it (intermediate + root, never the leaf); `git clone` trusts");
+    out.line("that delivered it (refresh: of a handshake made when the job arrived), intermediate");
+    out.line("+ root, never the leaf; `git clone` trusts only that file, at a second edge");
     out.line(format!(
-        "only that file, at a second edge ({}) serving another leaf from the same CA.",
+        "({}) serving another leaf from the same CA.",
         git_edge.url("")
     ));
     out.line("");
@@ -397,12 +519,20 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         RunnerSpec {
             name: "pinned",
             policy: pinned,
+            fresh: false,
         },
         RunnerSpec {
             name: "rotary",
             policy: rotary,
+            fresh: false,
+        },
+        RunnerSpec {
+            name: "refresh",
+            policy: rotary,
+            fresh: true,
         },
     ];
+    let job_gate = Arc::new(Mutex::new(()));
     let mut handles = Vec::new();
     for spec in specs {
         let env = Env {
@@ -418,6 +548,7 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
             ],
             timeline: timeline.clone(),
             verbose: plan.verbose,
+            job_gate: job_gate.clone(),
         };
         let name = spec.name;
         let h = thread::Builder::new()
@@ -429,10 +560,12 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
 
     let rotate_at = start + plan.rotate_at;
     thread::sleep(rotate_at.saturating_duration_since(Instant::now()));
+    let between_jobs = lock(&job_gate);
     coordinator
         .rotate(&leaf_b)
         .and_then(|_| git_edge.rotate(&git_leaf_b))
         .map_err(|e| Failure::new(1, e))?;
+    drop(between_jobs);
     let rotated = start.elapsed();
     timeline.log(
         "coordinator",
@@ -455,11 +588,13 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
 
     out.line("");
     out.line(format!(
-        "{:<7} {:>7} {:>7}   {:>22}   {:>10}",
-        "runner", "jobs ok", "failed", "after rotation ok/fail", "heal time"
+        "{:<7} {:>7} {:>7}   {:>22}   {:>14}   {:>10}",
+        "runner", "jobs ok", "failed", "after rotation ok/fail", "handshakes/job", "heal time"
     ));
     let mut healed = None;
     let mut pinned_kept_failing = false;
+    // Every refresh job cloned, before and after the rotation, and some came after it.
+    let mut refresh_never_failed = false;
     for (name, r) in &reports {
         let ok = r.jobs.iter().filter(|j| j.ok).count();
         let failed = r.jobs.len() - ok;
@@ -469,8 +604,12 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
             .iter()
             .find(|j| j.ok && j.chain == "B")
             .map(|j| j.at - rotated);
+        let per_job = match r.jobs.len() {
+            0 => "-".to_owned(),
+            n => format!("{:.2}", r.handshakes as f64 / n as f64),
+        };
         out.line(format!(
-            "{name:<7} {ok:>7} {failed:>7}   {:>22}   {:>10}",
+            "{name:<7} {ok:>7} {failed:>7}   {:>22}   {per_job:>14}   {:>10}",
             format!("{after_ok} / {}", after.len() - after_ok),
             heal.map_or_else(|| "never".to_owned(), show)
         ));
@@ -479,6 +618,9 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         }
         match *name {
             "rotary" => healed = heal,
+            "refresh" => {
+                refresh_never_failed = failed == 0 && !after.is_empty() && r.error.is_none()
+            }
             _ => pinned_kept_failing = !after.is_empty() && after_ok == 0,
         }
     }
@@ -490,20 +632,26 @@ fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
         git_counters.handshakes_full,
         show(wall)
     ));
-    let verdict = match (healed, pinned_kept_failing) {
-        (Some(h), true) => {
+    let verdict = match (healed, pinned_kept_failing, refresh_never_failed) {
+        (Some(h), true, true) => {
             out.line(format!(
-                "verdict: rotary healed {} after the rotation; pinned kept failing (OK)",
+                "verdict: rotary healed {} after the rotation; pinned kept failing; refresh failed no job (OK)",
                 show(h)
             ));
             0
         }
-        (None, _) => {
+        (None, _, _) => {
             out.line("verdict: the rotary runner did not heal (FAIL)");
             1
         }
-        (Some(_), false) => {
+        (Some(_), false, _) => {
             out.line("verdict: the pinned runner did not keep failing, so the demo showed nothing (FAIL)");
+            1
+        }
+        (Some(_), true, false) => {
+            out.line(
+                "verdict: the refresh runner failed a job or had none after the rotation (FAIL)",
+            );
             1
         }
     };
@@ -525,15 +673,23 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
             return report;
         }
     };
+    let origin = match Origin::parse(&env.url) {
+        Ok(o) => o,
+        Err(e) => {
+            report.error = Some(format!("the coordinator's origin: {e}"));
+            return report;
+        }
+    };
     let body = Bytes::from(format!(
         r#"{{"token":"{name}-runner-token","info":{{"name":"{name} runner"}}}}"#
     ));
     let mut pending = None;
+    // A job waiting for its fresh chain (refresh only): the next poll waits too.
+    let mut waiting: Option<(ChainRequestId, u64, Duration, MutexGuard<'_, ()>)> = None;
     let mut retry_at = Instant::now();
-    let mut last_outcome: Option<(bool, &'static str)> = None;
-    let mut same = 0u32;
+    let mut log = JobLog::default();
     while Instant::now() < env.stop_at {
-        if pending.is_none() && Instant::now() >= retry_at {
+        if pending.is_none() && waiting.is_none() && Instant::now() >= retry_at {
             let req = http::Request::post(&env.url)
                 .header("content-type", "application/json")
                 .body(body.clone());
@@ -570,7 +726,10 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
                         ),
                     );
                 }
-                Event::Closed { conn, reason, .. } if reason != CloseReason::Shutdown => {
+                // A fresh-chain handshake closes as a probe: one per job, not news.
+                Event::Closed { conn, reason, .. }
+                    if reason != CloseReason::Shutdown && reason != CloseReason::Probe =>
+                {
                     tl.log(
                         name,
                         format!("connection #{} closed: {}", conn.get(), reason.name()),
@@ -598,38 +757,36 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
                     match response.status().as_u16() {
                         201 => {
                             let job_id = json_number(response.body(), "id").unwrap_or(0);
-                            let chain = served_by.chain.as_deref();
                             let at = tl.start.elapsed();
-                            let (ok, why) = run_job(env, name, job_id, chain);
-                            let tag = label(chain, &env.cas);
-                            report.jobs.push(Job { at, chain: tag, ok });
-                            let outcome = (ok, tag);
-                            if env.verbose || last_outcome != Some(outcome) {
-                                if let (Some(prev), true) = (last_outcome, same > 0) {
-                                    tl.log(name, repeats(same, prev));
-                                }
-                                let result = match why {
-                                    None => "git clone ok".to_owned(),
-                                    Some(w) => format!("git clone FAILED: {w}"),
-                                };
-                                tl.log(
-                                    name,
-                                    format!(
-                                        "job {job_id} via connection #{} (chain {tag}): {result}",
-                                        served_by.conn.get()
-                                    ),
-                                );
-                                same = 0;
+                            if spec.fresh {
+                                let gate = lock(&env.job_gate);
+                                let call = engine.fresh_chain(&origin, Duration::ZERO);
+                                waiting = Some((call, job_id, at, gate));
                             } else {
-                                same += 1;
+                                let chain = served_by
+                                    .chain
+                                    .as_deref()
+                                    .ok_or_else(|| "the connection had no TLS chain".to_owned());
+                                let via = Via::Conn(served_by.conn);
+                                log.job(env, name, job_id, via, chain, at, &mut report);
                             }
-                            last_outcome = Some(outcome);
                         }
                         204 => {}
                         s => {
                             tl.log(name, format!("unexpected status {s}"));
                             retry_at = Instant::now() + Duration::from_millis(200);
                         }
+                    }
+                }
+                Event::FreshChain { id, result, .. }
+                    if waiting.as_ref().is_some_and(|(call, ..)| *call == id) =>
+                {
+                    if let Some((_, job_id, at, gate)) = waiting.take() {
+                        let chain = result
+                            .as_deref()
+                            .map_err(|e| format!("no fresh chain: {e}"));
+                        log.job(env, name, job_id, Via::Fresh, chain, at, &mut report);
+                        drop(gate);
                     }
                 }
                 Event::Failed { id, error, .. } if Some(id) == pending => {
@@ -641,14 +798,84 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
             }
         }
     }
-    if let (Some(prev), true) = (last_outcome, same > 0) {
-        tl.log(name, repeats(same, prev));
-    }
+    log.flush(tl, name);
     if let Some(id) = pending {
         engine.cancel(id);
     }
+    let stats = engine.stats();
+    report.handshakes = stats.handshakes_full + stats.handshakes_resumed;
     engine.shutdown();
     report
+}
+
+/// The gate, also after a thread panicked holding it (it guards no data).
+fn lock(gate: &Mutex<()>) -> MutexGuard<'_, ()> {
+    gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where a job's chain came from.
+#[derive(Clone, Copy)]
+enum Via {
+    /// The connection that delivered the job.
+    Conn(ConnId),
+    /// A fresh-chain handshake made when the job arrived.
+    Fresh,
+}
+
+/// A runner's job lines: one per change of outcome (every job with `-v`),
+/// the jobs in between summed up.
+#[derive(Default)]
+struct JobLog {
+    last: Option<(bool, &'static str)>,
+    same: u32,
+}
+
+impl JobLog {
+    /// Run job `job_id` with `chain`'s CA bundle, record it in `report` and
+    /// log it.
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &mut self,
+        env: &Env,
+        name: &str,
+        job_id: u64,
+        via: Via,
+        chain: Result<&PeerChain, String>,
+        at: Duration,
+        report: &mut Report,
+    ) {
+        let tag = label(chain.as_ref().ok().copied(), &env.cas);
+        let (ok, why) = match chain {
+            Ok(chain) => run_job(env, name, job_id, chain),
+            Err(why) => (false, Some(why)),
+        };
+        report.jobs.push(Job { at, chain: tag, ok });
+        let outcome = (ok, tag);
+        if !env.verbose && self.last == Some(outcome) {
+            self.same += 1;
+            return;
+        }
+        self.flush(&env.timeline, name);
+        let result = match why {
+            None => "git clone ok".to_owned(),
+            Some(w) => format!("git clone FAILED: {w}"),
+        };
+        let via = match via {
+            Via::Conn(conn) => format!("via connection #{}", conn.get()),
+            Via::Fresh => "with a fresh chain".to_owned(),
+        };
+        env.timeline
+            .log(name, format!("job {job_id} {via} (chain {tag}): {result}"));
+        self.last = Some(outcome);
+    }
+
+    /// Log the jobs summed up since the last line, if any.
+    fn flush(&mut self, tl: &Timeline, name: &str) {
+        if let (Some(prev), true) = (self.last, self.same > 0) {
+            tl.log(name, repeats(self.same, prev));
+        }
+        self.same = 0;
+    }
 }
 
 /// The line standing for `n` jobs with the same outcome as the last printed.
@@ -657,12 +884,9 @@ fn repeats(n: u32, (ok, chain): (bool, &str)) -> String {
     format!("... {n} more jobs since, chain {chain}, git clone {what}")
 }
 
-/// Write the job's CA file, the CA bundle of the delivering connection, and
-/// clone from the second edge. Returns (ok, why not).
-fn run_job(env: &Env, runner: &str, job: u64, chain: Option<&PeerChain>) -> (bool, Option<String>) {
-    let Some(chain) = chain else {
-        return (false, Some("the connection had no TLS chain".into()));
-    };
+/// Write the job's CA file, `chain`'s CA bundle, and clone from the second
+/// edge. Returns (ok, why not).
+fn run_job(env: &Env, runner: &str, job: u64, chain: &PeerChain) -> (bool, Option<String>) {
     let bundle = match chain.ca_bundle() {
         Ok(pem) => pem,
         Err(e) => return (false, Some(e.to_string())),

@@ -108,6 +108,32 @@ fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
 }
 
 #[test]
+fn rotation_demo_refresh_runner_fails_no_job_before_or_after_the_rotation() {
+    let text = short_demo(&[]);
+    let row = table_row(&text, "refresh");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // refresh, ok, failed, after-ok, "/", after-failed, handshakes/job, heal time...
+    assert_eq!(
+        cols.get(2),
+        Some(&"0"),
+        "no refresh job fails: {row}\n{text}"
+    );
+    assert_ne!(cols.get(1), Some(&"0"), "refresh ran jobs: {row}");
+    assert_ne!(cols.get(3), Some(&"0"), "some after the rotation: {row}");
+    assert_eq!(cols.get(5), Some(&"0"), "none failed after it: {row}");
+    let per_job: f64 = cols
+        .get(6)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("a handshakes/job column: {row}"));
+    assert!(per_job >= 1.0, "a fresh handshake per job: {row}");
+    assert!(
+        text.contains("with a fresh chain (chain B): git clone ok"),
+        "{text}"
+    );
+    assert!(text.contains("refresh failed no job (OK)"), "{text}");
+}
+
+#[test]
 fn rotation_demo_pinned_runner_resumes_the_old_session_when_the_edge_closes() {
     let (out, cap) = Output::capture();
     let code = rotation::main_with_args(
@@ -375,48 +401,418 @@ fn loadgen_against_an_unreachable_url_fails_with_one_line() {
     assert!(err.contains("3 of 3 requests failed"), "{err}");
 }
 
+/// The runner's trust: the coordinator's root and object storage's.
+fn runner_ca(s: &Server) -> PathBuf {
+    let file = s._dir.path().join("runner-ca.pem");
+    let pem = format!("{}{}", s.root.pem(), s.coordinator.storage_ca_pem());
+    std::fs::write(&file, pem).expect("write runner CA file");
+    file
+}
+
+/// The value of a numeric key in loadgen's JSON line.
+fn number(line: &str, key: &str) -> f64 {
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let rest = &line[at + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+}
+
 #[test]
-fn runner_writes_a_ca_file_per_job_from_the_delivering_connection() {
+fn loadgen_counts_an_error_status_as_a_failed_request_and_not_as_load() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    // /bytes/x: the coordinator answers 400 Bad Request to every request.
+    let code = loadgen::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url("/bytes/x"),
+            "--cacert",
+            ca(&s),
+            "--conns",
+            "2",
+            "--requests",
+            "20",
+        ]),
+        &out,
+    );
+    assert_eq!(code, 1, "{}", cap.stderr());
+    let line = cap.stdout();
+    assert_eq!(number(&line, "requests"), 20.0, "{line}");
+    assert_eq!(number(&line, "errors"), 20.0, "{line}");
+    // Failed requests are no throughput, and have no latency to report.
+    assert_eq!(number(&line, "req_per_s"), 0.0, "{line}");
+    assert_eq!(number(&line, "p99_us"), 0.0, "{line}");
+    let err = cap.stderr();
+    assert!(
+        err.contains("20 of 20 requests failed") && err.contains("400"),
+        "{err}"
+    );
+}
+
+#[test]
+fn loadgen_reports_latency_percentiles_of_the_successful_requests() {
+    let s = server(Settings::default());
+    let (out, cap) = Output::capture();
+    let started = Instant::now();
+    let code = loadgen::main_with_args(
+        args(&[
+            "--url",
+            &s.coordinator.url("/bytes/5"),
+            "--cacert",
+            ca(&s),
+            "--conns",
+            "2",
+            "--requests",
+            "100",
+        ]),
+        &out,
+    );
+    let wall_us = started.elapsed().as_micros() as f64;
+    assert_eq!(code, 0, "{}", cap.stderr());
+    let line = cap.stdout();
+    let (p50, p99) = (number(&line, "p50_us"), number(&line, "p99_us"));
+    // Every request took some time, none longer than the whole run.
+    assert!(p50 >= 1.0 && p50 <= p99 && p99 <= wall_us, "{line}");
+    let rate = number(&line, "req_per_s");
+    let expected = 100.0 / number(&line, "wall_s");
+    assert!((rate - expected).abs() <= expected * 0.01 + 0.1, "{line}");
+}
+
+#[test]
+fn loadgen_refuses_a_url_it_cannot_send_to_as_a_usage_error() {
+    for url in [
+        "not a url",
+        "example.com/bytes/5",
+        "ftp://127.0.0.1/x",
+        "/bytes/5",
+    ] {
+        let (out, cap) = Output::capture();
+        let code = loadgen::main_with_args(args(&["--url", url, "--requests", "1000"]), &out);
+        assert_eq!(code, 2, "{url}: {}", cap.stderr());
+        let err = cap.stderr();
+        assert_eq!(err.lines().count(), 1, "{url}: {err}");
+        assert!(
+            err.contains("--url") && !err.contains("failed"),
+            "{url}: {err}"
+        );
+        assert!(cap.stdout().is_empty(), "{url}: no load was run");
+    }
+}
+
+#[test]
+fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
     let s = server(Settings {
         hold: Duration::from_millis(200),
-        job_every: Duration::from_millis(50),
-        max_requests_per_conn: None,
+        job_every: Duration::from_millis(20),
+        trace_update_interval: Duration::from_millis(10),
+        dependency_size: 100_000,
+        ..Settings::default()
     });
     let dir = TempDir::new("runner-builds").expect("temp dir");
+    let ca_file = runner_ca(&s);
     let (out, cap) = Output::capture();
+    let code = runner::main_with_args(
+        args(&[
+            "--url",
+            &format!("{}?x=1", s.coordinator.url("/")),
+            "--token",
+            "t0ken",
+            "--ca-file",
+            ca_file.to_str().expect("utf-8"),
+            "--builds-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--artifact-size",
+            "300000",
+            "--max-jobs",
+            "3",
+            "--duration",
+            "30s",
+        ]),
+        &out,
+    );
+    let text = cap.stdout();
+    assert_eq!(code, 0, "{text}\n{}", cap.stderr());
+    assert!(
+        text.contains("stopped after 3 jobs: 3 succeeded, 0 failed"),
+        "{text}"
+    );
+    let reports = s.coordinator.take_job_reports();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for r in &reports {
+        assert_eq!(r.state, "success", "{r:?}");
+        // The runner's line for the job names the artifact's SHA-256 it
+        // computed from the file; the server's, from the bytes received.
+        let art = r.artifact.as_ref().expect("an artifact per job");
+        assert_eq!(art.size, 300_000, "{r:?}");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("job {}: success", r.id)))
+            .unwrap_or_else(|| panic!("no line for job {}:\n{text}", r.id));
+        assert!(
+            line.contains(&format!("sha256 {}", art.sha256)),
+            "{line}\n{r:?}"
+        );
+        // Increments: the trace went up in more than one PATCH, none refused.
+        assert!(r.trace_patches >= 2, "{r:?}");
+        assert_eq!(r.trace_refused, 0, "{r:?}");
+        assert!(
+            line.contains(&format!("trace {} bytes", r.trace_bytes)),
+            "{line}"
+        );
+        assert_eq!(r.downloads, 1, "{r:?}");
+        // The dependency came from object storage, byte for byte.
+        let dep = rotary_examples::coordinator::dependency_artifact(r.id, 100_000);
+        let sha = sha256_hex(&dep);
+        assert!(
+            text.contains(&format!(
+                "job {}: dependency artifacts 100000 bytes sha256 {sha}",
+                r.id
+            )),
+            "{text}"
+        );
+    }
+    let c = s.coordinator.counters();
+    // The redirect to object storage went without JOB-TOKEN.
+    assert_eq!(c.storage_requests, 3, "{c:?}");
+    assert_eq!(c.storage_credentials_refused, 0, "{c:?}");
+    // Each job kept its CA file: the bundle of the delivering connection.
+    let bundle = format!("{}{}", s.mid.pem(), s.root.pem());
+    let mut seen = 0;
+    for e in std::fs::read_dir(dir.path()).expect("builds dir") {
+        let job_dir = e.expect("entry").path();
+        let pem = std::fs::read_to_string(job_dir.join("ca.pem")).expect("CA file");
+        assert_eq!(pem, bundle, "{}", job_dir.display());
+        // The artifacts are gone once used.
+        assert!(!job_dir.join("artifacts.bin").exists());
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    assert!(text.contains("root CN=examples test CA"), "{text}");
+}
+
+#[test]
+fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
+    let s = server(Settings {
+        hold: Duration::from_millis(50),
+        job_every: Duration::from_millis(1),
+        ..Settings::default()
+    });
+    let mut config = rotary::Config::default();
+    config.trust = rotary::Trust::pem_file(runner_ca(&s));
+    let mut engine = rotary::Engine::new(config).expect("engine");
+    let opts = rotary::RequestOptions::default().deadline(Duration::from_secs(10));
+    let mut send = |req: http::Request<bytes::Bytes>| engine.execute(req, opts).expect("answer");
+    let job = send(
+        http::Request::post(s.coordinator.url("/api/v4/jobs/request"))
+            .body(bytes::Bytes::from_static(br#"{"token":"r"}"#))
+            .expect("request"),
+    );
+    assert_eq!(job.status(), 201);
+    let body = job.body();
+    let id = rotary_examples::coordinator::json_number(body, "id").expect("id");
+    let token = rotary_examples::coordinator::json_string(body, "token").expect("token");
+    let patch = |range: &str, data: &'static [u8]| {
+        http::Request::patch(s.coordinator.url(&format!("/api/v4/jobs/{id}/trace")))
+            .header("job-token", token.as_str())
+            .header("content-range", range)
+            .body(bytes::Bytes::from_static(data))
+            .expect("request")
+    };
+    let ok = send(patch("0-4", b"hello"));
+    assert_eq!(ok.status(), 202);
+    assert_eq!(ok.headers()["range"], "0-5");
+    assert_eq!(ok.headers()["x-gitlab-trace-update-interval"], "3");
+    // A gap (or a repeat) is refused with the range the server holds.
+    let gap = send(patch("7-9", b"abc"));
+    assert_eq!(gap.status(), 416);
+    assert_eq!(gap.headers()["range"], "0-5");
+    assert_eq!(send(patch("0-4", b"hello")).status(), 416);
+    // A range that does not match the body is a bad request.
+    assert_eq!(send(patch("5-9", b"abc")).status(), 400);
+    // The artifact download redirects to object storage, which refuses a
+    // request that still carries the job token.
+    let get = send(
+        http::Request::get(s.coordinator.url(&format!("/api/v4/jobs/{id}/artifacts")))
+            .header("job-token", token.as_str())
+            .body(bytes::Bytes::new())
+            .expect("request"),
+    );
+    assert_eq!(get.status(), 302);
+    let location = get.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(location.starts_with(&format!("https://{}/", s.coordinator.storage_addr())));
+    let leaked = send(
+        http::Request::get(location.as_str())
+            .header("job-token", token.as_str())
+            .body(bytes::Bytes::new())
+            .expect("request"),
+    );
+    assert_eq!(leaked.status(), 400);
+    let clean = send(
+        http::Request::get(location.as_str())
+            .body(bytes::Bytes::new())
+            .expect("r"),
+    );
+    assert_eq!(clean.status(), 200);
+    assert_eq!(clean.body().len(), Settings::default().dependency_size);
+    assert_eq!(s.coordinator.counters().storage_credentials_refused, 1);
+    engine.shutdown();
+}
+
+#[test]
+fn rotation_serve_writes_the_runners_ca_file_where_ca_out_says() {
+    let dir = TempDir::new("serve-ca-out").expect("temp dir");
+    let file = dir.path().join("CA.pem");
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(
+        args(&[
+            "--serve",
+            "127.0.0.1:0",
+            "--duration",
+            "200ms",
+            "--ca-out",
+            file.to_str().expect("utf-8"),
+        ]),
+        &out,
+    );
+    assert_eq!(code, 0, "{}\n{}", cap.stdout(), cap.stderr());
+    let pem = std::fs::read_to_string(&file).expect("--ca-out file");
+    // Roots A and B, and object storage's.
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3, "{pem}");
+    let text = cap.stdout();
+    assert!(
+        text.contains(&format!("--ca-file {}", file.display())),
+        "{text}"
+    );
+    // The line it prints names that file.
+    let own = text
+        .lines()
+        .find_map(|l| l.split("object storage's): ").nth(1))
+        .expect("the CA file line");
+    assert_eq!(own, file.display().to_string());
+    let (out, cap) = Output::capture();
+    assert_eq!(rotation::main_with_args(args(&["--ca-out", "x"]), &out), 2);
+    assert!(cap.stderr().contains("--ca-out goes with --serve"));
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn runner_stops_at_once_with_code_3_when_the_ca_file_cannot_verify_the_server() {
+    let s = server(Settings::default());
+    let other = Ca::new("some other CA").expect("CA");
+    let dir = TempDir::new("runner-wrong-ca").expect("temp dir");
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, other.pem()).expect("write");
+    let (out, cap) = Output::capture();
+    let started = Instant::now();
     let code = runner::main_with_args(
         args(&[
             "--url",
             &s.coordinator.url(""),
             "--token",
-            "t0ken",
+            "t",
             "--ca-file",
-            ca(&s),
-            "--builds-dir",
-            dir.path().to_str().expect("utf-8"),
-            "--jobs",
-            "2",
+            wrong.to_str().expect("utf-8"),
             "--duration",
-            "10s",
+            "20s",
         ]),
         &out,
     );
-    assert_eq!(code, 0, "{}\n{}", cap.stdout(), cap.stderr());
-    let text = cap.stdout();
-    assert!(text.contains("stopped after 2 jobs"), "{text}");
-    let files: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("builds dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("ca.pem"))
-        .collect();
-    assert_eq!(files.len(), 2, "{text}");
-    // Each job's CA file is the bundle: intermediate then root, no leaf.
-    let bundle = format!("{}{}", s.mid.pem(), s.root.pem());
-    for f in files {
-        let pem = std::fs::read_to_string(&f).expect("CA file");
-        assert_eq!(pem, bundle, "{}", f.display());
+    assert_eq!(code, 3, "{}\n{}", cap.stdout(), cap.stderr());
+    let err = cap.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot be verified with --ca-file"), "{err}");
+    // It did not retry until --duration.
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn runner_refuses_an_unsupported_scheme_with_one_line_and_code_2() {
+    let (out, cap) = Output::capture();
+    let code = runner::main_with_args(args(&["--url", "ftp://127.0.0.1:9/", "--token", "t"]), &out);
+    assert_eq!(code, 2, "{}", cap.stderr());
+    assert_eq!(cap.stderr().lines().count(), 1);
+    assert!(
+        cap.stderr().contains("unsupported scheme \"ftp\""),
+        "{}",
+        cap.stderr()
+    );
+}
+
+#[test]
+fn runner_on_a_stop_signal_fails_the_current_job_and_removes_its_temp_dir() {
+    let s = server(Settings {
+        hold: Duration::from_millis(100),
+        job_every: Duration::from_millis(20),
+        trace_update_interval: Duration::from_millis(10),
+        ..Settings::default()
+    });
+    let ca_file = runner_ca(&s);
+    let (out, cap) = Output::capture();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let flag = stop.clone();
+    let url = s.coordinator.url("");
+    let ca = ca_file.to_str().expect("utf-8").to_owned();
+    let runner = std::thread::spawn(move || {
+        runner::run_with_stop(
+            args(&[
+                "--url",
+                &url,
+                "--token",
+                "t",
+                "--ca-file",
+                &ca,
+                "--artifact-size",
+                "1000",
+                "--duration",
+                "30s",
+            ]),
+            &out,
+            flag,
+        )
+    });
+    // Act as SIGTERM once the first job is under way.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !cap.stdout().contains("dependency artifacts") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(text.contains("root CN=examples test CA"), "{text}");
+    stop.store(15, Ordering::SeqCst);
+    let code = runner.join().expect("runner thread");
+    let text = cap.stdout();
+    assert_eq!(code, 128 + 15, "{text}\n{}", cap.stderr());
+    assert!(text.contains("stopped by SIGTERM"), "{text}");
+    let temp = text
+        .lines()
+        .find_map(|l| l.split("job files go to ").nth(1))
+        .expect("the builds dir is logged");
+    assert!(!std::path::Path::new(temp).exists(), "{temp} left behind");
+    // Every job it took ended reported: the interrupted one as failed.
+    let reports = s.coordinator.take_job_reports();
+    assert!(!reports.is_empty(), "{text}");
+    let handed = s.coordinator.counters().jobs;
+    assert_eq!(reports.len() as u64, handed, "{reports:?}\n{text}");
+    if let Some(last) = reports.last() {
+        if last.state == "failed" {
+            assert_eq!(
+                last.failure_reason.as_deref(),
+                Some("runner_system_failure")
+            );
+            assert!(text.contains("interrupted by SIGTERM"), "{text}");
+        }
+    }
 }
 
 #[test]
@@ -894,4 +1290,168 @@ fn fetch_help_lists_every_flag_and_where_fetch_differs_from_curl() {
             "exit code {code}:\n{help}"
         );
     }
+}
+
+/// A one-purpose CONNECT proxy on 127.0.0.1: answers each CONNECT with 200
+/// and relays both ways; returns its address and the heads it read.
+fn tunnel_proxy() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    match client.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let target = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().expect("heads").push(text);
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .is_err()
+                {
+                    return;
+                }
+                let (mut up_r, mut up_w) = (upstream.try_clone().expect("clone"), upstream);
+                let mut client_r = client.try_clone().expect("clone");
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_r, &mut up_w);
+                    let _ = up_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up_r, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[test]
+fn fetch_x_tunnels_https_with_proxy_user_and_v_shows_the_tunnel() {
+    let s = server(Settings::default());
+    let (proxy, heads) = tunnel_proxy();
+    let (code, out, err) = fetch_run(&[
+        "-v",
+        "-x",
+        &format!("{proxy}"),
+        "--proxy-user",
+        "ops:pw",
+        "--cacert",
+        ca(&s),
+        &s.coordinator.url("/hello"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rotary demo coordinator: GET /hello"), "{out}");
+    let origin = s.coordinator.url("");
+    let origin = origin.trim_end_matches('/');
+    assert!(
+        err.contains(&format!("proxy http://{proxy}: CONNECT tunnel to {origin}")),
+        "{err}"
+    );
+    assert!(err.contains("tunnel up (200 OK)"), "{err}");
+    assert!(
+        err.contains(&format!("opened to {proxy}: full handshake")),
+        "{err}"
+    );
+    assert!(err.contains("(tunnel through proxy"), "{err}");
+    assert!(
+        !err.contains("ops:pw") && !err.contains("b3BzOnB3"),
+        "{err}"
+    );
+    let heads = heads.lock().expect("heads").clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("CONNECT 127.0.0.1:"), "{}", heads[0]);
+    // base64("ops:pw")
+    assert!(
+        heads[0].contains("proxy-authorization: Basic b3BzOnB3\r\n"),
+        "{}",
+        heads[0]
+    );
+}
+
+#[test]
+fn fetch_x_sends_plain_http_in_absolute_form_and_noproxy_goes_direct() {
+    let proxy = ok_peer("from the proxy");
+    let (code, out, err) = fetch_run(&[
+        "-x",
+        &format!("http://u%40corp:p@127.0.0.1:{}", proxy.port()),
+        "http://origin.invalid:8080/x?y=1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from the proxy");
+    let seen = &proxy.seen()[0];
+    assert_eq!(
+        seen.request_line(),
+        "GET http://origin.invalid:8080/x?y=1 HTTP/1.1"
+    );
+    // base64("u@corp:p")
+    assert_eq!(
+        seen.header("proxy-authorization"),
+        Some("Basic dUBjb3JwOnA=")
+    );
+
+    let direct = ok_peer("direct");
+    let (code, out, err) = fetch_run(&[
+        "-x",
+        &format!("127.0.0.1:{}", proxy.port()),
+        "--noproxy",
+        "127.0.0.0/8",
+        &direct.url("/"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "direct");
+    assert_eq!(proxy.seen().len(), 1, "the proxy saw nothing more");
+}
+
+#[test]
+fn fetch_proxy_failures_exit_56_or_2_without_the_credentials() {
+    let refusing = Peer::plain(|_| {
+        response(
+            "407 Proxy Authentication Required",
+            &[("Proxy-Authenticate", "Basic realm=\"corp\"")],
+            "",
+        )
+    });
+    let got = fetch_run(&[
+        "-x",
+        &format!("http://ops:hunter2@127.0.0.1:{}", refusing.port()),
+        "https://origin.invalid/",
+    ]);
+    assert!(!got.2.contains("hunter2"), "{}", got.2);
+    assert_fails(got, 56, "the proxy rejected the credentials");
+    assert_fails(
+        fetch_run(&["-x", "socks5://127.0.0.1:1080", "https://origin.invalid/"]),
+        2,
+        "-x: bad proxy url: unsupported scheme \"socks5\"",
+    );
+    assert_fails(
+        fetch_run(&[
+            "-x",
+            "127.0.0.1:1",
+            "--proxy-user",
+            "nocolon",
+            "https://a.invalid/",
+        ]),
+        2,
+        "--proxy-user needs USER:PASS",
+    );
 }

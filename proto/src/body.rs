@@ -48,7 +48,8 @@ pub(crate) fn body_length(method: &Method, head: &ResponseHead) -> Result<Framin
     }
 
     // 2. A 2xx response to CONNECT turns the connection into a tunnel, which
-    //    this codec does not carry.
+    //    this codec does not carry (the codec stops before asking, see
+    //    `State::Tunnel`).
     if *method == Method::CONNECT && status.is_success() {
         return Err(Error::UnsupportedUpgrade {
             status: status.as_u16(),

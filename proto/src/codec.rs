@@ -77,6 +77,10 @@ pub enum State {
     Done,
     /// Connection must not be used again (close verdict, EOF or error).
     Closed,
+    /// A `CONNECT` was answered with a 2xx: the connection is a tunnel now
+    /// (RFC 9110 §9.3.6). The bytes after the head belong to the tunnel and
+    /// are left in the caller's input; the codec carries nothing more.
+    Tunnel,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,7 @@ enum Progress {
     Active { writing: Writing, reading: Reading },
     Done,
     Closed,
+    Tunnel,
 }
 
 /// The request side of an exchange.
@@ -143,7 +148,9 @@ impl Exchange {
 /// ```
 ///
 /// `Done` accepts the next request like `Idle`; an error, EOF or a close
-/// verdict leads to `Closed`, which accepts nothing.
+/// verdict leads to `Closed`, which accepts nothing. A 2xx answer to a
+/// `CONNECT` leads to `Tunnel` after its `Head`: no body is read, and what
+/// follows the head stays in the input for the tunnel's next layer.
 ///
 /// The response may be polled while still `Sending` (a server may answer
 /// early); such an exchange ends with a close verdict. Every method refuses
@@ -182,6 +189,7 @@ impl Codec {
             Progress::Idle => State::Idle,
             Progress::Done => State::Done,
             Progress::Closed => State::Closed,
+            Progress::Tunnel => State::Tunnel,
             Progress::Active { writing, .. } if *writing != Writing::Finished => State::Sending,
             Progress::Active {
                 reading: Reading::Head,
@@ -420,6 +428,7 @@ impl Codec {
         self.check()?;
         let result = match &self.progress {
             Progress::Idle | Progress::Done | Progress::Closed => Ok(None),
+            Progress::Tunnel => return Ok(None),
             Progress::Active {
                 reading: Reading::Head,
                 ..
@@ -444,6 +453,10 @@ impl Codec {
 
     fn read(&mut self, input: &mut BytesMut) -> Result<Option<ResponseEvent>, Error> {
         loop {
+            if matches!(self.progress, Progress::Tunnel) {
+                // The tunnel's bytes are not the codec's to judge.
+                return Ok(None);
+            }
             let Progress::Active { writing, reading } = &mut self.progress else {
                 return if input.is_empty() {
                     Ok(None)
@@ -466,6 +479,13 @@ impl Codec {
                     }
                     if head.status.is_informational() {
                         continue;
+                    }
+                    if self.exchange.method == Method::CONNECT && head.status.is_success() {
+                        // RFC 9110 §9.3.6: the tunnel starts right after the
+                        // head; any Content-Length or Transfer-Encoding is
+                        // meaningless here (RFC 9112 §6.3 rule 2).
+                        self.progress = Progress::Tunnel;
+                        return Ok(Some(ResponseEvent::Head(head)));
                     }
                     let early = *writing != Writing::Finished;
                     let length = self.exchange.final_head(&head, early)?;

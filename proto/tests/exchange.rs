@@ -144,8 +144,6 @@ exchange_cases! {
     switching_protocols_is_refused:
         Get, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
         => fails(Error::UnsupportedUpgrade { status: 101 });
-    connect_tunnel_is_refused:
-        Connect, "HTTP/1.1 200 Connection Established\r\n\r\n" => fails(Error::UnsupportedUpgrade { status: 200 });
     connect_refusal_has_a_body:
         Connect, "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno" => keep(403, b"no");
     close_delimited_body_ends_at_eof:
@@ -303,4 +301,67 @@ fn response_headers_keep_names_values_and_repeats() {
     assert_eq!(cookies, ["a=1", "b=2"]);
     assert_eq!(head.headers["x-empty"], "");
     assert_eq!(head.version, http::Version::HTTP_11);
+}
+
+#[test]
+fn connect_2xx_turns_the_connection_into_a_tunnel_and_leaves_its_bytes() {
+    use bytes::BytesMut;
+    use http::{HeaderMap, Method, Uri};
+    use rotary_proto::{Codec, ResponseEvent, TargetForm};
+    let uri: Uri = "origin.test:443".parse().expect("authority");
+    // A Content-Length on a 2xx to CONNECT means nothing (RFC 9112 §6.3).
+    let answer = b"HTTP/1.1 200 Connection Established\r\nContent-Length: 5\r\n\r\n\x16\x03\x01tls";
+    for split in 1..answer.len() {
+        let mut codec = Codec::new(Limits::default());
+        let mut out = BytesMut::new();
+        codec
+            .send_request(
+                &Method::CONNECT,
+                &uri,
+                &HeaderMap::new(),
+                None,
+                TargetForm::Origin,
+                &mut out,
+            )
+            .expect("connect encodes");
+        assert_eq!(
+            &out[..],
+            b"CONNECT origin.test:443 HTTP/1.1\r\nhost: origin.test:443\r\n\r\n"
+        );
+        let mut input = BytesMut::from(&answer[..split]);
+        let mut head = None;
+        while let Some(ev) = codec.poll_response(&mut input).expect("no error") {
+            head = Some(ev);
+        }
+        input.extend_from_slice(&answer[split..]);
+        while let Some(ev) = codec.poll_response(&mut input).expect("no error") {
+            assert!(head.is_none(), "one event only, got {ev:?}");
+            head = Some(ev);
+        }
+        match head {
+            Some(ResponseEvent::Head(h)) => assert_eq!(h.status, 200),
+            other => panic!("expected the head, got {other:?}"),
+        }
+        assert_eq!(codec.state(), State::Tunnel);
+        assert_eq!(
+            &input[..],
+            b"\x16\x03\x01tls",
+            "the tunnel's bytes stay in the input"
+        );
+        assert_eq!(
+            codec
+                .handle_eof()
+                .expect("eof in a tunnel is not the codec's"),
+            None
+        );
+        let again = codec.send_request(
+            &Method::GET,
+            &uri,
+            &HeaderMap::new(),
+            None,
+            TargetForm::Origin,
+            &mut out,
+        );
+        assert!(again.is_err(), "a tunnel carries no further request");
+    }
 }

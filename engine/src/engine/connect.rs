@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
@@ -29,6 +30,7 @@ impl Engine {
     /// Open a connection for pool `p`: look its host up (IP literals need
     /// no lookup), then connect.
     pub(super) fn open(&mut self, p: PoolKey, purpose: Purpose, now: Instant) {
+        let chain_only = matches!(purpose, Purpose::Probe | Purpose::Fresh);
         let id = self.new_conn_id();
         let key = self.conns.insert(Conn::new(
             id,
@@ -39,10 +41,15 @@ impl Engine {
         self.stats.connections_attempted += 1;
         let pool = &mut self.pools[p];
         pool.conns.push(key);
-        if purpose != Purpose::Probe {
+        if !chain_only {
             pool.connecting += 1;
         }
-        let (host, port) = (pool.origin.host().to_owned(), pool.origin.port());
+        // Through a proxy, the TCP connection (and every lifetime clock) is
+        // the proxy's; the origin is reached inside it.
+        let (host, port) = match &pool.proxy {
+            Some(proxy) => (proxy.host().to_owned(), proxy.port()),
+            None => (pool.origin.host().to_owned(), pool.origin.port()),
+        };
         if let Some(ip) = self.net.literal(&host) {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.dial = Dial::new(vec![std::net::SocketAddr::new(ip, port)]);
@@ -324,8 +331,23 @@ impl Engine {
         conn.connected_at = Some(now);
         self.arm_lifetime(key, now);
         if !self.pools[p].origin.is_tls() {
+            // Plain http through a proxy goes in absolute-form: no tunnel.
             return self.ready(key, now);
         }
+        if self.pools[p].proxy.is_some() {
+            return self.start_tunnel(key, now);
+        }
+        self.start_tls(key, BytesMut::new(), now)
+    }
+
+    /// Start the TLS handshake with the origin (directly, or inside a
+    /// tunnel), `early` being bytes that arrived before it started (after
+    /// a proxy's 2xx): they are the handshake's first input.
+    pub(super) fn start_tls(&mut self, key: ConnKey, early: BytesMut, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let p = conn.pool;
         let config = self.tls_config_for(p, key, now);
         let host = self.pools[p].origin.host().to_owned();
         let name = match ServerName::try_from(host) {
@@ -336,7 +358,13 @@ impl Engine {
             }
         };
         match Session::new(config, name) {
-            Ok(session) => {
+            Ok(mut session) => {
+                if !early.is_empty() {
+                    if let Err(e) = session.keep_pending_vec(early.to_vec()) {
+                        let err = self.proxy_error(p, crate::ProxyFailure::Io(Arc::new(e)));
+                        return self.connect_failed(key, err, now);
+                    }
+                }
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.start_handshake(session);
                 }
@@ -400,7 +428,7 @@ impl Engine {
         let p = conn.pool;
         conn.set_ready();
         let pool = &mut self.pools[p];
-        if conn.purpose != Purpose::Probe {
+        if !conn.is_chain_only() {
             pool.connecting = pool.connecting.saturating_sub(1);
         }
         conn.remaining = pool.policy.max_requests;
@@ -408,6 +436,9 @@ impl Engine {
         let Some((info, changed)) = self.observe_peer(key, now) else {
             return;
         };
+        if purpose == Purpose::Fresh {
+            return self.fresh_done(p, key, info, changed, now);
+        }
         if purpose == Purpose::Probe {
             log::debug!("chain probe of {} done", info.origin);
             if let Some(previous) = changed {
@@ -439,21 +470,34 @@ impl Engine {
     }
 
     /// A connection attempt failed: it closes, and the oldest waiting request
-    /// of its origin (if any) ends with the error.
+    /// of its origin (if any) ends with the error; a fresh-chain
+    /// connection's error answers every call waiting on it instead.
     pub(super) fn connect_failed(&mut self, key: ConnKey, err: Error, now: Instant) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
         let p = conn.pool;
-        let probe = conn.purpose == Purpose::Probe;
+        let chain_only = conn.is_chain_only();
+        let fresh = conn.purpose == Purpose::Fresh;
+        let err = match err {
+            // The address that failed was the proxy's.
+            Error::Resolve { .. } | Error::Connect { .. } if self.pools[p].proxy.is_some() => {
+                self.proxy_error(p, crate::ProxyFailure::Unreachable(Box::new(err)))
+            }
+            err => err,
+        };
         log::debug!("connection to {} failed: {err}", self.pools[p].origin);
         self.out.push_back(Event::ConnectFailed {
             conn: conn.id,
             origin: self.pools[p].origin.clone(),
             error: err.clone(),
         });
+        if fresh {
+            // Before the close, which would answer them as closed.
+            self.answer_fresh(p, Err(err.clone()));
+        }
         self.close_conn(key, CloseReason::ConnectFailed);
-        if !probe {
+        if !chain_only {
             if let Some(rk) = self.pools[p].queue.pop_front() {
                 self.fail_request(rk, err);
             }

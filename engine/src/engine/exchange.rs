@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use rotary_proto::{CloseCause, Codec, ResponseEvent, TargetForm, Verdict};
+use rotary_proto::{CloseCause, Codec, ResponseEvent, Verdict};
 
 use crate::conn::{PeerEnd, Stage};
 use crate::keys::{ConnKey, ReqKey};
@@ -20,6 +20,7 @@ use super::io::ReadMode;
 use super::redirect;
 use super::request::Req;
 use super::timers::{after, ReqTimer, Timer};
+use super::tunnel;
 use super::Engine;
 
 /// The idle limit after a server's `Keep-Alive: timeout` hint.
@@ -50,6 +51,9 @@ impl Engine {
         };
         conn.idle_until = None;
         let r = &req.request;
+        let pool = &self.pools[conn.pool];
+        let headers = tunnel::request_headers(pool, r.headers());
+        let form = tunnel::target_form(pool);
         let sent = match (req.upload.as_deref(), r.body().as_bytes()) {
             (None, Some(body)) => {
                 let needs_body = !body.is_empty()
@@ -57,18 +61,18 @@ impl Engine {
                 conn.codec.send_request(
                     r.method(),
                     r.uri(),
-                    r.headers(),
+                    &headers,
                     needs_body.then_some(&body[..]),
-                    TargetForm::Origin,
+                    form,
                     &mut conn.wbuf,
                 )
             }
             (upload, _) => conn.codec.start_streaming_request(
                 r.method(),
                 r.uri(),
-                r.headers(),
+                &headers,
                 upload.and_then(|u| u.len()),
-                TargetForm::Origin,
+                form,
                 &mut conn.wbuf,
             ),
         };

@@ -6,12 +6,13 @@
 //! `Conn::flush` and `Conn::read_pass`; this file decides when, and hands
 //! what arrived to [`super::exchange`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{IoFailure, PeerEnd, ReadPass, Stage};
 use crate::keys::ConnKey;
 use crate::sock::Sock;
-use crate::{CloseReason, ConnId, Error, Phase};
+use crate::{CloseReason, ConnId, Error, Phase, ProxyFailure};
 
 use super::Engine;
 
@@ -104,19 +105,31 @@ impl Engine {
                 }
             }
         };
-        if conn.stage() == Stage::Handshaking
-            && conn.tls.as_ref().is_some_and(|t| !t.is_handshaking())
-        {
-            self.ready(key, now);
-        }
         if let Some(conn) = self.live(key, id) {
             conn.bytes_in += pass.bytes as u64;
-            if pass.unclean {
-                conn.peer_end = PeerEnd::Unclean;
-            }
         }
-        if (pass.bytes > 0 || pass.eof) && self.is_live(key, id) {
-            self.on_input(key, id, pass.eof, now);
+        let Some(conn) = self.live(key, id) else {
+            return;
+        };
+        if conn.stage() == Stage::Tunneling {
+            // The proxy's answer to CONNECT: the tunnel's own module.
+            if pass.bytes > 0 || pass.eof {
+                self.on_tunnel_input(key, id, pass.eof, now);
+            }
+        } else {
+            if conn.stage() == Stage::Handshaking
+                && conn.tls.as_ref().is_some_and(|t| !t.is_handshaking())
+            {
+                self.ready(key, now);
+            }
+            if pass.unclean {
+                if let Some(conn) = self.live(key, id) {
+                    conn.peer_end = PeerEnd::Unclean;
+                }
+            }
+            if (pass.bytes > 0 || pass.eof) && self.is_live(key, id) {
+                self.on_input(key, id, pass.eof, now);
+            }
         }
         let token = self.mio.token(key);
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
@@ -188,6 +201,16 @@ impl Engine {
             return;
         };
         match conn.stage() {
+            Stage::Tunneling => {
+                let err = match failure {
+                    IoFailure::Tls(reason) => Error::Tls {
+                        reason,
+                        phase: Phase::Proxy,
+                    },
+                    IoFailure::Io(e) => self.proxy_error(conn.pool, ProxyFailure::Io(Arc::new(e))),
+                };
+                self.connect_failed(key, err, now);
+            }
             Stage::Resolving | Stage::Connecting | Stage::Handshaking => {
                 let err = match failure {
                     IoFailure::Tls(reason) => Error::Tls {

@@ -38,10 +38,45 @@ pub(crate) fn prewarm_lead(age: Duration) -> Duration {
     (age / 4).min(Duration::from_secs(2))
 }
 
+/// When the replacement of a connection made at `now` and expiring at
+/// `expires_at` is opened: the prewarm lead before expiry, if the policy
+/// prewarms and that instant is still ahead.
+pub(crate) fn prewarm_deadline(
+    now: Instant,
+    expires_at: Instant,
+    policy: &Policy,
+) -> Option<Instant> {
+    let age = policy.max_age.filter(|_| policy.prewarm)?;
+    let lead = prewarm_lead(age);
+    (expires_at > now + lead).then(|| expires_at - lead)
+}
+
+/// Whether a prewarm timer firing at `now` opens the replacement: the
+/// origin was used within the last max age and has room for one more of
+/// its `open` connections (the engine also needs a connection token).
+pub(crate) fn prewarm_wanted(
+    policy: &Policy,
+    now: Instant,
+    last_used: Option<Instant>,
+    open: usize,
+) -> bool {
+    let (Some(age), Some(used)) = (policy.max_age, last_used) else {
+        return false;
+    };
+    policy.prewarm && now.saturating_duration_since(used) <= age && open < policy.max_connections
+}
+
+/// When the origin's next chain probe is due, armed at `now`.
+pub(crate) fn probe_deadline(now: Instant, policy: &Policy) -> Option<Instant> {
+    policy.chain_probe_interval.map(|every| after(now, every))
+}
+
 impl Engine {
     /// TCP just connected: arm the age limit and, before it, the prewarm.
+    /// A probe or fresh-chain connection closes after its handshake, within
+    /// its handshake deadline: it gets neither.
     pub(super) fn arm_lifetime(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conns.get(key).filter(|c| !c.is_chain_only()) else {
             return;
         };
         let policy = self.pools[conn.pool].policy;
@@ -49,11 +84,8 @@ impl Engine {
             return;
         };
         self.arm(Timer::Conn(key, ConnTimer::MaxAge), at);
-        if let (true, Some(age)) = (policy.prewarm, policy.max_age) {
-            let lead = prewarm_lead(age);
-            if at > now + lead {
-                self.arm(Timer::Conn(key, ConnTimer::Prewarm), at - lead);
-            }
+        if let Some(warm) = prewarm_deadline(now, at, &policy) {
+            self.arm(Timer::Conn(key, ConnTimer::Prewarm), warm);
         }
     }
 
@@ -73,6 +105,7 @@ impl Engine {
             conn: conn.id,
             origin: pool.origin.clone(),
             peer_addr: conn.addr(),
+            proxy: pool.proxy.as_ref().map(|p| p.to_string()),
             tls_version: None,
             cipher_suite: None,
             alpn: None,
@@ -208,13 +241,7 @@ impl Engine {
         };
         let p = conn.pool;
         let pool = &self.pools[p];
-        let (Some(age), Some(used)) = (pool.policy.max_age, pool.last_used) else {
-            return;
-        };
-        let recently = now.saturating_duration_since(used) <= age;
-        if pool.policy.prewarm
-            && recently
-            && pool.conns.len() < pool.policy.max_connections
+        if prewarm_wanted(&pool.policy, now, pool.last_used, pool.conns.len())
             && self.has_token_room()
         {
             log::debug!("prewarming a replacement connection to {}", pool.origin);
@@ -226,22 +253,22 @@ impl Engine {
     /// live connections to heal.
     pub(super) fn schedule_probe(&mut self, p: PoolKey, now: Instant) {
         let pool = &self.pools[p];
-        let Some(every) = pool.policy.chain_probe_interval else {
+        let Some(at) = probe_deadline(now, &pool.policy) else {
             return;
         };
         if pool.probe_timer.is_some() || !pool.origin.is_tls() {
             return;
         }
-        self.arm(Timer::Probe(p), after(now, every));
+        self.arm(Timer::Probe(p), at);
     }
 
     /// The probe timer fired: a TLS-only full handshake shows whether the
     /// origin's chain changed while the live connections kept the old one.
     pub(super) fn probe(&mut self, p: PoolKey, now: Instant) {
         let live = self.pools[p].conns.iter().any(|&k| {
-            self.conns.get(k).is_some_and(|c| {
-                c.purpose != Purpose::Probe && c.stage() == crate::conn::Stage::Ready
-            })
+            self.conns
+                .get(k)
+                .is_some_and(|c| !c.is_chain_only() && c.stage() == crate::conn::Stage::Ready)
         });
         if !live || self.shut || !self.has_token_room() {
             return;

@@ -2,7 +2,8 @@
 //! the loop that turns readiness, deadlines and commands into work.
 //!
 //! A request flows submit → [`request`] → [`pool`] → [`connect`] → [`io`] →
-//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it. This
+//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it; a
+//! fresh-chain call goes [`fresh`] → [`connect`] → event. This
 //! file owns construction, the mio plumbing ([`Mio`]) and the command
 //! channel; every other piece of state belongs to the child module named
 //! after it, which alone changes it (see the README's architecture notes).
@@ -10,16 +11,21 @@
 mod connect;
 mod exchange;
 mod flow;
+mod fresh;
 mod io;
 mod lifecycle;
 mod pool;
 mod redirect;
 mod request;
 mod timers;
+mod tunnel;
 mod upload;
 
 #[cfg(test)]
 mod tests;
+
+// The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
+pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +43,8 @@ use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase, Policy, RequestId,
-    RequestOptions, Stats,
+    Body, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase,
+    Policy, RequestId, RequestOptions, Stats,
 };
 
 use self::io::{Buffers, ReadMode};
@@ -56,6 +62,7 @@ enum Command {
     EndBody(RequestId, Option<Box<HeaderMap>>),
     Consume(RequestId, usize),
     Pause(RequestId, bool),
+    FreshChain(ChainRequestId, Origin, Duration),
 }
 
 /// The engine's place in a mio loop: its own poll (or none when embedded),
@@ -201,6 +208,25 @@ impl Handle {
     pub fn cancel(&self, id: RequestId) -> Result<(), Error> {
         self.send(Command::Cancel(id))
     }
+
+    /// [`Engine::fresh_chain`] from another thread: its
+    /// [`Event::FreshChain`] comes out of the engine's `next_event`. The
+    /// freshness counts from when the engine's loop takes the call.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the engine is gone.
+    pub fn fresh_chain(
+        &self,
+        origin: Origin,
+        freshness: Duration,
+    ) -> Result<ChainRequestId, Error> {
+        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.tx
+            .send(Command::FreshChain(id, origin, freshness))
+            .map_err(|_| Error::Shutdown)?;
+        let _ = self.waker.wake();
+        Ok(id)
+    }
 }
 
 impl Engine {
@@ -248,6 +274,10 @@ impl Engine {
         config: Config,
     ) -> std::io::Result<Engine> {
         let tls = TlsState::new(&config.trust)?;
+        let proxies = config
+            .proxy
+            .resolve()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
             .resolver
@@ -268,7 +298,7 @@ impl Engine {
             timers: Timers::new(Instant::now()),
             conns: Slots::default(),
             reqs: Requests::default(),
-            pools: Pools::default(),
+            pools: Pools::new(proxies),
             out: VecDeque::new(),
             dns,
             answers: Vec::new(),
@@ -376,6 +406,43 @@ impl Engine {
     /// with totals when known. `None` once it has ended.
     pub fn progress(&self, id: RequestId) -> Option<Progress> {
         self.progress_of(id)
+    }
+
+    /// The origin's chain as it is now, for a job's CA file: answered with
+    /// one [`Event::FreshChain`] carrying this call's id.
+    ///
+    /// When a full handshake with `origin` finished within `freshness`, its
+    /// chain answers at once (the event is queued before this returns).
+    /// Otherwise a TLS-only full handshake starts (never a resumption, which
+    /// would replay an old chain; no request is sent and the connection
+    /// closes with [`CloseReason::Probe`] once it is done) and its chain
+    /// answers. Calls for one origin made while that handshake is under way
+    /// share it, each getting its own event. `Duration::ZERO` asks for a new
+    /// handshake every time (unless one finished this very instant).
+    ///
+    /// The handshake is a connection like any other: it counts against the
+    /// origin's [`Policy::max_connections`] (its oldest idle connection is
+    /// closed to make room), has the [`crate::Timeouts`] `dns`, `connect`
+    /// and `handshake` deadlines, raises [`Event::ConnectFailed`] when it
+    /// fails, and when its chain differs from the origin's previous one it
+    /// raises [`Event::ChainChanged`] and applies
+    /// [`Policy::on_chain_change`], as a chain probe does. It also becomes
+    /// the origin's [`Engine::peer_chain`] and counts in
+    /// [`Stats::fresh_chain_handshakes`] and `handshakes_full`; waiting
+    /// calls show in [`Stats::fresh_chains_pending`].
+    ///
+    /// # Errors
+    /// In the event's `result`: [`Error::InvalidRequest`] for an `http://`
+    /// origin; [`Error::ConnectionLimit`] when the origin is at
+    /// `max_connections` with no idle connection to close;
+    /// [`Error::Shutdown`] after (or during) [`Engine::shutdown`], and
+    /// [`Error::Cancelled`] when [`Engine::close_idle`] closes the
+    /// handshake's connection; otherwise the connection's error (resolve,
+    /// connect, TLS with rustls's reason, or a [`crate::Deadline`]).
+    pub fn fresh_chain(&mut self, origin: &Origin, freshness: Duration) -> ChainRequestId {
+        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.fresh_chain_with_id(id, origin.clone(), freshness, Instant::now());
+        id
     }
 
     /// Cancel a request: it ends with [`Error::Cancelled`] (its connection,
@@ -584,7 +651,23 @@ impl Engine {
         s.timers = self.timers.len();
         s.queued = self.pools.queued();
         s.in_flight = self.reqs.len() - s.queued;
-        s.origins = self.pools.iter().map(|p| p.stats.clone()).collect();
+        s.fresh_chains_pending = self.pools.fresh_pending();
+        // One entry per origin, whichever routes (direct, proxies) it took.
+        let mut at = std::collections::HashMap::new();
+        s.origins = Vec::new();
+        for p in self.pools.iter() {
+            match at.get(&p.stats.origin) {
+                Some(&i) => {
+                    if let Some(o) = s.origins.get_mut(i) {
+                        crate::stats::OriginStats::absorb(o, &p.stats);
+                    }
+                }
+                None => {
+                    at.insert(p.stats.origin.clone(), s.origins.len());
+                    s.origins.push(p.stats.clone());
+                }
+            }
+        }
         s
     }
 
@@ -646,7 +729,7 @@ impl Engine {
         match conn.stage() {
             Stage::Resolving => {}
             Stage::Connecting => self.on_connecting(key, now),
-            Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
+            Stage::Tunneling | Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
         }
     }
 
@@ -671,6 +754,9 @@ impl Engine {
                 }
                 Command::Consume(id, n) => self.consumed(id, n),
                 Command::Pause(id, paused) => self.set_paused(id, paused),
+                Command::FreshChain(id, origin, freshness) => {
+                    self.fresh_chain_with_id(id, origin, freshness, now)
+                }
             }
         }
     }

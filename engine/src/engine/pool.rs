@@ -14,7 +14,9 @@ use std::time::Instant;
 use crate::conn::{ConnTimer, Purpose};
 use crate::keys::{ConnKey, ReqKey};
 use crate::stats::{Counter, OriginStats};
-use crate::{CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy};
+use crate::{
+    CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy, Proxies, Proxy, ProxyUse,
+};
 
 pub(super) use crate::keys::PoolKey;
 
@@ -24,6 +26,9 @@ use super::Engine;
 /// The connections and waiting requests of one origin.
 pub(super) struct Pool {
     pub(super) origin: Origin,
+    /// The proxy every connection of this pool goes through (fixed for the
+    /// pool: a route that changes makes another pool).
+    pub(super) proxy: Option<Arc<Proxy>>,
     pub(super) policy: Policy,
     pub(super) conns: Vec<ConnKey>,
     /// Idle connections, ascending by id: the youngest is last, the oldest
@@ -40,6 +45,10 @@ pub(super) struct Pool {
     /// A connection retired for age or chain: forget stored sessions.
     pub(super) purge_sessions: bool,
     pub(super) probe_timer: Option<crate::wheel::TimerKey>,
+    /// Fresh-chain calls waiting for the pool's one fresh-chain handshake
+    /// (a `Purpose::Fresh` connection is open exactly while this is not
+    /// empty; see [`super::fresh`]).
+    pub(super) fresh_waiters: Vec<crate::ChainRequestId>,
     pub(super) stats: OriginStats,
 }
 
@@ -48,7 +57,9 @@ pub(super) struct Pool {
 #[derive(Default)]
 pub(super) struct Pools {
     list: Vec<Pool>,
-    index: HashMap<Origin, PoolKey>,
+    index: HashMap<(Origin, Option<Arc<Proxy>>), PoolKey>,
+    /// The engine's proxies, resolved when it was built.
+    proxies: Proxies,
     /// The scheme and authority of the last submitted URI and its pool:
     /// consecutive requests to one origin skip building an `Origin`.
     last: Option<(bool, http::uri::Authority, PoolKey)>,
@@ -71,8 +82,17 @@ impl IndexMut<PoolKey> for Pools {
 }
 
 impl Pools {
+    pub(super) fn new(proxies: Proxies) -> Pools {
+        Pools {
+            proxies,
+            ..Pools::default()
+        }
+    }
+
+    /// The newest pool of `origin` (there is one per route the origin took).
     pub(super) fn find(&self, origin: &Origin) -> Option<PoolKey> {
-        self.index.get(origin).copied()
+        let i = self.list.iter().rposition(|p| p.origin == *origin)?;
+        Some(crate::keys::Key::from_index(i))
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Pool> {
@@ -84,10 +104,22 @@ impl Pools {
         self.list.iter().map(|p| p.queue.len()).sum()
     }
 
+    /// Fresh-chain calls waiting for a handshake, over every pool.
+    pub(super) fn fresh_pending(&self) -> usize {
+        self.list.iter().map(|p| p.fresh_waiters.len()).sum()
+    }
+
     pub(super) fn set_policy(&mut self, origin: Origin, policy: Policy) {
-        if let Some(p) = self.find(&origin) {
-            self[p].policy = policy;
+        for pool in self.list.iter_mut().filter(|p| p.origin == origin) {
+            // A pool's route is fixed: one the new policy no longer takes
+            // gets no new request (the next one makes the other pool).
+            pool.policy = Policy {
+                proxy: pool.policy.proxy,
+                ..policy
+            };
         }
+        // The route may have changed: the next request looks it up anew.
+        self.last = None;
         self.policies.insert(origin, policy);
     }
 
@@ -119,14 +151,21 @@ impl Pools {
         Ok(p)
     }
 
-    fn get_or_insert(&mut self, origin: Origin, default: &Policy) -> PoolKey {
-        if let Some(p) = self.find(&origin) {
+    pub(super) fn get_or_insert(&mut self, origin: Origin, default: &Policy) -> PoolKey {
+        let policy = self.policy_of(&origin, default);
+        let proxy = match policy.proxy {
+            ProxyUse::Engine => self.proxies.route(&origin).cloned(),
+            ProxyUse::Direct => None,
+        };
+        let key = (origin, proxy);
+        if let Some(&p) = self.index.get(&key) {
             return p;
         }
-        let policy = self.policy_of(&origin, default);
+        let (origin, proxy) = key;
         let p = crate::keys::Key::from_index(self.list.len());
         self.list.push(Pool {
             origin: origin.clone(),
+            proxy: proxy.clone(),
             policy,
             conns: Vec::new(),
             idle: Vec::new(),
@@ -137,9 +176,10 @@ impl Pools {
             full_handshake_at: None,
             purge_sessions: false,
             probe_timer: None,
+            fresh_waiters: Vec::new(),
             stats: OriginStats::new(origin.clone()),
         });
-        self.index.insert(origin, p);
+        self.index.insert((origin, proxy), p);
         p
     }
 }
@@ -263,6 +303,7 @@ impl Engine {
         ) {
             pool.purge_sessions = true;
         }
+        let fresh = conn.purpose == Purpose::Fresh;
         if pool.conns.is_empty() {
             // Nothing left to heal: the probe stops until the next connection.
             self.disarm(Timer::Probe(conn.pool));
@@ -274,6 +315,15 @@ impl Engine {
             conn.id.0,
             reason.name()
         );
+        if fresh {
+            // Answered already when it finished or failed its handshake;
+            // anything else (shutdown, close_idle) ends the calls here.
+            let err = match reason {
+                CloseReason::Shutdown => Error::Shutdown,
+                _ => Error::Cancelled,
+            };
+            self.answer_fresh(conn.pool, Err(err));
+        }
         if let Some(rk) = conn.req {
             if let Some(r) = self.reqs.get_mut(rk) {
                 r.conn = None;

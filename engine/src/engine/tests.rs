@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::exchange::hinted_idle;
-use super::lifecycle::{expiry_deadline, prewarm_lead};
+use super::lifecycle::{
+    expiry_deadline, prewarm_deadline, prewarm_lead, prewarm_wanted, probe_deadline,
+};
 use super::pool::{insert_idle, pick_idle};
 use crate::keys::{ConnKey, Key};
 use crate::{ConnId, Policy};
@@ -114,4 +116,36 @@ fn prewarm_lead_is_a_quarter_capped_at_two_seconds() {
         prewarm_lead(Duration::from_secs(900)),
         Duration::from_secs(2)
     );
+}
+
+#[test]
+fn prewarm_and_probe_deadlines_follow_the_policy() {
+    let ms = Duration::from_millis;
+    let t0 = Instant::now();
+    let p = policy(100, Some(0));
+    // 25 ms before a 100 ms expiry; none once the lead is past or off.
+    assert_eq!(prewarm_deadline(t0, t0 + ms(100), &p), Some(t0 + ms(75)));
+    assert_eq!(prewarm_deadline(t0, t0 + ms(20), &p), None);
+    let off = Policy {
+        prewarm: false,
+        ..p
+    };
+    assert_eq!(prewarm_deadline(t0, t0 + ms(100), &off), None);
+    // Wanted only for an origin used within max age, with room.
+    assert!(prewarm_wanted(&p, t0 + ms(75), Some(t0), 1));
+    assert!(!prewarm_wanted(&p, t0 + ms(175), Some(t0), 1));
+    assert!(!prewarm_wanted(&p, t0 + ms(75), None, 1));
+    assert!(!prewarm_wanted(
+        &p,
+        t0 + ms(75),
+        Some(t0),
+        p.max_connections
+    ));
+    assert!(!prewarm_wanted(&off, t0 + ms(75), Some(t0), 1));
+    assert_eq!(probe_deadline(t0, &p), None);
+    let probing = Policy {
+        chain_probe_interval: Some(ms(300)),
+        ..p
+    };
+    assert_eq!(probe_deadline(t0, &probing), Some(t0 + ms(300)));
 }

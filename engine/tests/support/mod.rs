@@ -1,6 +1,7 @@
 //! Test support for rotary's integration tests, independent of the engine's code:
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
-//! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a tiny
+//! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a scripted
+//! forward proxy answering CONNECT (`connect_proxy`), a tiny
 //! blocking client for cross-checks (`client`), and an address where
 //! connects hang (`blackhole`). What they share lives in private modules:
 //! `stream` (a plain-or-TLS blocking stream, line splitting), `sync` (locks
@@ -34,6 +35,7 @@
 pub mod blackhole;
 pub mod certs;
 pub mod client;
+pub mod connect_proxy;
 pub mod proxy;
 pub mod server;
 mod sockopt;
@@ -44,6 +46,7 @@ mod threads;
 pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
+pub use connect_proxy::{ConnectProxy, ProxyScript};
 pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
 pub use server::{
     reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,

@@ -40,6 +40,15 @@ request:
   -m, --max-time D       total deadline per request, redirects included [30s]
       --timeout D        the same
 
+proxy (without -x: https_proxy/HTTPS_PROXY, http_proxy, all_proxy/ALL_PROXY
+and no_proxy/NO_PROXY from the environment, with curl's rules):
+  -x, --proxy URL        send every request through this http:// proxy
+                         ([user:pass@]host[:port], port 1080 by default):
+                         https:// in a CONNECT tunnel, http:// in absolute-form
+      --proxy-user U:P   Basic credentials for the proxy (over URL userinfo)
+      --noproxy LIST     hosts reached directly (comma list: suffixes, IPs,
+                         CIDR ranges, host:port, '*'); over no_proxy
+
 TLS:
   --cacert FILE          trust only the CA certificates in FILE (PEM); without
                          it, the engine's default: the host's trust store
@@ -91,8 +100,10 @@ where fetch differs from curl:
   - -u needs USER:PASS: fetch never prompts for a password.
   - -d @FILE sends FILE as it is (curl -d strips CR and LF, --data-binary not).
   - -s: there is no progress meter to hide; bad flags are always reported.
-  - a URL needs http:// or https://; no -o, -k, cookies, proxies or
-    compression; --resolve takes no '+' or '-' entries and no '*' host.
+  - a URL needs http:// or https://; no -o, -k, cookies or compression;
+    --resolve takes no '+' or '-' entries and no '*' host.
+  - proxies: http:// only (no https:// or SOCKS proxies), Basic credentials
+    only; --resolve does not apply to the proxy's name.
   - exit codes other than 22 and 47 are fetch's own:
 
 exit codes:
@@ -105,11 +116,13 @@ exit codes:
   5  the TCP connection failed (to every address tried)
   6  the TLS handshake failed (untrusted chain, wrong name, ...)
   7  the HTTP exchange failed (write, response head or body, peer closed)
-  8  a deadline passed (connect, handshake or --max-time)
+  8  a deadline passed (connect, proxy CONNECT, handshake or --max-time)
   9  --dump-chain or --dump-ca FILE could not be written, or --dump-ca has
      no bundle to write (the root is a compiled-in one without a
      certificate: trust the system's store instead)
   22 with -f, the status was 400 or more (as curl)
+  56 the proxy failed: unreachable, or it refused the CONNECT (403, 407
+     with or without credentials), closed or sent a bad answer (curl: 56)
   47 a redirect could not be followed: more than --max-redirs, a loop,
      https to http, or a bad Location (curl: 47 for too many)";
 
@@ -133,6 +146,10 @@ pub(super) struct Opts {
     /// `Some(max)` with `-L`.
     pub(super) follow: Option<usize>,
     pub(super) resolve: Vec<Pin>,
+    /// `-x`, `--proxy-user`, `--noproxy`.
+    pub(super) proxy: Option<String>,
+    pub(super) proxy_user: Option<String>,
+    pub(super) noproxy: Option<String>,
     pub(super) timeout: Duration,
     pub(super) cacert: Option<PathBuf>,
     pub(super) cert: Option<PathBuf>,
@@ -166,6 +183,9 @@ pub(super) fn parse(
         head: false,
         follow: None,
         resolve: Vec::new(),
+        proxy: None,
+        proxy_user: None,
+        noproxy: None,
         timeout: Duration::from_secs(30),
         cacert: None,
         cert: None,
@@ -214,6 +234,9 @@ pub(super) fn parse(
                 o.resolve
                     .push(Pin::parse(&v).map_err(|e| Failure::usage(format!("{arg} {v:?}: {e}")))?);
             }
+            "-x" | "--proxy" => o.proxy = Some(a.value(&arg)?),
+            "--proxy-user" => o.proxy_user = Some(a.value(&arg)?),
+            "--noproxy" => o.noproxy = Some(a.value(&arg)?),
             "-m" | "--max-time" | "--timeout" => o.timeout = a.duration(&arg)?,
             "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
             "-E" | "--cert" => o.cert = Some(PathBuf::from(a.value(&arg)?)),

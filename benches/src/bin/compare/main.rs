@@ -13,10 +13,12 @@
 //! the ratios (`target/bench-report.svg`).
 
 mod hyper_client;
+mod instructions;
 mod measure;
 mod report;
 mod rotary_client;
 mod server;
+mod wrk_client;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -31,26 +33,33 @@ const HELP: &str = "\
 compare: rotary against hyper on the same local TLS server (issue 6)
 
 usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin]
-               [--port P] [--idle N] [--no-wheel] [--out DIR]
+               [--port P] [--idle N] [--no-wheel] [--instructions] [--out DIR]
 
   --quick          short runs (0.3 s windows, 1,000 idle connections, no wheel
                    bench); for smoke tests, not for numbers
   --rounds N       rounds of A B alternation (default 5; 3 with --quick)
   --only LIST      workloads to run: a keep-alive, b idle, c reconnect,
-                   d expiry, e timer wheel (default all)
+                   d expiry, e timer wheel, f soak (default all)
   --server KIND    nginx (default when installed) or builtin (hyper in a
                    child process)
   --port P         the server's port (default: a free one)
   --idle N         idle connections for workload b (default 10000)
   --no-wheel       skip workload e (it runs `cargo bench --bench wheel`)
+  --instructions   also count marginal instructions per request under
+                   callgrind (valgrind), rotary and hyper, C = 16, 5 B and
+                   4 KiB: the difference of a 1 s and a 3 s window over the
+                   difference of their requests; ~2 min
   --out DIR        where bench-report.md/.svg go (default: <workspace>/target)
 
 Pieces, for profiling one client by hand (e.g. under perf):
   compare pki DIR                    ca.pem, cert.pem, key.pem, www/{5,4k} in DIR
   compare server --dir DIR [--port P]   the builtin server; prints LISTEN <port>
   compare client rotary|hyper load|idle --url U --ca FILE [--conns C]
+      (or `client wrk load`: wrk -t1 -cC, twice, the difference reported)
       [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
       [--close] [--idle N] [--max-conns N] [--side-handshakes RATE]
+  compare client rotary soak --url U --ca FILE --conns 32 --max-conns 64
+      --max-age-ms 20 --requests 1000000
 ";
 
 /// What one client process is asked to do.
@@ -69,6 +78,9 @@ pub(crate) struct ClientArgs {
     /// Full handshakes per second made meanwhile by a second engine on
     /// another thread of the same process (0: none).
     pub(crate) side_handshakes: f64,
+    /// The soak's requests in total, and its time bound.
+    pub(crate) requests: u64,
+    pub(crate) soak_limit: Duration,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +134,8 @@ fn client_main(args: &[String]) -> Result<(), String> {
         idle: 0,
         max_conns: 0,
         side_handshakes: 0.0,
+        requests: 1_000_000,
+        soak_limit: SOAK_LIMIT,
     };
     let mut it = args[2..].iter();
     while let Some(flag) = it.next() {
@@ -140,6 +154,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
                 a.max_age = Some(Duration::from_millis(number(value(&mut it, flag)?, flag)?))
             }
             "--close" => a.close = true,
+            "--requests" => a.requests = number(value(&mut it, flag)?, flag)?,
             "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
             "--max-conns" => a.max_conns = number(value(&mut it, flag)?, flag)?,
             "--side-handshakes" => {
@@ -167,6 +182,8 @@ fn client_main(args: &[String]) -> Result<(), String> {
         ("rotary", "idle") => rotary_client::idle(&a)?,
         ("hyper", "load") => hyper_client::load(a)?,
         ("hyper", "idle") => hyper_client::idle(a)?,
+        ("wrk", "load") => wrk_client::load(&a)?,
+        ("rotary", "soak") => rotary_client::soak(&a)?,
         _ => return Err(format!("client: unknown {which:?} {mode:?}")),
     };
     println!("{}", report.line());
@@ -196,6 +213,7 @@ struct Opts {
     port: Option<u16>,
     idle: usize,
     wheel: bool,
+    instructions: bool,
     out: PathBuf,
 }
 
@@ -207,11 +225,12 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
         rounds: 5,
-        only: "abcde".into(),
+        only: "abcdef".into(),
         server: None,
         port: None,
         idle: 10_000,
         wheel: true,
+        instructions: false,
         out: workspace.join("target"),
     };
     let mut idle_set = false;
@@ -232,6 +251,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
                 idle_set = true;
             }
             "--no-wheel" => o.wheel = false,
+            "--instructions" => o.instructions = true,
             "--out" => o.out = PathBuf::from(value(&mut it, flag)?),
             "-h" | "--help" => {
                 print!("{HELP}");
@@ -305,6 +325,23 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
                     a: load_args("rotary", &url, ca, conns, warm, window),
                     b: load_args("hyper", &url, ca, conns, warm, window),
                     rows: Row::keep_alive(conns),
+                });
+            }
+        }
+        // wrk as the practical floor, where its targets are (C = 16, 256).
+        // Without wrk these rows say "not measured: wrk is not installed".
+        for (path, size) in [(server::SMALL, "5 B"), (server::LARGE, "4 KiB")] {
+            for conns in [16usize, 256] {
+                let url = format!("{base}{path}");
+                let warm = if conns == 256 { warm * 2 } else { warm };
+                out.push(Spec {
+                    title: format!(
+                        "a. keep-alive GET {size}, C={conns}, against wrk -t1 -c{conns}"
+                    ),
+                    labels: ("rotary", "wrk"),
+                    a: load_args("rotary", &url, ca, conns, warm, window),
+                    b: load_args("wrk", &url, ca, conns, warm, window),
+                    rows: Row::wrk_floor(conns),
                 });
             }
         }
@@ -383,13 +420,33 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
     out
 }
 
+/// Longest the soak runs before it stops submitting (under CLIENT_LIMIT).
+const SOAK_LIMIT: Duration = Duration::from_secs(240);
+
 /// Longest one client run may take before it is killed and reported.
 const CLIENT_LIMIT: Duration = Duration::from_secs(300);
 
 /// Runs `compare client <args>`; the parsed `RESULT` line, or why not.
 fn run_client(args: &[String]) -> Result<BTreeMap<String, String>, String> {
+    run_wrapped(&[], args).map(|(result, _)| result)
+}
+
+/// Runs `<wrapper...> compare client <args>` (the wrapper, say valgrind, may
+/// be empty); the parsed `RESULT` line and the child's stderr, or why not.
+fn run_wrapped(
+    wrapper: &[String],
+    args: &[String],
+) -> Result<(BTreeMap<String, String>, String), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let mut child = server::die_with_parent(&mut Command::new(exe))
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = server::die_with_parent(&mut command)
         .arg("client")
         .args(args)
         .stdin(Stdio::null())
@@ -446,11 +503,55 @@ fn run_client(args: &[String]) -> Result<BTreeMap<String, String>, String> {
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .ok_or_else(reason)?;
-    Ok(line
+    let result = line
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect())
+        .collect();
+    Ok((result, err))
+}
+
+/// `--instructions`: rotary and hyper under callgrind at C = 16, 5 B and
+/// 4 KiB, each as marginal instructions per request (see `instructions`).
+fn instruction_outcomes(base: &str, ca: &Path, scratch: &Path) -> Vec<Outcome> {
+    let valgrind = instructions::find_valgrind();
+    let mut out = Vec::new();
+    for (path, size) in [(server::SMALL, "5 B"), (server::LARGE, "4 KiB")] {
+        let url = format!("{base}{path}");
+        let measure = |which: &str| -> report::Run {
+            let valgrind = valgrind
+                .as_deref()
+                .ok_or("valgrind is not installed (apt-get install valgrind)")?;
+            let wrapper = instructions::wrapper(valgrind, scratch);
+            let mut runs = Vec::new();
+            for window in [instructions::SHORT_MS, instructions::LONG_MS] {
+                eprintln!(
+                    "instructions: {which}, GET {size}, C=16, {window} ms window (callgrind)"
+                );
+                // Under callgrind a request takes ~50× longer: a warm-up of
+                // 4 × C requests and 300 ms still holds.
+                let args = load_args(which, &url, ca, 16, 300, window);
+                runs.push(
+                    run_wrapped(&wrapper, &args).and_then(|(mut result, stderr)| {
+                        let n = instructions::collected(&stderr)
+                            .ok_or("callgrind printed no instruction count")?;
+                        result.insert("instructions".into(), n.to_string());
+                        Ok(result)
+                    }),
+                );
+            }
+            instructions::marginal(&runs[0], &runs[1])
+        };
+        let (a, b) = (measure("rotary"), measure("hyper"));
+        out.push(Outcome::new(
+            format!("instructions: keep-alive GET {size}, C=16 (callgrind)"),
+            ("rotary", "hyper"),
+            Row::instructions(),
+            vec![a],
+            vec![b],
+        ));
+    }
+    out
 }
 
 fn machine() -> String {
@@ -517,7 +618,7 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     if matches!(kind, server::Kind::Builtin) && o.server.is_none() {
         notes.push("nginx not found: using the builtin hyper server instead".to_owned());
     }
-    let need_server = o.only.contains(['a', 'b', 'c', 'd']);
+    let need_server = o.only.contains(['a', 'b', 'c', 'd', 'f']) || o.instructions;
     let server = if need_server {
         match server::start(&kind, dir.path(), o.port) {
             Ok(s) => {
@@ -541,6 +642,8 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     };
     let ca = dir.path().join("ca.pem");
     let mut outcomes = Vec::new();
+    // Workload d's expiry run is judged against its reference run.
+    let (mut expiry, mut reference) = (None, None);
     for spec in specs(&o, &base, &ca) {
         let mut a_runs = Vec::new();
         let mut b_runs = Vec::new();
@@ -560,6 +663,11 @@ fn parent_main(args: &[String]) -> Result<(), String> {
                 }
             }
         }
+        if spec.title.starts_with("d. expiry") {
+            expiry = Some((a_runs.clone(), b_runs.clone()));
+        } else if spec.title.starts_with("d. reference") {
+            reference = Some((a_runs.clone(), b_runs.clone()));
+        }
         outcomes.push(Outcome::new(
             spec.title,
             spec.labels,
@@ -568,6 +676,43 @@ fn parent_main(args: &[String]) -> Result<(), String> {
             b_runs,
         ));
     }
+    if let (Some(e), Some(r)) = (&expiry, &reference) {
+        outcomes.push(report::expiry_against_reference(e, r));
+    }
+    if o.instructions {
+        outcomes.extend(match &server {
+            Ok(_) => instruction_outcomes(&base, &ca, dir.path()),
+            Err(e) => vec![Outcome::new(
+                "instructions: keep-alive GET, C=16 (callgrind)".into(),
+                ("rotary", "hyper"),
+                Row::instructions(),
+                vec![Err(e.clone())],
+                vec![Err(e.clone())],
+            )],
+        });
+    }
+    let soak = o.only.contains('f').then(|| {
+        let run = match &server {
+            Err(e) => Err(e.clone()),
+            Ok(_) => {
+                let requests: u64 = if o.quick { 50_000 } else { 1_000_000 };
+                eprintln!("f. soak: rotary C=32, max_age 20 ms, {requests} requests");
+                let mut args =
+                    load_args("rotary", &format!("{base}{}", server::SMALL), &ca, 32, 0, 0);
+                args[1] = "soak".into();
+                args.extend([
+                    "--max-conns".into(),
+                    "64".into(),
+                    "--max-age-ms".into(),
+                    "20".into(),
+                    "--requests".into(),
+                    requests.to_string(),
+                ]);
+                run_client(&args)
+            }
+        };
+        report::Soak { run }
+    });
     drop(server);
     let wheel = if o.only.contains('e') {
         Some(if o.wheel {
@@ -588,11 +733,18 @@ fn parent_main(args: &[String]) -> Result<(), String> {
         elapsed: started.elapsed(),
         notes,
     };
-    let md = report::markdown(&header, &outcomes, wheel.as_ref());
+    let mut md = report::markdown(&header, &outcomes, wheel.as_ref());
+    if let Some(soak) = &soak {
+        md.push_str(&soak.markdown());
+    }
     println!("{md}");
     let svg = report::svg(&outcomes, wheel.as_ref());
     std::fs::create_dir_all(&o.out).map_err(|e| format!("create {}: {e}", o.out.display()))?;
-    for (name, contents) in [("bench-report.md", md), ("bench-report.svg", svg)] {
+    let mut files = vec![("bench-report.md", md), ("bench-report.svg", svg)];
+    if let Some(soak) = &soak {
+        files.push(("soak.svg", soak.svg()));
+    }
+    for (name, contents) in files {
         let path = o.out.join(name);
         std::fs::write(&path, contents).map_err(|e| format!("write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 /// CPU time of this process (all threads) from `getrusage(RUSAGE_SELF)`.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Cpu {
@@ -98,8 +100,49 @@ pub(crate) struct Window {
     pub(crate) wall: Duration,
     pub(crate) user_us: f64,
     pub(crate) sys_us: f64,
-    /// Latency of each request completed in the window, µs.
-    pub(crate) latencies_us: Vec<u32>,
+    /// Latencies of the requests that succeeded in the window, µs.
+    pub(crate) latencies_us: Latencies,
+}
+
+/// Longest latency told apart, µs; longer ones count as this (the client
+/// limit is 300 s, a window a few seconds).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Request latencies in µs: an HDR histogram with 3 significant digits
+/// (fixed memory, ~70 KiB), not a vector of every sample.
+#[derive(Debug)]
+pub(crate) struct Latencies(Histogram<u32>);
+
+impl Default for Latencies {
+    fn default() -> Latencies {
+        Latencies(
+            Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("1 µs ..= 60 s at 3 digits is a valid histogram"),
+        )
+    }
+}
+
+impl Latencies {
+    /// Counts one request that started at `t0` and ended now.
+    pub(crate) fn record_since(&mut self, t0: Instant) {
+        self.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one request of `us` µs (0 counts as 1, beyond the bound as it).
+    fn record(&mut self, us: u64) {
+        self.0.saturating_record(us.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Adds another set of latencies to this one.
+    pub(crate) fn add(&mut self, other: &Latencies) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// `q`th quantile (0.0..=1.0), µs; 0 when empty.
+    pub(crate) fn quantile(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
 }
 
 /// Tracks phases and CPU snapshots of one load run.
@@ -169,15 +212,6 @@ impl Clock {
     }
 }
 
-/// `p`th percentile (0..=100) of sorted values; 0 when empty.
-pub(crate) fn percentile(sorted: &[u32], p: usize) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = (sorted.len() * p / 100).min(sorted.len() - 1);
-    sorted[i]
-}
-
 /// Builds the `RESULT k=v ...` line a client prints for the parent.
 #[derive(Default)]
 pub(crate) struct Report(String);
@@ -190,8 +224,7 @@ impl Report {
 
     /// Adds the load-window keys: requests, failed, wall_s, req_per_s,
     /// user_us_per_req, sys_us_per_req, p50_us, p99_us.
-    pub(crate) fn window(&mut self, mut w: Window) -> &mut Report {
-        w.latencies_us.sort_unstable();
+    pub(crate) fn window(&mut self, w: Window) -> &mut Report {
         let n = w.requests.max(1) as f64;
         let secs = w.wall.as_secs_f64();
         self.put("requests", w.requests)
@@ -204,11 +237,35 @@ impl Report {
             .put("user_us_per_req", format!("{:.3}", w.user_us / n))
             .put("sys_us_per_req", format!("{:.3}", w.sys_us / n))
             .put("cpu_s", format!("{:.4}", (w.user_us + w.sys_us) / 1e6))
-            .put("p50_us", percentile(&w.latencies_us, 50))
-            .put("p99_us", percentile(&w.latencies_us, 99))
+            .put("p50_us", w.latencies_us.quantile(0.50))
+            .put("p99_us", w.latencies_us.quantile(0.99))
     }
 
     pub(crate) fn line(&self) -> String {
         format!("RESULT{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_give_quantiles_within_three_digits_and_zero_when_empty() {
+        let mut l = Latencies::default();
+        assert_eq!((l.quantile(0.5), l.quantile(0.99)), (0, 0));
+        // 1..=1000 µs once each, and one request far beyond the bound.
+        for us in 1..=1000 {
+            l.record(us);
+        }
+        l.record(u64::MAX);
+        let near = |got: u64, want: u64| got.abs_diff(want) * 1000 <= want;
+        assert!(near(l.quantile(0.5), 501), "{}", l.quantile(0.5));
+        assert!(near(l.quantile(0.99), 991), "{}", l.quantile(0.99));
+        assert!(near(l.quantile(1.0), MAX_LATENCY_US), "{}", l.quantile(1.0));
+        let mut other = Latencies::default();
+        other.record(0);
+        l.add(&other);
+        assert_eq!(l.quantile(0.0), 1);
     }
 }

@@ -103,7 +103,7 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
     let opts = RequestOptions::default();
     let mut clock = Clock::new(a.schedule);
     let mut started = Started::default();
-    let mut latencies = Vec::with_capacity(1 << 20);
+    let mut latencies = measure::Latencies::default();
     let (mut completed, mut failed_total) = (0u64, 0u64);
     let (mut requests, mut failed) = (0u64, 0u64);
     let mut first_error: Option<String> = None;
@@ -133,7 +133,7 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
             if clock.phase() == Phase::Measure {
                 requests += 1;
                 if ok {
-                    latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    latencies.record_since(t0);
                 } else {
                     failed += 1;
                 }
@@ -165,6 +165,7 @@ pub(crate) fn load(a: &ClientArgs) -> Result<Report, String> {
     let mut r = Report::default();
     r.window(w)
         .put("failed_total", failed_total)
+        .put("completed", completed)
         .put("opened", stats.connections_opened)
         .put("handshakes_full", stats.handshakes_full)
         .put("handshakes_resumed", stats.handshakes_resumed)
@@ -296,4 +297,121 @@ fn hold(engine: &mut Engine, d: Duration) -> Result<(), String> {
             .map_err(|e| format!("rotary poll: {e}"))?;
         while engine.next_event().is_some() {}
     }
+}
+
+/// Open file descriptors of this process (entries of `/proc/self/fd`, less
+/// the one the listing itself holds open).
+fn open_fds() -> Option<usize> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(n.saturating_sub(1))
+}
+
+/// The soak (issue 18, point 5): `a.conns` keep-alive streams with
+/// `a.max_age`, until `a.requests` completed or `a.soak_limit` passed,
+/// sampling VmRSS and open fds every second; then a drain, after which
+/// the engine's gauges must be zero.
+pub(crate) fn soak(a: &ClientArgs) -> Result<Report, String> {
+    let uri = uri(a)?;
+    let max = if a.max_conns == 0 {
+        a.conns
+    } else {
+        a.max_conns
+    };
+    let mut engine = engine(a, max)?;
+    let fds_start = open_fds().ok_or("no /proc/self/fd")?;
+    let opts = RequestOptions::default().deadline(Duration::from_secs(30));
+    let total = a.requests.max(1);
+    let warm_at = total / 10;
+    let started = Instant::now();
+    let until = started + a.soak_limit;
+    let (mut submitted, mut completed, mut failed) = (0u64, 0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    let mut rss_warm = None;
+    // "t:rss_kib:fds" once a second.
+    let mut series = Vec::new();
+    let mut next_sample = started;
+    let mut outstanding = 0usize;
+    for _ in 0..a.conns {
+        engine.submit(request(a, &uri), opts);
+        submitted += 1;
+        outstanding += 1;
+    }
+    while outstanding > 0 {
+        engine
+            .poll(Some(Duration::from_millis(50)))
+            .map_err(|e| format!("rotary poll: {e}"))?;
+        let now = Instant::now();
+        let stop = now >= until;
+        while let Some(ev) = engine.next_event() {
+            let ok = match ev {
+                Event::Response { response, .. } => response.status().is_success(),
+                Event::Failed { error, .. } => {
+                    first_error.get_or_insert_with(|| error.to_string());
+                    false
+                }
+                _ => continue,
+            };
+            outstanding -= 1;
+            completed += 1;
+            if !ok {
+                failed += 1;
+            }
+            if submitted < total && !stop {
+                engine.submit(request(a, &uri), opts);
+                submitted += 1;
+                outstanding += 1;
+            }
+        }
+        if now >= next_sample {
+            let rss = measure::vm_rss_kib().unwrap_or(0);
+            let fds = open_fds().unwrap_or(0);
+            series.push(format!("{:.1}:{rss}:{fds}", (now - started).as_secs_f64()));
+            if rss_warm.is_none() && completed >= warm_at {
+                rss_warm = Some(rss);
+            }
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    let wall = started.elapsed();
+    // Drain: no more requests; the connections expire (max age) and close.
+    let drain_until = Instant::now() + Duration::from_secs(10);
+    while engine.stats().connections > 0 && Instant::now() < drain_until {
+        engine
+            .poll(Some(Duration::from_millis(10)))
+            .map_err(|e| format!("rotary poll: {e}"))?;
+        while engine.next_event().is_some() {}
+    }
+    let stats = engine.stats();
+    let rss_end = measure::vm_rss_kib().unwrap_or(0);
+    let fds_end = open_fds().unwrap_or(0);
+    series.push(format!(
+        "{:.1}:{rss_end}:{fds_end}",
+        started.elapsed().as_secs_f64()
+    ));
+    let rss_warm = rss_warm.unwrap_or(rss_end);
+    let mut r = Report::default();
+    r.put("requests", completed)
+        .put("asked", total)
+        .put("failed_total", failed)
+        .put("wall_s", format!("{:.1}", wall.as_secs_f64()))
+        .put("bounded", u8::from(completed < total))
+        .put("opened", stats.connections_opened)
+        .put("rss_warm_kib", rss_warm)
+        .put("rss_end_kib", rss_end)
+        .put(
+            "rss_growth_kib",
+            i64::try_from(rss_end).unwrap_or(i64::MAX) - i64::try_from(rss_warm).unwrap_or(0),
+        )
+        .put("fds_start", fds_start)
+        .put("fds_end", fds_end)
+        .put("gauge_connections", stats.connections)
+        .put("gauge_timers", stats.timers)
+        .put("gauge_queued", stats.queued)
+        .put("gauge_in_flight", stats.in_flight)
+        .put("series", series.join(","));
+    if let Some(e) = first_error {
+        r.put("first_error", e.replace(char::is_whitespace, "_"));
+    }
+    engine.shutdown();
+    Ok(r)
 }
