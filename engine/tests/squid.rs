@@ -146,7 +146,11 @@ impl Squid {
         std::fs::write(&conf_path, conf).expect("write squid.conf");
         open_to_all(&conf_path);
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
+        // A service name of its own: squids started side by side (tests run in
+        // parallel) must not share their shared-memory segments.
         let child = Command::new(&bin)
+            .arg("-n")
+            .arg(format!("rotary{port}"))
             .arg("-N")
             .arg("-f")
             .arg(&conf_path)
