@@ -1,13 +1,13 @@
 //! fetch: a curl-like client on one rotary engine, showing which connection
 //! served each request, how it was established and when the chain changed.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rotary::{
-    ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, Proxies,
+    Body, ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, Proxies,
     ProxySetting, RequestOptions, ServedBy, Trust,
 };
 
@@ -15,6 +15,7 @@ use crate::args::show;
 use crate::{finish, Failure, Output};
 
 mod opts;
+mod progress;
 mod request;
 mod resolve;
 mod trace;
@@ -275,8 +276,31 @@ fn exchange(
         }
     };
     heads(trace::request_head(request));
-    let id = engine.submit(request.clone(), opts);
+    let body = match &o.upload {
+        Some(path) => Body::file(path)
+            .map_err(|e| Failure::new(26, format!("cannot read {}: {e}", path.display())))?,
+        None => Body::from(request.body().clone()),
+    };
+    let mut sink = match &o.output {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| Failure::new(23, format!("cannot write {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let opts = opts.streaming(sink.is_some());
+    let bar_on = !o.silent
+        && (o.progress
+            || ((o.output.is_some() || o.upload.is_some()) && std::io::stderr().is_terminal()));
+    let mut bar = bar_on.then(progress::Bar::new);
+    let id = engine.submit(request.clone().map(|_| body), opts);
+    let mut head: Option<(http::Response<()>, ServedBy)> = None;
     loop {
+        if let (Some(bar), Some(p)) = (bar.as_mut(), engine.progress(id)) {
+            if let Some(line) = bar.of(&p, false) {
+                out.err_part(line);
+            }
+        }
         let mut done = None;
         while let Some(ev) = engine.next_event() {
             show_event(&ev, o, chatty, note);
@@ -286,6 +310,24 @@ fn exchange(
                     response,
                     served_by,
                 } if rid == id => done = Some(Ok((response, served_by))),
+                Event::Head {
+                    id: rid,
+                    response,
+                    served_by,
+                } if rid == id => head = Some((response, served_by)),
+                Event::Body { id: rid, data } if rid == id => {
+                    if let Some(file) = sink.as_mut() {
+                        if let Err(e) = file.write_all(&data) {
+                            engine.cancel(id);
+                            return Err(Failure::new(23, format!("writing the body: {e}")));
+                        }
+                    }
+                }
+                Event::End { id: rid, .. } if rid == id => {
+                    if let Some((response, served_by)) = head.take() {
+                        done = Some(Ok((response.map(|()| Bytes::new()), served_by)));
+                    }
+                }
                 Event::Failed { id: rid, error, .. } if rid == id => done = Some(Err(error)),
                 _ => {}
             }
@@ -297,11 +339,31 @@ fn exchange(
             heads(trace::response_head(response, "< "));
         }
         if let Some(d) = done {
+            if let Some(bar) = bar.as_mut() {
+                if let Some(line) = bar.line(bar_total(&d, o), None, true) {
+                    out.err_line(line);
+                }
+            }
             return Ok(d);
         }
         engine
             .poll(Some(Duration::from_millis(200)))
             .map_err(|e| Failure::new(1, format!("poll: {e}")))?;
+    }
+}
+
+/// The bytes a finished transfer moved, for the progress bar's last line.
+fn bar_total(d: &Result<(http::Response<Bytes>, ServedBy), Error>, o: &Opts) -> u64 {
+    let file = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+    };
+    match d {
+        Ok((r, _)) => file(&o.output)
+            .unwrap_or(r.body().len() as u64)
+            .max(file(&o.upload).unwrap_or(0)),
+        Err(_) => 0,
     }
 }
 

@@ -85,6 +85,13 @@ impl Output {
         let _ = w.flush();
     }
 
+    /// Text on stderr without a newline (a progress bar redrawn with `\r`).
+    pub fn err_part(&self, s: impl AsRef<str>) {
+        let mut w = lock(&self.err);
+        let _ = write!(w, "{}", s.as_ref());
+        let _ = w.flush();
+    }
+
     /// One line on stderr.
     pub fn err_line(&self, s: impl AsRef<str>) {
         let mut w = lock(&self.err);

@@ -22,6 +22,10 @@ request:
   -H, --header 'N: V'    add a request header (repeatable); 'N:' sends no N
                          (drops the Authorization or Content-Type fetch would
                          add), 'N;' sends N with an empty value
+  -T, --upload-file FILE PUT FILE (streamed from disk, a window at a time)
+  -o, --output FILE      write the body to FILE as it arrives (streamed)
+  -#, --progress-bar     a progress bar on stderr (default with -o or -T
+                         when stderr is a terminal)
   -d, --data DATA        request body; @FILE reads FILE, @- reads stdin; -d
                          given again appends '&' and DATA; the Content-Type is
                          application/x-www-form-urlencoded unless -H sets one
@@ -141,6 +145,12 @@ pub(super) struct Opts {
     pub(super) method: Option<String>,
     pub(super) headers: Vec<Header>,
     pub(super) data: Option<Vec<u8>>,
+    /// `-T FILE`: PUT the file, streamed.
+    pub(super) upload: Option<PathBuf>,
+    /// `-o FILE`: the body goes to FILE as it arrives.
+    pub(super) output: Option<PathBuf>,
+    /// `-#`: a progress bar on stderr.
+    pub(super) progress: bool,
     pub(super) user: Option<String>,
     pub(super) head: bool,
     /// `Some(max)` with `-L`.
@@ -179,6 +189,9 @@ pub(super) fn parse(
         method: None,
         headers: Vec::new(),
         data: None,
+        upload: None,
+        output: None,
+        progress: false,
         user: None,
         head: false,
         follow: None,
@@ -218,6 +231,9 @@ pub(super) fn parse(
                     None => o.data = Some(piece),
                 }
             }
+            "-T" | "--upload-file" => o.upload = Some(PathBuf::from(a.value(&arg)?)),
+            "-o" | "--output" => o.output = Some(PathBuf::from(a.value(&arg)?)),
+            "-#" | "--progress-bar" => o.progress = true,
             "-u" | "--user" => o.user = Some(a.value(&arg)?),
             "-I" | "--head" => o.head = true,
             "-L" | "--location" => location = true,
@@ -266,6 +282,9 @@ pub(super) fn parse(
     }
     if o.max_age.is_some_and(|d| d.is_zero()) {
         return Err(Failure::usage("--max-age must be more than zero"));
+    }
+    if o.upload.is_some() && o.data.is_some() {
+        return Err(Failure::usage("-T and -d both give a body: use one"));
     }
     if o.head && o.data.is_some() {
         return Err(Failure::usage("-I sends HEAD, which takes no -d body"));

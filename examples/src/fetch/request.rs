@@ -20,6 +20,7 @@ pub(super) fn build(o: &Opts) -> Result<Request<Bytes>, Failure> {
         (Some(m), _, _) => m.as_str(),
         (None, true, _) => "HEAD",
         (None, false, Some(_)) => "POST",
+        (None, false, None) if o.upload.is_some() => "PUT",
         (None, false, None) => "GET",
     };
     let method = Method::from_bytes(method.as_bytes())
