@@ -653,23 +653,19 @@ fn steps(
     ctx.flush(trace)?;
     ctx.check_stop()?;
 
-    // 4. Upload it, multipart. The body is read from the file into one
-    // buffer until the engine takes streamed request bodies.
+    // 4. Upload it, multipart, streamed from the file a window at a time:
+    // memory stays flat whatever the artifact's size.
     let boundary = format!("rotary-{:016x}", fastrand::u64(..));
     let preamble = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\n\
          Content-Type: application/octet-stream\r\n\r\n"
     );
-    // One buffer, the file read straight into it: no second copy.
-    let capacity = usize::try_from(size)
-        .unwrap_or(0)
-        .saturating_add(preamble.len() + 128);
-    let mut body = Vec::with_capacity(capacity);
-    body.extend_from_slice(preamble.as_bytes());
-    File::open(&path)
-        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut body))
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let file = File::open(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let parts = vec![
+        api::Part::Bytes(Bytes::from(preamble)),
+        api::Part::File(file),
+        api::Part::Bytes(Bytes::from(format!("\r\n--{boundary}--\r\n"))),
+    ];
     let url = ctx.url(&format!(
         "/api/v4/jobs/{}/artifacts?artifact_format=zip&artifact_type=archive",
         ctx.job.id
@@ -680,12 +676,12 @@ fn steps(
             "content-type",
             format!("multipart/form-data; boundary={boundary}"),
         )
-        .body(Bytes::from(body))
+        .body(())
         .map_err(|e| e.to_string())?;
     let deadline = Duration::from_secs(60 + size / (1024 * 1024));
     let a = ctx
         .api
-        .send(req, RequestOptions::default().deadline(deadline))
+        .upload(req, parts, RequestOptions::default().deadline(deadline))
         .map_err(|e| format!("uploading the artifact: {e}"))?;
     if a.response.status().as_u16() != 201 {
         return Err(format!(

@@ -103,6 +103,64 @@ impl Api {
         self.wait(id, false, &mut |_| Ok(()))
     }
 
+    /// Send `req` with a body fed from `parts` in order (bytes, a file,
+    /// bytes: a multipart form around an artifact), streamed a send window
+    /// at a time, so the file is never held in memory.
+    pub(crate) fn upload(
+        &mut self,
+        req: http::Request<()>,
+        parts: Vec<Part>,
+        opts: RequestOptions,
+    ) -> Result<Answer, ApiError> {
+        let mut len = 0u64;
+        for p in &parts {
+            len += match p {
+                Part::Bytes(b) => b.len() as u64,
+                Part::File(f) => f.metadata().map_err(ApiError::Write)?.len(),
+            };
+        }
+        let req = req.map(|()| rotary::Body::stream(Some(len)));
+        let id = self.engine.submit(req, opts.streaming(false));
+        let mut parts = std::collections::VecDeque::from(parts);
+        let mut feed = |engine: &mut Engine, room: usize| -> io::Result<()> {
+            let mut room = room;
+            while room > 0 {
+                let Some(part) = parts.front_mut() else {
+                    let _ = engine.end_body(id, None);
+                    return Ok(());
+                };
+                let chunk = match part {
+                    Part::Bytes(b) if b.len() <= room => {
+                        let all = b.clone();
+                        parts.pop_front();
+                        all
+                    }
+                    Part::Bytes(b) => b.split_to(room),
+                    Part::File(f) => {
+                        let mut buf = vec![0; room.min(256 * 1024)];
+                        let n = io::Read::read(f, &mut buf)?;
+                        if n == 0 {
+                            parts.pop_front();
+                            continue;
+                        }
+                        buf.truncate(n);
+                        Bytes::from(buf)
+                    }
+                };
+                room -= chunk.len();
+                if engine.send_body(id, chunk).is_err() {
+                    // The request ended (an early answer): its event says why.
+                    return Ok(());
+                }
+            }
+            if parts.is_empty() {
+                let _ = engine.end_body(id, None);
+            }
+            Ok(())
+        };
+        self.wait_fed(id, &mut feed)
+    }
+
     /// As [`Api::send`], but a signal cancels the request and returns
     /// [`ApiError::Stopped`] (for the long poll).
     pub(crate) fn send_interruptible(
@@ -174,12 +232,31 @@ impl Api {
         }
     }
 
+    /// Poll until request `id` ends, answering its `BodyWanted` with `feed`.
+    fn wait_fed(
+        &mut self,
+        id: RequestId,
+        feed: &mut dyn FnMut(&mut Engine, usize) -> io::Result<()>,
+    ) -> Result<Answer, ApiError> {
+        self.wait_with(id, false, &mut |_| Ok(()), feed)
+    }
+
     /// Poll until request `id` ends; streamed pieces go to `sink`.
     fn wait(
         &mut self,
         id: RequestId,
         interruptible: bool,
         sink: &mut dyn FnMut(Piece<'_>) -> io::Result<()>,
+    ) -> Result<Answer, ApiError> {
+        self.wait_with(id, interruptible, sink, &mut |_, _| Ok(()))
+    }
+
+    fn wait_with(
+        &mut self,
+        id: RequestId,
+        interruptible: bool,
+        sink: &mut dyn FnMut(Piece<'_>) -> io::Result<()>,
+        feed: &mut dyn FnMut(&mut Engine, usize) -> io::Result<()>,
     ) -> Result<Answer, ApiError> {
         let mut head: Option<(http::Response<()>, ServedBy)> = None;
         loop {
@@ -210,6 +287,12 @@ impl Api {
                         })
                     }
                     Event::Failed { error, .. } => return Err(ApiError::Request(error)),
+                    Event::BodyWanted { room, .. } => {
+                        if let Err(e) = feed(&mut self.engine, room) {
+                            self.engine.cancel(id);
+                            return Err(ApiError::Write(e));
+                        }
+                    }
                     Event::Head {
                         response,
                         served_by,
@@ -273,6 +356,13 @@ impl Api {
         };
         (self.log)(line);
     }
+}
+
+/// A piece of an uploaded body.
+pub(crate) enum Part {
+    Bytes(Bytes),
+    /// Read from its current position to its end.
+    File(std::fs::File),
 }
 
 /// What a streamed response hands the sink.
