@@ -22,6 +22,7 @@ use crate::keys::{ConnKey, ReqKey};
 use crate::{Body, CloseReason, Deadline, Error, Event, RequestId};
 
 use super::io::ReadMode;
+use super::request::Requests;
 use super::timers::{after, ReqTimer, Timer};
 use super::Engine;
 
@@ -431,19 +432,7 @@ impl Engine {
         data: Bytes,
         now: Instant,
     ) -> Result<(), Error> {
-        let rk = self.fed_request(id)?;
-        let Some(req) = self.reqs.get_mut(rk) else {
-            return Err(no_stream(id));
-        };
-        let window = req.opts.send_window.max(MIN_WINDOW);
-        let Some(Upload {
-            source: Source::Feed(feed),
-            sent,
-            ..
-        }) = req.upload.as_deref_mut()
-        else {
-            return Err(no_stream(id));
-        };
+        let (rk, feed, sent, window) = fed(&mut self.reqs, id)?;
         if feed.ended {
             return Err(Error::InvalidRequest(format!(
                 "request {}: body chunk after end_body",
@@ -459,7 +448,7 @@ impl Engine {
         let fed = feed.fed + data.len() as u64;
         if let Some(declared) = feed.declared.filter(|&d| fed > d) {
             let reason = format!("{fed} bytes fed for a body declared as {declared} bytes");
-            let err = source_error(reason, *sent);
+            let err = source_error(reason, sent);
             self.abort_request(rk, err.clone(), CloseReason::Error, now);
             return Err(err);
         }
@@ -478,18 +467,7 @@ impl Engine {
         trailers: Option<HeaderMap>,
         now: Instant,
     ) -> Result<(), Error> {
-        let rk = self.fed_request(id)?;
-        let Some(req) = self.reqs.get_mut(rk) else {
-            return Err(no_stream(id));
-        };
-        let Some(Upload {
-            source: Source::Feed(feed),
-            sent,
-            ..
-        }) = req.upload.as_deref_mut()
-        else {
-            return Err(no_stream(id));
-        };
+        let (rk, feed, sent, _) = fed(&mut self.reqs, id)?;
         if feed.ended {
             return Ok(());
         }
@@ -504,7 +482,7 @@ impl Engine {
                     ),
                     false => "trailers need a chunked body (no declared length)".to_string(),
                 };
-                let err = source_error(reason, *sent);
+                let err = source_error(reason, sent);
                 self.abort_request(rk, err.clone(), CloseReason::Error, now);
                 return Err(err);
             }
@@ -515,10 +493,6 @@ impl Engine {
         Ok(())
     }
 
-    fn fed_request(&self, id: RequestId) -> Result<ReqKey, Error> {
-        self.reqs.find(id).ok_or_else(|| no_stream(id))
-    }
-
     /// New body bytes for `rk`: move them on if its connection is sending.
     fn push_body(&mut self, rk: ReqKey, now: Instant) {
         let Some(ck) = self.reqs.get(rk).and_then(|r| r.conn) else {
@@ -527,6 +501,22 @@ impl Engine {
         if self.conns.get(ck).is_some_and(|c| c.uploading) {
             self.drive(ck, ReadMode::Skip, now);
         }
+    }
+}
+
+/// The fed body of live request `id`: its key, the feed, the body bytes
+/// sent so far and the request's send window.
+fn fed(reqs: &mut Requests, id: RequestId) -> Result<(ReqKey, &mut Feed, u64, usize), Error> {
+    let rk = reqs.find(id).ok_or_else(|| no_stream(id))?;
+    let req = reqs.get_mut(rk).ok_or_else(|| no_stream(id))?;
+    let window = req.opts.send_window.max(MIN_WINDOW);
+    match req.upload.as_deref_mut() {
+        Some(Upload {
+            source: Source::Feed(feed),
+            sent,
+            ..
+        }) => Ok((rk, feed, *sent, window)),
+        _ => Err(no_stream(id)),
     }
 }
 
