@@ -105,12 +105,7 @@ impl Engine {
                 }
             }
         };
-        if let Some(conn) = self.live(key, id) {
-            conn.bytes_in += pass.bytes as u64;
-        }
-        let Some(conn) = self.live(key, id) else {
-            return;
-        };
+        conn.bytes_in += pass.bytes as u64;
         if conn.stage() == Stage::Tunneling {
             // The proxy's answer to CONNECT: the tunnel's own module.
             if pass.bytes > 0 || pass.eof {
@@ -138,23 +133,26 @@ impl Engine {
         if let Err(e) = conn.flush(&mut self.bufs.sealed) {
             return self.io_failed(key, e, true, now);
         }
-        if conn.uploading {
-            self.pump(key, now);
-        }
         if pass.more {
             self.read_again.push((key, id));
         }
-        let Some(conn) = self.live(key, id) else {
-            return;
-        };
-        if let (Some(rk), true) = (conn.req, conn.wants_write()) {
-            if conn.stage() == Stage::Ready {
-                self.watch_send(key, rk, now);
-            }
+        // The connection is looked up again only after a call that may
+        // have closed it.
+        let mut conn = conn;
+        if conn.uploading {
+            self.pump(key, now);
+            let Some(c) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                return;
+            };
+            conn = c;
         }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
+        if let (Some(rk), true, Stage::Ready) = (conn.req, conn.wants_write(), conn.stage()) {
+            self.watch_send(key, rk, now);
+            let Some(c) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                return;
+            };
+            conn = c;
+        }
         if let Err(e) = conn.update_interest(&self.mio.registry, token) {
             self.io_failed(key, IoFailure::Io(e), false, now);
         }
