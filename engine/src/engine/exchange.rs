@@ -67,11 +67,11 @@ impl Engine {
                     &mut conn.wbuf,
                 )
             }
-            (upload, _) => conn.codec.start_streaming_request(
+            _ => conn.codec.start_streaming_request(
                 r.method(),
                 r.uri(),
                 &headers,
-                upload.and_then(|u| u.len()),
+                r.body().len(),
                 form,
                 &mut conn.wbuf,
             ),

@@ -162,13 +162,12 @@ impl Engine {
     /// The transfer counters of live request `id`.
     pub(super) fn progress_of(&self, id: RequestId) -> Option<Progress> {
         let req = self.reqs.get(self.reqs.find(id)?)?;
-        let (sent, send_total) = match req.upload.as_deref() {
-            Some(up) => (up.sent, up.len()),
-            None => {
-                let len = req.request.body().len();
-                let on_wire = req.conn.is_some().then_some(len).flatten();
-                (on_wire.unwrap_or(0), len)
-            }
+        let send_total = req.request.body().len();
+        let sent = match req.upload.as_deref() {
+            Some(up) => up.sent,
+            // Sent with the head, once on a connection.
+            None if req.conn.is_some() => send_total.unwrap_or(0),
+            None => 0,
         };
         Some(Progress {
             sent,

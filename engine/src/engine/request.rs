@@ -209,7 +209,7 @@ impl Req {
     /// Can its body be sent again?
     #[inline]
     pub(super) fn replayable(&self) -> bool {
-        self.upload.as_deref().is_none_or(Upload::replayable)
+        self.request.body().is_replayable()
     }
 
     /// Back to waiting, for a retry on a fresh connection: whatever part of

@@ -132,20 +132,6 @@ impl Upload {
         })))
     }
 
-    /// The declared length (`None`: chunked).
-    pub(super) fn len(&self) -> Option<u64> {
-        match &self.source {
-            Source::Bytes(b) => Some(b.len() as u64),
-            Source::File(f) => Some(f.len),
-            Source::Feed(f) => f.declared,
-        }
-    }
-
-    /// Can it go out again on another connection?
-    pub(super) fn replayable(&self) -> bool {
-        !matches!(self.source, Source::Feed(_))
-    }
-
     /// Back to the start, for a retry on another connection.
     ///
     /// # Errors
