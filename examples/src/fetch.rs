@@ -293,6 +293,9 @@ fn exchange(
         && (o.progress
             || ((o.output.is_some() || o.upload.is_some()) && std::io::stderr().is_terminal()));
     let mut bar = bar_on.then(progress::Bar::new);
+    let upload_len = body.len().unwrap_or(0);
+    // Body bytes written to the sink (with -o).
+    let mut written = 0u64;
     let id = engine.submit(request.clone().map(|_| body), opts);
     let mut head: Option<(http::Response<()>, ServedBy)> = None;
     loop {
@@ -321,6 +324,7 @@ fn exchange(
                             engine.cancel(id);
                             return Err(Failure::new(23, format!("writing the body: {e}")));
                         }
+                        written += data.len() as u64;
                     }
                 }
                 Event::End { id: rid, .. } if rid == id => {
@@ -340,7 +344,12 @@ fn exchange(
         }
         if let Some(d) = done {
             if let Some(bar) = bar.as_mut() {
-                if let Some(line) = bar.line(bar_total(&d, o), None, true) {
+                let moved = match &d {
+                    Ok(_) if sink.is_some() => written.max(upload_len),
+                    Ok((r, _)) => (r.body().len() as u64).max(upload_len),
+                    Err(_) => 0,
+                };
+                if let Some(line) = bar.line(moved, None, true) {
                     out.err_line(line);
                 }
             }
@@ -349,21 +358,6 @@ fn exchange(
         engine
             .poll(Some(Duration::from_millis(200)))
             .map_err(|e| Failure::new(1, format!("poll: {e}")))?;
-    }
-}
-
-/// The bytes a finished transfer moved, for the progress bar's last line.
-fn bar_total(d: &Result<(http::Response<Bytes>, ServedBy), Error>, o: &Opts) -> u64 {
-    let file = |p: &Option<std::path::PathBuf>| {
-        p.as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-    };
-    match d {
-        Ok((r, _)) => file(&o.output)
-            .unwrap_or(r.body().len() as u64)
-            .max(file(&o.upload).unwrap_or(0)),
-        Err(_) => 0,
     }
 }
 
