@@ -424,12 +424,7 @@ impl Ctx<'_> {
             .map_err(|e| e.to_string())?;
         let a = self
             .api
-            .send(
-                req,
-                RequestOptions::default()
-                    .deadline(Duration::from_secs(30))
-                    .retry_safe(true),
-            )
+            .send(req, job_call())
             .map_err(|e| format!("PUT state {state}: {e}"))?;
         match a.response.status().as_u16() {
             200..=299 => Ok(()),
@@ -455,12 +450,7 @@ impl Ctx<'_> {
                 .map_err(|e| e.to_string())?;
             let a = self
                 .api
-                .send(
-                    req,
-                    RequestOptions::default()
-                        .deadline(Duration::from_secs(30))
-                        .retry_safe(true),
-                )
+                .send(req, job_call())
                 .map_err(|e| format!("PATCH trace: {e}"))?;
             let h = a.response.headers();
             if let Some(secs) = h
@@ -691,6 +681,14 @@ fn steps(
     }
     trace.line(format!("Uploaded artifact: {size} bytes"));
     Ok(format!("artifact {size} bytes sha256 {sha}"))
+}
+
+/// Options of a job's state and trace calls: short, and safe to send again
+/// (GitLab's job state and trace ranges are idempotent).
+fn job_call() -> RequestOptions {
+    RequestOptions::default()
+        .deadline(Duration::from_secs(30))
+        .retry_safe(true)
 }
 
 /// `git clone`'s first request against `repo`, trusting only `ca_file`.
