@@ -19,6 +19,7 @@ use bytes::Bytes;
 /// | [`Body::from`] bytes | `Content-Length` | yes |
 /// | [`Body::file`], [`Body::from_file`] | `Content-Length` (the length when opened) | yes, by seeking back |
 /// | [`Body::stream`] | `Content-Length` when given, else chunked (with optional trailers) | no |
+/// | [`Body::reader`] | as [`Body::stream`] | no |
 ///
 /// A non-replayable body is never retried and a 307/308 redirect of it ends
 /// with [`RedirectError::BodyNotReplayable`](crate::RedirectError::BodyNotReplayable).
@@ -27,7 +28,6 @@ pub struct Body {
     pub(crate) kind: Kind,
 }
 
-#[derive(Debug)]
 pub(crate) enum Kind {
     Bytes(Bytes),
     /// A file read from `start`, `len` bytes (its length when opened).
@@ -40,6 +40,30 @@ pub(crate) enum Kind {
     Stream {
         len: Option<u64>,
     },
+    /// Read in pieces as the connection takes them; `None` once an upload
+    /// has taken the reader.
+    Reader {
+        reader: Option<Box<dyn Read + Send>>,
+        len: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
+            Kind::File { start, len, .. } => f
+                .debug_struct("File")
+                .field("start", start)
+                .field("len", len)
+                .finish_non_exhaustive(),
+            Kind::Stream { len } => f.debug_struct("Stream").field("len", len).finish(),
+            Kind::Reader { len, .. } => f
+                .debug_struct("Reader")
+                .field("len", len)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Default for Kind {
@@ -96,12 +120,31 @@ impl Body {
         }
     }
 
+    /// A body read from `reader` in pieces of at most the send window, on
+    /// the thread that drives the request: with a [`Client`](crate::Client),
+    /// the thread that called `send` (so a slow reader, such as a child
+    /// process's pipe, holds up only its own request); with an
+    /// [`Engine`](crate::Engine), the engine's thread as the connection takes
+    /// the bytes, so give an engine readers that do not block for long (or
+    /// feed a [`Body::stream`] yourself). With a `length` it is sent with
+    /// `Content-Length`, and a reader that ends short of it, or has more,
+    /// fails the request with [`Error::BodySource`](crate::Error::BodySource);
+    /// without one it is chunked. Not replayable: never retried.
+    pub fn reader(reader: impl Read + Send + 'static, length: Option<u64>) -> Body {
+        Body {
+            kind: Kind::Reader {
+                reader: Some(Box::new(reader)),
+                len: length,
+            },
+        }
+    }
+
     /// The body's length, when known before it is sent.
     pub fn len(&self) -> Option<u64> {
         match &self.kind {
             Kind::Bytes(b) => Some(b.len() as u64),
             Kind::File { len, .. } => Some(*len),
-            Kind::Stream { len } => *len,
+            Kind::Stream { len } | Kind::Reader { len, .. } => *len,
         }
     }
 
@@ -112,7 +155,7 @@ impl Body {
 
     /// Can it be sent again (after a retry or a 307/308 redirect)?
     pub fn is_replayable(&self) -> bool {
-        !matches!(self.kind, Kind::Stream { .. })
+        !matches!(self.kind, Kind::Stream { .. } | Kind::Reader { .. })
     }
 
     /// The bytes of an in-memory body.
@@ -133,7 +176,7 @@ impl Body {
                 start: *start,
                 len: *len,
             },
-            Kind::Stream { .. } => return None,
+            Kind::Stream { .. } | Kind::Reader { .. } => return None,
         };
         Some(Body { kind })
     }

@@ -20,6 +20,8 @@
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
 //!   request to completion.
+//! * Hosts without a loop use [`Client`]: the engine on a background thread
+//!   behind blocking calls, bodies read and written as `std::io` streams.
 //! * Every TLS connection reports its [`PeerChain`]: what the server
 //!   presented, the [`VerifiedPath`] rotary's verifier built from it (leaf,
 //!   intermediates used, trust anchor), and [`PeerChain::ca_bundle`], the
@@ -48,6 +50,7 @@
 
 mod body;
 mod chain;
+mod client;
 mod config;
 mod conn;
 mod dns;
@@ -71,6 +74,7 @@ pub mod wheel;
 
 pub use body::Body;
 pub use chain::PeerChain;
+pub use client::{Client, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
     ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
 };

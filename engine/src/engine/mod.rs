@@ -317,6 +317,27 @@ impl Engine {
         })
     }
 
+    /// The waker of the engine's poll, for [`crate::Client`]'s commands.
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.mio.waker.clone()
+    }
+
+    /// The counter request ids come from, so [`crate::Client`] can name a
+    /// request before its thread submits it.
+    pub(crate) fn request_ids(&self) -> Arc<AtomicU64> {
+        self.next_req.clone()
+    }
+
+    /// Submit under an id taken from [`Engine::request_ids`].
+    pub(crate) fn submit_as(
+        &mut self,
+        id: RequestId,
+        request: http::Request<Body>,
+        opts: RequestOptions,
+    ) {
+        self.submit_with_id(id, request, opts, Instant::now());
+    }
+
     /// A handle for other threads.
     pub fn handle(&self) -> Handle {
         Handle {

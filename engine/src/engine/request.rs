@@ -138,8 +138,8 @@ impl Req {
     /// The next hop's body cannot be sent (its file cannot be reopened).
     pub(super) fn follow(&mut self, pool: PoolKey) -> Option<Result<(), Error>> {
         let hops = self.hops.as_mut()?;
-        let next = hops.next.take()?;
-        let upload = match Upload::of(&next) {
+        let mut next = hops.next.take()?;
+        let upload = match Upload::of(&mut next) {
             Ok(u) => u,
             Err(e) => return Some(Err(e)),
         };
@@ -287,7 +287,7 @@ impl Engine {
     pub(super) fn submit_with_id(
         &mut self,
         id: RequestId,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
         opts: RequestOptions,
         now: Instant,
     ) {
@@ -298,7 +298,7 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return self.emit_failed(id, e, false),
         };
-        let upload = match Upload::of(&request) {
+        let upload = match Upload::of(&mut request) {
             Ok(u) => u,
             Err(e) => return self.emit_failed(id, e, false),
         };

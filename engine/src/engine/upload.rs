@@ -51,7 +51,23 @@ enum Source {
     /// An in-memory body sent after a `100 Continue`.
     Bytes(Bytes),
     File(FileCursor),
+    Reader(Reader),
     Feed(Feed),
+}
+
+/// A [`Body::reader`](crate::Body::reader), read on the engine's thread.
+struct Reader {
+    reader: Box<dyn std::io::Read + Send>,
+    declared: Option<u64>,
+    read: u64,
+}
+
+impl Reader {
+    /// Bytes still allowed by the declared length.
+    fn left(&self) -> u64 {
+        self.declared
+            .map_or(u64::MAX, |d| d.saturating_sub(self.read))
+    }
 }
 
 /// A body the host feeds.
@@ -94,13 +110,15 @@ impl Upload {
     ///
     /// # Errors
     /// A file body whose handle cannot be duplicated.
-    pub(super) fn of(request: &http::Request<Body>) -> Result<Option<Box<Upload>>, Error> {
+    /// A reader body's reader is taken out of `request` (it is not
+    /// replayable, so nothing else needs it).
+    pub(super) fn of(request: &mut http::Request<Body>) -> Result<Option<Box<Upload>>, Error> {
         let expect = request
             .headers()
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
             && !request.body().is_empty();
-        let source = match &request.body().kind {
+        let source = match &mut request.body_mut().kind {
             Kind::Bytes(_) if !expect => return Ok(None),
             Kind::Bytes(b) => Source::Bytes(b.clone()),
             Kind::File { file, start, len } => {
@@ -112,6 +130,16 @@ impl Upload {
                     start: *start,
                     len: *len,
                     pos: 0,
+                })
+            }
+            Kind::Reader { reader, len } => {
+                let reader = reader
+                    .take()
+                    .ok_or_else(|| source_error("the body's reader was already used".into(), 0))?;
+                Source::Reader(Reader {
+                    reader,
+                    declared: *len,
+                    read: 0,
                 })
             }
             Kind::Stream { len } => Source::Feed(Feed {
@@ -193,6 +221,46 @@ impl Upload {
                     self.sent += n as u64;
                 }
                 if f.left() > 0 {
+                    return Ok(Refill::Wrote(wrote));
+                }
+                codec.end_body(wbuf).map_err(codec_error)?;
+                Ok(Refill::Finished)
+            }
+            Source::Reader(r) => {
+                let mut wrote = 0;
+                while wrote < window && r.left() > 0 {
+                    let room = (window - wrote)
+                        .min(scratch.len())
+                        .min(usize::try_from(r.left()).unwrap_or(usize::MAX));
+                    let Some(buf) = scratch.get_mut(..room) else {
+                        break;
+                    };
+                    let n = match r.reader.read(buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let reason = format!("reading the body failed: {e}");
+                            return Err(source_error(reason, self.sent));
+                        }
+                    };
+                    if n == 0 {
+                        if let Some(d) = r.declared {
+                            let reason =
+                                format!("the body's reader ended after {} of {d} bytes", r.read);
+                            return Err(source_error(reason, self.sent));
+                        }
+                        break;
+                    }
+                    let Some(piece) = buf.get(..n) else {
+                        let reason = "the body's reader returned more than it was asked".into();
+                        return Err(source_error(reason, self.sent));
+                    };
+                    codec.send_body(piece, wbuf).map_err(codec_error)?;
+                    wrote += n;
+                    r.read += n as u64;
+                    self.sent += n as u64;
+                }
+                if wrote == window {
                     return Ok(Refill::Wrote(wrote));
                 }
                 codec.end_body(wbuf).map_err(codec_error)?;

@@ -1,0 +1,426 @@
+//! `rotary::Client`: the engine on a background thread behind blocking
+//! calls — streamed bodies both ways, the fresh-chain call, the lifecycle
+//! channel, and shutdown or drop with requests in flight.
+
+mod support;
+
+use std::io::{self, Read};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rotary::{
+    Body, Client, CloseReason, Config, Error, Event, Origin, RequestOptions, ServedBy, Trust,
+    LIFECYCLE_CAPACITY,
+};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn client_for(ca: &TestCa) -> (Client, TempFile) {
+    let file = ca.write_pem_file();
+    let mut config = Config::default();
+    config.trust = Trust::pem_file(file.path());
+    (Client::new(config).expect("client starts"), file)
+}
+
+fn get(url: &str) -> http::Request<()> {
+    http::Request::get(url).body(()).expect("request")
+}
+
+/// `n` bytes of a pattern that shows reordering and loss.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Close idle connections and wait until the engine holds nothing.
+fn assert_drained(client: &Client) {
+    client.close_idle().expect("client running");
+    let until = Instant::now() + T;
+    loop {
+        let stats = client.stats().expect("client running");
+        if stats.is_idle() {
+            return;
+        }
+        assert!(Instant::now() < until, "client not idle: {stats:#?}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The `rotary::Error` an `io::Error` from a body read carries.
+fn inner(e: &io::Error) -> &Error {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<Error>())
+        .unwrap_or_else(|| panic!("an io::Error carrying a rotary::Error, got {e:?}"))
+}
+
+/// A reader that hands out `data` a few bytes at a time, then fails if told to.
+struct Trickle {
+    data: Vec<u8>,
+    at: usize,
+    fail_at: Option<usize>,
+}
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.fail_at.is_some_and(|f| self.at >= f) {
+            return Err(io::Error::other("disk on fire"));
+        }
+        let n = buf.len().min(7000).min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn the_client_is_send_sync_and_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Client>();
+    fn send<T: Send>() {}
+    send::<rotary::ResponseBody>();
+}
+
+#[test]
+fn a_response_body_is_read_as_it_arrives_and_names_its_chain() {
+    let (ca, leaf) = ca_and_leaf();
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let served = data.clone();
+    let server = TestServer::tls(&leaf, move |_, _| {
+        Reply::ok(served.clone()).parts(&[100_000, 500_000, 1_000_000])
+    });
+    let (client, _f) = client_for(&ca);
+    // Far below the body: the engine must hold the server back, not buffer.
+    let opts = RequestOptions::default().receive_window(64 * 1024);
+    let mut resp = client
+        .send_with(get(&server.url("/big")), opts)
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let served_by = resp.extensions().get::<ServedBy>().expect("served_by");
+    let chain = served_by.chain.clone().expect("a tls chain");
+    assert_eq!(chain.der(), &leaf.chain_der()[..]);
+    let mut got = Vec::new();
+    resp.body_mut().read_to_end(&mut got).expect("whole body");
+    assert!(got == data, "{} bytes read, {} sent", got.len(), data.len());
+    drop(resp);
+
+    // The connection went back to the pool and serves the next request.
+    let again = client.send(get(&server.url("/big"))).expect("again");
+    assert!(
+        again
+            .extensions()
+            .get::<ServedBy>()
+            .expect("served_by")
+            .reused
+    );
+    assert_eq!(again.into_body().bytes().expect("body").len(), data.len());
+    assert_eq!(server.stats().connections_accepted, 1);
+    assert_drained(&client);
+}
+
+#[test]
+fn bytes_stops_at_max_body() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok(vec![b'x'; 100_000]));
+    let (client, _f) = client_for(&ca);
+    let resp = client
+        .send_with(
+            get(&server.url("/")),
+            RequestOptions::default().max_body(1000),
+        )
+        .expect("head");
+    match resp.into_body().bytes() {
+        Err(Error::BodyTooLarge { limit: 1000 }) => {}
+        other => panic!("expected BodyTooLarge, got {other:?}"),
+    }
+    assert_drained(&client);
+}
+
+#[test]
+fn uploads_from_a_reader_go_chunked_or_with_their_length() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |req, _| Reply::ok(format!("{}", req.body.len())));
+    let (client, _f) = client_for(&ca);
+    let data = pattern(1024 * 1024 + 3);
+    for length in [None, Some(data.len() as u64)] {
+        let reader = Trickle {
+            data: data.clone(),
+            at: 0,
+            fail_at: None,
+        };
+        let req = http::Request::put(server.url("/up"))
+            .body(Body::reader(reader, length))
+            .expect("request");
+        let resp = client.send(req).expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().bytes().expect("body");
+        assert_eq!(body, Bytes::from(data.len().to_string()));
+    }
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].chunked, "no length: chunked");
+    assert!(!seen[1].chunked, "a length: Content-Length");
+    assert_eq!(
+        seen[1].header("content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    assert!(seen.iter().all(|r| r.body == data), "bytes intact");
+    assert_drained(&client);
+}
+
+#[test]
+fn a_reader_that_fails_or_ends_short_fails_the_request_by_name() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("never"));
+    let (client, _f) = client_for(&ca);
+    let data = pattern(600_000);
+    let failing = Trickle {
+        data: data.clone(),
+        at: 0,
+        fail_at: Some(300_000),
+    };
+    let req = http::Request::put(server.url("/up"))
+        .body(Body::reader(failing, None))
+        .expect("request");
+    match client.send(req) {
+        Err(Error::BodySource { reason, .. }) => {
+            assert!(reason.contains("disk on fire"), "{reason}")
+        }
+        other => panic!("expected BodySource, got {other:?}"),
+    }
+    let short = Trickle {
+        data,
+        at: 0,
+        fail_at: None,
+    };
+    let req = http::Request::put(server.url("/up"))
+        .body(Body::reader(short, Some(700_000)))
+        .expect("request");
+    match client.send(req) {
+        Err(Error::BodySource { .. }) => {}
+        other => panic!("expected BodySource for a short body, got {other:?}"),
+    }
+    assert_eq!(server.stats().requests, 0, "no request completed");
+    assert_drained(&client);
+}
+
+#[test]
+fn a_body_dropped_half_read_closes_its_connection() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| {
+        Reply::ok(pattern(4 * 1024 * 1024)).parts(&[65_536; 8])
+    });
+    let (client, _f) = client_for(&ca);
+    let life = client
+        .lifecycle()
+        .expect("the first call takes the channel");
+    assert!(client.lifecycle().is_none(), "only once");
+    let mut resp = client.send(get(&server.url("/"))).expect("response");
+    let first = resp.extensions().get::<ServedBy>().expect("served_by").conn;
+    let mut some = vec![0; 16 * 1024];
+    resp.body_mut().read_exact(&mut some).expect("a part");
+    assert_eq!(some, pattern(16 * 1024));
+    drop(resp);
+
+    let until = Instant::now() + T;
+    let reason = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match life.recv_timeout(left).expect("a Closed event") {
+            Event::Closed { conn, reason, .. } if conn == first => break reason,
+            _ => {}
+        }
+    };
+    assert_eq!(reason, CloseReason::Cancelled);
+    let next = client.send(get(&server.url("/"))).expect("next");
+    let by = next
+        .extensions()
+        .get::<ServedBy>()
+        .expect("served_by")
+        .clone();
+    assert!(!by.reused && by.conn != first, "a new connection: {by:?}");
+    drop(next);
+    assert_drained(&client);
+}
+
+#[test]
+fn shutdown_fails_requests_in_flight_with_shutdown() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |req, _| match req.target.as_str() {
+        "/silent" => Reply::stall(),
+        _ => Reply::ok(pattern(1024 * 1024)).stall_at(5000),
+    });
+    let (client, _f) = client_for(&ca);
+    let mut half = client.send(get(&server.url("/half"))).expect("head");
+    let waiting = {
+        let client = client.clone();
+        let url = server.url("/silent");
+        thread::spawn(move || client.send(get(&url)).map(|_| ()))
+    };
+    server.expect_until(T, "both requests", |s| s.requests == 2);
+
+    client.shutdown();
+    match waiting.join().expect("sender thread") {
+        Err(Error::Shutdown) => {}
+        other => panic!("expected Shutdown, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let err = half.body_mut().read_to_end(&mut rest).expect_err("cut");
+    assert!(matches!(inner(&err), Error::Shutdown), "{err:?}");
+    assert!(rest.len() < 5000, "only what came before the stall");
+    assert!(matches!(
+        client.send(get(&server.url("/"))),
+        Err(Error::Shutdown)
+    ));
+    assert!(matches!(client.stats(), Err(Error::Shutdown)));
+    let origin = Origin::parse(&server.url("")).expect("origin");
+    assert!(matches!(
+        client.fresh_chain(&origin, Duration::ZERO),
+        Err(Error::Shutdown)
+    ));
+    client.shutdown(); // idempotent
+}
+
+#[test]
+fn dropping_the_last_clone_on_another_thread_stops_the_engine() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok(pattern(1024 * 1024)).stall_at(5000));
+    let (client, _f) = client_for(&ca);
+    let life = client.lifecycle().expect("channel");
+    let mut half = client.send(get(&server.url("/"))).expect("head");
+    let (done_tx, done_rx) = mpsc::channel();
+    let dropper = thread::spawn(move || {
+        drop(client);
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(T)
+        .expect("drop returns once the thread stopped");
+    dropper.join().expect("dropper");
+    let err = half
+        .body_mut()
+        .read_to_end(&mut Vec::new())
+        .expect_err("cut");
+    assert!(matches!(inner(&err), Error::Shutdown), "{err:?}");
+    // The engine's thread is gone: its lifecycle sender with it.
+    let until = Instant::now() + T;
+    loop {
+        match life.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the engine thread still runs"),
+        }
+    }
+}
+
+#[test]
+fn fresh_chain_returns_the_chain_of_a_new_full_handshake() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("hi"));
+    let (client, _f) = client_for(&ca);
+    let origin = Origin::parse(&server.url("")).expect("origin");
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            let origin = origin.clone();
+            thread::spawn(move || client.fresh_chain(&origin, Duration::from_secs(60)))
+        })
+        .collect();
+    for c in callers {
+        let chain = c.join().expect("caller").expect("a chain");
+        assert_eq!(chain.der(), &leaf.chain_der()[..]);
+        assert!(chain.ca_bundle().is_ok(), "a bundle for a job");
+    }
+    // Within the freshness, later calls reuse the first handshake.
+    assert!(server.stats().handshakes_full <= 3);
+    let before = server.stats().handshakes_full;
+    client
+        .fresh_chain(&origin, Duration::from_secs(60))
+        .expect("cached");
+    assert_eq!(server.stats().handshakes_full, before, "no new handshake");
+    assert_eq!(server.stats().requests, 0, "no request sent");
+    assert_drained(&client);
+}
+
+#[test]
+fn lifecycle_events_nobody_reads_are_bounded() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("x").close_after());
+    let (client, _f) = client_for(&ca);
+    // Each request opens and closes a connection: two events apiece.
+    let n = LIFECYCLE_CAPACITY / 2 + 20;
+    for _ in 0..n {
+        let resp = client.send(get(&server.url("/"))).expect("response");
+        resp.into_body().bytes().expect("body");
+    }
+    assert_drained(&client);
+    let life = client.lifecycle().expect("channel");
+    let waiting: Vec<Event> = life.try_iter().collect();
+    assert_eq!(waiting.len(), LIFECYCLE_CAPACITY);
+    assert!(matches!(waiting[0], Event::Opened(_)), "{:?}", waiting[0]);
+    assert!(
+        client.lifecycle_dropped() >= (2 * n - LIFECYCLE_CAPACITY) as u64,
+        "dropped {}",
+        client.lifecycle_dropped()
+    );
+}
+
+#[test]
+fn a_stream_body_is_refused_because_nothing_would_feed_it() {
+    let (ca, _leaf) = ca_and_leaf();
+    let (client, _f) = client_for(&ca);
+    let req = http::Request::put("https://localhost:1/")
+        .body(Body::stream(None))
+        .expect("request");
+    assert!(matches!(client.send(req), Err(Error::InvalidRequest(_))));
+    assert_drained(&client);
+}
+
+#[test]
+fn an_engine_reads_a_reader_body_on_its_own_thread() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |req, _| Reply::ok(format!("{}", req.body.len())));
+    let file = ca.write_pem_file();
+    let mut config = Config::default();
+    config.trust = Trust::pem_file(file.path());
+    let mut engine = rotary::Engine::new(config).expect("engine");
+    let data = pattern(700_000);
+    for length in [None, Some(data.len() as u64)] {
+        let reader = Trickle {
+            data: data.clone(),
+            at: 0,
+            fail_at: None,
+        };
+        let req = http::Request::put(server.url("/up"))
+            .body(Body::reader(reader, length))
+            .expect("request");
+        let resp = engine
+            .execute(req, RequestOptions::default())
+            .expect("response");
+        assert_eq!(resp.body(), &Bytes::from(data.len().to_string()));
+    }
+    let seen = server.requests();
+    assert!(seen[0].chunked && !seen[1].chunked);
+    assert!(seen.iter().all(|r| r.body == data));
+    let short = Trickle {
+        data: data.clone(),
+        at: 0,
+        fail_at: None,
+    };
+    let req = http::Request::put(server.url("/up"))
+        .body(Body::reader(short, Some(data.len() as u64 + 1)))
+        .expect("request");
+    match engine.execute(req, RequestOptions::default()) {
+        Err(Error::BodySource { reason, .. }) => {
+            assert!(reason.contains("ended after"), "{reason}")
+        }
+        other => panic!("expected BodySource, got {other:?}"),
+    }
+    engine.close_idle();
+    let until = Instant::now() + T;
+    while !engine.stats().is_idle() {
+        assert!(Instant::now() < until, "{:#?}", engine.stats());
+        engine.poll(Some(Duration::from_millis(5))).expect("poll");
+        while engine.next_event().is_some() {}
+    }
+}
