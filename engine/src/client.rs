@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
@@ -177,6 +177,23 @@ impl Client {
         request: http::Request<impl Into<Body>>,
         opts: RequestOptions,
     ) -> Result<http::Response<ResponseBody>, Error> {
+        self.start(request, opts)?.wait()
+    }
+
+    /// Submit a request and return at once: [`Pending::wait`] or
+    /// [`Pending::wait_timeout`] gives its response head, as
+    /// [`Client::send_with`] does, and dropping the [`Pending`] cancels the
+    /// request (say, a long poll a signal should cut short).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a [`Body::stream`];
+    /// [`Error::Shutdown`] once the client shut down. The request's own
+    /// errors come from the wait.
+    pub fn start(
+        &self,
+        request: http::Request<impl Into<Body>>,
+        opts: RequestOptions,
+    ) -> Result<Pending, Error> {
         let mut request = request.map(Into::into);
         let upload = match &mut request.body_mut().kind {
             Kind::Stream { .. } => {
@@ -202,31 +219,19 @@ impl Client {
         self.inner
             .remote
             .send(Cmd::Send(Box::new((id, request, opts)), tx))?;
-        let mut body = ResponseBody {
-            id,
-            rx,
-            remote: self.inner.remote.clone(),
-            chunk: Bytes::new(),
-            chunk_len: 0,
-            state: State::Open,
-            trailers: None,
-            upload,
-            max_body: opts.max_body,
-        };
-        loop {
-            match body.next_msg()? {
-                Msg::Head(head) => {
-                    let (parts, ()) = head.into_parts();
-                    return Ok(http::Response::from_parts(parts, body));
-                }
-                Msg::Failed(e) => {
-                    body.state = State::Done;
-                    return Err(e);
-                }
-                // Body bytes never come before their head.
-                Msg::Wanted(_) | Msg::Body(_) | Msg::End(_) => {}
-            }
-        }
+        Ok(Pending {
+            body: Some(ResponseBody {
+                id,
+                rx,
+                remote: self.inner.remote.clone(),
+                chunk: Bytes::new(),
+                chunk_len: 0,
+                state: State::Open,
+                trailers: None,
+                upload,
+                max_body: opts.max_body,
+            }),
+        })
     }
 
     /// The origin's chain as it is now (see [`Engine::fresh_chain`]): the
@@ -316,6 +321,77 @@ impl Drop for Inner {
     }
 }
 
+/// A request sent with [`Client::start`] whose response head has not been
+/// taken yet. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct Pending {
+    /// `None` once the answer has been handed out.
+    body: Option<ResponseBody>,
+}
+
+impl Pending {
+    /// The request's id.
+    pub fn id(&self) -> Option<RequestId> {
+        self.body.as_ref().map(|b| b.id)
+    }
+
+    /// Wait for the response head (reading a [`Body::reader`] meanwhile).
+    ///
+    /// # Errors
+    /// As [`Client::send_with`]; [`Error::InvalidRequest`] when
+    /// [`Pending::wait_timeout`] already gave the answer.
+    pub fn wait(mut self) -> Result<http::Response<ResponseBody>, Error> {
+        match self.answer(None) {
+            Some(result) => result,
+            None => Err(Error::Shutdown),
+        }
+    }
+
+    /// Wait at most `timeout` for the response head: `None` when it has not
+    /// come yet (call again), else the answer, once.
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<Result<http::Response<ResponseBody>, Error>> {
+        self.answer(Some(Instant::now() + timeout))
+    }
+
+    fn answer(
+        &mut self,
+        until: Option<Instant>,
+    ) -> Option<Result<http::Response<ResponseBody>, Error>> {
+        let Some(body) = self.body.as_mut() else {
+            let why = "the request's answer was already taken".into();
+            return Some(Err(Error::InvalidRequest(why)));
+        };
+        loop {
+            let msg = match body.next_msg(until) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return None,
+                Err(e) => {
+                    body.state = State::Done;
+                    self.body = None;
+                    return Some(Err(e));
+                }
+            };
+            match msg {
+                Msg::Head(head) => {
+                    let body = self.body.take()?;
+                    let (parts, ()) = head.into_parts();
+                    return Some(Ok(http::Response::from_parts(parts, body)));
+                }
+                Msg::Failed(e) => {
+                    body.state = State::Done;
+                    self.body = None;
+                    return Some(Err(e));
+                }
+                // Body bytes never come before their head.
+                Msg::Wanted(_) | Msg::Body(_) | Msg::End(_) => {}
+            }
+        }
+    }
+}
+
 /// A request body read on the caller's thread.
 struct Upload {
     reader: Box<dyn Read + Send>,
@@ -396,12 +472,23 @@ impl ResponseBody {
         }
     }
 
-    /// The next message for this request, feeding the upload when asked.
-    fn next_msg(&mut self) -> Result<Msg, Error> {
+    /// The next message for this request, feeding the upload when asked;
+    /// `None` when `until` passed first.
+    fn next_msg(&mut self, until: Option<Instant>) -> Result<Option<Msg>, Error> {
         loop {
-            let msg = self.rx.recv().map_err(|_| Error::Shutdown)?;
+            let msg = match until {
+                None => self.rx.recv().map_err(|_| Error::Shutdown)?,
+                Some(t) => match self
+                    .rx
+                    .recv_timeout(t.saturating_duration_since(Instant::now()))
+                {
+                    Ok(msg) => msg,
+                    Err(mpsc::RecvTimeoutError::Timeout) => return Ok(None),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Shutdown),
+                },
+            };
             let Msg::Wanted(room) = msg else {
-                return Ok(msg);
+                return Ok(Some(msg));
             };
             self.feed(room)?;
         }
@@ -409,21 +496,21 @@ impl ResponseBody {
 
     /// Wait for the next body chunk or the end.
     fn take_msg(&mut self) -> Result<(), Error> {
-        let msg = self.next_msg();
+        let msg = self.next_msg(None);
         match msg {
-            Ok(Msg::Body(data)) => {
+            Ok(Some(Msg::Body(data))) => {
                 self.chunk_len = data.len();
                 self.chunk = data;
             }
-            Ok(Msg::End(trailers)) => {
+            Ok(Some(Msg::End(trailers))) => {
                 self.trailers = trailers;
                 self.state = State::Done;
             }
-            Ok(Msg::Failed(e)) | Err(e) => {
+            Ok(Some(Msg::Failed(e))) | Err(e) => {
                 self.state = State::Done;
                 return Err(e);
             }
-            Ok(Msg::Head(_) | Msg::Wanted(_)) => {}
+            Ok(Some(Msg::Head(_) | Msg::Wanted(_)) | None) => {}
         }
         Ok(())
     }

@@ -74,7 +74,7 @@ pub mod wheel;
 
 pub use body::Body;
 pub use chain::PeerChain;
-pub use client::{Client, ResponseBody, LIFECYCLE_CAPACITY};
+pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
     ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
 };

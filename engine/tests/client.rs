@@ -424,3 +424,55 @@ fn an_engine_reads_a_reader_body_on_its_own_thread() {
         while engine.next_event().is_some() {}
     }
 }
+
+#[test]
+fn a_pending_request_waits_in_slices_and_dropping_it_cancels() {
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |req, _| match req.target.as_str() {
+        "/silent" => Reply::stall(),
+        _ => Reply::ok("answer"),
+    });
+    let (client, _f) = client_for(&ca);
+    let life = client.lifecycle().expect("channel");
+    let mut poll = client
+        .start(get(&server.url("/silent")), RequestOptions::default())
+        .expect("started");
+    server.expect_until(T, "the long poll", |s| s.requests == 1);
+    assert!(
+        poll.wait_timeout(Duration::from_millis(20)).is_none(),
+        "no answer yet"
+    );
+    let conn = loop {
+        match life.recv_timeout(T).expect("opened") {
+            Event::Opened(info) => break info.conn,
+            _ => {}
+        }
+    };
+    drop(poll);
+    let reason = loop {
+        match life.recv_timeout(T).expect("closed") {
+            Event::Closed {
+                conn: c, reason, ..
+            } if c == conn => break reason,
+            _ => {}
+        }
+    };
+    assert_eq!(reason, CloseReason::Cancelled);
+
+    let mut quick = client
+        .start(get(&server.url("/")), RequestOptions::default())
+        .expect("started");
+    let until = Instant::now() + T;
+    let resp = loop {
+        if let Some(r) = quick.wait_timeout(Duration::from_millis(5)) {
+            break r.expect("answer");
+        }
+        assert!(Instant::now() < until, "no answer");
+    };
+    assert!(matches!(
+        quick.wait_timeout(Duration::ZERO),
+        Some(Err(Error::InvalidRequest(_)))
+    ));
+    assert_eq!(resp.into_body().bytes().expect("body"), "answer");
+    assert_drained(&client);
+}

@@ -57,10 +57,12 @@ usage: cargo run --example runner -- --url URL --token TOKEN [FLAGS]
                        the host's trust store
   --max-age D          connection max age                          [15m]
   --builds-dir DIR     each job's files go to DIR/job-<id>/: ca.pem, the CA
-                       bundle (intermediates + root) of the connection that
-                       delivered the job, for its git clone; the artifacts
-                       while they are used
+                       bundle (intermediates + root) of the coordinator's
+                       chain as it is when the job runs, for its git clone;
+                       the artifacts while they are used
                        [a temporary directory, removed at exit]
+  --chain-freshness D  ca.pem comes from a full handshake at most D old
+                       (one made for the job when none is)            [0s]
   --artifact-size N    bytes of the artifact each job uploads      [4194304]
   --max-jobs N         stop after N jobs                           [never]
   --duration D         stop after D                                [never]
@@ -105,6 +107,7 @@ struct Opts {
     token: String,
     ca_file: Option<PathBuf>,
     max_age: Duration,
+    chain_freshness: Duration,
     builds_dir: Option<PathBuf>,
     artifact_size: u64,
     max_jobs: Option<u64>,
@@ -116,12 +119,14 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
     let (mut url, mut token, mut ca_file, mut builds_dir) = (None, None, None, None);
     let (mut max_age, mut max_jobs, mut duration) = (Duration::from_secs(15 * 60), None, None);
     let mut artifact_size = 4 * 1024 * 1024;
+    let mut chain_freshness = Duration::ZERO;
     while let Some(arg) = a.next() {
         match arg.as_str() {
             "--url" => url = Some(a.value(&arg)?),
             "--token" => token = Some(a.value(&arg)?),
             "--ca-file" => ca_file = Some(PathBuf::from(a.value(&arg)?)),
             "--max-age" => max_age = a.duration(&arg)?,
+            "--chain-freshness" => chain_freshness = a.duration(&arg)?,
             "--builds-dir" => builds_dir = Some(PathBuf::from(a.value(&arg)?)),
             "--artifact-size" => artifact_size = a.parse(&arg)?,
             "--max-jobs" | "--jobs" => max_jobs = Some(a.parse(&arg)?),
@@ -148,6 +153,7 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
         token,
         ca_file,
         max_age,
+        chain_freshness,
         builds_dir,
         artifact_size,
         max_jobs,
@@ -249,9 +255,7 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
                 }
                 let wait = backoff.next();
                 log(format!("poll failed: {e}; retrying in {}", show(wait)));
-                if let Err(ApiError::Poll(e)) = api.idle(left(wait)) {
-                    return Err(Failure::new(1, format!("poll: {e}")));
-                }
+                api.idle(left(wait));
                 continue;
             }
         };
@@ -288,9 +292,7 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
             s => {
                 let wait = backoff.next();
                 log(format!("unexpected status {s}; retrying in {}", show(wait)));
-                if let Err(ApiError::Poll(e)) = api.idle(left(wait)) {
-                    return Err(Failure::new(1, format!("poll: {e}")));
-                }
+                api.idle(left(wait));
             }
         }
     };
@@ -607,31 +609,38 @@ fn steps(
     ctx.maybe_flush(trace)?;
     ctx.check_stop()?;
 
-    // 2. git clone with the CA bundle of the connection that delivered the job.
+    // 2. git clone with the CA bundle of the coordinator's chain as it is
+    // now (a full handshake made for the job), not the long poll's, which
+    // may predate a rotation by up to a max age.
     let conn = served_by.conn.get();
-    match served_by.chain.as_deref().map(|c| (c, c.ca_bundle())) {
-        Some((chain, Ok(bundle))) => {
-            let file = write_ca_file(&ctx.dir, &bundle)?;
-            log(format!(
-                "job {} via connection #{conn}: CA file {} (chain {}, root {})",
-                ctx.job.id,
-                file.display(),
-                api::fingerprint(Some(chain)),
-                root(chain)
-            ));
-            if let Some(repo) = &ctx.job.repo_url {
-                clone(repo, &file)?;
-                trace.line(format!("git clone check of {repo}: ok"));
+    let origin = rotary::Origin::parse(&ctx.o.url).map_err(|e| e.to_string())?;
+    if origin.is_tls() {
+        let chain = ctx
+            .api
+            .fresh_chain(&origin, ctx.o.chain_freshness)
+            .map_err(|e| format!("the coordinator's chain for the job's CA file: {e}"))?;
+        match chain.ca_bundle() {
+            Ok(bundle) => {
+                let file = write_ca_file(&ctx.dir, &bundle)?;
+                log(format!(
+                    "job {} (delivered on connection #{conn}): CA file {} (chain {}, root {})",
+                    ctx.job.id,
+                    file.display(),
+                    api::fingerprint(Some(&chain)),
+                    root(&chain)
+                ));
+                if let Some(repo) = &ctx.job.repo_url {
+                    clone(repo, &file)?;
+                    trace.line(format!("git clone check of {repo}: ok"));
+                }
+            }
+            Err(why) => {
+                log(format!("job {}: no CA file written: {why}", ctx.job.id));
+                trace.line(format!("no CA file for git: {why}"));
             }
         }
-        Some((_, Err(why))) => {
-            log(format!(
-                "job {} via connection #{conn}: no CA file written: {why}",
-                ctx.job.id
-            ));
-            trace.line(format!("no CA file for git: {why}"));
-        }
-        None => trace.line("job delivered over plain http: no CA file"),
+    } else {
+        trace.line("job delivered over plain http: no CA file");
     }
     ctx.maybe_flush(trace)?;
     ctx.check_stop()?;
@@ -640,6 +649,10 @@ fn steps(
     let path = ctx.dir.join("artifacts.bin");
     let (size, sha) = generate(&path, ctx.o.artifact_size)?;
     trace.line(format!("Generated artifact: {size} bytes, sha256 {sha}"));
+    log(format!(
+        "job {}: artifact {size} bytes sha256 {sha}",
+        ctx.job.id
+    ));
     ctx.flush(trace)?;
     ctx.check_stop()?;
 

@@ -1455,3 +1455,131 @@ fn fetch_proxy_failures_exit_56_or_2_without_the_credentials() {
         "--proxy-user needs USER:PASS",
     );
 }
+
+/// The whole job loop through a relay that cuts connections mid-upload,
+/// across a rotation to a chain from another CA: every job succeeds or
+/// fails with the reason the runner gives, every artifact the server got
+/// is the runner's file byte for byte, and every job handed out after the
+/// rotation got the new chain in its CA file, from a handshake made for the
+/// job rather than from the connection that delivered it.
+#[test]
+fn runner_jobs_through_faults_and_a_rotation_never_see_a_stale_chain() {
+    let s = server(Settings {
+        hold: Duration::from_millis(200),
+        job_every: Duration::from_millis(20),
+        trace_update_interval: Duration::from_millis(10),
+        dependency_size: 50_000,
+        ..Settings::default()
+    });
+    // Each connection through the relay dies inside its third artifact.
+    let relay = support::FaultRelay::start(s.coordinator.addr(), 700_000);
+    let root_b = Ca::new("examples rotated CA").expect("CA");
+    let mid_b = root_b
+        .intermediate("examples rotated intermediate")
+        .expect("CA");
+    let leaf_b = mid_b.issue(&["localhost", "127.0.0.1"]).expect("leaf");
+    let dir = TempDir::new("runner-faults").expect("temp dir");
+    let ca_file = s._dir.path().join("runner-ca-ab.pem");
+    let pem = format!(
+        "{}{}{}",
+        s.root.pem(),
+        root_b.pem(),
+        s.coordinator.storage_ca_pem()
+    );
+    std::fs::write(&ca_file, pem).expect("CA file");
+    let jobs = 6;
+    let (out, cap) = Output::capture();
+    let runner_args = args(&[
+        "--url",
+        &relay.url("/"),
+        "--token",
+        "t0ken",
+        "--ca-file",
+        ca_file.to_str().expect("utf-8"),
+        "--builds-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--artifact-size",
+        "300000",
+        "--max-jobs",
+        &jobs.to_string(),
+        "--duration",
+        "60s",
+    ]);
+    let runner = std::thread::spawn(move || runner::main_with_args(runner_args, &out));
+    let until = Instant::now() + Duration::from_secs(30);
+    while s.coordinator.counters().jobs < 2 {
+        assert!(Instant::now() < until, "no second job");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.coordinator.rotate(&leaf_b).expect("rotate");
+    let handed_before = s.coordinator.counters().jobs;
+    let code = runner.join().expect("runner thread");
+    let text = cap.stdout();
+
+    let reports = s.coordinator.take_job_reports();
+    assert_eq!(reports.len() as u64, jobs, "{reports:?}\n{text}");
+    assert!(relay.cuts() >= 1, "the relay cut a connection:\n{text}");
+    let (mut ok, mut failed) = (0, 0);
+    for r in &reports {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.contains(&format!("job {}: success", r.id))
+                    || l.contains(&format!("job {}: failed: ", r.id))
+            })
+            .unwrap_or_else(|| panic!("no verdict line for job {}:\n{text}", r.id));
+        match r.state.as_str() {
+            "success" => {
+                ok += 1;
+                assert!(line.contains("success"), "{line}");
+            }
+            "failed" => {
+                failed += 1;
+                let why = line.split("failed: ").nth(1).unwrap_or_default();
+                assert!(why.len() > 10, "a named reason: {line}");
+                assert!(r.failure_reason.is_some(), "{r:?}");
+            }
+            other => panic!("job {} ended {other}", r.id),
+        }
+        // Whatever artifact arrived is the runner's file, whole.
+        if let Some(art) = &r.artifact {
+            let generated = format!("job {}: artifact 300000 bytes sha256 {}", r.id, art.sha256);
+            assert!(
+                art.size == 300_000 && text.contains(&generated),
+                "{r:?}\n{text}"
+            );
+        } else {
+            assert_eq!(r.state, "failed", "a success without its artifact: {r:?}");
+        }
+        // A job handed out after the rotation trusts the new chain only.
+        if r.id > handed_before {
+            let pem = std::fs::read_to_string(dir.path().join(format!("job-{}/ca.pem", r.id)));
+            if let Ok(pem) = pem {
+                assert_eq!(
+                    pem,
+                    format!("{}{}", mid_b.pem(), root_b.pem()),
+                    "job {}",
+                    r.id
+                );
+            }
+            assert!(
+                r.state == "success" || !text.contains(&format!("job {}: failed: git", r.id)),
+                "a stale CA file fails the clone:\n{text}"
+            );
+        }
+    }
+    assert!(ok >= 2 && failed >= 1, "{ok} ok, {failed} failed:\n{text}");
+    assert_eq!(code, 1, "a failed job makes exit 1:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "stopped after {jobs} jobs: {ok} succeeded, {failed} failed"
+        )),
+        "{text}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.id > handed_before && r.state == "success"),
+        "a job after the rotation succeeded:\n{text}"
+    );
+}

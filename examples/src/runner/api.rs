@@ -1,17 +1,17 @@
-//! The runner's HTTP calls, blocking, on one engine: each call runs the
-//! engine's loop until its request ends, logging connection lifecycle
-//! events on the way, and a poll can be cut short by a signal. The rest of
-//! the runner sees only `send` and `download`, so moving to a blocking
-//! `rotary::Client` is a change here alone.
+//! The runner's HTTP calls, blocking, on one `rotary::Client`: the engine
+//! runs on the client's thread with every lifetime rule in force, and this
+//! thread logs its lifecycle events between calls. The long poll waits in
+//! slices so a signal can cut it short. The rest of the runner sees only
+//! these calls.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ring::digest::{Context, SHA256};
-use rotary::{Config, Engine, Event, Handshake, PeerChain, RequestId, RequestOptions, ServedBy};
+use rotary::{Client, Config, Event, Handshake, Origin, PeerChain, RequestOptions, ServedBy};
 
 use crate::coordinator::hex;
 
@@ -20,8 +20,6 @@ use crate::coordinator::hex;
 pub(crate) enum ApiError {
     /// The engine ended the request with this error.
     Request(rotary::Error),
-    /// Polling the engine failed.
-    Poll(io::Error),
     /// A signal arrived (its number) and the call was interruptible.
     Stopped(usize),
     /// Writing a downloaded body failed.
@@ -32,7 +30,6 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiError::Request(e) => write!(f, "{e}"),
-            ApiError::Poll(e) => write!(f, "engine poll: {e}"),
             ApiError::Stopped(sig) => write!(f, "interrupted by {}", signal_name(*sig)),
             ApiError::Write(e) => write!(f, "writing the download: {e}"),
         }
@@ -64,22 +61,31 @@ pub(crate) struct Download {
     pub(crate) sha256: String,
 }
 
-/// One engine and the runner's log.
+/// How often a long poll looks at the signal flag.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// The client and the runner's log.
 pub(crate) struct Api {
-    engine: Engine,
+    client: Client,
+    life: mpsc::Receiver<Event>,
     stop: Arc<AtomicUsize>,
     log: Box<dyn Fn(String)>,
 }
 
 impl Api {
-    /// An engine with `config`; `stop` turns non-zero when a signal arrives.
+    /// A client with `config`; `stop` turns non-zero when a signal arrives.
     pub(crate) fn new(
         config: Config,
         stop: Arc<AtomicUsize>,
         log: Box<dyn Fn(String)>,
     ) -> io::Result<Api> {
+        let client = Client::new(config)?;
+        let life = client
+            .lifecycle()
+            .ok_or_else(|| io::Error::other("the client's lifecycle channel was taken"))?;
         Ok(Api {
-            engine: Engine::new(config)?,
+            client,
+            life,
             stop,
             log,
         })
@@ -96,14 +102,15 @@ impl Api {
     /// Send `req` and wait for its answer (bounded by `opts`' deadline).
     pub(crate) fn send(
         &mut self,
-        req: http::Request<Bytes>,
+        req: http::Request<impl Into<rotary::Body>>,
         opts: RequestOptions,
     ) -> Result<Answer, ApiError> {
-        let id = self.engine.submit(req, opts.streaming(false));
-        self.wait(id, false, &mut |_| Ok(()))
+        let answer = self.client.send_with(req, opts).and_then(buffer);
+        self.log_lifecycle();
+        answer.map_err(ApiError::Request)
     }
 
-    /// Send `req` with a body fed from `parts` in order (bytes, a file,
+    /// Send `req` with a body read from `parts` in order (bytes, a file,
     /// bytes: a multipart form around an artifact), streamed a send window
     /// at a time, so the file is never held in memory.
     pub(crate) fn upload(
@@ -113,52 +120,20 @@ impl Api {
         opts: RequestOptions,
     ) -> Result<Answer, ApiError> {
         let mut len = 0u64;
-        for p in &parts {
-            len += match p {
-                Part::Bytes(b) => b.len() as u64,
-                Part::File(f) => f.metadata().map_err(ApiError::Write)?.len(),
+        let mut body: Box<dyn Read + Send> = Box::new(io::empty());
+        for p in parts {
+            body = match p {
+                Part::Bytes(b) => {
+                    len += b.len() as u64;
+                    Box::new(body.chain(io::Cursor::new(b)))
+                }
+                Part::File(f) => {
+                    len += f.metadata().map_err(ApiError::Write)?.len();
+                    Box::new(body.chain(f))
+                }
             };
         }
-        let req = req.map(|()| rotary::Body::stream(Some(len)));
-        let id = self.engine.submit(req, opts.streaming(false));
-        let mut parts = std::collections::VecDeque::from(parts);
-        let mut feed = |engine: &mut Engine, room: usize| -> io::Result<()> {
-            let mut room = room;
-            while room > 0 {
-                let Some(part) = parts.front_mut() else {
-                    let _ = engine.end_body(id, None);
-                    return Ok(());
-                };
-                let chunk = match part {
-                    Part::Bytes(b) if b.len() <= room => {
-                        let all = b.clone();
-                        parts.pop_front();
-                        all
-                    }
-                    Part::Bytes(b) => b.split_to(room),
-                    Part::File(f) => {
-                        let mut buf = vec![0; room.min(256 * 1024)];
-                        let n = io::Read::read(f, &mut buf)?;
-                        if n == 0 {
-                            parts.pop_front();
-                            continue;
-                        }
-                        buf.truncate(n);
-                        Bytes::from(buf)
-                    }
-                };
-                room -= chunk.len();
-                if engine.send_body(id, chunk).is_err() {
-                    // The request ended (an early answer): its event says why.
-                    return Ok(());
-                }
-            }
-            if parts.is_empty() {
-                let _ = engine.end_body(id, None);
-            }
-            Ok(())
-        };
-        self.wait_fed(id, &mut feed)
+        self.send(req.map(|()| rotary::Body::reader(body, Some(len))), opts)
     }
 
     /// As [`Api::send`], but a signal cancels the request and returns
@@ -168,8 +143,18 @@ impl Api {
         req: http::Request<Bytes>,
         opts: RequestOptions,
     ) -> Result<Answer, ApiError> {
-        let id = self.engine.submit(req, opts.streaming(false));
-        self.wait(id, true, &mut |_| Ok(()))
+        let mut pending = self.client.start(req, opts).map_err(ApiError::Request)?;
+        loop {
+            if let Some(sig) = self.stopped() {
+                // Dropping the pending request cancels it.
+                return Err(ApiError::Stopped(sig));
+            }
+            let answer = pending.wait_timeout(SLICE);
+            self.log_lifecycle();
+            if let Some(answer) = answer {
+                return answer.and_then(buffer).map_err(ApiError::Request);
+            }
+        }
     }
 
     /// Send `req` and stream a 2xx body into `out`, hashing it; a non-2xx
@@ -180,147 +165,74 @@ impl Api {
         opts: RequestOptions,
         out: &mut dyn Write,
     ) -> Result<Download, ApiError> {
-        let id = self.engine.submit(req, opts.streaming(true));
+        let result = self.client.send_with(req, opts);
+        self.log_lifecycle();
+        let (parts, mut body) = result.map_err(ApiError::Request)?.into_parts();
+        let served_by = served_by(&parts).map_err(ApiError::Request)?;
+        let ok = parts.status.is_success();
         let mut hash = Context::new(&SHA256);
         let mut bytes = 0u64;
-        let mut ok = None;
-        let answer = self.wait(id, false, &mut |piece| {
-            match piece {
-                Piece::Head(status) => ok = Some(status.is_success()),
-                Piece::Data(data) => {
-                    bytes += data.len() as u64;
-                    if ok == Some(true) {
-                        hash.update(data);
-                        out.write_all(data)?;
-                    }
-                }
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(request_error(e)),
+            };
+            let data = buf.get(..n).unwrap_or_default();
+            bytes += n as u64;
+            if ok {
+                hash.update(data);
+                out.write_all(data).map_err(ApiError::Write)?;
             }
-            Ok(())
-        })?;
+        }
+        self.log_lifecycle();
         Ok(Download {
-            status: answer.response.status(),
-            served_by: answer.served_by,
+            status: parts.status,
+            served_by,
             bytes,
             sha256: hex(hash.finish().as_ref()),
         })
     }
 
-    /// Run the engine for up to `d` (lifecycle events, prewarming), or
-    /// until a signal.
-    pub(crate) fn idle(&mut self, d: Duration) -> Result<(), ApiError> {
+    /// The origin's chain from a full handshake no older than `freshness`
+    /// (a job's CA file comes from it, not from the long poll's connection).
+    pub(crate) fn fresh_chain(
+        &mut self,
+        origin: &Origin,
+        freshness: Duration,
+    ) -> Result<Arc<PeerChain>, ApiError> {
+        let chain = self.client.fresh_chain(origin, freshness);
+        self.log_lifecycle();
+        chain.map_err(ApiError::Request)
+    }
+
+    /// Wait up to `d` logging lifecycle events, or until a signal.
+    pub(crate) fn idle(&mut self, d: Duration) {
         let until = Instant::now() + d;
         while self.stopped().is_none() {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            self.engine
-                .poll(Some(left.min(Duration::from_millis(100))))
-                .map_err(ApiError::Poll)?;
-            while let Some(ev) = self.engine.next_event() {
-                self.lifecycle(&ev);
+            match self.life.recv_timeout(left.min(SLICE)) {
+                Ok(ev) => self.lifecycle(&ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        Ok(())
     }
 
-    /// Shut the engine down (what is in flight fails with `Shutdown`).
-    pub(crate) fn shutdown(mut self) {
-        self.engine.shutdown();
-        while let Some(ev) = self.engine.next_event() {
+    /// Shut the client down (what is in flight fails with `Shutdown`).
+    pub(crate) fn shutdown(self) {
+        self.client.shutdown();
+        self.log_lifecycle();
+    }
+
+    fn log_lifecycle(&self) {
+        while let Ok(ev) = self.life.try_recv() {
             self.lifecycle(&ev);
-        }
-    }
-
-    /// Poll until request `id` ends, answering its `BodyWanted` with `feed`.
-    fn wait_fed(
-        &mut self,
-        id: RequestId,
-        feed: &mut dyn FnMut(&mut Engine, usize) -> io::Result<()>,
-    ) -> Result<Answer, ApiError> {
-        self.wait_with(id, false, &mut |_| Ok(()), feed)
-    }
-
-    /// Poll until request `id` ends; streamed pieces go to `sink`.
-    fn wait(
-        &mut self,
-        id: RequestId,
-        interruptible: bool,
-        sink: &mut dyn FnMut(Piece<'_>) -> io::Result<()>,
-    ) -> Result<Answer, ApiError> {
-        self.wait_with(id, interruptible, sink, &mut |_, _| Ok(()))
-    }
-
-    fn wait_with(
-        &mut self,
-        id: RequestId,
-        interruptible: bool,
-        sink: &mut dyn FnMut(Piece<'_>) -> io::Result<()>,
-        feed: &mut dyn FnMut(&mut Engine, usize) -> io::Result<()>,
-    ) -> Result<Answer, ApiError> {
-        let mut head: Option<(http::Response<()>, ServedBy)> = None;
-        loop {
-            if interruptible {
-                if let Some(sig) = self.stopped() {
-                    self.engine.cancel(id);
-                    while self.engine.next_event().is_some() {}
-                    return Err(ApiError::Stopped(sig));
-                }
-            }
-            self.engine
-                .poll(Some(Duration::from_millis(100)))
-                .map_err(ApiError::Poll)?;
-            while let Some(ev) = self.engine.next_event() {
-                if ev.request_id() != Some(id) {
-                    self.lifecycle(&ev);
-                    continue;
-                }
-                match ev {
-                    Event::Response {
-                        response,
-                        served_by,
-                        ..
-                    } => {
-                        return Ok(Answer {
-                            response,
-                            served_by,
-                        })
-                    }
-                    Event::Failed { error, .. } => return Err(ApiError::Request(error)),
-                    Event::BodyWanted { room, .. } => {
-                        if let Err(e) = feed(&mut self.engine, room) {
-                            self.engine.cancel(id);
-                            return Err(ApiError::Write(e));
-                        }
-                    }
-                    Event::Head {
-                        response,
-                        served_by,
-                        ..
-                    } => {
-                        sink(Piece::Head(response.status())).map_err(ApiError::Write)?;
-                        head = Some((response, served_by));
-                    }
-                    Event::Body { data, .. } => {
-                        if let Err(e) = sink(Piece::Data(&data)) {
-                            self.engine.cancel(id);
-                            return Err(ApiError::Write(e));
-                        }
-                    }
-                    Event::End { .. } => {
-                        let Some((response, served_by)) = head.take() else {
-                            continue;
-                        };
-                        let (parts, ()) = response.into_parts();
-                        let response = http::Response::from_parts(parts, Bytes::new());
-                        return Ok(Answer {
-                            response,
-                            served_by,
-                        });
-                    }
-                    _ => {}
-                }
-            }
         }
     }
 
@@ -365,10 +277,32 @@ pub(crate) enum Part {
     File(std::fs::File),
 }
 
-/// What a streamed response hands the sink.
-enum Piece<'a> {
-    Head(http::StatusCode),
-    Data(&'a [u8]),
+/// The connection that carried a response (the client always records it).
+fn served_by(parts: &http::response::Parts) -> Result<ServedBy, rotary::Error> {
+    parts
+        .extensions
+        .get::<ServedBy>()
+        .cloned()
+        .ok_or_else(|| rotary::Error::InvalidRequest("a response without its connection".into()))
+}
+
+/// A client response read whole, with its connection.
+fn buffer(resp: http::Response<rotary::ResponseBody>) -> Result<Answer, rotary::Error> {
+    let (parts, body) = resp.into_parts();
+    let served_by = served_by(&parts)?;
+    let body = body.bytes()?;
+    Ok(Answer {
+        response: http::Response::from_parts(parts, body),
+        served_by,
+    })
+}
+
+/// A body read's error: the request's own when it carries one.
+fn request_error(e: io::Error) -> ApiError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rotary::Error>()) {
+        Some(inner) => ApiError::Request(inner.clone()),
+        None => ApiError::Write(e),
+    }
 }
 
 /// `sha256 ab:cd:…` (the first bytes), or `-`.

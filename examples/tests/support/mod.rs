@@ -200,3 +200,95 @@ fn exchanges<S: Read + Write>(
         stream.flush()?;
     }
 }
+
+/// A TCP relay in front of a server that injects one fault: a connection
+/// that has carried `cut_after` bytes towards the server is cut (both
+/// directions shut), mid-request. Every connection's threads end when
+/// either side closes; the relay stops accepting when dropped.
+pub struct FaultRelay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicU64>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FaultRelay {
+    /// Relay to `target`, cutting each connection past `cut_after` bytes upstream.
+    pub fn start(target: SocketAddr, cut_after: u64) -> FaultRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, cu) = (stop.clone(), cuts.clone());
+        let accept = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let cu = cu.clone();
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut up = 0u64;
+                    let mut buf = [0u8; 16 * 1024];
+                    let (mut from, mut to) = (client, server);
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let room = cut_after.saturating_sub(up);
+                        let take = (n as u64).min(room) as usize;
+                        if take > 0 && to.write_all(&buf[..take]).is_err() {
+                            break;
+                        }
+                        up += take as u64;
+                        if take < n {
+                            cu.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = io::copy(&mut from, &mut to);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        FaultRelay {
+            addr,
+            stop,
+            cuts,
+            accept: Some(accept),
+        }
+    }
+
+    /// `https://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
