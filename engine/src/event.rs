@@ -213,7 +213,8 @@ pub enum Event {
     /// to `room` more bytes: hand them to
     /// [`Engine::send_body`](crate::Engine::send_body) (or end the body with
     /// [`Engine::end_body`](crate::Engine::end_body)). Raised once at
-    /// submission and again each time the queued chunks have gone out.
+    /// submission and again each time the queued chunks have gone out;
+    /// never handed out once the request has ended.
     BodyWanted {
         /// The request.
         id: RequestId,

@@ -479,3 +479,40 @@ fn execute_into_writes_a_body_larger_than_max_body_to_the_sink() {
     assert_eq!(sink, server.join().expect("server"));
     assert_drained(&mut engine);
 }
+
+#[test]
+fn no_body_wanted_reaches_the_host_after_its_request_ended() {
+    let (url, server) = peer(|mut sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        read_head(&mut r);
+        sock.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .expect("413");
+    });
+    let mut engine = engine();
+    let req = http::Request::put(format!("{url}/up"))
+        .body(Body::stream(Some(1 << 20)))
+        .expect("request");
+    let id = engine.submit(req, RequestOptions::default());
+    // Let the request end with its events still queued: the BodyWanted
+    // raised at submission is ahead of the response.
+    let until = Instant::now() + WAIT;
+    while engine.stats().in_flight + engine.stats().queued > 0 {
+        assert!(Instant::now() < until, "the 413 did not end it");
+        engine.poll(Some(Duration::from_millis(5))).expect("poll");
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| engine.next_event()).collect();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::BodyWanted { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.is_terminal() && e.request_id() == Some(id)),
+        "{events:?}"
+    );
+    server.join().expect("server");
+    assert_drained(&mut engine);
+}

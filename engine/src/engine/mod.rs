@@ -572,7 +572,14 @@ impl Engine {
     /// once their [`Event::Body`] is handed out here (unless the request has
     /// [`RequestOptions::manual_consume`]).
     pub fn next_event(&mut self) -> Option<Event> {
-        let event = self.out.pop_front()?;
+        let mut event = self.out.pop_front()?;
+        // A `BodyWanted` queued before its request ended asks for nothing.
+        while let Event::BodyWanted { id, .. } = &event {
+            if self.reqs.find(*id).is_some() {
+                break;
+            }
+            event = self.out.pop_front()?;
+        }
         if let Event::Body { id, data } = &event {
             let auto = self
                 .reqs
