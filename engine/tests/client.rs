@@ -443,9 +443,8 @@ fn a_pending_request_waits_in_slices_and_dropping_it_cancels() {
         "no answer yet"
     );
     let conn = loop {
-        match life.recv_timeout(T).expect("opened") {
-            Event::Opened(info) => break info.conn,
-            _ => {}
+        if let Event::Opened(info) = life.recv_timeout(T).expect("opened") {
+            break info.conn;
         }
     };
     drop(poll);
