@@ -159,7 +159,7 @@ impl Client {
     /// from the returned [`ResponseBody`] as it arrives (at most
     /// [`RequestOptions::receive_window`] of it waits unread; the server is
     /// held back through TCP beyond that). The response's extensions hold
-    /// the [`ServedBy`] (connection, chain, redirect target).
+    /// the [`ServedBy`](crate::ServedBy) (connection, chain, redirect target).
     ///
     /// The request body may be anything [`Body`] takes: bytes, a
     /// [`Body::file`] (read by the engine), or a [`Body::reader`], read on
