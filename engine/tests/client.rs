@@ -62,6 +62,23 @@ struct Trickle {
     fail_at: Option<usize>,
 }
 
+impl Trickle {
+    fn new(data: &[u8], fail_at: Option<usize>) -> Trickle {
+        Trickle {
+            data: data.to_vec(),
+            at: 0,
+            fail_at,
+        }
+    }
+}
+
+/// A PUT of `data` read from a [`Trickle`], with or without its length.
+fn reader_put(url: &str, data: &[u8], length: Option<u64>) -> http::Request<Body> {
+    http::Request::put(url)
+        .body(Body::reader(Trickle::new(data, None), length))
+        .expect("request")
+}
+
 impl Read for Trickle {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.fail_at.is_some_and(|f| self.at >= f) {
@@ -144,14 +161,7 @@ fn uploads_from_a_reader_go_chunked_or_with_their_length() {
     let (client, _f) = client_for(&ca);
     let data = pattern(1024 * 1024 + 3);
     for length in [None, Some(data.len() as u64)] {
-        let reader = Trickle {
-            data: data.clone(),
-            at: 0,
-            fail_at: None,
-        };
-        let req = http::Request::put(server.url("/up"))
-            .body(Body::reader(reader, length))
-            .expect("request");
+        let req = reader_put(&server.url("/up"), &data, length);
         let resp = client.send(req).expect("response");
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().bytes().expect("body");
@@ -175,11 +185,7 @@ fn a_reader_that_fails_or_ends_short_fails_the_request_by_name() {
     let server = TestServer::tls(&leaf, |_, _| Reply::ok("never"));
     let (client, _f) = client_for(&ca);
     let data = pattern(600_000);
-    let failing = Trickle {
-        data: data.clone(),
-        at: 0,
-        fail_at: Some(300_000),
-    };
+    let failing = Trickle::new(&data, Some(300_000));
     let req = http::Request::put(server.url("/up"))
         .body(Body::reader(failing, None))
         .expect("request");
@@ -189,11 +195,7 @@ fn a_reader_that_fails_or_ends_short_fails_the_request_by_name() {
         }
         other => panic!("expected BodySource, got {other:?}"),
     }
-    let short = Trickle {
-        data,
-        at: 0,
-        fail_at: None,
-    };
+    let short = Trickle::new(&data, None);
     let req = http::Request::put(server.url("/up"))
         .body(Body::reader(short, Some(700_000)))
         .expect("request");
@@ -386,14 +388,7 @@ fn an_engine_reads_a_reader_body_on_its_own_thread() {
     let mut engine = rotary::Engine::new(config).expect("engine");
     let data = pattern(700_000);
     for length in [None, Some(data.len() as u64)] {
-        let reader = Trickle {
-            data: data.clone(),
-            at: 0,
-            fail_at: None,
-        };
-        let req = http::Request::put(server.url("/up"))
-            .body(Body::reader(reader, length))
-            .expect("request");
+        let req = reader_put(&server.url("/up"), &data, length);
         let resp = engine
             .execute(req, RequestOptions::default())
             .expect("response");
@@ -402,11 +397,7 @@ fn an_engine_reads_a_reader_body_on_its_own_thread() {
     let seen = server.requests();
     assert!(seen[0].chunked && !seen[1].chunked);
     assert!(seen.iter().all(|r| r.body == data));
-    let short = Trickle {
-        data: data.clone(),
-        at: 0,
-        fail_at: None,
-    };
+    let short = Trickle::new(&data, None);
     let req = http::Request::put(server.url("/up"))
         .body(Body::reader(short, Some(data.len() as u64 + 1)))
         .expect("request");
