@@ -60,6 +60,7 @@ mod keys;
 mod origin;
 mod path;
 mod proxy;
+mod proxy_tls;
 mod session;
 mod sock;
 mod stats;
@@ -78,8 +79,8 @@ pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
 pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
-    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy,
-    Trailers,
+    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, ProxyTlsInfo, RequestId,
+    ServedBy, Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
