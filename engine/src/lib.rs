@@ -26,10 +26,12 @@
 //!   PEM a job should trust to reach any server with a certificate from the
 //!   same CA.
 //!
-//! * Forward proxies ([`Config::proxy`], [`Proxies`]): `https://` origins
-//!   through `CONNECT` tunnels, `http://` in absolute-form, Basic
-//!   credentials, the environment read with curl's rules; the chain reported
-//!   is always the origin's.
+//! * Forward proxies ([`Config::proxy`], [`Proxies`]), `http://` or
+//!   `https://` (TLS to the proxy with its own trust, then the origin's TLS
+//!   inside it): `https://` origins through `CONNECT` tunnels, `http://` in
+//!   absolute-form, Basic credentials, the environment read with curl's
+//!   rules; the chain reported is always the origin's, an `https://`
+//!   proxy's apart ([`ConnectionInfo::proxy_tls`]).
 //!
 //! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
 //! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
