@@ -12,8 +12,9 @@
 //! The readiness contract the connection relies on holds through this
 //! pipe: `read` answers `WouldBlock` only once the socket did and no
 //! decrypted byte is left in the session, and a read shorter than asked
-//! only when the socket answered `WouldBlock` or EOF; so a new readiness
-//! edge always follows. `write` takes bytes only when the session's
+//! only when the socket answered `WouldBlock`, EOF or a short read (the
+//! same sign of a drained socket the connection takes from a plain one);
+//! so a new readiness edge always follows. `write` takes bytes only when the session's
 //! encrypted output is flushed (else `WouldBlock`), so what it holds is
 //! bounded by one write (and rustls's buffer limit), and [`ProxyTls::push`]
 //! writes what is left when the socket turns writable.
@@ -153,6 +154,9 @@ impl Read for ProxyTls {
             return Ok(0);
         }
         let mut filled = 0;
+        // The last socket read was short: the socket is drained, as the
+        // connection assumes of a plain socket's short read.
+        let mut drained = false;
         loop {
             match self.tls.reader().read(&mut buf[filled..]) {
                 Ok(0) => return Ok(filled),
@@ -167,14 +171,20 @@ impl Read for ProxyTls {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
                 Err(e) => return Err(e),
             }
-            if self.eof {
+            if self.eof || (drained && filled > 0) {
+                // A short answer: the next edge brings more. (Without
+                // it, one more read per response only to hear WouldBlock.)
                 return Ok(filled);
             }
             // The session's plaintext is drained: only now read more
             // records, so rustls's received-plaintext limit never trips.
-            match self.tls.read_tls(&mut self.sock) {
+            let mut from = Drained {
+                sock: &mut self.sock,
+                short: false,
+            };
+            match self.tls.read_tls(&mut from) {
                 Ok(0) => self.eof = true,
-                Ok(_) => {}
+                Ok(_) => drained = from.short,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return if filled > 0 { Ok(filled) } else { Err(e) };
                 }
@@ -184,11 +194,28 @@ impl Read for ProxyTls {
             if let Err(e) = self.tls.process_new_packets() {
                 // The alert rustls queued, best effort.
                 let _ = self.push();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, ProxyTlsError(e)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    ProxyTlsError(e),
+                ));
             }
             // Handshake answers, key updates: out at once.
             self.push()?;
         }
+    }
+}
+
+/// The socket, noting whether a read returned less than asked.
+struct Drained<'a> {
+    sock: &'a mut Sock,
+    short: bool,
+}
+
+impl Read for Drained<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
 
