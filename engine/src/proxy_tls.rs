@@ -194,10 +194,7 @@ impl Read for ProxyTls {
             if let Err(e) = self.tls.process_new_packets() {
                 // The alert rustls queued, best effort.
                 let _ = self.push();
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    ProxyTlsError(e),
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, ProxyTlsError(e)));
             }
             // Handshake answers, key updates: out at once.
             self.push()?;
