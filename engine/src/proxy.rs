@@ -645,6 +645,19 @@ mod tests {
     }
 
     #[test]
+    fn env_takes_https_proxies_with_their_default_port() {
+        let p =
+            Proxies::from_lookup(env(&[("https_proxy", "https://u:pw@tls.corp")])).expect("parses");
+        let proxy = p.for_origin(&origin("https://a.test")).expect("a proxy");
+        assert!(proxy.is_tls() && proxy.has_credentials());
+        assert_eq!(proxy.to_string(), "https://tls.corp:443");
+        let trust = Trust::pem_file("/etc/proxy-ca.pem");
+        let p = p.trust(trust.clone());
+        let proxy = p.for_origin(&origin("https://a.test")).expect("a proxy");
+        assert_eq!(proxy.trust(), Some(&trust));
+    }
+
+    #[test]
     fn all_proxy_fills_in_and_empty_values_are_unset() {
         let p = Proxies::from_lookup(env(&[("https_proxy", ""), ("ALL_PROXY", "http://every:9")]))
             .expect("parses");

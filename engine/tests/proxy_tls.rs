@@ -428,3 +428,82 @@ fn a_plain_http_answer_to_the_client_hello_is_a_proxy_tls_failure() {
     peer.join().expect("peer thread");
     assert_drained(&mut engine);
 }
+
+/// One GET through an `https://` proxy following `script` inside its TLS;
+/// the error, after the checks every proxy failure shares.
+fn failing_inside_tls(test: &str, script: ProxyScript, proxy_connect: Duration) -> Error {
+    let (ca, _) = ca_and_leaf();
+    let proxy = ConnectProxy::start_tls(script, &ca.issue(&["127.0.0.1"]));
+    let url = proxy.url(Some("ops:hunter2"));
+    let (mut engine, _ca) = engine_for(&ca, |c| {
+        through(&url, None)(c);
+        c.timeouts.proxy_connect = proxy_connect;
+    });
+    let id = engine.submit(get("https://localhost:9/"), RequestOptions::default());
+    let out = finish(&mut engine, &[id], T);
+    let err = out.error(id).clone();
+    row(test, &err);
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "{test}: {shown}");
+    assert_eq!(
+        proxy.tls_handshakes(),
+        1,
+        "{test}: the CONNECT went inside TLS"
+    );
+    assert_eq!(proxy.heads().len(), 1, "{test}");
+    assert_eq!(engine.stats().retries, 0, "{test}");
+    assert_drained(&mut engine);
+    err
+}
+
+#[test]
+fn connect_failures_inside_an_https_proxys_tls_are_the_same_rows() {
+    let answer = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+        Proxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n";
+    let err = failing_inside_tls("tls 407", ProxyScript::Answer(answer.to_vec()), T);
+    assert!(
+        matches!(
+            &err,
+            Error::Proxy {
+                failure: ProxyFailure::Refused {
+                    credentials_sent: true,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = failing_inside_tls("tls closed", ProxyScript::Close, T);
+    assert!(
+        matches!(
+            &err,
+            Error::Proxy {
+                failure: ProxyFailure::Closed,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = failing_inside_tls(
+        "tls silent",
+        ProxyScript::AnswerThenHold(Vec::new()),
+        Duration::from_millis(60),
+    );
+    assert_eq!(err.deadline(), Some(Deadline::ProxyConnect), "{err:?}");
+    let err = failing_inside_tls(
+        "tls malformed",
+        ProxyScript::Answer(b"HTTP/1.1 two hundred\r\n\r\n".to_vec()),
+        T,
+    );
+    assert!(
+        matches!(
+            &err,
+            Error::Proxy {
+                failure: ProxyFailure::BadResponse(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

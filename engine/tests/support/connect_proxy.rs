@@ -186,8 +186,7 @@ fn terminate(
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
 ) -> io::Result<()> {
     tcp.set_read_timeout(Some(IDLE))?;
-    let session = rustls::ServerConnection::new(config)
-        .map_err(io::Error::other)?;
+    let session = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
     let session = Arc::new(Mutex::new(session));
     let back = TcpStream::connect(backend)?;
     back.set_read_timeout(Some(IDLE))?;
