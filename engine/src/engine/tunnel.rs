@@ -188,12 +188,17 @@ impl Engine {
         let session = outer.session();
         let presented = session.peer_certificates().unwrap_or_default();
         let chain = state.peer_chain(presented, proxy.host(), None);
+        let facts = match (
+            session.protocol_version(),
+            session.negotiated_cipher_suite(),
+        ) {
+            (Some(v), Some(c)) => format!("{v:?}, {:?}", c.suite()),
+            _ => "version unknown".to_owned(),
+        };
         log::debug!(
-            "connection {} to {}: tls with proxy {proxy} up ({:?}, {:?}), its leaf {}",
+            "connection {} to {}: tls with proxy {proxy} up ({facts}), its leaf {}",
             conn.id.0,
             self.pools[p].origin,
-            session.protocol_version(),
-            session.negotiated_cipher_suite().map(|s| s.suite()),
             chain.fingerprint_hex()
         );
         outer.set_chain(chain);
