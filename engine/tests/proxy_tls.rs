@@ -507,3 +507,77 @@ fn connect_failures_inside_an_https_proxys_tls_are_the_same_rows() {
         "{err:?}"
     );
 }
+
+/// 40 requests, a tunnel each, through an `https://` proxy, with the seeded
+/// chaos proxy placed in front of the https proxy (`outer`: it breaks the
+/// proxy's own TLS) or behind it (it breaks the origin's traffic inside).
+/// Every request ends once; what broke behind the proxy is never blamed on
+/// it; the engine ends drained.
+fn chaos_through_an_https_proxy(outer: bool) {
+    let seed = std::env::var("ROTARY_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    eprintln!("chaos seed {seed} (ROTARY_CHAOS_SEED replays it), outer {outer}");
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok(vec![b'x'; 2000]));
+    let behind = FaultProxy::builder(server.addr())
+        .seed(seed)
+        .random_faults(if outer { 0.0 } else { 0.3 }, 4096)
+        .start();
+    let proxy = ConnectProxy::start_tls(
+        ProxyScript::Tunnel {
+            upstream: behind.addr(),
+        },
+        &ca.issue(&["127.0.0.1"]),
+    );
+    let front = FaultProxy::builder(proxy.addr())
+        .seed(seed)
+        .random_faults(if outer { 0.3 } else { 0.0 }, 4096)
+        .start();
+    let url = format!("https://{}", front.addr());
+    let (mut engine, _ca) = engine_for(&ca, |c| {
+        through(&url, None)(c);
+        c.policy.max_requests = Some(1);
+        c.timeouts.handshake = Duration::from_millis(600);
+        c.timeouts.proxy_connect = Duration::from_millis(600);
+    });
+    let opts = RequestOptions::default().deadline(Duration::from_millis(600));
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..8 {
+        let ids: Vec<_> = (0..5)
+            .map(|_| engine.submit(get(&server.url("/")), opts))
+            .collect();
+        let out = finish(&mut engine, &ids, T);
+        for id in ids {
+            match out.event(id) {
+                Event::Response { response, .. } => {
+                    assert_eq!(response.body().len(), 2000);
+                    ok += 1;
+                }
+                Event::Failed { error, .. } => {
+                    if !outer {
+                        assert_ne!(error.phase(), Phase::Proxy, "{error:?}");
+                    }
+                    failed += 1;
+                }
+                other => panic!("unexpected terminal event {other:?}"),
+            }
+        }
+    }
+    let fired = if outer { front.stats() } else { behind.stats() };
+    eprintln!("{ok} ok, {failed} failed, faults {fired:?}");
+    assert!(ok > 0, "some requests get through");
+    assert!(fired.fired > 0, "faults fired");
+    assert_drained(&mut engine);
+}
+
+#[test]
+fn chaos_in_front_of_an_https_proxy_ends_every_request_once() {
+    chaos_through_an_https_proxy(true);
+}
+
+#[test]
+fn chaos_behind_an_https_proxy_is_never_blamed_on_it() {
+    chaos_through_an_https_proxy(false);
+}
