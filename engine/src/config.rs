@@ -24,7 +24,10 @@ pub struct Timeouts {
     /// tries the addresses strictly one after another.
     pub happy_eyeballs_delay: Duration,
     /// The proxy's answer to `CONNECT`, from the moment TCP to the proxy is
-    /// up. Default 10 s.
+    /// up (for an `https://` proxy: from the end of the TLS handshake with
+    /// it, which [`Timeouts::handshake`] bounds,
+    /// [`Deadline::ProxyHandshake`](crate::Deadline::ProxyHandshake)).
+    /// Default 10 s.
     pub proxy_connect: Duration,
 }
 

@@ -25,6 +25,8 @@ pub(crate) enum Stage {
     Resolving,
     /// Non-blocking TCP connect in progress.
     Connecting,
+    /// Connected to an `https://` proxy: TLS handshake with it in progress.
+    ProxyHandshaking,
     /// Connected to a proxy: `CONNECT` sent, waiting for its answer.
     Tunneling,
     /// TLS handshake in progress.
@@ -36,7 +38,8 @@ pub(crate) enum Stage {
 /// The timers a connection may hold, at most one of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnTimer {
-    /// DNS, connect, proxy CONNECT or handshake deadline (one at a time).
+    /// DNS, connect, proxy handshake, proxy CONNECT or handshake deadline
+    /// (one at a time).
     Setup = 0,
     /// Idle timeout.
     Idle = 1,
@@ -262,7 +265,17 @@ impl Conn {
         self.interest = None;
     }
 
-    /// Connected to a proxy → `CONNECT` in flight.
+    /// Connected to an `https://` proxy → TLS handshake with it: the
+    /// socket becomes what `wrap` makes of it (the proxy's session over it).
+    pub(crate) fn start_proxy_handshake(&mut self, wrap: impl FnOnce(Sock) -> Sock) {
+        if let Some(sock) = self.sock.take() {
+            self.sock = Some(wrap(sock));
+        }
+        self.stage = Stage::ProxyHandshaking;
+    }
+
+    /// Connected to a proxy (and handshaken with an `https://` one) →
+    /// `CONNECT` in flight.
     pub(crate) fn start_tunnel(&mut self) {
         self.stage = Stage::Tunneling;
     }
@@ -444,6 +457,9 @@ impl Conn {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(());
         };
+        // What an https proxy's session holds goes first (nothing, on a
+        // plain socket).
+        sock.push().map_err(IoFailure::Io)?;
         let Some(tls) = self.tls.as_deref_mut() else {
             while !self.wbuf.is_empty() {
                 match sock.write(&self.wbuf) {
@@ -477,6 +493,7 @@ impl Conn {
         self.stage == Stage::Connecting
             || !self.wbuf.is_empty()
             || self.tls.as_ref().is_some_and(|t| t.wants_write())
+            || self.sock.as_ref().is_some_and(Sock::wants_write)
     }
 
     /// Register or re-register the socket for the interest its state needs.

@@ -15,6 +15,9 @@ pub enum Deadline {
     Connect,
     /// The TLS handshake took longer than [`Timeouts::handshake`](crate::Timeouts::handshake).
     Handshake,
+    /// The TLS handshake with an `https://` proxy took longer than
+    /// [`Timeouts::handshake`](crate::Timeouts::handshake).
+    ProxyHandshake,
     /// The proxy did not answer the `CONNECT` within
     /// [`Timeouts::proxy_connect`](crate::Timeouts::proxy_connect).
     ProxyConnect,
@@ -40,6 +43,7 @@ impl fmt::Display for Deadline {
             Deadline::Dns => "dns",
             Deadline::Connect => "connect",
             Deadline::Handshake => "tls handshake",
+            Deadline::ProxyHandshake => "proxy tls handshake",
             Deadline::ProxyConnect => "proxy CONNECT",
             Deadline::FirstByte => "first response byte",
             Deadline::Total => "total request",
@@ -74,8 +78,8 @@ pub enum Phase {
     Cancelled,
     /// The engine shut down.
     Shutdown,
-    /// Reaching the origin through the proxy: reaching the proxy, its
-    /// `CONNECT` answer.
+    /// Reaching the origin through the proxy: reaching the proxy, the TLS
+    /// handshake with an `https://` proxy, its `CONNECT` answer.
     Proxy,
 }
 
@@ -166,6 +170,11 @@ impl fmt::Display for RedirectError {
 pub enum ProxyFailure {
     /// The proxy's name did not resolve or no address of it connected.
     Unreachable(Box<Error>),
+    /// The TLS handshake with an `https://` proxy failed (`reason` is
+    /// rustls's verdict: for example the proxy's certificate is not trusted
+    /// by the proxy's trust settings, or names another host), or the proxy
+    /// broke TLS before the tunnel was up.
+    Tls(rustls::Error),
     /// The proxy answered the `CONNECT` with a status other than 2xx.
     Refused {
         /// The proxy's status (407: it wants credentials, or refused ours;
@@ -190,6 +199,7 @@ impl fmt::Display for ProxyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyFailure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            ProxyFailure::Tls(reason) => write!(f, "tls with the proxy failed: {reason}"),
             ProxyFailure::Refused {
                 status,
                 authenticate,
@@ -308,7 +318,8 @@ pub enum Error {
     Sink(Arc<io::Error>),
     /// The origin could not be reached through its proxy.
     Proxy {
-        /// The proxy, as `http://host:port` (never with credentials).
+        /// The proxy, as `http://host:port` or `https://host:port` (never
+        /// with credentials).
         proxy: String,
         /// What went wrong.
         failure: ProxyFailure,
@@ -458,6 +469,10 @@ impl std::error::Error for Error {
                 failure: ProxyFailure::Unreachable(e),
                 ..
             } => Some(&**e),
+            Error::Proxy {
+                failure: ProxyFailure::Tls(reason),
+                ..
+            } => Some(reason),
             _ => None,
         }
     }

@@ -138,8 +138,10 @@ pub struct ConnectionInfo {
     pub origin: Origin,
     /// The address it connected to (the proxy's, through a proxy).
     pub peer_addr: SocketAddr,
-    /// The proxy it goes through, as `http://host:port` (`None`: direct).
-    /// The chain and TLS facts below are the origin's, from inside the tunnel.
+    /// The proxy it goes through, as `http://host:port` or
+    /// `https://host:port` (`None`: direct). The chain and TLS facts below
+    /// are the origin's, from inside the tunnel; an `https://` proxy's own
+    /// are in [`ConnectionInfo::proxy_tls`].
     pub proxy: Option<String>,
     /// TLS version (`None` for `http://`).
     pub tls_version: Option<rustls::ProtocolVersion>,
@@ -150,8 +152,28 @@ pub struct ConnectionInfo {
     /// Full or resumed (`None` for `http://`).
     pub handshake: Option<Handshake>,
     /// The peer chain as presented, with its verified path and CA bundle
-    /// (`None` for `http://`).
+    /// (`None` for `http://`). Always the origin's, also through an
+    /// `https://` proxy (whose own is [`ConnectionInfo::proxy_tls`]).
     pub chain: Option<Arc<PeerChain>>,
+    /// The TLS session with an `https://` proxy, under the origin's
+    /// (`None`: direct, or an `http://` proxy).
+    pub proxy_tls: Option<ProxyTlsInfo>,
+}
+
+/// The TLS session with an `https://` proxy; see
+/// [`ConnectionInfo::proxy_tls`]. Always a full handshake: its chain is
+/// the one the proxy presented to this connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxyTlsInfo {
+    /// TLS version.
+    pub tls_version: Option<rustls::ProtocolVersion>,
+    /// Negotiated cipher suite.
+    pub cipher_suite: Option<rustls::CipherSuite>,
+    /// The proxy's chain as presented, with its verified path (checked
+    /// against the proxy's trust settings,
+    /// [`Proxy::with_trust`](crate::Proxy::with_trust), or the engine's).
+    pub chain: Arc<PeerChain>,
 }
 
 /// The connection that carried a response.

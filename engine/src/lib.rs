@@ -28,10 +28,12 @@
 //!   PEM a job should trust to reach any server with a certificate from the
 //!   same CA.
 //!
-//! * Forward proxies ([`Config::proxy`], [`Proxies`]): `https://` origins
-//!   through `CONNECT` tunnels, `http://` in absolute-form, Basic
-//!   credentials, the environment read with curl's rules; the chain reported
-//!   is always the origin's.
+//! * Forward proxies ([`Config::proxy`], [`Proxies`]), `http://` or
+//!   `https://` (TLS to the proxy with its own trust, then the origin's TLS
+//!   inside it): `https://` origins through `CONNECT` tunnels, `http://` in
+//!   absolute-form, Basic credentials, the environment read with curl's
+//!   rules; the chain reported is always the origin's, an `https://`
+//!   proxy's apart ([`ConnectionInfo::proxy_tls`]).
 //!
 //! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
 //! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
@@ -63,6 +65,7 @@ mod keys;
 mod origin;
 mod path;
 mod proxy;
+mod proxy_tls;
 mod session;
 mod sock;
 mod stats;
@@ -82,8 +85,8 @@ pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
 pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
-    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, RequestId, ServedBy,
-    Trailers,
+    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, ProxyTlsInfo, RequestId,
+    ServedBy, Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};

@@ -13,21 +13,41 @@ use std::sync::Arc;
 use base64::Engine as _;
 use http::HeaderValue;
 
-use crate::{Error, Origin};
+use crate::{Error, Origin, Trust};
 
-/// Port of a proxy URL without one, as curl uses.
+/// Port of an `http://` proxy URL without one, as curl uses.
 const DEFAULT_PROXY_PORT: u16 = 1080;
+/// Port of an `https://` proxy URL without one, as curl uses.
+const DEFAULT_TLS_PROXY_PORT: u16 = 443;
 
-/// An `http://` forward proxy: its host, port and optional Basic credentials.
+/// A forward proxy: `http://` or `https://`, its host, port, optional
+/// Basic credentials and, for `https://`, the trust settings its own
+/// certificate is checked against.
 ///
 /// `https://` origins go through it in a `CONNECT` tunnel (TLS to the origin
-/// inside it); `http://` origins are sent to it in absolute-form. Credentials
-/// never appear in `Debug`, `Display`, logs or errors.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// inside it); `http://` origins are sent to it in absolute-form. With an
+/// `https://` proxy all of that runs inside a TLS session with the proxy
+/// first: two TLS sessions on one socket for an `https://` origin.
+/// Credentials never appear in `Debug`, `Display`, logs or errors.
+///
+/// Two proxies are equal when scheme, host, port, credentials and trust
+/// are; connections through unequal proxies are never pooled together.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
+    tls: bool,
     host: String,
     port: u16,
     credentials: Option<Credentials>,
+    /// The trust for the proxy's certificate; `None`: the engine's.
+    trust: Option<Box<Trust>>,
+}
+
+impl std::hash::Hash for Proxy {
+    /// Scheme, host, port and credentials (equal proxies hash equal; the
+    /// trust settings only ever tell apart proxies that share all four).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.tls, &self.host, self.port, &self.credentials).hash(state);
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -37,30 +57,38 @@ struct Credentials {
 }
 
 impl Proxy {
-    /// A proxy from a URL as curl takes it: `http://[user:password@]host[:port]`,
-    /// the scheme optional (`host:3128` means `http://host:3128`), the port
-    /// 1080 when absent (curl's default), user and password percent-decoded.
-    /// A path after the authority is ignored.
+    /// A proxy from a URL as curl takes it:
+    /// `http[s]://[user:password@]host[:port]`, the scheme optional
+    /// (`host:3128` means `http://host:3128`), the port when absent 1080
+    /// for `http://` and 443 for `https://` (curl's defaults), user and
+    /// password percent-decoded. A path after the authority is ignored. An
+    /// `https://` proxy's certificate is checked against the engine's
+    /// [`Config::trust`](crate::Config::trust) unless
+    /// [`Proxy::with_trust`] says otherwise.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for another scheme (`https://` and SOCKS
-    /// proxies are not supported), an empty host or a bad port. The message
-    /// never repeats the credentials.
+    /// [`Error::InvalidRequest`] for another scheme (SOCKS proxies are not
+    /// supported), an empty host or a bad port. The message never repeats
+    /// the credentials.
     pub fn parse(url: &str) -> Result<Proxy, Error> {
         let bad = |why: &str| Error::InvalidRequest(format!("bad proxy url: {why}"));
         let url = url.trim();
-        let rest = match url.find("://") {
+        let (tls, rest) = match url.find("://") {
             Some(i) => {
                 let scheme = &url[..i];
-                if !scheme.eq_ignore_ascii_case("http") {
+                let tls = if scheme.eq_ignore_ascii_case("http") {
+                    false
+                } else if scheme.eq_ignore_ascii_case("https") {
+                    true
+                } else {
                     return Err(bad(&format!(
-                        "unsupported scheme {:?} (only http:// proxies)",
+                        "unsupported scheme {:?} (only http:// and https:// proxies)",
                         scheme.to_ascii_lowercase()
                     )));
-                }
-                &url[i + 3..]
+                };
+                (tls, &url[i + 3..])
             }
-            None => url,
+            None => (false, url),
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let (userinfo, hostport) = match authority.rfind('@') {
@@ -82,11 +110,41 @@ impl Proxy {
                 })
             }
         };
+        let default_port = if tls {
+            DEFAULT_TLS_PROXY_PORT
+        } else {
+            DEFAULT_PROXY_PORT
+        };
         Ok(Proxy {
+            tls,
             host: host.to_ascii_lowercase(),
-            port: port.unwrap_or(DEFAULT_PROXY_PORT),
+            port: port.unwrap_or(default_port),
             credentials,
+            trust: None,
         })
+    }
+
+    /// The same proxy, its certificate checked against `trust` instead of
+    /// the engine's [`Config::trust`](crate::Config::trust) (as curl's
+    /// `--proxy-cacert`). Only an `https://` proxy has a certificate; for
+    /// an `http://` one this changes nothing but equality. The files are
+    /// read when the engine is built and re-read when they change, as the
+    /// engine's own trust files are; a client identity in `trust` is
+    /// presented to the proxy.
+    pub fn with_trust(mut self, trust: Trust) -> Proxy {
+        self.trust = Some(Box::new(trust));
+        self
+    }
+
+    /// Whether the connection to the proxy itself is TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The trust settings for the proxy's certificate, when not the
+    /// engine's ([`Proxy::with_trust`]).
+    pub fn trust(&self) -> Option<&Trust> {
+        self.trust.as_deref()
     }
 
     /// The same proxy with Basic credentials (as curl's `--proxy-user`),
@@ -126,12 +184,13 @@ impl Proxy {
 }
 
 impl fmt::Display for Proxy {
-    /// `http://host:port`, never the credentials.
+    /// `http://host:port` or `https://host:port`, never the credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(f, "http://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "http://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -139,12 +198,14 @@ impl fmt::Display for Proxy {
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proxy")
+            .field("tls", &self.tls)
             .field("host", &self.host)
             .field("port", &self.port)
             .field(
                 "credentials",
                 &self.credentials.as_ref().map(|_| "<redacted>"),
             )
+            .field("trust", &self.trust)
             .finish()
     }
 }
@@ -351,6 +412,20 @@ impl Proxies {
         self
     }
 
+    /// Check every `https://` proxy's certificate against `trust` (as
+    /// curl's `--proxy-cacert`); see [`Proxy::with_trust`].
+    pub fn trust(mut self, trust: Trust) -> Proxies {
+        for p in [&mut self.http, &mut self.https].into_iter().flatten() {
+            *p = Arc::new((**p).clone().with_trust(trust.clone()));
+        }
+        self
+    }
+
+    /// Every proxy named (one may be named twice).
+    pub(crate) fn each(&self) -> impl Iterator<Item = &Arc<Proxy>> {
+        self.http.iter().chain(self.https.iter())
+    }
+
     /// The proxies the process environment names; see
     /// [`Proxies::from_lookup`].
     ///
@@ -493,8 +568,20 @@ mod tests {
         let p = Proxy::parse("HTTP://[::1]:8080/ignored").expect("v6");
         assert_eq!((p.host(), p.port()), ("::1", 8080));
         assert_eq!(p.to_string(), "http://[::1]:8080");
+        let p = Proxy::parse("HTTPS://proxy.corp").expect("https");
+        assert!(p.is_tls());
+        assert_eq!(
+            (p.port(), p.to_string().as_str()),
+            (443, "https://proxy.corp:443")
+        );
+        let p = Proxy::parse("https://proxy.corp:3129").expect("https port");
+        assert_eq!((p.port(), p.trust()), (3129, None));
+        let q = p.clone().with_trust(Trust::pem_file("/etc/proxy-ca.pem"));
+        assert!(
+            q.trust().is_some() && q != p,
+            "the trust tells proxies apart"
+        );
         for bad in [
-            "https://proxy:443",
             "socks5://proxy:1080",
             "http://:3128",
             "http://proxy:99999",
@@ -555,6 +642,19 @@ mod tests {
         .expect("parses");
         assert_eq!(via(&p, "https://a.test").as_deref(), Some("http://lower:1"));
         assert_eq!(via(&p, "http://a.test").as_deref(), Some("http://plain:3"));
+    }
+
+    #[test]
+    fn env_takes_https_proxies_with_their_default_port() {
+        let p =
+            Proxies::from_lookup(env(&[("https_proxy", "https://u:pw@tls.corp")])).expect("parses");
+        let proxy = p.for_origin(&origin("https://a.test")).expect("a proxy");
+        assert!(proxy.is_tls() && proxy.has_credentials());
+        assert_eq!(proxy.to_string(), "https://tls.corp:443");
+        let trust = Trust::pem_file("/etc/proxy-ca.pem");
+        let p = p.trust(trust.clone());
+        let proxy = p.for_origin(&origin("https://a.test")).expect("a proxy");
+        assert_eq!(proxy.trust(), Some(&trust));
     }
 
     #[test]

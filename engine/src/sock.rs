@@ -1,5 +1,8 @@
-//! The byte pipe under a connection: a mio TCP stream, or an in-memory pipe
-//! from [`crate::fuzzing::MemNet`] that lets a fuzzer play the peer.
+//! The byte pipe under a connection: a mio TCP stream, an in-memory pipe
+//! from [`crate::fuzzing::MemNet`] that lets a fuzzer play the peer, or the
+//! TLS session with an `https://` proxy over one of those
+//! ([`crate::proxy_tls`]). An enum, so a direct connection pays one match
+//! per call for the proxy's case.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +11,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::fuzzing::{MemConn, MemNet};
+use crate::proxy_tls::ProxyTls;
 
 /// Where connections go: TCP, or the in-memory pipes of a fuzzer. The one
 /// place the engine's production path meets the fuzzing hooks.
@@ -43,6 +47,8 @@ impl Net {
 pub(crate) enum Sock {
     Tcp(TcpStream),
     Mem(MemConn),
+    /// TLS to an `https://` proxy over a TCP (or in-memory) socket.
+    ProxyTls(Box<ProxyTls>),
 }
 
 impl Sock {
@@ -57,21 +63,66 @@ impl Sock {
             Sock::Tcp(s) if first => registry.register(s, token, interest),
             Sock::Tcp(s) => registry.reregister(s, token, interest),
             Sock::Mem(_) => Ok(()),
+            Sock::ProxyTls(t) => t.sock_mut().register(registry, token, interest, first),
         }
     }
 
     pub(crate) fn deregister(&mut self, registry: &Registry) {
-        if let Sock::Tcp(s) = self {
-            let _ = registry.deregister(s);
+        match self {
+            Sock::Tcp(s) => {
+                let _ = registry.deregister(s);
+            }
+            Sock::Mem(_) => {}
+            Sock::ProxyTls(t) => t.sock_mut().deregister(registry),
         }
     }
 
-    pub(crate) fn shutdown_write(&self) {
+    /// End the sending side (after a close_notify to an `https://` proxy).
+    pub(crate) fn shutdown_write(&mut self) {
         match self {
             Sock::Tcp(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
             Sock::Mem(m) => m.shutdown_write(),
+            Sock::ProxyTls(t) => t.shutdown_write(),
+        }
+    }
+
+    /// Write what an `https://` proxy's session holds encrypted (a plain
+    /// socket holds nothing).
+    ///
+    /// # Errors
+    /// The socket's error.
+    #[inline]
+    pub(crate) fn push(&mut self) -> io::Result<()> {
+        match self {
+            Sock::ProxyTls(t) => t.push(),
+            Sock::Tcp(_) | Sock::Mem(_) => Ok(()),
+        }
+    }
+
+    /// Bytes wait in the pipe itself for the socket to take them.
+    #[inline]
+    pub(crate) fn wants_write(&self) -> bool {
+        match self {
+            Sock::ProxyTls(t) => t.wants_write(),
+            Sock::Tcp(_) | Sock::Mem(_) => false,
+        }
+    }
+
+    /// The TLS session with an `https://` proxy, if this pipe is one.
+    pub(crate) fn proxy_tls(&self) -> Option<&ProxyTls> {
+        match self {
+            Sock::ProxyTls(t) => Some(t),
+            Sock::Tcp(_) | Sock::Mem(_) => None,
+        }
+    }
+
+    /// As [`Sock::proxy_tls`], mutably.
+    pub(crate) fn proxy_tls_mut(&mut self) -> Option<&mut ProxyTls> {
+        match self {
+            Sock::ProxyTls(t) => Some(t),
+            Sock::Tcp(_) | Sock::Mem(_) => None,
         }
     }
 
@@ -90,36 +141,49 @@ impl Sock {
                 }
             }
             Sock::Mem(_) => Ok(true),
+            Sock::ProxyTls(t) => t.sock().connect_result(),
         }
     }
 
     pub(crate) fn set_nodelay(&self) {
-        if let Sock::Tcp(s) = self {
-            let _ = s.set_nodelay(true);
+        match self {
+            Sock::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            Sock::Mem(_) => {}
+            Sock::ProxyTls(t) => t.sock().set_nodelay(),
         }
     }
 
     /// A socket raises readiness events; an in-memory pipe raises none: it
     /// connects at once and is driven by `Engine::drive_silent`.
     pub(crate) fn is_evented(&self) -> bool {
-        matches!(self, Sock::Tcp(_))
+        match self {
+            Sock::Tcp(_) => true,
+            Sock::Mem(_) => false,
+            Sock::ProxyTls(t) => t.sock().is_evented(),
+        }
     }
 }
 
 impl Read for Sock {
+    #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.read(buf),
             Sock::Mem(m) => m.read(buf),
+            Sock::ProxyTls(t) => t.read(buf),
         }
     }
 }
 
 impl Write for Sock {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.write(buf),
             Sock::Mem(m) => m.write(buf),
+            Sock::ProxyTls(t) => t.write(buf),
         }
     }
 
@@ -127,6 +191,7 @@ impl Write for Sock {
         match self {
             Sock::Tcp(s) => s.flush(),
             Sock::Mem(_) => Ok(()),
+            Sock::ProxyTls(t) => t.flush(),
         }
     }
 }

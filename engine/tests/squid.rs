@@ -1,8 +1,10 @@
 //! Through squid, a real proxy nobody here wrote: CONNECT without
 //! credentials, with Basic credentials (an htpasswd file made at test time,
 //! checked by the `basic_ncsa_auth` helper squid ships), a refused port
-//! (403), and a certificate rotation at the in-repo server healing within
-//! `max_age` through the tunnel.
+//! (403), a certificate rotation at the in-repo server healing within
+//! `max_age` through the tunnel, and squid as an `https://` proxy (its
+//! `https_port`; Debian builds squid with GnuTLS, which serves it) with the
+//! origin's TLS inside squid's.
 //!
 //! Each test writes a minimal `squid.conf` into a temp dir (its own pid,
 //! log and cache paths, no system service) and runs `squid -N` in the
@@ -76,6 +78,8 @@ fn ncsa_helper() -> Option<PathBuf> {
 /// A squid child on 127.0.0.1, with its own temp dir; killed on drop.
 struct Squid {
     addr: SocketAddr,
+    /// Its `https_port`, when started with a certificate.
+    tls_addr: Option<SocketAddr>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -85,6 +89,20 @@ impl Squid {
     /// `auth` (user, password) requiring Basic credentials. `None` when
     /// squid (or a helper) is missing outside CI.
     fn start(allowed_port: u16, auth: Option<(&str, &str)>) -> Option<Squid> {
+        Squid::start_with(allowed_port, auth, None)
+    }
+
+    /// As [`Squid::start`] without credentials, also serving TLS with
+    /// `cert` on an `https_port` of its own.
+    fn start_tls(allowed_port: u16, cert: &Issued) -> Option<Squid> {
+        Squid::start_with(allowed_port, None, Some(cert))
+    }
+
+    fn start_with(
+        allowed_port: u16,
+        auth: Option<(&str, &str)>,
+        cert: Option<&Issued>,
+    ) -> Option<Squid> {
         let bin = tool("squid", "ROTARY_SQUID", &["/usr/sbin/squid"], "squid")?;
         let dir = tempfile::Builder::new()
             .prefix("rotary-squid-")
@@ -125,8 +143,29 @@ impl Squid {
                 )
             }
         };
+        let (tls_addr, https_port) = match cert {
+            None => (None, String::new()),
+            Some(cert) => {
+                let tls_port = free_port();
+                let (cert_file, key_file) =
+                    (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                std::fs::write(&cert_file, cert.chain_pem()).expect("write squid cert");
+                std::fs::write(&key_file, cert.key_pem()).expect("write squid key");
+                open_to_all(&cert_file);
+                open_to_all(&key_file);
+                (
+                    Some(SocketAddr::from(([127, 0, 0, 1], tls_port))),
+                    format!(
+                        "https_port 127.0.0.1:{tls_port} tls-cert={} tls-key={}\n",
+                        cert_file.display(),
+                        key_file.display()
+                    ),
+                )
+            }
+        };
         let conf = format!(
             "http_port 127.0.0.1:{port}\n\
+             {https_port}\
              pid_filename {d}/squid.pid\n\
              cache_log {d}/cache.log\n\
              access_log stdio:{d}/access.log\n\
@@ -161,6 +200,7 @@ impl Squid {
             .expect("spawn squid");
         let mut squid = Squid {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls_addr,
             child: Some(child),
             dir,
         };
@@ -171,8 +211,11 @@ impl Squid {
     /// Waits until squid accepts connections (it binds once configured).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let up = |addr: &SocketAddr| {
+            TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+        };
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if up(&self.addr) && self.tls_addr.as_ref().is_none_or(up) {
                 return;
             }
             if let Some(status) = self
@@ -403,5 +446,65 @@ fn a_rotation_heals_within_max_age_through_squid() {
     assert!(events
         .iter()
         .any(|e| matches!(e, Event::ChainChanged { .. })));
+    assert_drained(&mut engine);
+}
+
+#[test]
+fn squid_as_an_https_proxy_carries_the_origins_tls_inside_its_own() {
+    let (ca, leaf) = ca_and_leaf();
+    // squid's certificate from a CA of its own, trusted only for the proxy.
+    let proxy_ca = TestCa::new("rotary test squid CA");
+    let proxy_leaf = proxy_ca.issue(&["127.0.0.1"]);
+    let proxy_ca_file = proxy_ca.write_pem_file();
+    let server = TestServer::tls(&leaf, |_, _| Reply::ok("inside squid's tls"));
+    let Some(squid) = Squid::start_tls(server.port(), &proxy_leaf) else {
+        return;
+    };
+    let tls_addr = squid.tls_addr.expect("an https_port");
+    let url = format!("https://{tls_addr}");
+    let proxy = Proxy::parse(&url)
+        .expect("proxy url")
+        .with_trust(rotary::Trust::pem_file(proxy_ca_file.path()));
+    let (mut engine, _ca) = engine_for(&ca, |c| {
+        c.proxy = ProxySetting::Use(Proxies::all(proxy));
+    });
+    let a = engine.submit(get(&server.url_ip("/a")), RequestOptions::default());
+    let out = finish(&mut engine, &[a], T);
+    assert_eq!(out.response(a).body().as_ref(), b"inside squid's tls");
+    let b = engine.submit(get(&server.url_ip("/b")), RequestOptions::default());
+    let again = finish(&mut engine, &[b], T);
+    assert_eq!(again.response(b).status(), 200);
+    assert!(again.opened().is_empty(), "one tunnel, both requests");
+    let info = out.opened()[0];
+    assert_eq!(info.peer_addr, tls_addr);
+    assert_eq!(info.proxy.as_deref(), Some(url.as_str()));
+    assert_eq!(
+        info.chain.as_ref().expect("origin chain").der()[0],
+        leaf.cert_der(),
+        "the origin's chain, from inside the tunnel"
+    );
+    assert_eq!(
+        info.proxy_tls.as_ref().expect("squid's tls").chain.der()[0],
+        proxy_leaf.cert_der(),
+        "squid's chain, apart"
+    );
+    assert_eq!(server.stats().connections_accepted, 1);
+    // The engine's trust alone does not anchor squid's certificate.
+    let (mut strict, _ca2) = engine_for(&ca, via(&url));
+    let c = strict.submit(get(&server.url_ip("/c")), RequestOptions::default());
+    let out = finish(&mut strict, &[c], T);
+    let err = out.error(c);
+    assert_eq!(err.phase(), Phase::Proxy);
+    assert!(
+        matches!(
+            err,
+            Error::Proxy {
+                failure: ProxyFailure::Tls(rustls::Error::InvalidCertificate(_)),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_drained(&mut strict);
     assert_drained(&mut engine);
 }

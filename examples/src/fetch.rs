@@ -134,6 +134,10 @@ fn proxies(o: &Opts) -> Result<Proxies, Failure> {
         };
         Failure::usage(format!("{from}: {e}"))
     })?;
+    let proxies = match &o.proxy_cacert {
+        None => proxies,
+        Some(file) => proxies.trust(Trust::pem_file(file)),
+    };
     match &o.proxy_user {
         None => Ok(proxies),
         Some(up) => match up.split_once(':') {
@@ -166,6 +170,9 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
         let origin = rotary::Origin::parse(&o.url).ok();
         if let (Ok(p), Some(origin)) = (proxies(o), origin) {
             match p.for_origin(&origin) {
+                Some(proxy) if origin.is_tls() && proxy.is_tls() => note(format!(
+                    "proxy {proxy}: TLS to the proxy, then a CONNECT tunnel to {origin}"
+                )),
                 Some(proxy) if origin.is_tls() => {
                     note(format!("proxy {proxy}: CONNECT tunnel to {origin}"))
                 }
@@ -432,6 +439,28 @@ fn show_event(ev: &Event, o: &Opts, chatty: bool, note: &dyn Fn(String)) {
                 line.push_str(&format!(", {v:?}, {c:?}"));
             }
             note(line);
+            if let (true, Some(outer)) = (verbose, &info.proxy_tls) {
+                // The proxy's own session, under the origin's.
+                let mut line = format!(
+                    "  proxy tls: full handshake with {}",
+                    info.proxy.as_deref().unwrap_or("the proxy")
+                );
+                if let (Some(v), Some(c)) = (outer.tls_version, outer.cipher_suite) {
+                    line.push_str(&format!(", {v:?}, {c:?}"));
+                }
+                note(line);
+                note(format!(
+                    "  proxy chain: {} certificates presented, leaf SHA-256 {}",
+                    outer.chain.der().len(),
+                    outer.chain.fingerprint_hex()
+                ));
+                if let Some(path) = outer.chain.verified_path() {
+                    note("  proxy verified path:".to_owned());
+                    for entry in path.entries() {
+                        note(format!("    {entry}"));
+                    }
+                }
+            }
             if let (true, Some(chain)) = (verbose, &info.chain) {
                 note(format!(
                     "  chain: {} certificates presented, leaf SHA-256 {}",

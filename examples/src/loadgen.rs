@@ -26,8 +26,8 @@ usage: cargo run --release --example loadgen -- [FLAGS]
                        CPU and memory then count too: for client-only numbers
                        point --url at `--example rotation -- --serve ADDR`
   --cacert FILE        trust only the CA certificates in FILE (PEM)
-  --proxy URL          go through this http:// proxy (CONNECT tunnels for
-                       https://); its own CPU is not loadgen's
+  --proxy URL          go through this http:// or https:// proxy (CONNECT
+                       tunnels for https://); its own CPU is not loadgen's
   --conns C            concurrent keep-alive streams (= max connections) [1]
   --requests N         requests in total, spread over the streams     [1000]
   --max-age D          connection max age                             [15m]

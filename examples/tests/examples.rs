@@ -1388,6 +1388,146 @@ fn fetch_x_tunnels_https_with_proxy_user_and_v_shows_the_tunnel() {
     );
 }
 
+/// An https:// proxy on 127.0.0.1: TLS with `cert` terminated, the
+/// plaintext relayed to the plain proxy at `backend` both ways (one thread
+/// decrypts, one encrypts; the session is shared under a lock never held
+/// across a blocking read). Returns its address.
+fn tls_front(
+    cert: &rotary_examples::pki::ServerCert,
+    backend: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let key = cert.certified_key().expect("certified key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { return };
+            let config = config.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+                let session =
+                    rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+                let session = Arc::new(std::sync::Mutex::new(session));
+                let back = std::net::TcpStream::connect(backend)?;
+                let (mut tcp_r, mut tcp_w) = (tcp.try_clone()?, tcp);
+                let (mut back_r, mut back_w) = (back.try_clone()?, back);
+                let (s, mut tcp_w2) = (session.clone(), tcp_w.try_clone()?);
+                let inbound = std::thread::spawn(move || -> std::io::Result<()> {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = tcp_r.read(&mut buf)?;
+                        if n == 0 {
+                            let _ = back_w.shutdown(std::net::Shutdown::Write);
+                            return Ok(());
+                        }
+                        let mut plain = Vec::new();
+                        {
+                            let mut s = s.lock().expect("session");
+                            let mut input = &buf[..n];
+                            while !input.is_empty() {
+                                s.read_tls(&mut input)?;
+                                let state = s.process_new_packets().map_err(std::io::Error::other);
+                                while s.wants_write() {
+                                    s.write_tls(&mut tcp_w2)?;
+                                }
+                                let _ = state?;
+                                let _ = s.reader().read_to_end(&mut plain);
+                            }
+                        }
+                        back_w.write_all(&plain)?;
+                    }
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = back_r.read(&mut buf).unwrap_or(0);
+                    let mut s = session.lock().expect("session");
+                    if n == 0 {
+                        s.send_close_notify();
+                    } else {
+                        s.writer().write_all(&buf[..n])?;
+                    }
+                    while s.wants_write() {
+                        s.write_tls(&mut tcp_w)?;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = tcp_w.shutdown(std::net::Shutdown::Both);
+                let _ = inbound.join();
+                Ok(())
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn fetch_x_https_proxy_with_proxy_cacert_and_v_shows_both_handshakes() {
+    let s = server(Settings::default());
+    let (plain, heads) = tunnel_proxy();
+    let proxy_ca = Ca::new("examples proxy CA").expect("proxy CA");
+    let proxy_cert = proxy_ca.issue(&["127.0.0.1"]).expect("proxy leaf");
+    let front = tls_front(&proxy_cert, plain);
+    let dir = TempDir::new("examples-proxy-ca").expect("temp dir");
+    let proxy_ca_file = dir.path().join("proxy-ca.pem");
+    std::fs::write(&proxy_ca_file, proxy_ca.pem()).expect("write proxy CA");
+    let proxy_url = format!("https://{front}");
+    let (code, out, err) = fetch_run(&[
+        "-v",
+        "-x",
+        &proxy_url,
+        "--proxy-cacert",
+        proxy_ca_file.to_str().expect("utf-8"),
+        "--cacert",
+        ca(&s),
+        &s.coordinator.url("/hello"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rotary demo coordinator: GET /hello"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "proxy {proxy_url}: TLS to the proxy, then a CONNECT tunnel"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("tls with proxy"), "{err}");
+    assert!(err.contains("tunnel up (200 OK)"), "{err}");
+    assert!(
+        err.contains(&format!("  proxy tls: full handshake with {proxy_url}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("  proxy chain: 1 certificates presented"),
+        "{err}"
+    );
+    assert!(err.contains("examples proxy CA"), "the proxy's path: {err}");
+    // The origin's chain is its own: leaf and intermediate, not the proxy's.
+    assert!(err.contains("  chain: 2 certificates presented"), "{err}");
+    assert_eq!(heads.lock().expect("heads").len(), 1);
+
+    // Without --proxy-cacert the origin's CA file does not vouch for the
+    // proxy: exit 56, a proxy TLS failure.
+    let (code, _, err) = fetch_run(&[
+        "-x",
+        &proxy_url,
+        "--cacert",
+        ca(&s),
+        &s.coordinator.url("/hello"),
+    ]);
+    assert_eq!(code, 56, "{err}");
+    assert!(err.contains("tls with the proxy failed"), "{err}");
+}
+
 #[test]
 fn fetch_x_sends_plain_http_in_absolute_form_and_noproxy_goes_direct() {
     let proxy = ok_peer("from the proxy");

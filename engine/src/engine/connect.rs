@@ -1,4 +1,5 @@
-//! Opening a connection: resolve → connect (address by address) → TLS
+//! Opening a connection: resolve → connect (address by address) → [TLS
+//! with an `https://` proxy → `CONNECT`, in `super::tunnel`] → TLS
 //! handshake → ready, and what a failure at any of those steps does.
 //!
 //! Owns a connection's stages before `Ready` (`Conn::start_connecting`,
@@ -7,6 +8,7 @@
 //! handshake or resumption). What a finished handshake means for the
 //! connection's lifetime is [`super::lifecycle`]'s.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,12 +21,34 @@ use crate::conn::{interleave, Conn, ConnTimer, Dial, Leader, Purpose, Stage};
 use crate::keys::ConnKey;
 use crate::session::Session;
 use crate::stats::Counter;
+use crate::tls::TlsState;
 use crate::{CloseReason, ConnId, Error, Event, Handshake, Phase, Resumption};
 
 use super::io::ReadMode;
 use super::pool::PoolKey;
 use super::timers::{after, Timer};
 use super::Engine;
+
+/// Re-read `state`'s trust files if they changed, before a new connection
+/// uses it; a version that fails keeps the previous anchors and raises
+/// [`Event::TrustError`].
+pub(super) fn refresh_trust(state: &mut TlsState, out: &mut VecDeque<Event>) {
+    match state.refresh() {
+        Ok(true) => log::info!("trust files changed; new connections use the new anchors"),
+        Ok(false) => {}
+        Err(e) => {
+            log::warn!(
+                "keeping the previous trust anchors: {}: {}",
+                e.path.display(),
+                e.reason
+            );
+            out.push_back(Event::TrustError {
+                path: e.path,
+                reason: e.reason,
+            });
+        }
+    }
+}
 
 impl Engine {
     /// Open a connection for pool `p`: look its host up (IP literals need
@@ -330,6 +354,10 @@ impl Engine {
         }
         conn.connected_at = Some(now);
         self.arm_lifetime(key, now);
+        if self.pools[p].proxy.as_ref().is_some_and(|x| x.is_tls()) {
+            // TLS with the proxy first; then CONNECT, or ready for http://.
+            return self.start_proxy_tls(key, now);
+        }
         if !self.pools[p].origin.is_tls() {
             // Plain http through a proxy goes in absolute-form: no tunnel.
             return self.ready(key, now);
@@ -387,21 +415,7 @@ impl Engine {
     /// The TLS configuration for a new connection: resumption only when the
     /// policy allows it and the last full handshake is younger than max age.
     fn tls_config_for(&mut self, p: PoolKey, key: ConnKey, now: Instant) -> Arc<ClientConfig> {
-        match self.tls.refresh() {
-            Ok(true) => log::info!("trust files changed; new connections use the new anchors"),
-            Ok(false) => {}
-            Err(e) => {
-                log::warn!(
-                    "keeping the previous trust anchors: {}: {}",
-                    e.path.display(),
-                    e.reason
-                );
-                self.out.push_back(Event::TrustError {
-                    path: e.path,
-                    reason: e.reason,
-                });
-            }
-        }
+        refresh_trust(&mut self.tls, &mut self.out);
         let pool = &mut self.pools[p];
         if pool.policy.resumption == Resumption::Never {
             return self.tls.full();

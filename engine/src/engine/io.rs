@@ -6,13 +6,12 @@
 //! `Conn::flush` and `Conn::read_pass`; this file decides when, and hands
 //! what arrived to [`super::exchange`].
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{IoFailure, PeerEnd, ReadPass, Stage};
 use crate::keys::ConnKey;
 use crate::sock::Sock;
-use crate::{CloseReason, ConnId, Error, Phase, ProxyFailure};
+use crate::{CloseReason, ConnId, Error, Phase};
 
 use super::Engine;
 
@@ -106,7 +105,10 @@ impl Engine {
             }
         };
         conn.bytes_in += pass.bytes as u64;
-        if conn.stage() == Stage::Tunneling {
+        if conn.stage() == Stage::ProxyHandshaking {
+            // TLS with an https proxy: done, or the proxy gave up.
+            self.on_proxy_handshake(key, id, pass.eof, now);
+        } else if conn.stage() == Stage::Tunneling {
             // The proxy's answer to CONNECT: the tunnel's own module.
             if pass.bytes > 0 || pass.eof {
                 self.on_tunnel_input(key, id, pass.eof, now);
@@ -199,22 +201,17 @@ impl Engine {
             return;
         };
         match conn.stage() {
-            Stage::Tunneling => {
-                let err = match failure {
-                    IoFailure::Tls(reason) => Error::Tls {
-                        reason,
-                        phase: Phase::Proxy,
-                    },
-                    IoFailure::Io(e) => self.proxy_error(conn.pool, ProxyFailure::Io(Arc::new(e))),
-                };
-                self.connect_failed(key, err, now);
-            }
+            Stage::ProxyHandshaking | Stage::Tunneling => self.proxy_io_failed(key, failure, now),
             Stage::Resolving | Stage::Connecting | Stage::Handshaking => {
                 let err = match failure {
                     IoFailure::Tls(reason) => Error::Tls {
                         reason,
                         phase: Phase::Tls,
                     },
+                    // The https proxy's session under the origin's broke.
+                    IoFailure::Io(e) if crate::proxy_tls::tls_failure(&e).is_some() => {
+                        return self.proxy_io_failed(key, IoFailure::Io(e), now);
+                    }
                     IoFailure::Io(e) => Error::connect(conn.addr(), e),
                 };
                 self.connect_failed(key, err, now);

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::conn::{ConnTimer, Purpose};
 use crate::keys::ConnKey;
 use crate::stats::Counter;
-use crate::{CloseReason, ConnectionInfo, Event, Handshake, OnChainChange, PeerChain, Policy};
+use crate::{
+    CloseReason, ConnectionInfo, Event, Handshake, OnChainChange, PeerChain, Policy, ProxyTlsInfo,
+};
 
 use super::pool::PoolKey;
 use super::timers::{after, Timer};
@@ -111,6 +113,18 @@ impl Engine {
             alpn: None,
             handshake: None,
             chain: None,
+            proxy_tls: conn
+                .sock
+                .as_ref()
+                .and_then(crate::sock::Sock::proxy_tls)
+                .and_then(|outer| {
+                    let session = outer.session();
+                    Some(ProxyTlsInfo {
+                        tls_version: session.protocol_version(),
+                        cipher_suite: session.negotiated_cipher_suite().map(|s| s.suite()),
+                        chain: outer.chain()?.clone(),
+                    })
+                }),
         };
         let Some(tls) = conn.tls.as_deref() else {
             return Some((info, None));

@@ -113,6 +113,8 @@ pub struct Engine {
     /// Resolver answers of one drain (reused).
     answers: Vec<Answer>,
     tls: TlsState,
+    /// Trust of `https://` proxies with trust settings of their own.
+    proxy_trusts: tunnel::ProxyTrusts,
     net: Net,
     config: Config,
     stats: Stats,
@@ -278,6 +280,7 @@ impl Engine {
             .proxy
             .resolve()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let proxy_trusts = tunnel::ProxyTrusts::new(&proxies)?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
             .resolver
@@ -303,6 +306,7 @@ impl Engine {
             dns,
             answers: Vec::new(),
             tls,
+            proxy_trusts,
             net: Net::new(config.memnet.clone()),
             config,
             stats: Stats::default(),
@@ -757,7 +761,9 @@ impl Engine {
         match conn.stage() {
             Stage::Resolving => {}
             Stage::Connecting => self.on_connecting(key, now),
-            Stage::Tunneling | Stage::Handshaking | Stage::Ready => self.drive(key, read, now),
+            Stage::ProxyHandshaking | Stage::Tunneling | Stage::Handshaking | Stage::Ready => {
+                self.drive(key, read, now)
+            }
         }
     }
 

@@ -197,6 +197,9 @@ impl Engine {
                 Stage::Connecting => {
                     self.attempt_failed(key, Error::Timeout(Deadline::Connect), now)
                 }
+                Stage::ProxyHandshaking => {
+                    self.connect_failed(key, Error::Timeout(Deadline::ProxyHandshake), now)
+                }
                 Stage::Tunneling => {
                     self.connect_failed(key, Error::Timeout(Deadline::ProxyConnect), now)
                 }

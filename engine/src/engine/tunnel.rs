@@ -1,24 +1,38 @@
-//! Reaching an origin through a forward proxy: the `CONNECT` stage
-//! (`Stage::Tunneling`, between TCP connect and the TLS handshake) and how
-//! plain `http://` requests are addressed to a proxy.
+//! Reaching an origin through a forward proxy: the TLS handshake with an
+//! `https://` proxy (`Stage::ProxyHandshaking`, right after TCP connect),
+//! the `CONNECT` stage (`Stage::Tunneling`, before the TLS handshake with
+//! the origin) and how plain `http://` requests are addressed to a proxy.
 //!
-//! Owns the `CONNECT` exchange (sent and parsed by the connection's own
-//! codec, with its limits), its `Setup` deadline
+//! Owns the trust states of proxies with trust settings of their own
+//! ([`ProxyTrusts`]), the proxy's session setup and its `Setup` deadline
+//! ([`Timeouts::handshake`](crate::Timeouts::handshake)), the `CONNECT`
+//! exchange (sent and parsed by the connection's own codec, with its
+//! limits), its `Setup` deadline
 //! ([`Timeouts::proxy_connect`](crate::Timeouts::proxy_connect)) and the
 //! errors of [`ProxyFailure`]. On a 2xx the codec is replaced by a fresh
 //! one and whatever followed the answer's head becomes the TLS session's
-//! first input ([`Engine::start_tls`]).
+//! first input ([`Engine::start_tls`]). The proxy's session is the pipe
+//! the rest goes through (`crate::proxy_tls`); it never resumes, so its
+//! chain is always the one the proxy presents now.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use http::{HeaderMap, Method, Uri};
 use rotary_proto::{Codec, ResponseEvent, State, TargetForm};
 
+use rustls::pki_types::ServerName;
+
 use crate::conn::ConnTimer;
 use crate::keys::ConnKey;
-use crate::{ConnId, Error, ProxyFailure};
+use crate::proxy_tls::ProxyTls;
+use crate::sock::Sock;
+use crate::tls::TlsState;
+use crate::{ConnId, Error, Proxies, Proxy, ProxyFailure, Trust};
+
+use crate::conn::IoFailure;
 
 use super::io::ReadMode;
 use super::pool::{Pool, PoolKey};
@@ -55,9 +69,166 @@ pub(super) fn request_headers<'a>(pool: &Pool, headers: &'a HeaderMap) -> Cow<'a
     }
 }
 
+/// The TLS states (anchors, configs, verifier) of the `https://` proxies
+/// whose trust is their own ([`Proxy::with_trust`]); the others use the
+/// engine's. Built with the engine, so a bad file fails
+/// [`Engine::new`](crate::Engine::new) as the engine's own trust does.
+#[derive(Default)]
+pub(super) struct ProxyTrusts {
+    states: Vec<(Trust, TlsState)>,
+}
+
+impl ProxyTrusts {
+    /// One state per distinct trust among `proxies`.
+    ///
+    /// # Errors
+    /// As [`TlsState::new`], naming the proxy's trust.
+    pub(super) fn new(proxies: &Proxies) -> std::io::Result<ProxyTrusts> {
+        let mut states: Vec<(Trust, TlsState)> = Vec::new();
+        for proxy in proxies.each().filter(|p| p.is_tls()) {
+            let Some(trust) = proxy.trust() else {
+                continue;
+            };
+            if states.iter().any(|(t, _)| t == trust) {
+                continue;
+            }
+            let state = TlsState::new(trust).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("trust for proxy {proxy}: {e}"))
+            })?;
+            states.push((trust.clone(), state));
+        }
+        Ok(ProxyTrusts { states })
+    }
+
+    fn state_mut(&mut self, proxy: &Proxy) -> Option<&mut TlsState> {
+        let trust = proxy.trust()?;
+        self.states
+            .iter_mut()
+            .find(|(t, _)| t == trust)
+            .map(|(_, s)| s)
+    }
+
+    fn state(&self, proxy: &Proxy) -> Option<&TlsState> {
+        let trust = proxy.trust()?;
+        self.states.iter().find(|(t, _)| t == trust).map(|(_, s)| s)
+    }
+}
+
 impl Engine {
-    /// TCP to the proxy is up: send `CONNECT host:port` and wait for the
-    /// answer within the proxy-connect deadline.
+    /// TCP to an `https://` proxy is up: start the TLS handshake with it
+    /// (always a full one) within the handshake deadline.
+    pub(super) fn start_proxy_tls(&mut self, key: ConnKey, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let p = conn.pool;
+        let Some(proxy) = self.pools[p].proxy.clone() else {
+            return;
+        };
+        let config = match self.proxy_trusts.state_mut(&proxy) {
+            Some(state) => {
+                super::connect::refresh_trust(state, &mut self.out);
+                state.full()
+            }
+            None => {
+                super::connect::refresh_trust(&mut self.tls, &mut self.out);
+                self.tls.full()
+            }
+        };
+        let session = ServerName::try_from(proxy.host().to_owned())
+            .map_err(|e| Error::InvalidRequest(format!("bad proxy server name: {e}")))
+            .and_then(|name| {
+                ProxyTls::session_for(config, name)
+                    .map_err(|e| self.proxy_error(p, ProxyFailure::Tls(e)))
+            });
+        let session = match session {
+            Ok(s) => s,
+            Err(err) => return self.connect_failed(key, err, now),
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        log::debug!(
+            "connection {} to {}: tls handshake with proxy {proxy}",
+            conn.id.0,
+            self.pools[p].origin
+        );
+        conn.start_proxy_handshake(|sock| Sock::ProxyTls(Box::new(ProxyTls::new(sock, session))));
+        self.arm(
+            Timer::Conn(key, ConnTimer::Setup),
+            after(now, self.config.timeouts.handshake),
+        );
+        self.drive(key, ReadMode::Skip, now);
+    }
+
+    /// After a read while the handshake with the proxy runs: done, the
+    /// proxy's chain is verified and recorded and the connection goes on
+    /// (`CONNECT` for an `https://` origin; ready for `http://`, whose
+    /// requests go to the proxy in absolute-form); the proxy closing first
+    /// fails it.
+    pub(super) fn on_proxy_handshake(&mut self, key: ConnKey, id: ConnId, eof: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+            return;
+        };
+        let p = conn.pool;
+        let Some(outer) = conn.sock.as_mut().and_then(Sock::proxy_tls_mut) else {
+            return;
+        };
+        if outer.is_handshaking() {
+            if eof {
+                let err = self.proxy_error(p, ProxyFailure::Closed);
+                self.connect_failed(key, err, now);
+            }
+            return;
+        }
+        let Some(proxy) = self.pools[p].proxy.as_ref() else {
+            return;
+        };
+        let state = self.proxy_trusts.state(proxy).unwrap_or(&self.tls);
+        let session = outer.session();
+        let presented = session.peer_certificates().unwrap_or_default();
+        let chain = state.peer_chain(presented, proxy.host(), None);
+        let facts = match (
+            session.protocol_version(),
+            session.negotiated_cipher_suite(),
+        ) {
+            (Some(v), Some(c)) => format!("{v:?}, {:?}", c.suite()),
+            _ => "version unknown".to_owned(),
+        };
+        log::debug!(
+            "connection {} to {}: tls with proxy {proxy} up ({facts}), its leaf {}",
+            conn.id.0,
+            self.pools[p].origin,
+            chain.fingerprint_hex()
+        );
+        outer.set_chain(chain);
+        self.disarm(Timer::Conn(key, ConnTimer::Setup));
+        if self.pools[p].origin.is_tls() {
+            self.start_tunnel(key, now);
+        } else {
+            self.ready(key, now);
+        }
+    }
+
+    /// A read or write failure before the tunnel is up: the proxy's.
+    pub(super) fn proxy_io_failed(&mut self, key: ConnKey, failure: IoFailure, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let failure = match failure {
+            IoFailure::Tls(reason) => ProxyFailure::Tls(reason),
+            IoFailure::Io(e) => match crate::proxy_tls::tls_failure(&e) {
+                Some(reason) => ProxyFailure::Tls(reason),
+                None => ProxyFailure::Io(Arc::new(e)),
+            },
+        };
+        let err = self.proxy_error(conn.pool, failure);
+        self.connect_failed(key, err, now);
+    }
+
+    /// TCP to the proxy is up (and TLS with an `https://` one): send
+    /// `CONNECT host:port` and wait for the answer within the proxy-connect
+    /// deadline.
     pub(super) fn start_tunnel(&mut self, key: ConnKey, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;

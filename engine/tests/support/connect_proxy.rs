@@ -4,10 +4,15 @@
 //! canned bytes, silence, or a close — so every proxy fault row of
 //! `docs/failures.md` has a peer that produces it on cue.
 //!
-//! Thread per connection (two while tunnelling), blocking I/O with read
-//! timeouts, so every thread ends within seconds of its peer going away;
-//! dropping the proxy stops the accept loop. Owns its listener and the
-//! recorded heads.
+//! [`ConnectProxy::start_tls`] puts a TLS front before it, an `https://`
+//! proxy: each connection's TLS (with a certificate the test issues) is
+//! terminated and its plaintext relayed to a plain proxy following the
+//! script, so the engine runs the origin's TLS inside the proxy's.
+//!
+//! Thread per connection (two while tunnelling or terminating TLS),
+//! blocking I/O with read timeouts, so every thread ends within seconds of
+//! its peer going away; dropping the proxy stops the accept loop. Owns its
+//! listener, the recorded heads and (for TLS) the plain proxy behind it.
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
@@ -16,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use super::certs::Issued;
 
 /// Longest request head the proxy reads.
 const MAX_HEAD: usize = 64 * 1024;
@@ -48,6 +55,10 @@ pub struct ConnectProxy {
     heads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    /// For a TLS front: the plain proxy it relays to (dropped after it).
+    behind: Option<Box<ConnectProxy>>,
+    /// TLS handshakes the front completed.
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ConnectProxy {
@@ -75,7 +86,56 @@ impl ConnectProxy {
             heads,
             stop,
             accept: Some(accept),
+            behind: None,
+            handshakes: Arc::default(),
         }
+    }
+
+    /// An `https://` proxy: TLS with `cert` (its chain and key) on its own
+    /// port, the plaintext inside following `script` as [`ConnectProxy::start`]
+    /// does. [`ConnectProxy::url`] then says `https://`.
+    pub fn start_tls(script: ProxyScript, cert: &Issued) -> ConnectProxy {
+        let behind = ConnectProxy::start(script);
+        let backend = behind.addr;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(cert.chain_der(), cert.key_der())
+        .expect("proxy certificate and key match");
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind tls proxy");
+        let addr = listener.local_addr().expect("tls proxy addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, h) = (stop.clone(), handshakes.clone());
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (config, h) = (config.clone(), h.clone());
+                std::thread::spawn(move || {
+                    let _ = terminate(conn, config, backend, h);
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            heads: behind.heads.clone(),
+            stop,
+            accept: Some(accept),
+            behind: Some(Box::new(behind)),
+            handshakes,
+        }
+    }
+
+    /// TLS handshakes completed by a TLS front (0 for a plain proxy).
+    pub fn tls_handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 
     /// Where it listens.
@@ -83,11 +143,17 @@ impl ConnectProxy {
         self.addr
     }
 
-    /// Its URL, `http://127.0.0.1:PORT`, with `userinfo@` when given.
+    /// Its URL, `http://127.0.0.1:PORT` (`https://` for a TLS front), with
+    /// `userinfo@` when given.
     pub fn url(&self, userinfo: Option<&str>) -> String {
+        let scheme = if self.behind.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         match userinfo {
-            Some(u) => format!("http://{u}@{}", self.addr),
-            None => format!("http://{}", self.addr),
+            Some(u) => format!("{scheme}://{u}@{}", self.addr),
+            None => format!("{scheme}://{}", self.addr),
         }
     }
 
@@ -105,7 +171,101 @@ impl Drop for ConnectProxy {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
+        self.behind.take();
     }
+}
+
+/// A TLS front's connection: terminate TLS and relay the plaintext to the
+/// plain proxy at `backend`, both ways. One thread decrypts what the client
+/// sends, this one encrypts what comes back; the session is shared under a
+/// lock that is never held across a blocking read.
+fn terminate(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    backend: SocketAddr,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+) -> io::Result<()> {
+    tcp.set_read_timeout(Some(IDLE))?;
+    let session = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+    let session = Arc::new(Mutex::new(session));
+    let back = TcpStream::connect(backend)?;
+    back.set_read_timeout(Some(IDLE))?;
+    let (mut tcp_r, mut tcp_w) = (tcp.try_clone()?, tcp);
+    let (mut back_r, mut back_w) = (back.try_clone()?, back);
+    let inbound = {
+        let (session, mut tcp_w) = (session.clone(), tcp_w.try_clone()?);
+        let back_end = back_w.try_clone()?;
+        std::thread::spawn(move || {
+            let result = (move || -> io::Result<()> {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut plain = Vec::new();
+                let mut counted = false;
+                loop {
+                    let n = tcp_r.read(&mut buf)?;
+                    if n == 0 {
+                        let _ = back_w.shutdown(Shutdown::Write);
+                        return Ok(());
+                    }
+                    {
+                        let mut s = super::lock(&session);
+                        let mut input = &buf[..n];
+                        while !input.is_empty() {
+                            s.read_tls(&mut input)?;
+                            let state = s
+                                .process_new_packets()
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+                            while s.wants_write() {
+                                s.write_tls(&mut tcp_w)?;
+                            }
+                            let state = state?;
+                            if !counted && !s.is_handshaking() {
+                                counted = true;
+                                handshakes.fetch_add(1, Ordering::SeqCst);
+                            }
+                            // Appended: one read may hold several records.
+                            let mut at = plain.len();
+                            plain.resize(at + state.plaintext_bytes_to_read(), 0);
+                            while at < plain.len() {
+                                match s.reader().read(&mut plain[at..])? {
+                                    0 => break,
+                                    got => at += got,
+                                }
+                            }
+                            plain.truncate(at);
+                            if state.peer_has_closed() {
+                                input = &[];
+                            }
+                        }
+                    }
+                    back_w.write_all(&plain)?;
+                    plain.clear();
+                }
+            })();
+            // However it ended, the plain proxy hears of it at once.
+            let _ = back_end.shutdown(Shutdown::Both);
+            result
+        })
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    let outbound: io::Result<()> = (|| loop {
+        let n = back_r.read(&mut buf)?;
+        let mut s = super::lock(&session);
+        if n == 0 {
+            s.send_close_notify();
+        } else {
+            s.writer().write_all(&buf[..n])?;
+        }
+        while s.wants_write() {
+            s.write_tls(&mut tcp_w)?;
+        }
+        if n == 0 {
+            let _ = tcp_w.shutdown(Shutdown::Write);
+            return Ok(());
+        }
+    })();
+    let _ = tcp_w.shutdown(Shutdown::Both);
+    let _ = inbound.join();
+    outbound
 }
 
 fn serve(mut conn: TcpStream, script: &ProxyScript, heads: &Mutex<Vec<String>>) -> io::Result<()> {

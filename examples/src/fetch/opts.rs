@@ -46,10 +46,15 @@ request:
 
 proxy (without -x: https_proxy/HTTPS_PROXY, http_proxy, all_proxy/ALL_PROXY
 and no_proxy/NO_PROXY from the environment, with curl's rules):
-  -x, --proxy URL        send every request through this http:// proxy
-                         ([user:pass@]host[:port], port 1080 by default):
-                         https:// in a CONNECT tunnel, http:// in absolute-form
+  -x, --proxy URL        send every request through this proxy
+                         ([http[s]://][user:pass@]host[:port], port 1080 by
+                         default, 443 for https://): https:// in a CONNECT
+                         tunnel, http:// in absolute-form; an https:// proxy
+                         is reached over TLS first (two TLS sessions)
       --proxy-user U:P   Basic credentials for the proxy (over URL userinfo)
+      --proxy-cacert FILE  check an https:// proxy's certificate against
+                         the CA certificates in FILE only (PEM), as curl;
+                         without it, the same trust as the origin's
       --noproxy LIST     hosts reached directly (comma list: suffixes, IPs,
                          CIDR ranges, host:port, '*'); over no_proxy
 
@@ -125,8 +130,9 @@ exit codes:
      no bundle to write (the root is a compiled-in one without a
      certificate: trust the system's store instead)
   22 with -f, the status was 400 or more (as curl)
-  56 the proxy failed: unreachable, or it refused the CONNECT (403, 407
-     with or without credentials), closed or sent a bad answer (curl: 56)
+  56 the proxy failed: unreachable, TLS with an https:// proxy failed, or
+     it refused the CONNECT (403, 407 with or without credentials), closed
+     or sent a bad answer (curl: 56)
   47 a redirect could not be followed: more than --max-redirs, a loop,
      https to http, or a bad Location (curl: 47 for too many)";
 
@@ -156,10 +162,12 @@ pub(super) struct Opts {
     /// `Some(max)` with `-L`.
     pub(super) follow: Option<usize>,
     pub(super) resolve: Vec<Pin>,
-    /// `-x`, `--proxy-user`, `--noproxy`.
+    /// `-x`, `--proxy-user`, `--noproxy`
     pub(super) proxy: Option<String>,
     pub(super) proxy_user: Option<String>,
     pub(super) noproxy: Option<String>,
+    /// `--proxy-cacert`.
+    pub(super) proxy_cacert: Option<PathBuf>,
     pub(super) timeout: Duration,
     pub(super) cacert: Option<PathBuf>,
     pub(super) cert: Option<PathBuf>,
@@ -199,6 +207,7 @@ pub(super) fn parse(
         proxy: None,
         proxy_user: None,
         noproxy: None,
+        proxy_cacert: None,
         timeout: Duration::from_secs(30),
         cacert: None,
         cert: None,
@@ -253,6 +262,7 @@ pub(super) fn parse(
             "-x" | "--proxy" => o.proxy = Some(a.value(&arg)?),
             "--proxy-user" => o.proxy_user = Some(a.value(&arg)?),
             "--noproxy" => o.noproxy = Some(a.value(&arg)?),
+            "--proxy-cacert" => o.proxy_cacert = Some(PathBuf::from(a.value(&arg)?)),
             "-m" | "--max-time" | "--timeout" => o.timeout = a.duration(&arg)?,
             "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
             "-E" | "--cert" => o.cert = Some(PathBuf::from(a.value(&arg)?)),
