@@ -743,6 +743,7 @@ fn observe(
             id,
             ref error,
             reused,
+            ..
         } => {
             let s = outstanding.remove(&id).expect("checked above");
             ended_once(seed, id, &s, ended, tally);
