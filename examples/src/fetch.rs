@@ -276,7 +276,7 @@ fn exchange(
         }
     };
     heads(trace::request_head(request));
-    let body = match &o.upload {
+    let body = match o.upload.as_ref().or(o.data_file.as_ref()) {
         Some(path) => Body::file(path)
             .map_err(|e| Failure::new(26, format!("cannot read {}: {e}", path.display())))?,
         None => Body::from(request.body().clone()),

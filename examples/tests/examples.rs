@@ -1116,6 +1116,34 @@ fn fetch_data_at_dash_posts_stdin_as_a_form() {
 }
 
 #[test]
+fn fetch_data_at_file_streams_the_file_with_its_length() {
+    let peer = ok_peer("");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("form.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    let at = format!("@{}", path.display());
+    let (code, _, err) = fetch_run(&["--data-binary", &at, &peer.url("/up")]);
+    assert_eq!(code, 0, "{err}");
+    let seen = &peer.seen()[0];
+    assert_eq!(seen.request_line(), "POST /up HTTP/1.1");
+    assert_eq!(seen.header("content-length"), Some("300000"));
+    assert_eq!(
+        seen.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert!(seen.body == data, "the file arrived damaged");
+    // With another -d the pieces are joined with '&', as curl does.
+    let (code, _, err) = fetch_run(&["-d", "a=1", "-d", &at, &peer.url("/up")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(peer.seen()[1].body.len(), 4 + data.len());
+    // A file that is not there fails as curl's read error does.
+    let missing = format!("@{}", dir.path().join("none").display());
+    let (code, _, _) = fetch_run(&["-d", &missing, &peer.url("/up")]);
+    assert_eq!(code, 26);
+}
+
+#[test]
 fn fetch_verbose_shows_the_request_and_response_heads_as_curl_does() {
     let peer = ok_peer("body");
     let (code, out, err) = fetch_run(&["-v", "-H", "X-One: 1", &peer.url("/v?q=1")]);
