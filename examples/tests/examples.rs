@@ -563,6 +563,10 @@ fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
             line.contains(&format!("trace {} bytes", r.trace_bytes)),
             "{line}"
         );
+        // Sent from the job's trace.log, which holds what the server got.
+        let log = std::fs::read(dir.path().join(format!("job-{}/trace.log", r.id)))
+            .expect("the job's trace.log");
+        assert_eq!(sha256_hex(&log), r.trace_sha256, "{r:?}");
         assert_eq!(r.downloads, 1, "{r:?}");
         // The dependency came from object storage, byte for byte.
         let dep = rotary_examples::coordinator::dependency_artifact(r.id, 100_000);

@@ -96,7 +96,7 @@ impl Api {
     /// Send `req` and wait for its answer (bounded by `opts`' deadline).
     pub(crate) fn send(
         &mut self,
-        req: http::Request<Bytes>,
+        req: http::Request<impl Into<rotary::Body>>,
         opts: RequestOptions,
     ) -> Result<Answer, ApiError> {
         let id = self.engine.submit(req, opts.streaming(false));
