@@ -760,3 +760,57 @@ fn a_paused_download_reads_nothing_for_a_second_then_gets_every_byte() {
     server.join().expect("server");
     assert_drained(&mut engine);
 }
+
+/// CPU time of the calling thread so far, in clock ticks (Linux).
+#[cfg(target_os = "linux")]
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn execute_waits_in_the_poll_while_other_events_stay_queued() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let (url, server) = peer(move |mut sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        read_head(&mut r);
+        ok(&mut sock, b"warm");
+        read_head(&mut r);
+        // Answer the second request only when the test says so, after it
+        // has waited a while.
+        let _ = rx.recv_timeout(WAIT);
+        ok(&mut sock, b"late");
+    });
+    let mut engine = engine();
+    let get = || {
+        http::Request::get(format!("{url}/x"))
+            .body(())
+            .expect("request")
+    };
+    engine
+        .execute(get(), RequestOptions::default())
+        .expect("warm-up");
+    // `Opened` (and more) stay queued: execute leaves them to the host.
+    let answer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(500));
+        let _ = tx.send(());
+    });
+    let before = thread_cpu_ticks();
+    let resp = engine
+        .execute(get(), RequestOptions::default())
+        .expect("answered");
+    let spent = thread_cpu_ticks() - before;
+    assert_eq!(&resp.body()[..], b"late");
+    // Waiting 500 ms in epoll costs next to nothing; a loop that returned
+    // at once for the queued events would burn most of it.
+    assert!(spent < 15, "{spent} ticks of CPU while waiting");
+    assert!(engine.next_event().is_some(), "the queued events are kept");
+    answer.join().expect("answer");
+    server.join().expect("server");
+    assert_drained(&mut engine);
+}

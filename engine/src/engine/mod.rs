@@ -480,7 +480,7 @@ impl Engine {
                     _ => Err(Error::Shutdown),
                 };
             }
-            if let Err(e) = self.poll(None) {
+            if let Err(e) = self.poll_with(None, false) {
                 self.cancel(id);
                 return Err(Error::io(Phase::Request, e));
             }
@@ -540,7 +540,7 @@ impl Engine {
                     _ => {}
                 }
             }
-            if let Err(e) = self.poll(None) {
+            if let Err(e) = self.poll_with(None, false) {
                 self.cancel(id);
                 return Err(Error::io(Phase::Request, e));
             }
@@ -572,13 +572,21 @@ impl Engine {
     /// # Errors
     /// An error from `mio::Poll::poll`; `InvalidInput` for an embedded engine.
     pub fn poll(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.poll_with(timeout, true)
+    }
+
+    /// [`Engine::poll`]; `hurry` returns at once when events are waiting.
+    /// `execute` and `execute_into` do not hurry: the events they leave
+    /// queued (other requests', `Opened`, ...) are the host's for later,
+    /// and hurrying for them would spin the loop for the whole exchange.
+    fn poll_with(&mut self, timeout: Option<Duration>, hurry: bool) -> std::io::Result<()> {
         let now = Instant::now();
         self.drain_commands(now);
         let mut wait = timeout;
         if let Some(t) = self.next_timeout(now) {
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
-        if !self.out.is_empty() {
+        if hurry && !self.out.is_empty() {
             wait = Some(Duration::ZERO);
         }
         let Some(poll) = self.mio.poll.as_mut() else {
