@@ -71,6 +71,9 @@ struct Args {
     bytes: u64,
     /// A small URL fetched first on the same connection.
     warm: String,
+    /// rotary's receive window (`--receive-window`, for trying by hand;
+    /// the engine's default otherwise).
+    receive_window: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -80,6 +83,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         file: None,
         bytes: 0,
         warm: String::new(),
+        receive_window: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -93,6 +97,9 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--file" => a.file = Some(PathBuf::from(v)),
             "--bytes" => a.bytes = v.parse().map_err(|_| format!("--bytes: {v:?}"))?,
             "--warm" => a.warm = v,
+            "--receive-window" => {
+                a.receive_window = Some(v.parse().map_err(|_| format!("--receive-window: {v:?}"))?)
+            }
             _ => return Err(format!("client: unknown flag {flag:?}")),
         }
     }
@@ -157,7 +164,10 @@ fn rotary(a: &Args, upload: bool) -> Result<Report, String> {
     config.trust = Trust::pem_file(&a.ca);
     config.dns_threads = 1;
     let mut engine = Engine::new(config).map_err(|e| format!("rotary engine: {e}"))?;
-    let opts = RequestOptions::default().deadline(Duration::from_secs(120));
+    let mut opts = RequestOptions::default().deadline(Duration::from_secs(120));
+    if let Some(w) = a.receive_window {
+        opts = opts.receive_window(w);
+    }
     let warm = http::Request::get(&a.warm)
         .body(())
         .map_err(|e| e.to_string())?;
