@@ -814,3 +814,50 @@ fn execute_waits_in_the_poll_while_other_events_stay_queued() {
     server.join().expect("server");
     assert_drained(&mut engine);
 }
+
+#[test]
+fn a_host_that_feeds_each_asks_room_never_overfills_the_window() {
+    const SIZE: usize = 16 * 1024 * 1024;
+    let (url, server) = peer(|sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        let head = read_head(&mut r);
+        let len: usize = header(&head, "content-length")
+            .expect("content-length")
+            .parse()
+            .expect("number");
+        // A slow start: the socket fills and the window's queue builds.
+        thread::sleep(Duration::from_millis(200));
+        let mut n = 0;
+        let mut buf = vec![0; 64 * 1024];
+        while n < len {
+            let k = r.read(&mut buf).expect("body");
+            assert!(k > 0, "body cut at {n}");
+            n += k;
+        }
+        let mut sock = sock;
+        ok(&mut sock, b"stored");
+        n
+    });
+    let mut engine = engine();
+    let req = http::Request::put(format!("{url}/up"))
+        .body(Body::stream(Some(SIZE as u64)))
+        .expect("request");
+    let id = engine.submit(req, RequestOptions::default().send_window(64 * 1024));
+    let piece = Bytes::from(vec![b'p'; 4096]);
+    let mut fed = 0usize;
+    let events = run(&mut engine, id, |engine, room| {
+        // Take each ask at its word, in pieces: the room it names must fit.
+        let mut room = room;
+        while room >= piece.len() && fed < SIZE {
+            engine.send_body(id, piece.clone()).expect("fits the room");
+            room -= piece.len();
+            fed += piece.len();
+        }
+        if fed == SIZE {
+            let _ = engine.end_body(id, None);
+        }
+    });
+    assert_eq!(status(&events), 200);
+    assert_eq!(server.join().expect("server"), SIZE);
+    assert_drained(&mut engine);
+}

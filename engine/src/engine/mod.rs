@@ -560,9 +560,21 @@ impl Engine {
 
     /// The next event, if any. A streamed body's bytes count as consumed
     /// once their [`Event::Body`] is handed out here (unless the request has
-    /// [`RequestOptions::manual_consume`]).
+    /// [`RequestOptions::manual_consume`]). An [`Event::BodyWanted`]'s
+    /// `room` is counted here too, so chunks fed since it was raised are
+    /// taken off (and an ask with no room left, or after the body ended,
+    /// is not handed out): feeding `room` bytes never overfills the window.
     pub fn next_event(&mut self) -> Option<Event> {
-        let event = self.out.pop_front()?;
+        let mut event = self.out.pop_front()?;
+        while let Event::BodyWanted { id, room } = &mut event {
+            match self.room_now(*id, *room) {
+                Some(now) => {
+                    *room = now;
+                    break;
+                }
+                None => event = self.out.pop_front()?,
+            }
+        }
         if let Event::Body { id, data } = &event {
             let auto = self
                 .reqs

@@ -241,13 +241,9 @@ fn rotary_fed(a: &Args) -> Result<Report, String> {
                     let mut room = room;
                     while room > 0 && left > 0 {
                         let n = room.min(chunk.len()).min(left as usize);
-                        match engine.send_body(id, chunk.slice(..n)) {
-                            Ok(()) => {}
-                            // A room counted before the pieces just fed
-                            // went out: the next ask says how much fits.
-                            Err(rotary::Error::WindowFull { .. }) => break,
-                            Err(e) => return Err(format!("send_body: {e}")),
-                        }
+                        engine
+                            .send_body(id, chunk.slice(..n))
+                            .map_err(|e| format!("send_body: {e}"))?;
                         room -= n;
                         left -= n as u64;
                     }
