@@ -9,7 +9,10 @@ found by the fuzzer are added next to these by hand.
 
 For `engine` the input is a script for rotary::fuzzing::run_script (a flags
 byte, then two-byte operations; see its doc). Only the streamed-body seeds
-are written here; the older engine seeds were written by hand.
+are written here; the older engine seeds were written by hand, and the
+found_streamed_* ones were kept from an 8-minute fuzzing run (the inputs
+that mixed the most kinds of operation, fed bodies and flow control among
+them).
 
 To keep this directory small, fuzz with a scratch corpus first, e.g.
     cargo fuzz run --sanitizer none response /tmp/fuzz/response corpus/response
