@@ -7,6 +7,13 @@ the request (index into rotary_proto::fuzzing::Request::ALL: 0 GET, 1 HEAD,
 bit 0x80 the small limits; the seed picks the split sizes. Regression inputs
 found by the fuzzer are added next to these by hand.
 
+For `engine` the input is a script for rotary::fuzzing::run_script (a flags
+byte, then two-byte operations; see its doc). Only the streamed-body seeds
+are written here; the older engine seeds were written by hand, and the
+found_streamed_* ones were kept from an 8-minute fuzzing run (the inputs
+that mixed the most kinds of operation, fed bodies and flow control among
+them).
+
 To keep this directory small, fuzz with a scratch corpus first, e.g.
     cargo fuzz run --sanitizer none response /tmp/fuzz/response corpus/response
 libFuzzer writes new inputs only into the first directory.
@@ -67,3 +74,38 @@ def write(target, seeds):
 
 write("response", RESPONSE)
 write("chunked", CHUNKED)
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CUT = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"
+ENGINE_BODIES = {
+    # 12: a fed PUT (chunked), 13: feed "abc" and end it, 9: answered.
+    "fed_chunked_put": bytes([0, 12, 0, 13, 3]) + b"abc" + bytes([9, 0]),
+    # Declared 10 bytes, fed 3 and ended: a named failure.
+    "fed_short_of_length": bytes([0, 12, 1 | 10 << 1, 13, 3]) + b"abc" + bytes([9, 0]),
+    # Answered before the fed body ends.
+    "fed_answered_early": bytes([0, 12, 0, 13, 1]) + b"a" + bytes([9, 0]),
+    # Fed, then the clock runs past the send stall.
+    "fed_send_stall": bytes([0, 12, 0, 13, 1]) + b"a" + bytes([6, 50]),
+    # Expect: 100-continue on a fed PUT over TLS with a deadline; 100, then 200.
+    "fed_expect_continue_tls": bytes([1, 12, 0x80 | 0x40 | 1 | 4 << 1, 3, len(CONTINUE)]) + CONTINUE
+    + bytes([13, 4]) + b"abcd" + bytes([9, 0]),
+    # A bytes PUT with Expect, answered 100 then 200.
+    "bytes_expect_continue": bytes([0, 15, 0x80, 3, len(CONTINUE)]) + CONTINUE + bytes([9, 0]),
+    # A streamed GET consumed by hand through a one-byte window.
+    "manual_consume_tiny_window": bytes([0, 15, 0x40, 10, 0, 14, 0x80, 14, 0x80, 14, 0xc0, 6, 1]),
+    # Paused before the answer, resumed after it.
+    "paused_then_resumed": bytes([0, 15, 0, 14, 0, 9, 0, 6, 40, 14, 0x40, 6, 1]),
+    # Paused and the peer closes mid-body: a cut with bytes so far.
+    "paused_cut_mid_body": bytes([0x40, 15, 0, 14, 0, 8, len(CUT)]) + CUT + bytes([14, 0x40, 4, 0, 6, 1]),
+}
+
+
+def write_raw(target, scripts):
+    directory = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", target)
+    os.makedirs(directory, exist_ok=True)
+    for name, data in scripts.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+
+
+write_raw("engine", ENGINE_BODIES)

@@ -251,6 +251,10 @@ pub enum Event {
         error: Error,
         /// The request had been put on a reused connection.
         reused: bool,
+        /// How far the transfer had got when it failed: request body bytes
+        /// sent, response body bytes received (on the last attempt), so a
+        /// download cut mid-body says how much of it arrived.
+        progress: crate::Progress,
     },
     /// A connection finished its handshake and is ready.
     Opened(ConnectionInfo),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::{Config, Engine, Event, RequestId, RequestOptions, Trust};
+use crate::{Body, Config, Engine, Event, RequestId, RequestOptions, Trust};
 
 #[derive(Default)]
 struct Pipe {
@@ -221,10 +221,31 @@ const CHUNKED_RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n";
 const CLOSE_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close";
 
+/// What the script knows of one request, to check what its events say.
+#[derive(Default)]
+struct Seen {
+    /// Body bytes handed to a fed request body.
+    fed: u64,
+    /// Streamed response body bytes delivered as `Event::Body`.
+    delivered: u64,
+}
+
 /// Run one fuzz script against an engine on in-memory pipes and check the
 /// engine's invariants: every request ends with exactly one terminal event,
-/// nothing arrives for a request after it ended, and after shutdown the
+/// nothing arrives for a request after it ended, a failed request's
+/// progress agrees with what was fed and delivered, and after shutdown the
 /// engine holds no connection, timer or request. Panics when one breaks.
+///
+/// Each script is a flags byte (TLS, pool policy, streaming), then
+/// operations of two bytes (`op`, `arg`), some followed by `arg & 0x3f`
+/// data bytes. `op % 16`: 0–2 submit a GET or POST; 3 and 8 the peer sends
+/// data (through TLS, or raw); 4 closes; 5 resets; 6 advances the clock;
+/// 7 cancels; 9–11 canned responses; 12 submits a PUT fed by the script
+/// (`Body::stream`, declared length or chunked, maybe `Expect:
+/// 100-continue`); 13 feeds it a piece, maybe ending it; 14 pauses,
+/// resumes or consumes a streamed response; 15 submits a streamed GET
+/// consumed by hand through a tiny receive window, or a PUT of bytes with
+/// `Expect: 100-continue`.
 ///
 /// `tls` is the peer's server configuration (used when the script asks for
 /// TLS) and `trust` the engine's trust settings for it.
@@ -257,6 +278,8 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
     let mut peers: Vec<Peer> = Vec::new();
     let mut ids: Vec<RequestId> = Vec::new();
     let mut ended: HashMap<RequestId, usize> = HashMap::new();
+    let mut seen: HashMap<RequestId, Seen> = HashMap::new();
+    let mut fed_ids: Vec<RequestId> = Vec::new();
     let mut report = Report::default();
     let mut now = Instant::now();
     let step = |engine: &mut Engine, peers: &mut Vec<Peer>, now: Instant| {
@@ -286,7 +309,7 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
             .len()
             .checked_sub(1 + usize::from(arg >> 6))
             .and_then(|i| peers.get_mut(i));
-        match op % 12 {
+        match op % 16 {
             0..=2 => {
                 let mut opts = RequestOptions::default()
                     .max_body(4096)
@@ -348,18 +371,98 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
                     p.send(CHUNKED_RESPONSE);
                 }
             }
-            _ => {
+            11 => {
                 if let Some(p) = last {
                     p.send(CLOSE_RESPONSE);
                     p.close();
                 }
             }
+            12 => {
+                let declared = (arg & 1 != 0).then_some(u64::from(arg >> 1 & 0x1f));
+                let mut opts = RequestOptions::default()
+                    .max_body(4096)
+                    .streaming(streaming)
+                    .send_window(1 + usize::from(arg >> 6) * 16)
+                    .stall_timeouts(
+                        Some(Duration::from_millis(20)),
+                        Some(Duration::from_millis(20)),
+                    )
+                    .continue_timeout(Duration::from_millis(15));
+                if arg & 0x40 != 0 {
+                    opts = opts.deadline(Duration::from_millis(100));
+                }
+                let mut req = http::Request::put(url);
+                if arg & 0x80 != 0 {
+                    req = req.header(http::header::EXPECT, "100-continue");
+                }
+                if let Ok(req) = req.body(Body::stream(declared)) {
+                    let id = engine.submit(req, opts);
+                    ids.push(id);
+                    fed_ids.push(id);
+                    report.submitted += 1;
+                }
+            }
+            13 => {
+                let n = usize::from(arg & 0x3f);
+                let chunk: Vec<u8> = bytes.by_ref().take(n).collect();
+                if let Some(&id) = fed_ids.get(usize::from(arg >> 6) % fed_ids.len().max(1)) {
+                    let len = chunk.len() as u64;
+                    if engine.send_body(id, Bytes::from(chunk)).is_ok() {
+                        seen.entry(id).or_default().fed += len;
+                    }
+                    if n % 3 == 0 {
+                        let trailers = (n % 2 == 0).then(|| {
+                            let mut t = http::HeaderMap::new();
+                            t.insert("x-fuzz", http::HeaderValue::from_static("1"));
+                            t
+                        });
+                        let _ = engine.end_body(id, trailers);
+                    }
+                }
+            }
+            14 => {
+                if let Some(&id) = ids.get(usize::from(arg & 0x3f) % ids.len().max(1)) {
+                    match arg >> 6 {
+                        0 => engine.pause(id, true),
+                        1 => engine.pause(id, false),
+                        _ => engine.consume(id, usize::from(arg) * 8),
+                    }
+                    if let Some(p) = engine.progress(id) {
+                        let s = seen.entry(id).or_default();
+                        assert!(
+                            p.received >= s.delivered,
+                            "{id:?}: {p:?}, delivered {}",
+                            s.delivered
+                        );
+                    }
+                }
+            }
+            _ => {
+                let req = if arg & 0x80 == 0 {
+                    http::Request::get(url).body(Body::empty())
+                } else {
+                    http::Request::put(url)
+                        .header(http::header::EXPECT, "100-continue")
+                        .body(Body::from(&b"expect-continue body"[..]))
+                };
+                let opts = RequestOptions::default()
+                    .max_body(4096)
+                    .streaming(arg & 0x80 == 0 || streaming)
+                    .manual_consume(arg & 0x40 != 0)
+                    .receive_window(1 + usize::from(arg & 0x3f))
+                    .continue_timeout(Duration::from_millis(15))
+                    .stall_timeouts(None, Some(Duration::from_millis(30)));
+                if let Ok(req) = req {
+                    ids.push(engine.submit(req, opts));
+                    report.submitted += 1;
+                }
+            }
         }
         step(&mut engine, &mut peers, now);
-        collect(&mut engine, &mut ended, &mut report);
+        collect(&mut engine, &mut ended, &mut seen, &mut report);
     }
     engine.shutdown();
-    collect(&mut engine, &mut ended, &mut report);
+    collect(&mut engine, &mut ended, &mut seen, &mut report);
     for id in &ids {
         assert_eq!(
             ended.get(id),
@@ -372,7 +475,12 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
     report
 }
 
-fn collect(engine: &mut Engine, ended: &mut HashMap<RequestId, usize>, report: &mut Report) {
+fn collect(
+    engine: &mut Engine,
+    ended: &mut HashMap<RequestId, usize>,
+    seen: &mut HashMap<RequestId, Seen>,
+    report: &mut Report,
+) {
     while let Some(ev) = engine.next_event() {
         log::trace!("fuzz event: {ev:?}");
         let Some(id) = ev.request_id() else { continue };
@@ -380,11 +488,31 @@ fn collect(engine: &mut Engine, ended: &mut HashMap<RequestId, usize>, report: &
             !ended.contains_key(&id),
             "event after the end of {id:?}: {ev:?}"
         );
+        let s = seen.entry(id).or_default();
+        match &ev {
+            Event::Body { data, .. } => s.delivered += data.len() as u64,
+            Event::BodyWanted { room, .. } => assert!(*room > 0, "{id:?} asked for nothing"),
+            _ => {}
+        }
         if ev.is_terminal() {
             ended.insert(id, 1);
             match ev {
-                Event::Failed { error, .. } => {
+                Event::Failed {
+                    error, progress, ..
+                } => {
                     log::debug!("fuzz request {id:?} failed: {error}");
+                    // A streamed response is never retried once a byte of
+                    // it arrived, so what the failure reports is exactly
+                    // what was delivered (nothing, when not streaming).
+                    if s.delivered > 0 {
+                        assert_eq!(progress.received, s.delivered, "{id:?}: {error}");
+                    }
+                    assert!(
+                        s.fed == 0 || progress.sent <= s.fed,
+                        "{id:?} sent {} of {} fed bytes: {error}",
+                        progress.sent,
+                        s.fed
+                    );
                     report.failed += 1
                 }
                 _ => report.ok += 1,

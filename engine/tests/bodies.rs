@@ -516,3 +516,385 @@ fn no_body_wanted_reaches_the_host_after_its_request_ended() {
     server.join().expect("server");
     assert_drained(&mut engine);
 }
+
+/// A peer that runs `script` on each of its first `n` connections, in turn.
+fn peers<T: Send + 'static>(
+    n: usize,
+    mut script: impl FnMut(usize, TcpStream) -> T + Send + 'static,
+) -> (String, thread::JoinHandle<Vec<T>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = thread::spawn(move || {
+        (0..n)
+            .map(|i| {
+                let (sock, _) = listener.accept().expect("accept");
+                sock.set_read_timeout(Some(WAIT)).expect("timeout");
+                script(i, sock)
+            })
+            .collect()
+    });
+    (format!("http://{addr}"), handle)
+}
+
+/// The `progress` a failure carries.
+fn failed_progress(events: &[Event]) -> rotary::Progress {
+    match events.last() {
+        Some(Event::Failed { progress, .. }) => *progress,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_server_that_closes_mid_upload_fails_the_request_once_saying_how_much_went_out() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let (path, _) = temp_file(SIZE);
+    let (url, server) = peer(|sock| {
+        let mut r = BufReader::new(sock);
+        read_head(&mut r);
+        let mut some = vec![0; 256 * 1024];
+        r.read_exact(&mut some).expect("the body's start");
+        // Gone, with the rest of the body unread.
+    });
+    let mut engine = engine();
+    let req = http::Request::put(format!("{url}/up"))
+        .body(Body::file(&path).expect("open"))
+        .expect("request");
+    let id = engine.submit(req, RequestOptions::default());
+    let events = run(&mut engine, id, |_, _| {});
+    let err = failed(&events);
+    assert!(
+        matches!(
+            err,
+            Error::Io { .. } | Error::PeerClosed { reused: false, .. }
+        ),
+        "{err:?}"
+    );
+    let progress = failed_progress(&events);
+    assert_eq!(progress.send_total, Some(SIZE as u64));
+    assert!(
+        progress.sent >= 256 * 1024 && progress.sent < SIZE as u64,
+        "{progress:?}"
+    );
+    server.join().expect("server");
+    // A fresh connection: never sent again.
+    assert_eq!(engine.stats().retries, 0);
+    assert_drained(&mut engine);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_reused_connection_closed_mid_upload_retries_a_file_body_and_never_a_stream() {
+    let (path, data) = temp_file(200 * 1024);
+    let (url, server) = peers(2, |i, mut sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        if i == 0 {
+            // A first exchange, so the connection is reused; then the
+            // upload's head, and the connection closes under it.
+            read_head(&mut r);
+            ok(&mut sock, b"warm");
+            read_head(&mut r);
+            return Vec::new();
+        }
+        // The retry of the file body, whole; then the stream's head, and
+        // this connection closes under it too.
+        let head = read_head(&mut r);
+        let len: usize = header(&head, "content-length")
+            .expect("content-length")
+            .parse()
+            .expect("number");
+        let mut got = vec![0; len];
+        r.read_exact(&mut got).expect("body");
+        ok(&mut sock, b"stored");
+        read_head(&mut r);
+        got
+    });
+    let mut engine = engine();
+    let warm = http::Request::get(format!("{url}/warm"))
+        .body(())
+        .expect("request");
+    let id = engine.submit(warm, RequestOptions::default());
+    assert_eq!(status(&run(&mut engine, id, |_, _| {})), 200);
+
+    let put = http::Request::put(format!("{url}/up"))
+        .body(Body::file(&path).expect("open"))
+        .expect("request");
+    let id = engine.submit(put, RequestOptions::default().send_window(16 * 1024));
+    assert_eq!(status(&run(&mut engine, id, |_, _| {})), 200);
+    assert_eq!(engine.stats().retries, 1);
+
+    let put = http::Request::put(format!("{url}/stream"))
+        .body(Body::stream(Some(1 << 20)))
+        .expect("request");
+    let id = engine.submit(put, RequestOptions::default());
+    let events = run(&mut engine, id, |engine, room| {
+        let _ = engine.send_body(id, Bytes::from(vec![b's'; room.min(4096)]));
+    });
+    let err = failed(&events);
+    assert!(
+        matches!(
+            err,
+            Error::Io { .. } | Error::PeerClosed { reused: true, .. }
+        ),
+        "{err:?}"
+    );
+    let s = engine.stats();
+    assert_eq!((s.retries, s.connections_attempted), (1, 2), "{s:?}");
+    let got = server.join().expect("server");
+    assert_eq!(got[1], data);
+    assert_drained(&mut engine);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_file_that_shrinks_while_sent_fails_named_and_closes_the_connection() {
+    let (path, _) = temp_file(1024 * 1024);
+    let (url, server) = peer(|sock| {
+        let mut r = BufReader::new(sock);
+        read_head(&mut r);
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+        rest.len()
+    });
+    let mut engine = engine();
+    let body = Body::file(&path).expect("open");
+    // Cut to 100,000 bytes after the length was taken.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(100_000))
+        .expect("truncate");
+    let req = http::Request::put(format!("{url}/up"))
+        .body(body)
+        .expect("request");
+    let id = engine.submit(req, RequestOptions::default().send_window(16 * 1024));
+    let events = run(&mut engine, id, |_, _| {});
+    let err = failed(&events);
+    assert!(matches!(err, Error::BodySource { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the file ended after 100000 of its 1048576 bytes"),
+        "{err}"
+    );
+    // The connection closed short of the declared length: the server
+    // cannot take it for a whole body.
+    assert!(server.join().expect("server") <= 100_000);
+    assert_drained(&mut engine);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_download_cut_mid_body_fails_named_and_reports_the_bytes_that_arrived() {
+    const ANNOUNCED: usize = 100_000;
+    const SENT: usize = 30_000;
+    let script = |sock: TcpStream| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        read_head(&mut r);
+        let mut sock = sock;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {ANNOUNCED}\r\n\r\n");
+        sock.write_all(head.as_bytes()).expect("head");
+        sock.write_all(&[b'x'; SENT]).expect("part of the body");
+        sock.shutdown(std::net::Shutdown::Write).expect("close");
+        let _ = r.read_to_end(&mut Vec::new());
+    };
+    let mut engine = engine();
+    for streaming in [true, false] {
+        let (url, server) = peer(script);
+        let req = http::Request::get(format!("{url}/file"))
+            .body(())
+            .expect("request");
+        let id = engine.submit(req, RequestOptions::default().streaming(streaming));
+        let events = run(&mut engine, id, |_, _| {});
+        let err = failed(&events);
+        assert!(
+            matches!(
+                err,
+                Error::Protocol {
+                    phase: rotary::Phase::ResponseBody,
+                    cause: rotary_proto::Error::TruncatedBody { .. },
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("{} bytes of the body missing", ANNOUNCED - SENT)),
+            "{err}"
+        );
+        let progress = failed_progress(&events);
+        assert_eq!(
+            (progress.received, progress.receive_total),
+            (SENT as u64, Some(ANNOUNCED as u64)),
+            "streaming {streaming}"
+        );
+        if streaming {
+            let delivered: usize = events
+                .iter()
+                .map(|e| match e {
+                    Event::Body { data, .. } => data.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(delivered, SENT);
+        }
+        server.join().expect("server");
+    }
+    assert_drained(&mut engine);
+}
+
+#[test]
+fn a_paused_download_reads_nothing_for_a_second_then_gets_every_byte() {
+    const SIZE: usize = 16 * 1024 * 1024;
+    let (url, server) = peer(|mut sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        read_head(&mut r);
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n");
+        sock.write_all(head.as_bytes()).expect("head");
+        let chunk = vec![3u8; 64 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            sock.write_all(&chunk).expect("body");
+        }
+    });
+    let mut engine = engine();
+    // A receive-stall deadline far shorter than the pause: time held back
+    // by the host must not count as a stall.
+    let opts = RequestOptions::default()
+        .streaming(true)
+        .stall_timeouts(None, Some(Duration::from_millis(100)));
+    let id = engine.submit(
+        http::Request::get(format!("{url}/big"))
+            .body(())
+            .expect("request"),
+        opts,
+    );
+    let mut delivered = 0usize;
+    let mut pump = |engine: &mut Engine, for_: Duration| {
+        let mut ended = false;
+        let until = Instant::now() + for_;
+        while !ended && Instant::now() < until {
+            engine.poll(Some(Duration::from_millis(20))).expect("poll");
+            while let Some(ev) = engine.next_event() {
+                match ev {
+                    Event::Head { .. } => engine.pause(id, true),
+                    Event::Body { data, .. } => delivered += data.len(),
+                    Event::End { .. } => ended = true,
+                    Event::Failed { error, .. } => panic!("{error}"),
+                    _ => {}
+                }
+            }
+        }
+        ended
+    };
+    // Paused at the head: what was read with it, then nothing.
+    assert!(!pump(&mut engine, Duration::from_millis(200)));
+    let before = engine.progress(id).expect("live");
+    assert!(!pump(&mut engine, Duration::from_millis(1000)));
+    let after = engine.progress(id).expect("live");
+    assert_eq!(before.received, after.received, "read while paused");
+    assert!(after.received < 1024 * 1024, "{after:?}");
+    engine.pause(id, false);
+    assert!(pump(&mut engine, WAIT), "did not end");
+    assert_eq!(delivered, SIZE);
+    server.join().expect("server");
+    assert_drained(&mut engine);
+}
+
+/// CPU time of the calling thread so far, in clock ticks (Linux).
+#[cfg(target_os = "linux")]
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn execute_waits_in_the_poll_while_other_events_stay_queued() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let (url, server) = peer(move |mut sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        read_head(&mut r);
+        ok(&mut sock, b"warm");
+        read_head(&mut r);
+        // Answer the second request only when the test says so, after it
+        // has waited a while.
+        let _ = rx.recv_timeout(WAIT);
+        ok(&mut sock, b"late");
+    });
+    let mut engine = engine();
+    let get = || {
+        http::Request::get(format!("{url}/x"))
+            .body(())
+            .expect("request")
+    };
+    engine
+        .execute(get(), RequestOptions::default())
+        .expect("warm-up");
+    // `Opened` (and more) stay queued: execute leaves them to the host.
+    let answer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(500));
+        let _ = tx.send(());
+    });
+    let before = thread_cpu_ticks();
+    let resp = engine
+        .execute(get(), RequestOptions::default())
+        .expect("answered");
+    let spent = thread_cpu_ticks() - before;
+    assert_eq!(&resp.body()[..], b"late");
+    // Waiting 500 ms in epoll costs next to nothing; a loop that returned
+    // at once for the queued events would burn most of it.
+    assert!(spent < 15, "{spent} ticks of CPU while waiting");
+    assert!(engine.next_event().is_some(), "the queued events are kept");
+    answer.join().expect("answer");
+    server.join().expect("server");
+    assert_drained(&mut engine);
+}
+
+#[test]
+fn a_host_that_feeds_each_asks_room_never_overfills_the_window() {
+    const SIZE: usize = 16 * 1024 * 1024;
+    let (url, server) = peer(|sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        let head = read_head(&mut r);
+        let len: usize = header(&head, "content-length")
+            .expect("content-length")
+            .parse()
+            .expect("number");
+        // A slow start: the socket fills and the window's queue builds.
+        thread::sleep(Duration::from_millis(200));
+        let mut n = 0;
+        let mut buf = vec![0; 64 * 1024];
+        while n < len {
+            let k = r.read(&mut buf).expect("body");
+            assert!(k > 0, "body cut at {n}");
+            n += k;
+        }
+        let mut sock = sock;
+        ok(&mut sock, b"stored");
+        n
+    });
+    let mut engine = engine();
+    let req = http::Request::put(format!("{url}/up"))
+        .body(Body::stream(Some(SIZE as u64)))
+        .expect("request");
+    let id = engine.submit(req, RequestOptions::default().send_window(64 * 1024));
+    let piece = Bytes::from(vec![b'p'; 4096]);
+    let mut fed = 0usize;
+    let events = run(&mut engine, id, |engine, room| {
+        // Take each ask at its word, in pieces: the room it names must fit.
+        let mut room = room;
+        while room >= piece.len() && fed < SIZE {
+            engine.send_body(id, piece.clone()).expect("fits the room");
+            room -= piece.len();
+            fed += piece.len();
+        }
+        if fed == SIZE {
+            let _ = engine.end_body(id, None);
+        }
+    });
+    assert_eq!(status(&events), 200);
+    assert_eq!(server.join().expect("server"), SIZE);
+    assert_drained(&mut engine);
+}

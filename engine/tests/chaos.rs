@@ -1,5 +1,7 @@
-//! Chaos: ten thousand requests of every kind (GETs, streamed GETs, retry-safe
-//! and non-retry-safe POSTs, long polls) through the seeded fault-injecting
+//! Chaos: ten thousand requests of every kind (GETs, streamed GETs, streamed
+//! GETs the host pauses or consumes by hand, PUTs of file bodies sent in
+//! pieces, retry-safe and non-retry-safe POSTs, long polls) through the seeded
+//! fault-injecting
 //! proxy, about 5 % of whose connections are faulted (resets and closes at
 //! random offsets in both directions, stalls, delays, 1-byte segments,
 //! garbage, refused connects).
@@ -35,7 +37,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rotary::{Deadline, Error, Event, Phase, RequestId, RequestOptions};
 use support::*;
 
@@ -53,6 +54,13 @@ enum Kind {
     /// name of the server, another origin (307); it follows the redirect.
     RedirectedGet,
     StreamedGet,
+    /// A streamed GET the host holds back: paused at its head and resumed
+    /// a moment later, or consumed by hand a moment after each piece with
+    /// a small receive window.
+    PausedGet,
+    /// A PUT of a file body ([`rotary::Body::file`]), sent in pieces of a
+    /// small send window; idempotent and replayable, so it may be retried.
+    FileUpload,
     SafePost,
     UnsafePost,
     LongPoll,
@@ -61,7 +69,8 @@ enum Kind {
 impl Kind {
     fn path(self) -> &'static str {
         match self {
-            Kind::Get | Kind::StreamedGet => "/get",
+            Kind::Get | Kind::StreamedGet | Kind::PausedGet => "/get",
+            Kind::FileUpload => "/put",
             Kind::RedirectedGet => "/hop",
             Kind::SafePost => "/post-safe",
             Kind::UnsafePost => "/post-unsafe",
@@ -109,6 +118,8 @@ struct Sent {
     submitted: Instant,
     deadline: Duration,
     streamed: Option<Streamed>,
+    /// How the host holds a [`Kind::PausedGet`] back.
+    hold: Option<Hold>,
     /// What the server was asked to do (always `Fine` unless `bad_server`).
     bad: Misbehaviour,
     /// Idempotent or marked retry-safe: the engine may send it twice.
@@ -223,6 +234,32 @@ impl Misbehaviour {
     }
 }
 
+/// How the host holds a paused download back.
+#[derive(Clone, Copy, Debug)]
+enum Hold {
+    /// `Engine::pause` at the head, resumed this much later.
+    Pause(Duration),
+    /// `manual_consume`: each piece consumed this much after it arrived.
+    Consume(Duration),
+}
+
+/// A flow-control call the host makes later.
+#[derive(Clone, Copy, Debug)]
+enum Later {
+    Pause,
+    Resume,
+    Consume(usize),
+}
+
+/// The file bodies of [`Kind::FileUpload`]: one file per size, shared by
+/// every upload of that size.
+const UPLOAD_SIZES: [usize; 4] = [1, 3_000, 40_000, 120_000];
+
+/// The content of an upload of `len` bytes.
+fn upload_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 253) as u8).collect()
+}
+
 #[derive(Default)]
 struct Streamed {
     status: Option<http::StatusCode>,
@@ -233,6 +270,8 @@ struct Streamed {
 #[derive(Debug, Default)]
 struct Tally {
     ok: u64,
+    /// Successes by kind of request (the mix really ran).
+    ok_by_kind: BTreeMap<Kind, u64>,
     failed: u64,
     timeouts: u64,
     cancelled: u64,
@@ -288,6 +327,12 @@ fn chaos_server(leaf: &Issued) -> TestServer {
         };
         if req.method == "POST" && req.body != format!("post-{n}").as_bytes() {
             return Reply::text(400, "wrong body");
+        }
+        if req.method == "PUT" {
+            let up = query(&req.target, "up").unwrap_or(0) as usize;
+            if req.body != upload_body(up) {
+                return Reply::text(400, "wrong upload");
+            }
         }
         if req.path() == "/hop" {
             // Same query, at /get: on this origin, or on the server's other
@@ -347,6 +392,15 @@ fn run(seed: u64, setup: Setup) -> Tally {
         .random_faults(setup.fault_rate, setup.max_offset)
         .start();
     let ca_file = ca.write_pem_file();
+    let uploads: Vec<(usize, TempFile)> = UPLOAD_SIZES
+        .iter()
+        .map(|&len| {
+            (
+                len,
+                TempFile::new(&format!("upload-{len}"), &upload_body(len)),
+            )
+        })
+        .collect();
     let mut config = rotary::Config::default();
     config.trust = rotary::Trust::pem_file(ca_file.path());
     // The server's name resolves to a dead address first (connects are
@@ -401,6 +455,7 @@ fn run(seed: u64, setup: Setup) -> Tally {
     let mut next: u64 = 0;
     let mut polls: u64 = 0;
     let mut cancels: Vec<(Instant, RequestId)> = Vec::new();
+    let mut later: Vec<(Instant, RequestId, Later)> = Vec::new();
 
     while next < setup.requests || !outstanding.is_empty() {
         polls += 1;
@@ -415,7 +470,15 @@ fn run(seed: u64, setup: Setup) -> Tally {
         while outstanding.len() < setup.concurrency && next < setup.requests {
             let n = next;
             next += 1;
-            let (id, sent) = submit(&mut engine, &handle, &mut rng, &base, n, setup.bad_server);
+            let (id, sent) = submit(
+                &mut engine,
+                &handle,
+                &mut rng,
+                &base,
+                &uploads,
+                n,
+                setup.bad_server,
+            );
             // Some requests are cancelled a moment later: queued, connecting,
             // mid-exchange, or already ended (which must be a no-op).
             if rng.u8(0..100) < 2 {
@@ -456,9 +519,36 @@ fn run(seed: u64, setup: Setup) -> Tally {
                 true
             }
         });
+        later.retain(|&(at, id, call)| {
+            if at > now {
+                wait = wait.min(at - now);
+                return true;
+            }
+            // Half through the engine, half through a `Handle`. A call for
+            // a request that ended meanwhile must be a no-op.
+            let direct = id.get() % 2 == 0;
+            match call {
+                Later::Pause | Later::Resume if direct => {
+                    engine.pause(id, matches!(call, Later::Pause))
+                }
+                Later::Pause | Later::Resume => handle
+                    .pause(id, matches!(call, Later::Pause))
+                    .expect("engine alive"),
+                Later::Consume(n) if direct => engine.consume(id, n),
+                Later::Consume(n) => handle.consume(id, n).expect("engine alive"),
+            }
+            false
+        });
         drive(seed, &mut engine, &mut host, wait);
         while let Some(ev) = engine.next_event() {
-            observe(seed, ev, &mut outstanding, &mut ended, &mut tally);
+            observe(
+                seed,
+                ev,
+                &mut outstanding,
+                &mut ended,
+                &mut tally,
+                &mut later,
+            );
         }
     }
     tally.elapsed = started.elapsed();
@@ -469,7 +559,14 @@ fn run(seed: u64, setup: Setup) -> Tally {
     let settle = Instant::now() + Duration::from_secs(5);
     loop {
         while let Some(ev) = engine.next_event() {
-            observe(seed, ev, &mut outstanding, &mut ended, &mut tally);
+            observe(
+                seed,
+                ev,
+                &mut outstanding,
+                &mut ended,
+                &mut tally,
+                &mut later,
+            );
         }
         if engine.stats().is_idle() || Instant::now() >= settle {
             break;
@@ -509,6 +606,18 @@ fn run(seed: u64, setup: Setup) -> Tally {
         tally.by_kind,
         tally.worst_lateness
     );
+    eprintln!(
+        "chaos: seed {seed}: successes by kind {:?}",
+        tally.ok_by_kind
+    );
+    if setup.requests >= 1_000 && setup.shutdown_after.is_none() {
+        for kind in [Kind::FileUpload, Kind::PausedGet] {
+            assert!(
+                tally.ok_by_kind.get(&kind).copied().unwrap_or(0) > 0,
+                "seed {seed}: no {kind:?} succeeded"
+            );
+        }
+    }
     eprintln!(
         "chaos: seed {seed}: engine: {} connections attempted, {} opened, {} reused, {} retries, {} probes, {} drains out of grace, {} chain changes over {} rotations, {} resumed handshakes; proxy: {injected:?}",
         stats.connections_attempted,
@@ -569,15 +678,18 @@ fn submit(
     handle: &rotary::Handle,
     rng: &mut fastrand::Rng,
     base: &str,
+    uploads: &[(usize, TempFile)],
     n: u64,
     bad_server: bool,
 ) -> (RequestId, Sent) {
     let kind = match rng.u8(0..100) {
-        0..=33 => Kind::Get,
-        34..=39 => Kind::RedirectedGet,
-        40..=49 => Kind::StreamedGet,
-        50..=64 => Kind::SafePost,
-        65..=84 => Kind::UnsafePost,
+        0..=27 => Kind::Get,
+        28..=33 => Kind::RedirectedGet,
+        34..=41 => Kind::StreamedGet,
+        42..=48 => Kind::PausedGet,
+        49..=56 => Kind::FileUpload,
+        57..=68 => Kind::SafePost,
+        69..=84 => Kind::UnsafePost,
         _ => Kind::LongPoll,
     };
     let size = match rng.u8(0..10) {
@@ -609,7 +721,7 @@ fn submit(
             Misbehaviour::BENIGN[rng.usize(0..Misbehaviour::BENIGN.len())]
         };
         // A streamed body has no size limit: it would not break.
-        if bad == Misbehaviour::TooLarge && kind == Kind::StreamedGet {
+        if bad == Misbehaviour::TooLarge && matches!(kind, Kind::StreamedGet | Kind::PausedGet) {
             bad = Misbehaviour::Stall;
         }
         target.push_str(&format!("&bad={}", bad as u64));
@@ -622,23 +734,44 @@ fn submit(
     // A runner's job request is a POST the server acts on: most long polls
     // are not retry-safe; a quarter are (an idempotent poll API).
     let retry_safe = kind == Kind::SafePost || (kind == Kind::LongPoll && rng.u8(0..4) == 0);
+    let upload = (kind == Kind::FileUpload).then(|| &uploads[rng.usize(0..uploads.len())]);
+    if let Some((len, _)) = upload {
+        target.push_str(&format!("&up={len}"));
+        opts = opts.send_window([1024, 4096, 16 * 1024, 256 * 1024][rng.usize(0..4)]);
+    }
     let builder = http::Request::builder()
         .uri(&target)
         .header("x-chaos-id", n.to_string())
         .header("x-chaos-retry-safe", if retry_safe { "1" } else { "0" });
     let request = match kind {
-        Kind::Get | Kind::RedirectedGet | Kind::StreamedGet => {
-            builder.method("GET").body(Bytes::new())
+        Kind::Get | Kind::RedirectedGet | Kind::StreamedGet | Kind::PausedGet => {
+            builder.method("GET").body(rotary::Body::empty())
+        }
+        Kind::FileUpload => {
+            let (_, file) = upload.expect("an upload has its file");
+            let body = rotary::Body::file(file.path()).expect("the upload's file opens");
+            builder.method("PUT").body(body)
         }
         Kind::SafePost | Kind::UnsafePost | Kind::LongPoll => builder
             .method("POST")
-            .body(Bytes::from(format!("post-{n}"))),
+            .body(rotary::Body::from(format!("post-{n}"))),
     }
     .expect("valid request");
     opts = opts.retry_safe(retry_safe);
-    if kind == Kind::StreamedGet {
+    if matches!(kind, Kind::StreamedGet | Kind::PausedGet) {
         opts = opts.streaming(true);
     }
+    let hold = (kind == Kind::PausedGet).then(|| {
+        let d = Duration::from_millis(rng.u64(0..150));
+        if rng.bool() {
+            Hold::Pause(d)
+        } else {
+            opts = opts
+                .manual_consume(true)
+                .receive_window([1024, 4096][rng.usize(0..2)]);
+            Hold::Consume(d / 8)
+        }
+    });
     let submitted = Instant::now();
     let id = if rng.u8(0..10) == 0 {
         handle.submit(request, opts).expect("engine alive")
@@ -651,9 +784,18 @@ fn submit(
         size,
         submitted,
         deadline,
-        streamed: (kind == Kind::StreamedGet).then(Streamed::default),
+        streamed: matches!(kind, Kind::StreamedGet | Kind::PausedGet).then(Streamed::default),
+        hold,
         bad,
-        safe: retry_safe || matches!(kind, Kind::Get | Kind::RedirectedGet | Kind::StreamedGet),
+        safe: retry_safe
+            || matches!(
+                kind,
+                Kind::Get
+                    | Kind::RedirectedGet
+                    | Kind::StreamedGet
+                    | Kind::PausedGet
+                    | Kind::FileUpload
+            ),
     };
     (id, sent)
 }
@@ -664,6 +806,7 @@ fn observe(
     outstanding: &mut HashMap<RequestId, Sent>,
     ended: &mut HashSet<RequestId>,
     tally: &mut Tally,
+    later: &mut Vec<(Instant, RequestId, Later)>,
 ) {
     if let Some(id) = ev.request_id() {
         assert!(
@@ -689,6 +832,11 @@ fn observe(
                 .unwrap_or_else(|| panic!("seed {seed}: Head for a buffered request {id:?}"));
             assert!(st.status.is_none(), "seed {seed}: two heads for {id:?}");
             st.status = Some(response.status());
+            if let Some(Hold::Pause(d)) = s.hold {
+                let now = Instant::now();
+                later.push((now, id, Later::Pause));
+                later.push((now + d, id, Later::Resume));
+            }
         }
         Event::Body { id, data } => {
             let s = outstanding.get_mut(&id).expect("checked above");
@@ -698,6 +846,9 @@ fn observe(
                 .unwrap_or_else(|| panic!("seed {seed}: Body for a buffered request {id:?}"));
             assert!(st.status.is_some(), "seed {seed}: Body before Head, {id:?}");
             st.body.extend_from_slice(&data);
+            if let Some(Hold::Consume(d)) = s.hold {
+                later.push((Instant::now() + d, id, Later::Consume(data.len())));
+            }
         }
         Event::Response {
             id,
@@ -725,6 +876,7 @@ fn observe(
                 tally.redirected += 1;
             }
             tally.ok += 1;
+            *tally.ok_by_kind.entry(s.kind).or_default() += 1;
         }
         Event::End { id, .. } => {
             let s = outstanding.remove(&id).expect("checked above");
@@ -738,11 +890,13 @@ fn observe(
             ended_once(seed, id, &s, ended, tally);
             check_answer(seed, &s, status, &st.body);
             tally.ok += 1;
+            *tally.ok_by_kind.entry(s.kind).or_default() += 1;
         }
         Event::Failed {
             id,
             ref error,
             reused,
+            ..
         } => {
             let s = outstanding.remove(&id).expect("checked above");
             ended_once(seed, id, &s, ended, tally);

@@ -77,6 +77,39 @@ fn scripted_exchanges_reach_the_expected_outcomes() {
     assert_eq!((r.submitted, r.ok, r.failed), (1, 0, 1));
 }
 
+#[test]
+fn scripted_streamed_bodies_reach_the_expected_outcomes() {
+    // A fed, chunked PUT: "abc", ended; answered.
+    let r = run(&[0, 12, 0, 13, 3, b'a', b'b', b'c', 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 1, 0));
+    // Declared 10 bytes, fed 3 and ended: the request fails.
+    let r = run(&[0, 12, 1 | 10 << 1, 13, 3, b'a', b'b', b'c', 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 0, 1));
+    // A fed body never ended, answered early: the response ends it.
+    let r = run(&[0, 12, 0, 13, 1, b'a', 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 1, 0));
+    // Fed, then nothing: the send stall (20 ms) fails it.
+    let r = run(&[0, 12, 0, 13, 1, b'a', 6, 50]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 0, 1));
+    // Expect: 100-continue with a bytes body, the peer says 100 then 200.
+    let mut script = vec![0, 15, 0x80, 3, 25];
+    script.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    script.extend_from_slice(&[9, 0]);
+    let r = run(&script);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 1, 0));
+    // A streamed GET consumed by hand through a one-byte window: the body
+    // arrives as it is consumed, and the request ends.
+    let r = run(&[0, 15, 0x40, 9, 0, 14, 0x80, 14, 0x80, 14, 0x80]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 1, 0));
+    // Paused at once, never resumed: it ends only at shutdown.
+    let r = run(&[0, 15, 0, 14, 0, 9, 0, 6, 100]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 0, 1));
+    // Paused, then resumed: the response arrives (its end once the host
+    // has taken the body and the engine had a turn, here a clock tick).
+    let r = run(&[0, 15, 0, 14, 0, 9, 0, 14, 0x40, 6, 1]);
+    assert_eq!((r.submitted, r.ok, r.failed), (1, 1, 0));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
     #[test]

@@ -282,12 +282,13 @@ fn exchange(
             lines.into_iter().for_each(|l| out.err_line(l));
         }
     };
-    heads(trace::request_head(request));
-    let body = match &o.upload {
+    let body = match o.upload.as_ref().or(o.data_file.as_ref()) {
         Some(path) => Body::file(path)
             .map_err(|e| Failure::new(26, format!("cannot read {}: {e}", path.display())))?,
         None => Body::from(request.body().clone()),
     };
+    let file_len = o.upload.as_ref().or(o.data_file.as_ref()).and(body.len());
+    heads(trace::request_head(request, file_len));
     let mut sink = match &o.output {
         Some(path) => Some(
             std::fs::File::create(path)

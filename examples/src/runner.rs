@@ -59,6 +59,8 @@ usage: cargo run --example runner -- --url URL --token TOKEN [FLAGS]
   --builds-dir DIR     each job's files go to DIR/job-<id>/: ca.pem, the CA
                        bundle (intermediates + root) of the coordinator's
                        chain as it is when the job runs, for its git clone;
+                       trace.log, the job's log (each increment is sent
+                       from it, streamed);
                        the artifacts while they are used
                        [a temporary directory, removed at exit]
   --chain-freshness D  ca.pem comes from a full handshake at most D old
@@ -376,19 +378,72 @@ impl Job {
     }
 }
 
-/// The job's log, sent in `Content-Range` increments.
+/// The job's log, written to `trace.log` in the job's dir and sent from
+/// there in `Content-Range` increments, each a file body
+/// ([`rotary::Body::from_file`]): streamed a send window at a time, and
+/// replayable, so a retry on a fresh connection sends it again.
 struct Trace {
-    text: Vec<u8>,
-    sent: usize,
+    path: PathBuf,
+    file: std::fs::File,
+    /// Bytes written to the file.
+    len: u64,
+    /// Bytes the coordinator holds.
+    sent: u64,
     interval: Duration,
     last: Option<Instant>,
     patches: u32,
+    /// A write to the file failed (the job fails with it).
+    broken: Option<String>,
 }
 
 impl Trace {
+    fn new(dir: &Path) -> Result<Trace, String> {
+        let path = dir.join("trace.log");
+        let file = std::fs::File::create(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(Trace {
+            path,
+            file,
+            len: 0,
+            sent: 0,
+            interval: Duration::from_secs(3),
+            last: None,
+            patches: 0,
+            broken: None,
+        })
+    }
+
     fn line(&mut self, s: impl AsRef<str>) {
-        self.text.extend_from_slice(s.as_ref().as_bytes());
-        self.text.push(b'\n');
+        use std::io::Write as _;
+        let mut line = s.as_ref().as_bytes().to_vec();
+        line.push(b'\n');
+        match self.file.write_all(&line) {
+            Ok(()) => self.len += line.len() as u64,
+            Err(e) => {
+                self.broken
+                    .get_or_insert_with(|| format!("writing {}: {e}", self.path.display()));
+            }
+        }
+    }
+
+    /// The bytes from `sent` on, as a body read from the file.
+    fn increment(&self) -> Result<rotary::Body, String> {
+        use std::io::{Seek as _, SeekFrom};
+        let mut f = std::fs::File::open(&self.path)
+            .map_err(|e| format!("opening {}: {e}", self.path.display()))?;
+        f.seek(SeekFrom::Start(self.sent))
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        let body = rotary::Body::from_file(f)
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        match body.len() {
+            Some(n) if n == self.len - self.sent => Ok(body),
+            n => Err(format!(
+                "{} holds {n:?} bytes past {}, {} expected",
+                self.path.display(),
+                self.sent,
+                self.len - self.sent
+            )),
+        }
     }
 }
 
@@ -437,12 +492,15 @@ impl Ctx<'_> {
     /// Send the trace bytes not yet sent; on 416 resume from the server's
     /// `Range`.
     fn flush(&mut self, trace: &mut Trace) -> Result<(), String> {
+        if let Some(why) = &trace.broken {
+            return Err(format!("PATCH trace: {why}"));
+        }
         for _ in 0..3 {
-            if trace.sent >= trace.text.len() {
+            if trace.sent >= trace.len {
                 return Ok(());
             }
-            let end = trace.text.len();
-            let chunk = Bytes::copy_from_slice(&trace.text[trace.sent..end]);
+            let end = trace.len;
+            let chunk = trace.increment()?;
             let url = self.url(&format!("/api/v4/jobs/{}/trace", self.job.id))?;
             let req = http::Request::patch(url)
                 .header("job-token", self.job.token.as_str())
@@ -467,7 +525,7 @@ impl Ctx<'_> {
                 .get("range")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().strip_prefix("0-"))
-                .and_then(|n| n.parse::<usize>().ok());
+                .and_then(|n| n.parse::<u64>().ok());
             match a.response.status().as_u16() {
                 202 => {
                     trace.sent = end;
@@ -482,7 +540,7 @@ impl Ctx<'_> {
                 s => return Err(format!("PATCH trace: coordinator answered {s}")),
             }
         }
-        if trace.sent >= trace.text.len() {
+        if trace.sent >= trace.len {
             Ok(())
         } else {
             Err("PATCH trace: refused three times".into())
@@ -511,13 +569,7 @@ fn run_job(
     let dir = builds.join(format!("job-{}", job.id));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut ctx = Ctx { api, o, job, dir };
-    let mut trace = Trace {
-        text: Vec::new(),
-        sent: 0,
-        interval: Duration::from_secs(3),
-        last: None,
-        patches: 0,
-    };
+    let mut trace = Trace::new(&ctx.dir)?;
     ctx.update("running", None)?;
     let result = steps(&mut ctx, &mut trace, served_by, log);
     for f in ["artifacts.bin", "dependency.zip"] {
@@ -530,8 +582,7 @@ fn run_job(
             ctx.update("success", None)?;
             Ok(format!(
                 "{summary}; trace {} bytes in {} increments",
-                trace.text.len(),
-                trace.patches
+                trace.len, trace.patches
             ))
         }
         Err(why) => {

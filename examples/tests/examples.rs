@@ -563,6 +563,10 @@ fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
             line.contains(&format!("trace {} bytes", r.trace_bytes)),
             "{line}"
         );
+        // Sent from the job's trace.log, which holds what the server got.
+        let log = std::fs::read(dir.path().join(format!("job-{}/trace.log", r.id)))
+            .expect("the job's trace.log");
+        assert_eq!(sha256_hex(&log), r.trace_sha256, "{r:?}");
         assert_eq!(r.downloads, 1, "{r:?}");
         // The dependency came from object storage, byte for byte.
         let dep = rotary_examples::coordinator::dependency_artifact(r.id, 100_000);
@@ -1113,6 +1117,34 @@ fn fetch_data_at_dash_posts_stdin_as_a_form() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(peer.seen()[1].header("content-type"), Some("text/plain"));
     assert_eq!(peer.seen()[1].body, b"raw");
+}
+
+#[test]
+fn fetch_data_at_file_streams_the_file_with_its_length() {
+    let peer = ok_peer("");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("form.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    let at = format!("@{}", path.display());
+    let (code, _, err) = fetch_run(&["--data-binary", &at, &peer.url("/up")]);
+    assert_eq!(code, 0, "{err}");
+    let seen = &peer.seen()[0];
+    assert_eq!(seen.request_line(), "POST /up HTTP/1.1");
+    assert_eq!(seen.header("content-length"), Some("300000"));
+    assert_eq!(
+        seen.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert!(seen.body == data, "the file arrived damaged");
+    // With another -d the pieces are joined with '&', as curl does.
+    let (code, _, err) = fetch_run(&["-d", "a=1", "-d", &at, &peer.url("/up")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(peer.seen()[1].body.len(), 4 + data.len());
+    // A file that is not there fails as curl's read error does.
+    let missing = format!("@{}", dir.path().join("none").display());
+    let (code, _, _) = fetch_run(&["-d", &missing, &peer.url("/up")]);
+    assert_eq!(code, 26);
 }
 
 #[test]

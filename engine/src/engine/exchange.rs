@@ -201,7 +201,9 @@ impl Engine {
 
     /// The phase a protocol error of request `rk`'s response belongs to.
     fn response_phase(&self, rk: ReqKey) -> Phase {
-        if self.reqs.get(rk).is_some_and(|r| r.head.is_some()) {
+        // Streamed heads are handed out at once, so `Req::head` alone
+        // would not tell.
+        if self.reqs.get(rk).is_some_and(|r| r.flow.head_seen) {
             Phase::ResponseBody
         } else {
             Phase::ResponseHead
@@ -306,6 +308,7 @@ impl Engine {
                     self.upload_stop(key, rk);
                 }
                 if let Some(req) = self.reqs.get_mut(rk) {
+                    req.flow.head_seen = true;
                     req.flow.receive_total = head
                         .headers
                         .get(http::header::CONTENT_LENGTH)

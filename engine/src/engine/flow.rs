@@ -15,6 +15,7 @@ use crate::keys::{ConnKey, ReqKey};
 use crate::{CloseReason, Deadline, Error, RequestId};
 
 use super::io::ReadMode;
+use super::request::Req;
 use super::timers::{after, ReqTimer, Timer};
 use super::Engine;
 
@@ -29,6 +30,9 @@ pub(super) struct Flow {
     pub(super) received: u64,
     /// The response's `Content-Length`, when it has one.
     pub(super) receive_total: Option<u64>,
+    /// The final response head arrived (what follows is the body's phase,
+    /// streamed or buffered).
+    pub(super) head_seen: bool,
     /// The connection's byte counters when the stall timers were armed.
     pub(super) tx_mark: u64,
     pub(super) rx_mark: u64,
@@ -161,19 +165,25 @@ impl Engine {
 
     /// The transfer counters of live request `id`.
     pub(super) fn progress_of(&self, id: RequestId) -> Option<Progress> {
-        let req = self.reqs.get(self.reqs.find(id)?)?;
-        let send_total = req.request.body().len();
-        let sent = match req.upload.as_deref() {
+        Some(self.reqs.get(self.reqs.find(id)?)?.progress())
+    }
+}
+
+impl Req {
+    /// How far this request's transfer has got.
+    pub(super) fn progress(&self) -> Progress {
+        let send_total = self.request.body().len();
+        let sent = match self.upload.as_deref() {
             Some(up) => up.sent,
             // Sent with the head, once on a connection.
-            None if req.conn.is_some() => send_total.unwrap_or(0),
+            None if self.conn.is_some() => send_total.unwrap_or(0),
             None => 0,
         };
-        Some(Progress {
+        Progress {
             sent,
             send_total,
-            received: req.flow.received,
-            receive_total: req.flow.receive_total,
-        })
+            received: self.flow.received,
+            receive_total: self.flow.receive_total,
+        }
     }
 }

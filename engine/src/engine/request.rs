@@ -17,7 +17,7 @@ use crate::keys::{ConnKey, ReqKey, Slots};
 use crate::wheel::TimerKey;
 use crate::{Body, CloseReason, Error, RequestId, RequestOptions};
 
-use super::flow::Flow;
+use super::flow::{Flow, Progress};
 use super::pool::PoolKey;
 use super::timers::{after, ReqTimer, Timer, REQ_TIMERS};
 use super::upload::Upload;
@@ -292,15 +292,15 @@ impl Engine {
         now: Instant,
     ) {
         if self.shut {
-            return self.emit_failed(id, Error::Shutdown, false);
+            return self.emit_failed(id, Error::Shutdown, false, Progress::default());
         }
         let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
             Ok(p) => p,
-            Err(e) => return self.emit_failed(id, e, false),
+            Err(e) => return self.emit_failed(id, e, false, Progress::default()),
         };
         let upload = match Upload::of(&mut request) {
             Ok(u) => u,
-            Err(e) => return self.emit_failed(id, e, false),
+            Err(e) => return self.emit_failed(id, e, false, Progress::default()),
         };
         let fed = upload.is_some();
         let key = self.reqs.insert(Req::new(id, p, request, opts, upload));
@@ -365,13 +365,18 @@ impl Engine {
         let Some(req) = self.take_request(rk) else {
             return;
         };
-        self.emit_failed(req.id, err, req.reused);
+        let progress = req.progress();
+        self.emit_failed(req.id, err, req.reused, progress);
     }
 
-    fn emit_failed(&mut self, id: RequestId, error: Error, reused: bool) {
+    fn emit_failed(&mut self, id: RequestId, error: Error, reused: bool, progress: Progress) {
         log::debug!("request {} failed: {error}", id.0);
         self.stats.failed_by_phase[error.phase().index()] += 1;
-        self.out
-            .push_back(crate::Event::Failed { id, error, reused });
+        self.out.push_back(crate::Event::Failed {
+            id,
+            error,
+            reused,
+            progress,
+        });
     }
 }

@@ -560,6 +560,30 @@ impl Engine {
 
 /// The fed body of live request `id`: its key, the feed, the body bytes
 /// sent so far and the request's send window.
+impl Engine {
+    /// A `BodyWanted { room }` of `id` is being handed to the host: the
+    /// room as of now, since the host may have fed chunks after it was
+    /// raised (each chunk that goes out at once can raise the next ask, so
+    /// asks queue up). `None`: drop it, the window is full or the body
+    /// ended; the next ask comes when the queue drains. A request that is
+    /// gone keeps its event as it is (its terminal event follows).
+    pub(super) fn room_now(&mut self, id: RequestId, room: usize) -> Option<usize> {
+        let Ok((_, feed, _, window)) = fed(&mut self.reqs, id) else {
+            return Some(room);
+        };
+        if feed.ended {
+            return None;
+        }
+        match window.saturating_sub(feed.queued) {
+            0 => {
+                feed.asked = false;
+                None
+            }
+            now => Some(now),
+        }
+    }
+}
+
 fn fed(reqs: &mut Requests, id: RequestId) -> Result<(ReqKey, &mut Feed, u64, usize), Error> {
     let rk = reqs.find(id).ok_or_else(|| no_stream(id))?;
     let req = reqs.get_mut(rk).ok_or_else(|| no_stream(id))?;

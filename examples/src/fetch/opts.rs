@@ -26,7 +26,8 @@ request:
   -o, --output FILE      write the body to FILE as it arrives (streamed)
   -#, --progress-bar     a progress bar on stderr (default with -o or -T
                          when stderr is a terminal)
-  -d, --data DATA        request body; @FILE reads FILE, @- reads stdin; -d
+  -d, --data DATA        request body; @FILE sends FILE (streamed from disk
+                         when it is the only -d), @- reads stdin; -d
                          given again appends '&' and DATA; the Content-Type is
                          application/x-www-form-urlencoded unless -H sets one
       --data-binary DATA the same as -d
@@ -150,7 +151,11 @@ pub(super) struct Opts {
     pub(super) url: String,
     pub(super) method: Option<String>,
     pub(super) headers: Vec<Header>,
+    /// The `-d` body, joined with `&`; empty when `data_file` holds it.
     pub(super) data: Option<Vec<u8>>,
+    /// A lone `-d @FILE`: the body is streamed from FILE, never read into
+    /// memory whole.
+    pub(super) data_file: Option<PathBuf>,
     /// `-T FILE`: PUT the file, streamed.
     pub(super) upload: Option<PathBuf>,
     /// `-o FILE`: the body goes to FILE as it arrives.
@@ -197,6 +202,7 @@ pub(super) fn parse(
         method: None,
         headers: Vec::new(),
         data: None,
+        data_file: None,
         upload: None,
         output: None,
         progress: false,
@@ -226,19 +232,13 @@ pub(super) fn parse(
     let mut url = None;
     let mut location = false;
     let mut max_redirs = MAX_REDIRS;
+    let mut pieces = Vec::new();
     while let Some(arg) = a.next() {
         match arg.as_str() {
             "-X" | "--request" => o.method = Some(a.value(&arg)?),
             "-H" | "--header" => o.headers.push(header(&arg, &a.value(&arg)?)?),
             "-d" | "--data" | "--data-binary" => {
-                let piece = data(&arg, &a.value(&arg)?, stdin)?;
-                match &mut o.data {
-                    Some(body) => {
-                        body.push(b'&');
-                        body.extend(piece);
-                    }
-                    None => o.data = Some(piece),
-                }
+                pieces.push((data(&arg, &a.value(&arg)?, stdin)?, arg));
             }
             "-T" | "--upload-file" => o.upload = Some(PathBuf::from(a.value(&arg)?)),
             "-o" | "--output" => o.output = Some(PathBuf::from(a.value(&arg)?)),
@@ -286,6 +286,30 @@ pub(super) fn parse(
         }
     }
     o.url = url.ok_or_else(|| Failure::usage("a URL is required"))?;
+    match pieces.as_slice() {
+        [] => {}
+        // One file: streamed by the engine, a window at a time.
+        [(Piece::File(file), _)] => {
+            o.data = Some(Vec::new());
+            o.data_file = Some(file.clone());
+        }
+        // Several pieces are joined in memory, as curl does.
+        _ => {
+            let mut body = Vec::new();
+            for (i, (piece, flag)) in pieces.into_iter().enumerate() {
+                if i > 0 {
+                    body.push(b'&');
+                }
+                match piece {
+                    Piece::Bytes(b) => body.extend(b),
+                    Piece::File(file) => body.extend(std::fs::read(&file).map_err(|e| {
+                        Failure::usage(format!("{flag}: cannot read {}: {e}", file.display()))
+                    })?),
+                }
+            }
+            o.data = Some(body);
+        }
+    }
     o.follow = location.then_some(max_redirs);
     if o.repeat == 0 {
         return Err(Failure::usage("--repeat must be at least 1"));
@@ -323,24 +347,33 @@ fn header(flag: &str, h: &str) -> Result<Header, Failure> {
     })
 }
 
-/// One `-d` value: DATA itself, `@FILE`'s bytes or, for `@-`, stdin's.
-fn data(flag: &str, d: &str, stdin: &mut dyn Read) -> Result<Vec<u8>, Failure> {
+/// One `-d` value.
+enum Piece {
+    /// DATA itself, or stdin's bytes for `@-`.
+    Bytes(Vec<u8>),
+    /// `@FILE`, read when the request is sent.
+    File(PathBuf),
+}
+
+/// One `-d` value: DATA itself, `@FILE` or, for `@-`, stdin's bytes.
+fn data(flag: &str, d: &str, stdin: &mut dyn Read) -> Result<Piece, Failure> {
     match d.strip_prefix('@') {
         Some("-") => {
             let mut body = Vec::new();
             stdin
                 .read_to_end(&mut body)
                 .map_err(|e| Failure::usage(format!("{flag} @-: cannot read stdin: {e}")))?;
-            Ok(body)
+            Ok(Piece::Bytes(body))
         }
-        Some(file) => std::fs::read(file)
-            .map_err(|e| Failure::usage(format!("{flag}: cannot read {file}: {e}"))),
-        None => Ok(d.as_bytes().to_vec()),
+        Some(file) => Ok(Piece::File(PathBuf::from(file))),
+        None => Ok(Piece::Bytes(d.as_bytes().to_vec())),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn parsed(a: &[&str], stdin: &[u8]) -> Result<Opts, Failure> {
@@ -356,6 +389,17 @@ mod tests {
         assert_eq!(o.follow, Some(50));
         assert_eq!(o.method.as_deref(), Some("PUT"));
         assert_eq!(o.data.as_deref(), Some(&b"from stdin"[..]));
+    }
+
+    #[test]
+    fn a_lone_data_file_is_streamed_and_several_pieces_are_joined() {
+        let o = parsed(&["-d", "@/some/file", "http://x/"], b"").expect("ok");
+        assert_eq!(o.data_file.as_deref(), Some(Path::new("/some/file")));
+        assert_eq!(o.data.as_deref(), Some(&b""[..]));
+        let err = parsed(&["-d", "a", "-d", "@/no/such/file", "http://x/"], b"");
+        assert!(err.is_err(), "joined pieces are read at once");
+        let o = parsed(&["-d", "a", "-d", "@-", "http://x/"], b"b").expect("ok");
+        assert_eq!((o.data.as_deref(), o.data_file), (Some(&b"a&b"[..]), None));
     }
 
     #[test]

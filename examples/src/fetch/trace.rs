@@ -19,16 +19,30 @@ use crate::Output;
 
 /// The head of `request` as rotary's codec encodes it on a fresh
 /// connection, one `> ` line per line and a bare `>` for the blank one.
-pub(super) fn request_head(request: &http::Request<Bytes>) -> Vec<String> {
+/// `file_len`: the body is a file of that length (`-T`, `-d @FILE`), sent
+/// in pieces, rather than the request's bytes.
+pub(super) fn request_head(request: &http::Request<Bytes>, file_len: Option<u64>) -> Vec<String> {
     let mut wire = BytesMut::new();
-    let encoded = Codec::new(Limits::default()).send_request(
-        request.method(),
-        request.uri(),
-        request.headers(),
-        Some(request.body()),
-        TargetForm::Origin,
-        &mut wire,
-    );
+    let mut codec = Codec::new(Limits::default());
+    let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+    let encoded = match file_len {
+        Some(n) => codec.start_streaming_request(
+            method,
+            uri,
+            headers,
+            Some(n),
+            TargetForm::Origin,
+            &mut wire,
+        ),
+        None => codec.send_request(
+            method,
+            uri,
+            headers,
+            Some(request.body()),
+            TargetForm::Origin,
+            &mut wire,
+        ),
+    };
     if let Err(e) = encoded {
         // The engine refuses the same request and says why.
         return vec![format!("* the request cannot be encoded: {e}")];
@@ -147,7 +161,7 @@ mod tests {
             .body(Bytes::from_static(b"hello"))
             .expect("request");
         assert_eq!(
-            request_head(&request),
+            request_head(&request, None),
             [
                 "> POST /up?x=1 HTTP/1.1",
                 "> host: a.test:8080",
@@ -155,6 +169,11 @@ mod tests {
                 "> content-length: 5",
                 ">"
             ]
+        );
+        // A file body: its length, not the request's (empty) bytes.
+        assert_eq!(
+            request_head(&request, Some(67_108_864))[3],
+            "> content-length: 67108864"
         );
     }
 

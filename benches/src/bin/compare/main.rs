@@ -12,6 +12,7 @@
 //! markdown table (stdout and `target/bench-report.md`) and an SVG chart of
 //! the ratios (`target/bench-report.svg`).
 
+mod bodies;
 mod hyper_client;
 mod instructions;
 mod measure;
@@ -39,7 +40,8 @@ usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin
                    bench); for smoke tests, not for numbers
   --rounds N       rounds of A B alternation (default 5; 3 with --quick)
   --only LIST      workloads to run: a keep-alive, b idle, c reconnect,
-                   d expiry, e timer wheel, f soak (default all)
+                   d expiry, e timer wheel, f soak, g bodies (16 and 256 MiB
+                   each way, with curl too; needs nginx) (default all)
   --server KIND    nginx (default when installed) or builtin (hyper in a
                    child process)
   --port P         the server's port (default: a free one)
@@ -60,6 +62,8 @@ Pieces, for profiling one client by hand (e.g. under perf):
       [--close] [--idle N] [--max-conns N] [--side-handshakes RATE]
   compare client rotary soak --url U --ca FILE --conns 32 --max-conns 64
       --max-age-ms 20 --requests 1000000
+  compare client rotary|hyper|curl download|upload --url U --ca FILE
+      --bytes N --warm URL [--file F]   (workload g: one body, timed)
 ";
 
 /// What one client process is asked to do.
@@ -120,6 +124,10 @@ fn client_main(args: &[String]) -> Result<(), String> {
     let (Some(which), Some(mode)) = (args.first(), args.get(1)) else {
         return Err(format!("client: need <rotary|hyper> <load|idle>\n{HELP}"));
     };
+    if matches!(mode.as_str(), "download" | "upload") {
+        println!("{}", bodies::client(which, mode, &args[2..])?.line());
+        return Ok(());
+    }
     let mut a = ClientArgs {
         url: String::new(),
         ca: PathBuf::new(),
@@ -225,7 +233,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
         rounds: 5,
-        only: "abcdef".into(),
+        only: "abcdefg".into(),
         server: None,
         port: None,
         idle: 10_000,
@@ -618,7 +626,12 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     if matches!(kind, server::Kind::Builtin) && o.server.is_none() {
         notes.push("nginx not found: using the builtin hyper server instead".to_owned());
     }
-    let need_server = o.only.contains(['a', 'b', 'c', 'd', 'f']) || o.instructions;
+    let bodies_on = o.only.contains('g');
+    if bodies_on {
+        eprintln!("g. bodies: writing the static files");
+        bodies::write_files(&dir.path().join("www"))?;
+    }
+    let need_server = o.only.contains(['a', 'b', 'c', 'd', 'f', 'g']) || o.instructions;
     let server = if need_server {
         match server::start(&kind, dir.path(), o.port) {
             Ok(s) => {
@@ -713,6 +726,47 @@ fn parent_main(args: &[String]) -> Result<(), String> {
         };
         report::Soak { run }
     });
+    let bodies_md = bodies_on.then(|| {
+        let mut runs = bodies::Runs::new();
+        let why_not = match (&server, &kind) {
+            (Err(e), _) => Some(e.clone()),
+            (Ok(_), server::Kind::Builtin) => {
+                Some("needs nginx (a static file and a dav PUT sink)".to_owned())
+            }
+            _ => None,
+        };
+        for upload in [false, true] {
+            for len in bodies::SIZES {
+                for which in bodies::CLIENTS {
+                    if which == "rotary-fed" && !upload {
+                        continue;
+                    }
+                    let entry = runs.entry((upload, len, which)).or_default();
+                    if let Some(e) = &why_not {
+                        entry.push(Err(e.clone()));
+                        continue;
+                    }
+                    if which == "curl" && bodies::find_curl().is_none() {
+                        entry.push(Err("curl is not installed".into()));
+                        continue;
+                    }
+                    for round in 0..o.rounds {
+                        eprintln!(
+                            "g. bodies: {which} {} {} MiB [round {}/{}]",
+                            if upload { "upload" } else { "download" },
+                            len >> 20,
+                            round + 1,
+                            o.rounds
+                        );
+                        let args =
+                            bodies::args(which, upload, len, &base, &ca, &dir.path().join("www"));
+                        entry.push(run_client(&args));
+                    }
+                }
+            }
+        }
+        bodies::markdown(&runs, o.rounds)
+    });
     drop(server);
     let wheel = if o.only.contains('e') {
         Some(if o.wheel {
@@ -736,6 +790,9 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     let mut md = report::markdown(&header, &outcomes, wheel.as_ref());
     if let Some(soak) = &soak {
         md.push_str(&soak.markdown());
+    }
+    if let Some(b) = &bodies_md {
+        md.push_str(b);
     }
     println!("{md}");
     let svg = report::svg(&outcomes, wheel.as_ref());

@@ -203,10 +203,25 @@ http {{
         ssl_session_cache off;
         ssl_session_tickets off;
         root {d}/www;
+        # Workload g: uploads of any size land here (the dav module's PUT).
+        client_max_body_size 0;
+        location /sink/ {{
+            root {d}/dav;
+            dav_methods PUT;
+            create_full_put_path on;
+        }}
     }}
 }}
 "
     );
+    // nginx's workers drop root (to nobody) and must write the uploads.
+    let dav = dir.join("dav");
+    std::fs::create_dir_all(&dav).map_err(|e| format!("create dav dir: {e}"))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dav, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod dav dir: {e}"))?;
+    }
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).map_err(|e| format!("write nginx.conf: {e}"))?;
     let _ = std::fs::remove_file(dir.join("error.log"));
