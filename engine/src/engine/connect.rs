@@ -450,7 +450,7 @@ impl Engine {
         if let Some(not_after) = info.chain.as_ref().and_then(|c| c.not_after()) {
             self.retire_at_cert_expiry(key, not_after, now);
         }
-        self.schedule_probe(p, now);
+        self.schedule_probe(p, now, true);
         self.count(p, Counter::Opened);
         let how = match info.handshake {
             Some(Handshake::Full) => "full handshake",
