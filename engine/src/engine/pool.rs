@@ -286,7 +286,7 @@ impl Engine {
             // A losing Happy Eyeballs attempt was never the pool's.
             return;
         }
-        for (k, id) in std::mem::take(&mut conn.dial.attempts) {
+        for (k, id) in conn.end_dial() {
             if self.is_live(k, id) {
                 self.close_conn(k, reason);
             }
