@@ -177,6 +177,14 @@ impl Codec {
         }
     }
 
+    /// Exchange this codec's remembered header names with `names`: lend a
+    /// [`NameCache`] shared by the connections to one server before
+    /// [`Codec::poll_response`], and swap it back after. No allocation.
+    #[inline]
+    pub fn swap_names(&mut self, names: &mut NameCache) {
+        std::mem::swap(&mut self.names, names);
+    }
+
     /// The limits this codec enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits
