@@ -89,8 +89,18 @@ impl<K: Key, T> Slots<K, T> {
     /// the next burst, so a steady load never reallocates.
     #[inline]
     pub(crate) fn remove(&mut self, key: K) -> Option<T> {
+        if self.slab.len() == 1 && self.slab.capacity() > SHRINK_ABOVE {
+            return self.remove_last(key);
+        }
+        self.slab.try_remove(key.index())
+    }
+
+    /// [`Slots::remove`] of what may be the last value of a large slab.
+    #[cold]
+    #[inline(never)]
+    fn remove_last(&mut self, key: K) -> Option<T> {
         let value = self.slab.try_remove(key.index());
-        if self.slab.is_empty() && self.slab.capacity() > SHRINK_ABOVE {
+        if self.slab.is_empty() {
             self.slab = Slab::new();
         }
         value

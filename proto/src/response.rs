@@ -32,9 +32,9 @@ const STACK_SPANS: usize = 32;
 ///
 /// Every [`Codec`](crate::Codec) has one. Connections to the same server
 /// can share one instead (it holds ~450 B of names for a typical server):
-/// the host keeps a `NameCache` per server and lends it to the codec that
-/// parses with [`Codec::swap_names`](crate::Codec::swap_names). Starts empty
-/// (`NameCache::default()`).
+/// the host keeps a `NameCache` per server and hands it to
+/// [`Codec::poll_response_with`](crate::Codec::poll_response_with). Starts
+/// empty (`NameCache::default()`).
 #[derive(Debug, Clone, Default)]
 pub struct NameCache {
     /// The raw names, one after the other.

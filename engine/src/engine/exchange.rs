@@ -137,9 +137,7 @@ impl Engine {
                 return;
             };
             let names = &mut self.pools[conn.pool].names;
-            conn.codec.swap_names(names);
-            let polled = conn.codec.poll_response(&mut conn.rbuf);
-            conn.codec.swap_names(names);
+            let polled = conn.codec.poll_response_with(&mut conn.rbuf, names);
             let started = conn.codec.response_started();
             let in_body = conn.codec.state() == rotary_proto::State::Body;
             match polled {

@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-
 use crate::conn::{IoFailure, PeerEnd, ReadPass, Stage};
 use crate::keys::ConnKey;
 use crate::sock::Sock;
@@ -55,10 +53,6 @@ pub(super) struct Buffers {
     pub(super) scratch: Vec<u8>,
     /// Outgoing TLS records of one connection, from encryption to the socket.
     pub(super) sealed: Vec<u8>,
-    /// A plaintext read buffer lent to the connection being read when its
-    /// own is empty, and taken back when the read leaves it empty: an idle
-    /// connection then holds no read buffer, and no read allocates one.
-    pub(super) plain: BytesMut,
 }
 
 impl Buffers {
@@ -66,35 +60,13 @@ impl Buffers {
         Buffers {
             scratch: vec![0; SCRATCH],
             sealed: Vec::with_capacity(16 * 1024 + 256),
-            plain: BytesMut::new(),
         }
     }
 }
 
 impl Engine {
-    /// Write what is pending, read what arrived, and act on it. A read
-    /// borrows the shared plaintext buffer ([`Buffers::plain`]) while the
-    /// connection's own is empty, and gives it back if the read leaves
-    /// nothing in it.
+    /// Write what is pending, read what arrived, and act on it.
     pub(super) fn drive(&mut self, key: ConnKey, read: ReadMode, now: Instant) {
-        let lent = match self.conns.get_mut(key) {
-            Some(conn) if read != ReadMode::Skip && conn.rbuf.is_empty() => {
-                std::mem::swap(&mut conn.rbuf, &mut self.bufs.plain);
-                Some(conn.id)
-            }
-            _ => None,
-        };
-        self.drive_lent(key, read, now);
-        if let Some(id) = lent {
-            if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) {
-                if conn.rbuf.is_empty() {
-                    std::mem::swap(&mut conn.rbuf, &mut self.bufs.plain);
-                }
-            }
-        }
-    }
-
-    fn drive_lent(&mut self, key: ConnKey, read: ReadMode, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
