@@ -18,8 +18,9 @@
 //! deadline is drawn; its prewarm timer opens the replacement (a handshake)
 //! `prewarm_lead` before that, or, without prewarm, the connection closes
 //! at its deadline and the next poll opens a new one. With
-//! `chain_probe_interval`, the first ready connection arms the probe; each
-//! probe is a handshake and re-arms it; a probe that sees a chain the
+//! `chain_probe_interval`, the first ready connection arms the probe (drawn
+//! over the whole interval); each probe is a handshake and re-arms it (the
+//! interval less its jitter draw); a probe that sees a chain the
 //! runner's connection does not have retires that connection
 //! (`OnChainChange::RetireOld`), the pool empties, the probe is disarmed,
 //! and the next poll's new connection arms it again.
@@ -46,6 +47,10 @@ pub struct Scenario {
     pub horizon: Duration,
     /// Seed of the jitter draws: the same seed gives the same run.
     pub seed: u64,
+    /// Whether the probe's first arming is drawn over its whole interval,
+    /// as the engine does; `false` arms it as a re-armed probe is (the
+    /// interval less a share of the jitter), to show what that spread buys.
+    pub spread_first_probe: bool,
 }
 
 /// Full handshakes the edge served in each second of a run.
@@ -190,7 +195,10 @@ pub fn simulate(s: &Scenario) -> Load {
                     queue.push(Reverse((next.0, next.1, r, runner.conn_gen)));
                 }
                 if runner.probe_gen.is_none() {
-                    if let Some(probe) = lifetime::probe_deadline(at(now), &s.policy) {
+                    let first = s.spread_first_probe;
+                    if let Some(probe) =
+                        lifetime::probe_deadline(at(now), &s.policy, rng.f64(), first)
+                    {
                         runner.probes_armed += 1;
                         runner.probe_gen = Some(runner.probes_armed);
                         queue.push(Reverse((since(probe), Kind::Probe, r, runner.probes_armed)));
@@ -212,7 +220,7 @@ pub fn simulate(s: &Scenario) -> Load {
             }
             Kind::Probe if Some(gen) == runner.probe_gen => {
                 handshake();
-                if let Some(next) = lifetime::probe_deadline(at(now), &s.policy) {
+                if let Some(next) = lifetime::probe_deadline(at(now), &s.policy, rng.f64(), false) {
                     runner.probes_armed += 1;
                     runner.probe_gen = Some(runner.probes_armed);
                     queue.push(Reverse((since(next), Kind::Probe, r, runner.probes_armed)));
@@ -263,6 +271,7 @@ mod tests {
             rotation_at: None,
             horizon,
             seed: 18,
+            spread_first_probe: true,
         }
     }
 
@@ -298,15 +307,29 @@ mod tests {
         let mut rotation = quiet.clone();
         rotation.rotation_at = Some(Duration::from_secs(400));
         let (before, after) = (simulate(&quiet), simulate(&rotation));
-        // Probes after a restart fire together: the whole fleet at 300 s
-        // and 600 s (no jitter on the probe).
-        assert_eq!(before.between(300, 302), 1_000);
-        assert_eq!(before.between(600, 602), 1_000);
-        // The rotation adds one reconnect per runner, at the first probe
-        // after it, and nothing else in the run.
-        assert_eq!(after.between(600, 602), 2_000);
+        // The first probes after the restart cover the first interval:
+        // 1,000 over 300 s, a few a second, never the whole fleet at once.
+        let sum = before.summary(Duration::from_secs(1));
+        assert!(sum.peak <= 20, "{sum:?}");
+        // The rotation adds one reconnect per runner within one interval of
+        // it (the reconnected runner's probe is armed anew, drawn over its
+        // interval: at most one more probe each).
         let (b, a) = (before.summary(MIN), after.summary(MIN));
-        assert_eq!(a.total - b.total, 1_000);
+        assert!(
+            (1_000..=2_000).contains(&(a.total - b.total)),
+            "{b:?} {a:?}"
+        );
+        assert!(after.between(400, 701) >= before.between(400, 701) + 900);
+    }
+
+    #[test]
+    fn without_probe_jitter_the_fleet_probes_in_lockstep() {
+        let mut p = policy(None, Some(Duration::from_secs(300)));
+        p.chain_probe_jitter = Some(Duration::ZERO);
+        let load = simulate(&scenario(1_000, p, 12 * MIN));
+        // The whole fleet at 300 s and 600 s.
+        assert_eq!(load.between(300, 302), 1_000);
+        assert_eq!(load.between(600, 602), 1_000);
     }
 
     #[test]

@@ -110,7 +110,23 @@ pub struct Policy {
     /// origin's; a change raises [`Event::ChainChanged`](crate::Event::ChainChanged)
     /// and applies `on_chain_change`, so even young connections heal. Default
     /// `None` (off).
+    ///
+    /// Probes are jittered as max age is (see [`Policy::chain_probe_jitter`]):
+    /// the first probe after the origin gains a connection (with no probe
+    /// armed) fires at a random point of its first interval, and each later
+    /// interval is shortened by its own random amount, so a fleet restarted
+    /// at once does not probe the edge in the same second of every interval.
+    /// A probe is never later than one interval after the previous one.
     pub chain_probe_interval: Option<Duration>,
+    /// Each chain probe interval is shortened by its own random amount in
+    /// `[0, jitter]`, and the first probe of an origin is drawn uniformly
+    /// over its whole first interval. `None` (the default) means 1 % of
+    /// `chain_probe_interval` (the fleet simulation in BENCHMARKS.md: the
+    /// first probe's spread is what breaks a restarted fleet's lockstep, and
+    /// a larger share only adds probes); `Some(Duration::ZERO)` disables both, so every
+    /// probe comes exactly one interval after the last (lockstep across a
+    /// fleet restarted together).
+    pub chain_probe_jitter: Option<Duration>,
     /// Safety margin subtracted from a server's `Keep-Alive: timeout=N`, so our
     /// idle close wins the race against the server's. Default 1 s.
     pub keep_alive_margin: Duration,
@@ -133,6 +149,7 @@ impl Default for Policy {
             resumption: Resumption::Never,
             on_chain_change: OnChainChange::RetireOld,
             chain_probe_interval: None,
+            chain_probe_jitter: None,
             keep_alive_margin: Duration::from_secs(1),
             proxy: ProxyUse::Engine,
         }
@@ -145,6 +162,17 @@ impl Policy {
         match (self.max_age_jitter, self.max_age) {
             (Some(j), Some(age)) => j.min(age),
             (None, Some(age)) => age / 10,
+            (_, None) => Duration::ZERO,
+        }
+    }
+
+    /// The chain probe's jitter actually applied: `chain_probe_jitter`
+    /// (at most the interval), or 1 % of `chain_probe_interval`; zero
+    /// without an interval.
+    pub fn effective_probe_jitter(&self) -> Duration {
+        match (self.chain_probe_jitter, self.chain_probe_interval) {
+            (Some(j), Some(every)) => j.min(every),
+            (None, Some(every)) => every / 100,
             (_, None) => Duration::ZERO,
         }
     }

@@ -180,7 +180,9 @@ pub(crate) struct Conn {
     pub(crate) purpose: Purpose,
     pub(crate) sock: Option<Sock>,
     pub(crate) tls: Option<Box<Session>>,
-    pub(crate) dial: Dial,
+    /// The addresses and attempts while connecting (boxed and dropped once
+    /// TCP connects: an idle connection does not carry them).
+    dial: Option<Box<Dial>>,
     peer_addr: Option<SocketAddr>,
     pub(crate) codec: Codec,
     /// Plaintext received and not yet consumed by the codec.
@@ -224,7 +226,7 @@ impl Conn {
             purpose,
             sock: None,
             tls: None,
-            dial: Dial::default(),
+            dial: None,
             peer_addr: None,
             codec,
             rbuf: BytesMut::new(),
@@ -246,6 +248,26 @@ impl Conn {
             bytes_in: 0,
             plain_out: 0,
         }
+    }
+
+    /// The dial state, created on first use.
+    pub(crate) fn dial_mut(&mut self) -> &mut Dial {
+        self.dial.get_or_insert_with(Box::default)
+    }
+
+    /// Some address is still untried.
+    pub(crate) fn dial_has_next(&self) -> bool {
+        self.dial.as_ref().is_some_and(|d| d.has_next())
+    }
+
+    /// Start dialling `addrs`, in order.
+    pub(crate) fn set_dial(&mut self, addrs: Vec<SocketAddr>) {
+        self.dial = Some(Box::new(Dial::new(addrs)));
+    }
+
+    /// TCP connected: forget the dial, handing back the attempts that lost.
+    pub(crate) fn end_dial(&mut self) -> Vec<(ConnKey, crate::ConnId)> {
+        self.dial.take().map(|d| d.attempts).unwrap_or_default()
     }
 
     /// Bytes written to the socket, in all (ciphertext for TLS).

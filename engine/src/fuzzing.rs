@@ -557,10 +557,18 @@ pub mod lifetime {
         crate::engine::prewarm_wanted(policy, now, last_used, open)
     }
 
-    /// When the origin's next chain probe fires, armed at `now` (when its
-    /// first connection is ready, and again as each probe starts); `None`
-    /// without a `chain_probe_interval`.
-    pub fn probe_deadline(now: Instant, policy: &Policy) -> Option<Instant> {
-        crate::engine::probe_deadline(now, policy)
+    /// When the origin's next chain probe fires, armed at `now` with a
+    /// random `draw` in `[0, 1)`: `first` when a connection is ready and no
+    /// probe is armed (drawn over the whole interval), not `first` as each
+    /// probe starts and re-arms it (shortened by `draw ×`
+    /// [`Policy::effective_probe_jitter`]). `None` without a
+    /// `chain_probe_interval`.
+    pub fn probe_deadline(
+        now: Instant,
+        policy: &Policy,
+        draw: f64,
+        first: bool,
+    ) -> Option<Instant> {
+        crate::engine::probe_deadline(now, policy, draw, first)
     }
 }

@@ -405,7 +405,28 @@ impl Codec {
     /// ([`Error::UnsolicitedData`]).
     pub fn poll_response(&mut self, input: &mut BytesMut) -> Result<Option<ResponseEvent>, Error> {
         self.check()?;
-        match self.read(input) {
+        match self.read(input, None) {
+            Ok(event) => Ok(event),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// [`Codec::poll_response`], remembering header names in `names`
+    /// instead of the codec's own cache: connections to one server can
+    /// share one [`NameCache`] (the host keeps it, one per server) instead
+    /// of each keeping a copy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::poll_response`].
+    #[inline]
+    pub fn poll_response_with(
+        &mut self,
+        input: &mut BytesMut,
+        names: &mut NameCache,
+    ) -> Result<Option<ResponseEvent>, Error> {
+        self.check()?;
+        match self.read(input, Some(names)) {
             Ok(event) => Ok(event),
             Err(err) => self.fail(err),
         }
@@ -451,7 +472,11 @@ impl Codec {
         }
     }
 
-    fn read(&mut self, input: &mut BytesMut) -> Result<Option<ResponseEvent>, Error> {
+    fn read(
+        &mut self,
+        input: &mut BytesMut,
+        mut names: Option<&mut NameCache>,
+    ) -> Result<Option<ResponseEvent>, Error> {
         loop {
             if matches!(self.progress, Progress::Tunnel) {
                 // The tunnel's bytes are not the codec's to judge.
@@ -468,7 +493,11 @@ impl Codec {
                 Reading::Body(decoder) => decoder,
                 Reading::Head => {
                     self.exchange.started |= !input.is_empty();
-                    let Some(head) = parse_head(input, &self.limits, &mut self.names)? else {
+                    let cache = match names.as_deref_mut() {
+                        Some(shared) => shared,
+                        None => &mut self.names,
+                    };
+                    let Some(head) = parse_head(input, &self.limits, cache)? else {
                         return Ok(None);
                     };
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {

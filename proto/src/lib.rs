@@ -56,4 +56,4 @@ pub use codec::{Codec, Limits, ResponseEvent, State};
 pub use error::Error;
 pub use keepalive::{keep_alive_hints, CloseCause, KeepAliveHints, Verdict};
 pub use request::{check_header, TargetForm};
-pub use response::ResponseHead;
+pub use response::{NameCache, ResponseHead};

@@ -29,8 +29,14 @@ const STACK_SPANS: usize = 32;
 /// remembered at its position is that name, so it is cloned instead of
 /// parsed and matched against the standard names again. A field that differs
 /// is parsed, and it and the later positions are learned anew.
+///
+/// Every [`Codec`](crate::Codec) has one. Connections to the same server
+/// can share one instead (it holds ~450 B of names for a typical server):
+/// the host keeps a `NameCache` per server and hands it to
+/// [`Codec::poll_response_with`](crate::Codec::poll_response_with). Starts
+/// empty (`NameCache::default()`).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct NameCache {
+pub struct NameCache {
     /// The raw names, one after the other.
     raw: Vec<u8>,
     /// For each position: where its raw name ends in `raw`, and the name.

@@ -81,6 +81,12 @@ fn policy(jitter_share: Option<f64>, probe: Option<Duration>) -> Policy {
     p
 }
 
+/// `p` with the chain probe's jitter set to `share` of its interval.
+fn probe_jitter(mut p: Policy, share: f64) -> Policy {
+    p.chain_probe_jitter = p.chain_probe_interval.map(|every| every.mul_f64(share));
+    p
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse(&args) {
@@ -126,6 +132,7 @@ fn run(o: &Opts) -> Result<(), String> {
         rotation_at: None,
         horizon,
         seed: 18,
+        spread_first_probe: true,
     };
     let after_restart = |s: &Scenario| s.restart_spread.max(Duration::from_secs(1));
     let scenarios: Vec<(String, Scenario)> = vec![
@@ -142,7 +149,7 @@ fn run(o: &Opts) -> Result<(), String> {
         ),
         (
             format!(
-                "mass restart, chain_probe_interval 5 min, chain rotated at {} s",
+                "mass restart, chain_probe_interval 5 min (default probe jitter), chain rotated at {} s",
                 rotation.as_secs()
             ),
             Scenario {
@@ -152,11 +159,19 @@ fn run(o: &Opts) -> Result<(), String> {
             },
         ),
         (
-            "the same, runners restarted over 15 min instead of 1 s".into(),
+            "the same, probe jitter off (the engine before the probe was jittered)".into(),
             Scenario {
-                policy: policy(None, Some(probe)),
+                policy: probe_jitter(policy(None, Some(probe)), 0.0),
                 rotation_at: Some(rotation),
-                restart_spread: 15 * MINUTE,
+                ..base.clone()
+            },
+        ),
+        (
+            "the same, every probe one interval less 10 % jitter (no first-probe spread)".into(),
+            Scenario {
+                policy: probe_jitter(policy(None, Some(probe)), 0.10),
+                rotation_at: Some(rotation),
+                spread_first_probe: false,
                 ..base.clone()
             },
         ),
@@ -203,6 +218,36 @@ fn run(o: &Opts) -> Result<(), String> {
             hour(3)
         );
     }
+    // Which probe jitter: the probing scenario with the rotation, the
+    // probe's jitter as a share of its interval, with and without the
+    // first probe drawn over the whole interval.
+    let _ = writeln!(
+        md,
+        "\nmass restart, chain_probe_interval 5 min, chain rotated at {} s, but the probe's jitter:\n",
+        rotation.as_secs()
+    );
+    let _ = writeln!(md, "{HEAD}");
+    for spread_first_probe in [false, true] {
+        for share in [0.0, 0.01, 0.05, 0.10, 0.25, 0.50] {
+            if share == 0.0 && spread_first_probe {
+                continue; // jitter off turns the first probe's spread off too
+            }
+            let s = Scenario {
+                policy: probe_jitter(policy(None, Some(probe)), share),
+                rotation_at: Some(rotation),
+                spread_first_probe,
+                ..base.clone()
+            };
+            let load = simulate(&s);
+            let first = if spread_first_probe {
+                "first probe spread over its interval"
+            } else {
+                "first probe one interval less its jitter"
+            };
+            let name = format!("probe jitter {:.0} %, {first}", share * 100.0);
+            row(&mut md, &name, &load.summary(after_restart(&s)));
+        }
+    }
     println!("{md}");
     let svg = chart(&loads, horizon, o.runners);
     std::fs::create_dir_all(&o.out).map_err(|e| format!("create {}: {e}", o.out.display()))?;
@@ -216,7 +261,7 @@ fn run(o: &Opts) -> Result<(), String> {
 /// second of each 30 s), on a log scale from 1 to N.
 fn chart(loads: &[(String, Load)], horizon: Duration, runners: u32) -> String {
     let (left, top, w, h) = (70.0, 40.0, 860.0, 320.0);
-    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
     let top_v = f64::from(runners.max(10)).log10().ceil();
     let y = |v: u32| {
         let l = f64::from(v.max(1)).log10().min(top_v);
@@ -260,9 +305,12 @@ fn chart(loads: &[(String, Load)], horizon: Duration, runners: u32) -> String {
     for (i, (name, load)) in loads.iter().enumerate() {
         let colour = colours[i % colours.len()];
         let mut points = String::new();
-        for (bin, chunk) in load.per_second.chunks(30).enumerate() {
+        // Whole 30 s bins only, each drawn at its middle: a partial last
+        // bin would drop the line to zero at the right edge.
+        let seconds = load.per_second.len().min(horizon.as_secs() as usize);
+        for (bin, chunk) in load.per_second[..seconds].chunks_exact(30).enumerate() {
             let peak = chunk.iter().max().copied().unwrap_or(0);
-            let _ = write!(points, "{:.1},{:.1} ", x(bin as f64 * 30.0), y(peak));
+            let _ = write!(points, "{:.1},{:.1} ", x(bin as f64 * 30.0 + 15.0), y(peak));
         }
         let _ = writeln!(
             s,

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::conn::{interleave, Conn, ConnTimer, Dial, Leader, Purpose, Stage};
+use crate::conn::{interleave, Conn, ConnTimer, Leader, Purpose, Stage};
 use crate::keys::ConnKey;
 use crate::session::Session;
 use crate::stats::Counter;
@@ -76,7 +76,7 @@ impl Engine {
         };
         if let Some(ip) = self.net.literal(&host) {
             if let Some(conn) = self.conns.get_mut(key) {
-                conn.dial = Dial::new(vec![std::net::SocketAddr::new(ip, port)]);
+                conn.set_dial(vec![std::net::SocketAddr::new(ip, port)]);
             }
             self.next_attempt(key, now);
         } else {
@@ -102,7 +102,7 @@ impl Engine {
             let p = conn.pool;
             match a.result {
                 Ok(addrs) => {
-                    conn.dial = Dial::new(interleave(addrs));
+                    conn.set_dial(interleave(addrs));
                     self.disarm(Timer::Conn(a.conn, ConnTimer::Setup));
                     self.next_attempt(a.conn, now);
                 }
@@ -131,8 +131,8 @@ impl Engine {
                 return;
             };
             let racing = conn.sock.is_some();
-            if !conn.dial.has_next() {
-                if !racing && conn.dial.attempts.is_empty() {
+            if !conn.dial_has_next() {
+                if !racing && conn.dial_mut().attempts.is_empty() {
                     let err = self.race_lost(key);
                     return self.connect_failed(key, err, now);
                 }
@@ -143,7 +143,7 @@ impl Engine {
                 // an attempt to fail.
                 return;
             }
-            let Some(addr) = conn.dial.next_addr() else {
+            let Some(addr) = conn.dial_mut().next_addr() else {
                 return;
             };
             log::debug!("trying {addr}");
@@ -162,7 +162,7 @@ impl Engine {
                 let id = attempt.id;
                 let carrier = self.conns.insert(attempt);
                 if let Some(conn) = self.conns.get_mut(key) {
-                    conn.dial.attempts.push((carrier, id));
+                    conn.dial_mut().attempts.push((carrier, id));
                 }
                 carrier
             } else {
@@ -186,7 +186,7 @@ impl Engine {
             let next_at = now.checked_add(self.config.timeouts.happy_eyeballs_delay);
             if let (Some(at), true) = (
                 next_at,
-                self.conns.get(key).is_some_and(|c| c.dial.has_next()),
+                self.conns.get(key).is_some_and(|c| c.dial_has_next()),
             ) {
                 self.arm(Timer::Conn(key, ConnTimer::Race), at);
             }
@@ -280,7 +280,7 @@ impl Engine {
         let losers = self
             .conns
             .get_mut(key)
-            .map(|c| std::mem::take(&mut c.dial.attempts))
+            .map(|c| c.end_dial())
             .unwrap_or_default();
         for (k, id) in losers {
             if self.is_live(k, id) {
@@ -299,7 +299,7 @@ impl Engine {
         }
         self.close_conn(carrier, CloseReason::ConnectFailed);
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.dial.attempts.retain(|&(k, _)| k != carrier);
+            conn.dial_mut().attempts.retain(|&(k, _)| k != carrier);
         }
     }
 
@@ -310,8 +310,9 @@ impl Engine {
                 other => other.to_string(),
             };
             log::debug!("connect attempt to {addr} failed: {why}");
-            conn.dial.failed.push((addr, why));
-            conn.dial.last_error = Some(err);
+            let dial = conn.dial_mut();
+            dial.failed.push((addr, why));
+            dial.last_error = Some(err);
         }
     }
 
@@ -321,8 +322,8 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key) else {
             return Error::Shutdown;
         };
-        let dial = &mut conn.dial;
         let host = self.pools[conn.pool].origin.host();
+        let dial = conn.dial_mut();
         let mut err = dial.last_error.take().unwrap_or_else(|| Error::Resolve {
             host: host.to_owned(),
             cause: Arc::new(std::io::Error::new(
@@ -464,7 +465,7 @@ impl Engine {
         if let Some(not_after) = info.chain.as_ref().and_then(|c| c.not_after()) {
             self.retire_at_cert_expiry(key, not_after, now);
         }
-        self.schedule_probe(p, now);
+        self.schedule_probe(p, now, true);
         self.count(p, Counter::Opened);
         let how = match info.handshake {
             Some(Handshake::Full) => "full handshake",

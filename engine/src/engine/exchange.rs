@@ -111,7 +111,8 @@ impl Engine {
             }
         }
         loop {
-            let Some(conn) = self.live(key, id) else {
+            // The connection and its pool's header names, borrowed apart.
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
                 return;
             };
             if conn.read_paused {
@@ -135,7 +136,8 @@ impl Engine {
                 }
                 return;
             };
-            let polled = conn.codec.poll_response(&mut conn.rbuf);
+            let names = &mut self.pools[conn.pool].names;
+            let polled = conn.codec.poll_response_with(&mut conn.rbuf, names);
             let started = conn.codec.response_started();
             let in_body = conn.codec.state() == rotary_proto::State::Body;
             match polled {

@@ -68,9 +68,28 @@ pub(crate) fn prewarm_wanted(
     policy.prewarm && now.saturating_duration_since(used) <= age && open < policy.max_connections
 }
 
-/// When the origin's next chain probe is due, armed at `now`.
-pub(crate) fn probe_deadline(now: Instant, policy: &Policy) -> Option<Instant> {
-    policy.chain_probe_interval.map(|every| after(now, every))
+/// When the origin's next chain probe is due, armed at `now` with a random
+/// `draw` in `[0, 1)`. The `first` probe (armed when the origin gains a
+/// connection and has no probe armed) is drawn over the whole interval,
+/// `interval × (1 − draw)`, so origins that connected in the same second
+/// probe in different ones; every later one comes `interval − draw ×
+/// jitter` after the last. With the jitter off, both are exactly one
+/// interval.
+pub(crate) fn probe_deadline(
+    now: Instant,
+    policy: &Policy,
+    draw: f64,
+    first: bool,
+) -> Option<Instant> {
+    let every = policy.chain_probe_interval?;
+    let jitter = policy.effective_probe_jitter();
+    let window = if first && !jitter.is_zero() {
+        every
+    } else {
+        jitter
+    };
+    let cut = window.mul_f64(draw.clamp(0.0, 1.0));
+    Some(after(now, every.saturating_sub(cut)))
 }
 
 impl Engine {
@@ -265,14 +284,16 @@ impl Engine {
 
     /// Arm the origin's chain probe, if the policy asks for one and it has
     /// live connections to heal.
-    pub(super) fn schedule_probe(&mut self, p: PoolKey, now: Instant) {
+    /// `first` is true when a connection became ready (the probe's first
+    /// arming, unless one is armed already), false when a probe re-arms it.
+    pub(super) fn schedule_probe(&mut self, p: PoolKey, now: Instant, first: bool) {
         let pool = &self.pools[p];
-        let Some(at) = probe_deadline(now, &pool.policy) else {
-            return;
-        };
         if pool.probe_timer.is_some() || !pool.origin.is_tls() {
             return;
         }
+        let Some(at) = probe_deadline(now, &pool.policy, fastrand::f64(), first) else {
+            return;
+        };
         self.arm(Timer::Probe(p), at);
     }
 
@@ -289,6 +310,6 @@ impl Engine {
         }
         self.count(p, Counter::Probe);
         self.open(p, Purpose::Probe, now);
-        self.schedule_probe(p, now);
+        self.schedule_probe(p, now, false);
     }
 }

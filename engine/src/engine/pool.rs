@@ -26,6 +26,10 @@ use super::Engine;
 /// The connections and waiting requests of one origin.
 pub(super) struct Pool {
     pub(super) origin: Origin,
+    /// The server's header names, lent to the codec of whichever of the
+    /// pool's connections parses a response head (one copy per origin,
+    /// not one per connection).
+    pub(super) names: rotary_proto::NameCache,
     /// The proxy every connection of this pool goes through (fixed for the
     /// pool: a route that changes makes another pool).
     pub(super) proxy: Option<Arc<Proxy>>,
@@ -176,6 +180,7 @@ impl Pools {
             full_handshake_at: None,
             purge_sessions: false,
             probe_timer: None,
+            names: rotary_proto::NameCache::default(),
             fresh_waiters: Vec::new(),
             stats: OriginStats::new(origin.clone()),
         });
@@ -286,7 +291,7 @@ impl Engine {
             // A losing Happy Eyeballs attempt was never the pool's.
             return;
         }
-        for (k, id) in std::mem::take(&mut conn.dial.attempts) {
+        for (k, id) in conn.end_dial() {
             if self.is_live(k, id) {
                 self.close_conn(k, reason);
             }

@@ -142,10 +142,66 @@ fn prewarm_and_probe_deadlines_follow_the_policy() {
         p.max_connections
     ));
     assert!(!prewarm_wanted(&off, t0 + ms(75), Some(t0), 1));
-    assert_eq!(probe_deadline(t0, &p), None);
+    assert_eq!(probe_deadline(t0, &p, 0.5, true), None);
     let probing = Policy {
         chain_probe_interval: Some(ms(300)),
         ..p
     };
-    assert_eq!(probe_deadline(t0, &probing), Some(t0 + ms(300)));
+    assert_eq!(probing.effective_probe_jitter(), ms(3));
+    // A re-armed probe: the interval less a share of 1 % of it.
+    assert_eq!(probe_deadline(t0, &probing, 0.0, false), Some(t0 + ms(300)));
+    let half = Duration::from_micros(298_500);
+    assert_eq!(probe_deadline(t0, &probing, 0.5, false), Some(t0 + half));
+    assert_eq!(probe_deadline(t0, &probing, 9.0, false), Some(t0 + ms(297)));
+    let wide = Policy {
+        chain_probe_jitter: Some(ms(30)),
+        ..probing
+    };
+    assert_eq!(probe_deadline(t0, &wide, 0.5, false), Some(t0 + ms(285)));
+    // The first one: anywhere in the interval.
+    assert_eq!(probe_deadline(t0, &probing, 0.5, true), Some(t0 + ms(150)));
+    // Jitter off: exactly one interval, first or not.
+    let lockstep = Policy {
+        chain_probe_jitter: Some(Duration::ZERO),
+        ..probing
+    };
+    assert_eq!(probe_deadline(t0, &lockstep, 0.5, true), Some(t0 + ms(300)));
+    assert_eq!(
+        probe_deadline(t0, &lockstep, 0.5, false),
+        Some(t0 + ms(300))
+    );
+}
+
+/// The fleet simulation's finding: without jitter on the probe, engines
+/// that connected in the same second probe in the same second of every
+/// interval, forever. With the engine's draws a thousand first probes
+/// cover the whole interval, and the re-armed ones its last 1 %.
+#[test]
+fn probes_armed_together_spread_over_the_interval() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let p = Policy {
+        chain_probe_interval: Some(s(300)),
+        ..Policy::default()
+    };
+    let spread = |first: bool| {
+        let mut ds: Vec<Instant> = (0..1000)
+            .map(|_| probe_deadline(t0, &p, fastrand::f64(), first).expect("probe interval set"))
+            .collect();
+        ds.sort();
+        ds
+    };
+    let first = spread(true);
+    assert!(first.iter().all(|d| *d > t0 && *d <= t0 + s(300)));
+    // No second holds more than 2 % of them (1,000 over 300 s is 3.3 a second).
+    let mut per_second = [0u32; 301];
+    for d in &first {
+        per_second[d.duration_since(t0).as_secs() as usize] += 1;
+    }
+    assert!(per_second.iter().all(|&n| n <= 20), "{per_second:?}");
+    assert!(first[0] < t0 + s(30) && first[999] > t0 + s(270));
+    let later = spread(false);
+    let ms = Duration::from_millis;
+    assert!(later.iter().all(|d| *d >= t0 + s(297) && *d <= t0 + s(300)));
+    assert!(later[0] < t0 + ms(297_300) && later[999] > t0 + ms(299_700));
 }
