@@ -97,6 +97,19 @@ fn run(engine: &mut Engine, id: RequestId, mut feed: impl FnMut(&mut Engine, usi
     panic!("request {id:?} did not end within {WAIT:?}: {seen:?}");
 }
 
+/// A peer script: read the request head, answer `size` bytes of `byte`
+/// (`size` a multiple of 64 KiB), written 64 KiB at a time.
+fn answer_with_bytes(mut sock: TcpStream, size: usize, byte: u8) {
+    let mut r = BufReader::new(sock.try_clone().expect("clone"));
+    read_head(&mut r);
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+    sock.write_all(head.as_bytes()).expect("head");
+    let chunk = vec![byte; 64 * 1024];
+    for _ in 0..size / chunk.len() {
+        sock.write_all(&chunk).expect("body");
+    }
+}
+
 fn engine() -> Engine {
     Engine::new(Config::default()).expect("engine")
 }
@@ -345,16 +358,7 @@ fn expect_continue_waits_for_the_100_and_a_final_status_sends_no_body() {
 #[test]
 fn a_consumer_that_does_not_consume_holds_the_server_back_then_gets_every_byte() {
     const SIZE: usize = 16 * 1024 * 1024;
-    let (url, server) = peer(|mut sock| {
-        let mut r = BufReader::new(sock.try_clone().expect("clone"));
-        read_head(&mut r);
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n");
-        sock.write_all(head.as_bytes()).expect("head");
-        let chunk = vec![7u8; 64 * 1024];
-        for _ in 0..SIZE / chunk.len() {
-            sock.write_all(&chunk).expect("body");
-        }
-    });
+    let (url, server) = peer(|sock| answer_with_bytes(sock, SIZE, 7));
     let mut engine = engine();
     let window = 128 * 1024;
     let opts = RequestOptions::default()
@@ -744,16 +748,7 @@ fn a_download_cut_mid_body_fails_named_and_reports_the_bytes_that_arrived() {
 #[test]
 fn a_paused_download_reads_nothing_for_a_second_then_gets_every_byte() {
     const SIZE: usize = 16 * 1024 * 1024;
-    let (url, server) = peer(|mut sock| {
-        let mut r = BufReader::new(sock.try_clone().expect("clone"));
-        read_head(&mut r);
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n");
-        sock.write_all(head.as_bytes()).expect("head");
-        let chunk = vec![3u8; 64 * 1024];
-        for _ in 0..SIZE / chunk.len() {
-            sock.write_all(&chunk).expect("body");
-        }
-    });
+    let (url, server) = peer(|sock| answer_with_bytes(sock, SIZE, 3));
     let mut engine = engine();
     // A receive-stall deadline far shorter than the pause: time held back
     // by the host must not count as a stall.

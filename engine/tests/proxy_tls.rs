@@ -268,25 +268,14 @@ fn a_rotation_at_the_origin_heals_within_max_age_through_an_https_proxy() {
     );
     let rotated = Instant::now();
     server.rotate_to(&leaf_b);
-    let mut events = Vec::new();
-    let mut polls = 0;
-    let healed = loop {
-        polls += 1;
-        assert!(
-            rotated.elapsed() < T && polls < 1000,
-            "no response over the new chain within {T:?}"
-        );
-        let id = engine.submit(get(&server.url("/")), RequestOptions::default());
-        let out = finish(&mut engine, &[id], T);
-        let Event::Response { served_by, .. } = out.event(id) else {
-            panic!("not a response: {:?}", out.event(id));
-        };
-        let leaf = served_by.chain.as_ref().expect("chain").der()[0].clone();
-        events.extend(out.events);
-        if leaf == leaf_b.cert_der() {
-            break rotated.elapsed();
-        }
-    };
+    // Keep polling, as a runner does, until a response comes over the new chain.
+    let (healed, events) = poll_until_leaf(
+        &mut engine,
+        &server.url("/"),
+        &leaf_b.cert_der(),
+        rotated,
+        T,
+    );
     assert!(
         healed < max_age + Duration::from_secs(3),
         "healed after {healed:?}"

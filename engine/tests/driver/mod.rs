@@ -213,3 +213,34 @@ pub fn until_seen(
     let more = run_until(engine, timeout, |evs| evs.iter().any(&pred));
     seen.extend(more);
 }
+
+/// Keep sending GETs to `url`, as a runner polls, until one is answered over
+/// a chain whose leaf is `leaf`; how long that took from `since` and every
+/// event seen. Panics after `timeout` (or 1,000 requests).
+pub fn poll_until_leaf(
+    engine: &mut Engine,
+    url: &str,
+    leaf: &rustls::pki_types::CertificateDer<'static>,
+    since: Instant,
+    timeout: Duration,
+) -> (Duration, Vec<Event>) {
+    let mut events = Vec::new();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        assert!(
+            since.elapsed() < timeout && polls < 1000,
+            "no response over the new chain within {timeout:?}"
+        );
+        let id = engine.submit(get(url), rotary::RequestOptions::default());
+        let out = finish(engine, &[id], timeout);
+        let Event::Response { served_by, .. } = out.event(id) else {
+            panic!("not a response: {:?}", out.event(id));
+        };
+        let got = served_by.chain.as_ref().expect("chain").der()[0].clone();
+        events.extend(out.events);
+        if &got == leaf {
+            return (since.elapsed(), events);
+        }
+    }
+}
