@@ -528,16 +528,15 @@ impl ResponseBody {
         let Some(up) = self.upload.as_mut().filter(|u| !u.done) else {
             return Ok(());
         };
-        let mut buf = BytesMut::zeroed(room.clamp(1, READ_PIECE));
-        let mut filled = 0;
-        let ended = loop {
-            let Some(space) = buf.get_mut(filled..).filter(|s| !s.is_empty()) else {
-                break false;
-            };
-            match up.reader.read(space) {
-                Ok(0) => break true,
-                Ok(n) => filled += n.min(space.len()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        // Each piece goes to the engine as soon as it is read, so a reader
+        // that trickles (a live log) is sent as it comes, and the pieces
+        // together fill the room the engine has.
+        let mut left = room.max(1);
+        while left > 0 {
+            let mut buf = BytesMut::zeroed(left.min(READ_PIECE));
+            let n = match up.reader.read(&mut buf) {
+                Ok(n) => n.min(buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let error = Error::BodySource {
                         reason: format!("reading the body failed: {e}"),
@@ -548,16 +547,15 @@ impl ResponseBody {
                     self.state = State::Done;
                     return Err(error);
                 }
+            };
+            if n == 0 {
+                up.done = true;
+                return self.remote.send(Cmd::End(self.id));
             }
-        };
-        buf.truncate(filled);
-        if filled > 0 {
-            up.sent += filled as u64;
+            buf.truncate(n);
+            up.sent += n as u64;
+            left -= n;
             self.remote.send(Cmd::Feed(self.id, buf.freeze()))?;
-        }
-        if ended {
-            up.done = true;
-            self.remote.send(Cmd::End(self.id))?;
         }
         Ok(())
     }
@@ -668,11 +666,17 @@ impl Loop {
                     self.routes.insert(id, tx);
                     self.engine.submit_as(id, request, opts);
                 }
-                Cmd::Feed(id, data) => {
-                    if let Err(e) = self.engine.send_body(id, data) {
-                        log::debug!("request {}: body piece not taken: {e}", id.0);
+                Cmd::Feed(id, data) => match self.engine.send_body(id, data) {
+                    Ok(()) => {}
+                    // Never when the caller stays within the room it was
+                    // given; a piece dropped would corrupt the body, so end it.
+                    Err(e @ Error::WindowFull { .. }) => {
+                        log::error!("request {}: body piece past the window: {e}", id.0);
+                        self.engine.cancel(id);
                     }
-                }
+                    // A failure ends the request with its own event.
+                    Err(e) => log::debug!("request {}: body piece not taken: {e}", id.0),
+                },
                 Cmd::End(id) => {
                     // A failure ends the request with its own event.
                     let _ = self.engine.end_body(id, None);
