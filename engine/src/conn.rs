@@ -204,7 +204,8 @@ pub(crate) struct Conn {
     /// While idle with an idle limit: when the idle timeout closes it.
     pub(crate) idle_until: Option<Instant>,
     pub(crate) timers: [Option<TimerKey>; CONN_TIMERS],
-    interest: Option<Interest>,
+    /// The socket is registered with the poller (see [`Conn::register`]).
+    registered: bool,
     pub(crate) chain: Option<Arc<PeerChain>>,
     pub(crate) peer_end: PeerEnd,
     /// A request body is being moved in by the engine's pump.
@@ -240,7 +241,7 @@ impl Conn {
             idle_limit: None,
             idle_until: None,
             timers: [None; CONN_TIMERS],
-            interest: None,
+            registered: false,
             chain: None,
             peer_end: PeerEnd::Open,
             uploading: false,
@@ -284,7 +285,7 @@ impl Conn {
         self.sock = Some(sock);
         self.stage = Stage::Connecting;
         self.peer_addr = Some(addr);
-        self.interest = None;
+        self.registered = false;
     }
 
     /// Connected to an `https://` proxy → TLS handshake with it: the
@@ -334,26 +335,32 @@ impl Conn {
         }
     }
 
-    /// Give up the socket (of a won attempt), with its address and the
-    /// interest it is registered with.
-    pub(crate) fn hand_over(&mut self) -> Option<(Sock, SocketAddr, Option<Interest>)> {
+    /// Give up the socket (of a won attempt), with its address and whether
+    /// it is registered with the poller.
+    pub(crate) fn hand_over(&mut self) -> Option<(Sock, SocketAddr, bool)> {
         let sock = self.sock.take()?;
-        Some((sock, self.addr(), self.interest.take()))
+        Some((sock, self.addr(), std::mem::take(&mut self.registered)))
     }
 
     /// Take over the socket of a won attempt: it moves to `token`.
     pub(crate) fn adopt(
         &mut self,
-        (mut sock, addr, interest): (Sock, SocketAddr, Option<Interest>),
+        (mut sock, addr, registered): (Sock, SocketAddr, bool),
         registry: &Registry,
         token: Token,
     ) -> io::Result<()> {
-        let result = match interest {
-            Some(have) => sock.register(registry, token, have, false),
-            None => Ok(()),
+        let result = if registered {
+            sock.register(
+                registry,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+                false,
+            )
+        } else {
+            Ok(())
         };
         self.start_connecting(sock, addr);
-        self.interest = interest;
+        self.registered = registered;
         result
     }
 
@@ -518,23 +525,28 @@ impl Conn {
             || self.sock.as_ref().is_some_and(Sock::wants_write)
     }
 
-    /// Register or re-register the socket for the interest its state needs.
-    pub(crate) fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let want = if self.wants_write() {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
+    /// Register the socket with the poller, once, for reading and writing.
+    /// Readiness is edge-triggered: writability is reported only when it
+    /// changes (space freed after a write met a full buffer), so `WRITABLE`
+    /// costs no wakeup while nothing waits to go out, and the engine drives
+    /// a connection the same whichever readiness woke it. So no
+    /// re-registration follows the connection's wants (before, each change
+    /// of wants cost an `epoll_ctl`: one per connection, two per stalled
+    /// upload write).
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(());
         };
-        match self.interest {
-            Some(have) if have == want => Ok(()),
-            have => {
-                self.interest = Some(want);
-                sock.register(registry, token, want, have.is_none())
-            }
+        if self.registered {
+            return Ok(());
         }
+        self.registered = true;
+        sock.register(
+            registry,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+            true,
+        )
     }
 
     /// Send close_notify (best effort), deregister and drop the socket.
@@ -555,12 +567,12 @@ impl Conn {
                     let _ = tls.send(&mut sock, &mut sealed);
                 }
             }
-            if self.interest.is_some() {
+            if self.registered {
                 sock.deregister(registry);
             }
             sock.shutdown_write();
         }
-        self.interest = None;
+        self.registered = false;
     }
 }
 

@@ -174,7 +174,7 @@ impl Engine {
                 return;
             };
             c.start_connecting(sock, addr);
-            if let Err(e) = c.update_interest(&self.mio.registry, token) {
+            if let Err(e) = c.register(&self.mio.registry, token) {
                 self.drop_attempt(carrier, key);
                 self.note_attempt_failure(key, addr, Error::connect(addr, e));
                 continue;
@@ -192,7 +192,7 @@ impl Engine {
             }
             if at_once {
                 // A pipe that raises no readiness event is connected already.
-                self.on_connecting(carrier, now);
+                self.on_connecting(carrier, ReadMode::Skip, now);
             }
             return;
         }
@@ -236,7 +236,7 @@ impl Engine {
     }
 
     /// Readiness while connecting: connected, still waiting, or failed.
-    pub(super) fn on_connecting(&mut self, key: ConnKey, now: Instant) {
+    pub(super) fn on_connecting(&mut self, key: ConnKey, read: ReadMode, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -245,7 +245,19 @@ impl Engine {
         };
         let addr = conn.addr();
         match sock.connect_result() {
-            Ok(true) => self.won(key, now),
+            Ok(true) => {
+                let Some((key, id)) = self.won(key, now) else {
+                    return;
+                };
+                // What the peer sent at once (an alert, a proxy's refusal)
+                // came with this event: no new edge announces it.
+                let started = self.conns.get(key).is_some_and(|c| {
+                    c.id == id && !matches!(c.stage(), Stage::Resolving | Stage::Connecting)
+                });
+                if read != ReadMode::Skip && started {
+                    self.drive(key, read, now);
+                }
+            }
             Ok(false) => {}
             Err(e) => self.attempt_failed(key, Error::connect(addr, e), now),
         }
@@ -253,10 +265,9 @@ impl Engine {
 
     /// The attempt on `carrier` connected first: its socket becomes the
     /// connection's, every other attempt closes, and the connection goes on.
-    fn won(&mut self, carrier: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get_mut(carrier) else {
-            return;
-        };
+    /// Returns the connection that goes on.
+    fn won(&mut self, carrier: ConnKey, now: Instant) -> Option<(ConnKey, ConnId)> {
+        let conn = self.conns.get_mut(carrier)?;
         let key = match conn.attempt_for() {
             None => carrier,
             Some(of) => {
@@ -265,14 +276,15 @@ impl Engine {
                 let token = self.mio.token(of.key);
                 let conn = self.conns.get_mut(of.key).filter(|c| c.id == of.id);
                 let (Some(conn), Some(sock)) = (conn, sock) else {
-                    return;
+                    return None;
                 };
                 let registry = &self.mio.registry;
                 // The connection's own attempt, if any, lost.
                 conn.shutdown(registry);
                 let addr = sock.1;
                 if let Err(e) = conn.adopt(sock, registry, token) {
-                    return self.attempt_failed(of.key, Error::connect(addr, e), now);
+                    self.attempt_failed(of.key, Error::connect(addr, e), now);
+                    return None;
                 }
                 of.key
             }
@@ -288,7 +300,9 @@ impl Engine {
             }
         }
         self.disarm(Timer::Conn(key, ConnTimer::Race));
+        let id = self.conns.get(key)?.id;
         self.connected(key, now);
+        Some((key, id))
     }
 
     /// Close attempt `carrier` (it closes quietly: it was never a

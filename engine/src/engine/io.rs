@@ -36,12 +36,17 @@ pub(super) enum ReadMode {
 }
 
 impl ReadMode {
-    /// The mode for a readiness event that did (or did not) report a hang-up.
-    pub(super) fn after_event(read_closed: bool) -> ReadMode {
-        if read_closed {
+    /// The mode for a readiness event: a hang-up (or error) reads to its
+    /// EOF, readable data up to a short read, and an event that reports
+    /// neither (the socket only turned writable) reads nothing: readiness
+    /// is reported whole, so no data waits behind it.
+    pub(super) fn after_event(event: &mio::event::Event) -> ReadMode {
+        if event.is_read_closed() || event.is_error() {
             ReadMode::UntilWouldBlock
-        } else {
+        } else if event.is_readable() {
             ReadMode::UntilShort
+        } else {
+            ReadMode::Skip
         }
     }
 }
@@ -128,7 +133,6 @@ impl Engine {
                 self.on_input(key, id, pass.eof, now);
             }
         }
-        let token = self.mio.token(key);
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
             return;
         };
@@ -150,13 +154,6 @@ impl Engine {
         }
         if let (Some(rk), true, Stage::Ready) = (conn.req, conn.wants_write(), conn.stage()) {
             self.watch_send(key, rk, now);
-            let Some(c) = self.conns.get_mut(key).filter(|c| c.id == id) else {
-                return;
-            };
-            conn = c;
-        }
-        if let Err(e) = conn.update_interest(&self.mio.registry, token) {
-            self.io_failed(key, IoFailure::Io(e), false, now);
         }
     }
 

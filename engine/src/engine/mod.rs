@@ -75,7 +75,7 @@ struct Mio {
     count: usize,
     events: Events,
     /// The tokens of one `poll`, copied out of `events` (reused).
-    tokens: Vec<(Token, bool)>,
+    tokens: Vec<(Token, ReadMode)>,
     waker: Arc<Waker>,
 }
 
@@ -656,11 +656,11 @@ impl Engine {
             self.mio
                 .events
                 .iter()
-                .map(|e| (e.token(), e.is_read_closed() || e.is_error())),
+                .map(|e| (e.token(), ReadMode::after_event(e))),
         );
         let now = Instant::now();
-        for &(t, closed) in &tokens {
-            self.on_token(t, ReadMode::after_event(closed), now);
+        for &(t, read) in &tokens {
+            self.on_token(t, read, now);
         }
         self.mio.tokens = tokens;
         self.handle_timeouts(Instant::now());
@@ -673,8 +673,7 @@ impl Engine {
         if !self.mio.owns(event.token()) {
             return false;
         }
-        let closed = event.is_read_closed() || event.is_error();
-        self.on_token(event.token(), ReadMode::after_event(closed), Instant::now());
+        self.on_token(event.token(), ReadMode::after_event(event), Instant::now());
         true
     }
 
@@ -786,7 +785,7 @@ impl Engine {
         };
         match conn.stage() {
             Stage::Resolving => {}
-            Stage::Connecting => self.on_connecting(key, now),
+            Stage::Connecting => self.on_connecting(key, read, now),
             Stage::ProxyHandshaking | Stage::Tunneling | Stage::Handshaking | Stage::Ready => {
                 self.drive(key, read, now)
             }
