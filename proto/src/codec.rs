@@ -113,18 +113,49 @@ enum Reading {
 /// Per-exchange facts.
 #[derive(Debug, Default)]
 struct Exchange {
-    /// The request method, as far as response framing cares (HEAD, CONNECT or GET).
-    method: Method,
+    /// The request method, as far as response framing cares.
+    method: Framed,
     started: bool,
     reuse: Reuse,
     hints: KeepAliveHints,
+}
+
+/// The request method as far as response framing cares: HEAD, CONNECT, or
+/// any other (one byte per connection, where a `Method` takes 24).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Framed {
+    #[default]
+    Other,
+    Head,
+    Connect,
+}
+
+impl Framed {
+    fn of(method: &Method) -> Framed {
+        if *method == Method::HEAD {
+            Framed::Head
+        } else if *method == Method::CONNECT {
+            Framed::Connect
+        } else {
+            Framed::Other
+        }
+    }
+
+    /// A method that frames a response as this one does.
+    fn method(self) -> Method {
+        match self {
+            Framed::Other => Method::GET,
+            Framed::Head => Method::HEAD,
+            Framed::Connect => Method::CONNECT,
+        }
+    }
 }
 
 impl Exchange {
     /// Note what the final response head says about framing and reuse;
     /// `early` when it arrived before the request was completely sent.
     fn final_head(&mut self, head: &ResponseHead, early: bool) -> Result<BodyLength, Error> {
-        let framing = body_length(&self.method, head)?;
+        let framing = body_length(&self.method.method(), head)?;
         self.reuse.response(head.version, &head.headers);
         self.reuse.ambiguous_framing = framing.ambiguous;
         self.reuse.close_delimited = framing.length == BodyLength::CloseDelimited;
@@ -161,8 +192,10 @@ pub struct Codec {
     limits: Limits,
     progress: Progress,
     exchange: Exchange,
-    error: Option<Error>,
-    names: NameCache,
+    /// Boxed: set at most once, and a connection carries its codec for life.
+    error: Option<Box<Error>>,
+    /// For [`Codec::poll_response`] without a shared cache; made on first use.
+    names: Option<Box<NameCache>>,
 }
 
 impl Codec {
@@ -173,7 +206,7 @@ impl Codec {
             progress: Progress::Idle,
             exchange: Exchange::default(),
             error: None,
-            names: NameCache::default(),
+            names: None,
         }
     }
 
@@ -204,7 +237,7 @@ impl Codec {
 
     /// The error that closed the codec, if any.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+        self.error.as_deref()
     }
 
     /// True once any byte of the response has been seen for the current
@@ -495,7 +528,7 @@ impl Codec {
                     self.exchange.started |= !input.is_empty();
                     let cache = match names.as_deref_mut() {
                         Some(shared) => shared,
-                        None => &mut self.names,
+                        None => self.names.get_or_insert_with(Box::default),
                     };
                     let Some(head) = parse_head(input, &self.limits, cache)? else {
                         return Ok(None);
@@ -509,7 +542,7 @@ impl Codec {
                     if head.status.is_informational() {
                         continue;
                     }
-                    if self.exchange.method == Method::CONNECT && head.status.is_success() {
+                    if self.exchange.method == Framed::Connect && head.status.is_success() {
                         // RFC 9110 §9.3.6: the tunnel starts right after the
                         // head; any Content-Length or Transfer-Encoding is
                         // meaningless here (RFC 9112 §6.3 rule 2).
@@ -571,13 +604,8 @@ impl Codec {
             ..Reuse::default()
         };
         // Only HEAD and CONNECT change how a response is framed.
-        let method = if [Method::HEAD, Method::CONNECT].contains(method) {
-            method.clone()
-        } else {
-            Method::GET
-        };
         self.exchange = Exchange {
-            method,
+            method: Framed::of(method),
             started: false,
             reuse,
             hints: KeepAliveHints::default(),
@@ -590,7 +618,7 @@ impl Codec {
 
     fn check(&self) -> Result<(), Error> {
         match &self.error {
-            Some(err) => Err(err.clone()),
+            Some(err) => Err((**err).clone()),
             None => Ok(()),
         }
     }
@@ -601,7 +629,7 @@ impl Codec {
     }
 
     fn fail<T>(&mut self, err: Error) -> Result<T, Error> {
-        self.error = Some(err.clone());
+        self.error = Some(Box::new(err.clone()));
         self.progress = Progress::Closed;
         Err(err)
     }
