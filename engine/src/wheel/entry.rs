@@ -50,16 +50,13 @@ impl<T> Entries<T> {
     /// Whether `key` names a timer that has neither fired nor been cancelled.
     pub(super) fn is_live(&self, key: TimerKey) -> bool {
         self.cells
-            .get(key.index as usize)
+            .get(key.index() as usize)
             .is_some_and(|e| e.generation == key.generation && e.payload.is_some())
     }
 
     /// The key of the live entry `index`.
     pub(super) fn key(&self, index: u32) -> TimerKey {
-        TimerKey {
-            index,
-            generation: self.cells[index as usize].generation,
-        }
+        TimerKey::new(index, self.cells[index as usize].generation)
     }
 
     /// Stores a timer in a vacant cell (a new one if none is vacant) and

@@ -97,8 +97,25 @@ const NIL: u32 = u32::MAX;
 /// cell is reused 2^32 times while the key is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TimerKey {
-    index: u32,
+    /// The cell's index plus one (an index is never `NIL`), so that an
+    /// `Option<TimerKey>` takes 8 bytes, not 12: a connection holds six.
+    slot: std::num::NonZeroU32,
     generation: u32,
+}
+
+impl TimerKey {
+    /// `index` is never `NIL` (`Entries::alloc` hands out no such cell).
+    #[inline]
+    fn new(index: u32, generation: u32) -> TimerKey {
+        let slot = std::num::NonZeroU32::MIN.saturating_add(index);
+        TimerKey { slot, generation }
+    }
+
+    /// The cell this key names.
+    #[inline]
+    fn index(self) -> u32 {
+        self.slot.get() - 1
+    }
 }
 
 /// A hierarchical timer wheel with 1 ms resolution, generic over the payload
@@ -250,9 +267,9 @@ impl<T> Wheel<T> {
         if !self.entries.is_live(key) {
             return None;
         }
-        self.remove(key.index);
+        self.remove(key.index());
         self.len -= 1;
-        Some(self.entries.free(key.index))
+        Some(self.entries.free(key.index()))
     }
 
     /// Moves the timer `key` to `deadline` (rounded up like
@@ -266,9 +283,9 @@ impl<T> Wheel<T> {
             return false;
         }
         let tick = self.tick_ceil(deadline);
-        self.remove(key.index);
-        self.entries[key.index].tick = tick;
-        self.place(key.index);
+        self.remove(key.index());
+        self.entries[key.index()].tick = tick;
+        self.place(key.index());
         true
     }
 
@@ -279,7 +296,7 @@ impl<T> Wheel<T> {
         if !self.entries.is_live(key) {
             return None;
         }
-        Some(self.instant_of(self.entries[key.index].tick))
+        Some(self.instant_of(self.entries[key.index()].tick))
     }
 
     /// The exact instant at which the earliest timer is due, or `None` when the

@@ -533,3 +533,23 @@ fn poll_at_next_deadline_always_makes_progress() {
     }
     assert_eq!(fired, 2000);
 }
+
+#[test]
+fn an_optional_key_takes_no_more_room_than_a_key() {
+    // A connection holds six of them.
+    assert_eq!(
+        std::mem::size_of::<Option<TimerKey>>(),
+        std::mem::size_of::<TimerKey>()
+    );
+    let (origin, mut wheel) = fresh_wheel::<u32>();
+    let first = wheel.insert(at(origin, 5), 0);
+    let second = wheel.insert(at(origin, 7), 1);
+    assert_eq!(first.index(), 0);
+    assert_eq!(second.index(), 1);
+    assert_eq!(wheel.cancel(first), Some(0));
+    // The vacated cell is reused under a new generation: the old key is stale.
+    let third = wheel.insert(at(origin, 9), 2);
+    assert_eq!(third.index(), 0);
+    assert_eq!(wheel.cancel(first), None);
+    assert_eq!(wheel.cancel(third), Some(2));
+}
