@@ -396,6 +396,20 @@ impl Conn {
         }
     }
 
+    /// Give back every buffer an idle connection holds nothing in: the loop is
+    /// quiet, and a connection that is still idle costs its TLS session alone.
+    pub(crate) fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.release_buffers();
+        }
+    }
+
     /// Read until `WouldBlock`, EOF, or `budget` bytes (and, with
     /// `stop_short`, a short read); plaintext goes to `rbuf`. TLS records
     /// are read into the shared `scratch` and decrypted from there; records
@@ -604,6 +618,26 @@ mod tests {
         assert_eq!(interleave(Vec::new()), Vec::new());
         let one = addrs(&["[::1]:1"]);
         assert_eq!(interleave(one.clone()), one);
+    }
+
+    #[test]
+    fn a_quiet_idle_connection_gives_back_its_empty_buffers_and_keeps_bytes() {
+        let codec = Codec::new(rotary_proto::Limits::default());
+        let key = <PoolKey as crate::keys::Key>::from_index(0);
+        let mut conn = Conn::new(ConnId(1), key, Purpose::Requests, codec);
+        conn.rbuf.reserve(512);
+        conn.wbuf.extend_from_slice(b"unsent");
+        conn.release_buffers();
+        assert!(
+            conn.rbuf.capacity() >= 512,
+            "a busy connection keeps its room"
+        );
+        conn.release_idle_buffers();
+        assert_eq!(conn.rbuf.capacity(), 0);
+        assert_eq!(&conn.wbuf[..], b"unsent", "bytes still to send stay");
+        conn.wbuf.clear();
+        conn.release_idle_buffers();
+        assert_eq!(conn.wbuf.capacity(), 0);
     }
 
     #[test]

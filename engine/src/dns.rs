@@ -133,6 +133,7 @@ impl DnsPool {
     pub(crate) fn take_answers(&self, out: &mut Vec<Answer>) {
         if let Ok(mut a) = self.answers.lock() {
             out.append(&mut a);
+            shrink_after_burst(&mut a);
         }
     }
 
@@ -153,3 +154,14 @@ impl DnsPool {
         self.threads.len()
     }
 }
+
+/// An emptied list of answers that a burst of lookups grew gives its memory
+/// back (a steady trickle of connections keeps its room).
+pub(crate) fn shrink_after_burst(answers: &mut Vec<Answer>) {
+    if answers.is_empty() && answers.capacity() > ANSWERS_KEPT {
+        *answers = Vec::new();
+    }
+}
+
+/// Answers an empty list keeps room for.
+const ANSWERS_KEPT: usize = 64;

@@ -54,8 +54,9 @@ pub(crate) struct Slots<K, T> {
     key: PhantomData<K>,
 }
 
-/// Slots an empty slab keeps (see [`Slots::remove`]).
-const SHRINK_ABOVE: usize = 256;
+/// Slots an empty slab keeps (see [`Slots::remove`]); also the room other
+/// collections that a burst grows keep once they are empty again.
+pub(crate) const SHRINK_ABOVE: usize = 256;
 
 impl<K: Key, T> Default for Slots<K, T> {
     fn default() -> Self {

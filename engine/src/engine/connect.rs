@@ -116,6 +116,7 @@ impl Engine {
                 }
             }
         }
+        crate::dns::shrink_after_burst(&mut answers);
         self.answers = answers;
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{ConnTimer, Purpose};
-use crate::keys::{ConnKey, ReqKey};
+use crate::keys::{ConnKey, ReqKey, SHRINK_ABOVE};
 use crate::stats::{Counter, OriginStats};
 use crate::{
     CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy, Proxies, Proxy, ProxyUse,
@@ -219,7 +219,13 @@ impl Engine {
         }
         loop {
             let pool = &self.pools[p];
-            let Some(&rk) = pool.queue.front() else { break };
+            let Some(&rk) = pool.queue.front() else {
+                // A queue a burst of submits grew gives its memory back.
+                if pool.queue.capacity() > SHRINK_ABOVE {
+                    self.pools[p].queue = VecDeque::new();
+                }
+                break;
+            };
             let fresh = self.reqs.get(rk).is_some_and(|r| r.fresh_only);
             let conns = &self.conns;
             let unused = |k: ConnKey| conns.get(k).is_some_and(|c| c.served == 0);
@@ -262,6 +268,7 @@ impl Engine {
             return self.dispatch(p, now);
         }
         conn.release_buffers();
+        self.idled = true;
         let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
         insert_idle(&mut self.pools[p].idle, conn.id, key);
         conn.idle_until = limit.map(|l| after(now, l));

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rotary_proto::ResponseHead;
 
-use crate::keys::{ConnKey, ReqKey, Slots};
+use crate::keys::{ConnKey, ReqKey, Slots, SHRINK_ABOVE};
 use crate::wheel::TimerKey;
 use crate::{Body, CloseReason, Error, RequestId, RequestOptions};
 
@@ -278,6 +278,14 @@ impl Requests {
         self.slab.len()
     }
 
+    /// The id map, emptied after a burst, gives its memory back (as the slab
+    /// does; see [`Slots::remove`]).
+    #[cold]
+    #[inline(never)]
+    fn shrink_ids(&mut self) {
+        self.ids = HashMap::default();
+    }
+
     pub(super) fn keys(&self) -> Vec<ReqKey> {
         self.slab.keys()
     }
@@ -352,6 +360,9 @@ impl Engine {
         // Straight from the slab, with one move: a `Req` is large.
         let req = self.reqs.slab.remove(rk)?;
         self.reqs.ids.remove(&req.id);
+        if self.reqs.ids.is_empty() && self.reqs.ids.capacity() > SHRINK_ABOVE {
+            self.reqs.shrink_ids();
+        }
         for t in req.timers.into_iter().flatten() {
             self.timers.cancel(t);
         }
