@@ -333,13 +333,19 @@ fn fresh_chain_returns_the_chain_of_a_new_full_handshake() {
         assert_eq!(chain.der(), &leaf.chain_der()[..]);
         assert!(chain.ca_bundle().is_ok(), "a bundle for a job");
     }
-    // Within the freshness, later calls reuse the first handshake.
-    assert!(server.stats().handshakes_full <= 3);
-    let before = server.stats().handshakes_full;
+    // Within the freshness, later calls reuse the first handshake. The
+    // client's own count is exact; the server counts a handshake only when
+    // it has read the client's Finished, which may come after the chain.
+    let handshakes = || client.stats().expect("client running").handshakes_full;
+    let before = handshakes();
+    assert!(
+        (1..=3).contains(&before),
+        "{before} handshakes for 3 callers"
+    );
     client
         .fresh_chain(&origin, Duration::from_secs(60))
         .expect("cached");
-    assert_eq!(server.stats().handshakes_full, before, "no new handshake");
+    assert_eq!(handshakes(), before, "no new handshake");
     assert_eq!(server.stats().requests, 0, "no request sent");
     assert_drained(&client);
 }
