@@ -171,6 +171,13 @@ pub(crate) fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     }
 }
 
+/// The room an idle connection's empty buffers keep between exchanges (see
+/// [`Conn::release_buffers`]).
+pub(crate) const KEEP_BUSY: usize = 1024;
+
+/// What a socket is registered for: both, once (see [`Conn::register`]).
+const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
 /// One connection. Its lifecycle (`stage`) changes only through the
 /// transition methods below; the engine decides when to call them.
 pub(crate) struct Conn {
@@ -204,8 +211,6 @@ pub(crate) struct Conn {
     /// While idle with an idle limit: when the idle timeout closes it.
     pub(crate) idle_until: Option<Instant>,
     pub(crate) timers: [Option<TimerKey>; CONN_TIMERS],
-    /// The socket is registered with the poller (see [`Conn::register`]).
-    registered: bool,
     pub(crate) chain: Option<Arc<PeerChain>>,
     pub(crate) peer_end: PeerEnd,
     /// A request body is being moved in by the engine's pump.
@@ -241,7 +246,6 @@ impl Conn {
             idle_limit: None,
             idle_until: None,
             timers: [None; CONN_TIMERS],
-            registered: false,
             chain: None,
             peer_end: PeerEnd::Open,
             uploading: false,
@@ -285,7 +289,6 @@ impl Conn {
         self.sock = Some(sock);
         self.stage = Stage::Connecting;
         self.peer_addr = Some(addr);
-        self.registered = false;
     }
 
     /// Connected to an `https://` proxy → TLS handshake with it: the
@@ -335,32 +338,22 @@ impl Conn {
         }
     }
 
-    /// Give up the socket (of a won attempt), with its address and whether
-    /// it is registered with the poller.
-    pub(crate) fn hand_over(&mut self) -> Option<(Sock, SocketAddr, bool)> {
+    /// Give up the socket (of a won attempt), registered with the poller,
+    /// with its address.
+    pub(crate) fn hand_over(&mut self) -> Option<(Sock, SocketAddr)> {
         let sock = self.sock.take()?;
-        Some((sock, self.addr(), std::mem::take(&mut self.registered)))
+        Some((sock, self.addr()))
     }
 
     /// Take over the socket of a won attempt: it moves to `token`.
     pub(crate) fn adopt(
         &mut self,
-        (mut sock, addr, registered): (Sock, SocketAddr, bool),
+        (mut sock, addr): (Sock, SocketAddr),
         registry: &Registry,
         token: Token,
     ) -> io::Result<()> {
-        let result = if registered {
-            sock.register(
-                registry,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-                false,
-            )
-        } else {
-            Ok(())
-        };
+        let result = sock.register(registry, token, INTEREST, false);
         self.start_connecting(sock, addr);
-        self.registered = registered;
         result
     }
 
@@ -381,28 +374,15 @@ impl Conn {
     }
 
     /// Give back buffer memory while idle: an idle connection should cost
-    /// little more than its TLS session. Buffers small enough to be cheap to
-    /// keep are kept, so a busy keep-alive connection does not reallocate.
-    pub(crate) fn release_buffers(&mut self) {
-        const KEEP: usize = 1024;
-        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP {
+    /// little more than its TLS session. An empty read or write buffer with
+    /// more than `keep` bytes of room goes; [`KEEP_BUSY`] when an exchange
+    /// ends (a busy keep-alive connection does not reallocate), 0 once the
+    /// loop is quiet.
+    pub(crate) fn release_buffers(&mut self, keep: usize) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > keep {
             self.rbuf = BytesMut::new();
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP {
-            self.wbuf = BytesMut::new();
-        }
-        if let Some(tls) = self.tls.as_deref_mut() {
-            tls.release_buffers();
-        }
-    }
-
-    /// Give back every buffer an idle connection holds nothing in: the loop is
-    /// quiet, and a connection that is still idle costs its TLS session alone.
-    pub(crate) fn release_idle_buffers(&mut self) {
-        if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
-        }
-        if self.wbuf.is_empty() {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > keep {
             self.wbuf = BytesMut::new();
         }
         if let Some(tls) = self.tls.as_deref_mut() {
@@ -539,7 +519,8 @@ impl Conn {
             || self.sock.as_ref().is_some_and(Sock::wants_write)
     }
 
-    /// Register the socket with the poller, once, for reading and writing.
+    /// Register the new socket with the poller, once, for reading and
+    /// writing; it stays registered while the connection holds it.
     /// Readiness is edge-triggered: writability is reported only when it
     /// changes (space freed after a write met a full buffer), so `WRITABLE`
     /// costs no wakeup while nothing waits to go out, and the engine drives
@@ -548,19 +529,10 @@ impl Conn {
     /// of wants cost an `epoll_ctl`: one per connection, two per stalled
     /// upload write).
     pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let Some(sock) = self.sock.as_mut() else {
-            return Ok(());
-        };
-        if self.registered {
-            return Ok(());
+        match self.sock.as_mut() {
+            Some(sock) => sock.register(registry, token, INTEREST, true),
+            None => Ok(()),
         }
-        self.registered = true;
-        sock.register(
-            registry,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-            true,
-        )
     }
 
     /// Send close_notify (best effort), deregister and drop the socket.
@@ -581,12 +553,9 @@ impl Conn {
                     let _ = tls.send(&mut sock, &mut sealed);
                 }
             }
-            if self.registered {
-                sock.deregister(registry);
-            }
+            sock.deregister(registry);
             sock.shutdown_write();
         }
-        self.registered = false;
     }
 }
 
@@ -627,16 +596,16 @@ mod tests {
         let mut conn = Conn::new(ConnId(1), key, Purpose::Requests, codec);
         conn.rbuf.reserve(512);
         conn.wbuf.extend_from_slice(b"unsent");
-        conn.release_buffers();
+        conn.release_buffers(KEEP_BUSY);
         assert!(
             conn.rbuf.capacity() >= 512,
             "a busy connection keeps its room"
         );
-        conn.release_idle_buffers();
+        conn.release_buffers(0);
         assert_eq!(conn.rbuf.capacity(), 0);
         assert_eq!(&conn.wbuf[..], b"unsent", "bytes still to send stay");
         conn.wbuf.clear();
-        conn.release_idle_buffers();
+        conn.release_buffers(0);
         assert_eq!(conn.wbuf.capacity(), 0);
     }
 

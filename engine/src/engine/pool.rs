@@ -267,7 +267,7 @@ impl Engine {
             self.close_conn(key, CloseReason::PeerClose);
             return self.dispatch(p, now);
         }
-        conn.release_buffers();
+        conn.release_buffers(crate::conn::KEEP_BUSY);
         self.idled = true;
         let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
         insert_idle(&mut self.pools[p].idle, conn.id, key);
