@@ -66,6 +66,7 @@ mod origin;
 mod path;
 mod proxy;
 mod proxy_tls;
+mod redact;
 mod session;
 mod sock;
 mod stats;
