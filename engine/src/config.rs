@@ -188,7 +188,10 @@ pub struct Trust {
     /// `/etc/ssl/certs/ca-certificates.crt` and `/etc/ssl/certs`, which
     /// `update-ca-certificates` writes). Located when the engine is built, read
     /// through `rustls-native-certs`, and re-read before a new connection when
-    /// one of those files or directories changed, like [`Trust::pem_files`].
+    /// one of those files or directories changed, like [`Trust::pem_files`]
+    /// (a certificate rewritten in place inside a directory, which leaves the
+    /// directory's time alone, is seen within a second: the files inside are
+    /// looked at, one `stat` each, at most once a second).
     /// When no store is found (and neither variable is set), the
     /// `webpki-roots` are used instead, with a warning; a store named by
     /// `SSL_CERT_FILE`/`SSL_CERT_DIR` that holds no certificate is an error.
@@ -198,9 +201,11 @@ pub struct Trust {
     /// without a certificate: a job's CA bundle cannot name them). Default
     /// false; the fallback when the host has no store.
     pub webpki_roots: bool,
-    /// PEM bundles of extra (or, with `webpki_roots = false`, only) trust
-    /// anchors. Read when the engine is built, and re-read before a new
-    /// connection whenever a file's modification time or size changed; a
+    /// PEM bundles of trust anchors: added to the host's store
+    /// ([`Trust::system`](Trust#structfield.system)) and the webpki roots
+    /// when those are on, the only anchors when both are off (as with
+    /// [`Trust::pem_file`]). Read when the engine is built, and re-read before a new
+    /// connection whenever a file's modification time, size or inode changed; a
     /// version that fails to parse keeps the previous anchors and raises
     /// [`Event::TrustError`](crate::Event::TrustError). Default none.
     pub pem_files: Vec<PathBuf>,
