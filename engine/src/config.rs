@@ -281,7 +281,9 @@ pub struct Config {
     pub trust: Trust,
     /// Codec limits (head bytes, header count, chunk line, trailers).
     pub limits: rotary_proto::Limits,
-    /// Threads of the built-in resolver pool. Default 2.
+    /// Threads of the built-in resolver pool: how many names are looked
+    /// up at once (connections asking for a name already being looked up
+    /// wait for that lookup, so one slow name holds one thread). Default 2.
     pub dns_threads: usize,
     /// A resolver of the embedder's own, used instead of `ToSocketAddrs`.
     pub resolver: Option<Arc<dyn Resolver>>,

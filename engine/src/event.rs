@@ -80,7 +80,9 @@ pub enum CloseReason {
     ConnectFailed,
     /// An I/O or protocol error, or a deadline, ended the exchange on it.
     Error,
-    /// The request on it was cancelled mid-exchange.
+    /// The request on it was cancelled mid-exchange; or it was still
+    /// waiting for its host name's lookup when the request it was opened
+    /// for ended (the lookup is then not run).
     Cancelled,
     /// The engine shut down or was asked to close idle connections.
     Shutdown,

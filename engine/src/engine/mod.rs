@@ -789,8 +789,11 @@ impl Engine {
 
     /// Fail every queued and in-flight request with [`Error::Shutdown`], send
     /// close_notify on every TLS connection, close every socket and stop the
-    /// resolver threads (waiting for a lookup in progress). Later submissions
-    /// fail with [`Error::Shutdown`].
+    /// resolver threads: queued lookups are dropped, and a lookup in
+    /// progress is waited for at most 100 ms (a system lookup cannot be
+    /// interrupted; its thread then finishes it, drops the answer and exits
+    /// on its own, counted by [`Engine::resolver_threads`] until it does).
+    /// Later submissions fail with [`Error::Shutdown`].
     pub fn shutdown(&mut self) {
         self.stop(true);
     }
@@ -812,7 +815,8 @@ impl Engine {
         self.drain_commands(now);
     }
 
-    /// Live resolver threads (for leak checks).
+    /// Live resolver threads (for leak checks), including one still inside
+    /// a lookup that [`Engine::shutdown`] stopped waiting for.
     pub fn resolver_threads(&self) -> usize {
         self.dns.threads()
     }

@@ -1,0 +1,256 @@
+//! Bugs found where features meet, one test per row of `docs/failures.md`'s
+//! section "Where features meet": the resolver and shutdown, early answers
+//! and failed writes, transfer codings, bad redirect targets, the embedding
+//! API and the engine's configuration.
+//!
+//! Each test fails without the fix its row names, and ends with the engine
+//! holding nothing.
+
+mod driver;
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use driver::*;
+use rotary::{Client, CloseReason, Config, Engine, Error, RequestOptions, Resolver};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Prints the text a row of the table quotes.
+fn row(test: &str, e: &Error) {
+    eprintln!("row: {test}: {e} [{e:?}]");
+}
+
+// ---------------------------------------------------------------- resolver
+
+/// A resolver that answers every name with `addr`, after `delay` for names
+/// starting with `slow`, and after the gate opens for names starting with
+/// `gated`; it records every name it was asked for.
+struct TestResolver {
+    addr: SocketAddr,
+    delay: Duration,
+    asked: Mutex<Vec<String>>,
+    gate: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl TestResolver {
+    fn new(addr: SocketAddr, delay: Duration) -> Arc<TestResolver> {
+        Arc::new(TestResolver {
+            addr,
+            delay,
+            asked: Mutex::new(Vec::new()),
+            gate: Mutex::new(false),
+            opened: Condvar::new(),
+        })
+    }
+
+    fn open_gate(&self) {
+        *self.gate.lock().expect("gate") = true;
+        self.opened.notify_all();
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("asked").clone()
+    }
+}
+
+impl Resolver for TestResolver {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        self.asked.lock().expect("asked").push(host.to_owned());
+        if host.starts_with("slow") {
+            std::thread::sleep(self.delay);
+        }
+        if host.starts_with("gated") {
+            // Bounded: a test that goes wrong fails instead of hanging.
+            let gate = self.gate.lock().expect("gate");
+            let (open, _) = self
+                .opened
+                .wait_timeout_while(gate, T, |open| !*open)
+                .expect("gate");
+            if !*open {
+                return Err(std::io::Error::other("the gate never opened"));
+            }
+        }
+        Ok(vec![SocketAddr::new(self.addr.ip(), port)])
+    }
+}
+
+fn engine_with(resolver: &Arc<TestResolver>, tweak: impl FnOnce(&mut Config)) -> Engine {
+    plain_engine(|c| {
+        c.resolver = Some(resolver.clone());
+        tweak(c);
+    })
+}
+
+/// Wait (bounded) until `cond` holds, polling the engine meanwhile.
+fn wait_for(engine: &mut Engine, what: &str, mut cond: impl FnMut(&mut Engine) -> bool) {
+    let until = Instant::now() + T;
+    while !cond(engine) {
+        assert!(Instant::now() < until, "{what}: not within {T:?}");
+        engine
+            .poll(Some(Duration::from_millis(5)))
+            .expect("poll does not fail");
+        while engine.next_event().is_some() {}
+    }
+}
+
+#[test]
+fn shutdown_does_not_wait_for_abandoned_slow_lookups() {
+    let server = TestServer::plain(|_, _| Reply::ok("never asked"));
+    let resolver = TestResolver::new(server.addr(), Duration::from_millis(500));
+    let mut engine = engine_with(&resolver, |_| {});
+    // Eight origins whose names take 500 ms each, their requests abandoned.
+    let ids: Vec<_> = (0..8)
+        .map(|i| {
+            let url = format!("http://slow{i}.test:{}/", server.addr().port());
+            engine.submit(get(&url), RequestOptions::default())
+        })
+        .collect();
+    wait_for(&mut engine, "both lookup threads busy", |_| {
+        resolver.asked().len() >= 2
+    });
+    for &id in &ids {
+        engine.cancel(id);
+    }
+    let started = Instant::now();
+    engine.shutdown();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "shutdown took {took:?} with 8 slow lookups queued"
+    );
+    let out = run_until(&mut engine, T, |_| true);
+    assert!(engine.stats().is_idle(), "{:?}", out.len());
+    // The two lookups under way finish on their own; the others never ran.
+    let until = Instant::now() + T;
+    while engine.resolver_threads() > 0 {
+        assert!(Instant::now() < until, "resolver threads did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(resolver.asked().len() <= 2, "{:?}", resolver.asked());
+}
+
+#[test]
+fn dropping_the_last_client_does_not_wait_for_slow_lookups() {
+    let server = TestServer::plain(|_, _| Reply::ok("never asked"));
+    let resolver = TestResolver::new(server.addr(), Duration::from_millis(500));
+    let mut config = Config::default();
+    config.resolver = Some(resolver.clone());
+    let client = Client::new(config).expect("client builds");
+    let port = server.addr().port();
+    let pending: Vec<_> = (0..8)
+        .map(|i| {
+            let req = http::Request::get(format!("http://slow{i}.test:{port}/"))
+                .body(())
+                .expect("request");
+            client
+                .start(req, RequestOptions::default())
+                .expect("started")
+        })
+        .collect();
+    let until = Instant::now() + T;
+    while resolver.asked().len() < 2 {
+        assert!(Instant::now() < until, "no lookup started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(pending);
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        drop(client);
+        let _ = tx.send(started.elapsed());
+    });
+    let took = rx
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the last Client dropped within 1 s");
+    eprintln!("dropping the client took {took:?}");
+}
+
+#[test]
+fn a_lookup_whose_request_ended_is_not_run() {
+    let server = TestServer::plain(|_, _| Reply::ok("ok"));
+    let resolver = TestResolver::new(server.addr(), Duration::ZERO);
+    let mut engine = engine_with(&resolver, |c| c.dns_threads = 1);
+    let port = server.addr().port();
+    // The one resolver thread is held by a name whose lookup is gated...
+    let first = engine.submit(
+        get(&format!("http://gated.test:{port}/")),
+        RequestOptions::default(),
+    );
+    wait_for(&mut engine, "the gated lookup", |_| {
+        resolver.asked() == ["gated.test"]
+    });
+    // ...while two more wait behind it, and their requests end: one
+    // cancelled, one at its deadline.
+    let cancelled = engine.submit(
+        get(&format!("http://a.test:{port}/")),
+        RequestOptions::default(),
+    );
+    let timed_out = engine.submit(
+        get(&format!("http://b.test:{port}/")),
+        RequestOptions::default().deadline(Duration::from_millis(30)),
+    );
+    engine.cancel(cancelled);
+    let out = finish(&mut engine, &[cancelled, timed_out], T);
+    assert!(matches!(out.error(cancelled), Error::Cancelled));
+    assert!(matches!(out.error(timed_out), Error::Timeout(_)));
+    let shed = out
+        .closed()
+        .iter()
+        .filter(|r| **r == CloseReason::Cancelled)
+        .count();
+    assert_eq!(shed, 2, "their connections close: {:?}", out.closed());
+    resolver.open_gate();
+    let out = finish(&mut engine, &[first], T);
+    assert_eq!(out.response(first).body(), "ok");
+    assert_eq!(
+        resolver.asked(),
+        ["gated.test"],
+        "a.test and b.test never looked up"
+    );
+    assert_drained(&mut engine);
+}
+
+#[test]
+fn a_slow_name_does_not_hold_up_lookups_of_other_origins() {
+    let server = TestServer::plain(|_, _| Reply::ok("ok"));
+    let resolver = TestResolver::new(server.addr(), Duration::ZERO);
+    // Default: two resolver threads.
+    let mut engine = engine_with(&resolver, |_| {});
+    let port = server.addr().port();
+    // Four requests to a name whose lookup hangs: four connections open,
+    // each needing that name.
+    let stuck: Vec<_> = (0..4)
+        .map(|_| {
+            engine.submit(
+                get(&format!("http://gated.test:{port}/")),
+                RequestOptions::default(),
+            )
+        })
+        .collect();
+    wait_for(&mut engine, "the gated lookup", |e| {
+        e.stats().connections == 4 && !resolver.asked().is_empty()
+    });
+    let other = engine.submit(
+        get(&format!("http://other.test:{port}/")),
+        RequestOptions::default(),
+    );
+    let out = finish(&mut engine, &[other], T);
+    assert_eq!(out.response(other).body(), "ok");
+    let asked = resolver.asked();
+    let gated = asked.iter().filter(|h| *h == "gated.test").count();
+    assert_eq!(
+        gated, 1,
+        "one lookup serves every connection to it: {asked:?}"
+    );
+    resolver.open_gate();
+    let out = finish(&mut engine, &stuck, T);
+    for id in stuck {
+        assert_eq!(out.response(id).body(), "ok");
+    }
+    assert_drained(&mut engine);
+}
