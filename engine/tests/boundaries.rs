@@ -254,3 +254,25 @@ fn a_slow_name_does_not_hold_up_lookups_of_other_origins() {
     }
     assert_drained(&mut engine);
 }
+
+// ---------------------------------------------------------------- embedding
+
+#[test]
+fn next_timeout_is_zero_while_events_are_queued() {
+    let poll = mio::Poll::new().expect("poll");
+    let mut engine =
+        Engine::embedded(poll.registry(), 100, 64, Config::default()).expect("engine builds");
+    let now = Instant::now();
+    assert_eq!(engine.next_timeout(now), None, "nothing scheduled");
+    // A request refused at once: its Failed event is queued, nothing else.
+    let id = engine.submit(get("ftp://nowhere.test/"), RequestOptions::default());
+    assert_eq!(
+        engine.next_timeout(now),
+        Some(Duration::ZERO),
+        "a host that sleeps now would leave the event waiting"
+    );
+    let event = engine.next_event().expect("the Failed event");
+    assert!(event.is_terminal() && event.request_id() == Some(id));
+    assert_eq!(engine.next_timeout(now), None, "drained");
+    assert!(engine.stats().is_idle());
+}

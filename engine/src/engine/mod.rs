@@ -655,7 +655,8 @@ impl Engine {
         let now = Instant::now();
         self.drain_commands(now);
         let mut wait = timeout;
-        if let Some(t) = self.next_timeout(now) {
+        // Queued events are the caller's business (`hurry`), not a deadline.
+        if let Some(t) = self.work_timeout(now) {
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
         if hurry && !self.out.is_empty() {
@@ -723,9 +724,19 @@ impl Engine {
     }
 
     /// How long the host may sleep before calling [`Engine::handle_timeouts`]:
-    /// the next deadline, zero when work is pending, `None` when nothing is
-    /// scheduled.
+    /// zero while events wait in [`Engine::next_event`] (drain them before
+    /// sleeping) or other work is pending, else the next deadline; `None`
+    /// when nothing is scheduled.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.out.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.work_timeout(now)
+    }
+
+    /// [`Engine::next_timeout`] without the queued events: the next
+    /// deadline, or zero when a read or resume waits for the next turn.
+    fn work_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.resumed.is_empty() {
             return Some(Duration::ZERO);
         }
