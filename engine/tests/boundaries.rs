@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use driver::*;
-use rotary::{Client, CloseReason, Config, Engine, Error, RequestOptions, Resolver};
+use rotary::{Client, CloseReason, Config, Engine, Error, Event, RequestOptions, Resolver};
 use support::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -275,4 +275,118 @@ fn next_timeout_is_zero_while_events_are_queued() {
     assert!(event.is_terminal() && event.request_id() == Some(id));
     assert_eq!(engine.next_timeout(now), None, "drained");
     assert!(engine.stats().is_idle());
+}
+
+// ---------------------------------------------------------------- early answers
+
+/// A peer on 127.0.0.1 that reads a request head, answers `answer` at once
+/// and closes without reading the body: the unread bytes make its kernel
+/// reset the connection, so the client's next write fails. Over TLS with
+/// `tls` (a server config). Returns the port and how many body bytes it
+/// had when it answered... and its thread.
+fn early_answer_peer(
+    answer: &'static [u8],
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().expect("accept");
+        sock.set_read_timeout(Some(T)).expect("timeout");
+        let mut stream: Box<dyn ReadWrite> = match tls {
+            None => Box::new(sock),
+            Some(config) => {
+                let conn = rustls::ServerConnection::new(config).expect("tls");
+                Box::new(rustls::StreamOwned::new(conn, sock))
+            }
+        };
+        let mut head = Vec::new();
+        let mut byte = [0; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        stream.write_all(answer).expect("answer");
+        stream.flush().expect("flush");
+        // Dropped here with the upload unread: the kernel resets.
+    });
+    (port, handle)
+}
+
+trait ReadWrite: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> ReadWrite for T {}
+
+const EARLY_413: &[u8] =
+    b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large";
+
+fn big_file() -> (tempfile::NamedTempFile, u64) {
+    let len = 20 * 1024 * 1024;
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    let chunk = vec![0x5a; 1024 * 1024];
+    for _ in 0..20 {
+        std::io::Write::write_all(&mut file, &chunk).expect("write");
+    }
+    (file, len)
+}
+
+fn upload_gets_the_early_answer(engine: &mut Engine, url: &str, file: &std::path::Path) {
+    let req = http::Request::put(url)
+        .body(rotary::Body::file(file).expect("open"))
+        .expect("request");
+    let id = engine.submit(req, RequestOptions::default());
+    let out = finish(engine, &[id], T);
+    match out.event(id) {
+        Event::Response { response, .. } => {
+            assert_eq!(response.status(), 413);
+            assert_eq!(response.body(), "too large");
+        }
+        Event::Failed { error, .. } => {
+            row(
+                "an_early_413_is_the_answer_when_the_write_then_fails",
+                error,
+            );
+            panic!("the early 413 was lost: {error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_drained(engine);
+}
+
+#[test]
+fn an_early_413_is_the_answer_when_the_write_then_fails() {
+    let (file, _) = big_file();
+    let (port, peer) = early_answer_peer(EARLY_413, None);
+    let mut engine = plain_engine(|_| {});
+    upload_gets_the_early_answer(
+        &mut engine,
+        &format!("http://127.0.0.1:{port}/artifact"),
+        file.path(),
+    );
+    peer.join().expect("peer");
+}
+
+#[test]
+fn an_early_413_over_tls_is_the_answer_when_the_write_then_fails() {
+    let ca = TestCa::new("early answers CA");
+    let leaf = ca.issue(&["localhost"]);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(leaf.chain_der(), leaf.key_der())
+    .expect("server config");
+    let (file, _) = big_file();
+    let (port, peer) = early_answer_peer(EARLY_413, Some(Arc::new(config)));
+    let (mut engine, _ca_file) = engine_for(&ca, |_| {});
+    upload_gets_the_early_answer(
+        &mut engine,
+        &format!("https://localhost:{port}/artifact"),
+        file.path(),
+    );
+    peer.join().expect("peer");
 }
