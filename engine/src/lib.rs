@@ -80,7 +80,8 @@ pub use body::Body;
 pub use chain::PeerChain;
 pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
-    ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
+    BuildError, ClientIdentity, Config, ConfigError, OnChainChange, Policy, RequestOptions,
+    Resumption, Timeouts, Trust,
 };
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};

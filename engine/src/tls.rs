@@ -3,7 +3,6 @@
 //! engine hands out (resumption off, or on with a purgeable session store),
 //! and the verified path of a finished handshake's chain.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -77,15 +76,10 @@ impl TlsState {
     /// Build from the trust settings, reading every file.
     ///
     /// # Errors
-    /// `InvalidInput` naming the file when a CA file, certificate or key
-    /// cannot be read or holds nothing usable, or when no anchor is left.
-    pub(crate) fn new(trust: &Trust) -> io::Result<TlsState> {
-        TlsState::with_store(trust, trust.system.then(SystemStore::locate)).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: {}", e.path.display(), e.reason),
-            )
-        })
+    /// The file, and why, when a CA file, certificate or key cannot be read
+    /// or holds nothing usable, or when no anchor is left.
+    pub(crate) fn new(trust: &Trust) -> Result<TlsState, FileError> {
+        TlsState::with_store(trust, trust.system.then(SystemStore::locate))
     }
 
     fn with_store(trust: &Trust, store: Option<SystemStore>) -> Result<TlsState, FileError> {

@@ -390,3 +390,100 @@ fn an_early_413_over_tls_is_the_answer_when_the_write_then_fails() {
     );
     peer.join().expect("peer");
 }
+
+// ---------------------------------------------------------------- configuration
+
+#[test]
+fn settings_that_cannot_work_are_refused_when_the_engine_is_built() {
+    type Tweak = fn(&mut Config);
+    let cases: [(&str, Tweak); 11] = [
+        ("policy.max_age", |c| {
+            c.policy.max_age = Some(Duration::ZERO)
+        }),
+        ("policy.max_connections", |c| c.policy.max_connections = 0),
+        ("policy.max_age_jitter", |c| {
+            c.policy.max_age = Some(Duration::from_secs(10));
+            c.policy.max_age_jitter = Some(Duration::from_secs(11));
+        }),
+        ("policy.max_requests", |c| c.policy.max_requests = Some(0)),
+        ("policy.chain_probe_interval", |c| {
+            c.policy.chain_probe_interval = Some(Duration::ZERO)
+        }),
+        ("policy.chain_probe_jitter", |c| {
+            c.policy.chain_probe_interval = Some(Duration::from_secs(1));
+            c.policy.chain_probe_jitter = Some(Duration::from_secs(2));
+        }),
+        ("timeouts.dns", |c| c.timeouts.dns = Duration::ZERO),
+        ("timeouts.connect", |c| c.timeouts.connect = Duration::ZERO),
+        ("timeouts.handshake", |c| {
+            c.timeouts.handshake = Duration::ZERO
+        }),
+        ("dns_threads", |c| c.dns_threads = 0),
+        ("limits.max_head_bytes", |c| c.limits.max_head_bytes = 0),
+    ];
+    for (setting, tweak) in cases {
+        let mut config = Config::default();
+        tweak(&mut config);
+        let err = Engine::new(config.clone()).expect_err(setting);
+        match &err {
+            rotary::BuildError::Config(e) => assert_eq!(e.setting, setting, "{err}"),
+            other => panic!("{setting}: {other:?}"),
+        }
+        assert!(err.to_string().contains(setting), "{err}");
+        let err = Client::new(config).expect_err(setting);
+        assert!(matches!(err, rotary::BuildError::Config(_)), "{err:?}");
+        // Still usable where an io::Error is expected.
+        let io: std::io::Error = err.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+    }
+    // The defaults, and the edges that do work, pass.
+    assert_eq!(Config::default().check(), Ok(()));
+    let mut config = Config::default();
+    config.policy.max_age = None;
+    config.policy.max_age_jitter = Some(Duration::from_secs(3600));
+    assert_eq!(config.check(), Ok(()), "no max age: the jitter is unused");
+    let mut config = Config::default();
+    config.policy.max_age_jitter = Some(Duration::ZERO);
+    config.policy.chain_probe_interval = Some(Duration::from_secs(60));
+    config.policy.chain_probe_jitter = Some(Duration::ZERO);
+    assert_eq!(config.check(), Ok(()));
+}
+
+#[test]
+fn a_per_origin_policy_that_cannot_work_is_refused_and_changes_nothing() {
+    let mut engine = plain_engine(|_| {});
+    let origin = rotary::Origin::parse("http://127.0.0.1:1").expect("origin");
+    let mut policy = rotary::Policy::default();
+    policy.max_age = Some(Duration::ZERO);
+    let err = engine
+        .set_origin_policy(origin.clone(), policy)
+        .expect_err("max_age zero");
+    assert_eq!(err.setting, "policy.max_age");
+    assert_eq!(engine.origin_policy(&origin), rotary::Policy::default());
+}
+
+#[test]
+fn zero_windows_are_refused_when_the_request_is_submitted() {
+    let mut engine = plain_engine(|_| {});
+    let send = engine.submit(
+        get("http://127.0.0.1:1/"),
+        RequestOptions::default().send_window(0),
+    );
+    let receive = engine.submit(
+        get("http://127.0.0.1:1/"),
+        RequestOptions::default().receive_window(0),
+    );
+    let out = finish(&mut engine, &[send, receive], T);
+    for (id, name) in [(send, "send_window"), (receive, "receive_window")] {
+        let err = out.error(id);
+        row(
+            "zero_windows_are_refused_when_the_request_is_submitted",
+            err,
+        );
+        assert!(
+            matches!(err, Error::InvalidRequest(why) if why.contains(name)),
+            "{err}"
+        );
+    }
+    assert_drained(&mut engine);
+}

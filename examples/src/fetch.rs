@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rotary::{
-    Body, ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, Proxies,
-    ProxySetting, RequestOptions, ServedBy, Trust,
+    Body, BuildError, ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase,
+    Proxies, ProxySetting, RequestOptions, ServedBy, Trust,
 };
 
 use crate::args::show;
@@ -149,12 +149,12 @@ fn proxies(o: &Opts) -> Result<Proxies, Failure> {
 
 fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
     let request = request::build(o)?;
-    let mut engine = Engine::new(config(o)?).map_err(|e| match e.kind() {
+    let mut engine = Engine::new(config(o)?).map_err(|e| match e {
         // A trust file (--cacert, --cert, --key or the host's store): the
         // engine names it and what is wrong with it.
-        std::io::ErrorKind::InvalidInput => {
-            Failure::new(3, format!("cannot load the TLS files: {e}"))
-        }
+        BuildError::Trust { .. } => Failure::new(3, format!("cannot load the TLS files: {e}")),
+        // A flag's value no engine can work with (--max-age 0, say).
+        BuildError::Config(_) | BuildError::Proxy(_) => Failure::usage(e.to_string()),
         _ => Failure::new(1, format!("cannot start the engine: {e}")),
     })?;
     let start = Instant::now();

@@ -43,8 +43,8 @@ use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase,
-    Policy, RequestId, RequestOptions, Stats,
+    Body, BuildError, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain,
+    Phase, Policy, RequestId, RequestOptions, Stats,
 };
 
 use self::io::{Buffers, ReadMode};
@@ -245,9 +245,12 @@ impl Engine {
     /// An engine that owns its `mio::Poll`; drive it with [`Engine::poll`].
     ///
     /// # Errors
-    /// An I/O error from creating the poll, or `InvalidInput` when the trust
-    /// configuration yields no usable anchors (unreadable or empty CA file).
-    pub fn new(config: Config) -> std::io::Result<Engine> {
+    /// [`BuildError::Config`] for a setting that cannot work (see
+    /// [`Config::check`]), [`BuildError::Trust`] when the trust
+    /// configuration yields no usable anchors (an unreadable or empty CA
+    /// file, say), [`BuildError::Proxy`] for bad proxy settings, and
+    /// [`BuildError::Io`] when the poll cannot be created.
+    pub fn new(config: Config) -> Result<Engine, BuildError> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         Engine::build(Some(poll), registry, 0, usize::MAX, config)
@@ -261,19 +264,20 @@ impl Engine {
     /// `token_count - 1` connections are open at once.
     ///
     /// # Errors
-    /// As [`Engine::new`]; `InvalidInput` when `token_count < 2` or the
-    /// range runs past `usize::MAX`.
+    /// As [`Engine::new`]; [`BuildError::Config`] (for `token_count`) when
+    /// `token_count < 2` or the range runs past `usize::MAX`.
     pub fn embedded(
         registry: &Registry,
         token_base: usize,
         token_count: usize,
         config: Config,
-    ) -> std::io::Result<Engine> {
+    ) -> Result<Engine, BuildError> {
         if token_count < 2 || token_base.checked_add(token_count).is_none() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "token_count must be at least 2, and the range must fit in usize",
-            ));
+            return Err(crate::ConfigError::new(
+                "token_count",
+                "must be at least 2, and the range must fit in usize",
+            )
+            .into());
         }
         Engine::build(None, registry.try_clone()?, token_base, token_count, config)
     }
@@ -284,12 +288,10 @@ impl Engine {
         base: usize,
         count: usize,
         config: Config,
-    ) -> std::io::Result<Engine> {
+    ) -> Result<Engine, BuildError> {
+        config.check()?;
         let tls = TlsState::new(&config.trust)?;
-        let proxies = config
-            .proxy
-            .resolve()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let proxies = config.proxy.resolve().map_err(BuildError::Proxy)?;
         let proxy_trusts = tunnel::ProxyTrusts::new(&proxies)?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
@@ -364,8 +366,18 @@ impl Engine {
 
     /// Override the lifetime policy for one origin (existing connections
     /// keep the deadlines they already have).
-    pub fn set_origin_policy(&mut self, origin: Origin, policy: Policy) {
+    ///
+    /// # Errors
+    /// A [`ConfigError`](crate::ConfigError) for a policy that cannot work
+    /// (see [`Policy::check`]); the origin's policy is then unchanged.
+    pub fn set_origin_policy(
+        &mut self,
+        origin: Origin,
+        policy: Policy,
+    ) -> Result<(), crate::ConfigError> {
+        policy.check()?;
         self.pools.set_policy(origin, policy);
+        Ok(())
     }
 
     /// The policy in force for `origin`.
@@ -380,7 +392,8 @@ impl Engine {
     }
 
     /// Submit a request (absolute URI: `http://` or `https://`). The request
-    /// ends with exactly one terminal event; an invalid request ends at once
+    /// ends with exactly one terminal event; an invalid request (or options
+    /// that cannot work, see [`RequestOptions::check`]) ends at once
     /// with [`Error::InvalidRequest`], a request submitted after
     /// [`Engine::shutdown`] with [`Error::Shutdown`]. The body is anything
     /// that converts into a [`Body`]: bytes, a file, or a stream the host
