@@ -80,9 +80,15 @@ impl Output {
 
     /// Raw bytes on stdout (a response body).
     pub fn bytes(&self, b: &[u8]) {
+        let _ = self.try_bytes(b);
+    }
+
+    /// Raw bytes on stdout, saying whether they were written (a closed
+    /// pipe, a full disk behind a redirect).
+    pub fn try_bytes(&self, b: &[u8]) -> io::Result<()> {
         let mut w = lock(&self.out);
-        let _ = w.write_all(b);
-        let _ = w.flush();
+        w.write_all(b)?;
+        w.flush()
     }
 
     /// Text on stderr without a newline (a progress bar redrawn with `\r`).
