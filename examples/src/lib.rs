@@ -111,6 +111,10 @@ impl Captured {
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&lock(&self.out)).into_owned()
     }
+    /// Everything written to stdout so far, as bytes (a binary body).
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        lock(&self.out).clone()
+    }
     /// Everything written to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&lock(&self.err)).into_owned()
