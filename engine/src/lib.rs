@@ -13,9 +13,12 @@
 //!
 //! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
 //!   key is the mio token), requests in a slab, a hierarchical [`wheel::Wheel`].
-//! * [`Engine::submit`] takes an `http::Request<Bytes>`; results come out as
-//!   [`Event`]s from [`Engine::next_event`] after [`Engine::poll`]. Each request
-//!   ends with exactly one terminal event.
+//! * [`Engine::submit`] takes an `http::Request` whose body is anything
+//!   that converts into a [`Body`]: `()`, bytes, a string, a file
+//!   ([`Body::file`]), a reader ([`Body::reader`]) or a stream the host
+//!   feeds ([`Body::stream`]); results come out as [`Event`]s from
+//!   [`Engine::next_event`] after [`Engine::poll`]. Each request ends with
+//!   exactly one terminal event.
 //! * Embedding in a host's mio loop: [`Engine::embedded`],
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
