@@ -119,6 +119,7 @@ fn shutdown_does_not_wait_for_abandoned_slow_lookups() {
     let started = Instant::now();
     engine.shutdown();
     let took = started.elapsed();
+    eprintln!("shutdown took {took:?}");
     assert!(
         took < Duration::from_secs(1),
         "shutdown took {took:?} with 8 slow lookups queued"
@@ -485,5 +486,70 @@ fn zero_windows_are_refused_when_the_request_is_submitted() {
             "{err}"
         );
     }
+    assert_drained(&mut engine);
+}
+
+// ---------------------------------------------------------------- peers
+
+#[test]
+fn transfer_codings_other_than_chunked_fail_named() {
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "gzip, chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n",
+            "gzip",
+        ),
+        (
+            "chunked, gzip",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00",
+            "gzip",
+        ),
+        (
+            "an unknown coding",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: x-rot13\r\nContent-Length: 3\r\n\r\nnop",
+            "x-rot13",
+        ),
+    ];
+    for (what, answer, coding) in cases {
+        let server = TestServer::plain(move |_, _| Reply::raw(answer));
+        let mut engine = plain_engine(|_| {});
+        let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
+        let out = finish(&mut engine, &[id], T);
+        let err = out.error(id);
+        row("transfer_codings_other_than_chunked_fail_named", err);
+        match err {
+            Error::Protocol {
+                phase: rotary::Phase::ResponseHead,
+                cause: rotary_proto::Error::UnsupportedTransferCoding { coding: got },
+            } => assert_eq!(got, coding, "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(err.to_string().contains(coding), "{err}");
+        assert_eq!(engine.stats().retries, 0);
+        assert_drained(&mut engine);
+    }
+}
+
+#[test]
+fn a_location_no_request_can_go_to_is_a_redirect_error() {
+    let server = TestServer::plain(|req, _| match req.path() {
+        "/port" => Reply::status(302).header("Location", "http://127.0.0.1:99999/x"),
+        "/ftp" => Reply::status(302).header("Location", "ftp://files.test/x"),
+        "/nohost" => Reply::status(302).header("Location", "http://:80/x"),
+        _ => Reply::status(404),
+    });
+    let mut engine = plain_engine(|_| {});
+    let follow = RequestOptions::default().follow_redirects(3);
+    for path in ["/port", "/ftp", "/nohost"] {
+        let id = engine.submit(get(&server.url_ip(path)), follow);
+        let out = finish(&mut engine, &[id], T);
+        let err = out.error(id);
+        row("a_location_no_request_can_go_to_is_a_redirect_error", err);
+        assert!(
+            matches!(err, Error::Redirect(rotary::RedirectError::BadLocation(_))),
+            "{path}: {err:?}"
+        );
+    }
+    assert_eq!(server.stats().requests, 3, "no hop was sent anywhere");
     assert_drained(&mut engine);
 }
