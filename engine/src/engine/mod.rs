@@ -353,6 +353,14 @@ impl Engine {
         self.submit_with_id(id, request, opts, Instant::now());
     }
 
+    /// End live request `id` with `error`: a refusal of the [`crate::Client`]'s
+    /// own, which its caller must see named, not as a cancel.
+    pub(crate) fn abort(&mut self, id: RequestId, error: Error) {
+        if let Some(rk) = self.reqs.find(id) {
+            self.abort_request(rk, error, CloseReason::Error, Instant::now());
+        }
+    }
+
     /// A handle for other threads.
     pub fn handle(&self) -> Handle {
         Handle {
