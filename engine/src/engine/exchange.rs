@@ -98,9 +98,20 @@ impl Engine {
         }
         if uploads {
             self.upload_started(ck, rk, now);
+        } else {
+            self.request_written(rk, now);
         }
         // Only the request goes out: anything the peer sends raises an event.
         self.drive(ck, ReadMode::Skip, now);
+    }
+
+    /// The whole of request `rk` is written (to the connection's buffer):
+    /// the wait for its response head starts. A body sent in pieces gets
+    /// there when its last piece is in, however long that took.
+    pub(super) fn request_written(&mut self, rk: ReqKey, now: Instant) {
+        if let Some(t) = self.reqs.get(rk).and_then(|r| r.opts.head_timeout) {
+            self.arm(Timer::Req(rk, ReqTimer::Head), after(now, t));
+        }
     }
 
     /// New plaintext (or EOF) on a connection.
@@ -139,7 +150,10 @@ impl Engine {
             let names = &mut self.pools[conn.pool].names;
             let polled = conn.codec.poll_response_with(&mut conn.rbuf, names);
             let started = conn.codec.response_started();
-            let in_body = conn.codec.state() == rotary_proto::State::Body;
+            // A head whose first bytes are in, or a body: the response is
+            // under way, and the stall deadline watches that it goes on.
+            let under_way =
+                conn.codec.state() == rotary_proto::State::Body || !conn.rbuf.is_empty();
             match polled {
                 Ok(Some(ev)) => {
                     self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
@@ -149,7 +163,7 @@ impl Engine {
                     if started {
                         self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
                     }
-                    if in_body {
+                    if under_way {
                         self.watch_receive(key, rk, now);
                     }
                     return;
@@ -304,6 +318,7 @@ impl Engine {
         match ev {
             ResponseEvent::Continue => self.upload_continue(rk),
             ResponseEvent::Head(head) => {
+                self.disarm(Timer::Req(rk, ReqTimer::Head));
                 if self.conns.get(key).is_some_and(|c| c.uploading)
                     || self.reqs.get(rk).is_some_and(Req::awaits_continue)
                 {
@@ -476,6 +491,7 @@ impl Engine {
                     ReqTimer::Continue,
                     ReqTimer::SendStall,
                     ReqTimer::ReceiveStall,
+                    ReqTimer::Head,
                 ] {
                     self.disarm(Timer::Req(rk, t));
                 }
