@@ -426,7 +426,7 @@ impl fmt::Display for Error {
                 reused: true,
             } => write!(
                 f,
-                "reused connection closed by peer during {} (request not retried)",
+                "reused connection closed by peer during {}",
                 phase.name()
             ),
             Error::PeerClosed {

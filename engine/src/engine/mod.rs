@@ -500,7 +500,9 @@ impl Engine {
     ///
     /// # Errors
     /// The request's error; [`Error::InvalidRequest`] for an embedded engine
-    /// (the host owns the loop there).
+    /// (the host owns the loop there) and for a [`Body::stream`] (nothing
+    /// would feed it); a failing poll ends the request (no event about it
+    /// is left queued) with [`Error::Io`] of [`Phase::Request`].
     pub fn execute(
         &mut self,
         request: http::Request<impl Into<Body>>,
@@ -509,6 +511,12 @@ impl Engine {
         if self.mio.poll.is_none() {
             return Err(Error::InvalidRequest(
                 "execute needs an engine that owns its poll".into(),
+            ));
+        }
+        let request = request.map(Into::into);
+        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
+            return Err(Error::InvalidRequest(
+                "execute cannot feed a streamed request body".into(),
             ));
         }
         let id = self.submit(request, opts.streaming(false));
@@ -525,7 +533,7 @@ impl Engine {
                 };
             }
             if let Err(e) = self.poll_with(None, false) {
-                self.cancel(id);
+                self.abandon(id);
                 return Err(Error::io(Phase::Request, e));
             }
         }
@@ -575,8 +583,7 @@ impl Engine {
                     Some(Event::Head { response, .. }) => head = Some(response),
                     Some(Event::Body { data, .. }) => {
                         if let Err(e) = sink.write_all(&data) {
-                            self.cancel(id);
-                            self.out.retain(|e| e.request_id() != Some(id));
+                            self.abandon(id);
                             return Err(Error::Sink(Arc::new(e)));
                         }
                         self.consume(id, data.len());
@@ -593,10 +600,18 @@ impl Engine {
                 }
             }
             if let Err(e) = self.poll_with(None, false) {
-                self.cancel(id);
+                self.abandon(id);
                 return Err(Error::io(Phase::Request, e));
             }
         }
+    }
+
+    /// End request `id` whose outcome `execute` or `execute_into` has
+    /// already returned: its events, the cancel's included, are dropped, so
+    /// the host never sees a second outcome.
+    fn abandon(&mut self, id: RequestId) {
+        self.cancel(id);
+        self.out.retain(|e| e.request_id() != Some(id));
     }
 
     /// The next event, if any. A streamed body's bytes count as consumed
@@ -782,16 +797,25 @@ impl Engine {
     }
 
     /// Close every connection that carries no exchange: idle ones (with
-    /// close_notify on TLS) and ones still being opened.
+    /// close_notify on TLS) and ones still being opened. Requests waiting for
+    /// a connection keep waiting: their pools open new ones for them, so a
+    /// request whose connection was still opening is not stranded.
     pub fn close_idle(&mut self) {
-        let idle: Vec<ConnKey> = self
+        let now = Instant::now();
+        let idle: Vec<(ConnKey, PoolKey)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.req.is_none())
-            .map(|(k, _)| k)
+            .filter(|(_, c)| c.req.is_none() && c.attempt_for().is_none())
+            .map(|(k, c)| (k, c.pool))
             .collect();
-        for key in idle {
+        let mut pools: Vec<PoolKey> = idle.iter().map(|&(_, p)| p).collect();
+        for (key, _) in idle {
             self.close_conn(key, CloseReason::Shutdown);
+        }
+        pools.sort_unstable();
+        pools.dedup();
+        for p in pools {
+            self.dispatch(p, now);
         }
     }
 
