@@ -330,3 +330,66 @@ fn a_retried_request_is_logged_as_retried_and_one_that_is_not_says_why() {
     );
     assert_drained(&mut engine);
 }
+
+/// Every name resolves to the loopback address.
+struct Loopback;
+
+impl rotary::Resolver for Loopback {
+    fn resolve(&self, _: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))])
+    }
+}
+
+#[test]
+fn pools_of_origins_out_of_use_are_dropped_over_ten_thousand_origins() {
+    // A runner following redirects to object storage meets a new host name
+    // per artifact; each origin's pool (its chain, its counters, its name
+    // cache) used to stay for the engine's life.
+    let server = TestServer::plain(|_, _| Reply::ok("blob").header("connection", "close"));
+    let mut config = Config::default();
+    config.resolver = Some(std::sync::Arc::new(Loopback));
+    let mut engine = Engine::new(config).expect("engine");
+    const ORIGINS: usize = 10_000;
+    const AT_ONCE: usize = 64;
+    let mut most_pools = 0;
+    let mut next = 0;
+    let mut live: Vec<RequestId> = Vec::new();
+    let mut ok = 0;
+    let until = Instant::now() + Duration::from_secs(120);
+    while ok < ORIGINS {
+        assert!(Instant::now() < until, "{ok} of {ORIGINS} done");
+        while live.len() < AT_ONCE && next < ORIGINS {
+            let url = format!("http://bucket-{next}.storage.test:{}/blob", server.port());
+            let get = http::Request::get(url).body(()).expect("request");
+            live.push(engine.submit(get, RequestOptions::default()));
+            next += 1;
+        }
+        engine.poll(Some(Duration::from_millis(10))).expect("poll");
+        while let Some(e) = engine.next_event() {
+            match e {
+                Event::Response { id, response, .. } => {
+                    assert_eq!(response.body(), "blob");
+                    live.retain(|&l| l != id);
+                    ok += 1;
+                }
+                Event::Failed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+        most_pools = most_pools.max(engine.stats().pools);
+    }
+    assert!(
+        most_pools <= 2 * AT_ONCE,
+        "pools grew to {most_pools} with {AT_ONCE} origins in use at once"
+    );
+    engine.poll(Some(Duration::ZERO)).expect("poll");
+    let stats = engine.stats();
+    assert_eq!(stats.requests_ok, ORIGINS as u64);
+    assert_eq!(stats.pools, 0, "every pool dropped");
+    assert!(
+        stats.origins.len() <= 64,
+        "only the last origins' counters are kept: {}",
+        stats.origins.len()
+    );
+    assert_drained(&mut engine);
+}

@@ -381,10 +381,11 @@ impl Engine {
         self.pools.policy_of(origin, &self.config.policy)
     }
 
-    /// The verified chain of the origin's newest TLS connection.
+    /// The verified chain of the origin's newest full TLS handshake, while
+    /// the origin has a pool or is among the last origins whose pools were
+    /// dropped (see [`Stats::pools`]).
     pub fn peer_chain(&self, origin: &Origin) -> Option<Arc<PeerChain>> {
-        let p = self.pools.find(origin)?;
-        self.pools[p].chain.clone()
+        self.pools.chain_of(origin)
     }
 
     /// Submit a request (absolute URI: `http://` or `https://`). The request
@@ -767,6 +768,7 @@ impl Engine {
         while let Some(timer) = self.timers.poll_expired(now) {
             self.on_timer(timer, now);
         }
+        self.pools.sweep();
     }
 
     /// Counters and gauges.
@@ -777,19 +779,20 @@ impl Engine {
         s.queued = self.pools.queued();
         s.in_flight = self.reqs.len() - s.queued;
         s.fresh_chains_pending = self.pools.fresh_pending();
+        s.pools = self.pools.len();
         // One entry per origin, whichever routes (direct, proxies) it took.
         let mut at = std::collections::HashMap::new();
         s.origins = Vec::new();
-        for p in self.pools.iter() {
-            match at.get(&p.stats.origin) {
+        for stats in self.pools.origin_stats() {
+            match at.get(&stats.origin) {
                 Some(&i) => {
                     if let Some(o) = s.origins.get_mut(i) {
-                        crate::stats::OriginStats::absorb(o, &p.stats);
+                        crate::stats::OriginStats::absorb(o, stats);
                     }
                 }
                 None => {
-                    at.insert(p.stats.origin.clone(), s.origins.len());
-                    s.origins.push(p.stats.clone());
+                    at.insert(stats.origin.clone(), s.origins.len());
+                    s.origins.push(stats.clone());
                 }
             }
         }
@@ -817,6 +820,7 @@ impl Engine {
         for p in pools {
             self.dispatch(p, now);
         }
+        self.pools.sweep();
     }
 
     /// Fail every queued and in-flight request with [`Error::Shutdown`], send
@@ -842,6 +846,7 @@ impl Engine {
         }
         self.dns.stop(join);
         self.drain_commands(now);
+        self.pools.sweep();
     }
 
     /// Live resolver threads (for leak checks).

@@ -379,7 +379,11 @@ impl Engine {
             self.timers.cancel(t);
         }
         if req.conn.is_none() {
-            self.pools[req.pool].queue.retain(|&k| k != rk);
+            let pool = &mut self.pools[req.pool];
+            pool.queue.retain(|&k| k != rk);
+            if pool.conns.is_empty() {
+                self.pools.may_be_unused(req.pool);
+            }
         }
         Some(req)
     }
