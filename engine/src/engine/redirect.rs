@@ -32,8 +32,10 @@ pub(super) struct Rules<'a> {
     pub(super) to_http: bool,
     /// The host's own sensitive headers (a runner's `JOB-TOKEN`).
     pub(super) sensitive: &'a [HeaderName],
-    /// Every URI requested so far, the current one included.
-    pub(super) visited: &'a [Uri],
+    /// Every method and URI requested so far, the current ones included: a
+    /// loop is the same request again, so a POST answered 303 with a GET of
+    /// its own URI (post/redirect/get) is not one.
+    pub(super) visited: &'a [(Method, Uri)],
 }
 
 /// The request for the next hop after `status` with `location`, or `None`
@@ -75,11 +77,6 @@ pub(super) fn next_hop(
         };
         RedirectError::BadLocation(format!("{:?}: {why}", redact::text(text)))
     })?;
-    if rules.visited.contains(&uri) {
-        return Err(RedirectError::Loop {
-            uri: Redacted(&uri).to_string(),
-        });
-    }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
         && uri.scheme() == Some(&http::uri::Scheme::HTTP)
         && !rules.to_http
@@ -97,6 +94,11 @@ pub(super) fn next_hop(
         (false, m) if status == StatusCode::SEE_OTHER || m == Method::POST => Method::GET,
         (false, m) => m.clone(),
     };
+    if rules.visited.iter().any(|(m, u)| *m == method && *u == uri) {
+        return Err(RedirectError::Loop {
+            uri: Redacted(&uri).to_string(),
+        });
+    }
     let keeps_body = method == req.method() && method != Method::HEAD;
     let body = match keeps_body {
         true => req
@@ -286,7 +288,7 @@ mod tests {
         ));
     }
 
-    fn rules<'a>(visited: &'a [Uri], sensitive: &'a [HeaderName]) -> Rules<'a> {
+    fn rules<'a>(visited: &'a [(Method, Uri)], sensitive: &'a [HeaderName]) -> Rules<'a> {
         Rules {
             hops: 0,
             max: 5,
@@ -367,7 +369,17 @@ mod tests {
     fn limits_loops_downgrades_and_non_redirects() {
         let req = post("https://a.test/x");
         let loc = http::HeaderValue::from_static("/x");
-        let visited: Vec<Uri> = vec!["https://a.test/x".parse().expect("uri")];
+        let uri: Uri = "https://a.test/x".parse().expect("uri");
+        let visited = vec![(Method::POST, uri.clone())];
+        let r = rules(&visited, &[]);
+        // The same request again is a loop; the POST's GET of its own URI
+        // (post/redirect/get) is not.
+        assert!(matches!(
+            next_hop(&req, StatusCode::TEMPORARY_REDIRECT, Some(&loc), &r),
+            Err(RedirectError::Loop { .. })
+        ));
+        assert!(next_hop(&req, StatusCode::FOUND, Some(&loc), &r).is_ok_and(|n| n.is_some()));
+        let visited = vec![(Method::POST, uri.clone()), (Method::GET, uri)];
         let r = rules(&visited, &[]);
         assert!(matches!(
             next_hop(&req, StatusCode::FOUND, Some(&loc), &r),
@@ -424,9 +436,13 @@ mod tests {
             "ftp://user:hunter2@a.test/blob?sig=hunter2",
             "https://a.test:99999/blob?sig=hunter2",
         ];
-        let visited: Vec<Uri> = vec!["https://user:hunter2@a.test/x?sig=hunter2"
-            .parse()
-            .expect("uri")];
+        // A 302 turns the POST into a GET: the loop is a GET seen before.
+        let visited: Vec<(Method, Uri)> = vec![(
+            Method::GET,
+            "https://user:hunter2@a.test/x?sig=hunter2"
+                .parse()
+                .expect("uri"),
+        )];
         for to in cases {
             let location = http::HeaderValue::from_static(to);
             let err = next_hop(
