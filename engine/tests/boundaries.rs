@@ -283,8 +283,7 @@ fn next_timeout_is_zero_while_events_are_queued() {
 /// A peer on 127.0.0.1 that reads a request head, answers `answer` at once
 /// and closes without reading the body: the unread bytes make its kernel
 /// reset the connection, so the client's next write fails. Over TLS with
-/// `tls` (a server config). Returns the port and how many body bytes it
-/// had when it answered... and its thread.
+/// `tls` (a server config). Returns the port and its thread.
 fn early_answer_peer(
     answer: &'static [u8],
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -295,6 +294,11 @@ fn early_answer_peer(
     let handle = std::thread::spawn(move || {
         let (sock, _) = listener.accept().expect("accept");
         sock.set_read_timeout(Some(T)).expect("timeout");
+        // The answer goes out at once (no Nagle delay behind a TLS ticket
+        // not yet acknowledged), and the reset waits until it arrived: a
+        // server's close with its own answer still queued discards it.
+        sock.set_nodelay(true).expect("nodelay");
+        let watch = sock.try_clone().expect("clone");
         let mut stream: Box<dyn ReadWrite> = match tls {
             None => Box::new(sock),
             Some(config) => {
@@ -312,6 +316,10 @@ fn early_answer_peer(
         }
         stream.write_all(answer).expect("answer");
         stream.flush().expect("flush");
+        let until = Instant::now() + T;
+        while unacknowledged(&watch).is_some_and(|n| n > 0) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Dropped here with the upload unread: the kernel resets.
     });
     (port, handle)
