@@ -12,7 +12,7 @@
 //! # Shape
 //!
 //! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
-//!   key is the mio token), requests in a slab, a hierarchical [`wheel::Wheel`].
+//!   key is the mio token), requests in a slab, a hierarchical timer wheel.
 //! * [`Engine::submit`] takes an `http::Request<Bytes>`; results come out as
 //!   [`Event`]s from [`Engine::next_event`] after [`Engine::poll`]. Each request
 //!   ends with exactly one terminal event.
