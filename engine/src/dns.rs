@@ -241,7 +241,7 @@ impl DnsPool {
     /// Stop the threads: queued lookups are dropped, idle threads exit at
     /// once. With `join`, wait up to [`STOP_WAIT`] for threads inside a
     /// lookup; one still there afterwards exits when its lookup returns
-    /// (its answer dropped), and [`DnsPool::threads`] counts it until then.
+    /// (its answer dropped), and `threads` counts it until then.
     pub(crate) fn stop(&mut self, join: bool) {
         let mut state = self.shared.lock();
         state.stopped = true;
@@ -271,6 +271,7 @@ impl DnsPool {
 
     /// Live resolver threads (a thread left inside a lookup at shutdown
     /// counts until it returns).
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn threads(&self) -> usize {
         self.shared.lock().threads
     }

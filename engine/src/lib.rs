@@ -12,7 +12,7 @@
 //! # Shape
 //!
 //! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
-//!   key is the mio token), requests in a slab, a hierarchical [`wheel::Wheel`].
+//!   key is the mio token), requests in a slab, a hierarchical timer wheel.
 //! * [`Engine::submit`] takes an `http::Request` whose body is anything
 //!   that converts into a [`Body`]: `()`, bytes, a string, a file
 //!   ([`Body::file`]), a reader ([`Body::reader`]) or a stream the host
@@ -58,11 +58,12 @@ mod chain;
 mod client;
 mod config;
 mod conn;
+mod der;
 mod dns;
 mod engine;
 mod error;
 mod event;
-#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub mod fuzzing;
 mod keys;
 mod origin;
@@ -77,7 +78,10 @@ mod store;
 mod tls;
 mod verifier;
 mod verify_cache;
+#[cfg(feature = "test-hooks")]
 pub mod wheel;
+#[cfg(not(feature = "test-hooks"))]
+mod wheel;
 
 pub use body::Body;
 pub use chain::PeerChain;
@@ -97,6 +101,9 @@ pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
 pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
 pub use stats::{OriginStats, Stats};
+
+#[cfg(feature = "test-hooks")]
+pub use sock::{Network, Pipe};
 
 /// The README's code, compiled as a doctest so it cannot rot.
 #[cfg(doctest)]

@@ -25,6 +25,7 @@ mod upload;
 mod tests;
 
 // The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
+#[cfg(feature = "test-hooks")]
 pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
 
 use std::collections::VecDeque;
@@ -319,7 +320,10 @@ impl Engine {
             answers: Vec::new(),
             tls,
             proxy_trusts,
-            net: Net::new(config.memnet.clone()),
+            #[cfg(feature = "test-hooks")]
+            net: Net::new(config.network.clone()),
+            #[cfg(not(feature = "test-hooks"))]
+            net: Net::new(None),
             config,
             stats: Stats::default(),
             cmd_tx,
@@ -852,7 +856,8 @@ impl Engine {
     /// resolver threads: queued lookups are dropped, and a lookup in
     /// progress is waited for at most 100 ms (a system lookup cannot be
     /// interrupted; its thread then finishes it, drops the answer and exits
-    /// on its own, counted by [`Engine::resolver_threads`] until it does).
+    /// on its own, counted by `resolver_threads` (with the `test-hooks`
+    /// feature) until it does).
     /// Later submissions fail with [`Error::Shutdown`].
     pub fn shutdown(&mut self) {
         self.stop(true);
@@ -876,8 +881,10 @@ impl Engine {
         self.pools.sweep();
     }
 
-    /// Live resolver threads (for leak checks), including one still inside
-    /// a lookup that [`Engine::shutdown`] stopped waiting for.
+    /// Live resolver threads (for leak checks; `test-hooks` only),
+    /// including one still inside a lookup that [`Engine::shutdown`]
+    /// stopped waiting for.
+    #[cfg(feature = "test-hooks")]
     pub fn resolver_threads(&self) -> usize {
         self.dns.threads()
     }
