@@ -127,6 +127,10 @@ pub(crate) struct Dial {
     pub(crate) failed: Vec<(SocketAddr, String)>,
     /// The other sockets racing for this connection.
     pub(crate) attempts: Vec<(ConnKey, ConnId)>,
+    /// The name's lookup while it is queued or under way: dropped with the
+    /// dial (the answer came, or the connection closed), which takes the
+    /// ask back so a lookup nobody waits for is not run.
+    pub(crate) lookup: Option<crate::dns::Pending>,
 }
 
 impl Dial {

@@ -13,9 +13,12 @@
 //!
 //! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
 //!   key is the mio token), requests in a slab, a hierarchical timer wheel.
-//! * [`Engine::submit`] takes an `http::Request<Bytes>`; results come out as
-//!   [`Event`]s from [`Engine::next_event`] after [`Engine::poll`]. Each request
-//!   ends with exactly one terminal event.
+//! * [`Engine::submit`] takes an `http::Request` whose body is anything
+//!   that converts into a [`Body`]: `()`, bytes, a string, a file
+//!   ([`Body::file`]), a reader ([`Body::reader`]) or a stream the host
+//!   feeds ([`Body::stream`]); results come out as [`Event`]s from
+//!   [`Engine::next_event`] after [`Engine::poll`]. Each request ends with
+//!   exactly one terminal event.
 //! * Embedding in a host's mio loop: [`Engine::embedded`],
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
@@ -67,6 +70,7 @@ mod origin;
 mod path;
 mod proxy;
 mod proxy_tls;
+mod redact;
 mod session;
 mod sock;
 mod stats;
@@ -83,7 +87,8 @@ pub use body::Body;
 pub use chain::PeerChain;
 pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
-    ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
+    BuildError, ClientIdentity, Config, ConfigError, OnChainChange, Policy, RequestOptions,
+    Resumption, Timeouts, Trust,
 };
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};

@@ -209,9 +209,12 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
     let log_out = out.clone();
     let log = move |s: String| log_out.line(format!("{:>8.3}s {s}", start.elapsed().as_secs_f64()));
     let mut api =
-        api::Api::new(config, stop, Box::new(log.clone())).map_err(|e| match &o.ca_file {
-            Some(ca) => Failure::new(3, format!("CA file {}: {e}", ca.display())),
-            None => Failure::new(1, format!("cannot start the engine: {e}")),
+        api::Api::new(config, stop, Box::new(log.clone())).map_err(|e| match (&e, &o.ca_file) {
+            (rotary::BuildError::Trust { .. }, Some(ca)) => {
+                Failure::new(3, format!("CA file {}: {e}", ca.display()))
+            }
+            (rotary::BuildError::Config(_), _) => Failure::usage(e.to_string()),
+            _ => Failure::new(1, format!("cannot start the engine: {e}")),
         })?;
 
     let temp;

@@ -1007,6 +1007,35 @@ fn fetch_max_redirs_exceeded_exits_47_naming_the_limit() {
 }
 
 #[test]
+fn fetch_bad_location_exits_47_as_a_redirect_error_not_2() {
+    for location in ["http://127.0.0.1:99999/x", "ftp://files.test/x"] {
+        let a = Peer::plain(move |_| response("302 Found", &[("Location", location)], ""));
+        let (code, out, err) = fetch_run(&["-L", &a.url("/")]);
+        assert_fails((code, out, err.clone()), 47, "bad Location");
+        assert!(!err.contains("see --help"), "not the caller's fault: {err}");
+    }
+}
+
+#[test]
+fn fetch_prints_a_body_larger_than_16_mib_to_stdout_streamed() {
+    let len = 20 * 1024 * 1024 + 7;
+    let mut body = "b".repeat(len - 3);
+    body.push_str("end");
+    let body = Arc::new(body);
+    let served = body.clone();
+    let peer = Peer::plain(move |_| response("200 OK", &[], &served));
+    let (code, out, err) = fetch_run(&[&peer.url("/big")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), len);
+    assert!(out == *body, "the body arrived whole and in order");
+    // -i puts the head before it, on stdout too.
+    let (code, out, err) = fetch_run(&["-i", &peer.url("/big")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HTTP/1.1 200 OK\n"), "{}", &out[..64]);
+    assert!(out.ends_with("bbbend"));
+}
+
+#[test]
 fn fetch_resolve_reaches_a_local_server_by_a_fake_name() {
     let peer = ok_peer("pinned");
     let port = peer.port().to_string();

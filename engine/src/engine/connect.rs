@@ -80,11 +80,47 @@ impl Engine {
             }
             self.next_attempt(key, now);
         } else {
-            self.dns.submit(key, id.0, &host, port);
+            let lookup = self.dns.submit(key, id.0, &host, port);
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dial_mut().lookup = Some(lookup);
+            }
             self.arm(
                 Timer::Conn(key, ConnTimer::Setup),
                 after(now, self.config.timeouts.dns),
             );
+        }
+    }
+
+    /// Connections of pool `p` opened for requests and still waiting for
+    /// their name's lookup, beyond the requests still queued (one ended:
+    /// cancelled, past its deadline, or served by another connection): the
+    /// youngest close (`CloseReason::Cancelled`), so a lookup nobody waits
+    /// for is not run, and under a slow resolver such connections do not
+    /// pile up for a name. Connections past their lookup stay; they go idle.
+    pub(super) fn shed_lookups(&mut self, p: PoolKey) {
+        let pool = &self.pools[p];
+        // Cheap first: `connecting` counts every connection being opened
+        // for requests, replacements included.
+        if pool.connecting <= pool.queue.len() {
+            return;
+        }
+        let waiting = pool.queue.len();
+        let conns = &self.conns;
+        let opening = |purpose: Purpose| {
+            pool.conns.iter().rev().filter_map(move |&k| {
+                let c = conns.get(k)?;
+                (c.purpose == purpose && c.is_opening()).then_some((k, c.stage()))
+            })
+        };
+        let surplus = opening(Purpose::Requests).count().saturating_sub(waiting);
+        let shed: Vec<ConnKey> = opening(Purpose::Requests)
+            .filter(|&(_, stage)| stage == Stage::Resolving)
+            .map(|(k, _)| k)
+            .take(surplus)
+            .collect();
+        for key in shed {
+            log::debug!("closing a connection whose lookup no request waits for");
+            self.close_conn(key, CloseReason::Cancelled);
         }
     }
 

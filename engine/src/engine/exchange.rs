@@ -298,7 +298,7 @@ impl Engine {
                     "request {} follows a {} to {}",
                     req.id.0,
                     head.status.as_u16(),
-                    next.uri()
+                    crate::redact::Redacted(next.uri())
                 );
                 req.redirect_to(next);
                 Ok(true)

@@ -185,6 +185,44 @@ impl Engine {
         self.handle_timeouts(now);
     }
 
+    /// A write on `key` failed while it carried an exchange. The peer may
+    /// have answered and closed before taking the whole request (an early
+    /// 401, 403 or 413 to a large upload: its kernel resets the connection
+    /// for the unread bytes, and the next write fails). What it sent before
+    /// is still in the socket: read it, and when it completes the response,
+    /// that response is the answer, as for an early answer read in time.
+    /// True when the exchange ended so (a response, or an error the bytes
+    /// themselves gave); the connection is then closed.
+    fn answered_before(&mut self, key: ConnKey, now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let (id, req, pool) = (conn.id, conn.req, conn.pool);
+        let bufs = &mut self.bufs;
+        // Up to the read budget: an answer the peer already sent is in the
+        // socket's receive queue, readable before the reset it reports.
+        let eof = match conn.read_pass(&mut bufs.scratch, &mut bufs.sealed, READ_BUDGET, false) {
+            Ok(pass) => pass.eof,
+            Err(_) => false,
+        };
+        if conn.rbuf.is_empty() {
+            return false;
+        }
+        self.on_input(key, id, eof, now);
+        let Some(conn) = self.live(key, id) else {
+            return true;
+        };
+        if conn.req.is_some() && conn.req == req {
+            return false;
+        }
+        if conn.req.is_none() {
+            // Its write side is broken: never handed another request.
+            self.close_conn(key, CloseReason::PeerClose);
+            self.dispatch(pool, now);
+        }
+        true
+    }
+
     /// A read or write failed: before `Ready` the attempt fails; after, the
     /// exchange on it does (or the idle connection just closes).
     pub(super) fn io_failed(
@@ -214,6 +252,12 @@ impl Engine {
                 self.connect_failed(key, err, now);
             }
             Stage::Ready => {
+                if writing && conn.req.is_some() && self.answered_before(key, now) {
+                    return;
+                }
+                let Some(conn) = self.conns.get(key) else {
+                    return;
+                };
                 let phase = match conn.codec.state() {
                     rotary_proto::State::Body => Phase::ResponseBody,
                     rotary_proto::State::Sending if writing => Phase::Write,

@@ -44,8 +44,8 @@ use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase,
-    Policy, RequestId, RequestOptions, Stats,
+    Body, BuildError, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain,
+    Phase, Policy, RequestId, RequestOptions, Stats,
 };
 
 use self::io::{Buffers, ReadMode};
@@ -246,9 +246,12 @@ impl Engine {
     /// An engine that owns its `mio::Poll`; drive it with [`Engine::poll`].
     ///
     /// # Errors
-    /// An I/O error from creating the poll, or `InvalidInput` when the trust
-    /// configuration yields no usable anchors (unreadable or empty CA file).
-    pub fn new(config: Config) -> std::io::Result<Engine> {
+    /// [`BuildError::Config`] for a setting that cannot work (see
+    /// [`Config::check`]), [`BuildError::Trust`] when the trust
+    /// configuration yields no usable anchors (an unreadable or empty CA
+    /// file, say), [`BuildError::Proxy`] for bad proxy settings, and
+    /// [`BuildError::Io`] when the poll cannot be created.
+    pub fn new(config: Config) -> Result<Engine, BuildError> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         Engine::build(Some(poll), registry, 0, usize::MAX, config)
@@ -262,19 +265,20 @@ impl Engine {
     /// `token_count - 1` connections are open at once.
     ///
     /// # Errors
-    /// As [`Engine::new`]; `InvalidInput` when `token_count < 2` or the
-    /// range runs past `usize::MAX`.
+    /// As [`Engine::new`]; [`BuildError::Config`] (for `token_count`) when
+    /// `token_count < 2` or the range runs past `usize::MAX`.
     pub fn embedded(
         registry: &Registry,
         token_base: usize,
         token_count: usize,
         config: Config,
-    ) -> std::io::Result<Engine> {
+    ) -> Result<Engine, BuildError> {
         if token_count < 2 || token_base.checked_add(token_count).is_none() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "token_count must be at least 2, and the range must fit in usize",
-            ));
+            return Err(crate::ConfigError::new(
+                "token_count",
+                "must be at least 2, and the range must fit in usize",
+            )
+            .into());
         }
         Engine::build(None, registry.try_clone()?, token_base, token_count, config)
     }
@@ -285,12 +289,10 @@ impl Engine {
         base: usize,
         count: usize,
         config: Config,
-    ) -> std::io::Result<Engine> {
+    ) -> Result<Engine, BuildError> {
+        config.check()?;
         let tls = TlsState::new(&config.trust)?;
-        let proxies = config
-            .proxy
-            .resolve()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let proxies = config.proxy.resolve().map_err(BuildError::Proxy)?;
         let proxy_trusts = tunnel::ProxyTrusts::new(&proxies)?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
@@ -376,8 +378,18 @@ impl Engine {
 
     /// Override the lifetime policy for one origin (existing connections
     /// keep the deadlines they already have).
-    pub fn set_origin_policy(&mut self, origin: Origin, policy: Policy) {
+    ///
+    /// # Errors
+    /// A [`ConfigError`](crate::ConfigError) for a policy that cannot work
+    /// (see [`Policy::check`]); the origin's policy is then unchanged.
+    pub fn set_origin_policy(
+        &mut self,
+        origin: Origin,
+        policy: Policy,
+    ) -> Result<(), crate::ConfigError> {
+        policy.check()?;
         self.pools.set_policy(origin, policy);
+        Ok(())
     }
 
     /// The policy in force for `origin`.
@@ -393,7 +405,8 @@ impl Engine {
     }
 
     /// Submit a request (absolute URI: `http://` or `https://`). The request
-    /// ends with exactly one terminal event; an invalid request ends at once
+    /// ends with exactly one terminal event; an invalid request (or options
+    /// that cannot work, see [`RequestOptions::check`]) ends at once
     /// with [`Error::InvalidRequest`], a request submitted after
     /// [`Engine::shutdown`] with [`Error::Shutdown`]. The body is anything
     /// that converts into a [`Body`]: bytes, a file, or a stream the host
@@ -683,7 +696,8 @@ impl Engine {
         let now = Instant::now();
         self.drain_commands(now);
         let mut wait = timeout;
-        if let Some(t) = self.next_timeout(now) {
+        // Queued events are the caller's business (`hurry`), not a deadline.
+        if let Some(t) = self.work_timeout(now) {
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
         if hurry && !self.out.is_empty() {
@@ -751,9 +765,19 @@ impl Engine {
     }
 
     /// How long the host may sleep before calling [`Engine::handle_timeouts`]:
-    /// the next deadline, zero when work is pending, `None` when nothing is
-    /// scheduled.
+    /// zero while events wait in [`Engine::next_event`] (drain them before
+    /// sleeping) or other work is pending, else the next deadline; `None`
+    /// when nothing is scheduled.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.out.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.work_timeout(now)
+    }
+
+    /// [`Engine::next_timeout`] without the queued events: the next
+    /// deadline, or zero when a read or resume waits for the next turn.
+    fn work_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.resumed.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -829,8 +853,12 @@ impl Engine {
 
     /// Fail every queued and in-flight request with [`Error::Shutdown`], send
     /// close_notify on every TLS connection, close every socket and stop the
-    /// resolver threads (waiting for a lookup in progress). Later submissions
-    /// fail with [`Error::Shutdown`].
+    /// resolver threads: queued lookups are dropped, and a lookup in
+    /// progress is waited for at most 100 ms (a system lookup cannot be
+    /// interrupted; its thread then finishes it, drops the answer and exits
+    /// on its own, counted by `resolver_threads` (with the `test-hooks`
+    /// feature) until it does).
+    /// Later submissions fail with [`Error::Shutdown`].
     pub fn shutdown(&mut self) {
         self.stop(true);
     }
@@ -853,7 +881,9 @@ impl Engine {
         self.pools.sweep();
     }
 
-    /// Live resolver threads (for leak checks; `test-hooks` only).
+    /// Live resolver threads (for leak checks; `test-hooks` only),
+    /// including one still inside a lookup that [`Engine::shutdown`]
+    /// stopped waiting for.
     #[cfg(feature = "test-hooks")]
     pub fn resolver_threads(&self) -> usize {
         self.dns.threads()

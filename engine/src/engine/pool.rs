@@ -374,6 +374,7 @@ impl Engine {
             self.open(p, Purpose::Requests, now);
             waiting = self.pools[p].queue.len();
         }
+        self.shed_lookups(p);
     }
 
     /// The connection is free: back to the pool's idle list with its idle

@@ -314,6 +314,9 @@ impl Engine {
         if self.shut {
             return self.emit_failed(id, Error::Shutdown, false, Progress::default());
         }
+        if let Err(e) = opts.check() {
+            return self.emit_failed(id, e, false, Progress::default());
+        }
         let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
             Ok(p) => p,
             Err(e) => return self.emit_failed(id, e, false, Progress::default()),

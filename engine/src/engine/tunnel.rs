@@ -83,7 +83,7 @@ impl ProxyTrusts {
     ///
     /// # Errors
     /// As [`TlsState::new`], naming the proxy's trust.
-    pub(super) fn new(proxies: &Proxies) -> std::io::Result<ProxyTrusts> {
+    pub(super) fn new(proxies: &Proxies) -> Result<ProxyTrusts, crate::tls::FileError> {
         let mut states: Vec<(Trust, TlsState)> = Vec::new();
         for proxy in proxies.each().filter(|p| p.is_tls()) {
             let Some(trust) = proxy.trust() else {
@@ -92,8 +92,9 @@ impl ProxyTrusts {
             if states.iter().any(|(t, _)| t == trust) {
                 continue;
             }
-            let state = TlsState::new(trust).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("trust for proxy {proxy}: {e}"))
+            let state = TlsState::new(trust).map_err(|mut e| {
+                e.reason = format!("trust for proxy {proxy}: {}", e.reason);
+                e
             })?;
             states.push((trust.clone(), state));
         }

@@ -52,6 +52,7 @@ pub use server::{
     reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,
     ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
+pub use sockopt::unacknowledged;
 pub(crate) use sync::{lock, Watched};
 
 use std::time::{Duration, Instant};

@@ -78,7 +78,7 @@ impl Api {
         config: Config,
         stop: Arc<AtomicUsize>,
         log: Box<dyn Fn(String)>,
-    ) -> io::Result<Api> {
+    ) -> Result<Api, rotary::BuildError> {
         let client = Client::new(config)?;
         let life = client
             .lifecycle()
