@@ -58,6 +58,9 @@ flags (durations: 500ms, 3s, 1.5):
   --edge-max-requests N  the coordinator closes each connection after N
                          requests (the pinned runner then resumes its old
                          session and still sees chain A)         [off]
+  --inject-faults N      with --serve: answer the 1st of every N requests
+                         to each API endpoint 429, the 2nd 502, so a
+                         runner's retry rules show                [off]
   --send-leaf-only       the edges send their leaf alone (nginx with a
                          private CA); the runners' CA file then holds the
                          intermediates beside the roots, and jobs still get
@@ -111,6 +114,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
                 let n: u32 = a.parse("--edge-max-requests")?;
                 settings.max_requests_per_conn = (n > 0).then_some(n);
             }
+            "--inject-faults" => settings.fault_every = a.parse("--inject-faults")?,
             "--serve" => serve = Some(a.value("--serve")?),
             "--ca-out" => ca_out = Some(PathBuf::from(a.value("--ca-out")?)),
             "-v" | "--verbose" => verbose = true,
