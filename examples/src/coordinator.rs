@@ -370,6 +370,11 @@ impl Coordinator {
         gitlab::state(&self.shared, id)
     }
 
+    /// The trace of job `id` received so far (its first MiB).
+    pub fn trace(&self, id: u64) -> Option<Vec<u8>> {
+        gitlab::trace(&self.shared, id)
+    }
+
     /// The last polls (at most 256), oldest first.
     pub fn polls(&self) -> Vec<PollSeen> {
         gitlab::lock(&self.shared).polls.iter().cloned().collect()

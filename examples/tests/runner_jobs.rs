@@ -351,13 +351,16 @@ fn a_cancel_from_the_coordinator_ends_the_running_job_by_job_status_or_403() {
     let coordinator = &s.coordinator;
     let (code, cap) = std::thread::scope(|scope| {
         let runner = scope.spawn(|| run_runner(&s, 2, &[]));
-        for id in [chatty, silent] {
+        // Each is canceled once its trace shows its script running.
+        for (id, shows) in [(chatty, "tick 1"), (silent, "$ sleep 30")] {
             let until = Instant::now() + Duration::from_secs(20);
-            while coordinator.job_state(id) != Some("running") {
+            while !coordinator
+                .trace(id)
+                .is_some_and(|t| String::from_utf8_lossy(&t).contains(shows))
+            {
                 assert!(Instant::now() < until, "job {id} never ran");
                 std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(200));
             assert!(coordinator.cancel(id), "job {id} was running");
         }
         runner.join().expect("runner thread")

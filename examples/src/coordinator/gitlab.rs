@@ -369,6 +369,10 @@ pub(super) fn running_token(shared: &Shared, token: &str) -> bool {
         .any(|r| r.state == State::Running && r.token == token)
 }
 
+pub(super) fn trace(shared: &Shared, id: u64) -> Option<Vec<u8>> {
+    lock(shared).records.get(&id).map(|r| r.trace.clone())
+}
+
 pub(super) fn state(shared: &Shared, id: u64) -> Option<&'static str> {
     let jobs = lock(shared);
     if jobs.queue.iter().any(|(q, _)| *q == id) {

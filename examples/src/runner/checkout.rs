@@ -136,8 +136,10 @@ pub(crate) fn checkout(ctx: &mut Ctx<'_>, ca: Option<&Path>) -> Result<(), JobFa
         "-q".into(),
         target.clone(),
     ]);
-    ctx.trace.line(format!("Checking out {target}"));
     for args in runs {
+        if args.first().is_some_and(|a| a == "checkout") {
+            ctx.trace.line(format!("Checking out {target}"));
+        }
         let mut cmd = Command::new("git");
         cmd.args(&args)
             .current_dir(&project)

@@ -1,8 +1,9 @@
 //! Masking of secrets in a job's output as it streams: every occurrence of
 //! a masked variable's value (and of the job token) becomes `[MASKED]`,
-//! also when the output arrives cut in the middle of one. Only the last
-//! `longest secret - 1` bytes are held back until more output (or the end)
-//! shows whether they start a secret.
+//! also when the output arrives cut in the middle of one. Only a tail that
+//! could still be the start of a secret is held back until more output (or
+//! the end) shows whether it is one, so a job's last line goes out at once
+//! unless it ends in such a prefix.
 
 /// What replaces a secret.
 pub(crate) const MASK: &[u8] = b"[MASKED]";
@@ -12,7 +13,6 @@ pub(crate) struct Masker {
     /// Longest first, so the longest secret at a position wins.
     secrets: Vec<Vec<u8>>,
     held: Vec<u8>,
-    keep: usize,
 }
 
 impl Masker {
@@ -30,11 +30,9 @@ impl Masker {
             .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
-        let keep = secrets.first().map_or(0, |s| s.len() - 1);
         Masker {
             secrets,
             held: Vec::new(),
-            keep,
         }
     }
 
@@ -50,16 +48,15 @@ impl Masker {
     }
 
     fn drain(&mut self, end: bool) -> Vec<u8> {
-        // A secret starting before `safe` lies wholly inside `held`, so
-        // whether it is one is known now.
-        let safe = if end {
-            self.held.len()
-        } else {
-            self.held.len().saturating_sub(self.keep)
-        };
-        let mut out = Vec::with_capacity(safe);
+        let n = self.held.len();
+        let mut out = Vec::with_capacity(n);
         let mut i = 0;
-        while i < safe {
+        while i < n {
+            // What follows may still turn out to be a (longer) secret:
+            // wait for more output, unless there is none.
+            if !end && self.may_start_at(i) {
+                break;
+            }
             match self.secret_at(i) {
                 Some(len) => {
                     out.extend_from_slice(MASK);
@@ -71,9 +68,16 @@ impl Masker {
                 }
             }
         }
-        // A secret may have run past `safe`: what it covered is gone too.
-        self.held.drain(..i.min(self.held.len()));
+        self.held.drain(..i);
         out
+    }
+
+    /// Some secret longer than what is held from `at` starts with it.
+    fn may_start_at(&self, at: usize) -> bool {
+        let rest = self.held.get(at..).unwrap_or_default();
+        self.secrets
+            .iter()
+            .any(|s| s.len() > rest.len() && s.starts_with(rest))
     }
 
     /// The length of the (longest) secret starting at `at`.
@@ -132,7 +136,10 @@ mod tests {
         assert!(m.finish().is_empty());
         // Only what could still be a secret waits.
         let mut m = Masker::new(["secret"]);
-        assert_eq!(m.push(b"0123456789"), b"01234");
-        assert_eq!(m.finish(), b"56789");
+        assert_eq!(m.push(b"0123456789\n"), b"0123456789\n");
+        assert_eq!(m.push(b"a sec"), b"a ");
+        assert_eq!(m.push(b"ond"), b"second");
+        assert_eq!(m.push(b" secre"), b" ");
+        assert_eq!(m.finish(), b"secre");
     }
 }
