@@ -370,7 +370,7 @@ impl Coordinator {
         gitlab::state(&self.shared, id)
     }
 
-    /// The trace of job `id` received so far (its first MiB).
+    /// The trace of running job `id` received so far (its first 256 KiB).
     pub fn trace(&self, id: u64) -> Option<Vec<u8>> {
         gitlab::trace(&self.shared, id)
     }

@@ -36,8 +36,9 @@ const MAX_REPORTS: usize = 1024;
 const MAX_JSON: usize = 64 * 1024;
 /// Largest trace increment.
 const MAX_TRACE_PATCH: usize = 4 * 1024 * 1024;
-/// Trace bytes of each job kept for its report.
-const MAX_KEPT_TRACE: usize = 1024 * 1024;
+/// Trace bytes of each job kept for its report (moved into the report
+/// when the job ends, so finished records hold none).
+const MAX_KEPT_TRACE: usize = 256 * 1024;
 /// Polls remembered for [`super::Coordinator::polls`].
 const MAX_POLLS: usize = 256;
 /// Queued job specs.
@@ -214,7 +215,7 @@ pub struct JobReport {
     pub trace_refused: u32,
     /// SHA-256 of the whole trace, lowercase hex.
     pub trace_sha256: String,
-    /// The trace's first MiB.
+    /// The trace's first 256 KiB.
     pub trace: Vec<u8>,
     /// The uploaded archive's `file` part, as received.
     pub artifact: Option<FilePart>,
@@ -267,7 +268,14 @@ struct Record {
 }
 
 impl Record {
-    fn report(&self, id: u64, state: &str, reason: Option<String>, exit: Option<i64>) -> JobReport {
+    /// The job's report; the kept trace moves into it.
+    fn report(
+        &mut self,
+        id: u64,
+        state: &str,
+        reason: Option<String>,
+        exit: Option<i64>,
+    ) -> JobReport {
         JobReport {
             id,
             name: self.name.clone(),
@@ -279,7 +287,7 @@ impl Record {
             trace_largest_patch: self.trace_largest,
             trace_refused: self.trace_refused,
             trace_sha256: hex(self.trace_hash.clone().finish().as_ref()),
-            trace: self.trace.clone(),
+            trace: std::mem::take(&mut self.trace),
             artifact: self.artifact.clone(),
             uploads: self.uploads.clone(),
             downloads: self.downloads.clone(),
