@@ -280,10 +280,10 @@ pub struct Config {
     pub dns_threads: usize,
     /// A resolver of the embedder's own, used instead of `ToSocketAddrs`.
     pub resolver: Option<Arc<dyn Resolver>>,
-    /// Connect to in-memory pipes instead of TCP (fuzzing and deterministic
-    /// tests only). Default none.
-    #[doc(hidden)]
-    pub memnet: Option<crate::fuzzing::MemNet>,
+    /// Dial this network instead of TCP (the fuzzer's in-memory pipes;
+    /// only with the `test-hooks` feature). Default none.
+    #[cfg(feature = "test-hooks")]
+    pub network: Option<Arc<dyn crate::sock::Network>>,
     /// Headers of the host's own that carry credentials (a runner's
     /// `JOB-TOKEN`, `PRIVATE-TOKEN`): like `Authorization`, they are dropped
     /// when a followed redirect leaves the origin. Default none.
@@ -302,7 +302,8 @@ impl Default for Config {
             limits: rotary_proto::Limits::default(),
             dns_threads: 2,
             resolver: None,
-            memnet: None,
+            #[cfg(feature = "test-hooks")]
+            network: None,
             sensitive_headers: Vec::new(),
             proxy: ProxySetting::Direct,
         }

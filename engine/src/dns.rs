@@ -150,6 +150,7 @@ impl DnsPool {
     }
 
     /// Live resolver threads.
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn threads(&self) -> usize {
         self.threads.len()
     }

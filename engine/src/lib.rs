@@ -12,7 +12,7 @@
 //! # Shape
 //!
 //! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
-//!   key is the mio token), requests in a slab, a hierarchical [`wheel::Wheel`].
+//!   key is the mio token), requests in a slab, a hierarchical timer wheel.
 //! * [`Engine::submit`] takes an `http::Request<Bytes>`; results come out as
 //!   [`Event`]s from [`Engine::next_event`] after [`Engine::poll`]. Each request
 //!   ends with exactly one terminal event.
@@ -60,7 +60,7 @@ mod dns;
 mod engine;
 mod error;
 mod event;
-#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub mod fuzzing;
 mod keys;
 mod origin;
@@ -74,7 +74,10 @@ mod store;
 mod tls;
 mod verifier;
 mod verify_cache;
+#[cfg(feature = "test-hooks")]
 pub mod wheel;
+#[cfg(not(feature = "test-hooks"))]
+mod wheel;
 
 pub use body::Body;
 pub use chain::PeerChain;
@@ -93,6 +96,9 @@ pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
 pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
 pub use stats::{OriginStats, Stats};
+
+#[cfg(feature = "test-hooks")]
+pub use sock::{Network, Pipe};
 
 /// The README's code, compiled as a doctest so it cannot rot.
 #[cfg(doctest)]

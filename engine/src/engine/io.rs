@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use crate::conn::{IoFailure, PeerEnd, ReadPass, Stage};
 use crate::keys::ConnKey;
-use crate::sock::Sock;
-use crate::{CloseReason, ConnId, Error, Phase};
+use crate::{CloseReason, Error, Phase};
 
 use super::Engine;
 
@@ -170,11 +169,12 @@ impl Engine {
     /// Drive every connection whose pipe raises no readiness events (the
     /// in-memory pipes of [`crate::fuzzing`]), then fire deadlines due at
     /// `now`.
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn drive_silent(&mut self, now: Instant) {
-        let keys: Vec<(ConnKey, ConnId)> = self
+        let keys: Vec<(ConnKey, crate::ConnId)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.sock.as_ref().is_some_and(|s| !Sock::is_evented(s)))
+            .filter(|(_, c)| c.sock.as_ref().is_some_and(|s| !s.is_evented()))
             .map(|(k, c)| (k, c.id))
             .collect();
         for (key, id) in keys {

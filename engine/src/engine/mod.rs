@@ -25,6 +25,7 @@ mod upload;
 mod tests;
 
 // The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
+#[cfg(feature = "test-hooks")]
 pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
 
 use std::collections::VecDeque;
@@ -317,7 +318,10 @@ impl Engine {
             answers: Vec::new(),
             tls,
             proxy_trusts,
-            net: Net::new(config.memnet.clone()),
+            #[cfg(feature = "test-hooks")]
+            net: Net::new(config.network.clone()),
+            #[cfg(not(feature = "test-hooks"))]
+            net: Net::new(None),
             config,
             stats: Stats::default(),
             cmd_tx,
@@ -849,7 +853,8 @@ impl Engine {
         self.pools.sweep();
     }
 
-    /// Live resolver threads (for leak checks).
+    /// Live resolver threads (for leak checks; `test-hooks` only).
+    #[cfg(feature = "test-hooks")]
     pub fn resolver_threads(&self) -> usize {
         self.dns.threads()
     }
