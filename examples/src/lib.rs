@@ -16,6 +16,9 @@ pub mod fetch;
 pub mod git;
 pub mod loadgen;
 pub mod pki;
+/// The README's runner sketch ("Writing a runner"), line for line: a test
+/// keeps the two identical and runs it against the bundled coordinator.
+pub mod readme_runner;
 pub mod rotation;
 pub mod runner;
 pub mod usage;
