@@ -57,7 +57,6 @@ mod body;
 mod chain;
 mod client;
 mod config;
-mod conn;
 mod der;
 mod dns;
 mod engine;
