@@ -334,15 +334,6 @@ impl From<ConfigError> for BuildError {
     }
 }
 
-impl From<crate::tls::FileError> for BuildError {
-    fn from(e: crate::tls::FileError) -> BuildError {
-        BuildError::Trust {
-            path: e.path,
-            reason: e.reason,
-        }
-    }
-}
-
 impl From<BuildError> for std::io::Error {
     fn from(e: BuildError) -> std::io::Error {
         match e {

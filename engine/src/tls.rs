@@ -38,6 +38,15 @@ pub(crate) struct FileError {
     pub(crate) reason: String,
 }
 
+impl From<FileError> for crate::config::BuildError {
+    fn from(e: FileError) -> crate::config::BuildError {
+        crate::config::BuildError::Trust {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
 fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
     FileError {
         path: path.to_owned(),

@@ -21,12 +21,14 @@ mod deadlines;
 mod effects;
 mod exchange;
 mod flow;
+mod handle;
 mod io;
 mod lifecycle;
 mod lifetime;
 mod pool;
 mod redirect;
 mod request;
+mod run;
 mod timers;
 mod transfer;
 mod tunnel;
@@ -51,8 +53,8 @@ use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, BuildError, ChainRequestId, CloseReason, Config, Error, Event, Origin, PeerChain, Phase,
-    Policy, RequestId, RequestOptions, Stats,
+    Body, BuildError, ChainRequestId, CloseReason, Config, Error, Event, Origin, PeerChain, Policy,
+    RequestId, RequestOptions, Stats,
 };
 
 use self::conn::{Conn, StageName};
@@ -64,17 +66,8 @@ use self::timers::{after, Timer, Timers};
 use self::upload::Upload;
 
 pub use self::flow::Progress;
-
-/// What a [`Handle`] sends to the engine's thread.
-enum Command {
-    Submit(Box<(RequestId, http::Request<Body>, RequestOptions)>),
-    Cancel(RequestId),
-    SendBody(RequestId, Bytes),
-    EndBody(RequestId, Option<Box<HeaderMap>>),
-    Consume(RequestId, usize),
-    Pause(RequestId, bool),
-    FreshChain(ChainRequestId, Origin, Duration),
-}
+use self::handle::Command;
+pub use self::handle::Handle;
 
 /// The engine's place in a mio loop: its own poll (or none when embedded),
 /// the registry its sockets go on, and its token range. Token `base` is the
@@ -145,110 +138,6 @@ pub struct Engine {
     idled: bool,
     shut: bool,
 }
-
-/// A `Send + Clone` handle that submits and cancels requests from other
-/// threads and wakes the engine's loop. Events still come out of the engine.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
-    next_req: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").finish_non_exhaustive()
-    }
-}
-
-impl Handle {
-    /// Submit a request; its events come out of the engine's `next_event`.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn submit(
-        &self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-    ) -> Result<RequestId, Error> {
-        let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        let request = request.map(Into::into);
-        self.send(Command::Submit(Box::new((id, request, opts))))?;
-        Ok(id)
-    }
-
-    /// Hand a chunk of a [`Body::stream`] to request `id` (see
-    /// [`Engine::send_body`]). A chunk past the request's send window fails
-    /// the request with [`Error::WindowFull`]; chunks for a request that
-    /// has ended are dropped.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn send_body(&self, id: RequestId, data: Bytes) -> Result<(), Error> {
-        self.send(Command::SendBody(id, data))
-    }
-
-    /// End the [`Body::stream`] of request `id` (see [`Engine::end_body`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn end_body(&self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        self.send(Command::EndBody(id, trailers.map(Box::new)))
-    }
-
-    /// Report `n` streamed body bytes of `id` consumed (see [`Engine::consume`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn consume(&self, id: RequestId, n: usize) -> Result<(), Error> {
-        self.send(Command::Consume(id, n))
-    }
-
-    /// Pause (`true`) or resume (`false`) the streamed body of `id` (see
-    /// [`Engine::pause`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn pause(&self, id: RequestId, paused: bool) -> Result<(), Error> {
-        self.send(Command::Pause(id, paused))
-    }
-
-    fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.tx.send(cmd).map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(())
-    }
-
-    /// Cancel a request; it ends with [`Error::Cancelled`] unless it already ended.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn cancel(&self, id: RequestId) -> Result<(), Error> {
-        self.send(Command::Cancel(id))
-    }
-
-    /// [`Engine::fresh_chain`] from another thread: its
-    /// [`Event::FreshChain`] comes out of the engine's `next_event`. The
-    /// freshness counts from when the engine's loop takes the call.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn fresh_chain(
-        &self,
-        origin: Origin,
-        freshness: Duration,
-    ) -> Result<ChainRequestId, Error> {
-        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.tx
-            .send(Command::FreshChain(id, origin, freshness))
-            .map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(id)
-    }
-}
-
-/// The largest receive window of [`Engine::execute_into`].
-const EXECUTE_INTO_WINDOW: usize = 256 * 1024;
 
 /// Events the drained queue keeps room for (see `Engine::shrink_events`):
 /// more than a poll at 256 busy connections queues.
@@ -580,125 +469,6 @@ impl Engine {
         self.apply(Instant::now());
     }
 
-    /// Run the loop until the request ends; returns its response. Events
-    /// about other requests and connections stay queued for `next_event`.
-    ///
-    /// # Errors
-    /// The request's error; [`Error::InvalidRequest`] for an embedded engine
-    /// (the host owns the loop there) and for a [`Body::stream`] (nothing
-    /// would feed it); a failing poll ends the request (no event about it
-    /// is left queued) with [`Error::Io`] of [`Phase::Request`].
-    pub fn execute(
-        &mut self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-    ) -> Result<http::Response<Bytes>, Error> {
-        if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
-                "execute needs an engine that owns its poll".into(),
-            ));
-        }
-        let request = request.map(Into::into);
-        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
-                "execute cannot feed a streamed request body".into(),
-            ));
-        }
-        let id = self.submit(request, opts.streaming(false));
-        loop {
-            let found = self
-                .out
-                .iter()
-                .position(|e| e.is_terminal() && e.request_id() == Some(id));
-            if let Some(pos) = found {
-                return match self.out.remove(pos) {
-                    Some(Event::Response { response, .. }) => Ok(response),
-                    Some(Event::Failed { error, .. }) => Err(error),
-                    _ => Err(Error::Shutdown),
-                };
-            }
-            if let Err(e) = self.poll_with(None, false) {
-                self.abandon(id);
-                return Err(Error::io(Phase::Request, e));
-            }
-        }
-    }
-
-    /// Run the loop until the request ends, writing its body to `sink` as
-    /// it arrives (streamed, so `max_body` does not apply and memory stays
-    /// within the receive window whatever the size). Each piece is written
-    /// before the loop reads on, so a large window buys nothing here: the
-    /// window is the smaller of [`RequestOptions::receive_window`] and
-    /// 256 KiB (with the 1 MiB default, a 256 MiB download's RSS grew by
-    /// 2 MiB; with 256 KiB by 0.6 MiB, at the same speed). Returns the
-    /// response head, with [`Trailers`](crate::Trailers) in its extensions
-    /// for a chunked body with trailers. Other events stay queued.
-    ///
-    /// # Errors
-    /// The request's error; [`Error::Sink`] when writing to `sink` fails
-    /// (the request is cancelled); [`Error::InvalidRequest`] for an embedded
-    /// engine; a request body fed by the host cannot be used here (nothing
-    /// would feed it) and ends with [`Error::InvalidRequest`].
-    pub fn execute_into(
-        &mut self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-        sink: &mut impl std::io::Write,
-    ) -> Result<http::Response<()>, Error> {
-        if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
-                "execute_into needs an engine that owns its poll".into(),
-            ));
-        }
-        let request = request.map(Into::into);
-        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
-                "execute_into cannot feed a streamed request body".into(),
-            ));
-        }
-        let opts = opts
-            .streaming(true)
-            .manual_consume(true)
-            .receive_window(opts.receive_window.min(EXECUTE_INTO_WINDOW));
-        let id = self.submit(request, opts);
-        let mut head = None;
-        loop {
-            while let Some(pos) = self.out.iter().position(|e| e.request_id() == Some(id)) {
-                match self.out.remove(pos) {
-                    Some(Event::Head { response, .. }) => head = Some(response),
-                    Some(Event::Body { data, .. }) => {
-                        if let Err(e) = sink.write_all(&data) {
-                            self.abandon(id);
-                            return Err(Error::Sink(Arc::new(e)));
-                        }
-                        self.consume(id, data.len());
-                    }
-                    Some(Event::End { trailers, .. }) => {
-                        let mut response = head.unwrap_or_default();
-                        if let Some(t) = trailers {
-                            response.extensions_mut().insert(crate::Trailers(t));
-                        }
-                        return Ok(response);
-                    }
-                    Some(Event::Failed { error, .. }) => return Err(error),
-                    _ => {}
-                }
-            }
-            if let Err(e) = self.poll_with(None, false) {
-                self.abandon(id);
-                return Err(Error::io(Phase::Request, e));
-            }
-        }
-    }
-
-    /// End request `id` whose outcome `execute` or `execute_into` has
-    /// already returned: its events, the cancel's included, are dropped, so
-    /// the host never sees a second outcome.
-    fn abandon(&mut self, id: RequestId) {
-        self.cancel(id);
-        self.out.retain(|e| e.request_id() != Some(id));
-    }
-
     /// The next event, if any. A streamed body's bytes count as consumed
     /// once their [`Event::Body`] is handed out here (unless the request has
     /// [`RequestOptions::manual_consume`]). An [`Event::BodyWanted`]'s
@@ -962,33 +732,6 @@ impl Engine {
             | StageName::Tunneling
             | StageName::Handshaking
             | StageName::Ready => self.drive(key, read, now),
-        }
-    }
-
-    fn drain_commands(&mut self, now: Instant) {
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
-            match cmd {
-                Command::Submit(sub) => {
-                    let (id, req, opts) = *sub;
-                    self.submit_with_id(id, req, opts, now)
-                }
-                Command::Cancel(id) => self.abort_id(id, Error::Cancelled, CloseReason::Cancelled),
-                Command::SendBody(id, data) => {
-                    if let Err(e @ Error::WindowFull { .. }) = self.feed_body(id, data) {
-                        self.abort_id(id, e, CloseReason::Error);
-                    }
-                }
-                Command::EndBody(id, trailers) => {
-                    // A failure already ended the request with its error.
-                    let _ = self.finish_body(id, trailers.map(|t| *t));
-                }
-                Command::Consume(id, n) => self.consumed(id, n),
-                Command::Pause(id, paused) => self.set_paused(id, paused),
-                Command::FreshChain(id, origin, freshness) => {
-                    self.fresh_chain_with_id(id, origin, freshness, now)
-                }
-            }
-            self.apply(now);
         }
     }
 

@@ -10,14 +10,13 @@
 //! engine's. Knows the timer kinds ([`super::timers`]) and nothing else of
 //! the engine.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mio::{Interest, Registry, Token};
-use rotary_proto::{Codec, NameCache, ResponseEvent, State, Verdict};
+use rotary_proto::{Codec, ResponseEvent, State};
 
 use crate::chain::PeerChain;
 use crate::dns::Pending;
@@ -28,28 +27,17 @@ use crate::session::Session;
 use crate::sock::Sock;
 use crate::wheel::TimerKey;
 
+mod dial;
+mod link;
+mod ready;
+
+pub(super) use dial::{interleave, Dial};
+use link::Link;
+pub(super) use link::{IoFailure, ReadPass};
+pub(super) use ready::IdleCheck;
+use ready::{PeerEnd, Ready};
+
 use super::timers::{ConnTimer, TimerSet, Timers};
-
-/// Result of one read pass.
-#[derive(Debug, Default)]
-pub(super) struct ReadPass {
-    /// Plaintext bytes appended to the read buffer.
-    pub(super) bytes: usize,
-    /// The peer closed (TCP FIN or TLS close_notify).
-    pub(super) eof: bool,
-    /// Over TLS, the TCP connection ended without a close_notify: whatever a
-    /// close-delimited body held may have been cut by an attacker.
-    pub(super) unclean: bool,
-    /// The read budget ran out before `WouldBlock`: read again later.
-    pub(super) more: bool,
-}
-
-/// Failure of a read or write pass.
-#[derive(Debug)]
-pub(super) enum IoFailure {
-    Io(io::Error),
-    Tls(rustls::Error),
-}
 
 /// What a connection is opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,97 +63,6 @@ pub(super) enum Purpose {
 pub(super) struct Leader {
     pub(super) key: ConnKey,
     pub(super) id: ConnId,
-}
-
-/// How far the peer's side of a ready connection has ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PeerEnd {
-    /// Still open.
-    Open,
-    /// Closed (TCP FIN, or TLS close_notify).
-    Closed,
-    /// Over TLS, the TCP connection ended without a close_notify: whatever a
-    /// close-delimited body held may have been cut by an attacker.
-    Unclean,
-}
-
-/// The addresses of one connection, tried in order (racing, per RFC 8305),
-/// and what became of the attempts.
-#[derive(Debug, Default)]
-pub(super) struct Dial {
-    addrs: Vec<SocketAddr>,
-    next: usize,
-    /// The latest failure, reported if every address fails.
-    last_error: Option<crate::Error>,
-    /// Every address that failed, with why, in the order they failed.
-    failed: Vec<(SocketAddr, String)>,
-    /// The other sockets racing for this connection.
-    attempts: Vec<(ConnKey, ConnId)>,
-}
-
-impl Dial {
-    /// The next untried address.
-    pub(super) fn next_addr(&mut self) -> Option<SocketAddr> {
-        let addr = self.addrs.get(self.next).copied()?;
-        self.next += 1;
-        Some(addr)
-    }
-
-    /// Some address is still untried.
-    pub(super) fn has_next(&self) -> bool {
-        self.next < self.addrs.len()
-    }
-
-    /// Attempts racing besides the connection's own socket.
-    pub(super) fn racing(&self) -> bool {
-        !self.attempts.is_empty()
-    }
-
-    pub(super) fn add_attempt(&mut self, key: ConnKey, id: ConnId) {
-        self.attempts.push((key, id));
-    }
-
-    pub(super) fn drop_attempt(&mut self, key: ConnKey) {
-        self.attempts.retain(|&(k, _)| k != key);
-    }
-
-    /// Remember why `addr` failed; the last one is what a lost race reports.
-    pub(super) fn note_failure(&mut self, addr: SocketAddr, why: String, err: crate::Error) {
-        self.failed.push((addr, why));
-        self.last_error = Some(err);
-    }
-
-    /// The error of a dial none of whose addresses connected: the last
-    /// failure, naming the earlier ones (`None`: nothing was tried).
-    pub(super) fn lost(&mut self) -> Option<crate::Error> {
-        let mut err = self.last_error.take()?;
-        if let crate::Error::Connect { earlier, .. } = &mut err {
-            let n = self.failed.len().saturating_sub(1);
-            *earlier = self.failed.drain(..n).collect();
-        }
-        Some(err)
-    }
-}
-
-/// The order in which to try `addrs` (RFC 8305 §4): the families
-/// interleaved, starting with the family of the first address (the
-/// resolver's, and so the host's, preference); within a family the
-/// resolver's order stays.
-pub(super) fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
-    let Some(first) = addrs.first() else {
-        return addrs;
-    };
-    let v6_first = first.is_ipv6();
-    let (preferred, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
-        addrs.iter().partition(|a| a.is_ipv6() == v6_first);
-    let mut out = Vec::with_capacity(addrs.len());
-    let (mut p, mut o) = (preferred.into_iter(), other.into_iter());
-    loop {
-        match (p.next(), o.next()) {
-            (None, None) => return out,
-            (a, b) => out.extend(a.into_iter().chain(b)),
-        }
-    }
 }
 
 /// Where a connection is in its life, with what only that stage has.
@@ -197,67 +94,12 @@ pub(super) enum StageName {
     Ready,
 }
 
-/// What a ready connection has.
-pub(super) struct Ready {
-    /// The origin's session (`None` for `http://`).
-    tls: Option<Box<Session>>,
-    /// The origin's verified chain (`None` for `http://`).
-    chain: Option<Arc<PeerChain>>,
-    codec: Codec,
-    /// Exchanges started on it.
-    served: u32,
-    /// Exchanges the server still allows (`Keep-Alive: max`, `max_requests`).
-    remaining: Option<u32>,
-    /// Its idle limit once a server's `Keep-Alive: timeout` tightened it.
-    idle_limit: Option<Duration>,
-    /// While idle with an idle limit: when the idle timeout closes it.
-    idle_until: Option<Instant>,
-    peer_end: PeerEnd,
-    /// The exchange it carries.
-    exchange: Option<OnConn>,
-}
-
-/// The exchange a ready connection carries.
-#[derive(Debug, Clone, Copy)]
-struct OnConn {
-    req: ReqKey,
-    /// A request body is being moved in by the engine's pump.
-    uploading: bool,
-    /// The host holds the response body back: do not read.
-    read_paused: bool,
-}
-
-/// The pipe and its plaintext, with what it counted.
-#[derive(Default)]
-struct Link {
-    sock: Option<Sock>,
-    peer_addr: Option<SocketAddr>,
-    /// Plaintext received and not yet consumed by a codec.
-    rbuf: BytesMut,
-    /// Plaintext to send (before TLS).
-    wbuf: BytesMut,
-    /// Plaintext bytes read, in all (for the receive-stall deadline).
-    bytes_in: u64,
-    /// Bytes written to a plain socket, in all (TLS counts its own).
-    plain_out: u64,
-}
-
 /// The room an idle connection's empty buffers keep between exchanges (see
 /// [`Conn::release_buffers`]).
 pub(super) const KEEP_BUSY: usize = 1024;
 
 /// What a socket is registered for: both, once (see [`Conn::register`]).
 const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
-
-/// What the idle timer finds when it fires.
-pub(super) enum IdleCheck {
-    /// Idle past its limit: it closes.
-    Expired,
-    /// It worked and went idle again since: the timer waits on until then.
-    Later(Instant),
-    /// Busy, or no limit: nothing to do.
-    Busy,
-}
 
 /// One connection.
 pub(super) struct Conn {
@@ -478,10 +320,7 @@ impl Conn {
 
     /// Resolved (or an IP literal): dial `addrs`, in order.
     pub(super) fn start_dial(&mut self, addrs: Vec<SocketAddr>) {
-        self.stage = Stage::Connecting(Box::new(Dial {
-            addrs,
-            ..Dial::default()
-        }));
+        self.stage = Stage::Connecting(Box::new(Dial::new(addrs)));
     }
 
     /// The dial, while connecting.
@@ -535,7 +374,7 @@ impl Conn {
     /// The attempts racing for it, taken (it closes while connecting).
     pub(super) fn take_attempts(&mut self) -> Vec<(ConnKey, ConnId)> {
         match &mut self.stage {
-            Stage::Connecting(dial) => std::mem::take(&mut dial.attempts),
+            Stage::Connecting(dial) => dial.take_attempts(),
             _ => Vec::new(),
         }
     }
@@ -547,7 +386,7 @@ impl Conn {
             sock.set_nodelay();
         }
         match std::mem::replace(&mut self.stage, Stage::ProxyHandshaking) {
-            Stage::Connecting(dial) => dial.attempts,
+            Stage::Connecting(mut dial) => dial.take_attempts(),
             other => {
                 self.stage = other;
                 Vec::new()
@@ -619,221 +458,6 @@ impl Conn {
             Stage::Handshaking(s) => !s.is_handshaking(),
             _ => false,
         }
-    }
-
-    /// Connected (and handshaken) → usable, with `chain` verified and at
-    /// most `remaining` exchanges.
-    pub(super) fn set_ready(
-        &mut self,
-        codec: Codec,
-        chain: Option<Arc<PeerChain>>,
-        remaining: Option<u32>,
-    ) {
-        let tls = match std::mem::replace(&mut self.stage, Stage::ProxyHandshaking) {
-            Stage::Handshaking(s) => Some(s),
-            _ => None,
-        };
-        self.stage = Stage::Ready(Ready {
-            tls,
-            chain,
-            codec,
-            served: 0,
-            remaining,
-            idle_limit: None,
-            idle_until: None,
-            peer_end: PeerEnd::Open,
-            exchange: None,
-        });
-    }
-
-    // ---- exchanges
-
-    /// Put request `rk` on this idle connection; `write` puts its head (and
-    /// a body sent with it) into the write buffer with the codec. Returns
-    /// whether it carried an earlier exchange. A codec that refuses (before
-    /// writing a byte) leaves the connection idle, with a fresh codec.
-    pub(super) fn begin_exchange<E>(
-        &mut self,
-        rk: ReqKey,
-        paused: bool,
-        limits: rotary_proto::Limits,
-        write: impl FnOnce(&mut Codec, &mut BytesMut) -> Result<(), E>,
-    ) -> Result<bool, E> {
-        let Stage::Ready(r) = &mut self.stage else {
-            // Only an idle, ready connection is handed a request.
-            return Ok(false);
-        };
-        if let Err(e) = write(&mut r.codec, &mut self.link.wbuf) {
-            r.codec = Codec::new(limits);
-            self.link.wbuf.clear();
-            return Err(e);
-        }
-        let reused = r.served > 0;
-        r.served += 1;
-        r.remaining = r.remaining.map(|n| n.saturating_sub(1));
-        r.idle_until = None;
-        r.exchange = Some(OnConn {
-            req: rk,
-            uploading: false,
-            read_paused: paused,
-        });
-        Ok(reused)
-    }
-
-    /// The exchange ends (its request leaves the connection).
-    pub(super) fn end_exchange(&mut self) -> Option<ReqKey> {
-        match &mut self.stage {
-            Stage::Ready(r) => r.exchange.take().map(|e| e.req),
-            _ => None,
-        }
-    }
-
-    /// What the connection does after an exchange that ended well with
-    /// `verdict`: the server's hints tighten its limits, and a reason to
-    /// close comes back when it is not to be reused.
-    pub(super) fn after_exchange(
-        &mut self,
-        verdict: &Verdict,
-        idle_default: Option<Duration>,
-        margin: Duration,
-    ) -> Option<CloseReason> {
-        let Stage::Ready(r) = &mut self.stage else {
-            return Some(CloseReason::Error);
-        };
-        if let Some(max) = verdict.hints.max {
-            r.remaining = Some(r.remaining.map_or(max, |n| n.min(max)));
-        }
-        let idle = super::lifetime::hinted_idle(
-            r.idle_limit.or(idle_default),
-            verdict.hints.timeout,
-            margin,
-        );
-        r.idle_limit = idle;
-        if verdict.close.is_some() || idle == Some(Duration::ZERO) {
-            Some(CloseReason::ServerClose)
-        } else if r.peer_end != PeerEnd::Open {
-            Some(CloseReason::PeerClose)
-        } else if let Some(reason) = self.retiring {
-            Some(reason)
-        } else if r.remaining == Some(0) {
-            Some(CloseReason::MaxRequests)
-        } else {
-            None
-        }
-    }
-
-    /// Back to idle: `None` when bytes nobody asked for wait in it (it is
-    /// stale and must close), else when its idle limit (or `default`) ends.
-    /// Its empty buffers shrink to [`KEEP_BUSY`].
-    pub(super) fn go_idle(
-        &mut self,
-        now: Instant,
-        default: Option<Duration>,
-    ) -> Option<Option<Instant>> {
-        if !self.link.rbuf.is_empty() {
-            return None;
-        }
-        self.release_buffers(KEEP_BUSY);
-        let Stage::Ready(r) = &mut self.stage else {
-            return None;
-        };
-        r.idle_until = r
-            .idle_limit
-            .or(default)
-            .map(|l| super::timers::after(now, l));
-        Some(r.idle_until)
-    }
-
-    /// What its idle timer finds at `now`.
-    pub(super) fn idle_check(&self, now: Instant) -> IdleCheck {
-        match &self.stage {
-            Stage::Ready(r) if r.exchange.is_none() => match r.idle_until {
-                Some(until) if until <= now => IdleCheck::Expired,
-                Some(until) => IdleCheck::Later(until),
-                None => IdleCheck::Busy,
-            },
-            _ => IdleCheck::Busy,
-        }
-    }
-
-    /// The pump moves a request body in (`true`) or has stopped.
-    pub(super) fn set_uploading(&mut self, on: bool) {
-        if let Stage::Ready(Ready {
-            exchange: Some(e), ..
-        }) = &mut self.stage
-        {
-            e.uploading = on;
-        }
-    }
-
-    pub(super) fn uploading(&self) -> bool {
-        matches!(&self.stage, Stage::Ready(Ready { exchange: Some(e), .. }) if e.uploading)
-    }
-
-    /// The host holds the body back (`true`): nothing is read.
-    pub(super) fn set_read_paused(&mut self, paused: bool) {
-        if let Stage::Ready(Ready {
-            exchange: Some(e), ..
-        }) = &mut self.stage
-        {
-            e.read_paused = paused;
-        }
-    }
-
-    pub(super) fn read_paused(&self) -> bool {
-        matches!(&self.stage, Stage::Ready(Ready { exchange: Some(e), .. }) if e.read_paused)
-    }
-
-    /// The codec and the write buffer of a ready connection, for a body's
-    /// next piece.
-    pub(super) fn body_out(&mut self) -> Option<(&mut Codec, &mut BytesMut)> {
-        match &mut self.stage {
-            Stage::Ready(r) => Some((&mut r.codec, &mut self.link.wbuf)),
-            _ => None,
-        }
-    }
-
-    /// The next piece of the response from what was read, parsed with the
-    /// pool's header `names`.
-    pub(super) fn poll_response(
-        &mut self,
-        names: &mut NameCache,
-    ) -> Option<Result<Option<ResponseEvent>, rotary_proto::Error>> {
-        match &mut self.stage {
-            Stage::Ready(r) => Some(r.codec.poll_response_with(&mut self.link.rbuf, names)),
-            _ => None,
-        }
-    }
-
-    /// The peer ended: what the codec makes of it.
-    pub(super) fn response_eof(&mut self) -> Result<Option<ResponseEvent>, rotary_proto::Error> {
-        match &mut self.stage {
-            Stage::Ready(r) => r.codec.handle_eof(),
-            _ => Err(rotary_proto::Error::ClosedBeforeResponse),
-        }
-    }
-
-    /// Some of the current response has arrived (interim ones included).
-    pub(super) fn response_started(&self) -> bool {
-        matches!(&self.stage, Stage::Ready(r) if r.codec.response_started())
-    }
-
-    /// The codec's state (ready connections; `Idle` before).
-    pub(super) fn codec_state(&self) -> State {
-        match &self.stage {
-            Stage::Ready(r) => r.codec.state(),
-            _ => State::Idle,
-        }
-    }
-
-    /// A response is under way: a head whose first bytes are in, or a body.
-    pub(super) fn response_under_way(&self) -> bool {
-        self.codec_state() == State::Body || !self.link.rbuf.is_empty()
-    }
-
-    /// Bytes wait in the read buffer.
-    pub(super) fn has_input(&self) -> bool {
-        !self.link.rbuf.is_empty()
     }
 
     // ---- bytes
@@ -944,123 +568,6 @@ impl Conn {
         }
         sock.deregister(registry);
         sock.shutdown_write();
-    }
-}
-
-impl Link {
-    fn read_pass(
-        &mut self,
-        mut tls: Option<&mut Session>,
-        scratch: &mut [u8],
-        sealed: &mut Vec<u8>,
-        budget: usize,
-        stop_short: bool,
-    ) -> Result<ReadPass, IoFailure> {
-        let mut pass = ReadPass::default();
-        let Some(sock) = self.sock.as_mut() else {
-            return Ok(pass);
-        };
-        loop {
-            if pass.bytes >= budget {
-                pass.more = true;
-                return Ok(pass);
-            }
-            let Some(tls) = tls.as_deref_mut() else {
-                match sock.read(scratch) {
-                    Ok(0) => {
-                        pass.eof = true;
-                        return Ok(pass);
-                    }
-                    Ok(n) => {
-                        self.rbuf.extend_from_slice(&scratch[..n]);
-                        pass.bytes += n;
-                        if stop_short && n < scratch.len() {
-                            return Ok(pass);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(pass),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(IoFailure::Io(e)),
-                }
-                continue;
-            };
-            // Carried-over partial input goes in front of the new bytes; in the
-            // rare case it nearly fills the scratch, it becomes the buffer.
-            let mut pending = tls.take_pending();
-            let carried = pending.len();
-            let in_scratch = carried + 16 * 1024 <= scratch.len();
-            let buf: &mut [u8] = if in_scratch {
-                scratch[..carried].copy_from_slice(&pending);
-                scratch
-            } else {
-                pending.resize(carried + 16 * 1024, 0);
-                &mut pending
-            };
-            let mut fin = false;
-            let (filled, stop) = match sock.read(&mut buf[carried..]) {
-                Ok(0) => {
-                    fin = true;
-                    (carried, true)
-                }
-                Ok(n) => (carried + n, stop_short && carried + n < buf.len()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (carried, true),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => (carried, false),
-                Err(e) => return Err(IoFailure::Io(e)),
-            };
-            let done = tls.process(&mut buf[..filled], &mut self.rbuf, &mut self.wbuf, sealed);
-            tls.park(sealed);
-            let done = done.map_err(IoFailure::Tls)?;
-            pass.bytes += done.plaintext;
-            pass.eof |= done.closed || fin;
-            pass.unclean |= fin && !done.closed && !tls.peer_closed();
-            let consumed = done.consumed.min(filled);
-            if in_scratch {
-                tls.keep_pending(pending, &scratch[consumed..filled])
-            } else {
-                pending.copy_within(consumed..filled, 0);
-                pending.truncate(filled - consumed);
-                tls.keep_pending_vec(pending)
-            }
-            .map_err(IoFailure::Io)?;
-            if stop || pass.eof {
-                return Ok(pass);
-            }
-        }
-    }
-
-    fn flush(&mut self, tls: Option<&mut Session>, sealed: &mut Vec<u8>) -> Result<(), IoFailure> {
-        let Some(sock) = self.sock.as_mut() else {
-            return Ok(());
-        };
-        // What an https proxy's session holds goes first (nothing, on a
-        // plain socket).
-        sock.push().map_err(IoFailure::Io)?;
-        let Some(tls) = tls else {
-            while !self.wbuf.is_empty() {
-                match sock.write(&self.wbuf) {
-                    Ok(0) => return Err(IoFailure::Io(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => {
-                        self.wbuf.advance(n);
-                        self.plain_out += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(IoFailure::Io(e)),
-                }
-            }
-            return Ok(());
-        };
-        if tls.is_handshaking() || !self.wbuf.is_empty() {
-            let mut pending = tls.take_pending();
-            let done = tls.process(&mut pending, &mut self.rbuf, &mut self.wbuf, sealed);
-            let sent = tls.send(sock, sealed);
-            let done = done.map_err(IoFailure::Tls)?;
-            let consumed = done.consumed.min(pending.len());
-            pending.drain(..consumed);
-            tls.keep_pending_vec(pending).map_err(IoFailure::Io)?;
-            return sent.map_err(IoFailure::Io);
-        }
-        tls.send(sock, sealed).map_err(IoFailure::Io)
     }
 }
 
