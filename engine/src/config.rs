@@ -648,12 +648,13 @@ impl RequestOptions {
     /// could move).
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`](crate::Error::InvalidRequest) naming the
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) naming the
     /// option.
     pub fn check(&self) -> Result<(), crate::Error> {
-        let zero = |name: &str| {
-            Err(crate::Error::InvalidRequest(format!(
-                "{name} of 0 bytes: no body byte could move (at least 1)"
+        let zero = |name: &'static str| {
+            Err(crate::Error::InvalidOptions(ConfigError::new(
+                name,
+                "0 bytes: no body byte could move (at least 1)",
             )))
         };
         if self.send_window == 0 {

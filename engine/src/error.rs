@@ -240,9 +240,27 @@ impl fmt::Display for ProxyFailure {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
-    /// The request cannot be sent: unsupported scheme, URI without a host,
-    /// or a header that would break framing.
-    InvalidRequest(String),
+    /// The request's URI cannot be used: not `http`/`https`, not absolute,
+    /// no host, a port that is no number, a host that cannot name a TLS
+    /// server. The caller's URI is at fault.
+    InvalidUri(String),
+    /// A header of the request would break its framing (CR, LF or NUL in a
+    /// name or value, a name that is no token).
+    InvalidHeader(String),
+    /// [`RequestOptions`](crate::RequestOptions) that cannot work (see
+    /// [`RequestOptions::check`](crate::RequestOptions::check)).
+    InvalidOptions(crate::ConfigError),
+    /// A proxy URL that cannot be used ([`Proxy::parse`](crate::Proxy::parse),
+    /// [`Proxies::from_env`](crate::Proxies::from_env)), naming it.
+    InvalidProxy(String),
+    /// The call cannot work where it was made: `execute` on an embedded
+    /// engine, a [`Body::stream`](crate::Body::stream) where nothing would
+    /// feed it, a fresh chain of an `http://` origin, an answer taken twice.
+    Unsupported(String),
+    /// [`Engine::send_body`](crate::Engine::send_body) or `end_body` for a
+    /// request that has ended, has no streamed body, or whose body was
+    /// ended already: stop feeding it.
+    NotFeeding(crate::RequestId),
     /// The host name did not resolve (or resolved to no address).
     Resolve {
         /// The host that was looked up.
@@ -352,7 +370,12 @@ impl Error {
     /// The phase in which the request failed.
     pub fn phase(&self) -> Phase {
         match self {
-            Error::InvalidRequest(_) => Phase::Request,
+            Error::InvalidUri(_)
+            | Error::InvalidHeader(_)
+            | Error::InvalidOptions(_)
+            | Error::InvalidProxy(_)
+            | Error::Unsupported(_)
+            | Error::NotFeeding(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
             Error::Connect { .. } | Error::ConnectionLimit { .. } => Phase::Connect,
             Error::Redirect(_) => Phase::ResponseHead,
@@ -397,7 +420,16 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
+            Error::InvalidUri(why) => write!(f, "invalid uri: {why}"),
+            Error::InvalidHeader(why) => write!(f, "invalid header: {why}"),
+            Error::InvalidOptions(e) => write!(f, "request options: {e}"),
+            Error::InvalidProxy(why) => write!(f, "invalid proxy: {why}"),
+            Error::Unsupported(why) => write!(f, "unsupported: {why}"),
+            Error::NotFeeding(id) => write!(
+                f,
+                "request {} has ended, has no streamed body, or its body was ended",
+                id.0
+            ),
             Error::Resolve { host, cause } => write!(f, "could not resolve {host}: {cause}"),
             Error::Redirect(why) => write!(f, "redirect not followed: {why}"),
             Error::Connect {
