@@ -58,6 +58,8 @@ mod chain;
 mod client;
 mod config;
 mod conn;
+mod credentials;
+mod crl;
 mod der;
 mod dns;
 mod engine;
@@ -65,6 +67,7 @@ mod error;
 mod event;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
+mod identity;
 mod keys;
 mod origin;
 mod path;
@@ -87,9 +90,10 @@ pub use body::Body;
 pub use chain::PeerChain;
 pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
-    BuildError, ClientIdentity, Config, ConfigError, OnChainChange, Policy, RequestOptions,
-    Resumption, Timeouts, Trust,
+    BuildError, ClientIdentity, Config, ConfigError, CrlExpiry, IdentityExpiry, OnChainChange,
+    Policy, RequestOptions, Resumption, Timeouts, Trust,
 };
+pub use crl::RevokedCertificate;
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
 pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
