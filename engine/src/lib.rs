@@ -98,8 +98,8 @@ pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
 pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
-    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, ProxyTlsInfo, RequestId,
-    ServedBy, Trailers,
+    ChainRequestId, CloseReason, ConnId, ConnectionInfo, CredentialReason, Event, Handshake,
+    ProxyTlsInfo, RequestId, ServedBy, Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
