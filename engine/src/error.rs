@@ -207,7 +207,9 @@ impl fmt::Display for ProxyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyFailure::Unreachable(e) => write!(f, "unreachable: {e}"),
-            ProxyFailure::Tls(reason) => write!(f, "tls with the proxy failed: {reason}"),
+            ProxyFailure::Tls(reason) => {
+                write!(f, "tls with the proxy failed: {}", TlsReason(reason))
+            }
             ProxyFailure::Refused {
                 status,
                 authenticate,
@@ -229,6 +231,20 @@ impl fmt::Display for ProxyFailure {
             ProxyFailure::Closed => f.write_str("closed the connection during CONNECT"),
             ProxyFailure::BadResponse(e) => write!(f, "bad CONNECT answer: {e}"),
             ProxyFailure::Io(e) => write!(f, "i/o error during CONNECT: {e}"),
+        }
+    }
+}
+
+/// rustls's reason as text, but a revocation found by rotary's verifier
+/// (which rustls can only carry, and print, as an opaque `Other`) as the
+/// certificate it names.
+struct TlsReason<'a>(&'a rustls::Error);
+
+impl fmt::Display for TlsReason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match crate::crl::revoked_in(self.0) {
+            Some(revoked) => write!(f, "{revoked}"),
+            None => write!(f, "{}", self.0),
         }
     }
 }
@@ -466,9 +482,9 @@ impl fmt::Display for Error {
             Error::Tls {
                 reason,
                 phase: Phase::Tls,
-            } => write!(f, "tls handshake failed: {reason}"),
+            } => write!(f, "tls handshake failed: {}", TlsReason(reason)),
             Error::Tls { reason, phase } => {
-                write!(f, "tls error during {}: {reason}", phase.name())
+                write!(f, "tls error during {}: {}", phase.name(), TlsReason(reason))
             }
             Error::Revoked {
                 certificate,
@@ -583,6 +599,10 @@ mod tests {
             phase: Phase::Tls,
         };
         assert_eq!(tls.revoked(), Some(&edge()));
+        assert_eq!(
+            tls.to_string(),
+            "tls handshake failed: certificate revoked: CN=edge.test (serial 1001)"
+        );
         let other = Error::tls(
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
             Phase::Tls,
