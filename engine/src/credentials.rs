@@ -962,4 +962,57 @@ mod tests {
         };
         assert!(err.reason.contains("SSL_CERT_FILE"), "{}", err.reason);
     }
+
+    /// What one check costs with the defaults a runner has: the host's
+    /// store, one CRL file and a client identity. A measurement, not a
+    /// test: `cargo test -p rotary --release --lib -- --ignored
+    /// what_a_check_costs --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run by hand with --release"]
+    fn what_a_check_costs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        write_pair(dir.path(), "runner-1");
+        let authority = ca("CRL CA");
+        let list = dir.path().join("ca.crl");
+        std::fs::write(&list, crl(&authority, &[1, 2, 3], (2090, 1, 1))).expect("write");
+        let mut trust = Trust::system();
+        trust.crl_files = vec![list];
+        trust.client_identity = Some(ClientIdentity {
+            cert_chain: cert,
+            key,
+        });
+        let store = SystemStore::locate();
+        let mut c = Credentials::new(
+            &trust,
+            Some(store.clone()),
+            Arc::new(provider()),
+            Instant::now(),
+        )
+        .expect("the host's store loads");
+        let entries = store.watched().count();
+        let rounds = 2000u32;
+        for (label, every) in [
+            (
+                "files only (the store's entries not due)",
+                Duration::from_secs(3600),
+            ),
+            (
+                "files and every entry of the store's directories",
+                Duration::ZERO,
+            ),
+        ] {
+            c.entries_every = every;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                let checked = check(&mut c);
+                assert!(!checked.changed.any() && checked.errors.is_empty());
+            }
+            let each = start.elapsed() / rounds;
+            println!(
+                "{label}: {each:?} per check ({entries} store paths: {})",
+                store.describe()
+            );
+        }
+    }
 }
