@@ -858,3 +858,31 @@ impl RequestOptions {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_check_interval_of_zero_is_refused() {
+        let mut config = Config::default();
+        assert_eq!(config.trust.check_interval, Duration::from_secs(1));
+        config.check().expect("the defaults work");
+        config.trust.check_interval = Duration::ZERO;
+        let err = config.check().expect_err("zero");
+        assert_eq!(err.setting, "trust.check_interval");
+    }
+
+    #[test]
+    fn identity_expiry_defaults_scale_with_the_lifetime() {
+        let d = IdentityExpiry::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(d.retire_margin(hour), Duration::from_secs(60));
+        assert_eq!(d.warn_lead(hour), Duration::from_secs(600));
+        let five_minutes = Duration::from_secs(300);
+        assert_eq!(d.retire_margin(five_minutes), Duration::from_secs(30));
+        let ninety_days = Duration::from_secs(90 * 86_400);
+        assert_eq!(d.warn_lead(ninety_days), Duration::from_secs(15 * 86_400));
+        assert_eq!(d.retire_margin(ninety_days), Duration::from_secs(60));
+    }
+}

@@ -709,7 +709,11 @@ mod tests {
         let fine = [leaf_numbered("a.test", Some(0x10), &mid), mid.der.clone()];
         let listed = [leaf_numbered("a.test", Some(0x11), &mid), mid.der.clone()];
         let expired = crl_by(&mid.issuer, &[0x11], (2021, 6, 1));
-        let warn = with_crls(anchors_of(&[&root]), std::slice::from_ref(&expired), CrlExpiry::Warn);
+        let warn = with_crls(
+            anchors_of(&[&root]),
+            std::slice::from_ref(&expired),
+            CrlExpiry::Warn,
+        );
         check(&warn, &fine, "a.test").expect("warn: the list still applies");
         let err = check(&warn, &listed, "a.test").expect_err("still revoked");
         assert_eq!(revoked_in(&err).map(|r| r.serial.as_str()), Some("11"));
