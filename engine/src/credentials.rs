@@ -97,13 +97,6 @@ pub(crate) struct Epoch {
 }
 
 impl Epoch {
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
-        )
-    )]
     /// What moved from `self` (a connection's epoch) to `current`.
     pub(crate) fn changed_since(self, current: Epoch) -> Changed {
         Changed {

@@ -20,6 +20,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::sign::SingleCertAndKey;
 use rustls::ClientConfig;
+use rustls::{ConfigBuilder, WantsVerifier};
 
 use crate::config::Trust;
 pub(crate) use crate::credentials::FileError;
@@ -32,10 +33,23 @@ use crate::PeerChain;
 /// How many TLS sessions are kept for resumption (per configuration).
 const SESSIONS: usize = 256;
 
+/// How many problems [`TlsState::refresh`] holds for the next
+/// [`TlsState::check`] (one per bad version of a file; a host that never
+/// checks keeps the first ones).
+const HELD: usize = 16;
+
 pub(crate) struct TlsState {
     creds: Credentials,
     provider: Arc<CryptoProvider>,
+    /// The provider and protocol versions, accepted when the engine was
+    /// built: every later build of the configs starts here and cannot fail.
+    builder: ConfigBuilder<ClientConfig, WantsVerifier>,
     configs: Configs,
+    /// The epoch the last [`TlsState::check`] reported.
+    reported: Epoch,
+    /// What [`TlsState::refresh`] found and could not hand on: the problems
+    /// after its first, and the identity's notices.
+    held: Checked,
 }
 
 /// What one version of the credentials builds: the two configs, the
@@ -82,65 +96,94 @@ impl TlsState {
 
     fn with_store(trust: &Trust, store: Option<SystemStore>) -> Result<TlsState, FileError> {
         let provider = Arc::new(provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FileError {
+                path: Default::default(),
+                reason: format!("tls configuration: {e}"),
+            })?;
         let creds = Credentials::new(trust, store, provider.clone(), Instant::now())?;
         let verifier = verifier(&creds, &provider);
-        let configs = configs(&creds, verifier, &provider)?;
+        let configs = configs(&creds, verifier, &builder);
         Ok(TlsState {
+            reported: creds.epoch(),
             creds,
             provider,
+            builder,
             configs,
+            held: Checked::default(),
         })
     }
 
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
+        )
+    )]
     /// Look at every credential file and load what changed
-    /// ([`Credentials::check`]); when a set moved, rebuild the verifier
-    /// (anchors or CRLs) and the configs, with an empty session store.
+    /// ([`Credentials::check`]), rebuilding the verifier (when the anchors
+    /// or the CRLs moved) and the configs, with an empty session store.
+    /// `changed` is against the epoch the previous call reported, so a
+    /// change [`TlsState::refresh`] loaded in between is reported here too,
+    /// as are its held problems and notices.
     pub(crate) fn check(&mut self, now: Instant, wall: SystemTime) -> Checked {
-        let mut checked = self.creds.check(now, wall);
-        let changed = checked.changed;
-        if !changed.any() {
-            return checked;
-        }
-        let verifier = match changed.anchors || changed.crls {
-            true => verifier(&self.creds, &self.provider),
-            false => self.configs.verifier.clone(),
-        };
-        match configs(&self.creds, verifier, &self.provider) {
-            Ok(configs) => {
-                self.configs = configs;
-                log::info!(
-                    "credentials changed (anchors: {}, CRLs: {}, client identity: {}); new \
-                     connections use them, without resuming older sessions",
-                    changed.anchors,
-                    changed.crls,
-                    changed.identity
-                );
-            }
-            // Every part passed its checks when loaded; should rustls still
-            // refuse the combination, the previous configs stay in force.
-            Err(e) => {
-                checked.changed = Default::default();
-                checked.errors.push(e);
-            }
-        }
+        let looked = self.look(now, wall);
+        let mut checked = std::mem::take(&mut self.held);
+        checked.errors.extend(looked.errors);
+        checked.identity_expiring = looked.identity_expiring.or(checked.identity_expiring);
+        checked.identity_retiring = looked.identity_retiring.or(checked.identity_retiring);
+        let epoch = self.creds.epoch();
+        checked.changed = self.reported.changed_since(epoch);
+        self.reported = epoch;
         checked
     }
 
-    /// [`TlsState::check`] now, for the engine's look before each new
-    /// connection: whether anything changed, or the first problem (the
-    /// others are logged).
+    /// The engine's look before each new connection (as
+    /// [`TlsState::check`], without reporting): whether anything changed,
+    /// or the first problem. The other problems and the identity's notices
+    /// wait for the next [`TlsState::check`].
     pub(crate) fn refresh(&mut self) -> Result<bool, FileError> {
-        let checked = self.check(Instant::now(), SystemTime::now());
-        let mut errors = checked.errors.into_iter();
-        match errors.next() {
-            Some(first) => {
-                for e in errors {
-                    log::warn!("{}: {}", e.path.display(), e.reason);
-                }
-                Err(first)
+        let looked = self.look(Instant::now(), SystemTime::now());
+        let mut errors = looked.errors.into_iter();
+        let first = errors.next();
+        for e in errors {
+            if self.held.errors.len() < HELD {
+                self.held.errors.push(e);
             }
-            None => Ok(checked.changed.any()),
         }
+        if looked.identity_expiring.is_some() {
+            self.held.identity_expiring = looked.identity_expiring;
+        }
+        if looked.identity_retiring.is_some() {
+            self.held.identity_retiring = looked.identity_retiring;
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(looked.changed.any()),
+        }
+    }
+
+    /// One look at the files, and the rebuild a moved set needs.
+    fn look(&mut self, now: Instant, wall: SystemTime) -> Checked {
+        let looked = self.creds.check(now, wall);
+        let changed = looked.changed;
+        if changed.any() {
+            let verifier = match changed.anchors || changed.crls {
+                true => verifier(&self.creds, &self.provider),
+                false => self.configs.verifier.clone(),
+            };
+            self.configs = configs(&self.creds, verifier, &self.builder);
+            log::info!(
+                "credentials changed (anchors: {}, CRLs: {}, client identity: {}); new \
+                 connections use them, without resuming older sessions",
+                changed.anchors,
+                changed.crls,
+                changed.identity
+            );
+        }
+        looked
     }
 
     #[cfg_attr(
@@ -263,15 +306,10 @@ fn verifier(creds: &Credentials, provider: &CryptoProvider) -> Arc<Verifier> {
 fn configs(
     creds: &Credentials,
     verifier: Arc<Verifier>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Configs, FileError> {
-    let config = |e: &dyn std::fmt::Display| FileError {
-        path: Default::default(),
-        reason: format!("tls configuration: {e}"),
-    };
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| config(&e))?
+    builder: &ConfigBuilder<ClientConfig, WantsVerifier>,
+) -> Configs {
+    let builder = builder
+        .clone()
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone());
     let mut full = match creds.identity() {
@@ -286,12 +324,12 @@ fn configs(
     let mut resume = full.clone();
     full.resumption = Resumption::disabled();
     resume.resumption = Resumption::store(sessions.clone());
-    Ok(Configs {
+    Configs {
         full: Arc::new(full),
         resume: Arc::new(resume),
         verifier,
         sessions,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -498,5 +536,57 @@ mod tests {
                 rustls::CertificateError::UnknownIssuer
             ))
         ));
+    }
+
+    #[test]
+    fn what_the_look_before_a_connection_loaded_is_still_reported_by_the_next_check() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = ca("Root");
+        let (ca_file, crl_file) = (dir.path().join("ca.pem"), dir.path().join("ca.crl"));
+        let second_crl = dir.path().join("second.crl");
+        write(&ca_file, &to_pem([&root.der]));
+        write(&crl_file, &crl(&root, &[1], (2090, 1, 1)));
+        write(&second_crl, &crl(&root, &[2], (2090, 1, 1)));
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c, k) = crate::identity::tests::client_pem("runner-1", Duration::from_secs(3600));
+        write(&cert, &c);
+        write(&key, &k);
+        let mut trust = Trust::pem_file(&ca_file);
+        trust.crl_files = vec![crl_file.clone(), second_crl.clone()];
+        trust.client_identity = Some(ClientIdentity {
+            cert_chain: cert,
+            key,
+        });
+        let mut state = TlsState::new(&trust).expect("builds");
+        let before = state.epoch();
+
+        // A new list, then two broken ones (one report for the set: the
+        // first file that fails), all seen by the look before a connection.
+        write(&crl_file, &crl(&root, &[1, 3], (2090, 1, 1)));
+        assert_eq!(state.refresh(), Ok(true));
+        write(&crl_file, "garbage");
+        assert!(state.refresh().is_err());
+        assert_eq!(state.refresh(), Ok(false), "reported once");
+
+        // The timer's check still hears of the change (and the identity,
+        // valid 2030 for an hour, is past its warning time by 2031).
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_924_992_000);
+        let checked = state.check(Instant::now(), wall);
+        assert!(checked.changed.crls && !checked.changed.identity);
+        assert_eq!(state.epoch().crls, before.crls + 1);
+        assert!(checked.identity_expiring.is_some() && checked.identity_retiring.is_some());
+        let again = state.check(Instant::now(), wall);
+        assert!(!again.changed.any() && again.identity_expiring.is_none());
+
+        // Two problems in one look before a connection: the first is its
+        // answer, the second waits for the check.
+        write(&second_crl, "also garbage");
+        let (c, _) = crate::identity::tests::client_pem("runner-2", Duration::from_secs(3600));
+        write(&dir.path().join("tls.crt"), &c);
+        let first = state.refresh().expect_err("two problems");
+        let checked = state.check(Instant::now(), SystemTime::now());
+        assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
+        assert_ne!(checked.errors[0].path, first.path);
+        assert!(!checked.changed.any());
     }
 }
