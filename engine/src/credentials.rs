@@ -6,9 +6,10 @@
 //! a connection remembers the [`Epoch`] it was made in, and a later check
 //! says which sets have moved on.
 //!
-//! [`Credentials::check`] is the one entry point: it looks at every file,
-//! loads what changed, and returns what moved, the problems to report (one
-//! per bad version of a file) and the identity's expiry notices.
+//! [`Credentials::check`] looks at every file, loads what changed, and
+//! returns what moved, the problems to report (one per bad version of a
+//! file) and the identity's expiry notices; `TlsState::check` (in
+//! `tls.rs`) wraps it for the engine, rebuilding the TLS configs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,8 +139,9 @@ pub(crate) struct IdentityNotice {
 /// What one [`Credentials::check`] found.
 #[derive(Debug, Default)]
 pub(crate) struct Checked {
-    /// The sets that have a new valid version: connections of an older
-    /// epoch are judged again.
+    /// The sets that have a new valid version (from `TlsState::check`:
+    /// since the epoch its previous call reported): connections of an
+    /// older epoch are judged again.
     pub(crate) changed: Changed,
     /// A file changed and could not be used (once per bad version), or a
     /// CRL went past its nextUpdate (once per list): one `TrustError` each.
