@@ -57,7 +57,6 @@ mod body;
 mod chain;
 mod client;
 mod config;
-mod conn;
 mod credentials;
 mod crl;
 mod der;

@@ -1,32 +1,40 @@
 //! The event loop: the [`Engine`] and its [`Handle`], the public API, and
 //! the loop that turns readiness, deadlines and commands into work.
 //!
-//! A request flows submit → [`request`] → [`pool`] → [`connect`] → [`io`] →
-//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it; a
-//! fresh-chain call goes [`fresh`] → [`connect`] → event. This
-//! file owns construction, the mio plumbing ([`Mio`]) and the command
-//! channel; every other piece of state belongs to the child module named
-//! after it, which alone changes it (see the README's architecture notes).
+//! The state has one owner per piece, each a module whose types keep their
+//! fields private: [`conn`] (a connection and its stage), [`request`] (a
+//! request and its attempt), [`pool`] (the pools), [`timers`] (the wheel and
+//! the deadline sets). Handlers change the state they are handed and queue
+//! [`effects`] for the rest: [`io`] (readiness by stage), [`connect`] and
+//! [`tunnel`] (the stages before ready), [`exchange`] and [`transfer`] (an
+//! exchange and its bodies), [`lifecycle`] (age, probes, chain change,
+//! fresh chains), [`deadlines`] (a timer that fires). [`apply`] is the one
+//! place the effects meet: exchanges and requests end, connections close,
+//! pools dispatch. This file owns construction, the mio plumbing ([`Mio`]),
+//! the command channel, and the public API, each entry point of which
+//! applies the effects it caused before it returns.
 
+mod apply;
+mod conn;
 mod connect;
+mod deadlines;
+mod effects;
 mod exchange;
 mod flow;
-mod fresh;
 mod io;
 mod lifecycle;
+mod lifetime;
 mod pool;
 mod redirect;
 mod request;
 mod timers;
+mod transfer;
 mod tunnel;
 mod upload;
 
-#[cfg(test)]
-mod tests;
-
 // The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
 #[cfg(feature = "test-hooks")]
-pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
+pub(crate) use lifetime::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,21 +45,23 @@ use bytes::Bytes;
 use http::HeaderMap;
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use crate::conn::{Conn, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
-use crate::keys::{ConnKey, Key, Slots};
+use crate::keys::{ConnKey, Key, PoolKey, Slots};
 use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, BuildError, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain,
-    Phase, Policy, RequestId, RequestOptions, Stats,
+    Body, BuildError, ChainRequestId, CloseReason, Config, Error, Event, Origin, PeerChain, Phase,
+    Policy, RequestId, RequestOptions, Stats,
 };
 
-use self::io::{Buffers, ReadMode};
-use self::pool::{PoolKey, Pools};
-use self::request::Requests;
-use self::timers::Timers;
+use self::conn::{Conn, StageName};
+use self::effects::{ConnRef, Effect, Effects, ReadMode, ReqRef};
+use self::io::Buffers;
+use self::pool::Pools;
+use self::request::{Req, Requests};
+use self::timers::{after, Timer, Timers};
+use self::upload::Upload;
 
 pub use self::flow::Progress;
 
@@ -124,10 +134,12 @@ pub struct Engine {
     next_req: Arc<AtomicU64>,
     next_conn: u64,
     bufs: Buffers,
+    /// What handlers decided, for [`apply`](Engine::apply).
+    effects: Effects,
     /// Connections whose read stopped at the budget: read on next turn.
-    read_again: Vec<(ConnKey, ConnId)>,
+    read_again: Vec<ConnRef>,
     /// Connections whose host let their body go on: read on next turn.
-    resumed: Vec<(ConnKey, ConnId)>,
+    resumed: Vec<ConnRef>,
     /// A connection went idle since the last quiet poll (see
     /// `Engine::release_idle_buffers`).
     idled: bool,
@@ -331,6 +343,7 @@ impl Engine {
             next_req: Arc::new(AtomicU64::new(1)),
             next_conn: 1,
             bufs: Buffers::new(),
+            effects: Effects::default(),
             read_again: Vec::new(),
             resumed: Vec::new(),
             idled: false,
@@ -356,15 +369,60 @@ impl Engine {
         request: http::Request<Body>,
         opts: RequestOptions,
     ) {
-        self.submit_with_id(id, request, opts, Instant::now());
+        let now = Instant::now();
+        self.submit_with_id(id, request, opts, now);
+        self.apply(now);
     }
 
     /// End live request `id` with `error`: a refusal of the [`crate::Client`]'s
     /// own, which its caller must see named, not as a cancel.
     pub(crate) fn abort(&mut self, id: RequestId, error: Error) {
-        if let Some(rk) = self.reqs.find(id) {
-            self.abort_request(rk, error, CloseReason::Error, Instant::now());
+        self.abort_id(id, error, CloseReason::Error);
+        self.apply(Instant::now());
+    }
+
+    /// Queue the end of live request `id` with `error`; a connection it is
+    /// on closes with `close`.
+    fn abort_id(&mut self, id: RequestId, error: Error, close: CloseReason) {
+        if let Some(key) = self.reqs.find(id) {
+            let req = ReqRef { key, id };
+            self.effects.push(Effect::Abort { req, error, close });
         }
+    }
+
+    /// Take a request in: it waits in its origin's pool, which dispatches.
+    fn submit_with_id(
+        &mut self,
+        id: RequestId,
+        mut request: http::Request<Body>,
+        opts: RequestOptions,
+        now: Instant,
+    ) {
+        let fail = |engine: &mut Engine, e| engine.emit_failed(id, e, false, Progress::default());
+        if self.shut {
+            return fail(self, Error::Shutdown);
+        }
+        if let Err(e) = opts.check() {
+            return fail(self, e);
+        }
+        let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
+            Ok(p) => p,
+            Err(e) => return fail(self, e),
+        };
+        let upload = match Upload::of(&mut request) {
+            Ok(u) => u,
+            Err(e) => return fail(self, e),
+        };
+        let fed = upload.as_deref().is_some_and(Upload::is_fed);
+        let key = self.reqs.insert(Req::new(id, p, request, opts, upload));
+        if fed {
+            self.upload_submitted(key);
+        }
+        if let Some(d) = opts.deadline {
+            self.arm(Timer::Total(key), after(now, d));
+        }
+        self.pools[p].enqueue(key, now);
+        self.effects.push(Effect::Dispatch(p));
     }
 
     /// A handle for other threads.
@@ -417,7 +475,9 @@ impl Engine {
         opts: RequestOptions,
     ) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.submit_with_id(id, request.map(Into::into), opts, Instant::now());
+        let now = Instant::now();
+        self.submit_with_id(id, request.map(Into::into), opts, now);
+        self.apply(now);
         id
     }
 
@@ -433,7 +493,9 @@ impl Engine {
     /// request fails with it too); [`Error::InvalidRequest`] when `id` has
     /// ended, has no streamed body, or its body was ended.
     pub fn send_body(&mut self, id: RequestId, data: Bytes) -> Result<(), Error> {
-        self.feed_body(id, data, Instant::now())
+        let fed = self.feed_body(id, data);
+        self.apply(Instant::now());
+        fed
     }
 
     /// End request `id`'s [`Body::stream`]; `trailers` follow a chunked
@@ -445,7 +507,9 @@ impl Engine {
     /// with it too); [`Error::InvalidRequest`] when `id` has ended or has no
     /// streamed body.
     pub fn end_body(&mut self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        self.finish_body(id, trailers, Instant::now())
+        let ended = self.finish_body(id, trailers);
+        self.apply(Instant::now());
+        ended
     }
 
     /// Report `n` bytes of request `id`'s streamed body as consumed, for a
@@ -503,14 +567,17 @@ impl Engine {
     /// connect, TLS with rustls's reason, or a [`crate::Deadline`]).
     pub fn fresh_chain(&mut self, origin: &Origin, freshness: Duration) -> ChainRequestId {
         let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.fresh_chain_with_id(id, origin.clone(), freshness, Instant::now());
+        let now = Instant::now();
+        self.fresh_chain_with_id(id, origin.clone(), freshness, now);
+        self.apply(now);
         id
     }
 
     /// Cancel a request: it ends with [`Error::Cancelled`] (its connection,
     /// if mid-exchange, is closed). Unknown or finished ids are ignored.
     pub fn cancel(&mut self, id: RequestId) {
-        self.cancel_at(id, Instant::now());
+        self.abort_id(id, Error::Cancelled, CloseReason::Cancelled);
+        self.apply(Instant::now());
     }
 
     /// Run the loop until the request ends; returns its response. Events
@@ -661,7 +728,7 @@ impl Engine {
                 .reqs
                 .find(*id)
                 .and_then(|rk| self.reqs.get(rk))
-                .is_some_and(|r| !r.opts.manual_consume);
+                .is_some_and(|r| !r.opts().manual_consume);
             if auto {
                 self.consumed(*id, data.len());
             }
@@ -728,6 +795,7 @@ impl Engine {
         let now = Instant::now();
         for &(t, read) in &tokens {
             self.on_token(t, read, now);
+            self.apply(now);
         }
         self.mio.tokens = tokens;
         self.handle_timeouts(Instant::now());
@@ -745,11 +813,9 @@ impl Engine {
     #[inline(never)]
     fn release_idle_buffers(&mut self) {
         self.idled = false;
-        for pool in self.pools.iter() {
-            for &(_, key) in &pool.idle {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.release_buffers(0);
-                }
+        for key in self.pools.idle_conns() {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.release_buffers(0);
             }
         }
     }
@@ -760,7 +826,9 @@ impl Engine {
         if !self.mio.owns(event.token()) {
             return false;
         }
-        self.on_token(event.token(), ReadMode::after_event(event), Instant::now());
+        let now = Instant::now();
+        self.on_token(event.token(), ReadMode::after_event(event), now);
+        self.apply(now);
         true
     }
 
@@ -795,7 +863,9 @@ impl Engine {
         self.resume_reads(now);
         while let Some(timer) = self.timers.poll_expired(now) {
             self.on_timer(timer, now);
+            self.apply(now);
         }
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -833,21 +903,8 @@ impl Engine {
     /// request whose connection was still opening is not stranded.
     pub fn close_idle(&mut self) {
         let now = Instant::now();
-        let idle: Vec<(ConnKey, PoolKey)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.req.is_none() && c.attempt_for().is_none())
-            .map(|(k, c)| (k, c.pool))
-            .collect();
-        let mut pools: Vec<PoolKey> = idle.iter().map(|&(_, p)| p).collect();
-        for (key, _) in idle {
-            self.close_conn(key, CloseReason::Shutdown);
-        }
-        pools.sort_unstable();
-        pools.dedup();
-        for p in pools {
-            self.dispatch(p, now);
-        }
+        self.close_all_idle(CloseReason::Shutdown, now);
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -869,15 +926,13 @@ impl Engine {
         }
         let now = Instant::now();
         self.drain_commands(now);
+        self.apply(now);
         self.shut = true;
-        for rk in self.reqs.keys() {
-            self.abort_request(rk, Error::Shutdown, CloseReason::Shutdown, now);
-        }
-        for key in self.conns.keys() {
-            self.close_conn(key, CloseReason::Shutdown);
-        }
+        self.end_everything(&Error::Shutdown, now);
+        self.apply(now);
         self.dns.stop(join);
         self.drain_commands(now);
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -901,11 +956,12 @@ impl Engine {
             return;
         };
         match conn.stage() {
-            Stage::Resolving => {}
-            Stage::Connecting => self.on_connecting(key, read, now),
-            Stage::ProxyHandshaking | Stage::Tunneling | Stage::Handshaking | Stage::Ready => {
-                self.drive(key, read, now)
-            }
+            StageName::Resolving => {}
+            StageName::Connecting => self.on_connecting(key, read, now),
+            StageName::ProxyHandshaking
+            | StageName::Tunneling
+            | StageName::Handshaking
+            | StageName::Ready => self.drive(key, read, now),
         }
     }
 
@@ -916,17 +972,15 @@ impl Engine {
                     let (id, req, opts) = *sub;
                     self.submit_with_id(id, req, opts, now)
                 }
-                Command::Cancel(id) => self.cancel_at(id, now),
+                Command::Cancel(id) => self.abort_id(id, Error::Cancelled, CloseReason::Cancelled),
                 Command::SendBody(id, data) => {
-                    if let Err(e @ Error::WindowFull { .. }) = self.feed_body(id, data, now) {
-                        if let Some(rk) = self.reqs.find(id) {
-                            self.abort_request(rk, e, CloseReason::Error, now);
-                        }
+                    if let Err(e @ Error::WindowFull { .. }) = self.feed_body(id, data) {
+                        self.abort_id(id, e, CloseReason::Error);
                     }
                 }
                 Command::EndBody(id, trailers) => {
                     // A failure already ended the request with its error.
-                    let _ = self.finish_body(id, trailers.map(|t| *t), now);
+                    let _ = self.finish_body(id, trailers.map(|t| *t));
                 }
                 Command::Consume(id, n) => self.consumed(id, n),
                 Command::Pause(id, paused) => self.set_paused(id, paused),
@@ -934,27 +988,15 @@ impl Engine {
                     self.fresh_chain_with_id(id, origin, freshness, now)
                 }
             }
+            self.apply(now);
         }
-    }
-
-    /// The connection at `key`, if it is still the one with `id`: slab keys
-    /// are reused, so a key held across a call that may close connections is
-    /// checked this way before it is used again.
-    #[inline]
-    fn live(&mut self, key: ConnKey, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(key).filter(|c| c.id == id)
-    }
-
-    #[inline]
-    fn is_live(&self, key: ConnKey, id: ConnId) -> bool {
-        self.conns.get(key).is_some_and(|c| c.id == id)
     }
 
     /// Bump `counter` engine-wide and for pool `p`.
     #[inline]
     fn count(&mut self, p: PoolKey, counter: Counter) {
         *self.stats.counter(counter) += 1;
-        *self.pools[p].stats.counter(counter) += 1;
+        self.pools[p].count(counter);
     }
 
     fn has_token_room(&self) -> bool {
