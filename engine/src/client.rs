@@ -173,7 +173,7 @@ impl Client {
     /// this thread as the engine asks for more. A [`Body::stream`] has no
     /// one to feed it here and fails with [`Error::Unsupported`]. Options
     /// apply as documented on [`RequestOptions`], except that the body is
-    /// always streamed to the [`ResponseBody`]; `max_body` bounds
+    /// always streamed to the [`ResponseBody`]; `max_buffered_body` bounds
     /// [`ResponseBody::bytes`].
     ///
     /// # Errors
@@ -236,7 +236,7 @@ impl Client {
                 state: State::Open,
                 trailers: None,
                 upload,
-                max_body: opts.max_body,
+                max_buffered_body: opts.max_buffered_body,
             }),
         })
     }
@@ -430,7 +430,7 @@ pub struct ResponseBody {
     state: State,
     trailers: Option<HeaderMap>,
     upload: Option<Upload>,
-    max_body: usize,
+    max_buffered_body: usize,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -457,15 +457,15 @@ impl ResponseBody {
     ///
     /// # Errors
     /// [`Error::BodyTooLarge`] past the request's
-    /// [`RequestOptions::max_body`] (the request is cancelled); the
+    /// [`RequestOptions::max_buffered_body`] (the request is cancelled); the
     /// request's error.
     pub fn bytes(mut self) -> Result<Bytes, Error> {
         let mut all = BytesMut::new();
         loop {
             if !self.chunk.is_empty() {
-                if all.len() + self.chunk.len() > self.max_body {
+                if all.len() + self.chunk.len() > self.max_buffered_body {
                     return Err(Error::BodyTooLarge {
-                        limit: self.max_body,
+                        limit: self.max_buffered_body,
                     });
                 }
                 all.extend_from_slice(&self.chunk);
