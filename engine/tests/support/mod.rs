@@ -2,8 +2,9 @@
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
 //! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a scripted
 //! forward proxy answering CONNECT (`connect_proxy`), a tiny
-//! blocking client for cross-checks (`client`), and an address where
-//! connects hang (`blackhole`). What they share lives in private modules:
+//! blocking client for cross-checks (`client`), an address where
+//! connects hang (`blackhole`), seeded bodies of any size that are never
+//! held in memory (`pattern`) and the process's resident memory (`rss`). What they share lives in private modules:
 //! `stream` (a plain-or-TLS blocking stream, line splitting), `sync` (locks
 //! and state that tests wait on), `threads` (joining worker threads within a
 //! bound) and `sockopt` (RST on close, a deeper listen backlog).
@@ -36,7 +37,9 @@ pub mod blackhole;
 pub mod certs;
 pub mod client;
 pub mod connect_proxy;
+pub mod pattern;
 pub mod proxy;
+pub mod rss;
 pub mod server;
 mod sockopt;
 mod stream;
@@ -47,10 +50,12 @@ pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
 pub use connect_proxy::{ConnectProxy, ProxyScript};
+pub use pattern::{Pattern, PatternCheck, PatternReader};
 pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
+pub use rss::{rss_kib, RssWatch};
 pub use server::{
-    reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,
-    ServerBuilder, ServerStats, TestServer, TlsInfo,
+    reset_supported, Accept, BodyPlan, ConnInfo, Cut, Fill, Framing, RecordedRequest, Reply,
+    Resumption, ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
 pub(crate) use sync::{lock, Watched};
 
