@@ -100,7 +100,13 @@ enum Cmd {
 
 /// What the engine's thread tells the caller of one request.
 enum Msg {
-    Wanted(usize),
+    /// The engine has room for the request body up to this many bytes in
+    /// all, counted from the body's start: the bytes it has taken plus the
+    /// room of its window as it was handed out. An absolute limit, so asks
+    /// that overlap with pieces still on their way never add up to more
+    /// than the window (a room relative to "now" would count those pieces
+    /// twice).
+    Wanted(u64),
     Head(http::Response<()>),
     Body(Bytes),
     End(Option<HeaderMap>),
@@ -487,10 +493,10 @@ impl ResponseBody {
                     Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Shutdown),
                 },
             };
-            let Msg::Wanted(room) = msg else {
+            let Msg::Wanted(limit) = msg else {
                 return Ok(Some(msg));
             };
-            self.feed(room)?;
+            self.feed(limit)?;
         }
     }
 
@@ -523,15 +529,18 @@ impl ResponseBody {
         }
     }
 
-    /// Hand the engine up to `room` more bytes of the reader.
-    fn feed(&mut self, room: usize) -> Result<(), Error> {
+    /// Hand the engine the reader's bytes up to `limit` (counted from the
+    /// body's start; see [`Msg::Wanted`]). Pieces already sent count, so an
+    /// ask that they cover sends nothing: the engine asks again once they
+    /// are in.
+    fn feed(&mut self, limit: u64) -> Result<(), Error> {
         let Some(up) = self.upload.as_mut().filter(|u| !u.done) else {
             return Ok(());
         };
         // Each piece goes to the engine as soon as it is read, so a reader
         // that trickles (a live log) is sent as it comes, and the pieces
         // together fill the room the engine has.
-        let mut left = room.max(1);
+        let mut left = usize::try_from(limit.saturating_sub(up.sent)).unwrap_or(usize::MAX);
         while left > 0 {
             let mut buf = BytesMut::zeroed(left.min(READ_PIECE));
             let n = match up.reader.read(&mut buf) {
@@ -600,13 +609,21 @@ fn into_io(e: Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// Where one request's messages go, and how much of its fed body the
+/// engine has taken.
+struct Route {
+    tx: mpsc::Sender<Msg>,
+    /// Body bytes the engine took from the caller's `Feed`s.
+    fed: u64,
+}
+
 /// The engine's thread.
 struct Loop {
     engine: Engine,
     rx: mpsc::Receiver<Cmd>,
     lifecycle: mpsc::SyncSender<Event>,
     dropped: Arc<AtomicU64>,
-    routes: HashMap<RequestId, mpsc::Sender<Msg>>,
+    routes: HashMap<RequestId, Route>,
     chains: HashMap<ChainRequestId, mpsc::Sender<Result<Arc<PeerChain>, Error>>>,
 }
 
@@ -644,8 +661,8 @@ impl Loop {
         while let Ok(cmd) = self.rx.try_recv() {
             self.refuse(cmd);
         }
-        for (_, tx) in self.routes.drain() {
-            let _ = tx.send(Msg::Failed(Error::Shutdown));
+        for (_, route) in self.routes.drain() {
+            let _ = route.tx.send(Msg::Failed(Error::Shutdown));
         }
         for (_, tx) in self.chains.drain() {
             let _ = tx.send(Err(Error::Shutdown));
@@ -663,16 +680,21 @@ impl Loop {
             match cmd {
                 Cmd::Send(sub, tx) => {
                     let (id, request, opts) = *sub;
-                    self.routes.insert(id, tx);
+                    self.routes.insert(id, Route { tx, fed: 0 });
                     self.engine.submit_as(id, request, opts);
                 }
-                Cmd::Feed(id, data) => match self.engine.send_body(id, data) {
-                    Ok(()) => {}
-                    // Never when the caller stays within the room it was
-                    // given; a piece dropped would corrupt the body, so end it.
+                Cmd::Feed(id, data) => match self.engine.send_body(id, data.clone()) {
+                    Ok(()) => {
+                        if let Some(route) = self.routes.get_mut(&id) {
+                            route.fed += data.len() as u64;
+                        }
+                    }
+                    // Never while the caller stays within the limits it is
+                    // given; a piece dropped would corrupt the body, so the
+                    // request ends, with the error that says why.
                     Err(e @ Error::WindowFull { .. }) => {
                         log::error!("request {}: body piece past the window: {e}", id.0);
-                        self.engine.cancel(id);
+                        self.engine.abort(id, e);
                     }
                     // A failure ends the request with its own event.
                     Err(e) => log::debug!("request {}: body piece not taken: {e}", id.0),
@@ -729,7 +751,10 @@ impl Loop {
                 }
                 Event::Body { id, data } => self.tell(id, Msg::Body(data), false),
                 Event::End { id, trailers } => self.tell(id, Msg::End(trailers), true),
-                Event::BodyWanted { id, room } => self.tell(id, Msg::Wanted(room), false),
+                Event::BodyWanted { id, room } => {
+                    let fed = self.routes.get(&id).map_or(0, |r| r.fed);
+                    self.tell(id, Msg::Wanted(fed + room as u64), false)
+                }
                 Event::Failed { id, error, .. } => self.tell(id, Msg::Failed(error), true),
                 Event::Response {
                     id,
@@ -763,7 +788,7 @@ impl Loop {
     /// gets its request cancelled.
     fn tell(&mut self, id: RequestId, msg: Msg, terminal: bool) {
         let gone = match self.routes.get(&id) {
-            Some(tx) => tx.send(msg).is_err(),
+            Some(route) => route.tx.send(msg).is_err(),
             None => false,
         };
         if terminal {

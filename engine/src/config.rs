@@ -332,8 +332,18 @@ pub struct RequestOptions {
     /// minutes.
     pub deadline: Option<Duration>,
     /// Maximum wait for the first response byte once the request is on a
-    /// connection. Default `None`.
+    /// connection. Default `None` ([`head_timeout`](Self::head_timeout)
+    /// bounds the same wait by default).
     pub first_byte_timeout: Option<Duration>,
+    /// Maximum wait for the final response head once the request (head and
+    /// body) is written: the server's think time, any 1xx interim responses
+    /// and the head's own bytes. Fails with
+    /// [`Deadline::Head`](crate::Deadline::Head). Default 10 min, GitLab
+    /// Runner's response-header timeout: a long poll held for minutes
+    /// works, and a server that accepts a request and never answers, or
+    /// sends interim responses forever, cannot hold it for ever. `None`
+    /// disables it (then only [`deadline`](Self::deadline) bounds that wait).
+    pub head_timeout: Option<Duration>,
     /// May be sent again after a failure before any response byte arrived,
     /// even if the method is not idempotent. Default false.
     pub retry_safe: bool,
@@ -378,10 +388,11 @@ pub struct RequestOptions {
     /// waiting (curl's `--speed-time` habit). Default 60 s; `None` disables.
     pub send_stall_timeout: Option<Duration>,
     /// Fail with [`Deadline::ReceiveStall`](crate::Deadline::ReceiveStall)
-    /// when no byte of a started response body arrives for this long (time
-    /// the host holds the body back does not count). The wait for the head
-    /// is [`first_byte_timeout`](Self::first_byte_timeout)'s. Default 60 s;
-    /// `None` disables.
+    /// when a started response stops: no further byte of a head whose first
+    /// bytes arrived, or of the body, for this long (time the host holds the
+    /// body back, or the request body is still going out, does not count).
+    /// The wait for a head to start is [`head_timeout`](Self::head_timeout)'s.
+    /// Default 60 s; `None` disables.
     pub receive_stall_timeout: Option<Duration>,
     /// With `Expect: 100-continue` among the request's headers, how long to
     /// wait for the `100` before sending the body anyway (curl waits 1 s).
@@ -395,6 +406,7 @@ impl Default for RequestOptions {
         RequestOptions {
             deadline: None,
             first_byte_timeout: None,
+            head_timeout: Some(Duration::from_secs(10 * 60)),
             retry_safe: false,
             max_body: 16 * 1024 * 1024,
             streaming: false,
@@ -429,6 +441,13 @@ impl RequestOptions {
     /// Set the first-byte deadline.
     pub fn first_byte_timeout(mut self, d: Duration) -> Self {
         self.first_byte_timeout = Some(d);
+        self
+    }
+
+    /// Set (or with `None` disable) the wait for the final response head
+    /// (see [`RequestOptions::head_timeout`]).
+    pub fn head_timeout(mut self, d: Option<Duration>) -> Self {
+        self.head_timeout = d;
         self
     }
     /// Mark the request safe to retry.

@@ -23,6 +23,10 @@ pub enum Deadline {
     ProxyConnect,
     /// No response byte arrived within [`RequestOptions::first_byte_timeout`](crate::RequestOptions::first_byte_timeout).
     FirstByte,
+    /// The final response head did not arrive within
+    /// [`RequestOptions::head_timeout`](crate::RequestOptions::head_timeout)
+    /// of the request being written (1xx interim responses included).
+    Head,
     /// The request did not end within [`RequestOptions::deadline`](crate::RequestOptions::deadline).
     Total,
     /// The connection's max age passed and the in-flight exchange did not
@@ -46,6 +50,7 @@ impl fmt::Display for Deadline {
             Deadline::ProxyHandshake => "proxy tls handshake",
             Deadline::ProxyConnect => "proxy CONNECT",
             Deadline::FirstByte => "first response byte",
+            Deadline::Head => "response head",
             Deadline::Total => "total request",
             Deadline::DrainGrace => "drain grace",
             Deadline::SendStall => "send stall",
@@ -421,7 +426,7 @@ impl fmt::Display for Error {
                 reused: true,
             } => write!(
                 f,
-                "reused connection closed by peer during {} (request not retried)",
+                "reused connection closed by peer during {}",
                 phase.name()
             ),
             Error::PeerClosed {

@@ -115,6 +115,10 @@ impl<K: Key, T> Slots<K, T> {
         self.slab.iter().map(|(i, v)| (K::from_index(i), v))
     }
 
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (K, &mut T)> {
+        self.slab.iter_mut().map(|(i, v)| (K::from_index(i), v))
+    }
+
     /// Every key in use, collected: for loops that remove as they go.
     pub(crate) fn keys(&self) -> Vec<K> {
         self.slab.iter().map(|(i, _)| K::from_index(i)).collect()

@@ -55,6 +55,7 @@ mod chain;
 mod client;
 mod config;
 mod conn;
+mod der;
 mod dns;
 mod engine;
 mod error;

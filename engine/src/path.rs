@@ -14,7 +14,7 @@ use std::fmt;
 
 use rustls::pki_types::CertificateDer;
 
-use crate::chain::{colon_hex, sha256, to_pem};
+use crate::der::{colon_hex, sha256, to_pem};
 
 /// The path rotary's verifier built from a server's chain: the leaf, the
 /// intermediates it used (the leaf's issuer first; taken from the server's

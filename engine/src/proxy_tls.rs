@@ -3,7 +3,8 @@
 //! through it is plaintext to the proxy (the `CONNECT`, then the origin's
 //! own TLS records, or an `http://` origin's absolute-form requests).
 //!
-//! Owns the outer rustls session and the TCP socket under it. A connection
+//! Owns the outer rustls session and the pipe under it (generic: this file
+//! knows nothing of sockets, [`crate::sock`] wraps it). A connection
 //! through an `https://` proxy to an `https://` origin so runs two TLS
 //! sessions on one socket: the origin's (`crate::session`, inside) is
 //! written and read through this one. Direct connections and `http://`
@@ -25,8 +26,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
-use crate::sock::Sock;
-use crate::PeerChain;
+use crate::chain::PeerChain;
 
 /// A rustls failure on the proxy's session, carried inside an `io::Error`
 /// through the `Read`/`Write` interface (see [`tls_failure`]).
@@ -49,9 +49,9 @@ pub(crate) fn tls_failure(e: &io::Error) -> Option<rustls::Error> {
         .map(|t| t.0.clone())
 }
 
-/// The TLS session with a proxy over its socket.
-pub(crate) struct ProxyTls {
-    sock: Sock,
+/// The TLS session with a proxy over the pipe `S` (its socket).
+pub(crate) struct ProxyTls<S> {
+    sock: S,
     tls: ClientConnection,
     /// The socket ended (read returned 0).
     eof: bool,
@@ -59,21 +59,21 @@ pub(crate) struct ProxyTls {
     chain: Option<Arc<PeerChain>>,
 }
 
-impl ProxyTls {
-    /// A client session with the proxy named `name`.
-    ///
-    /// # Errors
-    /// rustls's, for a configuration it cannot start a session with.
-    pub(crate) fn session_for(
-        config: Arc<ClientConfig>,
-        name: ServerName<'static>,
-    ) -> Result<ClientConnection, rustls::Error> {
-        ClientConnection::new(config, name)
-    }
+/// A client session with the proxy named `name`.
+///
+/// # Errors
+/// rustls's, for a configuration it cannot start a session with.
+pub(crate) fn session_for(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<ClientConnection, rustls::Error> {
+    ClientConnection::new(config, name)
+}
 
+impl<S: Read + Write> ProxyTls<S> {
     /// The session `tls` over `sock`; its ClientHello goes out with the
     /// next [`ProxyTls::push`].
-    pub(crate) fn new(sock: Sock, tls: ClientConnection) -> ProxyTls {
+    pub(crate) fn new(sock: S, tls: ClientConnection) -> ProxyTls<S> {
         ProxyTls {
             sock,
             tls,
@@ -82,13 +82,13 @@ impl ProxyTls {
         }
     }
 
-    /// The socket under the session.
-    pub(crate) fn sock(&self) -> &Sock {
+    /// The pipe under the session.
+    pub(crate) fn sock(&self) -> &S {
         &self.sock
     }
 
-    /// The socket under the session, mutably (to register it).
-    pub(crate) fn sock_mut(&mut self) -> &mut Sock {
+    /// The pipe under the session, mutably (to register it, to end it).
+    pub(crate) fn sock_mut(&mut self) -> &mut S {
         &mut self.sock
     }
 
@@ -135,17 +135,16 @@ impl ProxyTls {
     }
 
     /// Queue a close_notify and write it if the socket takes it (best
-    /// effort), then end the socket's sending side.
-    pub(crate) fn shutdown_write(&mut self) {
+    /// effort); ending the pipe itself is its owner's.
+    pub(crate) fn close_notify(&mut self) {
         if !self.tls.is_handshaking() {
             self.tls.send_close_notify();
             let _ = self.push();
         }
-        self.sock.shutdown_write();
     }
 }
 
-impl Read for ProxyTls {
+impl<S: Read + Write> Read for ProxyTls<S> {
     /// Decrypted bytes from the proxy: `Ok(0)` at the end (close_notify, or
     /// the socket's EOF: whether the inner stream ended cleanly is the
     /// inner session's to judge), `WouldBlock` when nothing is left.
@@ -203,12 +202,12 @@ impl Read for ProxyTls {
 }
 
 /// The socket, noting whether a read returned less than asked.
-struct Drained<'a> {
-    sock: &'a mut Sock,
+struct Drained<'a, S> {
+    sock: &'a mut S,
     short: bool,
 }
 
-impl Read for Drained<'_> {
+impl<S: Read> Read for Drained<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.sock.read(buf)?;
         self.short = n < buf.len();
@@ -216,7 +215,7 @@ impl Read for Drained<'_> {
     }
 }
 
-impl Write for ProxyTls {
+impl<S: Read + Write> Write for ProxyTls<S> {
     /// Encrypt and send `buf` (or as much as the session takes); nothing
     /// is taken while earlier output still waits for the socket.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -48,7 +48,7 @@ pub(crate) enum Sock {
     Tcp(TcpStream),
     Mem(MemConn),
     /// TLS to an `https://` proxy over a TCP (or in-memory) socket.
-    ProxyTls(Box<ProxyTls>),
+    ProxyTls(Box<ProxyTls<Sock>>),
 }
 
 impl Sock {
@@ -84,7 +84,10 @@ impl Sock {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
             Sock::Mem(m) => m.shutdown_write(),
-            Sock::ProxyTls(t) => t.shutdown_write(),
+            Sock::ProxyTls(t) => {
+                t.close_notify();
+                t.sock_mut().shutdown_write();
+            }
         }
     }
 
@@ -111,7 +114,7 @@ impl Sock {
     }
 
     /// The TLS session with an `https://` proxy, if this pipe is one.
-    pub(crate) fn proxy_tls(&self) -> Option<&ProxyTls> {
+    pub(crate) fn proxy_tls(&self) -> Option<&ProxyTls<Sock>> {
         match self {
             Sock::ProxyTls(t) => Some(t),
             Sock::Tcp(_) | Sock::Mem(_) => None,
@@ -119,7 +122,7 @@ impl Sock {
     }
 
     /// As [`Sock::proxy_tls`], mutably.
-    pub(crate) fn proxy_tls_mut(&mut self) -> Option<&mut ProxyTls> {
+    pub(crate) fn proxy_tls_mut(&mut self) -> Option<&mut ProxyTls<Sock>> {
         match self {
             Sock::ProxyTls(t) => Some(t),
             Sock::Tcp(_) | Sock::Mem(_) => None,

@@ -146,7 +146,14 @@ pub struct Stats {
     /// Gauge: [`Engine::fresh_chain`](crate::Engine::fresh_chain) calls
     /// waiting for their handshake.
     pub fresh_chains_pending: usize,
-    /// The lifetime counters of each origin used so far.
+    /// Gauge: connection pools kept, one per origin and route in use (with
+    /// a connection, a waiting request or a waiting fresh-chain call). A
+    /// pool out of use is dropped at the end of the loop's turn, with its
+    /// entry in `origins`.
+    pub pools: usize,
+    /// The lifetime counters of each origin in use (see `pools`) and of the
+    /// 64 origins whose pools were dropped last (an origin's next pool
+    /// carries its counters on).
     pub origins: Vec<OriginStats>,
 }
 
@@ -166,14 +173,15 @@ impl Stats {
         self.failed_by_phase.iter().sum()
     }
 
-    /// True when the engine holds no connection, timer, request or pending
-    /// fresh-chain call.
+    /// True when the engine holds no connection, timer, request, pending
+    /// fresh-chain call or pool.
     pub fn is_idle(&self) -> bool {
         self.connections == 0
             && self.timers == 0
             && self.queued == 0
             && self.in_flight == 0
             && self.fresh_chains_pending == 0
+            && self.pools == 0
     }
 
     /// Render in the Prometheus text exposition format, names prefixed `rotary_`.
@@ -304,6 +312,11 @@ impl Stats {
                 "fresh_chains_pending",
                 "Fresh-chain calls waiting for their handshake.",
                 self.fresh_chains_pending,
+            ),
+            (
+                "pools",
+                "Connection pools kept (origins and routes in use).",
+                self.pools,
             ),
         ] {
             let _ = writeln!(out, "# HELP rotary_{name} {help}");

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::chain::not_after_secs;
+use crate::der::not_after_secs;
 use crate::path::VerifiedPath;
 
 /// How long a verified chain is trusted without a new check.

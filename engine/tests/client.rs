@@ -472,3 +472,52 @@ fn a_pending_request_waits_in_slices_and_dropping_it_cancels() {
     assert_eq!(resp.into_body().bytes().expect("body"), "answer");
     assert_drained(&client);
 }
+
+/// A reader as fast as memory that hands out pieces of changing sizes, from
+/// one byte to more than the send window.
+struct Pieces {
+    data: Bytes,
+    at: usize,
+    seed: u64,
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // xorshift: sizes that do not line up with the window or the engine's pieces.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let piece = 1 + (self.seed % (300 * 1024)) as usize;
+        let n = buf.len().min(piece).min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_fast_reader_of_64_mib_never_overfills_the_send_window() {
+    // Asks for more body overlap with pieces still on their way to the
+    // engine's thread; counted from "now", they once added up to more than
+    // the window and the upload ended as "request cancelled".
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |req, _| Reply::ok(hex(&sha256(&req.body))));
+    let (client, _f) = client_for(&ca);
+    let data = Bytes::from(pattern(64 * 1024 * 1024));
+    let want = hex(&sha256(&data));
+    for (length, seed) in [(None, 7), (Some(data.len() as u64), 11)] {
+        let reader = Pieces {
+            data: data.clone(),
+            at: 0,
+            seed,
+        };
+        let req = http::Request::put(server.url("/up"))
+            .body(Body::reader(reader, length))
+            .expect("request");
+        let resp = client.send(req).expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().bytes().expect("body");
+        assert_eq!(body, Bytes::from(want.clone()), "the server got every byte");
+    }
+    assert_drained(&client);
+}

@@ -43,6 +43,28 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// May request `r`, whose exchange failed with `err` (`started`: some of a
+/// response had arrived), be sent again on a fresh connection? `Err` says
+/// why not, for the log.
+fn retry_verdict(r: &Req, err: &Error, started: bool) -> Result<(), &'static str> {
+    let stale = matches!(err, Error::PeerClosed { reused: true, .. })
+        || (r.reused && matches!(err, Error::Io { .. }));
+    let drained = matches!(err, Error::Timeout(Deadline::DrainGrace));
+    if !(stale || drained) {
+        Err("only a reused connection's close, or a drain, is retried")
+    } else if !(is_idempotent(r.request.method()) || r.opts.retry_safe) {
+        Err("the method is not idempotent and the request is not marked retry-safe")
+    } else if !r.replayable() {
+        Err("its body cannot be sent again")
+    } else if r.retried {
+        Err("it was retried once already")
+    } else if started {
+        Err("part of a response had arrived")
+    } else {
+        Ok(())
+    }
+}
+
 impl Engine {
     /// Put request `rk` on idle connection `ck` and send its head and body.
     pub(super) fn assign(&mut self, ck: ConnKey, rk: ReqKey, now: Instant) {
@@ -86,6 +108,8 @@ impl Engine {
         }
         req.reused = conn.served > 0;
         req.conn = Some(ck);
+        // A pause asked for while the request waited holds from its first byte.
+        conn.read_paused = req.flow.paused;
         conn.served += 1;
         conn.remaining = conn.remaining.map(|r| r.saturating_sub(1));
         conn.req = Some(rk);
@@ -98,9 +122,20 @@ impl Engine {
         }
         if uploads {
             self.upload_started(ck, rk, now);
+        } else {
+            self.request_written(rk, now);
         }
         // Only the request goes out: anything the peer sends raises an event.
         self.drive(ck, ReadMode::Skip, now);
+    }
+
+    /// The whole of request `rk` is written (to the connection's buffer):
+    /// the wait for its response head starts. A body sent in pieces gets
+    /// there when its last piece is in, however long that took.
+    pub(super) fn request_written(&mut self, rk: ReqKey, now: Instant) {
+        if let Some(t) = self.reqs.get(rk).and_then(|r| r.opts.head_timeout) {
+            self.arm(Timer::Req(rk, ReqTimer::Head), after(now, t));
+        }
     }
 
     /// New plaintext (or EOF) on a connection.
@@ -139,7 +174,10 @@ impl Engine {
             let names = &mut self.pools[conn.pool].names;
             let polled = conn.codec.poll_response_with(&mut conn.rbuf, names);
             let started = conn.codec.response_started();
-            let in_body = conn.codec.state() == rotary_proto::State::Body;
+            // A head whose first bytes are in, or a body: the response is
+            // under way, and the stall deadline watches that it goes on.
+            let under_way =
+                conn.codec.state() == rotary_proto::State::Body || !conn.rbuf.is_empty();
             match polled {
                 Ok(Some(ev)) => {
                     self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
@@ -149,7 +187,7 @@ impl Engine {
                     if started {
                         self.disarm(Timer::Req(rk, ReqTimer::FirstByte));
                     }
-                    if in_body {
+                    if under_way {
                         self.watch_receive(key, rk, now);
                     }
                     return;
@@ -239,10 +277,10 @@ impl Engine {
             return Ok(false);
         }
         let first;
-        let visited: &[http::Uri] = match &req.hops {
+        let visited: &[(http::Method, http::Uri)] = match &req.hops {
             Some(hops) => &hops.visited,
             None => {
-                first = [req.request.uri().clone()];
+                first = [(req.request.method().clone(), req.request.uri().clone())];
                 &first
             }
         };
@@ -304,6 +342,7 @@ impl Engine {
         match ev {
             ResponseEvent::Continue => self.upload_continue(rk),
             ResponseEvent::Head(head) => {
+                self.disarm(Timer::Req(rk, ReqTimer::Head));
                 if self.conns.get(key).is_some_and(|c| c.uploading)
                     || self.reqs.get(rk).is_some_and(Req::awaits_continue)
                 {
@@ -449,18 +488,16 @@ impl Engine {
         let rk = conn.req.take();
         self.close_conn(key, reason);
         if let Some(rk) = rk {
-            let retry = self.reqs.get(rk).is_some_and(|r| {
-                let safe =
-                    (is_idempotent(r.request.method()) || r.opts.retry_safe) && r.replayable();
-                let stale = matches!(err, Error::PeerClosed { reused: true, .. })
-                    || (r.reused && matches!(err, Error::Io { .. }));
-                let drained = matches!(err, Error::Timeout(Deadline::DrainGrace));
-                safe && !r.retried && !started && (stale || drained)
-            });
+            let verdict = self.reqs.get(rk).map(|r| retry_verdict(r, &err, started));
+            let retry = verdict == Some(Ok(()));
+            let closed = matches!(err, Error::PeerClosed { .. } | Error::Io { .. });
+            if let (Some(Err(why)), Some(r), true) = (verdict, self.reqs.get(rk), closed) {
+                log::debug!("request {} not retried after {err}: {why}", r.id.0);
+            }
             let rewound = match retry {
                 true => self.reqs.get_mut(rk).map(|r| {
                     log::debug!(
-                        "retrying request {} on a fresh connection after: {err}",
+                        "request {}: {err}; retrying it once on a fresh connection",
                         r.id.0
                     );
                     r.prepare_retry()
@@ -476,6 +513,7 @@ impl Engine {
                     ReqTimer::Continue,
                     ReqTimer::SendStall,
                     ReqTimer::ReceiveStall,
+                    ReqTimer::Head,
                 ] {
                     self.disarm(Timer::Req(rk, t));
                 }

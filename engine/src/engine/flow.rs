@@ -155,7 +155,13 @@ impl Engine {
         let Some(conn) = self.conns.get(ck) else {
             return;
         };
-        if conn.read_paused || conn.bytes_in > req.flow.rx_mark {
+        let under_way = conn.codec.state() == rotary_proto::State::Body || !conn.rbuf.is_empty();
+        if !under_way {
+            // A complete interim response, and the final head not begun:
+            // that wait is the head deadline's. The next bytes re-arm this.
+            return;
+        }
+        if conn.read_paused || conn.uploading || conn.bytes_in > req.flow.rx_mark {
             req.flow.rx_mark = conn.bytes_in;
             return self.arm(Timer::Req(rk, ReqTimer::ReceiveStall), after(now, d));
         }

@@ -353,6 +353,14 @@ impl Engine {
         self.submit_with_id(id, request, opts, Instant::now());
     }
 
+    /// End live request `id` with `error`: a refusal of the [`crate::Client`]'s
+    /// own, which its caller must see named, not as a cancel.
+    pub(crate) fn abort(&mut self, id: RequestId, error: Error) {
+        if let Some(rk) = self.reqs.find(id) {
+            self.abort_request(rk, error, CloseReason::Error, Instant::now());
+        }
+    }
+
     /// A handle for other threads.
     pub fn handle(&self) -> Handle {
         Handle {
@@ -373,10 +381,11 @@ impl Engine {
         self.pools.policy_of(origin, &self.config.policy)
     }
 
-    /// The verified chain of the origin's newest TLS connection.
+    /// The verified chain of the origin's newest full TLS handshake, while
+    /// the origin has a pool or is among the last origins whose pools were
+    /// dropped (see [`Stats::pools`]).
     pub fn peer_chain(&self, origin: &Origin) -> Option<Arc<PeerChain>> {
-        let p = self.pools.find(origin)?;
-        self.pools[p].chain.clone()
+        self.pools.chain_of(origin)
     }
 
     /// Submit a request (absolute URI: `http://` or `https://`). The request
@@ -492,7 +501,9 @@ impl Engine {
     ///
     /// # Errors
     /// The request's error; [`Error::InvalidRequest`] for an embedded engine
-    /// (the host owns the loop there).
+    /// (the host owns the loop there) and for a [`Body::stream`] (nothing
+    /// would feed it); a failing poll ends the request (no event about it
+    /// is left queued) with [`Error::Io`] of [`Phase::Request`].
     pub fn execute(
         &mut self,
         request: http::Request<impl Into<Body>>,
@@ -501,6 +512,12 @@ impl Engine {
         if self.mio.poll.is_none() {
             return Err(Error::InvalidRequest(
                 "execute needs an engine that owns its poll".into(),
+            ));
+        }
+        let request = request.map(Into::into);
+        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
+            return Err(Error::InvalidRequest(
+                "execute cannot feed a streamed request body".into(),
             ));
         }
         let id = self.submit(request, opts.streaming(false));
@@ -517,7 +534,7 @@ impl Engine {
                 };
             }
             if let Err(e) = self.poll_with(None, false) {
-                self.cancel(id);
+                self.abandon(id);
                 return Err(Error::io(Phase::Request, e));
             }
         }
@@ -567,8 +584,7 @@ impl Engine {
                     Some(Event::Head { response, .. }) => head = Some(response),
                     Some(Event::Body { data, .. }) => {
                         if let Err(e) = sink.write_all(&data) {
-                            self.cancel(id);
-                            self.out.retain(|e| e.request_id() != Some(id));
+                            self.abandon(id);
                             return Err(Error::Sink(Arc::new(e)));
                         }
                         self.consume(id, data.len());
@@ -585,10 +601,18 @@ impl Engine {
                 }
             }
             if let Err(e) = self.poll_with(None, false) {
-                self.cancel(id);
+                self.abandon(id);
                 return Err(Error::io(Phase::Request, e));
             }
         }
+    }
+
+    /// End request `id` whose outcome `execute` or `execute_into` has
+    /// already returned: its events, the cancel's included, are dropped, so
+    /// the host never sees a second outcome.
+    fn abandon(&mut self, id: RequestId) {
+        self.cancel(id);
+        self.out.retain(|e| e.request_id() != Some(id));
     }
 
     /// The next event, if any. A streamed body's bytes count as consumed
@@ -744,6 +768,7 @@ impl Engine {
         while let Some(timer) = self.timers.poll_expired(now) {
             self.on_timer(timer, now);
         }
+        self.pools.sweep();
     }
 
     /// Counters and gauges.
@@ -754,19 +779,20 @@ impl Engine {
         s.queued = self.pools.queued();
         s.in_flight = self.reqs.len() - s.queued;
         s.fresh_chains_pending = self.pools.fresh_pending();
+        s.pools = self.pools.len();
         // One entry per origin, whichever routes (direct, proxies) it took.
         let mut at = std::collections::HashMap::new();
         s.origins = Vec::new();
-        for p in self.pools.iter() {
-            match at.get(&p.stats.origin) {
+        for stats in self.pools.origin_stats() {
+            match at.get(&stats.origin) {
                 Some(&i) => {
                     if let Some(o) = s.origins.get_mut(i) {
-                        crate::stats::OriginStats::absorb(o, &p.stats);
+                        crate::stats::OriginStats::absorb(o, stats);
                     }
                 }
                 None => {
-                    at.insert(p.stats.origin.clone(), s.origins.len());
-                    s.origins.push(p.stats.clone());
+                    at.insert(stats.origin.clone(), s.origins.len());
+                    s.origins.push(stats.clone());
                 }
             }
         }
@@ -774,17 +800,27 @@ impl Engine {
     }
 
     /// Close every connection that carries no exchange: idle ones (with
-    /// close_notify on TLS) and ones still being opened.
+    /// close_notify on TLS) and ones still being opened. Requests waiting for
+    /// a connection keep waiting: their pools open new ones for them, so a
+    /// request whose connection was still opening is not stranded.
     pub fn close_idle(&mut self) {
-        let idle: Vec<ConnKey> = self
+        let now = Instant::now();
+        let idle: Vec<(ConnKey, PoolKey)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.req.is_none())
-            .map(|(k, _)| k)
+            .filter(|(_, c)| c.req.is_none() && c.attempt_for().is_none())
+            .map(|(k, c)| (k, c.pool))
             .collect();
-        for key in idle {
+        let mut pools: Vec<PoolKey> = idle.iter().map(|&(_, p)| p).collect();
+        for (key, _) in idle {
             self.close_conn(key, CloseReason::Shutdown);
         }
+        pools.sort_unstable();
+        pools.dedup();
+        for p in pools {
+            self.dispatch(p, now);
+        }
+        self.pools.sweep();
     }
 
     /// Fail every queued and in-flight request with [`Error::Shutdown`], send
@@ -810,6 +846,7 @@ impl Engine {
         }
         self.dns.stop(join);
         self.drain_commands(now);
+        self.pools.sweep();
     }
 
     /// Live resolver threads (for leak checks).

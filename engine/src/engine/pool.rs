@@ -5,6 +5,15 @@
 //! Owns [`Pools`] (the pools, their index by origin, the origin policies)
 //! and each pool's `conns`, `idle`, `queue` and `connecting`. `close_conn` is
 //! the one place a connection leaves the slab.
+//!
+//! A pool lives while it has a connection, a waiting request or a waiting
+//! fresh-chain call; once it has none, [`Pools::sweep`] drops it at the end
+//! of the loop's turn, so a runner that follows redirects to thousands of
+//! object-storage hosts holds memory only for the origins it still uses.
+//! What the origin taught it (its last chain, when a full handshake last
+//! stored tickets, its counters) is remembered for the [`RECENT`] origins
+//! dropped last and handed to the origin's next pool: a server that closes
+//! after every response still gets `ChainChanged` and resumption rules.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Index, IndexMut};
@@ -12,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{ConnTimer, Purpose};
-use crate::keys::{ConnKey, ReqKey, SHRINK_ABOVE};
+use crate::keys::{ConnKey, ReqKey, Slots, SHRINK_ABOVE};
 use crate::stats::{Counter, OriginStats};
 use crate::{
     CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy, Proxies, Proxy, ProxyUse,
@@ -54,13 +63,45 @@ pub(super) struct Pool {
     /// empty; see [`super::fresh`]).
     pub(super) fresh_waiters: Vec<crate::ChainRequestId>,
     pub(super) stats: OriginStats,
+    /// When it was made, in the order of [`Pools`]: the newest pool of an
+    /// origin answers for it.
+    created: u64,
 }
 
-/// Every pool (never removed, so a [`PoolKey`] stays valid), found by
-/// origin, and the policies set per origin.
+impl Pool {
+    /// Nothing of the pool is in use: it may be dropped.
+    fn unused(&self) -> bool {
+        self.conns.is_empty()
+            && self.queue.is_empty()
+            && self.fresh_waiters.is_empty()
+            && self.probe_timer.is_none()
+    }
+}
+
+/// Origins whose memory outlives their pool (see the module's notes): a
+/// chain is a few KiB, so this bounds it to about half a MiB.
+const RECENT: usize = 64;
+
+/// What a dropped pool knew of its origin and route.
+struct Remembered {
+    key: (Origin, Option<Arc<Proxy>>),
+    chain: Option<Arc<PeerChain>>,
+    full_handshake_at: Option<Instant>,
+    purge_sessions: bool,
+    stats: OriginStats,
+}
+
+/// Every pool in use, found by origin, and the policies set per origin. A
+/// [`PoolKey`] stays valid while its pool has a connection or a request
+/// (which is what holds one); [`Pools::sweep`] drops the others.
 #[derive(Default)]
 pub(super) struct Pools {
-    list: Vec<Pool>,
+    list: Slots<PoolKey, Pool>,
+    /// Pools that may have fallen out of use since the last sweep.
+    unused: Vec<PoolKey>,
+    /// The origins of the pools dropped last, the newest at the back.
+    recent: VecDeque<Remembered>,
+    made: u64,
     index: HashMap<(Origin, Option<Arc<Proxy>>), PoolKey>,
     /// The engine's proxies, resolved when it was built.
     proxies: Proxies,
@@ -74,14 +115,18 @@ impl Index<PoolKey> for Pools {
     type Output = Pool;
     #[inline]
     fn index(&self, p: PoolKey) -> &Pool {
-        &self.list[crate::keys::Key::index(p)]
+        self.list
+            .get(p)
+            .expect("a pool key is held only by a connection or request of a pool in use")
     }
 }
 
 impl IndexMut<PoolKey> for Pools {
     #[inline]
     fn index_mut(&mut self, p: PoolKey) -> &mut Pool {
-        &mut self.list[crate::keys::Key::index(p)]
+        self.list
+            .get_mut(p)
+            .expect("a pool key is held only by a connection or request of a pool in use")
     }
 }
 
@@ -93,28 +138,98 @@ impl Pools {
         }
     }
 
+    /// The chain of `origin`'s newest full handshake, from its pool or, when
+    /// the pool was dropped lately, from what it remembered.
+    pub(super) fn chain_of(&self, origin: &Origin) -> Option<Arc<PeerChain>> {
+        match self.find(origin) {
+            Some(p) => self[p].chain.clone(),
+            None => self
+                .recent
+                .iter()
+                .rev()
+                .find(|r| r.key.0 == *origin)
+                .and_then(|r| r.chain.clone()),
+        }
+    }
+
     /// The newest pool of `origin` (there is one per route the origin took).
     pub(super) fn find(&self, origin: &Origin) -> Option<PoolKey> {
-        let i = self.list.iter().rposition(|p| p.origin == *origin)?;
-        Some(crate::keys::Key::from_index(i))
+        self.list
+            .iter()
+            .filter(|(_, p)| p.origin == *origin)
+            .max_by_key(|(_, p)| p.created)
+            .map(|(k, _)| k)
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Pool> {
-        self.list.iter()
+        self.list.iter().map(|(_, p)| p)
+    }
+
+    /// The counters of every pool in use, then of the pools dropped lately.
+    pub(super) fn origin_stats(&self) -> impl Iterator<Item = &OriginStats> {
+        let live = self.iter().map(|p| &p.stats);
+        live.chain(self.recent.iter().map(|r| &r.stats))
+    }
+
+    /// Pools in use.
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
     }
 
     /// Requests waiting for a connection, over every pool.
     pub(super) fn queued(&self) -> usize {
-        self.list.iter().map(|p| p.queue.len()).sum()
+        self.iter().map(|p| p.queue.len()).sum()
     }
 
     /// Fresh-chain calls waiting for a handshake, over every pool.
     pub(super) fn fresh_pending(&self) -> usize {
-        self.list.iter().map(|p| p.fresh_waiters.len()).sum()
+        self.iter().map(|p| p.fresh_waiters.len()).sum()
+    }
+
+    /// Pool `p` may have just fallen out of use: the next sweep looks.
+    pub(super) fn may_be_unused(&mut self, p: PoolKey) {
+        self.unused.push(p);
+    }
+
+    /// Drop the pools that fell out of use: no connection, no waiting
+    /// request or fresh-chain call, no probe armed. Run between handlers,
+    /// never inside one, so no handler holds the key of a pool it drops.
+    pub(super) fn sweep(&mut self) {
+        if self.unused.is_empty() {
+            return;
+        }
+        let mut unused = std::mem::take(&mut self.unused);
+        for p in unused.drain(..) {
+            if !self.list.get(p).is_some_and(Pool::unused) {
+                continue;
+            }
+            let Some(pool) = self.list.remove(p) else {
+                continue;
+            };
+            let key = (pool.origin, pool.proxy);
+            self.index.remove(&key);
+            if self.last.as_ref().is_some_and(|(_, _, last)| *last == p) {
+                self.last = None;
+            }
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Remembered {
+                key,
+                chain: pool.chain,
+                full_handshake_at: pool.full_handshake_at,
+                purge_sessions: pool.purge_sessions,
+                stats: pool.stats,
+            });
+        }
+        if unused.capacity() > SHRINK_ABOVE {
+            unused = Vec::new();
+        }
+        self.unused = unused;
     }
 
     pub(super) fn set_policy(&mut self, origin: Origin, policy: Policy) {
-        for pool in self.list.iter_mut().filter(|p| p.origin == origin) {
+        for (_, pool) in self.list.iter_mut().filter(|(_, p)| p.origin == origin) {
             // A pool's route is fixed: one the new policy no longer takes
             // gets no new request (the next one makes the other pool).
             pool.policy = Policy {
@@ -165,9 +280,11 @@ impl Pools {
         if let Some(&p) = self.index.get(&key) {
             return p;
         }
+        let known = self.recent.iter().position(|r| r.key == key);
+        let known = known.and_then(|i| self.recent.remove(i));
         let (origin, proxy) = key;
-        let p = crate::keys::Key::from_index(self.list.len());
-        self.list.push(Pool {
+        self.made += 1;
+        let p = self.list.insert(Pool {
             origin: origin.clone(),
             proxy: proxy.clone(),
             policy,
@@ -176,15 +293,18 @@ impl Pools {
             queue: VecDeque::new(),
             connecting: 0,
             last_used: None,
-            chain: None,
-            full_handshake_at: None,
-            purge_sessions: false,
+            chain: known.as_ref().and_then(|k| k.chain.clone()),
+            full_handshake_at: known.as_ref().and_then(|k| k.full_handshake_at),
+            purge_sessions: known.as_ref().is_some_and(|k| k.purge_sessions),
             probe_timer: None,
             names: rotary_proto::NameCache::default(),
             fresh_waiters: Vec::new(),
-            stats: OriginStats::new(origin.clone()),
+            stats: known.map_or_else(|| OriginStats::new(origin.clone()), |k| k.stats),
+            created: self.made,
         });
         self.index.insert((origin, proxy), p);
+        // A pool whose first request fails at once is never used at all.
+        self.unused.push(p);
         p
     }
 }
@@ -319,6 +439,7 @@ impl Engine {
         if pool.conns.is_empty() {
             // Nothing left to heal: the probe stops until the next connection.
             self.disarm(Timer::Probe(conn.pool));
+            self.pools.may_be_unused(conn.pool);
         }
         let origin = self.pools[conn.pool].origin.clone();
         self.count(conn.pool, Counter::Closed(reason));

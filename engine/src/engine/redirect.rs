@@ -31,8 +31,10 @@ pub(super) struct Rules<'a> {
     pub(super) to_http: bool,
     /// The host's own sensitive headers (a runner's `JOB-TOKEN`).
     pub(super) sensitive: &'a [HeaderName],
-    /// Every URI requested so far, the current one included.
-    pub(super) visited: &'a [Uri],
+    /// Every method and URI requested so far, the current ones included: a
+    /// loop is the same request again, so a POST answered 303 with a GET of
+    /// its own URI (post/redirect/get) is not one.
+    pub(super) visited: &'a [(Method, Uri)],
 }
 
 /// The request for the next hop after `status` with `location`, or `None`
@@ -62,11 +64,6 @@ pub(super) fn next_hop(
         .to_str()
         .map_err(|_| RedirectError::BadLocation("not visible ASCII".into()))?;
     let uri = resolve(req.uri(), text)?;
-    if rules.visited.contains(&uri) {
-        return Err(RedirectError::Loop {
-            uri: uri.to_string(),
-        });
-    }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
         && uri.scheme() == Some(&http::uri::Scheme::HTTP)
         && !rules.to_http
@@ -87,6 +84,11 @@ pub(super) fn next_hop(
         (false, m) if status == StatusCode::SEE_OTHER || m == Method::POST => Method::GET,
         (false, m) => m.clone(),
     };
+    if rules.visited.iter().any(|(m, u)| *m == method && *u == uri) {
+        return Err(RedirectError::Loop {
+            uri: uri.to_string(),
+        });
+    }
     let keeps_body = method == req.method() && method != Method::HEAD;
     let body = match keeps_body {
         true => req
@@ -275,7 +277,7 @@ mod tests {
         ));
     }
 
-    fn rules<'a>(visited: &'a [Uri], sensitive: &'a [HeaderName]) -> Rules<'a> {
+    fn rules<'a>(visited: &'a [(Method, Uri)], sensitive: &'a [HeaderName]) -> Rules<'a> {
         Rules {
             hops: 0,
             max: 5,
@@ -356,7 +358,17 @@ mod tests {
     fn limits_loops_downgrades_and_non_redirects() {
         let req = post("https://a.test/x");
         let loc = http::HeaderValue::from_static("/x");
-        let visited: Vec<Uri> = vec!["https://a.test/x".parse().expect("uri")];
+        let uri: Uri = "https://a.test/x".parse().expect("uri");
+        let visited = vec![(Method::POST, uri.clone())];
+        let r = rules(&visited, &[]);
+        // The same request again is a loop; the POST's GET of its own URI
+        // (post/redirect/get) is not.
+        assert!(matches!(
+            next_hop(&req, StatusCode::TEMPORARY_REDIRECT, Some(&loc), &r),
+            Err(RedirectError::Loop { .. })
+        ));
+        assert!(next_hop(&req, StatusCode::FOUND, Some(&loc), &r).is_ok_and(|n| n.is_some()));
+        let visited = vec![(Method::POST, uri.clone()), (Method::GET, uri)];
         let r = rules(&visited, &[]);
         assert!(matches!(
             next_hop(&req, StatusCode::FOUND, Some(&loc), &r),

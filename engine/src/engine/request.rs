@@ -120,10 +120,10 @@ impl Req {
 
     /// The response being read redirects to `next`.
     pub(super) fn redirect_to(&mut self, next: http::Request<Body>) {
-        let uri = self.request.uri();
+        let first = (self.request.method().clone(), self.request.uri().clone());
         let hops = self.hops.get_or_insert_with(|| {
             Box::new(Hops {
-                visited: vec![uri.clone()],
+                visited: vec![first],
                 next: None,
                 current: None,
             })
@@ -143,18 +143,15 @@ impl Req {
             Ok(u) => u,
             Err(e) => return Some(Err(e)),
         };
-        self.upload = upload;
-        self.flow = Flow::default();
-        hops.visited.push(next.uri().clone());
+        hops.visited
+            .push((next.method().clone(), next.uri().clone()));
         hops.current = Some(Arc::new(next.uri().clone()));
+        self.upload = upload;
         self.request = next;
         self.pool = pool;
-        self.conn = None;
         self.retried = false;
         self.fresh_only = false;
-        self.reused = false;
-        self.head = None;
-        Some(Ok(()))
+        Some(self.rewind())
     }
 
     /// The URI a response answers, when redirects led to it.
@@ -218,25 +215,40 @@ impl Req {
     /// # Errors
     /// The body's file cannot seek back.
     pub(super) fn prepare_retry(&mut self) -> Result<(), Error> {
-        self.flow = Flow::default();
-        if let Some(up) = self.upload.as_deref_mut() {
-            up.rewind()?;
-        }
         self.retried = true;
         self.fresh_only = true;
+        self.rewind()
+    }
+
+    /// Back to the start of an attempt, the one way every new attempt (a
+    /// retry, a redirect's next hop) begins: off its connection, nothing of
+    /// a response kept, and its body (a file's, or bytes after `100
+    /// Continue`) to be sent from its first byte. A host's pause stays.
+    ///
+    /// # Errors
+    /// The body's file cannot seek back.
+    fn rewind(&mut self) -> Result<(), Error> {
+        self.flow = Flow {
+            paused: self.flow.paused,
+            ..Flow::default()
+        };
         self.conn = None;
+        self.reused = false;
         self.head = None;
         self.body.clear();
         self.first_chunk = None;
         self.body_len = 0;
-        Ok(())
+        match self.upload.as_deref_mut() {
+            Some(up) => up.rewind(),
+            None => Ok(()),
+        }
     }
 }
 
 /// The redirects of one request.
 pub(super) struct Hops {
-    /// Every URI requested, the submitted one first.
-    pub(super) visited: Vec<http::Uri>,
+    /// Every method and URI requested, the submitted one first.
+    pub(super) visited: Vec<(http::Method, http::Uri)>,
     /// The next hop's request, while a redirect response's body drains.
     pub(super) next: Option<http::Request<Body>>,
     /// The URI requested now, once a hop was followed.
@@ -367,7 +379,11 @@ impl Engine {
             self.timers.cancel(t);
         }
         if req.conn.is_none() {
-            self.pools[req.pool].queue.retain(|&k| k != rk);
+            let pool = &mut self.pools[req.pool];
+            pool.queue.retain(|&k| k != rk);
+            if pool.conns.is_empty() {
+                self.pools.may_be_unused(req.pool);
+            }
         }
         Some(req)
     }

@@ -34,11 +34,13 @@ pub(super) enum ReqTimer {
     Continue = 2,
     /// Bytes wait for the socket ([`super::upload`]).
     SendStall = 3,
-    /// A started body waits for more ([`super::flow`]).
+    /// A started response waits for more ([`super::flow`]).
     ReceiveStall = 4,
+    /// The written request waits for its final response head.
+    Head = 5,
 }
 
-pub(super) const REQ_TIMERS: usize = 5;
+pub(super) const REQ_TIMERS: usize = 6;
 
 /// A timer on the wheel: whose it is and what it means.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +180,7 @@ impl Engine {
                 let deadline = match kind {
                     ReqTimer::Total => Deadline::Total,
                     ReqTimer::FirstByte => Deadline::FirstByte,
+                    ReqTimer::Head => Deadline::Head,
                     ReqTimer::Continue => return self.on_continue_timer(key, now),
                     ReqTimer::SendStall => return self.on_send_stall(key, now),
                     ReqTimer::ReceiveStall => return self.on_receive_stall(key, now),

@@ -138,7 +138,7 @@ impl Engine {
         let session = ServerName::try_from(proxy.host().to_owned())
             .map_err(|e| Error::InvalidRequest(format!("bad proxy server name: {e}")))
             .and_then(|name| {
-                ProxyTls::session_for(config, name)
+                crate::proxy_tls::session_for(config, name)
                     .map_err(|e| self.proxy_error(p, ProxyFailure::Tls(e)))
             });
         let session = match session {

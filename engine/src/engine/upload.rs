@@ -425,6 +425,7 @@ impl Engine {
                 Ok(Refill::Finished) => {
                     up.stage = UploadStage::Done;
                     conn.uploading = false;
+                    self.request_written(rk, now);
                     // Loop once more to flush the end of the body.
                 }
                 Ok(Refill::Starved) => {
