@@ -790,8 +790,8 @@ fn bodies_not_kept_are_counted_and_hashed_as_they_arrive() {
 fn an_on_head_plan_answers_before_the_body_or_after_part_of_it() {
     let server = TestServer::builder()
         .on_head(|req, _| match req.path() {
-            "/early" => BodyPlan::Early(0, Reply::text(413, "too big")),
-            "/part" => BodyPlan::Early(1000, Reply::reset()),
+            "/early" => BodyPlan::early(0, Reply::text(413, "too big")),
+            "/part" => BodyPlan::early(1000, Reply::reset()),
             _ => BodyPlan::Read,
         })
         .handler(|req, _| Reply::ok(format!("read {}", req.body_len)))

@@ -228,7 +228,7 @@ fn serve_conn(
             .clone();
         let (limit, early) = match on_head.map_or(BodyPlan::Read, |h| h(&req, &info)) {
             BodyPlan::Read => (None, None),
-            BodyPlan::Early(n, reply) => (Some(n), Some(reply)),
+            BodyPlan::Early(n, reply) => (Some(n), Some(*reply)),
         };
         // `Expect: 100-continue` is answered when the body is to be read.
         if limit != Some(0)

@@ -40,9 +40,18 @@ pub enum BodyPlan {
     /// Read at most this many bytes of the body, then answer with this
     /// reply instead of the handler's and end the connection (the rest of
     /// the body is never read). `Early(0, Reply::text(413, ..))` is an early
-    /// answer; `Early(n, Reply::reset())` resets after `n` body bytes.
+    /// answer; `Early(n, Reply::reset())` resets after `n` body bytes. Build it
+    /// with [`BodyPlan::early`].
     /// `Expect: 100-continue` is answered only when `n` is not zero.
-    Early(u64, Reply),
+    Early(u64, Box<Reply>),
+}
+
+impl BodyPlan {
+    /// [`BodyPlan::Early`]: read at most `body_bytes` of the body, then
+    /// answer with `reply`.
+    pub fn early(body_bytes: u64, reply: Reply) -> BodyPlan {
+        BodyPlan::Early(body_bytes, Box::new(reply))
+    }
 }
 
 /// How a response body is framed.
