@@ -124,8 +124,9 @@ impl Client {
     /// named `rotary-client`.
     ///
     /// # Errors
-    /// As [`Engine::new`]; an I/O error when the thread cannot start.
-    pub fn new(config: Config) -> io::Result<Client> {
+    /// As [`Engine::new`]; [`BuildError::Io`](crate::BuildError::Io) when
+    /// the thread cannot start.
+    pub fn new(config: Config) -> Result<Client, crate::BuildError> {
         let engine = Engine::new(config)?;
         let (tx, rx) = mpsc::channel();
         let (life_tx, life_rx) = mpsc::sync_channel(LIFECYCLE_CAPACITY);

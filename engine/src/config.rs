@@ -178,6 +178,173 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Refuse settings that cannot work: `max_connections` of 0 (no request
+    /// could ever be sent), a `max_age` of zero (every connection retires
+    /// as it opens: hundreds of handshakes a second, no request served), a
+    /// `max_age_jitter` not below `max_age` (a connection's limit could be
+    /// zero), `max_requests` of 0, a `chain_probe_interval` of zero (a
+    /// probe storm) and a `chain_probe_jitter` not below it.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first such setting (under `policy.`).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |setting, reason: &str| Err(ConfigError::new(setting, reason));
+        if self.max_connections == 0 {
+            return bad(
+                "policy.max_connections",
+                "0 connections can carry no request",
+            );
+        }
+        if self.max_age == Some(Duration::ZERO) {
+            return bad(
+                "policy.max_age",
+                "zero retires every connection as it opens (None: no limit)",
+            );
+        }
+        if let (Some(jitter), Some(age)) = (self.max_age_jitter, self.max_age) {
+            if jitter >= age {
+                return bad(
+                    "policy.max_age_jitter",
+                    &format!(
+                        "{jitter:?} is not below max_age {age:?}: a connection's limit could be zero"
+                    ),
+                );
+            }
+        }
+        if self.max_requests == Some(0) {
+            return bad(
+                "policy.max_requests",
+                "0 exchanges per connection serves nothing (None: no limit)",
+            );
+        }
+        if self.chain_probe_interval == Some(Duration::ZERO) {
+            return bad(
+                "policy.chain_probe_interval",
+                "zero probes without pause (None: no probes)",
+            );
+        }
+        if let (Some(jitter), Some(every)) = (self.chain_probe_jitter, self.chain_probe_interval) {
+            if jitter >= every {
+                return bad(
+                    "policy.chain_probe_jitter",
+                    &format!(
+                        "{jitter:?} is not below chain_probe_interval {every:?}: \
+                         a probe could follow the last at once"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A setting that cannot work, found by [`Config::check`] (when an engine
+/// is built) or [`Policy::check`] (also when a per-origin policy is set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The setting, as a path from [`Config`]: `"policy.max_age"`,
+    /// `"timeouts.dns"`, `"dns_threads"` (or `"token_count"` for
+    /// [`Engine::embedded`](crate::Engine::embedded)'s argument).
+    pub setting: &'static str,
+    /// Why it cannot work, and what to use instead.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid {}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why an [`Engine`](crate::Engine) or a [`Client`](crate::Client) could
+/// not be built. Match on it to tell a setting to fix from a file to
+/// repair; `Display` is one lowercase line naming what is wrong. Converts
+/// into an `io::Error` (kind `InvalidInput` but for [`BuildError::Io`]) for
+/// callers that return `io::Result`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting of the [`Config`] cannot work (see [`Config::check`]).
+    Config(ConfigError),
+    /// A trust file cannot be read or holds nothing usable: a CA file of
+    /// [`Trust::pem_files`], the client certificate or key, the host's
+    /// store when `SSL_CERT_FILE`/`SSL_CERT_DIR` name it, or an `https://`
+    /// proxy's own trust; or no trust anchor is left at all.
+    Trust {
+        /// The file (empty when no single file is to blame).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The proxy settings (given, or read from the environment) are not
+    /// valid: an unsupported scheme or a URL that does not parse. The error
+    /// names the variable, never the credentials.
+    Proxy(crate::Error),
+    /// Creating the poll, the waker or the client's thread failed.
+    Io(Arc<std::io::Error>),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::Config(e) => write!(f, "{e}"),
+            BuildError::Trust { path, reason } if path.as_os_str().is_empty() => {
+                f.write_str(reason)
+            }
+            BuildError::Trust { path, reason } => write!(f, "{}: {reason}", path.display()),
+            BuildError::Proxy(e) => write!(f, "{e}"),
+            BuildError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Config(e) => Some(e),
+            BuildError::Proxy(e) => Some(e),
+            BuildError::Io(e) => Some(&**e),
+            BuildError::Trust { .. } => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for BuildError {
+    fn from(e: std::io::Error) -> BuildError {
+        BuildError::Io(Arc::new(e))
+    }
+}
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> BuildError {
+        BuildError::Config(e)
+    }
+}
+
+impl From<BuildError> for std::io::Error {
+    fn from(e: BuildError) -> std::io::Error {
+        match e {
+            BuildError::Io(e) => {
+                Arc::try_unwrap(e).unwrap_or_else(|e| std::io::Error::new(e.kind(), e.to_string()))
+            }
+            other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string()),
+        }
+    }
+}
+
 /// Where trust anchors come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -188,7 +355,10 @@ pub struct Trust {
     /// `/etc/ssl/certs/ca-certificates.crt` and `/etc/ssl/certs`, which
     /// `update-ca-certificates` writes). Located when the engine is built, read
     /// through `rustls-native-certs`, and re-read before a new connection when
-    /// one of those files or directories changed, like [`Trust::pem_files`].
+    /// one of those files or directories changed, like [`Trust::pem_files`]
+    /// (a certificate rewritten in place inside a directory, which leaves the
+    /// directory's time alone, is seen within a second: the files inside are
+    /// looked at, one `stat` each, at most once a second).
     /// When no store is found (and neither variable is set), the
     /// `webpki-roots` are used instead, with a warning; a store named by
     /// `SSL_CERT_FILE`/`SSL_CERT_DIR` that holds no certificate is an error.
@@ -198,9 +368,11 @@ pub struct Trust {
     /// without a certificate: a job's CA bundle cannot name them). Default
     /// false; the fallback when the host has no store.
     pub webpki_roots: bool,
-    /// PEM bundles of extra (or, with `webpki_roots = false`, only) trust
-    /// anchors. Read when the engine is built, and re-read before a new
-    /// connection whenever a file's modification time or size changed; a
+    /// PEM bundles of trust anchors: added to the host's store
+    /// ([`Trust::system`](Trust#structfield.system)) and the webpki roots
+    /// when those are on, the only anchors when both are off (as with
+    /// [`Trust::pem_file`]). Read when the engine is built, and re-read before a new
+    /// connection whenever a file's modification time, size or inode changed; a
     /// version that fails to parse keeps the previous anchors and raises
     /// [`Event::TrustError`](crate::Event::TrustError). Default none.
     pub pem_files: Vec<PathBuf>,
@@ -276,14 +448,16 @@ pub struct Config {
     pub trust: Trust,
     /// Codec limits (head bytes, header count, chunk line, trailers).
     pub limits: rotary_proto::Limits,
-    /// Threads of the built-in resolver pool. Default 2.
+    /// Threads of the built-in resolver pool: how many names are looked
+    /// up at once (connections asking for a name already being looked up
+    /// wait for that lookup, so one slow name holds one thread). Default 2.
     pub dns_threads: usize,
     /// A resolver of the embedder's own, used instead of `ToSocketAddrs`.
     pub resolver: Option<Arc<dyn Resolver>>,
-    /// Connect to in-memory pipes instead of TCP (fuzzing and deterministic
-    /// tests only). Default none.
-    #[doc(hidden)]
-    pub memnet: Option<crate::fuzzing::MemNet>,
+    /// Dial this network instead of TCP (the fuzzer's in-memory pipes;
+    /// only with the `test-hooks` feature). Default none.
+    #[cfg(feature = "test-hooks")]
+    pub network: Option<Arc<dyn crate::sock::Network>>,
     /// Headers of the host's own that carry credentials (a runner's
     /// `JOB-TOKEN`, `PRIVATE-TOKEN`): like `Authorization`, they are dropped
     /// when a followed redirect leaves the origin. Default none.
@@ -302,10 +476,54 @@ impl Default for Config {
             limits: rotary_proto::Limits::default(),
             dns_threads: 2,
             resolver: None,
-            memnet: None,
+            #[cfg(feature = "test-hooks")]
+            network: None,
             sensitive_headers: Vec::new(),
             proxy: ProxySetting::Direct,
         }
+    }
+}
+
+impl Config {
+    /// Refuse settings that cannot work, as [`Engine::new`](crate::Engine::new)
+    /// and [`Client::new`](crate::Client::new) do: the policy's (see
+    /// [`Policy::check`]), a `dns`, `connect`, `handshake` or `proxy_connect`
+    /// timeout of zero (every connection would fail as it starts),
+    /// `dns_threads` of 0, and a `max_head_bytes` or `max_chunk_line` limit
+    /// of 0 (no response could be read).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first such setting.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.policy.check()?;
+        let t = &self.timeouts;
+        for (setting, value) in [
+            ("timeouts.dns", t.dns),
+            ("timeouts.connect", t.connect),
+            ("timeouts.handshake", t.handshake),
+            ("timeouts.proxy_connect", t.proxy_connect),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(
+                    setting,
+                    "zero fails every connection as it starts",
+                ));
+            }
+        }
+        if self.dns_threads == 0 {
+            return Err(ConfigError::new(
+                "dns_threads",
+                "0 threads look up no name (1 or more)",
+            ));
+        }
+        if self.limits.max_head_bytes == 0 || self.limits.max_chunk_line == 0 {
+            let setting = match self.limits.max_head_bytes {
+                0 => "limits.max_head_bytes",
+                _ => "limits.max_chunk_line",
+            };
+            return Err(ConfigError::new(setting, "0 bytes reads no response"));
+        }
+        Ok(())
     }
 }
 
@@ -370,14 +588,16 @@ pub struct RequestOptions {
     /// a host feeding a [`Body::stream`](crate::Body::stream) may queue this
     /// much ahead ([`Event::BodyWanted`](crate::Event::BodyWanted)). Default
     /// 256 KiB: enough to keep a loopback or LAN socket busy between two
-    /// readiness events, small beside a runner's budget.
+    /// readiness events, small beside a runner's budget. 0 is refused
+    /// ([`RequestOptions::check`]).
     pub send_window: usize,
     /// Streaming mode: body bytes delivered as [`Event::Body`](crate::Event::Body)
     /// and not yet consumed before the engine stops reading the connection
     /// (so a slow consumer throttles the server through TCP). Bytes count as
     /// consumed when [`Engine::next_event`](crate::Engine::next_event) hands
     /// out their event, or, with `manual_consume`, when the host calls
-    /// [`Engine::consume`](crate::Engine::consume). Default 1 MiB.
+    /// [`Engine::consume`](crate::Engine::consume). Default 1 MiB; 0 is
+    /// refused ([`RequestOptions::check`]).
     pub receive_window: usize,
     /// Body bytes are consumed only through [`Engine::consume`](crate::Engine::consume)
     /// (a host that hands events to another thread, which writes them out).
@@ -423,6 +643,28 @@ impl Default for RequestOptions {
 }
 
 impl RequestOptions {
+    /// Refuse options that cannot work, as [`Engine::submit`](crate::Engine::submit)
+    /// does: a `send_window` or `receive_window` of 0 bytes (no body byte
+    /// could move).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`](crate::Error::InvalidRequest) naming the
+    /// option.
+    pub fn check(&self) -> Result<(), crate::Error> {
+        let zero = |name: &str| {
+            Err(crate::Error::InvalidRequest(format!(
+                "{name} of 0 bytes: no body byte could move (at least 1)"
+            )))
+        };
+        if self.send_window == 0 {
+            return zero("send_window");
+        }
+        if self.receive_window == 0 {
+            return zero("receive_window");
+        }
+        Ok(())
+    }
+
     /// Follow up to `max` redirects (see [`RequestOptions::max_redirects`]).
     pub fn follow_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;

@@ -137,16 +137,19 @@ pub enum RedirectError {
     },
     /// The hop leads to a URI already requested.
     Loop {
-        /// The URI seen twice.
+        /// The URI seen twice, its userinfo and query shown as
+        /// `[redacted]` (they may hold credentials or a signature).
         uri: String,
     },
     /// An `https://` request redirected to `http://`, which was not allowed
     /// ([`RequestOptions::allow_https_to_http`](crate::RequestOptions::allow_https_to_http)).
     Downgrade {
-        /// The `http://` target.
+        /// The `http://` target, redacted as in `Loop`.
         uri: String,
     },
-    /// `Location` is no URI reference.
+    /// `Location` is no URI reference, or names a target no request can go
+    /// to (a scheme other than `http`/`https`, no host, a port past 65535):
+    /// the `Location` (redacted as in `Loop`) and why.
     BadLocation(String),
     /// A 307 or 308 asks for the body again, and it was a stream
     /// ([`Body::stream`](crate::Body::stream)) that cannot be replayed.

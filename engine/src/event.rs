@@ -80,7 +80,9 @@ pub enum CloseReason {
     ConnectFailed,
     /// An I/O or protocol error, or a deadline, ended the exchange on it.
     Error,
-    /// The request on it was cancelled mid-exchange.
+    /// The request on it was cancelled mid-exchange; or it was still
+    /// waiting for its host name's lookup when the request it was opened
+    /// for ended (the lookup is then not run).
     Cancelled,
     /// The engine shut down or was asked to close idle connections.
     Shutdown,
@@ -256,9 +258,19 @@ pub enum Event {
         /// download cut mid-body says how much of it arrived.
         progress: crate::Progress,
     },
-    /// A connection finished its handshake and is ready.
+    /// A connection finished its handshake and is ready to carry requests.
+    /// Chain probes and fresh-chain handshakes (TLS-only, they carry no
+    /// request) raise none.
     Opened(ConnectionInfo),
-    /// A connection was closed.
+    /// A connection was closed. Every connection the engine started ends
+    /// with one, including those that never had an [`Event::Opened`]: a
+    /// chain probe or fresh-chain handshake (`CloseReason::Probe`, or the
+    /// reason it was cut short), a failed attempt (`ConnectFailed`, after
+    /// its [`Event::ConnectFailed`]), and one closed while still opening
+    /// (`Shutdown` from [`Engine::close_idle`](crate::Engine::close_idle)
+    /// or a shutdown, `Cancelled` when its lookup was no longer needed). To
+    /// count open connections, subtract only the `Closed` of a `conn` seen
+    /// in an `Opened`.
     Closed {
         /// The connection.
         conn: ConnId,

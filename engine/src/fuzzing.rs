@@ -32,8 +32,8 @@ fn lock(p: &Mutex<Pipe>) -> MutexGuard<'_, Pipe> {
 /// The engine's end of an in-memory pipe.
 pub struct MemConn(Arc<Mutex<Pipe>>);
 
-impl MemConn {
-    pub(crate) fn shutdown_write(&self) {
+impl crate::sock::Pipe for MemConn {
+    fn shutdown_write(&mut self) {
         lock(&self.0).client_shut = true;
     }
 }
@@ -108,7 +108,7 @@ impl MemPipe {
     }
 }
 
-/// A network of in-memory pipes: set it as `Config::memnet` and every
+/// A network of in-memory pipes: set it as `Config::network` and every
 /// connection the engine opens becomes a [`MemPipe`] for the caller to serve.
 #[derive(Clone, Default)]
 pub struct MemNet(Arc<Mutex<Vec<MemPipe>>>);
@@ -119,19 +119,21 @@ impl std::fmt::Debug for MemNet {
     }
 }
 
-impl MemNet {
-    /// An empty network.
-    pub fn new() -> MemNet {
-        MemNet::default()
-    }
-
-    pub(crate) fn connect(&self, _addr: SocketAddr) -> MemConn {
+impl crate::sock::Network for MemNet {
+    fn connect(&self, _addr: SocketAddr) -> io::Result<Box<dyn crate::sock::Pipe>> {
         let pipe = Arc::new(Mutex::new(Pipe::default()));
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(MemPipe(pipe.clone()));
-        MemConn(pipe)
+        Ok(Box::new(MemConn(pipe)))
+    }
+}
+
+impl MemNet {
+    /// An empty network.
+    pub fn new() -> MemNet {
+        MemNet::default()
     }
 
     /// Pipes opened since the last call.
@@ -255,7 +257,7 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
     let use_tls = flags & 1 != 0 && tls.is_some();
     let net = MemNet::new();
     let mut config = Config {
-        memnet: Some(net.clone()),
+        network: Some(Arc::new(net.clone())),
         trust,
         ..Config::default()
     };

@@ -12,10 +12,13 @@
 //! # Shape
 //!
 //! * One [`Engine`] per thread: a `mio::Poll`, connections in a slab (the slab
-//!   key is the mio token), requests in a slab, a hierarchical [`wheel::Wheel`].
-//! * [`Engine::submit`] takes an `http::Request<Bytes>`; results come out as
-//!   [`Event`]s from [`Engine::next_event`] after [`Engine::poll`]. Each request
-//!   ends with exactly one terminal event.
+//!   key is the mio token), requests in a slab, a hierarchical timer wheel.
+//! * [`Engine::submit`] takes an `http::Request` whose body is anything
+//!   that converts into a [`Body`]: `()`, bytes, a string, a file
+//!   ([`Body::file`]), a reader ([`Body::reader`]) or a stream the host
+//!   feeds ([`Body::stream`]); results come out as [`Event`]s from
+//!   [`Engine::next_event`] after [`Engine::poll`]. Each request ends with
+//!   exactly one terminal event.
 //! * Embedding in a host's mio loop: [`Engine::embedded`],
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
@@ -54,19 +57,19 @@ mod body;
 mod chain;
 mod client;
 mod config;
-mod conn;
 mod der;
 mod dns;
 mod engine;
 mod error;
 mod event;
-#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub mod fuzzing;
 mod keys;
 mod origin;
 mod path;
 mod proxy;
 mod proxy_tls;
+mod redact;
 mod session;
 mod sock;
 mod stats;
@@ -74,13 +77,17 @@ mod store;
 mod tls;
 mod verifier;
 mod verify_cache;
+#[cfg(feature = "test-hooks")]
 pub mod wheel;
+#[cfg(not(feature = "test-hooks"))]
+mod wheel;
 
 pub use body::Body;
 pub use chain::PeerChain;
 pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
-    ClientIdentity, Config, OnChainChange, Policy, RequestOptions, Resumption, Timeouts, Trust,
+    BuildError, ClientIdentity, Config, ConfigError, OnChainChange, Policy, RequestOptions,
+    Resumption, Timeouts, Trust,
 };
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
@@ -93,6 +100,9 @@ pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
 pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
 pub use stats::{OriginStats, Stats};
+
+#[cfg(feature = "test-hooks")]
+pub use sock::{Network, Pipe};
 
 /// The README's code, compiled as a doctest so it cannot rot.
 #[cfg(doctest)]

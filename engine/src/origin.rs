@@ -5,6 +5,7 @@ use std::fmt;
 use http::uri::Scheme;
 use http::Uri;
 
+use crate::redact::{self, Redacted};
 use crate::Error;
 
 /// Where requests go: `http` or `https`, a host and a port.
@@ -35,13 +36,19 @@ impl Origin {
             }
             None => {
                 return Err(Error::InvalidRequest(format!(
-                    "uri {uri} is not absolute (it needs http:// or https://)"
+                    "uri {} is not absolute (it needs http:// or https://)",
+                    Redacted(uri)
                 )))
             }
         };
         let host = match uri.host() {
             Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
-            _ => return Err(Error::InvalidRequest(format!("uri {uri} has no host"))),
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "uri {} has no host",
+                    Redacted(uri)
+                )))
+            }
         };
         let port = match port_text(uri) {
             None | Some("") => {
@@ -54,7 +61,7 @@ impl Origin {
             // `Uri` accepts any text after the colon (`:abc`, `:99999`) and
             // then reports no port: refuse rather than use the default.
             Some(p) => p.parse().map_err(|_| {
-                Error::InvalidRequest(format!("uri {uri} has an invalid port {p:?}"))
+                Error::InvalidRequest(format!("uri {} has an invalid port {p:?}", Redacted(uri)))
             })?,
         };
         Ok(Origin {
@@ -71,7 +78,7 @@ impl Origin {
     pub fn parse(s: &str) -> Result<Origin, Error> {
         let uri: Uri = s
             .parse()
-            .map_err(|e| Error::InvalidRequest(format!("bad uri {s:?}: {e}")))?;
+            .map_err(|e| Error::InvalidRequest(format!("bad uri {:?}: {e}", redact::text(s))))?;
         Origin::from_uri(&uri)
     }
 

@@ -254,10 +254,15 @@ fn percent_decode(s: &str) -> Option<String> {
 /// and `a.example.com`, not `notexample.com`); a leading dot is ignored
 /// (`.example.com` is `example.com`). An IP literal (IPv6 with or without
 /// brackets) matches that address, a CIDR range (`10.0.0.0/8`, `fd00::/8`)
-/// every address in it; names are never resolved to match them. An entry
-/// may end in `:port` and then matches only that port. Case is ignored.
-/// Loopback is not special: `localhost` and `127.0.0.1` go through the
-/// proxy unless listed.
+/// every address in it; names are never resolved to match them, and a host
+/// that is an IP literal is matched by such entries only (the entry `0.0.1`
+/// is a name, not a suffix of `10.0.0.1`). An entry may end in `:port` and
+/// then matches only that port (curl has no such rule: it compares the
+/// whole entry with the host, so it never matches). Spaces and tabs
+/// separate entries as commas do (curl stops reading the list at a space
+/// that is not followed by a comma; Go keeps it inside the entry). Case is
+/// ignored. Loopback is not special: `localhost` and `127.0.0.1` go
+/// through the proxy unless listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NoProxy {
     all: bool,
@@ -309,8 +314,12 @@ impl NoProxy {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let ip = host.parse::<IpAddr>().ok();
         self.entries.iter().any(|e| match e {
+            // An address is matched by address entries only: as a name,
+            // `0.0.1` would be a suffix of `10.0.0.1` (curl matches an IP
+            // host against IP and CIDR entries alone, too).
             Exempt::Name { name, port: p } => {
-                p.is_none_or(|p| p == port)
+                ip.is_none()
+                    && p.is_none_or(|p| p == port)
                     && (host == *name
                         || host
                             .strip_suffix(name.as_str())
@@ -724,6 +733,21 @@ mod tests {
         assert!(!bad.matches("host", 1));
         let zero = NoProxy::parse("0.0.0.0/0");
         assert!(zero.matches("203.0.113.9", 1));
+    }
+
+    #[test]
+    fn no_proxy_matches_an_ip_host_by_address_entries_only() {
+        let n = NoProxy::parse("0.0.1, 1, 168.1.5, ::1, example.com");
+        assert!(
+            !n.matches("10.0.0.1", 1),
+            "0.0.1 is a name, not a suffix of an address"
+        );
+        assert!(!n.matches("192.168.1.5", 1));
+        assert!(!n.matches("127.0.0.1", 1), "1 is a name too");
+        assert!(n.matches("::1", 1));
+        // Names still match as names, also ones that look numeric.
+        assert!(n.matches("host.0.0.1", 1));
+        assert!(n.matches("www.example.com", 1));
     }
 
     #[test]

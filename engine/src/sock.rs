@@ -1,36 +1,58 @@
-//! The byte pipe under a connection: a mio TCP stream, an in-memory pipe
-//! from [`crate::fuzzing::MemNet`] that lets a fuzzer play the peer, or the
-//! TLS session with an `https://` proxy over one of those
-//! ([`crate::proxy_tls`]). An enum, so a direct connection pays one match
-//! per call for the proxy's case.
+//! The byte pipe under a connection: a mio TCP stream, a [`Pipe`] of a
+//! [`Network`] the engine was given instead of TCP (the seam the engine
+//! fuzzer's in-memory peers enter by), or the TLS session with an
+//! `https://` proxy over one of those ([`crate::proxy_tls`]). An enum, so a
+//! direct connection pays one match per call for the other cases.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::fuzzing::{MemConn, MemNet};
 use crate::proxy_tls::ProxyTls;
 
-/// Where connections go: TCP, or the in-memory pipes of a fuzzer. The one
-/// place the engine's production path meets the fuzzing hooks.
+/// A network the engine dials instead of TCP: every connection is a
+/// [`Pipe`] that raises no readiness events, connects at once and is
+/// driven by the engine's own turns, and every host name is on it (no
+/// lookup). Only with the `test-hooks` feature: the seam of the engine's
+/// fuzzer and deterministic tests, not a stable API.
+#[allow(unreachable_pub)] // public under `test-hooks` only
+pub trait Network: Send + Sync {
+    /// Open a pipe to `addr`.
+    ///
+    /// # Errors
+    /// The connect's failure, as a socket's would be reported.
+    fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn Pipe>>;
+}
+
+/// One connection of a [`Network`]: non-blocking bytes both ways
+/// (`WouldBlock` when nothing is there).
+#[allow(unreachable_pub)] // public under `test-hooks` only
+pub trait Pipe: Read + Write + Send {
+    /// End the engine's sending side.
+    fn shutdown_write(&mut self);
+}
+
+/// Where connections go: TCP, or a [`Network`] the engine was given.
 pub(crate) enum Net {
     Tcp,
-    Mem(MemNet),
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    Given(Arc<dyn Network>),
 }
 
 impl Net {
-    pub(crate) fn new(memnet: Option<MemNet>) -> Net {
-        memnet.map_or(Net::Tcp, Net::Mem)
+    pub(crate) fn new(given: Option<Arc<dyn Network>>) -> Net {
+        given.map_or(Net::Tcp, Net::Given)
     }
 
     /// The address of `host` when no lookup is needed: an IP literal, or any
-    /// name on an in-memory network (which has no names to look up).
+    /// name on a given network (which has no names to look up).
     pub(crate) fn literal(&self, host: &str) -> Option<IpAddr> {
         match (host.parse::<IpAddr>(), self) {
             (Ok(ip), _) => Some(ip),
-            (Err(_), Net::Mem(_)) => Some(IpAddr::from([127, 0, 0, 1])),
+            (Err(_), Net::Given(_)) => Some(IpAddr::from([127, 0, 0, 1])),
             (Err(_), Net::Tcp) => None,
         }
     }
@@ -39,14 +61,14 @@ impl Net {
     pub(crate) fn connect(&self, addr: SocketAddr) -> io::Result<Sock> {
         match self {
             Net::Tcp => TcpStream::connect(addr).map(Sock::Tcp),
-            Net::Mem(net) => Ok(Sock::Mem(net.connect(addr))),
+            Net::Given(net) => net.connect(addr).map(Sock::Pipe),
         }
     }
 }
 
 pub(crate) enum Sock {
     Tcp(TcpStream),
-    Mem(MemConn),
+    Pipe(Box<dyn Pipe>),
     /// TLS to an `https://` proxy over a TCP (or in-memory) socket.
     ProxyTls(Box<ProxyTls<Sock>>),
 }
@@ -62,7 +84,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) if first => registry.register(s, token, interest),
             Sock::Tcp(s) => registry.reregister(s, token, interest),
-            Sock::Mem(_) => Ok(()),
+            Sock::Pipe(_) => Ok(()),
             Sock::ProxyTls(t) => t.sock_mut().register(registry, token, interest, first),
         }
     }
@@ -72,7 +94,7 @@ impl Sock {
             Sock::Tcp(s) => {
                 let _ = registry.deregister(s);
             }
-            Sock::Mem(_) => {}
+            Sock::Pipe(_) => {}
             Sock::ProxyTls(t) => t.sock_mut().deregister(registry),
         }
     }
@@ -83,7 +105,7 @@ impl Sock {
             Sock::Tcp(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
-            Sock::Mem(m) => m.shutdown_write(),
+            Sock::Pipe(m) => m.shutdown_write(),
             Sock::ProxyTls(t) => {
                 t.close_notify();
                 t.sock_mut().shutdown_write();
@@ -100,7 +122,7 @@ impl Sock {
     pub(crate) fn push(&mut self) -> io::Result<()> {
         match self {
             Sock::ProxyTls(t) => t.push(),
-            Sock::Tcp(_) | Sock::Mem(_) => Ok(()),
+            Sock::Tcp(_) | Sock::Pipe(_) => Ok(()),
         }
     }
 
@@ -109,7 +131,7 @@ impl Sock {
     pub(crate) fn wants_write(&self) -> bool {
         match self {
             Sock::ProxyTls(t) => t.wants_write(),
-            Sock::Tcp(_) | Sock::Mem(_) => false,
+            Sock::Tcp(_) | Sock::Pipe(_) => false,
         }
     }
 
@@ -117,7 +139,7 @@ impl Sock {
     pub(crate) fn proxy_tls(&self) -> Option<&ProxyTls<Sock>> {
         match self {
             Sock::ProxyTls(t) => Some(t),
-            Sock::Tcp(_) | Sock::Mem(_) => None,
+            Sock::Tcp(_) | Sock::Pipe(_) => None,
         }
     }
 
@@ -125,7 +147,7 @@ impl Sock {
     pub(crate) fn proxy_tls_mut(&mut self) -> Option<&mut ProxyTls<Sock>> {
         match self {
             Sock::ProxyTls(t) => Some(t),
-            Sock::Tcp(_) | Sock::Mem(_) => None,
+            Sock::Tcp(_) | Sock::Pipe(_) => None,
         }
     }
 
@@ -143,7 +165,7 @@ impl Sock {
                     Err(e) => Err(e),
                 }
             }
-            Sock::Mem(_) => Ok(true),
+            Sock::Pipe(_) => Ok(true),
             Sock::ProxyTls(t) => t.sock().connect_result(),
         }
     }
@@ -153,7 +175,7 @@ impl Sock {
             Sock::Tcp(s) => {
                 let _ = s.set_nodelay(true);
             }
-            Sock::Mem(_) => {}
+            Sock::Pipe(_) => {}
             Sock::ProxyTls(t) => t.sock().set_nodelay(),
         }
     }
@@ -163,7 +185,7 @@ impl Sock {
     pub(crate) fn is_evented(&self) -> bool {
         match self {
             Sock::Tcp(_) => true,
-            Sock::Mem(_) => false,
+            Sock::Pipe(_) => false,
             Sock::ProxyTls(t) => t.sock().is_evented(),
         }
     }
@@ -174,7 +196,7 @@ impl Read for Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.read(buf),
-            Sock::Mem(m) => m.read(buf),
+            Sock::Pipe(m) => m.read(buf),
             Sock::ProxyTls(t) => t.read(buf),
         }
     }
@@ -185,7 +207,7 @@ impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.write(buf),
-            Sock::Mem(m) => m.write(buf),
+            Sock::Pipe(m) => m.write(buf),
             Sock::ProxyTls(t) => t.write(buf),
         }
     }
@@ -193,7 +215,7 @@ impl Write for Sock {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.flush(),
-            Sock::Mem(_) => Ok(()),
+            Sock::Pipe(_) => Ok(()),
             Sock::ProxyTls(t) => t.flush(),
         }
     }

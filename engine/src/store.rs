@@ -5,9 +5,15 @@
 //! The locations are found once, when the engine is built; their files are
 //! watched like PEM files (`tls.rs` re-reads them when one changes).
 
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use rustls::pki_types::CertificateDer;
+
+/// One version of a file: modification time, size and inode (as `tls.rs`
+/// stamps the files it watches); `None` when it cannot be read.
+type Version = Option<(SystemTime, u64, u64)>;
 
 /// Where the host's trust store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +79,43 @@ impl SystemStore {
 
     /// The paths whose changes mean the store changed: the bundle, and each
     /// directory (whose modification time moves when a certificate is added
-    /// or removed, as `update-ca-certificates` does).
+    /// or removed, as `update-ca-certificates` does). A file edited in place
+    /// inside a directory leaves the directory's time alone: see
+    /// [`SystemStore::entries_stamp`].
     pub(crate) fn watched(&self) -> impl Iterator<Item = &PathBuf> {
         self.file.iter().chain(&self.dirs)
+    }
+
+    /// One number for the versions of every file in the store's
+    /// directories: each entry's name with the modification time, size and
+    /// inode of what it names (symlinks followed, as the loader follows
+    /// them). It changes when a certificate in a directory is rewritten in
+    /// place, which the directory's own time does not show. Costs one
+    /// `readdir` per directory and one `stat` per entry.
+    pub(crate) fn entries_stamp(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for dir in &self.dirs {
+            dir.hash(&mut hasher);
+            let Ok(list) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut entries: Vec<(std::ffi::OsString, Version)> = list
+                .filter_map(Result::ok)
+                .map(|entry| {
+                    let version = std::fs::metadata(entry.path()).ok().and_then(|meta| {
+                        #[cfg(unix)]
+                        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+                        #[cfg(not(unix))]
+                        let inode = 0;
+                        Some((meta.modified().ok()?, meta.len(), inode))
+                    });
+                    (entry.file_name(), version)
+                })
+                .collect();
+            entries.sort_unstable();
+            entries.hash(&mut hasher);
+        }
+        hasher.finish()
     }
 
     /// A short name for messages: the bundle's path, else the first directory's.

@@ -3,10 +3,9 @@
 //! engine hands out (resumption off, or on with a purgeable session store),
 //! and the verified path of a finished handshake's chain.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::pki_types::pem::PemObject;
@@ -39,6 +38,15 @@ pub(crate) struct FileError {
     pub(crate) reason: String,
 }
 
+impl From<FileError> for crate::config::BuildError {
+    fn from(e: FileError) -> crate::config::BuildError {
+        crate::config::BuildError::Trust {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
 fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
     FileError {
         path: path.to_owned(),
@@ -46,11 +54,21 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
     }
 }
 
+/// How often the files inside the store's directories are looked at: one
+/// `stat` per certificate (hundreds in `/etc/ssl/certs`) is too much for
+/// every new connection, and a second is soon enough for a CA rotated on
+/// the host. The files and directories themselves are looked at every time.
+const ENTRIES_EVERY: Duration = Duration::from_secs(1);
+
 pub(crate) struct TlsState {
     trust: Trust,
     /// The host's store, located when the engine was built.
     store: Option<SystemStore>,
     stamps: Vec<Stamp>,
+    /// [`SystemStore::entries_stamp`] as last seen, and when.
+    entries: u64,
+    entries_at: Instant,
+    entries_every: Duration,
     configs: Configs,
     sessions: Arc<ClientSessionMemoryCache>,
 }
@@ -67,19 +85,22 @@ impl TlsState {
     /// Build from the trust settings, reading every file.
     ///
     /// # Errors
-    /// `InvalidInput` naming the file when a CA file, certificate or key
-    /// cannot be read or holds nothing usable, or when no anchor is left.
-    pub(crate) fn new(trust: &Trust) -> io::Result<TlsState> {
+    /// The file, and why, when a CA file, certificate or key cannot be read
+    /// or holds nothing usable, or when no anchor is left.
+    pub(crate) fn new(trust: &Trust) -> Result<TlsState, FileError> {
+        TlsState::with_store(trust, trust.system.then(SystemStore::locate))
+    }
+
+    fn with_store(trust: &Trust, store: Option<SystemStore>) -> Result<TlsState, FileError> {
         let sessions = Arc::new(ClientSessionMemoryCache::new(256));
-        let store = trust.system.then(SystemStore::locate);
-        let configs = build(trust, store.as_ref(), &sessions).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: {}", e.path.display(), e.reason),
-            )
-        })?;
+        let entries = store.as_ref().map_or(0, SystemStore::entries_stamp);
+        let stamps = stamps(trust, store.as_ref());
+        let configs = build(trust, store.as_ref(), &sessions)?;
         Ok(TlsState {
-            stamps: stamps(trust, store.as_ref()),
+            stamps,
+            entries,
+            entries_at: Instant::now(),
+            entries_every: ENTRIES_EVERY,
             trust: trust.clone(),
             store,
             configs,
@@ -87,14 +108,25 @@ impl TlsState {
         })
     }
 
-    /// Re-read the files if any changed since the last look. On failure the
-    /// previous configuration stays and the error is returned once per change.
+    /// Re-read the files if any changed since the last look (the files in
+    /// the store's directories: at most every [`ENTRIES_EVERY`]). On
+    /// failure the previous configuration stays and the error is returned
+    /// once per change.
     pub(crate) fn refresh(&mut self) -> Result<bool, FileError> {
         let now = stamps(&self.trust, self.store.as_ref());
-        if now == self.stamps {
+        let changed = now != self.stamps;
+        let mut entries = self.entries;
+        if let Some(store) = &self.store {
+            if changed || self.entries_at.elapsed() >= self.entries_every {
+                entries = store.entries_stamp();
+                self.entries_at = Instant::now();
+            }
+        }
+        if !changed && entries == self.entries {
             return Ok(false);
         }
         self.stamps = now;
+        self.entries = entries;
         self.configs = build(&self.trust, self.store.as_ref(), &self.sessions)?;
         Ok(true)
     }
@@ -306,6 +338,65 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.self_signed(&key).expect("cert").pem()
+    }
+
+    #[test]
+    fn a_certificate_rewritten_in_place_inside_ssl_cert_dir_is_picked_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("mkdir");
+        let ca = certs.join("internal-ca.pem");
+        std::fs::write(&ca, ca_pem("internal CA 1")).expect("write");
+        let store = SystemStore::at(None, vec![certs.clone()], true);
+        let mut state = TlsState::with_store(&Trust::system(), Some(store)).expect("builds");
+        state.entries_every = Duration::ZERO;
+        assert!(!state.refresh().expect("unchanged"), "nothing changed yet");
+
+        // Rewritten in place (same inode, no rename): the directory's own
+        // stamp stays as it was, the file's moves.
+        let dir_before = stamp(&certs);
+        let modified = std::fs::metadata(&ca)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&ca)
+            .expect("open in place");
+        std::io::Write::write_all(&mut file, ca_pem("internal CA 2").as_bytes()).expect("rewrite");
+        // A coarse clock may not move within the test: move it as an editor would.
+        file.set_modified(modified + Duration::from_secs(2))
+            .expect("set mtime");
+        drop(file);
+        assert_eq!(
+            stamp(&certs),
+            dir_before,
+            "an edit in place leaves the dir alone"
+        );
+        assert!(state.refresh().expect("reloads"), "the edit is seen");
+        assert!(!state.refresh().expect("unchanged"), "and seen once");
+
+        // Looked at once per interval only: an edit within it waits for the next.
+        state.entries_every = Duration::from_secs(3600);
+        std::fs::write(&ca, ca_pem("internal CA 3")).expect("rewrite");
+        std::fs::File::options()
+            .write(true)
+            .open(&ca)
+            .and_then(|f| f.set_modified(modified + Duration::from_secs(4)))
+            .expect("set mtime");
+        assert!(!state.refresh().expect("not looked at yet"));
+        state.entries_every = Duration::ZERO;
+        assert!(state.refresh().expect("reloads"));
+    }
 
     #[test]
     fn without_a_system_store_the_webpki_roots_are_the_fallback_unless_one_was_named() {

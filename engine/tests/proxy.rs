@@ -155,7 +155,9 @@ fn no_proxy_and_the_origin_policy_send_an_origin_direct() {
     let origin = rotary::Origin::parse(&server.url("/")).expect("origin");
     let mut policy = Policy::default();
     policy.proxy = ProxyUse::Direct;
-    engine.set_origin_policy(origin, policy);
+    engine
+        .set_origin_policy(origin, policy)
+        .expect("a policy that can work");
     let id = engine.submit(get(&server.url("/")), RequestOptions::default());
     let out = finish(&mut engine, &[id], T);
     assert_eq!(out.response(id).body().as_ref(), b"direct");
@@ -179,7 +181,9 @@ fn connections_through_a_proxy_are_never_handed_a_direct_request() {
     // The tunnelled connection is idle in its pool; the origin now goes direct.
     let mut policy = Policy::default();
     policy.proxy = ProxyUse::Direct;
-    engine.set_origin_policy(origin.clone(), policy);
+    engine
+        .set_origin_policy(origin.clone(), policy)
+        .expect("a policy that can work");
     let id = engine.submit(get(&server.url("/")), RequestOptions::default());
     let direct = finish(&mut engine, &[id], T);
     assert_eq!(direct.response(id).status(), 200);
@@ -190,7 +194,9 @@ fn connections_through_a_proxy_are_never_handed_a_direct_request() {
     assert_eq!(proxy.heads().len(), 1);
     assert_eq!(server.stats().connections_accepted, 2);
     // And back: the tunnelled connection is still the proxy route's.
-    engine.set_origin_policy(origin, Policy::default());
+    engine
+        .set_origin_policy(origin, Policy::default())
+        .expect("a policy that can work");
     let id = engine.submit(get(&server.url("/")), RequestOptions::default());
     let back = finish(&mut engine, &[id], T);
     assert_eq!(back.response(id).status(), 200);

@@ -1,6 +1,8 @@
-//! A local CI coordinator over TLS: a long-poll job endpoint, a fake git
-//! repository, and a certificate that can rotate for new handshakes while
-//! live sessions and session tickets stay valid, as a CDN edge does.
+//! A local CI coordinator over TLS: GitLab's runner API held to GitLab's
+//! rules, a private git repository served by `git http-backend`, object
+//! storage on an origin of its own, and a certificate that can rotate for
+//! new handshakes while live sessions and session tickets stay valid, as a
+//! CDN edge does.
 //!
 //! Blocking std threads, one per connection, and a rustls server; good for
 //! demos and tests, not for production.
@@ -10,25 +12,36 @@
 //! buffer.
 //!
 //! Routes (GitLab's job API, in `gitlab`):
-//! * `POST /api/v4/jobs/request` (JSON body with `"token"`): held up to
-//!   `hold`; `201` with a JSON job when one is due for that token (one every
-//!   `job_every`), `204` otherwise.
-//! * `PUT /api/v4/jobs/:id` (`state` `running`, `success` or `failed`),
+//! * `POST /api/v4/jobs/request` (JSON: `token`, `last_update`, `system_id`,
+//!   `info.features`): held up to `hold` only when `last_update` is the
+//!   token's current queue state, as Workhorse holds it; `201` with a JSON
+//!   job (a queued [`JobSpec`], else the demo job every `job_every`), `204`
+//!   with `X-GitLab-Last-Update` otherwise. A job that needs a feature the
+//!   runner did not announce is dropped (`runner_unsupported`).
+//! * `PUT /api/v4/jobs/:id` (`state`, `failure_reason`, `exit_code`),
 //!   `PATCH /api/v4/jobs/:id/trace` (`Content-Range` increments; 416 with
-//!   `Range` for a wrong start; `X-GitLab-Trace-Update-Interval` in the
-//!   answer), `POST /api/v4/jobs/:id/artifacts` (multipart, its `file` part
-//!   measured and hashed as it streams in), `GET /api/v4/jobs/:id/artifacts`
-//!   (a `302` to the object storage origin, a second listener with its own
-//!   CA, which refuses requests carrying a `JOB-TOKEN`).
+//!   `Range` for a wrong start; `Job-Status` and
+//!   `X-GitLab-Trace-Update-Interval` in the answer), `POST
+//!   /api/v4/jobs/:id/artifacts` (multipart, its `file` part measured,
+//!   hashed and stored as it streams in), `GET /api/v4/jobs/:id/artifacts`
+//!   (with a dependency's token: a `302` to the object storage origin, a
+//!   second listener with its own CA, which refuses requests carrying a
+//!   `JOB-TOKEN`).
+//! * `/demo/project.git/...`: a private repository, through `git
+//!   http-backend`, for a running job's token only.
 //! * `GET /bytes/N`: `N` bytes of body (at most 16 MiB).
-//! * `GET <anything>.git/info/refs...`: a `200` a `git clone` would start with.
 //! * anything else: `200` with a one-line description of the request.
+//!
+//! With [`Settings::fault_every`], the API answers some requests `429` or
+//! `502` first, so a runner's retry rules are exercised.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,12 +50,14 @@ use rustls::sign::CertifiedKey;
 use rustls::StreamOwned;
 
 use crate::pki::{Ca, ServerCert};
+use crate::TempDir;
 
+mod git;
 mod gitlab;
 mod http1;
 mod multipart;
 
-pub use gitlab::{dependency_artifact, JobReport};
+pub use gitlab::{ArtifactUpload, JobReport, JobSpec, PollSeen, DEMO_ARTIFACT_SIZE_VARIABLE};
 pub(crate) use multipart::hex;
 pub use multipart::FilePart;
 
@@ -62,11 +77,31 @@ pub struct Settings {
     /// sends them, else decimal seconds): how often a runner should send
     /// trace increments. Default 3 s.
     pub trace_update_interval: Duration,
-    /// Size of the dependency artifact object storage serves each job.
-    /// Default 256 KiB; at most 16 MiB.
-    pub dependency_size: usize,
     /// Largest artifact upload accepted (413 above it). Default 1 GiB.
     pub max_artifact_size: u64,
+    /// Hand out the demo job (a one-line script writing an artifact, which
+    /// depends on the last finished job that kept one) to each token every
+    /// `job_every` when no [`JobSpec`] is queued. Default true.
+    pub demo_jobs: bool,
+    /// Jobs check out the demo repository (made with `git` when the first
+    /// job is handed out; without `git`, jobs say `GIT_STRATEGY=none`),
+    /// served for job tokens only. Without it, `GET ....git/info/refs`
+    /// answers any request with an empty advertisement (the rotation
+    /// demo's `git clone` stand-in checks only the TLS chain). Default true.
+    pub repository: bool,
+    /// Answer the 1st of every N requests to each API endpoint with `429`
+    /// (`RateLimit-ResetTime`, `Retry-After`) and the 2nd with `502`; 0:
+    /// never. Default 0.
+    pub fault_every: u32,
+    /// How far ahead a `429`'s `RateLimit-ResetTime` lies. Default 1 s.
+    pub rate_limit_reset: Duration,
+    /// Answer the first final `PUT` of each job `202 Accepted` (GitLab
+    /// does while it still writes the trace), so the runner sends it again
+    /// after the trace interval. Default false.
+    pub accept_final_later: bool,
+    /// Uploaded archives kept on disk for the jobs that depend on them
+    /// (the oldest go first). Default 4.
+    pub stored_artifacts: usize,
 }
 
 impl Default for Settings {
@@ -76,8 +111,13 @@ impl Default for Settings {
             job_every: Duration::from_millis(500),
             max_requests_per_conn: None,
             trace_update_interval: Duration::from_secs(3),
-            dependency_size: 256 * 1024,
             max_artifact_size: 1 << 30,
+            demo_jobs: true,
+            repository: true,
+            fault_every: 0,
+            rate_limit_reset: Duration::from_secs(1),
+            accept_final_later: false,
+            stored_artifacts: 4,
         }
     }
 }
@@ -102,6 +142,18 @@ pub struct Counters {
     /// Requests object storage refused for carrying a credential
     /// (`JOB-TOKEN`, `Authorization`, `PRIVATE-TOKEN`).
     pub storage_credentials_refused: u64,
+    /// `POST /api/v4/jobs/request` answered.
+    pub polls: u64,
+    /// Polls held (their `last_update` was current).
+    pub polls_held: u64,
+    /// Requests to the git repository answered.
+    pub git_requests: u64,
+    /// Requests to the git repository refused for want of a job token.
+    pub git_refused: u64,
+    /// `429`s injected.
+    pub injected_429: u64,
+    /// `502`s injected.
+    pub injected_502: u64,
 }
 
 /// Serves the current certificate to every full handshake.
@@ -128,6 +180,10 @@ struct Shared {
     generation: AtomicU64,
     storage_requests: AtomicU64,
     storage_credentials_refused: AtomicU64,
+    polls: AtomicU64,
+    polls_held: AtomicU64,
+    git_requests: AtomicU64,
+    git_refused: AtomicU64,
     live: AtomicUsize,
     last_job: Mutex<HashMap<String, Instant>>,
     jobs: Mutex<gitlab::Jobs>,
@@ -135,6 +191,10 @@ struct Shared {
     storage_addr: SocketAddr,
     /// Signs object storage URLs and job tokens.
     secret: String,
+    /// Stored artifacts and the demo repository.
+    dir: TempDir,
+    /// The demo repository, made when the first job is handed out.
+    repo: OnceLock<Result<git::Repo, String>>,
 }
 
 impl Shared {
@@ -211,6 +271,7 @@ impl Coordinator {
             fastrand::fill(&mut b);
             multipart::hex(&b)
         };
+        let dir = TempDir::new("coordinator")?;
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             storage_config: Arc::new(storage_config),
@@ -225,12 +286,18 @@ impl Coordinator {
             generation: AtomicU64::new(1),
             storage_requests: AtomicU64::new(0),
             storage_credentials_refused: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            polls_held: AtomicU64::new(0),
+            git_requests: AtomicU64::new(0),
+            git_refused: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             last_job: Mutex::new(HashMap::new()),
             jobs: Mutex::new(gitlab::Jobs::default()),
             addr,
             storage_addr,
             secret,
+            dir,
+            repo: OnceLock::new(),
         });
         let mut accept = Vec::new();
         for (listener, role) in [
@@ -277,14 +344,55 @@ impl Coordinator {
         &self.storage_ca
     }
 
-    /// Reports of the jobs that ended (`success` or `failed`) since the
-    /// last call, oldest first (at most 1024 are kept between calls).
+    /// Reports of the jobs that ended (`success`, `failed`, `canceled`, or
+    /// dropped as `failed` with `runner_unsupported`) since the last call,
+    /// oldest first (at most 1024 are kept between calls).
     pub fn take_job_reports(&self) -> Vec<JobReport> {
-        self.shared
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_reports()
+        gitlab::lock(&self.shared).take_reports()
+    }
+
+    /// Queue `spec`; it is handed to the next runner that polls (before
+    /// any demo job) and announces the features it needs. Returns its id.
+    pub fn enqueue(&self, spec: JobSpec) -> u64 {
+        gitlab::enqueue(&self.shared, spec)
+    }
+
+    /// Cancel running job `id`, as a user would in GitLab: its trace
+    /// increments are answered with `Job-Status: canceled`, its state
+    /// updates with `403`. False when no such job is running.
+    pub fn cancel(&self, id: u64) -> bool {
+        gitlab::cancel(&self.shared, id)
+    }
+
+    /// The state of job `id` (`pending`, `running`, `success`, `failed`,
+    /// `canceled`), if the coordinator still knows it.
+    pub fn job_state(&self, id: u64) -> Option<&'static str> {
+        gitlab::state(&self.shared, id)
+    }
+
+    /// The trace of running job `id` received so far (its first 256 KiB).
+    pub fn trace(&self, id: u64) -> Option<Vec<u8>> {
+        gitlab::trace(&self.shared, id)
+    }
+
+    /// The last polls (at most 256), oldest first.
+    pub fn polls(&self) -> Vec<PollSeen> {
+        gitlab::lock(&self.shared).polls.iter().cloned().collect()
+    }
+
+    /// Injected faults per endpoint: `(429s, 502s)`, by endpoint name
+    /// (`request`, `update`, `trace`, `upload`, `download`).
+    pub fn faults(&self) -> Vec<(&'static str, u64, u64)> {
+        gitlab::lock(&self.shared).faults()
+    }
+
+    /// The commit jobs check out (`None` before the first job, or without
+    /// `git`).
+    pub fn repository_sha(&self) -> Option<String> {
+        match self.shared.repo.get() {
+            Some(Ok(r)) => Some(r.sha.clone()),
+            _ => None,
+        }
     }
 
     /// `https://127.0.0.1:<port><path>` (the certificate names `127.0.0.1`
@@ -312,6 +420,8 @@ impl Coordinator {
     /// Counters so far.
     pub fn counters(&self) -> Counters {
         let s = &self.shared;
+        // One lock, taken and released before the others are read.
+        let faults = gitlab::lock(s).faults();
         Counters {
             connections: s.connections.load(Ordering::Relaxed),
             handshakes_full: s.full.load(Ordering::Relaxed),
@@ -321,6 +431,12 @@ impl Coordinator {
             generation: s.generation.load(Ordering::Relaxed),
             storage_requests: s.storage_requests.load(Ordering::Relaxed),
             storage_credentials_refused: s.storage_credentials_refused.load(Ordering::Relaxed),
+            polls: s.polls.load(Ordering::Relaxed),
+            polls_held: s.polls_held.load(Ordering::Relaxed),
+            git_requests: s.git_requests.load(Ordering::Relaxed),
+            git_refused: s.git_refused.load(Ordering::Relaxed),
+            injected_429: faults.iter().map(|f| f.1).sum(),
+            injected_502: faults.iter().map(|f| f.2).sum(),
         }
     }
 
@@ -375,27 +491,40 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, role: Role) {
 
 /// A response, framed by `Content-Length` (none for 204 and 304).
 struct Reply {
-    status: &'static str,
-    content_type: &'static str,
-    headers: Vec<(&'static str, String)>,
+    status: Cow<'static, str>,
+    content_type: Cow<'static, str>,
+    headers: Vec<(Cow<'static, str>, String)>,
     body: Vec<u8>,
+    /// A body streamed from this file (of this length) instead of `body`.
+    file: Option<(PathBuf, u64)>,
     /// Close the connection after it (the request body was not read).
     close: bool,
 }
 
 impl Reply {
-    fn new(status: &'static str, content_type: &'static str, body: Vec<u8>) -> Reply {
+    fn new(
+        status: impl Into<Cow<'static, str>>,
+        content_type: impl Into<Cow<'static, str>>,
+        body: Vec<u8>,
+    ) -> Reply {
         Reply {
-            status,
-            content_type,
+            status: status.into(),
+            content_type: content_type.into(),
             headers: Vec::new(),
             body,
+            file: None,
             close: false,
         }
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
+    fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The body is `path`'s `len` bytes, streamed.
+    fn file(mut self, path: PathBuf, len: u64) -> Reply {
+        self.file = Some((path, len));
         self
     }
 
@@ -408,7 +537,8 @@ impl Reply {
         Reply::new(r.status, "text/plain", format!("{}\n", r.why).into_bytes()).close()
     }
 
-    /// The bytes on the wire; without the body for a `HEAD`.
+    /// The bytes on the wire (but a file body); without the body for a
+    /// `HEAD`.
     fn encode(&self, head_only: bool, close: bool) -> Vec<u8> {
         let mut head = format!("HTTP/1.1 {}\r\n", self.status);
         let bodiless = self.status.starts_with("204") || self.status.starts_with("304");
@@ -416,7 +546,8 @@ impl Reply {
             if !self.content_type.is_empty() {
                 head.push_str(&format!("Content-Type: {}\r\n", self.content_type));
             }
-            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+            let len = self.file.as_ref().map_or(self.body.len() as u64, |f| f.1);
+            head.push_str(&format!("Content-Length: {len}\r\n"));
         }
         for (n, v) in &self.headers {
             head.push_str(&format!("{n}: {v}\r\n"));
@@ -494,6 +625,9 @@ fn serve(stream: TcpStream, shared: &Shared, role: Role) -> io::Result<()> {
         let close =
             reply.close || !finished || head.wants_close() || limit_hit || shared.stopping();
         conn.send(&reply.encode(head.method == "HEAD", close))?;
+        if let (Some((path, len)), false) = (&reply.file, head.method == "HEAD") {
+            send_file(&mut conn, path, *len)?;
+        }
         if close {
             break;
         }
@@ -502,10 +636,34 @@ fn serve(stream: TcpStream, shared: &Shared, role: Role) -> io::Result<()> {
     Ok(())
 }
 
+/// Stream `len` bytes of `path` as a body; a file that changed size
+/// under it ends the connection (its framing would be a lie).
+fn send_file(conn: &mut Conn, path: &std::path::Path, len: u64) -> io::Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ended early", path.display()),
+            ));
+        }
+        conn.send(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 fn route(head: &Head, body: &mut Body<'_>, shared: &Shared) -> io::Result<Reply> {
     let path = head.path();
     if head.method == "POST" && path == "/api/v4/jobs/request" {
-        return gitlab::job_request(body, shared);
+        return gitlab::job_request(head, body, shared);
+    }
+    if let (Some(rest), true) = (path.strip_prefix(git::PREFIX), shared.settings.repository) {
+        return Ok(git::serve(head, rest, body, shared));
     }
     if let Some(reply) = gitlab::route(head, body, shared) {
         return reply;
@@ -523,6 +681,8 @@ fn route(head: &Head, body: &mut Body<'_>, shared: &Shared) -> io::Result<Reply>
         });
     }
     if path.ends_with(".git/info/refs") {
+        // Without the repository (the rotation demo), `git clone`'s
+        // stand-in only checks the TLS chain and that an answer comes.
         return Ok(Reply::new(
             "200 OK",
             "application/x-git-upload-pack-advertisement",
@@ -547,40 +707,5 @@ fn sleep_unless_stopped(d: Duration, shared: &Shared) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
-/// The string value of `"key"` in a flat JSON object (enough for a token).
-pub fn json_string(body: &[u8], key: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
-    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-    let rest = rest.strip_prefix('"')?;
-    let end = rest.find('"')?;
-    Some(rest[..end].to_owned())
-}
-
-/// The number value of `"key"` in a flat JSON object (enough for a job id).
-pub fn json_number(body: &[u8], key: &str) -> Option<u64> {
-    let text = std::str::from_utf8(body).ok()?;
-    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
-    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_helpers_find_flat_values() {
-        let b = br#"{"id": 42, "token":"abc", "git_info":{"repo_url":"https://x"}}"#;
-        assert_eq!(json_number(b, "id"), Some(42));
-        assert_eq!(json_string(b, "token").as_deref(), Some("abc"));
-        assert_eq!(json_string(b, "nope"), None);
-        assert_eq!(json_string(b"not json", "token"), None);
     }
 }

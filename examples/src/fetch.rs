@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rotary::{
-    Body, ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase, Proxies,
-    ProxySetting, RequestOptions, ServedBy, Trust,
+    Body, BuildError, ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase,
+    Proxies, ProxySetting, RequestOptions, ServedBy, Trust,
 };
 
 use crate::args::show;
@@ -149,12 +149,12 @@ fn proxies(o: &Opts) -> Result<Proxies, Failure> {
 
 fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
     let request = request::build(o)?;
-    let mut engine = Engine::new(config(o)?).map_err(|e| match e.kind() {
+    let mut engine = Engine::new(config(o)?).map_err(|e| match e {
         // A trust file (--cacert, --cert, --key or the host's store): the
         // engine names it and what is wrong with it.
-        std::io::ErrorKind::InvalidInput => {
-            Failure::new(3, format!("cannot load the TLS files: {e}"))
-        }
+        BuildError::Trust { .. } => Failure::new(3, format!("cannot load the TLS files: {e}")),
+        // A flag's value no engine can work with (--max-age 0, say).
+        BuildError::Config(_) | BuildError::Proxy(_) => Failure::usage(e.to_string()),
         _ => Failure::new(1, format!("cannot start the engine: {e}")),
     })?;
     let start = Instant::now();
@@ -240,12 +240,6 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
                 format!("the server answered {} (--fail)", response.status()),
             ));
         }
-        if o.include || o.head {
-            for line in trace::response_head(&response, "") {
-                out.line(line);
-            }
-        }
-        out.bytes(response.body());
         dumps(o, &served_by, &note)?;
     }
     engine.shutdown();
@@ -262,9 +256,12 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
     Ok(0)
 }
 
-/// Submit `request` and drive the engine until it ends: the response, or
-/// the engine's error (a `Failure` only when the engine itself fails).
-/// Under -v, the request head before and the response head after.
+/// Submit `request` and drive the engine until it ends: the response head,
+/// or the engine's error (a `Failure` only when fetch itself fails). The
+/// body is streamed as it arrives, whatever its size, as curl does: to
+/// stdout, or to the `-o` file; with `-i` or `-I` the head goes first.
+/// With `-f` a status of 400 or more stops the request at its head, body
+/// unread. Under -v, the request head before and the response head after.
 fn exchange(
     engine: &mut Engine,
     request: &http::Request<Bytes>,
@@ -272,8 +269,10 @@ fn exchange(
     out: &Output,
     chatty: bool,
     note: &dyn Fn(String),
-) -> Result<Result<(http::Response<Bytes>, ServedBy), Error>, Failure> {
-    let mut opts = RequestOptions::default().deadline(o.timeout);
+) -> Result<Result<(http::Response<()>, ServedBy), Error>, Failure> {
+    let mut opts = RequestOptions::default()
+        .deadline(o.timeout)
+        .streaming(true);
     if let Some(max) = o.follow {
         opts = opts.follow_redirects(max);
     }
@@ -289,20 +288,19 @@ fn exchange(
     };
     let file_len = o.upload.as_ref().or(o.data_file.as_ref()).and(body.len());
     heads(trace::request_head(request, file_len));
-    let mut sink = match &o.output {
+    let mut file = match &o.output {
         Some(path) => Some(
             std::fs::File::create(path)
                 .map_err(|e| Failure::new(23, format!("cannot write {}: {e}", path.display())))?,
         ),
         None => None,
     };
-    let opts = opts.streaming(sink.is_some());
     let bar_on = !o.silent
         && (o.progress
             || ((o.output.is_some() || o.upload.is_some()) && std::io::stderr().is_terminal()));
     let mut bar = bar_on.then(progress::Bar::new);
     let upload_len = body.len().unwrap_or(0);
-    // Body bytes written to the sink (with -o).
+    // Body bytes written out (stdout or the -o file).
     let mut written = 0u64;
     let id = engine.submit(request.clone().map(|_| body), opts);
     let mut head: Option<(http::Response<()>, ServedBy)> = None;
@@ -316,45 +314,49 @@ fn exchange(
         while let Some(ev) = engine.next_event() {
             show_event(&ev, o, chatty, note);
             match ev {
-                Event::Response {
-                    id: rid,
-                    response,
-                    served_by,
-                } if rid == id => done = Some(Ok((response, served_by))),
                 Event::Head {
                     id: rid,
                     response,
                     served_by,
-                } if rid == id => head = Some((response, served_by)),
-                Event::Body { id: rid, data } if rid == id => {
-                    if let Some(file) = sink.as_mut() {
-                        if let Err(e) = file.write_all(&data) {
-                            engine.cancel(id);
-                            return Err(Failure::new(23, format!("writing the body: {e}")));
-                        }
-                        written += data.len() as u64;
+                } if rid == id => {
+                    if let (true, Some(uri)) = (o.verbose, &served_by.redirected_to) {
+                        note(format!("the response answers {uri}"));
                     }
+                    heads(trace::response_head(&response, "< "));
+                    if o.fail && response.status().as_u16() >= 400 {
+                        // curl -f prints no body: the request stops here.
+                        engine.cancel(id);
+                        return Ok(Ok((response, served_by)));
+                    }
+                    if o.include || o.head {
+                        for line in trace::response_head(&response, "") {
+                            out.line(line);
+                        }
+                    }
+                    head = Some((response, served_by));
+                }
+                Event::Body { id: rid, data } if rid == id => {
+                    let wrote = match file.as_mut() {
+                        Some(file) => file.write_all(&data),
+                        None => out.try_bytes(&data),
+                    };
+                    if let Err(e) = wrote {
+                        engine.cancel(id);
+                        return Err(Failure::new(23, format!("writing the body: {e}")));
+                    }
+                    written += data.len() as u64;
                 }
                 Event::End { id: rid, .. } if rid == id => {
-                    if let Some((response, served_by)) = head.take() {
-                        done = Some(Ok((response.map(|()| Bytes::new()), served_by)));
-                    }
+                    done = head.take().map(Ok);
                 }
                 Event::Failed { id: rid, error, .. } if rid == id => done = Some(Err(error)),
                 _ => {}
             }
         }
-        if let Some(Ok((response, served_by))) = &done {
-            if let (true, Some(uri)) = (o.verbose, &served_by.redirected_to) {
-                note(format!("the response answers {uri}"));
-            }
-            heads(trace::response_head(response, "< "));
-        }
         if let Some(d) = done {
             if let Some(bar) = bar.as_mut() {
                 let moved = match &d {
-                    Ok(_) if sink.is_some() => written.max(upload_len),
-                    Ok((r, _)) => (r.body().len() as u64).max(upload_len),
+                    Ok(_) => written.max(upload_len),
                     Err(_) => 0,
                 };
                 if let Some(line) = bar.line(moved, None, true) {

@@ -16,6 +16,9 @@ pub mod fetch;
 pub mod git;
 pub mod loadgen;
 pub mod pki;
+/// The README's runner sketch ("Writing a runner"), line for line: a test
+/// keeps the two identical and runs it against the bundled coordinator.
+pub mod readme_runner;
 pub mod rotation;
 pub mod runner;
 pub mod usage;
@@ -80,9 +83,15 @@ impl Output {
 
     /// Raw bytes on stdout (a response body).
     pub fn bytes(&self, b: &[u8]) {
+        let _ = self.try_bytes(b);
+    }
+
+    /// Raw bytes on stdout, saying whether they were written (a closed
+    /// pipe, a full disk behind a redirect).
+    pub fn try_bytes(&self, b: &[u8]) -> io::Result<()> {
         let mut w = lock(&self.out);
-        let _ = w.write_all(b);
-        let _ = w.flush();
+        w.write_all(b)?;
+        w.flush()
     }
 
     /// Text on stderr without a newline (a progress bar redrawn with `\r`).
@@ -104,6 +113,10 @@ impl Captured {
     /// Everything written to stdout so far.
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&lock(&self.out)).into_owned()
+    }
+    /// Everything written to stdout so far, as bytes (a binary body).
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        lock(&self.out).clone()
     }
     /// Everything written to stderr so far.
     pub fn stderr(&self) -> String {

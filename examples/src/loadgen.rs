@@ -211,9 +211,12 @@ fn engine(o: &Opts, conns: usize) -> Result<Engine, Failure> {
         config.policy.idle_timeout = o.idle_timeout;
     }
     config.dns_threads = 1;
-    Engine::new(config).map_err(|e| match &o.cacert {
-        Some(ca) => Failure::new(3, format!("CA file {}: {e}", ca.display())),
-        None => Failure::new(1, format!("cannot start the engine: {e}")),
+    Engine::new(config).map_err(|e| match (&e, &o.cacert) {
+        (rotary::BuildError::Trust { .. }, Some(ca)) => {
+            Failure::new(3, format!("CA file {}: {e}", ca.display()))
+        }
+        (rotary::BuildError::Config(_), _) => Failure::usage(e.to_string()),
+        _ => Failure::new(1, format!("cannot start the engine: {e}")),
     })
 }
 

@@ -24,7 +24,7 @@ use rotary::{
 use rustls::pki_types::CertificateDer;
 
 use crate::args::{show, Args};
-use crate::coordinator::{json_number, Coordinator, Settings};
+use crate::coordinator::{Coordinator, Settings};
 use crate::pki::{Ca, ServerCert};
 use crate::{finish, git, Failure, Output, TempDir};
 
@@ -58,6 +58,9 @@ flags (durations: 500ms, 3s, 1.5):
   --edge-max-requests N  the coordinator closes each connection after N
                          requests (the pinned runner then resumes its old
                          session and still sees chain A)         [off]
+  --inject-faults N      with --serve: answer the 1st of every N requests
+                         to each API endpoint 429, the 2nd 502, so a
+                         runner's retry rules show                [off]
   --send-leaf-only       the edges send their leaf alone (nginx with a
                          private CA); the runners' CA file then holds the
                          intermediates beside the roots, and jobs still get
@@ -111,6 +114,7 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
                 let n: u32 = a.parse("--edge-max-requests")?;
                 settings.max_requests_per_conn = (n > 0).then_some(n);
             }
+            "--inject-faults" => settings.fault_every = a.parse("--inject-faults")?,
             "--serve" => serve = Some(a.value("--serve")?),
             "--ca-out" => ca_out = Some(PathBuf::from(a.value("--ca-out")?)),
             "-v" | "--verbose" => verbose = true,
@@ -457,7 +461,10 @@ fn label(
         .map_or("?", |(n, _)| n)
 }
 
-fn demo(plan: Plan, out: &Output) -> Result<i32, Failure> {
+fn demo(mut plan: Plan, out: &Output) -> Result<i32, Failure> {
+    // The demo's runners check the chain with `git clone`'s first request
+    // at the second edge; they run no checkout of the demo repository.
+    plan.settings.repository = false;
     let pki = pki(plan.leaf_only)?;
     let fail = |e: String| Failure::new(1, format!("generating certificates: {e}"));
     let leaf = |issuer: &Issuer| issuer.leaf(&names(None), plan.leaf_only).map_err(fail);
@@ -680,9 +687,19 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
             return report;
         }
     };
-    let body = Bytes::from(format!(
-        r#"{{"token":"{name}-runner-token","info":{{"name":"{name} runner"}}}}"#
-    ));
+    // GitLab's long poll: the queue state the coordinator last sent
+    // (`X-GitLab-Last-Update`) goes back with the next poll, so it holds it.
+    let poll_body = |last_update: Option<&str>| {
+        let mut body = serde_json::json!({
+            "token": format!("{name}-runner-token"),
+            "info": {"name": format!("{name} runner")},
+        });
+        if let (Some(u), Some(map)) = (last_update, body.as_object_mut()) {
+            map.insert("last_update".into(), u.into());
+        }
+        Bytes::from(body.to_string())
+    };
+    let mut last_update: Option<String> = None;
     let mut pending = None;
     // A job waiting for its fresh chain (refresh only): the next poll waits too.
     let mut waiting: Option<(ChainRequestId, u64, Duration, MutexGuard<'_, ()>)> = None;
@@ -692,7 +709,7 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
         if pending.is_none() && waiting.is_none() && Instant::now() >= retry_at {
             let req = http::Request::post(&env.url)
                 .header("content-type", "application/json")
-                .body(body.clone());
+                .body(poll_body(last_update.as_deref()));
             match req {
                 Ok(req) => {
                     let opts =
@@ -756,7 +773,8 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
                     pending = None;
                     match response.status().as_u16() {
                         201 => {
-                            let job_id = json_number(response.body(), "id").unwrap_or(0);
+                            let job_id =
+                                crate::runner::job::Job::parse(response.body()).map_or(0, |j| j.id);
                             let at = tl.start.elapsed();
                             if spec.fresh {
                                 let gate = lock(&env.job_gate);
@@ -771,7 +789,15 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
                                 log.job(env, name, job_id, via, chain, at, &mut report);
                             }
                         }
-                        204 => {}
+                        204 => {
+                            if let Some(u) = response
+                                .headers()
+                                .get("x-gitlab-last-update")
+                                .and_then(|v| v.to_str().ok())
+                            {
+                                last_update = Some(u.to_owned());
+                            }
+                        }
                         s => {
                             tl.log(name, format!("unexpected status {s}"));
                             retry_at = Instant::now() + Duration::from_millis(200);

@@ -1,14 +1,22 @@
-//! A custom CI runner on rotary that does GitLab's job loop: long-poll for
-//! a job, mark it running, download its dependency artifacts (following the
-//! coordinator's redirect to object storage without the job token), `git
-//! clone` with the CA bundle of the connection that delivered the job (the
-//! intermediates and the root its verified path went through, never the
-//! leaf), send the trace in `Content-Range` increments at the interval the
-//! server asks for, upload a generated artifact as multipart, and report
-//! `success` or `failed`. Permanent errors (a URL rotary cannot use, a CA
-//! file that cannot verify the server) stop it with one line; transient ones
-//! back off exponentially with jitter. SIGINT and SIGTERM fail the current
-//! job, remove the temporary builds dir and exit.
+//! A small but real shell-executor GitLab runner on `rotary::Client`.
+//!
+//! It long-polls for jobs as GitLab expects (`last_update` sent back, the
+//! check interval after an answer the server did not hold, a `system_id`,
+//! a `User-Agent`, and `info.features` true only for what it does), and
+//! runs each job: a fresh CA file from the coordinator's chain as it is
+//! now, a real `git` fetch and checkout of the job's commit with the job
+//! token and that CA file, its dependencies' artifacts (each with its own
+//! token, through the redirect to object storage) unpacked, its steps in
+//! `bash` with its variables (file variables written to files, masked
+//! values never in the trace), the trace sent in increments of at most
+//! 1 MiB as it is produced, its artifacts zipped and streamed up, and the
+//! final state (with the exit code) sent until the coordinator takes it.
+//! Every API call follows GitLab Runner's retry rules (408, 429 and 5xx,
+//! honouring `RateLimit-ResetTime` and `Retry-After`), and `Job-Status:
+//! canceled` (or a 403) ends the running job. Permanent errors (a URL
+//! rotary cannot use, a CA file that cannot verify the server) stop it
+//! with one line; SIGINT and SIGTERM fail the current job, remove the
+//! temporary builds dir and exit.
 //!
 //! Against the demo's coordinator:
 //!
@@ -18,62 +26,78 @@
 //!     --ca-file CA.pem --max-age 5s --max-jobs 5
 //! ```
 //!
-//! Against GitLab: `--url https://gitlab.example.com --token <runner
-//! authentication token>` (no `--ca-file` for a publicly trusted instance).
+//! Against GitLab: `--url https://gitlab.example.com --token glrt-...`
+//! (no `--ca-file` for a publicly trusted instance); see the README's
+//! "Pointing the runner at a real GitLab".
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ring::digest::{Context, SHA256};
-use rotary::{Config, PeerChain, RequestOptions, ServedBy, Trust};
+use rotary::{Config, PeerChain, RequestOptions, Trust};
 
 use crate::args::{show, Args};
-use crate::coordinator::{hex, json_number, json_string};
-use crate::{finish, git, Failure, Output, TempDir};
+use crate::{finish, Failure, Output, TempDir};
 
 mod api;
+mod artifacts;
 mod backoff;
+mod checkout;
+mod exec;
+pub mod job;
+mod mask;
+mod retry;
+mod trace;
 mod url;
 
-use api::{signal_name, Answer, ApiError};
+use api::{signal_name, ApiError};
 use backoff::Backoff;
+use exec::{Ended, Stop};
+use job::Job;
+use trace::Trace;
 
 const HELP: &str = "\
-runner: a CI runner on the rotary engine doing GitLab's job loop.
+runner: a shell-executor GitLab runner on the rotary engine.
 
 usage: cargo run --example runner -- --url URL --token TOKEN [FLAGS]
 
   --url URL            the coordinator (https://gitlab.example.com, a path
                        prefix such as https://h/gitlab, or the demo's
                        `--example rotation -- --serve ADDR`)
-  --token TOKEN        the runner's token, sent in the JSON body of each poll
+  --token TOKEN        the runner authentication token (glrt-...), sent in
+                       the JSON body of each poll
   --ca-file FILE       trust only the CA certificates in FILE (PEM); default:
                        the host's trust store
   --max-age D          connection max age                          [15m]
-  --builds-dir DIR     each job's files go to DIR/job-<id>/: ca.pem, the CA
-                       bundle (intermediates + root) of the coordinator's
-                       chain as it is when the job runs, for its git clone;
-                       trace.log, the job's log (each increment is sent
-                       from it, streamed);
-                       the artifacts while they are used
+  --check-interval D   the least time between two polls; a poll the
+                       server held longer is followed at once      [3s]
+  --retry-backoff D    the first wait before retrying a failed API call
+                       (doubling, with jitter, up to 60 s), unless the
+                       server says how long                        [1s]
+  --builds-dir DIR     each job runs in DIR/job-<id>/: project/ (the
+                       checkout, where the steps run), ca.pem (the CA
+                       bundle of the coordinator's chain as it is when the
+                       job runs: GIT_SSL_CAINFO, CI_SERVER_TLS_CA_FILE),
+                       trace.log (the job's log as sent), tmp/
                        [a temporary directory, removed at exit]
   --chain-freshness D  ca.pem comes from a full handshake at most D old
                        (one made for the job when none is)            [0s]
-  --artifact-size N    bytes of the artifact each job uploads      [4194304]
+  --output-limit N     bytes of a job's log kept and sent         [4194304]
+  --artifact-size N    export ROTARY_DEMO_ARTIFACT_SIZE=N to every job: the
+                       demo coordinator's jobs write an artifact that size
   --max-jobs N         stop after N jobs                           [never]
   --duration D         stop after D                                [never]
   -h, --help           this text
 
-Per job: PUT /api/v4/jobs/:id running; GET .../artifacts of its dependency
-(following the redirect to object storage, without JOB-TOKEN); the git clone
-check with the job's CA file; PATCH .../trace increments; POST .../artifacts
-(multipart); PUT success or failed. One line per job says how it ended.
+Per job: the CA file; git fetch and checkout of the job's commit; its
+dependencies' artifacts (GET .../artifacts with each one's token, through
+the redirect to object storage); each step in bash (when, allow_failure,
+timeouts; masked variables never in the trace); the trace in PATCH
+increments of at most 1 MiB; the artifacts zipped and POSTed (multipart,
+streamed); PUT success or failed with the exit code. One line per job says
+how it ended.
 
 Exit code 0 when it stopped as asked and every job succeeded; 1 when a job
 failed, the coordinator refused the token or the engine failed; 2 for bad
@@ -109,30 +133,46 @@ struct Opts {
     token: String,
     ca_file: Option<PathBuf>,
     max_age: Duration,
+    check_interval: Duration,
+    retry_backoff: Duration,
     chain_freshness: Duration,
     builds_dir: Option<PathBuf>,
-    artifact_size: u64,
+    output_limit: u64,
+    artifact_size: Option<u64>,
     max_jobs: Option<u64>,
     duration: Option<Duration>,
 }
 
 fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
     let mut a = Args::new(args);
-    let (mut url, mut token, mut ca_file, mut builds_dir) = (None, None, None, None);
-    let (mut max_age, mut max_jobs, mut duration) = (Duration::from_secs(15 * 60), None, None);
-    let mut artifact_size = 4 * 1024 * 1024;
-    let mut chain_freshness = Duration::ZERO;
+    let mut o = Opts {
+        url: String::new(),
+        token: String::new(),
+        ca_file: None,
+        max_age: Duration::from_secs(15 * 60),
+        check_interval: Duration::from_secs(3),
+        retry_backoff: Duration::from_secs(1),
+        chain_freshness: Duration::ZERO,
+        builds_dir: None,
+        output_limit: 4 * 1024 * 1024,
+        artifact_size: None,
+        max_jobs: None,
+        duration: None,
+    };
     while let Some(arg) = a.next() {
         match arg.as_str() {
-            "--url" => url = Some(a.value(&arg)?),
-            "--token" => token = Some(a.value(&arg)?),
-            "--ca-file" => ca_file = Some(PathBuf::from(a.value(&arg)?)),
-            "--max-age" => max_age = a.duration(&arg)?,
-            "--chain-freshness" => chain_freshness = a.duration(&arg)?,
-            "--builds-dir" => builds_dir = Some(PathBuf::from(a.value(&arg)?)),
-            "--artifact-size" => artifact_size = a.parse(&arg)?,
-            "--max-jobs" | "--jobs" => max_jobs = Some(a.parse(&arg)?),
-            "--duration" => duration = Some(a.duration(&arg)?),
+            "--url" => o.url = a.value(&arg)?,
+            "--token" => o.token = a.value(&arg)?,
+            "--ca-file" => o.ca_file = Some(PathBuf::from(a.value(&arg)?)),
+            "--max-age" => o.max_age = a.duration(&arg)?,
+            "--check-interval" => o.check_interval = a.duration(&arg)?,
+            "--retry-backoff" => o.retry_backoff = a.duration(&arg)?,
+            "--chain-freshness" => o.chain_freshness = a.duration(&arg)?,
+            "--builds-dir" => o.builds_dir = Some(PathBuf::from(a.value(&arg)?)),
+            "--output-limit" => o.output_limit = a.parse(&arg)?,
+            "--artifact-size" => o.artifact_size = Some(a.parse(&arg)?),
+            "--max-jobs" | "--jobs" => o.max_jobs = Some(a.parse(&arg)?),
+            "--duration" => o.duration = Some(a.duration(&arg)?),
             h if Args::is_help(h) => {
                 out.line(HELP);
                 return Ok(None);
@@ -140,27 +180,24 @@ fn parse(args: Vec<String>, out: &Output) -> Result<Option<Opts>, Failure> {
             _ => return Err(a.unknown(&arg)),
         }
     }
-    let url: String = url.ok_or_else(|| Failure::usage("--url is required"))?;
-    let token = token.ok_or_else(|| Failure::usage("--token is required"))?;
-    if token.contains(['"', '\\']) || token.chars().any(char::is_control) {
+    if o.url.is_empty() {
+        return Err(Failure::usage("--url is required"));
+    }
+    if o.token.is_empty() {
+        return Err(Failure::usage("--token is required"));
+    }
+    if o.token.chars().any(char::is_control) {
         return Err(Failure::usage("--token holds characters a token never has"));
     }
-    if max_age.is_zero() {
+    if o.max_age.is_zero() {
         return Err(Failure::usage("--max-age must be more than zero"));
     }
+    if o.retry_backoff.is_zero() {
+        return Err(Failure::usage("--retry-backoff must be more than zero"));
+    }
     // A URL that can never work is refused now, not retried forever.
-    url::join(&url, "/").map_err(|e| Failure::usage(format!("--url {e}")))?;
-    Ok(Some(Opts {
-        url,
-        token,
-        ca_file,
-        max_age,
-        chain_freshness,
-        builds_dir,
-        artifact_size,
-        max_jobs,
-        duration,
-    }))
+    url::join(&o.url, "/").map_err(|e| Failure::usage(format!("--url {e}")))?;
+    Ok(Some(o))
 }
 
 /// Jobs so far.
@@ -170,23 +207,94 @@ struct Tally {
     failed: u64,
 }
 
+/// What GitLab reads from the poll's `info.features`: true only for what
+/// this runner does.
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "variables": true,
+        "artifacts": true,
+        "upload_multiple_artifacts": true,
+        "upload_raw_artifacts": true,
+        "refspecs": true,
+        "masking": true,
+        "return_exit_code": true,
+        "multi_build_steps": true,
+        "cancelable": true,
+        "image": false,
+        "services": false,
+        "cache": false,
+        "fallback_cache_keys": false,
+        "shared": false,
+        "session": false,
+        "terminal": false,
+        "proxy": false,
+        "raw_variables": false,
+        "artifacts_exclude": false,
+        "trace_reset": false,
+        "trace_checksum": false,
+        "trace_size": false,
+        "vault_secrets": false,
+        "cancel_gracefully": false,
+    })
+}
+
+/// `User-Agent`: the runner and the engine, as GitLab Runner names itself.
+fn user_agent() -> String {
+    // The examples are built with the workspace's version, rotary's own.
+    let v = env!("CARGO_PKG_VERSION");
+    format!(
+        "rotary-runner/{v} (rotary {v}; {}/{})",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// GitLab Runner's `system_id`: `s_` and 12 hex digits derived from the
+/// machine's id, else `r_` and 12 random ones.
+fn system_id() -> String {
+    match std::fs::read_to_string("/etc/machine-id") {
+        Ok(id) if !id.trim().is_empty() => {
+            let d = ring::digest::digest(
+                &ring::digest::SHA256,
+                format!("rotary-runner:{}", id.trim()).as_bytes(),
+            );
+            format!("s_{}", &crate::coordinator::hex(d.as_ref())[..12])
+        }
+        _ => format!("r_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff),
+    }
+}
+
 fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, Failure> {
     let Some(o) = parse(args, out)? else {
         return Ok(0);
     };
     let endpoint = url::join(&o.url, "/api/v4/jobs/request").map_err(Failure::usage)?;
-    let body = Bytes::from(format!(
-        r#"{{"token":"{}","info":{{"name":"rotary-runner","version":"{}"}}}}"#,
-        o.token,
-        env!("CARGO_PKG_VERSION")
-    ));
-    let poll = || {
+    let system_id = system_id();
+    let agent = user_agent();
+    let poll = |last_update: Option<&str>| {
+        let mut body = serde_json::json!({
+            "token": o.token,
+            "system_id": system_id,
+            "info": {
+                "name": "rotary-runner",
+                "version": env!("CARGO_PKG_VERSION"),
+                "platform": std::env::consts::OS,
+                "architecture": std::env::consts::ARCH,
+                "executor": "shell",
+                "shell": "bash",
+                "features": features(),
+            },
+        });
+        if let (Some(u), Some(map)) = (last_update, body.as_object_mut()) {
+            map.insert("last_update".into(), u.into());
+        }
         http::Request::post(endpoint.as_str())
             .header("content-type", "application/json")
-            .body(body.clone())
+            .header("user-agent", agent.as_str())
+            .body(Bytes::from(body.to_string()))
             .map_err(|e| Failure::usage(format!("--url {:?}: {e}", o.url)))
     };
-    poll()?;
+    poll(None)?;
 
     // The engine: connections retire at max age (with jitter) and are
     // replaced with a full handshake, so a rotated chain reaches the jobs.
@@ -208,11 +316,15 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
     let start = Instant::now();
     let log_out = out.clone();
     let log = move |s: String| log_out.line(format!("{:>8.3}s {s}", start.elapsed().as_secs_f64()));
-    let mut api =
-        api::Api::new(config, stop, Box::new(log.clone())).map_err(|e| match &o.ca_file {
-            Some(ca) => Failure::new(3, format!("CA file {}: {e}", ca.display())),
-            None => Failure::new(1, format!("cannot start the engine: {e}")),
-        })?;
+    let mut api = api::Api::new(config, stop, Box::new(log.clone()), o.retry_backoff).map_err(
+        |e| match (&e, &o.ca_file) {
+            (rotary::BuildError::Trust { .. }, Some(ca)) => {
+                Failure::new(3, format!("CA file {}: {e}", ca.display()))
+            }
+            (rotary::BuildError::Config(_), _) => Failure::usage(e.to_string()),
+            _ => Failure::new(1, format!("cannot start the engine: {e}")),
+        },
+    )?;
 
     let temp;
     let builds: &Path = match &o.builds_dir {
@@ -223,16 +335,19 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
         }
     };
     log(format!(
-        "polling {endpoint} (max age {}); job files go to {}",
+        "polling {endpoint} (max age {}, check interval {}, system id {system_id}); job files go to {}",
         show(o.max_age),
+        show(o.check_interval),
         builds.display()
     ));
 
-    // A long poll may be held ~50 s by GitLab; allow more than that.
+    // GitLab holds a long poll ~50 s; allow more than that.
     let opts = RequestOptions::default().deadline(Duration::from_secs(90));
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut backoff = Backoff::new(o.retry_backoff, Duration::from_secs(60));
     let mut tally = Tally::default();
     let mut contact = false;
+    let mut last_update: Option<String> = None;
+    let mut next_poll = Instant::now();
     // A wait never runs past --duration.
     let left = |wait: Duration| match o.duration {
         Some(d) => wait.min(d.saturating_sub(start.elapsed())),
@@ -247,7 +362,15 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
         if let Some(sig) = api.stopped() {
             break Err(sig);
         }
-        let answer = match api.send_interruptible(poll()?, opts) {
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            api.idle(left(wait));
+            continue;
+        }
+        // GitLab Runner's rhythm: at most one poll per check interval; a
+        // poll the server held longer is followed at once.
+        next_poll = Instant::now() + o.check_interval;
+        let answer = match api.send_interruptible(poll(last_update.as_deref())?, opts) {
             Ok(a) => a,
             Err(ApiError::Stopped(sig)) => break Err(sig),
             Err(e) => {
@@ -257,44 +380,58 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
                 }
                 let wait = backoff.next();
                 log(format!("poll failed: {e}; retrying in {}", show(wait)));
-                api.idle(left(wait));
+                next_poll = Instant::now() + wait;
                 continue;
             }
         };
-        match answer.response.status().as_u16() {
+        let status = answer.response.status();
+        match status.as_u16() {
             201 => {
                 backoff.reset();
                 contact = true;
-                let job = Job::parse(&answer, &o)?;
-                match run_job(&mut api, &o, builds, &job, &answer.served_by, &log) {
-                    Ok(summary) => {
-                        tally.ok += 1;
-                        log(format!("job {}: success ({summary})", job.id));
-                    }
-                    Err(why) => {
-                        tally.failed += 1;
-                        log(format!("job {}: failed: {why}", job.id));
-                    }
+                let conn = answer.served_by.conn.get();
+                let (ok, line) = run_job(&mut api, &o, builds, answer.response.body(), conn, &log);
+                if ok {
+                    tally.ok += 1;
+                } else {
+                    tally.failed += 1;
                 }
+                log(line);
             }
             204 => {
                 backoff.reset();
                 contact = true;
+                // Sent back with the next poll, so GitLab can hold it.
+                if let Some(u) = answer
+                    .response
+                    .headers()
+                    .get("x-gitlab-last-update")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    last_update = Some(u.to_owned());
+                }
             }
             401 | 403 => {
                 api.shutdown();
                 return Err(Failure::new(
                     1,
-                    format!(
-                        "the coordinator refused the token ({})",
-                        answer.response.status()
-                    ),
+                    format!("the coordinator refused the token ({status})"),
                 ));
             }
-            s => {
-                let wait = backoff.next();
-                log(format!("unexpected status {s}; retrying in {}", show(wait)));
-                api.idle(left(wait));
+            // 409: two runners raced for a job; the next poll will do.
+            409 => {}
+            _ => {
+                let wait = if retry::retryable(status) {
+                    retry::server_wait(answer.response.headers(), std::time::SystemTime::now())
+                        .unwrap_or_else(|| backoff.next())
+                } else {
+                    backoff.next()
+                };
+                log(format!(
+                    "poll answered {status}; retrying in {}",
+                    show(wait)
+                ));
+                next_poll = Instant::now() + wait;
             }
         }
     };
@@ -344,115 +481,40 @@ fn permanent(e: &ApiError, contact: bool, ca: Option<&Path>, endpoint: &str) -> 
     }
 }
 
-/// What the runner needs from a job's JSON.
-struct Job {
-    id: u64,
-    token: String,
-    repo_url: Option<String>,
-    /// The dependency whose artifacts the job downloads, and their size.
-    dependency: Option<(u64, u64)>,
+/// Why a job failed: the reason GitLab gets, the exit code if a program's,
+/// and a line for people.
+#[derive(Debug, Clone)]
+struct JobFailure {
+    reason: &'static str,
+    exit_code: Option<i32>,
+    why: String,
 }
 
-impl Job {
-    fn parse(answer: &Answer, o: &Opts) -> Result<Job, Failure> {
-        let b = answer.response.body();
-        let (Some(id), Some(token)) = (json_number(b, "id"), json_string(b, "token")) else {
-            return Err(Failure::new(
-                1,
-                format!("{}: a job without id or token", o.url),
-            ));
-        };
-        let dependency = b
-            .windows(b"\"dependencies\"".len())
-            .position(|w| w == b"\"dependencies\"")
-            .and_then(|at| {
-                let deps = &b[at..];
-                Some((json_number(deps, "id")?, json_number(deps, "size")?))
-            });
-        Ok(Job {
-            id,
-            token,
-            repo_url: json_string(b, "repo_url"),
-            dependency,
-        })
-    }
-}
-
-/// The job's log, written to `trace.log` in the job's dir and sent from
-/// there in `Content-Range` increments, each a file body
-/// ([`rotary::Body::from_file`]): streamed a send window at a time, and
-/// replayable, so a retry on a fresh connection sends it again.
-struct Trace {
-    path: PathBuf,
-    file: std::fs::File,
-    /// Bytes written to the file.
-    len: u64,
-    /// Bytes the coordinator holds.
-    sent: u64,
-    interval: Duration,
-    last: Option<Instant>,
-    patches: u32,
-    /// A write to the file failed (the job fails with it).
-    broken: Option<String>,
-}
-
-impl Trace {
-    fn new(dir: &Path) -> Result<Trace, String> {
-        let path = dir.join("trace.log");
-        let file = std::fs::File::create(&path)
-            .map_err(|e| format!("creating {}: {e}", path.display()))?;
-        Ok(Trace {
-            path,
-            file,
-            len: 0,
-            sent: 0,
-            interval: Duration::from_secs(3),
-            last: None,
-            patches: 0,
-            broken: None,
-        })
-    }
-
-    fn line(&mut self, s: impl AsRef<str>) {
-        use std::io::Write as _;
-        let mut line = s.as_ref().as_bytes().to_vec();
-        line.push(b'\n');
-        match self.file.write_all(&line) {
-            Ok(()) => self.len += line.len() as u64,
-            Err(e) => {
-                self.broken
-                    .get_or_insert_with(|| format!("writing {}: {e}", self.path.display()));
-            }
-        }
-    }
-
-    /// The bytes from `sent` on, as a body read from the file.
-    fn increment(&self) -> Result<rotary::Body, String> {
-        use std::io::{Seek as _, SeekFrom};
-        let mut f = std::fs::File::open(&self.path)
-            .map_err(|e| format!("opening {}: {e}", self.path.display()))?;
-        f.seek(SeekFrom::Start(self.sent))
-            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
-        let body = rotary::Body::from_file(f)
-            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
-        match body.len() {
-            Some(n) if n == self.len - self.sent => Ok(body),
-            n => Err(format!(
-                "{} holds {n:?} bytes past {}, {} expected",
-                self.path.display(),
-                self.sent,
-                self.len - self.sent
-            )),
+impl JobFailure {
+    fn system(why: impl Into<String>) -> JobFailure {
+        JobFailure {
+            reason: "runner_system_failure",
+            exit_code: None,
+            why: why.into(),
         }
     }
 }
 
-/// Everything a job step needs.
+/// Everything a job's parts need.
 struct Ctx<'a> {
     api: &'a mut api::Api,
     o: &'a Opts,
     job: &'a Job,
+    /// `<builds>/job-<id>`.
     dir: PathBuf,
+    /// Where the checkout goes and the steps run.
+    project: PathBuf,
+    trace: Trace,
+    /// The job's timeout.
+    deadline: Instant,
+    /// The coordinator canceled the job (`Job-Status: canceled` or a 403).
+    canceled: bool,
+    log: &'a dyn Fn(String),
 }
 
 impl Ctx<'_> {
@@ -460,344 +522,582 @@ impl Ctx<'_> {
         url::join(&self.o.url, endpoint)
     }
 
-    fn check_stop(&self) -> Result<(), String> {
-        match self.api.stopped() {
-            Some(sig) => Err(format!("interrupted by {}", signal_name(sig))),
-            None => Ok(()),
+    /// Why the job must stop now, if it must.
+    fn must_stop(&self) -> Option<Stop> {
+        if self.canceled {
+            return Some(Stop::Canceled);
+        }
+        if let Some(sig) = self.api.stopped() {
+            return Some(Stop::Signal(signal_name(sig)));
+        }
+        if Instant::now() >= self.deadline {
+            return Some(Stop::Timeout);
+        }
+        None
+    }
+
+    /// The failure a stop means.
+    fn stopped(&self, stop: &Stop) -> JobFailure {
+        match stop {
+            Stop::Canceled => JobFailure {
+                reason: "script_failure",
+                exit_code: None,
+                why: "canceled by the coordinator".into(),
+            },
+            Stop::Signal(name) => JobFailure::system(format!("interrupted by {name}")),
+            Stop::Timeout => JobFailure {
+                reason: "job_execution_timeout",
+                exit_code: None,
+                why: format!(
+                    "execution took longer than {} seconds",
+                    self.job.runner_info.timeout
+                ),
+            },
         }
     }
 
-    /// PUT the job's state.
-    fn update(&mut self, state: &str, reason: Option<&str>) -> Result<(), String> {
-        let mut body = format!(r#"{{"token":"{}","state":"{state}""#, self.job.token);
-        if let Some(r) = reason {
-            body.push_str(&format!(r#","failure_reason":"{r}""#));
-        }
-        body.push('}');
-        let url = self.url(&format!("/api/v4/jobs/{}", self.job.id))?;
-        let req = http::Request::put(url)
-            .header("content-type", "application/json")
-            .body(Bytes::from(body))
-            .map_err(|e| e.to_string())?;
-        let a = self
-            .api
-            .send(req, job_call())
-            .map_err(|e| format!("PUT state {state}: {e}"))?;
-        match a.response.status().as_u16() {
-            200..=299 => Ok(()),
-            s => Err(format!("PUT state {state}: coordinator answered {s}")),
+    /// A `Job-Status` that means the job is over for the runner.
+    fn note_status(&mut self, headers: &http::HeaderMap) {
+        let status = headers.get("job-status").and_then(|v| v.to_str().ok());
+        if matches!(
+            status,
+            Some("canceled" | "canceling" | "failed" | "success")
+        ) {
+            self.canceled = true;
         }
     }
 
-    /// Send the trace bytes not yet sent; on 416 resume from the server's
-    /// `Range`.
-    fn flush(&mut self, trace: &mut Trace) -> Result<(), String> {
-        if let Some(why) = &trace.broken {
+    /// Send the trace bytes not yet sent, in increments of at most 1 MiB;
+    /// on 416 resume from the server's `Range`; a 403 or `Job-Status:
+    /// canceled` marks the job canceled.
+    fn flush(&mut self) -> Result<(), String> {
+        if let Some(why) = &self.trace.broken {
             return Err(format!("PATCH trace: {why}"));
         }
-        for _ in 0..3 {
-            if trace.sent >= trace.len {
+        let url = self.url(&format!("/api/v4/jobs/{}/trace", self.job.id))?;
+        // Enough rounds for every MiB, and a few 416s.
+        let rounds = (self.trace.len - self.trace.sent.min(self.trace.len)) / trace::MAX_PATCH + 4;
+        for _ in 0..rounds {
+            let Some((chunk, end)) = self.trace.increment()? else {
+                self.trace.last_contact = Some(Instant::now());
                 return Ok(());
-            }
-            let end = trace.len;
-            let chunk = trace.increment()?;
-            let url = self.url(&format!("/api/v4/jobs/{}/trace", self.job.id))?;
-            let req = http::Request::patch(url)
-                .header("job-token", self.job.token.as_str())
-                .header("content-type", "text/plain")
-                .header("content-range", format!("{}-{}", trace.sent, end - 1))
-                .body(chunk)
-                .map_err(|e| e.to_string())?;
+            };
+            let start = self.trace.sent;
+            let token = self.job.token.clone();
             let a = self
                 .api
-                .send(req, job_call())
+                .call("PATCH trace", job_call(), 5, &mut || {
+                    http::Request::patch(url.as_str())
+                        .header("job-token", token.as_str())
+                        .header("content-type", "text/plain")
+                        .header("content-range", format!("{start}-{}", end - 1))
+                        .body(rotary::Body::from(chunk.clone()))
+                        .map_err(|e| e.to_string())
+                })
                 .map_err(|e| format!("PATCH trace: {e}"))?;
-            let h = a.response.headers();
-            if let Some(secs) = h
-                .get("x-gitlab-trace-update-interval")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-            {
-                trace.interval = Duration::from_secs_f64(secs.min(3600.0));
+            let h = a.response.headers().clone();
+            if let Some(i) = retry::update_interval(&h) {
+                self.trace.interval = i;
             }
-            let remote = h
-                .get("range")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().strip_prefix("0-"))
-                .and_then(|n| n.parse::<u64>().ok());
+            self.note_status(&h);
+            self.trace.last_contact = Some(Instant::now());
             match a.response.status().as_u16() {
                 202 => {
-                    trace.sent = end;
-                    trace.patches += 1;
-                    trace.last = Some(Instant::now());
+                    self.trace.sent = end;
+                    self.trace.patches += 1;
                 }
-                416 => match remote {
-                    // The server holds a different prefix: resend from there.
-                    Some(n) if n <= end => trace.sent = n,
-                    _ => return Err("PATCH trace: 416 without a usable Range".into()),
-                },
+                403 => {
+                    self.canceled = true;
+                    return Ok(());
+                }
+                416 => {
+                    let remote = h
+                        .get("range")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().strip_prefix("0-"))
+                        .and_then(|n| n.parse::<u64>().ok());
+                    match remote {
+                        // The server holds a different prefix: resend from there.
+                        Some(n) if n <= self.trace.len => self.trace.sent = n,
+                        _ => return Err("PATCH trace: 416 without a usable Range".into()),
+                    }
+                }
                 s => return Err(format!("PATCH trace: coordinator answered {s}")),
             }
         }
-        if trace.sent >= trace.len {
+        if self.trace.sent >= self.trace.len {
             Ok(())
         } else {
-            Err("PATCH trace: refused three times".into())
+            Err("PATCH trace: refused again and again".into())
         }
     }
 
-    /// Flush when the server's interval has passed since the last increment.
-    fn maybe_flush(&mut self, trace: &mut Trace) -> Result<(), String> {
-        if trace.last.is_none_or(|t| t.elapsed() >= trace.interval) {
-            self.flush(trace)?;
+    /// At the server's interval: send what is new, or, when a job stays
+    /// silent ten intervals, tell the coordinator it still runs (`PUT`
+    /// `running`), so a cancel reaches it either way.
+    fn tick(&mut self) {
+        if !self.trace.due() {
+            return;
         }
-        Ok(())
-    }
-}
-
-/// Run one job; `Ok(summary)` when it succeeded, `Err(why)` when it failed
-/// (after reporting `failed`).
-fn run_job(
-    api: &mut api::Api,
-    o: &Opts,
-    builds: &Path,
-    job: &Job,
-    served_by: &ServedBy,
-    log: &dyn Fn(String),
-) -> Result<String, String> {
-    let dir = builds.join(format!("job-{}", job.id));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut ctx = Ctx { api, o, job, dir };
-    let mut trace = Trace::new(&ctx.dir)?;
-    ctx.update("running", None)?;
-    let result = steps(&mut ctx, &mut trace, served_by, log);
-    for f in ["artifacts.bin", "dependency.zip"] {
-        let _ = std::fs::remove_file(ctx.dir.join(f));
-    }
-    match result {
-        Ok(summary) => {
-            trace.line("Job succeeded");
-            ctx.flush(&mut trace)?;
-            ctx.update("success", None)?;
-            Ok(format!(
-                "{summary}; trace {} bytes in {} increments",
-                trace.len, trace.patches
-            ))
-        }
-        Err(why) => {
-            trace.line(format!("ERROR: Job failed: {why}"));
-            // Report it even when stopping; what fails here is secondary.
-            let _ = ctx.flush(&mut trace);
-            let reason = if ctx.api.stopped().is_some() {
-                "runner_system_failure"
-            } else {
-                "script_failure"
-            };
-            let _ = ctx.update("failed", Some(reason));
-            Err(why)
-        }
-    }
-}
-
-fn steps(
-    ctx: &mut Ctx<'_>,
-    trace: &mut Trace,
-    served_by: &ServedBy,
-    log: &dyn Fn(String),
-) -> Result<String, String> {
-    trace.line(format!(
-        "Running with rotary-runner {} (job {})",
-        env!("CARGO_PKG_VERSION"),
-        ctx.job.id
-    ));
-    ctx.maybe_flush(trace)?;
-    ctx.check_stop()?;
-
-    // 1. The dependency's artifacts, through the redirect to object storage.
-    if let Some((dep, size)) = ctx.job.dependency {
-        let url = ctx.url(&format!("/api/v4/jobs/{dep}/artifacts"))?;
-        let req = http::Request::get(url)
-            .header("job-token", ctx.job.token.as_str())
-            .body(Bytes::new())
-            .map_err(|e| e.to_string())?;
-        let path = ctx.dir.join("dependency.zip");
-        let file = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let mut w = BufWriter::new(file);
-        let opts = RequestOptions::default()
-            .deadline(Duration::from_secs(120))
-            .follow_redirects(5);
-        let d = ctx
-            .api
-            .download(req, opts, &mut w)
-            .map_err(|e| format!("downloading artifacts of job {dep}: {e}"))?;
-        w.flush()
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        if !d.status.is_success() {
-            return Err(format!("downloading artifacts of job {dep}: {}", d.status));
-        }
-        if d.bytes != size {
-            return Err(format!(
-                "artifacts of job {dep}: {} bytes, the job said {size}",
-                d.bytes
-            ));
-        }
-        let from = d
-            .served_by
-            .redirected_to
-            .as_ref()
-            .and_then(|u| u.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| "the coordinator".into());
-        trace.line(format!(
-            "Downloaded artifacts of job {dep} from {from}: {} bytes, sha256 {}",
-            d.bytes, d.sha256
-        ));
-        log(format!(
-            "job {}: dependency artifacts {} bytes sha256 {} from {from}",
-            ctx.job.id, d.bytes, d.sha256
-        ));
-    }
-    ctx.maybe_flush(trace)?;
-    ctx.check_stop()?;
-
-    // 2. git clone with the CA bundle of the coordinator's chain as it is
-    // now (a full handshake made for the job), not the long poll's, which
-    // may predate a rotation by up to a max age.
-    let conn = served_by.conn.get();
-    let origin = rotary::Origin::parse(&ctx.o.url).map_err(|e| e.to_string())?;
-    if origin.is_tls() {
-        let chain = ctx
-            .api
-            .fresh_chain(&origin, ctx.o.chain_freshness)
-            .map_err(|e| format!("the coordinator's chain for the job's CA file: {e}"))?;
-        match chain.ca_bundle() {
-            Ok(bundle) => {
-                let file = write_ca_file(&ctx.dir, &bundle)?;
-                log(format!(
-                    "job {} (delivered on connection #{conn}): CA file {} (chain {}, root {})",
-                    ctx.job.id,
-                    file.display(),
-                    api::fingerprint(Some(&chain)),
-                    root(&chain)
-                ));
-                if let Some(repo) = &ctx.job.repo_url {
-                    clone(repo, &file)?;
-                    trace.line(format!("git clone check of {repo}: ok"));
-                }
+        if self.trace.sent < self.trace.len {
+            if let Err(e) = self.flush() {
+                (self.log)(format!("job {}: {e}", self.job.id));
+                self.trace.last_contact = Some(Instant::now());
             }
-            Err(why) => {
-                log(format!("job {}: no CA file written: {why}", ctx.job.id));
-                trace.line(format!("no CA file for git: {why}"));
+            return;
+        }
+        let silent = self
+            .trace
+            .last_contact
+            .map_or(Duration::MAX, |t| t.elapsed());
+        if silent >= self.trace.interval.saturating_mul(10) {
+            self.touch();
+        }
+    }
+
+    /// `PUT` state `running`: a keep-alive that learns of a cancel.
+    fn touch(&mut self) {
+        self.trace.last_contact = Some(Instant::now());
+        let Ok(url) = self.url(&format!("/api/v4/jobs/{}", self.job.id)) else {
+            return;
+        };
+        let body = serde_json::json!({"token": self.job.token, "state": "running"}).to_string();
+        let sent = self.api.call("PUT running", job_call(), 3, &mut || {
+            http::Request::put(url.as_str())
+                .header("content-type", "application/json")
+                .body(rotary::Body::from(Bytes::from(body.clone())))
+                .map_err(|e| e.to_string())
+        });
+        if let Ok(a) = sent {
+            self.note_status(a.response.headers());
+            if a.response.status() == 403 {
+                self.canceled = true;
             }
         }
-    } else {
-        trace.line("job delivered over plain http: no CA file");
     }
-    ctx.maybe_flush(trace)?;
-    ctx.check_stop()?;
-
-    // 3. The artifact: generated to a file, hashed as it is written.
-    let path = ctx.dir.join("artifacts.bin");
-    let (size, sha) = generate(&path, ctx.o.artifact_size)?;
-    trace.line(format!("Generated artifact: {size} bytes, sha256 {sha}"));
-    log(format!(
-        "job {}: artifact {size} bytes sha256 {sha}",
-        ctx.job.id
-    ));
-    ctx.flush(trace)?;
-    ctx.check_stop()?;
-
-    // 4. Upload it, multipart, streamed from the file a window at a time:
-    // memory stays flat whatever the artifact's size.
-    let boundary = format!("rotary-{:016x}", fastrand::u64(..));
-    let preamble = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"artifacts.zip\"\r\n\
-         Content-Type: application/octet-stream\r\n\r\n"
-    );
-    let file = File::open(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let parts = vec![
-        api::Part::Bytes(Bytes::from(preamble)),
-        api::Part::File(file),
-        api::Part::Bytes(Bytes::from(format!("\r\n--{boundary}--\r\n"))),
-    ];
-    let url = ctx.url(&format!(
-        "/api/v4/jobs/{}/artifacts?artifact_format=zip&artifact_type=archive",
-        ctx.job.id
-    ))?;
-    let req = http::Request::post(url)
-        .header("job-token", ctx.job.token.as_str())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(())
-        .map_err(|e| e.to_string())?;
-    let deadline = Duration::from_secs(60 + size / (1024 * 1024));
-    let a = ctx
-        .api
-        .upload(req, parts, RequestOptions::default().deadline(deadline))
-        .map_err(|e| format!("uploading the artifact: {e}"))?;
-    if a.response.status().as_u16() != 201 {
-        return Err(format!(
-            "uploading the artifact: coordinator answered {}",
-            a.response.status()
-        ));
-    }
-    trace.line(format!("Uploaded artifact: {size} bytes"));
-    Ok(format!("artifact {size} bytes sha256 {sha}"))
 }
 
-/// Options of a job's state and trace calls: short, and safe to send again
-/// (GitLab's job state and trace ranges are idempotent).
+impl exec::Watch for Ctx<'_> {
+    fn output(&mut self, data: &[u8]) {
+        self.trace.write(data);
+    }
+
+    fn tick(&mut self) -> Option<Stop> {
+        Ctx::tick(self);
+        self.must_stop()
+    }
+}
+
+/// Options of a job's API calls: short, and safe to send again (GitLab's
+/// job state and trace ranges are idempotent).
 fn job_call() -> RequestOptions {
     RequestOptions::default()
         .deadline(Duration::from_secs(30))
         .retry_safe(true)
 }
 
-/// `git clone`'s first request against `repo`, trusting only `ca_file`.
-fn clone(repo: &str, ca_file: &Path) -> Result<(), String> {
-    let uri: http::Uri = repo
-        .parse()
-        .map_err(|e| format!("repo_url {repo:?}: {e}"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("repo_url {repo:?} has no host"))?;
-    let port = uri.port_u16().unwrap_or(443);
-    let addr = (host.trim_matches(['[', ']']), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("git clone: cannot resolve {host}"))?;
-    git::clone_check(addr, host.trim_matches(['[', ']']), uri.path(), ca_file)
-        .map_err(|e| format!("git clone {repo}: {e}"))
+/// The masked values of the job: its masked variables and every token.
+fn secrets(job: &Job) -> Vec<String> {
+    let mut s: Vec<String> = job
+        .variables
+        .iter()
+        .filter(|v| v.masked)
+        .map(|v| v.value.clone())
+        .collect();
+    s.push(job.token.clone());
+    s.extend(job.dependencies.iter().map(|d| d.token.clone()));
+    s
 }
 
-/// `size` pseudo-random bytes into `path`; their size and SHA-256.
-fn generate(path: &Path, size: u64) -> Result<(u64, String), String> {
-    let file = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    let mut w = BufWriter::new(file);
-    let mut hash = Context::new(&SHA256);
-    let mut rng = fastrand::Rng::new();
-    let mut block = vec![0u8; 64 * 1024];
-    let mut left = size;
-    while left > 0 {
-        let n = usize::try_from(left.min(block.len() as u64)).unwrap_or(block.len());
-        rng.fill(&mut block[..n]);
-        hash.update(&block[..n]);
-        w.write_all(&block[..n])
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        left -= n as u64;
+/// Run one job from its `201` body; (succeeded, the line saying how it
+/// ended).
+fn run_job(
+    api: &mut api::Api,
+    o: &Opts,
+    builds: &Path,
+    body: &[u8],
+    conn: u64,
+    log: &dyn Fn(String),
+) -> (bool, String) {
+    let job = match Job::parse(body) {
+        Ok(j) => j,
+        Err(why) => return (false, unreadable_job(api, o, body, &why)),
+    };
+    let id = job.id;
+    log(format!(
+        "job {id}: started ({}, {} steps), delivered on connection #{conn}",
+        if job.job_info.name.is_empty() {
+            "unnamed"
+        } else {
+            &job.job_info.name
+        },
+        job.steps.len()
+    ));
+    let dir = builds.join(format!("job-{id}"));
+    let setup = std::fs::create_dir_all(dir.join("tmp"))
+        .map_err(|e| format!("creating {}: {e}", dir.display()))
+        .and_then(|()| Trace::new(&dir, mask::Masker::new(secrets(&job)), o.output_limit));
+    let trace = match setup {
+        Ok(t) => t,
+        Err(why) => {
+            let f = JobFailure::system(why);
+            let mut ctx_less = FinalUpdate::new(api, o, &job);
+            let _ = ctx_less.send(Some(&f), log);
+            return (false, format!("job {id}: failed: {}", f.why));
+        }
+    };
+    let timeout = match job.runner_info.timeout {
+        0 => Duration::from_secs(3600),
+        t => Duration::from_secs(t),
+    };
+    let mut ctx = Ctx {
+        api,
+        o,
+        job: &job,
+        project: dir.join("project"),
+        dir,
+        trace,
+        deadline: Instant::now() + timeout,
+        canceled: false,
+        log,
+    };
+    let result = steps(&mut ctx);
+    let _ = std::fs::remove_dir_all(ctx.dir.join("tmp"));
+    let failure = result.err();
+    match &failure {
+        None => ctx.trace.line("Job succeeded"),
+        Some(f) => ctx.trace.line(format!("ERROR: Job failed: {}", f.why)),
     }
-    w.flush()
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok((size, hex(hash.finish().as_ref())))
+    ctx.trace.settle();
+    // Report it even when stopping; what fails here is secondary.
+    let flushed = ctx.flush();
+    let trace_line = format!(
+        "trace {} bytes in {} increments",
+        ctx.trace.len, ctx.trace.patches
+    );
+    let canceled = ctx.canceled;
+    let mut update = FinalUpdate::new(ctx.api, o, &job);
+    let accepted = update.send(failure.as_ref(), log);
+    match failure {
+        None => match (flushed, accepted) {
+            (Ok(()), Ok(())) => (true, format!("job {id}: success ({trace_line})")),
+            (Err(e), _) | (_, Err(e)) => (false, format!("job {id}: failed: {e}")),
+        },
+        Some(f) if canceled => (
+            false,
+            format!("job {id}: failed: canceled by the coordinator ({})", f.why),
+        ),
+        Some(f) => (false, format!("job {id}: failed: {}", f.why)),
+    }
 }
 
-fn write_ca_file(dir: &Path, bundle: &str) -> Result<PathBuf, String> {
-    let file = dir.join("ca.pem");
-    std::fs::write(&file, bundle).map_err(|e| format!("writing {}: {e}", file.display()))?;
-    Ok(file)
+/// A `201` whose job cannot be read: reported failed when its id and token
+/// can be found.
+fn unreadable_job(api: &mut api::Api, o: &Opts, body: &[u8], why: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Minimal {
+        id: u64,
+        token: String,
+    }
+    match serde_json::from_slice::<Minimal>(body) {
+        Ok(m) => {
+            let job = Job {
+                id: m.id,
+                token: m.token,
+                ..Job::default()
+            };
+            let f = JobFailure::system(why);
+            let _ = FinalUpdate::new(api, o, &job).send(Some(&f), &|_| {});
+            format!("job {}: failed: {why}", job.id)
+        }
+        Err(_) => format!("job ?: failed: {why}"),
+    }
+}
+
+/// The job's parts, in GitLab Runner's order.
+fn steps(ctx: &mut Ctx<'_>) -> Result<(), JobFailure> {
+    let job = ctx.job;
+    ctx.trace.line(format!(
+        "Running with rotary-runner {} (job {}, {})",
+        env!("CARGO_PKG_VERSION"),
+        job.id,
+        user_agent()
+    ));
+    ctx.tick();
+    if let Some(s) = ctx.must_stop() {
+        return Err(ctx.stopped(&s));
+    }
+    // 1. The CA file: the coordinator's chain as it is now (a full
+    // handshake made for the job), not the long poll's, which may predate
+    // a rotation by up to a max age.
+    let ca_file = ca_file(ctx)?;
+    // 2. The checkout, with that CA file and the job token.
+    std::fs::create_dir_all(&ctx.project)
+        .map_err(|e| JobFailure::system(format!("creating {}: {e}", ctx.project.display())))?;
+    checkout::checkout(ctx, ca_file.as_deref())?;
+    // 3. The dependencies' artifacts.
+    artifacts::download_dependencies(ctx)?;
+    // 4. The steps.
+    let env = environment(ctx, ca_file.as_deref())?;
+    let mut failure: Option<JobFailure> = None;
+    for step in &job.steps {
+        if !step.when.applies(failure.is_some()) {
+            continue;
+        }
+        if let Some(s) = ctx.must_stop() {
+            failure.get_or_insert(ctx.stopped(&s));
+            break;
+        }
+        match run_step(ctx, step, &env) {
+            Ok(()) => {}
+            Err(f) if step.allow_failure && f.reason == "script_failure" && !ctx.canceled => {
+                ctx.trace.line(format!(
+                    "WARNING: step {} failed (allowed to fail): {}",
+                    step.name, f.why
+                ));
+            }
+            Err(f) => {
+                let stop = f.reason != "script_failure" || ctx.canceled;
+                failure.get_or_insert(f);
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    // 5. The artifacts, as the job ended.
+    if !ctx.canceled && ctx.api.stopped().is_none() {
+        if let Err(f) = artifacts::upload(ctx, failure.is_some()) {
+            failure.get_or_insert(f);
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+/// Write `ca.pem` for the job: the CA bundle of a fresh chain.
+fn ca_file(ctx: &mut Ctx<'_>) -> Result<Option<PathBuf>, JobFailure> {
+    let origin =
+        rotary::Origin::parse(&ctx.o.url).map_err(|e| JobFailure::system(e.to_string()))?;
+    if !origin.is_tls() {
+        ctx.trace.line("Job delivered over plain http: no CA file");
+        return Ok(None);
+    }
+    let chain = ctx
+        .api
+        .fresh_chain(&origin, ctx.o.chain_freshness)
+        .map_err(|e| {
+            JobFailure::system(format!(
+                "the coordinator's chain for the job's CA file: {e}"
+            ))
+        })?;
+    match chain.ca_bundle() {
+        Ok(bundle) => {
+            let file = ctx.dir.join("ca.pem");
+            std::fs::write(&file, bundle)
+                .map_err(|e| JobFailure::system(format!("writing {}: {e}", file.display())))?;
+            (ctx.log)(format!(
+                "job {}: CA file {} (chain {}, root {})",
+                ctx.job.id,
+                file.display(),
+                api::fingerprint(Some(&chain)),
+                root(&chain)
+            ));
+            Ok(Some(file))
+        }
+        Err(why) => {
+            ctx.trace.line(format!(
+                "No CA file for the job (the system's store applies): {why}"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The steps' environment: the runner's own, the job's variables (file
+/// variables as paths to files holding their values), and the CA file.
+fn environment(ctx: &mut Ctx<'_>, ca: Option<&Path>) -> Result<Vec<(String, String)>, JobFailure> {
+    let mut env = Vec::new();
+    let files = ctx.dir.join("tmp");
+    for v in &ctx.job.variables {
+        if v.key.is_empty() || v.key.contains(['=', '\0']) || v.value.contains('\0') {
+            ctx.trace
+                .line(format!("WARNING: variable {:?} cannot be exported", v.key));
+            continue;
+        }
+        if v.file {
+            let path = files.join(format!("{}.var", v.key));
+            std::fs::write(&path, &v.value)
+                .map_err(|e| JobFailure::system(format!("writing {}: {e}", path.display())))?;
+            env.push((v.key.clone(), path.display().to_string()));
+        } else {
+            env.push((v.key.clone(), v.value.clone()));
+        }
+    }
+    if let Some(ca) = ca {
+        env.push(("CI_SERVER_TLS_CA_FILE".into(), ca.display().to_string()));
+    }
+    env.push(("CI_PROJECT_DIR".into(), ctx.project.display().to_string()));
+    env.push(("CI_BUILDS_DIR".into(), ctx.dir.display().to_string()));
+    if let Some(n) = ctx.o.artifact_size {
+        env.push((
+            crate::coordinator::DEMO_ARTIFACT_SIZE_VARIABLE.into(),
+            n.to_string(),
+        ));
+    }
+    Ok(env)
+}
+
+/// One step: its script in `bash` (`set -eo pipefail`, each line shown as
+/// `$ line` before it runs), in the project directory, within the step's
+/// and the job's timeouts.
+fn run_step(
+    ctx: &mut Ctx<'_>,
+    step: &job::Step,
+    env: &[(String, String)],
+) -> Result<(), JobFailure> {
+    let mut script = String::from("set -eo pipefail\nexec 2>&1\n");
+    for line in &step.script {
+        script.push_str(&format!(
+            "printf '%s\\n' {}\n",
+            shell_quote(&format!("$ {line}"))
+        ));
+        script.push_str(line);
+        script.push('\n');
+    }
+    let path = ctx
+        .dir
+        .join("tmp")
+        .join(format!("step_{}.sh", safe_name(&step.name)));
+    std::fs::write(&path, script)
+        .map_err(|e| JobFailure::system(format!("writing {}: {e}", path.display())))?;
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["--noprofile", "--norc"])
+        .arg(&path)
+        .current_dir(&ctx.project)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let deadline = match step.timeout {
+        0 => ctx.deadline,
+        t => ctx.deadline.min(Instant::now() + Duration::from_secs(t)),
+    };
+    ctx.trace.line(format!(
+        "Executing \"step_{}\" stage of the job script",
+        step.name
+    ));
+    let ended = exec::run(cmd, deadline, ctx).map_err(JobFailure::system);
+    ctx.trace.settle();
+    match ended? {
+        Ended::Exited(0) => Ok(()),
+        Ended::Exited(code) => Err(JobFailure {
+            reason: "script_failure",
+            exit_code: Some(code),
+            why: format!("exit code {code}"),
+        }),
+        Ended::Stopped(Stop::Timeout) if Instant::now() < ctx.deadline => Err(JobFailure {
+            reason: "script_failure",
+            exit_code: None,
+            why: format!(
+                "step {} took longer than {} seconds",
+                step.name, step.timeout
+            ),
+        }),
+        Ended::Stopped(s) => Err(ctx.stopped(&s)),
+    }
+}
+
+/// `'...'` for bash.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A step name fit for a file name.
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// The final `PUT /api/v4/jobs/:id`, sent until the coordinator answers
+/// 200, 403 or 404; a 202 (GitLab still writing the trace) is sent again
+/// after the trace interval, other answers after the retry waits.
+struct FinalUpdate<'a> {
+    api: &'a mut api::Api,
+    o: &'a Opts,
+    job: &'a Job,
+}
+
+/// How long the final update is tried (GitLab Runner tries for an hour).
+const FINAL_UPDATE_FOR: Duration = Duration::from_secs(3600);
+
+impl<'a> FinalUpdate<'a> {
+    fn new(api: &'a mut api::Api, o: &'a Opts, job: &'a Job) -> FinalUpdate<'a> {
+        FinalUpdate { api, o, job }
+    }
+
+    fn send(&mut self, failure: Option<&JobFailure>, log: &dyn Fn(String)) -> Result<(), String> {
+        let url = url::join(&self.o.url, &format!("/api/v4/jobs/{}", self.job.id))?;
+        let mut body = serde_json::json!({
+            "token": self.job.token,
+            "state": if failure.is_some() { "failed" } else { "success" },
+        });
+        if let (Some(f), Some(map)) = (failure, body.as_object_mut()) {
+            map.insert("failure_reason".into(), f.reason.into());
+            if let Some(code) = f.exit_code {
+                map.insert("exit_code".into(), code.into());
+            }
+        }
+        let body = Bytes::from(body.to_string());
+        let until = Instant::now() + FINAL_UPDATE_FOR;
+        let mut backoff = Backoff::new(self.o.retry_backoff, Duration::from_secs(60));
+        // Once a signal came, a few more tries at most.
+        let mut tries_after_stop = 3;
+        loop {
+            let req = http::Request::put(url.as_str())
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .map_err(|e| e.to_string())?;
+            let wait = match self.api.send(req, job_call()) {
+                Ok(a) => {
+                    let s = a.response.status();
+                    match s.as_u16() {
+                        200 | 403 | 404 => return Ok(()),
+                        202 => retry::update_interval(a.response.headers())
+                            .unwrap_or(Duration::from_secs(3)),
+                        _ if retry::retryable(s) => {
+                            retry::server_wait(a.response.headers(), std::time::SystemTime::now())
+                                .unwrap_or_else(|| backoff.next())
+                        }
+                        _ => backoff.next(),
+                    }
+                }
+                Err(_) => backoff.next(),
+            };
+            if self.api.stopped().is_some() {
+                tries_after_stop -= 1;
+                if tries_after_stop == 0 {
+                    return Err("the final state was not taken before the runner stopped".into());
+                }
+            }
+            if Instant::now() + wait > until {
+                return Err("the coordinator never took the final state".into());
+            }
+            log(format!(
+                "job {}: final state not taken yet; again in {}",
+                self.job.id,
+                show(wait)
+            ));
+            self.api.pause(wait);
+        }
+    }
 }
 
 /// The subject of the root the chain's verified path ended at.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rotary_examples::coordinator::{Coordinator, Settings};
+use rotary_examples::coordinator::{Coordinator, JobSpec, Settings};
 use rotary_examples::pki::Ca;
 use rotary_examples::{fetch, loadgen, rotation, runner, Output, TempDir};
 use support::{response, Peer};
@@ -503,13 +503,19 @@ fn loadgen_refuses_a_url_it_cannot_send_to_as_a_usage_error() {
     }
 }
 
+/// The runner's line for job `id` that starts with `what`.
+fn job_line<'a>(text: &'a str, id: u64, what: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(&format!("job {id}: {what}")))
+        .unwrap_or_else(|| panic!("no \"job {id}: {what}\" line:\n{text}"))
+}
+
 #[test]
 fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
     let s = server(Settings {
         hold: Duration::from_millis(200),
         job_every: Duration::from_millis(20),
         trace_update_interval: Duration::from_millis(10),
-        dependency_size: 100_000,
         ..Settings::default()
     });
     let dir = TempDir::new("runner-builds").expect("temp dir");
@@ -527,6 +533,8 @@ fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
             dir.path().to_str().expect("utf-8"),
             "--artifact-size",
             "300000",
+            "--check-interval",
+            "20ms",
             "--max-jobs",
             "3",
             "--duration",
@@ -544,54 +552,57 @@ fn runner_does_the_whole_job_loop_and_the_server_sees_every_artifact_byte() {
     assert_eq!(reports.len(), 3, "{reports:?}");
     for r in &reports {
         assert_eq!(r.state, "success", "{r:?}");
-        // The runner's line for the job names the artifact's SHA-256 it
-        // computed from the file; the server's, from the bytes received.
+        // The runner's line for the job names the SHA-256 of the archive
+        // it made; the server's comes from the bytes received.
         let art = r.artifact.as_ref().expect("an artifact per job");
-        assert_eq!(art.size, 300_000, "{r:?}");
-        let line = text
-            .lines()
-            .find(|l| l.contains(&format!("job {}: success", r.id)))
-            .unwrap_or_else(|| panic!("no line for job {}:\n{text}", r.id));
+        let line = job_line(&text, r.id, "artifact ");
         assert!(
-            line.contains(&format!("sha256 {}", art.sha256)),
+            line.contains(&format!("{} bytes sha256 {}", art.size, art.sha256)),
             "{line}\n{r:?}"
         );
+        // The job's script wrote 300000 random bytes: stored, not deflated.
+        assert!(art.size > 300_000 && art.size < 301_000, "{r:?}");
+        assert_eq!(r.uploads[0].expire_in.as_deref(), Some("1 day"), "{r:?}");
         // Increments: the trace went up in more than one PATCH, none refused.
         assert!(r.trace_patches >= 2, "{r:?}");
         assert_eq!(r.trace_refused, 0, "{r:?}");
         assert!(
-            line.contains(&format!("trace {} bytes", r.trace_bytes)),
-            "{line}"
+            job_line(&text, r.id, "success").contains(&format!("trace {} bytes", r.trace_bytes)),
+            "{text}"
         );
         // Sent from the job's trace.log, which holds what the server got.
         let log = std::fs::read(dir.path().join(format!("job-{}/trace.log", r.id)))
             .expect("the job's trace.log");
         assert_eq!(sha256_hex(&log), r.trace_sha256, "{r:?}");
-        assert_eq!(r.downloads, 1, "{r:?}");
-        // The dependency came from object storage, byte for byte.
-        let dep = rotary_examples::coordinator::dependency_artifact(r.id, 100_000);
-        let sha = sha256_hex(&dep);
-        assert!(
-            text.contains(&format!(
-                "job {}: dependency artifacts 100000 bytes sha256 {sha}",
-                r.id
-            )),
-            "{text}"
-        );
+        // Each demo job depends on the one before it, and fetched its
+        // archive from object storage, byte for byte.
+        if r.id > 1 {
+            assert_eq!(r.downloads, [r.id - 1], "{r:?}");
+            let dep = reports
+                .iter()
+                .find(|d| d.id == r.id - 1)
+                .and_then(|d| d.artifact.as_ref())
+                .expect("the dependency's archive");
+            assert!(
+                job_line(&text, r.id, "dependency artifacts")
+                    .contains(&format!("{} bytes sha256 {}", dep.size, dep.sha256)),
+                "{text}"
+            );
+        }
     }
     let c = s.coordinator.counters();
     // The redirect to object storage went without JOB-TOKEN.
-    assert_eq!(c.storage_requests, 3, "{c:?}");
+    assert_eq!(c.storage_requests, 2, "{c:?}");
     assert_eq!(c.storage_credentials_refused, 0, "{c:?}");
-    // Each job kept its CA file: the bundle of the delivering connection.
+    // Each job kept its CA file: the bundle of the coordinator's chain.
     let bundle = format!("{}{}", s.mid.pem(), s.root.pem());
     let mut seen = 0;
     for e in std::fs::read_dir(dir.path()).expect("builds dir") {
         let job_dir = e.expect("entry").path();
         let pem = std::fs::read_to_string(job_dir.join("ca.pem")).expect("CA file");
         assert_eq!(pem, bundle, "{}", job_dir.display());
-        // The artifacts are gone once used.
-        assert!(!job_dir.join("artifacts.bin").exists());
+        // The packed archives are gone once uploaded.
+        assert!(!job_dir.join("tmp").exists());
         seen += 1;
     }
     assert_eq!(seen, 3);
@@ -603,6 +614,8 @@ fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
     let s = server(Settings {
         hold: Duration::from_millis(50),
         job_every: Duration::from_millis(1),
+        demo_jobs: false,
+        repository: false,
         ..Settings::default()
     });
     let mut config = rotary::Config::default();
@@ -610,15 +623,17 @@ fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
     let mut engine = rotary::Engine::new(config).expect("engine");
     let opts = rotary::RequestOptions::default().deadline(Duration::from_secs(10));
     let mut send = |req: http::Request<bytes::Bytes>| engine.execute(req, opts).expect("answer");
-    let job = send(
+    let poll = || {
         http::Request::post(s.coordinator.url("/api/v4/jobs/request"))
             .body(bytes::Bytes::from_static(br#"{"token":"r"}"#))
-            .expect("request"),
-    );
+            .expect("request")
+    };
+    let first = s.coordinator.enqueue(JobSpec::script(&["true"]));
+    let job = send(poll());
     assert_eq!(job.status(), 201);
-    let body = job.body();
-    let id = rotary_examples::coordinator::json_number(body, "id").expect("id");
-    let token = rotary_examples::coordinator::json_string(body, "token").expect("token");
+    let job = rotary_examples::runner::job::Job::parse(job.body()).expect("a job");
+    assert_eq!(job.id, first);
+    let (id, token) = (job.id, job.token);
     let patch = |range: &str, data: &'static [u8]| {
         http::Request::patch(s.coordinator.url(&format!("/api/v4/jobs/{id}/trace")))
             .header("job-token", token.as_str())
@@ -629,6 +644,7 @@ fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
     let ok = send(patch("0-4", b"hello"));
     assert_eq!(ok.status(), 202);
     assert_eq!(ok.headers()["range"], "0-5");
+    assert_eq!(ok.headers()["job-status"], "running");
     assert_eq!(ok.headers()["x-gitlab-trace-update-interval"], "3");
     // A gap (or a repeat) is refused with the range the server holds.
     let gap = send(patch("7-9", b"abc"));
@@ -637,23 +653,63 @@ fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
     assert_eq!(send(patch("0-4", b"hello")).status(), 416);
     // A range that does not match the body is a bad request.
     assert_eq!(send(patch("5-9", b"abc")).status(), 400);
-    // The artifact download redirects to object storage, which refuses a
-    // request that still carries the job token.
-    let get = send(
-        http::Request::get(s.coordinator.url(&format!("/api/v4/jobs/{id}/artifacts")))
-            .header("job-token", token.as_str())
-            .body(bytes::Bytes::new())
+    // An archive, then the job's end: a later job that depends on it gets
+    // a token of its own for the download.
+    let archive = b"PK fake archive bytes".to_vec();
+    let mut form =
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n\r\n"
+            .to_vec();
+    form.extend_from_slice(&archive);
+    form.extend_from_slice(b"\r\n--B--\r\n");
+    let up = send(
+        http::Request::post(s.coordinator.url(&format!(
+            "/api/v4/jobs/{id}/artifacts?artifact_format=zip&artifact_type=archive"
+        )))
+        .header("job-token", token.as_str())
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(bytes::Bytes::from(form))
+        .expect("request"),
+    );
+    assert_eq!(up.status(), 201);
+    let done = send(
+        http::Request::put(s.coordinator.url(&format!("/api/v4/jobs/{id}")))
+            .body(bytes::Bytes::from(format!(
+                r#"{{"token":"{token}","state":"success"}}"#
+            )))
             .expect("request"),
     );
-    assert_eq!(get.status(), 302);
-    let location = get.headers()["location"]
+    assert_eq!(done.status(), 200);
+    let mut spec = JobSpec::script(&["true"]);
+    spec.dependencies = vec![id];
+    s.coordinator.enqueue(spec);
+    let next = rotary_examples::runner::job::Job::parse(send(poll()).body()).expect("a job");
+    let dep = &next.dependencies[0];
+    assert_eq!(dep.id, id);
+    assert_ne!(dep.token, next.token, "a download token of its own");
+    assert_eq!(
+        dep.artifacts_file.as_ref().map(|f| f.size),
+        Some(archive.len() as u64)
+    );
+    let get = |t: &str| {
+        http::Request::get(s.coordinator.url(&format!("/api/v4/jobs/{id}/artifacts")))
+            .header("job-token", t)
+            .body(bytes::Bytes::new())
+            .expect("request")
+    };
+    // The job's own token is not the dependency's.
+    assert_eq!(send(get(&next.token)).status(), 403);
+    // The artifact download redirects to object storage, which refuses a
+    // request that still carries the job token.
+    let found = send(get(&dep.token));
+    assert_eq!(found.status(), 302);
+    let location = found.headers()["location"]
         .to_str()
         .expect("ascii")
         .to_owned();
     assert!(location.starts_with(&format!("https://{}/", s.coordinator.storage_addr())));
     let leaked = send(
         http::Request::get(location.as_str())
-            .header("job-token", token.as_str())
+            .header("job-token", dep.token.as_str())
             .body(bytes::Bytes::new())
             .expect("request"),
     );
@@ -664,7 +720,7 @@ fn coordinator_refuses_a_trace_gap_with_416_and_storage_refuses_a_job_token() {
             .expect("r"),
     );
     assert_eq!(clean.status(), 200);
-    assert_eq!(clean.body().len(), Settings::default().dependency_size);
+    assert_eq!(clean.body().as_ref(), archive.as_slice());
     assert_eq!(s.coordinator.counters().storage_credentials_refused, 1);
     engine.shutdown();
 }
@@ -1004,6 +1060,35 @@ fn fetch_max_redirs_exceeded_exits_47_naming_the_limit() {
     );
     // The first request and two followed hops; the third hop is refused.
     assert_eq!(a.seen().len(), 3);
+}
+
+#[test]
+fn fetch_bad_location_exits_47_as_a_redirect_error_not_2() {
+    for location in ["http://127.0.0.1:99999/x", "ftp://files.test/x"] {
+        let a = Peer::plain(move |_| response("302 Found", &[("Location", location)], ""));
+        let (code, out, err) = fetch_run(&["-L", &a.url("/")]);
+        assert_fails((code, out, err.clone()), 47, "bad Location");
+        assert!(!err.contains("see --help"), "not the caller's fault: {err}");
+    }
+}
+
+#[test]
+fn fetch_prints_a_body_larger_than_16_mib_to_stdout_streamed() {
+    let len = 20 * 1024 * 1024 + 7;
+    let mut body = "b".repeat(len - 3);
+    body.push_str("end");
+    let body = Arc::new(body);
+    let served = body.clone();
+    let peer = Peer::plain(move |_| response("200 OK", &[], &served));
+    let (code, out, err) = fetch_run(&[&peer.url("/big")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), len);
+    assert!(out == *body, "the body arrived whole and in order");
+    // -i puts the head before it, on stdout too.
+    let (code, out, err) = fetch_run(&["-i", &peer.url("/big")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HTTP/1.1 200 OK\n"), "{}", &out[..64]);
+    assert!(out.ends_with("bbbend"));
 }
 
 #[test]
@@ -1629,18 +1714,18 @@ fn fetch_proxy_failures_exit_56_or_2_without_the_credentials() {
 }
 
 /// The whole job loop through a relay that cuts connections mid-upload,
-/// across a rotation to a chain from another CA: every job succeeds or
-/// fails with the reason the runner gives, every artifact the server got
-/// is the runner's file byte for byte, and every job handed out after the
-/// rotation got the new chain in its CA file, from a handshake made for the
-/// job rather than from the connection that delivered it.
+/// across a rotation to a chain from another CA: an upload cut short is
+/// sent again (a fresh body, a fresh connection) and the job succeeds,
+/// every artifact the server got is the runner's archive byte for byte,
+/// and every job handed out after the rotation got the new chain in its CA
+/// file, from a handshake made for the job rather than from the connection
+/// that delivered it, and cloned with it.
 #[test]
 fn runner_jobs_through_faults_and_a_rotation_never_see_a_stale_chain() {
     let s = server(Settings {
         hold: Duration::from_millis(200),
         job_every: Duration::from_millis(20),
         trace_update_interval: Duration::from_millis(10),
-        dependency_size: 50_000,
         ..Settings::default()
     });
     // Each connection through the relay dies inside its third artifact.
@@ -1672,6 +1757,10 @@ fn runner_jobs_through_faults_and_a_rotation_never_see_a_stale_chain() {
         dir.path().to_str().expect("utf-8"),
         "--artifact-size",
         "300000",
+        "--check-interval",
+        "20ms",
+        "--retry-backoff",
+        "10ms",
         "--max-jobs",
         &jobs.to_string(),
         "--duration",
@@ -1691,7 +1780,11 @@ fn runner_jobs_through_faults_and_a_rotation_never_see_a_stale_chain() {
     let reports = s.coordinator.take_job_reports();
     assert_eq!(reports.len() as u64, jobs, "{reports:?}\n{text}");
     assert!(relay.cuts() >= 1, "the relay cut a connection:\n{text}");
-    let (mut ok, mut failed) = (0, 0);
+    assert!(
+        text.contains("uploading artifacts.zip: try 2 of"),
+        "a cut upload was tried again:\n{text}"
+    );
+    let mut failed = 0;
     for r in &reports {
         let line = text
             .lines()
@@ -1700,58 +1793,41 @@ fn runner_jobs_through_faults_and_a_rotation_never_see_a_stale_chain() {
                     || l.contains(&format!("job {}: failed: ", r.id))
             })
             .unwrap_or_else(|| panic!("no verdict line for job {}:\n{text}", r.id));
-        match r.state.as_str() {
-            "success" => {
-                ok += 1;
-                assert!(line.contains("success"), "{line}");
-            }
-            "failed" => {
-                failed += 1;
-                let why = line.split("failed: ").nth(1).unwrap_or_default();
-                assert!(why.len() > 10, "a named reason: {line}");
-                assert!(r.failure_reason.is_some(), "{r:?}");
-            }
-            other => panic!("job {} ended {other}", r.id),
+        if r.state != "success" {
+            // Only the job running across the rotation may fail (its CA
+            // file can predate the rotation), and it says why.
+            failed += 1;
+            assert!(r.id <= handed_before, "{r:?}\n{text}");
+            let why = line.split("failed: ").nth(1).unwrap_or_default();
+            assert!(why.len() > 10, "a named reason: {line}");
+            continue;
         }
-        // Whatever artifact arrived is the runner's file, whole.
-        if let Some(art) = &r.artifact {
-            let generated = format!("job {}: artifact 300000 bytes sha256 {}", r.id, art.sha256);
-            assert!(
-                art.size == 300_000 && text.contains(&generated),
-                "{r:?}\n{text}"
-            );
-        } else {
-            assert_eq!(r.state, "failed", "a success without its artifact: {r:?}");
-        }
+        // The artifact that arrived is the runner's archive, whole.
+        let art = r.artifact.as_ref().expect("a success has its artifact");
+        assert!(
+            job_line(&text, r.id, "artifact ")
+                .contains(&format!("{} bytes sha256 {}", art.size, art.sha256)),
+            "{r:?}\n{text}"
+        );
         // A job handed out after the rotation trusts the new chain only.
         if r.id > handed_before {
-            let pem = std::fs::read_to_string(dir.path().join(format!("job-{}/ca.pem", r.id)));
-            if let Ok(pem) = pem {
-                assert_eq!(
-                    pem,
-                    format!("{}{}", mid_b.pem(), root_b.pem()),
-                    "job {}",
-                    r.id
-                );
-            }
-            assert!(
-                r.state == "success" || !text.contains(&format!("job {}: failed: git", r.id)),
-                "a stale CA file fails the clone:\n{text}"
+            let pem = std::fs::read_to_string(dir.path().join(format!("job-{}/ca.pem", r.id)))
+                .expect("the job's CA file");
+            assert_eq!(
+                pem,
+                format!("{}{}", mid_b.pem(), root_b.pem()),
+                "job {}",
+                r.id
             );
         }
     }
-    assert!(ok >= 2 && failed >= 1, "{ok} ok, {failed} failed:\n{text}");
-    assert_eq!(code, 1, "a failed job makes exit 1:\n{text}");
+    assert!(failed <= 1, "{failed} failed:\n{text}");
+    assert_eq!(code, i32::from(failed > 0), "{text}");
     assert!(
         text.contains(&format!(
-            "stopped after {jobs} jobs: {ok} succeeded, {failed} failed"
+            "stopped after {jobs} jobs: {} succeeded, {failed} failed",
+            jobs - failed
         )),
         "{text}"
-    );
-    assert!(
-        reports
-            .iter()
-            .any(|r| r.id > handed_before && r.state == "success"),
-        "a job after the rotation succeeded:\n{text}"
     );
 }

@@ -65,12 +65,17 @@ pub(crate) fn body_length(method: &Method, head: &ResponseHead) -> Result<Framin
         // 3. Transfer-Encoding and Content-Length together: Transfer-Encoding
         //    overrides, and the connection is not reused (possible smuggling).
         let ambiguous = headers.contains_key(CONTENT_LENGTH);
-        // 4. Chunked as the final coding delimits the body; any other final
-        //    coding in a response means reading until the connection closes.
-        let length = if final_coding_is_chunked(headers) {
-            BodyLength::Chunked
-        } else {
-            BodyLength::CloseDelimited
+        // 4. Chunked as the final coding delimits the body. Any other coding
+        //    (`gzip, chunked`, `chunked, gzip`, one we do not know) would
+        //    leave its encoding on the bytes handed over as the body: the
+        //    codec sends no `TE`, so a server may apply nothing but chunked
+        //    (RFC 9112 §7.4), and a response that does is refused by name
+        //    rather than delivered still encoded. With no coding named at
+        //    all (an empty field) nothing is encoded: step 4's close-
+        //    delimited reading applies.
+        let length = match codings(headers)? {
+            Codings::Chunked => BodyLength::Chunked,
+            Codings::None => BodyLength::CloseDelimited,
         };
         return Ok(Framing { length, ambiguous });
     }
@@ -86,14 +91,55 @@ pub(crate) fn body_length(method: &Method, head: &ResponseHead) -> Result<Framin
     unambiguous(BodyLength::CloseDelimited)
 }
 
-fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
+/// What a response's Transfer-Encoding fields list, once it is known to
+/// hold nothing the codec cannot undo.
+enum Codings {
+    /// Exactly one coding, `chunked`.
+    Chunked,
+    /// No coding at all (empty fields or list elements only).
+    None,
+}
+
+/// The transfer codings of a response (every Transfer-Encoding field, in
+/// order, as one list; empty elements skipped, parameters ignored). Only a
+/// single `chunked` can be undone.
+///
+/// # Errors
+/// [`Error::UnsupportedTransferCoding`] naming the first other coding, or
+/// `chunked` when it is applied twice (RFC 9112 §7: a sender must not).
+fn codings(headers: &HeaderMap) -> Result<Codings, Error> {
+    let mut chunked = false;
+    let names = headers
         .get_all(TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(trim)
-        .rfind(|coding| !coding.is_empty())
-        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+        .map(|coding| trim(coding.split(|&b| b == b';').next().unwrap_or_default()))
+        .filter(|name| !name.is_empty());
+    for name in names {
+        if name.eq_ignore_ascii_case(b"chunked") && !chunked {
+            chunked = true;
+        } else {
+            return Err(Error::UnsupportedTransferCoding {
+                coding: coding_name(name),
+            });
+        }
+    }
+    Ok(if chunked {
+        Codings::Chunked
+    } else {
+        Codings::None
+    })
+}
+
+/// A coding's name for an error: lossy, lowercase and at most 64 bytes, so a
+/// peer's header cannot make the message long.
+fn coding_name(raw: &[u8]) -> String {
+    const MAX: usize = 64;
+    let mut name = String::from_utf8_lossy(&raw[..raw.len().min(MAX)]).to_ascii_lowercase();
+    if raw.len() > MAX {
+        name.push('…');
+    }
+    name
 }
 
 /// The Content-Length, if any. Repeated fields and comma-separated lists are
@@ -236,9 +282,19 @@ mod tests {
         framing_connect_failure_has_a_body: CONNECT 407 HTTP_11 [("content-length", "2")] => plain(Length(2));
         framing_te_chunked: GET 200 HTTP_11 [("transfer-encoding", "chunked")] => plain(Chunked);
         framing_te_chunked_is_case_insensitive: GET 200 HTTP_11 [("transfer-encoding", " Chunked ")] => plain(Chunked);
-        framing_te_chunked_last_of_list: GET 200 HTTP_11 [("transfer-encoding", "gzip, chunked")] => plain(Chunked);
-        framing_te_chunked_last_across_fields: GET 200 HTTP_11 [("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")] => plain(Chunked);
-        framing_te_not_ending_in_chunked_reads_until_close: GET 200 HTTP_11 [("transfer-encoding", "chunked, gzip")] => plain(CloseDelimited);
+        framing_te_chunked_with_a_parameter: GET 200 HTTP_11 [("transfer-encoding", "chunked;x=1")] => plain(Chunked);
+        framing_te_chunked_with_empty_list_elements: GET 200 HTTP_11 [("transfer-encoding", ", chunked,")] => plain(Chunked);
+        framing_te_gzip_before_chunked_is_refused: GET 200 HTTP_11 [("transfer-encoding", "gzip, chunked")]
+            => Err(Error::UnsupportedTransferCoding { coding: "gzip".into() });
+        framing_te_gzip_before_chunked_across_fields_is_refused: GET 200 HTTP_11 [("transfer-encoding", "GZip"), ("transfer-encoding", "chunked")]
+            => Err(Error::UnsupportedTransferCoding { coding: "gzip".into() });
+        framing_te_gzip_after_chunked_is_refused: GET 200 HTTP_11 [("transfer-encoding", "chunked, gzip")]
+            => Err(Error::UnsupportedTransferCoding { coding: "gzip".into() });
+        framing_te_unknown_coding_alone_is_refused: GET 200 HTTP_11 [("transfer-encoding", "x-custom")]
+            => Err(Error::UnsupportedTransferCoding { coding: "x-custom".into() });
+        framing_te_chunked_twice_is_refused: GET 200 HTTP_11 [("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]
+            => Err(Error::UnsupportedTransferCoding { coding: "chunked".into() });
+        framing_te_coding_on_a_304_does_not_matter: GET 304 HTTP_11 [("transfer-encoding", "gzip")] => plain(Length(0));
         framing_te_empty_reads_until_close: GET 200 HTTP_11 [("transfer-encoding", "")] => plain(CloseDelimited);
         framing_te_with_cl_chunked_wins_and_is_ambiguous: GET 200 HTTP_11 [("content-length", "5"), ("transfer-encoding", "chunked")]
             => Ok(Framing { length: Chunked, ambiguous: true });

@@ -68,12 +68,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The peer folded a header value over several lines (obsolete line
-    /// folding, RFC 9112 §5.2), which the codec refuses.
-    ObsoleteLineFolding {
-        /// The folded header's name.
-        name: String,
-    },
     /// The peer switched protocols (`101`, or `2xx` to `CONNECT`); the codec
     /// does not support upgrades or tunnels. The head has been consumed from
     /// the input, so bytes of the new protocol are left there for a caller
@@ -95,6 +89,16 @@ pub enum Error {
     /// The peer sent Transfer-Encoding in an HTTP/1.0 response, whose framing
     /// therefore cannot be trusted (RFC 9112 §6.1).
     TransferEncodingInHttp10,
+    /// The peer applied a transfer coding other than one `chunked`
+    /// (`gzip, chunked`, `chunked, gzip`, a coding the codec does not know,
+    /// or `chunked` twice). The codec sends no `TE` field, so the server may
+    /// use nothing but chunked (RFC 9112 §7.4); the body is refused rather
+    /// than handed over still encoded.
+    UnsupportedTransferCoding {
+        /// The first coding that cannot be undone (lowercase, at most 64
+        /// bytes of it).
+        coding: String,
+    },
     /// The peer sent a malformed chunked body.
     InvalidChunk {
         /// What is wrong with it.
@@ -165,9 +169,6 @@ impl fmt::Display for Error {
                 write!(f, "response has more than the limit of {limit} header fields")
             }
             Error::InvalidHead { reason } => write!(f, "malformed response head: {reason}"),
-            Error::ObsoleteLineFolding { name } => {
-                write!(f, "response header `{name}` uses obsolete line folding")
-            }
             Error::UnsupportedUpgrade { status } => {
                 write!(f, "response {status} switches protocols, which is not supported")
             }
@@ -179,6 +180,11 @@ impl fmt::Display for Error {
             Error::TransferEncodingInHttp10 => {
                 f.write_str("http/1.0 response carries transfer-encoding")
             }
+            Error::UnsupportedTransferCoding { coding } => write!(
+                f,
+                "response uses the transfer coding `{coding}`, which is not supported \
+                 (only chunked, once: no TE was sent)"
+            ),
             Error::InvalidChunk { reason } => write!(f, "malformed chunked body: {reason}"),
             Error::ChunkSizeOverflow => f.write_str("chunk size does not fit in 64 bits"),
             Error::ChunkLineTooLong { limit } => {

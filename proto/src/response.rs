@@ -76,11 +76,54 @@ impl NameCache {
 /// `max_head_bytes` of `input` are looked at, so a head that does not end
 /// within them is [`Error::HeadTooLarge`] however the bytes arrived. Header
 /// values share the head's one buffer instead of each owning a copy.
+///
+/// A field value folded over several lines (obs-fold) is unfolded in place
+/// first, as RFC 9112 §5.2 tells a user agent to: each fold becomes spaces,
+/// so the value reads as one line (see [`unfold`]).
 pub(crate) fn parse_head(
     input: &mut BytesMut,
     limits: &Limits,
     names: &mut NameCache,
 ) -> Result<Option<ResponseHead>, Error> {
+    match parse_strict(input, limits, names) {
+        Err(Strict::Syntax(err)) => {
+            // Strict first: a head without folded lines (all of them, in
+            // practice) needs no scan for folds. Any syntax error is looked
+            // at again once the folds seen so far are unfolded.
+            let window = input.len().min(limits.max_head_bytes);
+            if !unfold(&mut input[..window]) {
+                return Err(parse_error(err, limits));
+            }
+            match parse_strict(input, limits, names) {
+                Err(Strict::Syntax(err)) => Err(parse_error(err, limits)),
+                Err(Strict::Head(err)) => Err(err),
+                Ok(head) => Ok(head),
+            }
+        }
+        Err(Strict::Head(err)) => Err(err),
+        Ok(head) => Ok(head),
+    }
+}
+
+/// Why a strict parse stopped: a syntax error httparse found (which an
+/// obs-fold may explain), or a head that parsed and is still refused.
+enum Strict {
+    Syntax(httparse::Error),
+    Head(Error),
+}
+
+impl From<Error> for Strict {
+    fn from(err: Error) -> Strict {
+        Strict::Head(err)
+    }
+}
+
+/// [`parse_head`] without folded lines: httparse's strict mode.
+fn parse_strict(
+    input: &mut BytesMut,
+    limits: &Limits,
+    names: &mut NameCache,
+) -> Result<Option<ResponseHead>, Strict> {
     let window = &input[..input.len().min(limits.max_head_bytes)];
     // Uninitialized slots: httparse fills only what it parses, so a head is
     // not preceded by writing `max_headers` empty slots (3.2 KiB by default).
@@ -93,18 +136,16 @@ pub(crate) fn parse_head(
         &mut heap[..]
     };
     let mut response = httparse::Response::new(&mut []);
-    // Strict first: a head without folded lines (all of them, in practice)
-    // needs no scan of its values. Any error is looked at again leniently.
     let strict = httparse::ParserConfig::default();
     let len = match strict.parse_response_with_uninit_headers(&mut response, window, fields) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return incomplete(window, limits),
-        Err(err) => return refuse(window, limits, err),
+        Ok(httparse::Status::Partial) => return Ok(incomplete(window, limits)?),
+        Err(err) => return Err(Strict::Syntax(err)),
     };
     let version = match response.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
-        _ => return Err(invalid("invalid HTTP version")),
+        _ => return Err(invalid("invalid HTTP version").into()),
     };
     let status = status_code(response.code)?;
     // Where each name and value lies in the head, to slice the shared buffer.
@@ -140,7 +181,7 @@ pub(crate) fn parse_head(
             .map(|_| HeaderValue::from_maybe_shared(head.slice(value)));
         match (name, value) {
             (Some(name), Some(Ok(value))) => headers.append(name, value),
-            _ => return Err(invalid("invalid header field")),
+            _ => return Err(invalid("invalid header field").into()),
         };
     }
     Ok(Some(ResponseHead {
@@ -183,47 +224,74 @@ fn parse_error(err: httparse::Error, limits: &Limits) -> Error {
     }
 }
 
-/// The strict parse failed: parse again allowing folded lines, so a fold is
-/// refused naming its header (or waited for, when the head is incomplete),
-/// also a fold that httparse's lenient mode trims out of the value. Other
-/// errors are the lenient parse's, as before. Heads are never built here.
-fn refuse(
-    window: &[u8],
-    limits: &Limits,
-    strict: httparse::Error,
-) -> Result<Option<ResponseHead>, Error> {
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut response = httparse::Response::new(&mut fields);
-    let mut lenient = httparse::ParserConfig::default();
-    lenient.allow_obsolete_multiline_headers_in_responses(true);
-    match lenient.parse_response(&mut response, window) {
-        Ok(httparse::Status::Complete(len)) => {
-            status_code(response.code)?;
-            // Only folds set the two modes apart. The folded field is the
-            // one whose line comes before the first line starting with
-            // white space; its value may not show it (httparse trims a fold
-            // that is all white space, or that comes right after the colon).
-            let head = window.get(..len).unwrap_or(window);
-            let fold = head
-                .windows(2)
-                .position(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'));
-            let folded = fold.and_then(|at| {
-                response
-                    .headers
-                    .iter()
-                    .take_while(|f| offset_in(window, f.name.as_bytes()) <= at)
-                    .last()
-            });
-            Err(match folded {
-                Some(field) => Error::ObsoleteLineFolding {
-                    name: field.name.to_owned(),
-                },
-                None => parse_error(strict, limits),
-            })
+/// Replace every obs-fold (RFC 9112 §5.2: `OWS CRLF RWS`, a field line
+/// continued on a line that starts with a space or tab) in the head at the
+/// front of `head` with as many spaces, in place; true when one was found.
+///
+/// RFC 9112 §5.2 tells a user agent that receives obs-fold in a response to
+/// replace each one with one or more SP before interpreting the field value,
+/// and curl does; refusing the response instead (as this codec once did)
+/// fails requests to old servers and appliances that a user agent is
+/// meant to read. The fold's danger is to intermediaries that forward a
+/// message whose framing they and the next hop read differently (request
+/// smuggling); rotary forwards nothing, and a folded `Content-Length` or
+/// `Transfer-Encoding` unfolds to a value the framing rules then judge as
+/// any other. The bytes keep their length, so the strict parse runs again
+/// over the same buffer and values still share it.
+///
+/// Only lines after the status line and before the empty line that ends the
+/// head are looked at: a line of white space right after the status line
+/// is no fold (there is no field to continue, §2.2) and is left for the
+/// parser to refuse, and the body is never touched. A head not complete yet
+/// is unfolded as far as it goes; a fold completed by later bytes is found
+/// when they arrive, so the result does not depend on how the bytes were
+/// split.
+fn unfold(head: &mut [u8]) -> bool {
+    let Some(status_end) = head.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let mut found = false;
+    // `line` is where the current line starts; `field` says whether the line
+    // before it was a field line (so a leading space or tab continues it).
+    let mut line = status_end + 1;
+    let mut field = false;
+    while let Some(&first) = head.get(line) {
+        match first {
+            b'\n' => break,
+            b'\r' if head.get(line + 1).is_none_or(|&b| b == b'\n') => break,
+            b' ' | b'\t' if field => {
+                found = true;
+                // The fold's CRLF (or bare LF) and the white space on both
+                // sides of it become spaces.
+                let mut at = line;
+                while head.get(at).is_some_and(|&b| b == b' ' || b == b'\t') {
+                    head[at] = b' ';
+                    at += 1;
+                }
+                let mut back = line;
+                if back > 0 && head[back - 1] == b'\n' {
+                    back -= 1;
+                    head[back] = b' ';
+                }
+                if back > 0 && head[back - 1] == b'\r' {
+                    back -= 1;
+                    head[back] = b' ';
+                }
+                while back > 0 && (head[back - 1] == b' ' || head[back - 1] == b'\t') {
+                    back -= 1;
+                    head[back] = b' ';
+                }
+            }
+            b' ' | b'\t' => break,
+            _ => {}
         }
-        Ok(httparse::Status::Partial) => incomplete(window, limits),
-        Err(err) => Err(parse_error(err, limits)),
+        field = true;
+        match head[line..].iter().position(|&b| b == b'\n') {
+            Some(end) => line += end + 1,
+            None => break,
+        }
     }
+    found
 }
 
 fn reason(err: httparse::Error) -> &'static str {
@@ -321,15 +389,67 @@ mod tests {
         assert_eq!(names.names.len(), NameCache::LEN);
     }
 
+    fn value(input: &[u8], name: &str) -> String {
+        let (head, _) = parse(input).expect("valid").expect("complete");
+        let value = head.headers.get(name).expect("the field");
+        value.to_str().expect("visible ASCII").to_owned()
+    }
+
     #[test]
-    fn head_folded_value_names_the_header() {
-        let err = parse(b"HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\n\r\n");
+    fn a_folded_value_is_unfolded_into_spaces() {
+        assert_eq!(
+            value(b"HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\n\r\n", "x-fold"),
+            "a   b"
+        );
+        // Tabs and the white space around the fold become spaces too; a
+        // value folded twice reads as one line; a bare LF folds as CRLF does.
+        let head = b"HTTP/1.1 200 OK\r\nX-Fold: a \r\n\tb\n  c\r\nX-Next: d\r\n\r\n";
+        assert_eq!(value(head, "x-fold"), "a    b   c");
+        assert_eq!(value(head, "x-next"), "d");
+        // A fold right after the colon leaves the value alone; a fold of
+        // white space only is trimmed.
+        assert_eq!(value(b"HTTP/1.1 200 OK\r\nX:\r\n b\r\n\r\n", "x"), "b");
+        assert_eq!(value(b"HTTP/1.1 200 OK\r\nX: a\r\n \r\n\r\n", "x"), "a");
+    }
+
+    #[test]
+    fn unfolding_keeps_the_head_length_and_never_touches_the_body() {
+        let input = b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n\r\n body line";
+        let (_, len) = parse(input).expect("valid").expect("complete");
+        assert_eq!(len, input.len() - b"\r\n body line".len());
+        let mut buf = BytesMut::from(&input[..]);
+        parse_head(&mut buf, &Limits::default(), &mut NameCache::default())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(&buf[..], b"\r\n body line");
+    }
+
+    #[test]
+    fn white_space_before_the_first_field_is_no_fold_and_is_refused() {
+        let err = parse(b"HTTP/1.1 200 OK\r\n X: 1\r\n\r\n");
         assert_eq!(
             err,
-            Err(Error::ObsoleteLineFolding {
-                name: "X-Fold".into()
+            Err(Error::InvalidHead {
+                reason: "invalid header name"
             })
         );
+    }
+
+    #[test]
+    fn a_fold_split_across_reads_is_unfolded_once_it_arrives() {
+        let input = b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n";
+        for end in 0..input.len() {
+            let mut buf = BytesMut::from(&input[..end]);
+            let head = parse_head(&mut buf, &Limits::default(), &mut NameCache::default());
+            assert_eq!(head, Ok(None), "prefix of {end} bytes");
+            buf.extend_from_slice(&input[end..]);
+            let head = parse_head(&mut buf, &Limits::default(), &mut NameCache::default());
+            let head = head.expect("valid").expect("complete");
+            assert_eq!(
+                head.headers.get("x").map(|v| v.as_bytes()),
+                Some(&b"a   b"[..])
+            );
+        }
     }
 
     #[test]

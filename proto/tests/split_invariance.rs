@@ -167,8 +167,14 @@ fn invalid_streams() -> Vec<(&'static [u8], Error)> {
             Error::InvalidContentLength,
         ),
         (
-            b"HTTP/1.1 200 OK\r\nX: a\r\n  b\r\n\r\n",
-            Error::ObsoleteLineFolding { name: "X".into() },
+            b"HTTP/1.1 200 OK\r\nX: a\r\n  b\r\nContent-Length: 1\r\n 1\r\n\r\n",
+            Error::InvalidContentLength,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            Error::UnsupportedTransferCoding {
+                coding: "gzip".into(),
+            },
         ),
         (
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",

@@ -610,7 +610,9 @@ fn error_messages_are_lowercase_and_specific() {
             exact: false,
         },
         Error::TooManyHeaders { limit: 100 },
-        Error::ObsoleteLineFolding { name: "x-f".into() },
+        Error::UnsupportedTransferCoding {
+            coding: "gzip".into(),
+        },
     ];
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -619,7 +621,7 @@ fn error_messages_are_lowercase_and_specific() {
             "connection closed with 7 bytes of the body missing",
             "connection closed with at least 7 bytes of the body missing",
             "response has more than the limit of 100 header fields",
-            "response header `x-f` uses obsolete line folding",
+            "response uses the transfer coding `gzip`, which is not supported (only chunked, once: no TE was sent)",
         ]
     );
 }

@@ -1,31 +1,42 @@
 //! The event loop: the [`Engine`] and its [`Handle`], the public API, and
 //! the loop that turns readiness, deadlines and commands into work.
 //!
-//! A request flows submit → [`request`] → [`pool`] → [`connect`] → [`io`] →
-//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it; a
-//! fresh-chain call goes [`fresh`] → [`connect`] → event. This
-//! file owns construction, the mio plumbing ([`Mio`]) and the command
-//! channel; every other piece of state belongs to the child module named
-//! after it, which alone changes it (see the README's architecture notes).
+//! The state has one owner per piece, each a module whose types keep their
+//! fields private: [`conn`] (a connection and its stage), [`request`] (a
+//! request and its attempt), [`pool`] (the pools), [`timers`] (the wheel and
+//! the deadline sets). Handlers change the state they are handed and queue
+//! [`effects`] for the rest: [`io`] (readiness by stage), [`connect`] and
+//! [`tunnel`] (the stages before ready), [`exchange`] and [`transfer`] (an
+//! exchange and its bodies), [`lifecycle`] (age, probes, chain change,
+//! fresh chains), [`deadlines`] (a timer that fires). [`apply`] is the one
+//! place the effects meet: exchanges and requests end, connections close,
+//! pools dispatch. This file owns construction, the mio plumbing ([`Mio`]),
+//! the command channel, and the public API, each entry point of which
+//! applies the effects it caused before it returns.
 
+mod apply;
+mod conn;
 mod connect;
+mod deadlines;
+mod effects;
 mod exchange;
 mod flow;
-mod fresh;
+mod handle;
 mod io;
 mod lifecycle;
+mod lifetime;
 mod pool;
 mod redirect;
 mod request;
+mod run;
 mod timers;
+mod transfer;
 mod tunnel;
 mod upload;
 
-#[cfg(test)]
-mod tests;
-
 // The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
-pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
+#[cfg(feature = "test-hooks")]
+pub(crate) use lifetime::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,34 +47,27 @@ use bytes::Bytes;
 use http::HeaderMap;
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use crate::conn::{Conn, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
-use crate::keys::{ConnKey, Key, Slots};
+use crate::keys::{ConnKey, Key, PoolKey, Slots};
 use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain, Phase,
-    Policy, RequestId, RequestOptions, Stats,
+    Body, BuildError, ChainRequestId, CloseReason, Config, Error, Event, Origin, PeerChain, Policy,
+    RequestId, RequestOptions, Stats,
 };
 
-use self::io::{Buffers, ReadMode};
-use self::pool::{PoolKey, Pools};
-use self::request::Requests;
-use self::timers::Timers;
+use self::conn::{Conn, StageName};
+use self::effects::{ConnRef, Effect, Effects, ReadMode, ReqRef};
+use self::io::Buffers;
+use self::pool::Pools;
+use self::request::{Req, Requests};
+use self::timers::{after, Timer, Timers};
+use self::upload::Upload;
 
 pub use self::flow::Progress;
-
-/// What a [`Handle`] sends to the engine's thread.
-enum Command {
-    Submit(Box<(RequestId, http::Request<Body>, RequestOptions)>),
-    Cancel(RequestId),
-    SendBody(RequestId, Bytes),
-    EndBody(RequestId, Option<Box<HeaderMap>>),
-    Consume(RequestId, usize),
-    Pause(RequestId, bool),
-    FreshChain(ChainRequestId, Origin, Duration),
-}
+use self::handle::Command;
+pub use self::handle::Handle;
 
 /// The engine's place in a mio loop: its own poll (or none when embedded),
 /// the registry its sockets go on, and its token range. Token `base` is the
@@ -123,119 +127,17 @@ pub struct Engine {
     next_req: Arc<AtomicU64>,
     next_conn: u64,
     bufs: Buffers,
+    /// What handlers decided, for [`apply`](Engine::apply).
+    effects: Effects,
     /// Connections whose read stopped at the budget: read on next turn.
-    read_again: Vec<(ConnKey, ConnId)>,
+    read_again: Vec<ConnRef>,
     /// Connections whose host let their body go on: read on next turn.
-    resumed: Vec<(ConnKey, ConnId)>,
+    resumed: Vec<ConnRef>,
     /// A connection went idle since the last quiet poll (see
     /// `Engine::release_idle_buffers`).
     idled: bool,
     shut: bool,
 }
-
-/// A `Send + Clone` handle that submits and cancels requests from other
-/// threads and wakes the engine's loop. Events still come out of the engine.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
-    next_req: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").finish_non_exhaustive()
-    }
-}
-
-impl Handle {
-    /// Submit a request; its events come out of the engine's `next_event`.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn submit(
-        &self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-    ) -> Result<RequestId, Error> {
-        let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        let request = request.map(Into::into);
-        self.send(Command::Submit(Box::new((id, request, opts))))?;
-        Ok(id)
-    }
-
-    /// Hand a chunk of a [`Body::stream`] to request `id` (see
-    /// [`Engine::send_body`]). A chunk past the request's send window fails
-    /// the request with [`Error::WindowFull`]; chunks for a request that
-    /// has ended are dropped.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn send_body(&self, id: RequestId, data: Bytes) -> Result<(), Error> {
-        self.send(Command::SendBody(id, data))
-    }
-
-    /// End the [`Body::stream`] of request `id` (see [`Engine::end_body`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn end_body(&self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        self.send(Command::EndBody(id, trailers.map(Box::new)))
-    }
-
-    /// Report `n` streamed body bytes of `id` consumed (see [`Engine::consume`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn consume(&self, id: RequestId, n: usize) -> Result<(), Error> {
-        self.send(Command::Consume(id, n))
-    }
-
-    /// Pause (`true`) or resume (`false`) the streamed body of `id` (see
-    /// [`Engine::pause`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn pause(&self, id: RequestId, paused: bool) -> Result<(), Error> {
-        self.send(Command::Pause(id, paused))
-    }
-
-    fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.tx.send(cmd).map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(())
-    }
-
-    /// Cancel a request; it ends with [`Error::Cancelled`] unless it already ended.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn cancel(&self, id: RequestId) -> Result<(), Error> {
-        self.send(Command::Cancel(id))
-    }
-
-    /// [`Engine::fresh_chain`] from another thread: its
-    /// [`Event::FreshChain`] comes out of the engine's `next_event`. The
-    /// freshness counts from when the engine's loop takes the call.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn fresh_chain(
-        &self,
-        origin: Origin,
-        freshness: Duration,
-    ) -> Result<ChainRequestId, Error> {
-        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.tx
-            .send(Command::FreshChain(id, origin, freshness))
-            .map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(id)
-    }
-}
-
-/// The largest receive window of [`Engine::execute_into`].
-const EXECUTE_INTO_WINDOW: usize = 256 * 1024;
 
 /// Events the drained queue keeps room for (see `Engine::shrink_events`):
 /// more than a poll at 256 busy connections queues.
@@ -245,9 +147,12 @@ impl Engine {
     /// An engine that owns its `mio::Poll`; drive it with [`Engine::poll`].
     ///
     /// # Errors
-    /// An I/O error from creating the poll, or `InvalidInput` when the trust
-    /// configuration yields no usable anchors (unreadable or empty CA file).
-    pub fn new(config: Config) -> std::io::Result<Engine> {
+    /// [`BuildError::Config`] for a setting that cannot work (see
+    /// [`Config::check`]), [`BuildError::Trust`] when the trust
+    /// configuration yields no usable anchors (an unreadable or empty CA
+    /// file, say), [`BuildError::Proxy`] for bad proxy settings, and
+    /// [`BuildError::Io`] when the poll cannot be created.
+    pub fn new(config: Config) -> Result<Engine, BuildError> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         Engine::build(Some(poll), registry, 0, usize::MAX, config)
@@ -261,19 +166,20 @@ impl Engine {
     /// `token_count - 1` connections are open at once.
     ///
     /// # Errors
-    /// As [`Engine::new`]; `InvalidInput` when `token_count < 2` or the
-    /// range runs past `usize::MAX`.
+    /// As [`Engine::new`]; [`BuildError::Config`] (for `token_count`) when
+    /// `token_count < 2` or the range runs past `usize::MAX`.
     pub fn embedded(
         registry: &Registry,
         token_base: usize,
         token_count: usize,
         config: Config,
-    ) -> std::io::Result<Engine> {
+    ) -> Result<Engine, BuildError> {
         if token_count < 2 || token_base.checked_add(token_count).is_none() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "token_count must be at least 2, and the range must fit in usize",
-            ));
+            return Err(crate::ConfigError::new(
+                "token_count",
+                "must be at least 2, and the range must fit in usize",
+            )
+            .into());
         }
         Engine::build(None, registry.try_clone()?, token_base, token_count, config)
     }
@@ -284,12 +190,10 @@ impl Engine {
         base: usize,
         count: usize,
         config: Config,
-    ) -> std::io::Result<Engine> {
+    ) -> Result<Engine, BuildError> {
+        config.check()?;
         let tls = TlsState::new(&config.trust)?;
-        let proxies = config
-            .proxy
-            .resolve()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let proxies = config.proxy.resolve().map_err(BuildError::Proxy)?;
         let proxy_trusts = tunnel::ProxyTrusts::new(&proxies)?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
@@ -317,7 +221,10 @@ impl Engine {
             answers: Vec::new(),
             tls,
             proxy_trusts,
-            net: Net::new(config.memnet.clone()),
+            #[cfg(feature = "test-hooks")]
+            net: Net::new(config.network.clone()),
+            #[cfg(not(feature = "test-hooks"))]
+            net: Net::new(None),
             config,
             stats: Stats::default(),
             cmd_tx,
@@ -325,6 +232,7 @@ impl Engine {
             next_req: Arc::new(AtomicU64::new(1)),
             next_conn: 1,
             bufs: Buffers::new(),
+            effects: Effects::default(),
             read_again: Vec::new(),
             resumed: Vec::new(),
             idled: false,
@@ -350,15 +258,60 @@ impl Engine {
         request: http::Request<Body>,
         opts: RequestOptions,
     ) {
-        self.submit_with_id(id, request, opts, Instant::now());
+        let now = Instant::now();
+        self.submit_with_id(id, request, opts, now);
+        self.apply(now);
     }
 
     /// End live request `id` with `error`: a refusal of the [`crate::Client`]'s
     /// own, which its caller must see named, not as a cancel.
     pub(crate) fn abort(&mut self, id: RequestId, error: Error) {
-        if let Some(rk) = self.reqs.find(id) {
-            self.abort_request(rk, error, CloseReason::Error, Instant::now());
+        self.abort_id(id, error, CloseReason::Error);
+        self.apply(Instant::now());
+    }
+
+    /// Queue the end of live request `id` with `error`; a connection it is
+    /// on closes with `close`.
+    fn abort_id(&mut self, id: RequestId, error: Error, close: CloseReason) {
+        if let Some(key) = self.reqs.find(id) {
+            let req = ReqRef { key, id };
+            self.effects.push(Effect::Abort { req, error, close });
         }
+    }
+
+    /// Take a request in: it waits in its origin's pool, which dispatches.
+    fn submit_with_id(
+        &mut self,
+        id: RequestId,
+        mut request: http::Request<Body>,
+        opts: RequestOptions,
+        now: Instant,
+    ) {
+        let fail = |engine: &mut Engine, e| engine.emit_failed(id, e, false, Progress::default());
+        if self.shut {
+            return fail(self, Error::Shutdown);
+        }
+        if let Err(e) = opts.check() {
+            return fail(self, e);
+        }
+        let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
+            Ok(p) => p,
+            Err(e) => return fail(self, e),
+        };
+        let upload = match Upload::of(&mut request) {
+            Ok(u) => u,
+            Err(e) => return fail(self, e),
+        };
+        let fed = upload.as_deref().is_some_and(Upload::is_fed);
+        let key = self.reqs.insert(Req::new(id, p, request, opts, upload));
+        if fed {
+            self.upload_submitted(key);
+        }
+        if let Some(d) = opts.deadline {
+            self.arm(Timer::Total(key), after(now, d));
+        }
+        self.pools[p].enqueue(key, now);
+        self.effects.push(Effect::Dispatch(p));
     }
 
     /// A handle for other threads.
@@ -372,8 +325,18 @@ impl Engine {
 
     /// Override the lifetime policy for one origin (existing connections
     /// keep the deadlines they already have).
-    pub fn set_origin_policy(&mut self, origin: Origin, policy: Policy) {
+    ///
+    /// # Errors
+    /// A [`ConfigError`](crate::ConfigError) for a policy that cannot work
+    /// (see [`Policy::check`]); the origin's policy is then unchanged.
+    pub fn set_origin_policy(
+        &mut self,
+        origin: Origin,
+        policy: Policy,
+    ) -> Result<(), crate::ConfigError> {
+        policy.check()?;
         self.pools.set_policy(origin, policy);
+        Ok(())
     }
 
     /// The policy in force for `origin`.
@@ -389,7 +352,8 @@ impl Engine {
     }
 
     /// Submit a request (absolute URI: `http://` or `https://`). The request
-    /// ends with exactly one terminal event; an invalid request ends at once
+    /// ends with exactly one terminal event; an invalid request (or options
+    /// that cannot work, see [`RequestOptions::check`]) ends at once
     /// with [`Error::InvalidRequest`], a request submitted after
     /// [`Engine::shutdown`] with [`Error::Shutdown`]. The body is anything
     /// that converts into a [`Body`]: bytes, a file, or a stream the host
@@ -400,7 +364,9 @@ impl Engine {
         opts: RequestOptions,
     ) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.submit_with_id(id, request.map(Into::into), opts, Instant::now());
+        let now = Instant::now();
+        self.submit_with_id(id, request.map(Into::into), opts, now);
+        self.apply(now);
         id
     }
 
@@ -416,7 +382,9 @@ impl Engine {
     /// request fails with it too); [`Error::InvalidRequest`] when `id` has
     /// ended, has no streamed body, or its body was ended.
     pub fn send_body(&mut self, id: RequestId, data: Bytes) -> Result<(), Error> {
-        self.feed_body(id, data, Instant::now())
+        let fed = self.feed_body(id, data);
+        self.apply(Instant::now());
+        fed
     }
 
     /// End request `id`'s [`Body::stream`]; `trailers` follow a chunked
@@ -428,7 +396,9 @@ impl Engine {
     /// with it too); [`Error::InvalidRequest`] when `id` has ended or has no
     /// streamed body.
     pub fn end_body(&mut self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        self.finish_body(id, trailers, Instant::now())
+        let ended = self.finish_body(id, trailers);
+        self.apply(Instant::now());
+        ended
     }
 
     /// Report `n` bytes of request `id`'s streamed body as consumed, for a
@@ -486,133 +456,17 @@ impl Engine {
     /// connect, TLS with rustls's reason, or a [`crate::Deadline`]).
     pub fn fresh_chain(&mut self, origin: &Origin, freshness: Duration) -> ChainRequestId {
         let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.fresh_chain_with_id(id, origin.clone(), freshness, Instant::now());
+        let now = Instant::now();
+        self.fresh_chain_with_id(id, origin.clone(), freshness, now);
+        self.apply(now);
         id
     }
 
     /// Cancel a request: it ends with [`Error::Cancelled`] (its connection,
     /// if mid-exchange, is closed). Unknown or finished ids are ignored.
     pub fn cancel(&mut self, id: RequestId) {
-        self.cancel_at(id, Instant::now());
-    }
-
-    /// Run the loop until the request ends; returns its response. Events
-    /// about other requests and connections stay queued for `next_event`.
-    ///
-    /// # Errors
-    /// The request's error; [`Error::InvalidRequest`] for an embedded engine
-    /// (the host owns the loop there) and for a [`Body::stream`] (nothing
-    /// would feed it); a failing poll ends the request (no event about it
-    /// is left queued) with [`Error::Io`] of [`Phase::Request`].
-    pub fn execute(
-        &mut self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-    ) -> Result<http::Response<Bytes>, Error> {
-        if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
-                "execute needs an engine that owns its poll".into(),
-            ));
-        }
-        let request = request.map(Into::into);
-        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
-                "execute cannot feed a streamed request body".into(),
-            ));
-        }
-        let id = self.submit(request, opts.streaming(false));
-        loop {
-            let found = self
-                .out
-                .iter()
-                .position(|e| e.is_terminal() && e.request_id() == Some(id));
-            if let Some(pos) = found {
-                return match self.out.remove(pos) {
-                    Some(Event::Response { response, .. }) => Ok(response),
-                    Some(Event::Failed { error, .. }) => Err(error),
-                    _ => Err(Error::Shutdown),
-                };
-            }
-            if let Err(e) = self.poll_with(None, false) {
-                self.abandon(id);
-                return Err(Error::io(Phase::Request, e));
-            }
-        }
-    }
-
-    /// Run the loop until the request ends, writing its body to `sink` as
-    /// it arrives (streamed, so `max_body` does not apply and memory stays
-    /// within the receive window whatever the size). Each piece is written
-    /// before the loop reads on, so a large window buys nothing here: the
-    /// window is the smaller of [`RequestOptions::receive_window`] and
-    /// 256 KiB (with the 1 MiB default, a 256 MiB download's RSS grew by
-    /// 2 MiB; with 256 KiB by 0.6 MiB, at the same speed). Returns the
-    /// response head, with [`Trailers`](crate::Trailers) in its extensions
-    /// for a chunked body with trailers. Other events stay queued.
-    ///
-    /// # Errors
-    /// The request's error; [`Error::Sink`] when writing to `sink` fails
-    /// (the request is cancelled); [`Error::InvalidRequest`] for an embedded
-    /// engine; a request body fed by the host cannot be used here (nothing
-    /// would feed it) and ends with [`Error::InvalidRequest`].
-    pub fn execute_into(
-        &mut self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-        sink: &mut impl std::io::Write,
-    ) -> Result<http::Response<()>, Error> {
-        if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
-                "execute_into needs an engine that owns its poll".into(),
-            ));
-        }
-        let request = request.map(Into::into);
-        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
-                "execute_into cannot feed a streamed request body".into(),
-            ));
-        }
-        let opts = opts
-            .streaming(true)
-            .manual_consume(true)
-            .receive_window(opts.receive_window.min(EXECUTE_INTO_WINDOW));
-        let id = self.submit(request, opts);
-        let mut head = None;
-        loop {
-            while let Some(pos) = self.out.iter().position(|e| e.request_id() == Some(id)) {
-                match self.out.remove(pos) {
-                    Some(Event::Head { response, .. }) => head = Some(response),
-                    Some(Event::Body { data, .. }) => {
-                        if let Err(e) = sink.write_all(&data) {
-                            self.abandon(id);
-                            return Err(Error::Sink(Arc::new(e)));
-                        }
-                        self.consume(id, data.len());
-                    }
-                    Some(Event::End { trailers, .. }) => {
-                        let mut response = head.unwrap_or_default();
-                        if let Some(t) = trailers {
-                            response.extensions_mut().insert(crate::Trailers(t));
-                        }
-                        return Ok(response);
-                    }
-                    Some(Event::Failed { error, .. }) => return Err(error),
-                    _ => {}
-                }
-            }
-            if let Err(e) = self.poll_with(None, false) {
-                self.abandon(id);
-                return Err(Error::io(Phase::Request, e));
-            }
-        }
-    }
-
-    /// End request `id` whose outcome `execute` or `execute_into` has
-    /// already returned: its events, the cancel's included, are dropped, so
-    /// the host never sees a second outcome.
-    fn abandon(&mut self, id: RequestId) {
-        self.cancel(id);
-        self.out.retain(|e| e.request_id() != Some(id));
+        self.abort_id(id, Error::Cancelled, CloseReason::Cancelled);
+        self.apply(Instant::now());
     }
 
     /// The next event, if any. A streamed body's bytes count as consumed
@@ -644,7 +498,7 @@ impl Engine {
                 .reqs
                 .find(*id)
                 .and_then(|rk| self.reqs.get(rk))
-                .is_some_and(|r| !r.opts.manual_consume);
+                .is_some_and(|r| !r.opts().manual_consume);
             if auto {
                 self.consumed(*id, data.len());
             }
@@ -679,7 +533,8 @@ impl Engine {
         let now = Instant::now();
         self.drain_commands(now);
         let mut wait = timeout;
-        if let Some(t) = self.next_timeout(now) {
+        // Queued events are the caller's business (`hurry`), not a deadline.
+        if let Some(t) = self.work_timeout(now) {
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
         if hurry && !self.out.is_empty() {
@@ -710,6 +565,7 @@ impl Engine {
         let now = Instant::now();
         for &(t, read) in &tokens {
             self.on_token(t, read, now);
+            self.apply(now);
         }
         self.mio.tokens = tokens;
         self.handle_timeouts(Instant::now());
@@ -727,11 +583,9 @@ impl Engine {
     #[inline(never)]
     fn release_idle_buffers(&mut self) {
         self.idled = false;
-        for pool in self.pools.iter() {
-            for &(_, key) in &pool.idle {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.release_buffers(0);
-                }
+        for key in self.pools.idle_conns() {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.release_buffers(0);
             }
         }
     }
@@ -742,14 +596,26 @@ impl Engine {
         if !self.mio.owns(event.token()) {
             return false;
         }
-        self.on_token(event.token(), ReadMode::after_event(event), Instant::now());
+        let now = Instant::now();
+        self.on_token(event.token(), ReadMode::after_event(event), now);
+        self.apply(now);
         true
     }
 
     /// How long the host may sleep before calling [`Engine::handle_timeouts`]:
-    /// the next deadline, zero when work is pending, `None` when nothing is
-    /// scheduled.
+    /// zero while events wait in [`Engine::next_event`] (drain them before
+    /// sleeping) or other work is pending, else the next deadline; `None`
+    /// when nothing is scheduled.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.out.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.work_timeout(now)
+    }
+
+    /// [`Engine::next_timeout`] without the queued events: the next
+    /// deadline, or zero when a read or resume waits for the next turn.
+    fn work_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.read_again.is_empty() || !self.resumed.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -767,7 +633,9 @@ impl Engine {
         self.resume_reads(now);
         while let Some(timer) = self.timers.poll_expired(now) {
             self.on_timer(timer, now);
+            self.apply(now);
         }
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -805,28 +673,19 @@ impl Engine {
     /// request whose connection was still opening is not stranded.
     pub fn close_idle(&mut self) {
         let now = Instant::now();
-        let idle: Vec<(ConnKey, PoolKey)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.req.is_none() && c.attempt_for().is_none())
-            .map(|(k, c)| (k, c.pool))
-            .collect();
-        let mut pools: Vec<PoolKey> = idle.iter().map(|&(_, p)| p).collect();
-        for (key, _) in idle {
-            self.close_conn(key, CloseReason::Shutdown);
-        }
-        pools.sort_unstable();
-        pools.dedup();
-        for p in pools {
-            self.dispatch(p, now);
-        }
+        self.close_all_idle(CloseReason::Shutdown, now);
+        self.apply(now);
         self.pools.sweep();
     }
 
     /// Fail every queued and in-flight request with [`Error::Shutdown`], send
     /// close_notify on every TLS connection, close every socket and stop the
-    /// resolver threads (waiting for a lookup in progress). Later submissions
-    /// fail with [`Error::Shutdown`].
+    /// resolver threads: queued lookups are dropped, and a lookup in
+    /// progress is waited for at most 100 ms (a system lookup cannot be
+    /// interrupted; its thread then finishes it, drops the answer and exits
+    /// on its own, counted by `resolver_threads` (with the `test-hooks`
+    /// feature) until it does).
+    /// Later submissions fail with [`Error::Shutdown`].
     pub fn shutdown(&mut self) {
         self.stop(true);
     }
@@ -837,19 +696,20 @@ impl Engine {
         }
         let now = Instant::now();
         self.drain_commands(now);
+        self.apply(now);
         self.shut = true;
-        for rk in self.reqs.keys() {
-            self.abort_request(rk, Error::Shutdown, CloseReason::Shutdown, now);
-        }
-        for key in self.conns.keys() {
-            self.close_conn(key, CloseReason::Shutdown);
-        }
+        self.end_everything(&Error::Shutdown, now);
+        self.apply(now);
         self.dns.stop(join);
         self.drain_commands(now);
+        self.apply(now);
         self.pools.sweep();
     }
 
-    /// Live resolver threads (for leak checks).
+    /// Live resolver threads (for leak checks; `test-hooks` only),
+    /// including one still inside a lookup that [`Engine::shutdown`]
+    /// stopped waiting for.
+    #[cfg(feature = "test-hooks")]
     pub fn resolver_threads(&self) -> usize {
         self.dns.threads()
     }
@@ -866,60 +726,20 @@ impl Engine {
             return;
         };
         match conn.stage() {
-            Stage::Resolving => {}
-            Stage::Connecting => self.on_connecting(key, read, now),
-            Stage::ProxyHandshaking | Stage::Tunneling | Stage::Handshaking | Stage::Ready => {
-                self.drive(key, read, now)
-            }
+            StageName::Resolving => {}
+            StageName::Connecting => self.on_connecting(key, read, now),
+            StageName::ProxyHandshaking
+            | StageName::Tunneling
+            | StageName::Handshaking
+            | StageName::Ready => self.drive(key, read, now),
         }
-    }
-
-    fn drain_commands(&mut self, now: Instant) {
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
-            match cmd {
-                Command::Submit(sub) => {
-                    let (id, req, opts) = *sub;
-                    self.submit_with_id(id, req, opts, now)
-                }
-                Command::Cancel(id) => self.cancel_at(id, now),
-                Command::SendBody(id, data) => {
-                    if let Err(e @ Error::WindowFull { .. }) = self.feed_body(id, data, now) {
-                        if let Some(rk) = self.reqs.find(id) {
-                            self.abort_request(rk, e, CloseReason::Error, now);
-                        }
-                    }
-                }
-                Command::EndBody(id, trailers) => {
-                    // A failure already ended the request with its error.
-                    let _ = self.finish_body(id, trailers.map(|t| *t), now);
-                }
-                Command::Consume(id, n) => self.consumed(id, n),
-                Command::Pause(id, paused) => self.set_paused(id, paused),
-                Command::FreshChain(id, origin, freshness) => {
-                    self.fresh_chain_with_id(id, origin, freshness, now)
-                }
-            }
-        }
-    }
-
-    /// The connection at `key`, if it is still the one with `id`: slab keys
-    /// are reused, so a key held across a call that may close connections is
-    /// checked this way before it is used again.
-    #[inline]
-    fn live(&mut self, key: ConnKey, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(key).filter(|c| c.id == id)
-    }
-
-    #[inline]
-    fn is_live(&self, key: ConnKey, id: ConnId) -> bool {
-        self.conns.get(key).is_some_and(|c| c.id == id)
     }
 
     /// Bump `counter` engine-wide and for pool `p`.
     #[inline]
     fn count(&mut self, p: PoolKey, counter: Counter) {
         *self.stats.counter(counter) += 1;
-        *self.pools[p].stats.counter(counter) += 1;
+        self.pools[p].count(counter);
     }
 
     fn has_token_room(&self) -> bool {

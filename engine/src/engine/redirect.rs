@@ -6,6 +6,7 @@
 use http::header::{self, HeaderName};
 use http::{Method, Request, StatusCode, Uri};
 
+use crate::redact::{self, Redacted};
 use crate::{Body, Origin, RedirectError};
 
 /// Headers never sent to another origin than the one they were meant for.
@@ -64,18 +65,27 @@ pub(super) fn next_hop(
         .to_str()
         .map_err(|_| RedirectError::BadLocation("not visible ASCII".into()))?;
     let uri = resolve(req.uri(), text)?;
+    // A target no request could be sent to is the server's fault, not the
+    // caller's: it ends as a redirect error, never as an invalid request.
+    let target = Origin::from_uri(&uri).map_err(|_| {
+        let why = match uri.scheme_str() {
+            Some(s) if !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https") => {
+                format!("scheme {s}: only http and https are followed")
+            }
+            _ if uri.host().is_none_or(str::is_empty) => "no host".to_owned(),
+            _ => "a port that is no number from 0 to 65535".to_owned(),
+        };
+        RedirectError::BadLocation(format!("{:?}: {why}", redact::text(text)))
+    })?;
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
         && uri.scheme() == Some(&http::uri::Scheme::HTTP)
         && !rules.to_http
     {
         return Err(RedirectError::Downgrade {
-            uri: uri.to_string(),
+            uri: Redacted(&uri).to_string(),
         });
     }
-    let same_origin = matches!(
-        (Origin::from_uri(req.uri()), Origin::from_uri(&uri)),
-        (Ok(a), Ok(b)) if a == b
-    );
+    let same_origin = Origin::from_uri(req.uri()).is_ok_and(|from| from == target);
     // 301 and 302 turn a POST into a GET, as browsers and curl do; 303 turns
     // anything but HEAD into a GET (RFC 9110 §15.4).
     let method = match (keeps_method, req.method()) {
@@ -86,7 +96,7 @@ pub(super) fn next_hop(
     };
     if rules.visited.iter().any(|(m, u)| *m == method && *u == uri) {
         return Err(RedirectError::Loop {
-            uri: uri.to_string(),
+            uri: Redacted(&uri).to_string(),
         });
     }
     let keeps_body = method == req.method() && method != Method::HEAD;
@@ -116,7 +126,8 @@ pub(super) fn next_hop(
 /// `reference` resolved against `base` (RFC 3986 §5.2.2, with a fragment
 /// dropped: it is never sent).
 pub(super) fn resolve(base: &Uri, reference: &str) -> Result<Uri, RedirectError> {
-    let bad = |why: &str| RedirectError::BadLocation(format!("{reference:?}: {why}"));
+    let bad =
+        |why: &str| RedirectError::BadLocation(format!("{:?}: {why}", redact::text(reference)));
     let reference = reference.split('#').next().unwrap_or_default().trim();
     if reference.is_empty() {
         return Ok(base.clone());
@@ -393,5 +404,57 @@ mod tests {
         assert!(next_hop(&req, StatusCode::OK, Some(&loc), &r).is_ok_and(|n| n.is_none()));
         assert!(next_hop(&req, StatusCode::NOT_MODIFIED, Some(&loc), &r).is_ok_and(|n| n.is_none()));
         assert!(next_hop(&req, StatusCode::FOUND, None, &r).is_ok_and(|n| n.is_none()));
+    }
+
+    #[test]
+    fn a_location_no_request_can_go_to_is_a_bad_location_naming_why() {
+        let req = post("https://a.test/x");
+        let cases = [
+            ("https://a.test:99999/y", "a port that is no number"),
+            ("ftp://files.test/y", "scheme ftp"),
+            ("https://:443/y", "no host"),
+            ("http://[bad", "not a URI"),
+        ];
+        for (to, why) in cases {
+            let location = http::HeaderValue::from_static(to);
+            let got = next_hop(&req, StatusCode::FOUND, Some(&location), &rules(&[], &[]));
+            match got {
+                Err(RedirectError::BadLocation(text)) => {
+                    assert!(text.contains(why), "{to}: {text}")
+                }
+                other => panic!("{to}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn errors_show_no_userinfo_and_no_query_of_the_location() {
+        let req = post("https://a.test/x");
+        let cases = [
+            "http://user:hunter2@a.test/blob?X-Amz-Signature=hunter2",
+            "https://user:hunter2@a.test/x?sig=hunter2",
+            "ftp://user:hunter2@a.test/blob?sig=hunter2",
+            "https://a.test:99999/blob?sig=hunter2",
+        ];
+        // A 302 turns the POST into a GET: the loop is a GET seen before.
+        let visited: Vec<(Method, Uri)> = vec![(
+            Method::GET,
+            "https://user:hunter2@a.test/x?sig=hunter2"
+                .parse()
+                .expect("uri"),
+        )];
+        for to in cases {
+            let location = http::HeaderValue::from_static(to);
+            let err = next_hop(
+                &req,
+                StatusCode::FOUND,
+                Some(&location),
+                &rules(&visited, &[]),
+            )
+            .expect_err(to);
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("hunter2"), "{to}: {shown}");
+            assert!(shown.contains("a.test"), "{to}: {shown}");
+        }
     }
 }

@@ -71,6 +71,8 @@
 //! nodes, their bitfields and the slot lists; `cascade.rs`, placement,
 //! removal, the front and cascading. The unit tests, among them the
 //! `BTreeMap` model test, are in `tests.rs`.
+// Public only to the benchmarks (`test-hooks`); the engine uses what it needs.
+#![cfg_attr(not(feature = "test-hooks"), allow(unreachable_pub, dead_code))]
 
 use std::time::{Duration, Instant};
 

@@ -57,6 +57,7 @@ pub use server::{
     reset_supported, Accept, BodyPlan, ConnInfo, Cut, Fill, Framing, RecordedRequest, Reply,
     Resumption, ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
+pub use sockopt::unacknowledged;
 pub(crate) use sync::{lock, Watched};
 
 use std::time::{Duration, Instant};

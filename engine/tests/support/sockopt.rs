@@ -78,3 +78,34 @@ pub(crate) fn raise_backlog(listener: &TcpListener) {
 
 #[cfg(not(unix))]
 pub(crate) fn raise_backlog(_listener: &TcpListener) {}
+
+/// Bytes `s` has sent that the peer has not acknowledged yet (and bytes not
+/// sent at all): Linux's `SIOCOUTQ`. `None` where it is not known here, as
+/// [`reset_supported`] lists. A server that closes abortively waits for 0
+/// first, so that what it answered reached the peer before the reset.
+pub fn unacknowledged(s: &TcpStream) -> Option<usize> {
+    if !reset_supported() {
+        return None;
+    }
+    outq(s)
+}
+
+#[cfg(unix)]
+fn outq(s: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    extern "C" {
+        fn ioctl(fd: i32, request: u64, value: *mut i32) -> i32;
+    }
+    // TIOCOUTQ, which is SIOCOUTQ for a TCP socket, on the architectures
+    // `reset_supported` lists.
+    const SIOCOUTQ: u64 = 0x5411;
+    let mut queued: i32 = 0;
+    // SAFETY: a valid open fd and a pointer to a live int, as SIOCOUTQ takes.
+    let done = unsafe { ioctl(s.as_raw_fd(), SIOCOUTQ, &mut queued) };
+    (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
+}
+
+#[cfg(not(unix))]
+fn outq(_s: &TcpStream) -> Option<usize> {
+    None
+}

@@ -3,6 +3,8 @@
 //! look-behind and one part's headers (capped), and reports the size and
 //! SHA-256 of the part named `file`, as GitLab's artifacts endpoint reads it.
 
+use std::io::Write;
+
 use ring::digest::{Context, SHA256};
 
 /// Most bytes of one part's header block.
@@ -49,6 +51,9 @@ pub(super) struct Multipart {
     file: Option<FilePart>,
     size: u64,
     filename: String,
+    /// Where the `file` part's bytes are copied as they stream in.
+    sink: Option<Box<dyn Write + Send>>,
+    sink_error: Option<String>,
 }
 
 impl Multipart {
@@ -87,7 +92,15 @@ impl Multipart {
             file: None,
             size: 0,
             filename: String::new(),
+            sink: None,
+            sink_error: None,
         })
+    }
+
+    /// Also copy the `file` part's bytes to `sink` as they arrive.
+    pub(super) fn with_sink(mut self, sink: Box<dyn Write + Send>) -> Multipart {
+        self.sink = Some(sink);
+        self
     }
 
     /// Take the next piece of the body.
@@ -200,6 +213,11 @@ impl Multipart {
             if let Some(h) = &mut self.hash {
                 h.update(bytes);
             }
+            if let (Some(sink), None) = (&mut self.sink, &self.sink_error) {
+                if let Err(e) = sink.write_all(bytes) {
+                    self.sink_error = Some(format!("storing the file part: {e}"));
+                }
+            }
         }
     }
 
@@ -245,7 +263,14 @@ impl Multipart {
     ///
     /// # Errors
     /// The body ended before its close delimiter, or had no `file` part.
-    pub(super) fn finish(self) -> Result<FilePart, String> {
+    pub(super) fn finish(mut self) -> Result<FilePart, String> {
+        if let Some(why) = self.sink_error.take() {
+            return Err(why);
+        }
+        if let Some(mut sink) = self.sink.take() {
+            sink.flush()
+                .map_err(|e| format!("storing the file part: {e}"))?;
+        }
         if self.state != State::End {
             return Err("multipart body ended before its close delimiter".into());
         }

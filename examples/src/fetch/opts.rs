@@ -95,7 +95,8 @@ rotary:
   --interval D           wait D between repeats               [1s]
   -h, --help             this text
 
-Status line (with -i or -I) and body go to stdout; with --repeat, one line per
+Status line (with -i or -I) and body go to stdout (the body to FILE with -o),
+streamed as they arrive whatever the size, as curl; with --repeat, one line per
 request on stderr says which connection served it and whether it was reused.
 Durations take units: 500ms, 3s, 1.5 (seconds), 2m.
 
@@ -110,11 +111,11 @@ where fetch differs from curl:
   - -u needs USER:PASS: fetch never prompts for a password.
   - -d @FILE sends FILE as it is (curl -d strips CR and LF, --data-binary not).
   - -s: there is no progress meter to hide; bad flags are always reported.
-  - a URL needs http:// or https://; no -o, -k, cookies or compression;
+  - a URL needs http:// or https://; no -k, cookies or compression;
     --resolve takes no '+' or '-' entries and no '*' host.
-  - proxies: http:// only (no https:// or SOCKS proxies), Basic credentials
-    only; --resolve does not apply to the proxy's name.
-  - exit codes other than 22 and 47 are fetch's own:
+  - proxies: http:// and https:// (no SOCKS), Basic credentials only;
+    --resolve does not apply to the proxy's name.
+  - exit codes other than 22, 23, 26, 47 and 56 are fetch's own:
 
 exit codes:
   0  a response arrived (whatever its status, unless -f)
@@ -131,6 +132,9 @@ exit codes:
      no bundle to write (the root is a compiled-in one without a
      certificate: trust the system's store instead)
   22 with -f, the status was 400 or more (as curl)
+  23 the body could not be written (stdout closed, -o FILE not writable)
+     (as curl)
+  26 the -T or -d @FILE file cannot be read (as curl)
   56 the proxy failed: unreachable, TLS with an https:// proxy failed, or
      it refused the CONNECT (403, 407 with or without credentials), closed
      or sent a bad answer (curl: 56)

@@ -9,10 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use ring::digest::{Context, SHA256};
 use rotary::{Client, Config, Event, Handshake, Origin, PeerChain, RequestOptions, ServedBy};
 
+use super::backoff::Backoff;
+use super::retry;
 use crate::coordinator::hex;
 
 /// Why a call did not produce an answer.
@@ -54,6 +58,7 @@ pub(crate) struct Answer {
 /// A streamed download's outcome.
 pub(crate) struct Download {
     pub(crate) status: http::StatusCode,
+    pub(crate) headers: http::HeaderMap,
     pub(crate) served_by: ServedBy,
     /// Body bytes written (for a 2xx) or seen (otherwise).
     pub(crate) bytes: u64,
@@ -70,6 +75,8 @@ pub(crate) struct Api {
     life: mpsc::Receiver<Event>,
     stop: Arc<AtomicUsize>,
     log: Box<dyn Fn(String)>,
+    /// The first wait of a retried call.
+    retry_base: Duration,
 }
 
 impl Api {
@@ -78,17 +85,80 @@ impl Api {
         config: Config,
         stop: Arc<AtomicUsize>,
         log: Box<dyn Fn(String)>,
-    ) -> io::Result<Api> {
+        retry_base: Duration,
+    ) -> Result<Api, rotary::BuildError> {
         let client = Client::new(config)?;
         let life = client
             .lifecycle()
-            .ok_or_else(|| io::Error::other("the client's lifecycle channel was taken"))?;
+            .ok_or_else(|| std::io::Error::other("the client's lifecycle channel was taken"))?;
         Ok(Api {
             client,
             life,
             stop,
             log,
+            retry_base,
         })
+    }
+
+    /// A backoff for one call's retries.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry_base, Duration::from_secs(60))
+    }
+
+    /// Send the request `make` builds, by GitLab Runner's rules: an answer
+    /// of 408, 429 or 5xx, or a failure to get one, is tried again (a
+    /// fresh request from `make`) after the wait the server asked for
+    /// (`RateLimit-ResetTime`, `Retry-After`), else after an exponential
+    /// backoff with jitter, up to `attempts` times in all. The last answer
+    /// is returned whatever its status; a stop signal ends the waiting.
+    ///
+    /// # Errors
+    /// The request could not be built, or no answer came (the last error).
+    pub(crate) fn call(
+        &mut self,
+        what: &str,
+        opts: RequestOptions,
+        attempts: u32,
+        make: &mut dyn FnMut() -> Result<http::Request<rotary::Body>, String>,
+    ) -> Result<Answer, String> {
+        let mut backoff = self.backoff();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (why, wait) = match self.send(make()?, opts) {
+                Ok(a) if !retry::retryable(a.response.status()) => return Ok(a),
+                Ok(a) => {
+                    let wait = retry::server_wait(a.response.headers(), SystemTime::now())
+                        .unwrap_or_else(|| backoff.next());
+                    if attempt >= attempts || self.stopped().is_some() {
+                        return Ok(a);
+                    }
+                    (format!("answered {}", a.response.status()), wait)
+                }
+                Err(e) => {
+                    if attempt >= attempts || self.stopped().is_some() {
+                        return Err(e.to_string());
+                    }
+                    (e.to_string(), backoff.next())
+                }
+            };
+            (self.log)(format!(
+                "{what} {why}; try {} of {attempts} in {}",
+                attempt + 1,
+                crate::args::show(wait)
+            ));
+            self.idle(wait);
+        }
+    }
+
+    /// Wait `d`, or at most a second once a signal came (the runner is
+    /// ending; what it still sends should not keep it long).
+    pub(crate) fn pause(&mut self, d: Duration) {
+        if self.stopped().is_some() {
+            std::thread::sleep(d.min(Duration::from_secs(1)));
+        } else {
+            self.idle(d);
+        }
     }
 
     /// The signal that arrived, if one did.
@@ -190,6 +260,7 @@ impl Api {
         self.log_lifecycle();
         Ok(Download {
             status: parts.status,
+            headers: parts.headers,
             served_by,
             bytes,
             sha256: hex(hash.finish().as_ref()),
