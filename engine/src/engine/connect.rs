@@ -445,7 +445,7 @@ impl Engine {
         let name = match ServerName::try_from(host) {
             Ok(n) => n,
             Err(e) => {
-                let error = Error::InvalidRequest(format!("bad server name: {e}"));
+                let error = Error::InvalidUri(format!("not a TLS server name: {e}"));
                 return self.effects.push(Effect::ConnectFailed { conn, error });
             }
         };

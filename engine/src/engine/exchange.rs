@@ -108,7 +108,7 @@ impl Engine {
                 // untouched and goes back to its pool.
                 self.effects.push(Effect::Abort {
                     req: rref,
-                    error: Error::InvalidRequest(e.to_string()),
+                    error: Error::InvalidHeader(e.to_string()),
                     close: CloseReason::Error,
                 });
                 return self.effects.push(Effect::Ready { conn: cref });

@@ -263,7 +263,7 @@ impl Engine {
         }
         if !origin.is_tls() {
             let why = format!("a fresh chain needs an https:// origin, not {origin}");
-            return answer(self, origin, Err(Error::InvalidRequest(why)));
+            return answer(self, origin, Err(Error::Unsupported(why)));
         }
         let p = self.pools.get_or_insert(origin, &self.config.policy);
         let pool = &mut self.pools[p];
@@ -332,7 +332,7 @@ impl Engine {
             self.chain_changed(p, conn.key, previous);
         }
         let result = info.chain.ok_or_else(|| {
-            Error::InvalidRequest("the fresh-chain connection has no tls chain".into())
+            Error::Unsupported("the fresh-chain connection has no tls chain".into())
         });
         self.answer_fresh(p, result);
         self.effects.push(Effect::Close {

@@ -258,7 +258,7 @@ impl Engine {
         request: http::Request<Body>,
         opts: RequestOptions,
     ) {
-        let now = Instant::now();
+        let now = self.now();
         self.submit_with_id(id, request, opts, now);
         self.apply(now);
     }
@@ -267,7 +267,8 @@ impl Engine {
     /// own, which its caller must see named, not as a cancel.
     pub(crate) fn abort(&mut self, id: RequestId, error: Error) {
         self.abort_id(id, error, CloseReason::Error);
-        self.apply(Instant::now());
+        let now = self.now();
+        self.apply(now);
     }
 
     /// Queue the end of live request `id` with `error`; a connection it is
@@ -354,7 +355,9 @@ impl Engine {
     /// Submit a request (absolute URI: `http://` or `https://`). The request
     /// ends with exactly one terminal event; an invalid request (or options
     /// that cannot work, see [`RequestOptions::check`]) ends at once
-    /// with [`Error::InvalidRequest`], a request submitted after
+    /// with [`Error::InvalidUri`], [`Error::InvalidOptions`] or (for a
+    /// header that would break framing, once on a connection)
+    /// [`Error::InvalidHeader`], a request submitted after
     /// [`Engine::shutdown`] with [`Error::Shutdown`]. The body is anything
     /// that converts into a [`Body`]: bytes, a file, or a stream the host
     /// feeds with [`Engine::send_body`].
@@ -364,7 +367,7 @@ impl Engine {
         opts: RequestOptions,
     ) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        let now = Instant::now();
+        let now = self.now();
         self.submit_with_id(id, request.map(Into::into), opts, now);
         self.apply(now);
         id
@@ -379,11 +382,12 @@ impl Engine {
     /// [`Error::WindowFull`] when the chunk does not fit the window (it is
     /// not taken: send it after the next `BodyWanted`);
     /// [`Error::BodySource`] when it goes past the declared length (the
-    /// request fails with it too); [`Error::InvalidRequest`] when `id` has
+    /// request fails with it too); [`Error::NotFeeding`] when `id` has
     /// ended, has no streamed body, or its body was ended.
     pub fn send_body(&mut self, id: RequestId, data: Bytes) -> Result<(), Error> {
         let fed = self.feed_body(id, data);
-        self.apply(Instant::now());
+        let now = self.now();
+        self.apply(now);
         fed
     }
 
@@ -393,11 +397,12 @@ impl Engine {
     /// # Errors
     /// [`Error::BodySource`] when the body is shorter than its declared
     /// length, or trailers were given for a body with one (the request fails
-    /// with it too); [`Error::InvalidRequest`] when `id` has ended or has no
+    /// with it too); [`Error::NotFeeding`] when `id` has ended or has no
     /// streamed body.
     pub fn end_body(&mut self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
         let ended = self.finish_body(id, trailers);
-        self.apply(Instant::now());
+        let now = self.now();
+        self.apply(now);
         ended
     }
 
@@ -447,7 +452,7 @@ impl Engine {
     /// calls show in [`Stats::fresh_chains_pending`].
     ///
     /// # Errors
-    /// In the event's `result`: [`Error::InvalidRequest`] for an `http://`
+    /// In the event's `result`: [`Error::Unsupported`] for an `http://`
     /// origin; [`Error::ConnectionLimit`] when the origin is at
     /// `max_connections` with no idle connection to close;
     /// [`Error::Shutdown`] after (or during) [`Engine::shutdown`], and
@@ -456,7 +461,7 @@ impl Engine {
     /// connect, TLS with rustls's reason, or a [`crate::Deadline`]).
     pub fn fresh_chain(&mut self, origin: &Origin, freshness: Duration) -> ChainRequestId {
         let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        let now = Instant::now();
+        let now = self.now();
         self.fresh_chain_with_id(id, origin.clone(), freshness, now);
         self.apply(now);
         id
@@ -466,7 +471,8 @@ impl Engine {
     /// if mid-exchange, is closed). Unknown or finished ids are ignored.
     pub fn cancel(&mut self, id: RequestId) {
         self.abort_id(id, Error::Cancelled, CloseReason::Cancelled);
-        self.apply(Instant::now());
+        let now = self.now();
+        self.apply(now);
     }
 
     /// The next event, if any. A streamed body's bytes count as consumed
@@ -530,7 +536,7 @@ impl Engine {
     /// queued (other requests', `Opened`, ...) are the host's for later,
     /// and hurrying for them would spin the loop for the whole exchange.
     fn poll_with(&mut self, timeout: Option<Duration>, hurry: bool) -> std::io::Result<()> {
-        let now = Instant::now();
+        let now = self.now();
         self.drain_commands(now);
         let mut wait = timeout;
         // Queued events are the caller's business (`hurry`), not a deadline.
@@ -562,13 +568,14 @@ impl Engine {
                 .iter()
                 .map(|e| (e.token(), ReadMode::after_event(e))),
         );
-        let now = Instant::now();
+        let now = self.now();
         for &(t, read) in &tokens {
             self.on_token(t, read, now);
             self.apply(now);
         }
         self.mio.tokens = tokens;
-        self.handle_timeouts(Instant::now());
+        let now = self.now();
+        self.handle_timeouts(now);
         Ok(())
     }
 
@@ -596,7 +603,7 @@ impl Engine {
         if !self.mio.owns(event.token()) {
             return false;
         }
-        let now = Instant::now();
+        let now = self.now();
         self.on_token(event.token(), ReadMode::after_event(event), now);
         self.apply(now);
         true
@@ -672,7 +679,7 @@ impl Engine {
     /// a connection keep waiting: their pools open new ones for them, so a
     /// request whose connection was still opening is not stranded.
     pub fn close_idle(&mut self) {
-        let now = Instant::now();
+        let now = self.now();
         self.close_all_idle(CloseReason::Shutdown, now);
         self.apply(now);
         self.pools.sweep();
@@ -694,7 +701,7 @@ impl Engine {
         if self.shut {
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         self.drain_commands(now);
         self.apply(now);
         self.shut = true;
@@ -733,6 +740,15 @@ impl Engine {
             | StageName::Handshaking
             | StageName::Ready => self.drive(key, read, now),
         }
+    }
+
+    /// The time the engine judges by: the clock, or the latest instant a
+    /// host gave [`Engine::handle_timeouts`] when that is later (a host's
+    /// clock that ran ahead). Deadlines armed from an earlier instant would
+    /// be due at once.
+    #[inline]
+    fn now(&mut self) -> Instant {
+        self.timers.advance(Instant::now())
     }
 
     /// Bump `counter` engine-wide and for pool `p`.

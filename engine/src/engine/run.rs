@@ -19,7 +19,7 @@ impl Engine {
     /// about other requests and connections stay queued for `next_event`.
     ///
     /// # Errors
-    /// The request's error; [`Error::InvalidRequest`] for an embedded engine
+    /// The request's error; [`Error::Unsupported`] for an embedded engine
     /// (the host owns the loop there) and for a [`Body::stream`] (nothing
     /// would feed it); a failing poll ends the request (no event about it
     /// is left queued) with [`Error::Io`] of [`Phase::Request`].
@@ -29,13 +29,13 @@ impl Engine {
         opts: RequestOptions,
     ) -> Result<http::Response<Bytes>, Error> {
         if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
+            return Err(Error::Unsupported(
                 "execute needs an engine that owns its poll".into(),
             ));
         }
         let request = request.map(Into::into);
         if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
+            return Err(Error::Unsupported(
                 "execute cannot feed a streamed request body".into(),
             ));
         }
@@ -71,9 +71,9 @@ impl Engine {
     ///
     /// # Errors
     /// The request's error; [`Error::Sink`] when writing to `sink` fails
-    /// (the request is cancelled); [`Error::InvalidRequest`] for an embedded
+    /// (the request is cancelled); [`Error::Unsupported`] for an embedded
     /// engine; a request body fed by the host cannot be used here (nothing
-    /// would feed it) and ends with [`Error::InvalidRequest`].
+    /// would feed it) and ends with [`Error::Unsupported`].
     pub fn execute_into(
         &mut self,
         request: http::Request<impl Into<Body>>,
@@ -81,13 +81,13 @@ impl Engine {
         sink: &mut impl std::io::Write,
     ) -> Result<http::Response<()>, Error> {
         if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
+            return Err(Error::Unsupported(
                 "execute_into needs an engine that owns its poll".into(),
             ));
         }
         let request = request.map(Into::into);
         if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
+            return Err(Error::Unsupported(
                 "execute_into cannot feed a streamed request body".into(),
             ));
         }

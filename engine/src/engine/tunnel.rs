@@ -107,7 +107,7 @@ impl Engine {
             }
         };
         let session = ServerName::try_from(proxy.host().to_owned())
-            .map_err(|e| Error::InvalidRequest(format!("bad proxy server name: {e}")))
+            .map_err(|e| Error::InvalidProxy(format!("{proxy}: not a TLS server name: {e}")))
             .and_then(|name| {
                 crate::proxy_tls::session_for(config, name)
                     .map_err(|e| self.proxy_error(p, ProxyFailure::Tls(e)))
@@ -240,7 +240,7 @@ impl Engine {
                 })
             });
         if let Err(why) = sent {
-            let error = Error::InvalidRequest(format!("cannot tunnel to {authority}: {why}"));
+            let error = Error::InvalidUri(format!("cannot tunnel to {authority}: {why}"));
             return self.effects.push(Effect::ConnectFailed { conn, error });
         }
         log::debug!(

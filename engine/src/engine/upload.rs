@@ -361,7 +361,7 @@ impl Upload {
     /// Take a chunk the host fed, within `window`.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] after the body was ended (nothing changes);
+    /// [`Error::NotFeeding`] after the body was ended (nothing changes);
     /// [`Error::WindowFull`] when it does not fit (it is not taken);
     /// [`Error::BodySource`] when it passes the declared length (the
     /// request must fail: `Fed::Failed`).
@@ -371,10 +371,7 @@ impl Upload {
             return Fed::Refused(no_stream(id));
         };
         if feed.ended {
-            return Fed::Refused(Error::InvalidRequest(format!(
-                "request {}: body chunk after end_body",
-                id.0
-            )));
+            return Fed::Refused(Error::NotFeeding(id));
         }
         if data.is_empty() {
             return Fed::Taken;
@@ -454,8 +451,5 @@ pub(super) enum Fed {
 
 /// The error for feeding request `id`, which has no fed body.
 pub(super) fn no_stream(id: crate::RequestId) -> Error {
-    Error::InvalidRequest(format!(
-        "request {} has ended or has no streamed body",
-        id.0
-    ))
+    Error::NotFeeding(id)
 }
