@@ -1825,7 +1825,7 @@ fn client_request(sc: &Scenario, r: &Req, client: &Client, req: http::Request<Bo
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<Error>())
                     .cloned()
-                    .unwrap_or_else(|| Error::InvalidRequest(format!("not a rotary error: {e}")));
+                    .unwrap_or_else(|| Error::Unsupported(format!("not a rotary error: {e}")));
                 return end(
                     s,
                     End::Failed {
@@ -1946,14 +1946,11 @@ fn judge(sc: &Scenario, r: &Req, s: &Saw, seen: &[Attempted], open: OpenBugs) ->
         if !matches!(
             end,
             End::Failed {
-                error: Error::InvalidRequest(_),
+                error: Error::Unsupported(_),
                 ..
             }
         ) {
-            fail(
-                &mut v,
-                "InvalidRequest: nothing can feed a Body::stream here",
-            );
+            fail(&mut v, "Unsupported: nothing can feed a Body::stream here");
         }
         return v;
     }
