@@ -216,6 +216,7 @@ impl Client {
                     reader,
                     sent: 0,
                     done: false,
+                    scratch: Vec::new(),
                 })
             }
             _ => None,
@@ -404,6 +405,9 @@ struct Upload {
     reader: Box<dyn Read + Send>,
     sent: u64,
     done: bool,
+    /// What one read fills (reused): a piece goes to the engine as a copy of
+    /// just its bytes, so a reader of small pieces holds no more than it read.
+    scratch: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,8 +547,14 @@ impl ResponseBody {
         // together fill the room the engine has.
         let mut left = usize::try_from(limit.saturating_sub(up.sent)).unwrap_or(usize::MAX);
         while left > 0 {
-            let mut buf = BytesMut::zeroed(left.min(READ_PIECE));
-            let n = match up.reader.read(&mut buf) {
+            let want = left.min(READ_PIECE);
+            if up.scratch.len() < want {
+                up.scratch.resize(want, 0);
+            }
+            let Some(buf) = up.scratch.get_mut(..want) else {
+                return Ok(());
+            };
+            let n = match up.reader.read(buf) {
                 Ok(n) => n.min(buf.len()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -562,10 +572,10 @@ impl ResponseBody {
                 up.done = true;
                 return self.remote.send(Cmd::End(self.id));
             }
-            buf.truncate(n);
+            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
             up.sent += n as u64;
             left -= n;
-            self.remote.send(Cmd::Feed(self.id, buf.freeze()))?;
+            self.remote.send(Cmd::Feed(self.id, piece))?;
         }
         Ok(())
     }

@@ -288,7 +288,8 @@ impl Conn {
     /// A response is under way: a head whose first bytes are in, or a body.
     #[inline]
     pub(in crate::engine) fn response_under_way(&self) -> bool {
-        self.codec_state() == State::Body || !self.link.rbuf.is_empty()
+        let in_body = matches!(&self.stage, Stage::Ready(r) if r.codec.reading_body());
+        in_body || !self.link.rbuf.is_empty()
     }
 
     /// Bytes wait in the read buffer.
