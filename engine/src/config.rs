@@ -1,4 +1,8 @@
 //! Engine configuration: timeouts, connection-lifetime policy, trust and limits.
+//!
+//! Plain data with documented defaults and checks of their own (`check`, run by
+//! the engine's constructor). Knows the types it names (proxies, the
+//! resolver, the network seam) and nothing of the engine that reads it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

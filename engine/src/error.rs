@@ -1,4 +1,7 @@
 //! The error a failed request ends with, naming the phase that failed.
+//!
+//! Plain data: the engine and the codec build errors, the host matches on
+//! them. Which errors are retried is the engine's (`engine/exchange.rs`).
 
 use std::fmt;
 use std::io;

@@ -1,4 +1,7 @@
 //! What the engine reports: request outcomes and connection lifecycle.
+//!
+//! Plain data handed to the host by `Engine::poll`; the engine alone builds
+//! events, and each request's last one is its only terminal event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,7 @@
 //! The pool key: scheme, host and port of a request's URI.
+//!
+//! Owns parsing and printing an origin (with the redaction rules of
+//! [`crate::redact`]); which pool an origin maps to is the engine's.
 
 use std::fmt;
 

@@ -2,7 +2,7 @@
 //! through, read from the configuration or from the environment with curl's
 //! rules, and the `no_proxy` list that exempts hosts.
 //!
-//! Owns [`Proxy`], [`NoProxy`], [`Proxies`] and [`ProxySetting`]. How a
+//! Owns [`Proxy`], [`NoProxy`] and [`Proxies`]. How a
 //! connection goes through the proxy (CONNECT, absolute-form) is the
 //! engine's (`engine/tunnel.rs`).
 
