@@ -387,6 +387,12 @@ pub struct Trust {
     pub pem_files: Vec<PathBuf>,
     /// A client certificate for mutual TLS, re-read the same way. Default none.
     pub client_identity: Option<ClientIdentity>,
+    /// Offer the hybrid post-quantum key exchange X25519MLKEM768 first, as
+    /// rustls, Chrome and Go 1.24 do (a server that does not know it picks
+    /// X25519 from the same hello). Only the `aws-lc-rs` crypto provider has
+    /// it; *ring* offers X25519, P-256 and P-384 either way. Turn it off for
+    /// a middlebox that cannot take the larger (1.2 KiB) hello. Default true.
+    pub post_quantum: bool,
     /// Accept any server certificate. Only with the off-by-default cargo
     /// feature `dangerous-skip-verification`, for lab setups; every
     /// connection logs a warning. Handshake signatures are still checked.
@@ -420,6 +426,7 @@ impl Trust {
             webpki_roots: false,
             pem_files: Vec::new(),
             client_identity: None,
+            post_quantum: true,
             #[cfg(feature = "dangerous-skip-verification")]
             dangerous_skip_verification: false,
         }

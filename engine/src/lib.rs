@@ -38,9 +38,11 @@
 //!   rules; the chain reported is always the origin's, an `https://`
 //!   proxy's apart ([`ConnectionInfo::proxy_tls`]).
 //!
-//! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
-//! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
-//! machines short, and it is the provider most rustls users have audited.
+//! TLS is rustls 0.23 on the *ring* provider by default (cargo feature
+//! `ring`), or on aws-lc-rs (feature `aws-lc-rs`), which adds the hybrid
+//! post-quantum key exchange X25519MLKEM768, offered first; `fips` selects
+//! AWS-LC's FIPS module. See [`crypto_provider`] and the README's notes
+//! on choosing one.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -68,6 +70,7 @@ pub mod fuzzing;
 mod keys;
 mod origin;
 mod path;
+mod provider;
 mod proxy;
 mod proxy_tls;
 mod redact;
@@ -99,6 +102,7 @@ pub use event::{
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
+pub use provider::{crypto_provider, CRYPTO_PROVIDER};
 pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
 pub use stats::{OriginStats, Stats};
 

@@ -266,27 +266,13 @@ fn read_identity(
     Ok((chain, key))
 }
 
-/// ring, with AES-128-GCM offered first. TLS 1.3's key schedule and
-/// transcript then run on SHA-256, which x86-64 and ARMv8 compute in hardware
-/// (SHA-384 runs in software: 7 % of a handshake's CPU in the profile), and
-/// AES-128 takes 10 rounds per block against AES-256's 14. 128-bit keys are
-/// the suite TLS 1.3 requires every peer to implement; servers that enforce
-/// their own order still choose.
-fn provider() -> rustls::crypto::CryptoProvider {
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider
-        .cipher_suites
-        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    provider
-}
-
 fn build(
     trust: &Trust,
     store: Option<&SystemStore>,
     sessions: &Arc<ClientSessionMemoryCache>,
 ) -> Result<Configs, FileError> {
     let anchors = read_anchors(trust, store)?;
-    let provider = Arc::new(provider());
+    let provider = Arc::new(crate::provider::provider(trust.post_quantum));
     let config = |e: &dyn std::fmt::Display| bad(Path::new(""), format!("tls configuration: {e}"));
     // Verification of a byte-identical chain, and the path it took, is
     // remembered (see verify_cache.rs); a new trust configuration starts a

@@ -391,7 +391,7 @@ mod tests {
     }
 
     fn algs() -> WebPkiSupportedAlgorithms {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms
+        crate::crypto_provider().signature_verification_algorithms
     }
 
     fn trusting(roots: &[&Ca]) -> Verifier {

@@ -362,7 +362,7 @@ fn hyper(a: &Args, upload: bool) -> Result<Report, String> {
                 .add(cert.map_err(|e| format!("{}: {e}", a.ca.display()))?)
                 .map_err(|e| format!("{}: {e}", a.ca.display()))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rotary::crypto_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("rustls: {e}"))?
