@@ -22,7 +22,7 @@
 //!   the next deadline forward. A leader that returns hands the lead to a
 //!   parked caller, if there is one.
 //! - **The client's thread** (`rotary-client`) leads when nobody else has
-//!   for [`LINGER`] (2 ms), or at once when a deadline of the engine is due
+//!   for [`LINGER`] (5 ms), or at once when a deadline of the engine is due
 //!   meanwhile, and keeps polling for as long as no caller waits: ages,
 //!   probes, chain changes, idle closes, stale-connection reads and every
 //!   timer run with no caller present, exactly as on the engine's own
@@ -64,9 +64,20 @@ const READ_PIECE: usize = 64 * 1024;
 
 /// How long the lead may lie free before the client's own thread takes it
 /// up: long enough that a thread making call after call keeps it (the gap
-/// between two calls is microseconds), short enough that readiness on an
-/// idle connection (a server's FIN) is seen within it.
-pub(crate) const LINGER: Duration = Duration::from_millis(2);
+/// between two calls is microseconds, and a caller descheduled on a busy
+/// machine misses a few milliseconds), short enough that readiness nobody
+/// waits for (a server's FIN on an idle connection) is seen within it.
+/// Deadlines do not wait for it: the client's thread wakes for the next one.
+pub(crate) const LINGER: Duration = Duration::from_millis(5);
+
+/// The most of a response body the engine reads ahead of the caller's
+/// reads (less when [`RequestOptions::receive_window`] is smaller). The
+/// caller reads from the engine's own pieces, so the body's memory is the
+/// window, the read buffer the pieces were cut from, and the allocator's
+/// slack around both: with 128 KiB a 256 MiB download grows RSS by about
+/// 0.3 MiB, with 1 MiB by 3.5 MiB (the allocator serves pieces of 256 KiB
+/// and more from mappings it keeps), at the same speed.
+pub(crate) const CLIENT_WINDOW: usize = 128 * 1024;
 
 /// Events one poll takes at most.
 const EVENTS: usize = 1024;
@@ -115,6 +126,12 @@ struct Shared {
 struct Lead {
     poll: Poll,
     events: Events,
+    /// `events` came out of a poll and the engine has not seen them yet:
+    /// the client's thread hands them over with the lead, so a waiting
+    /// caller does that I/O on its own thread (see [`Shared::lead`]).
+    unhandled: bool,
+    /// That poll waited and saw nothing.
+    quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +165,9 @@ struct Core {
     chains: HashMap<ChainRequestId, Option<Result<Arc<PeerChain>, Error>>>,
     /// Callers waiting without the lead.
     parked: Vec<(Key, Thread)>,
+    /// Parked callers to wake once the mutex is let go (so they do not
+    /// wake only to wait for it).
+    wake: Vec<Thread>,
     /// The client's thread.
     background: Option<Thread>,
     stopping: bool,
@@ -201,6 +221,8 @@ impl Client {
                 lead: Some(Box::new(Lead {
                     poll,
                     events: Events::with_capacity(EVENTS),
+                    unhandled: false,
+                    quiet: false,
                 })),
                 leader: Leader::Nobody,
                 sleeping: None,
@@ -209,6 +231,7 @@ impl Client {
                 routes: HashMap::new(),
                 chains: HashMap::new(),
                 parked: Vec::new(),
+                wake: Vec::new(),
                 background: None,
                 stopping: false,
                 lifecycle: Some(life_tx),
@@ -243,8 +266,8 @@ impl Client {
     /// Send a request and wait for its response head, driving the engine
     /// on this thread meanwhile when no other caller does. The body is read
     /// from the returned [`ResponseBody`] as it arrives (at most
-    /// [`RequestOptions::receive_window`] of it waits unread; the server is
-    /// held back through TCP beyond that). The response's extensions hold
+    /// [`RequestOptions::receive_window`] of it, and at most 128 KiB, waits
+    /// unread; the server is held back through TCP beyond that). The response's extensions hold
     /// the [`ServedBy`](crate::ServedBy) (connection, chain, redirect target).
     ///
     /// The request body may be anything [`Body`] takes: bytes, a
@@ -300,7 +323,11 @@ impl Client {
             }
             _ => None,
         };
-        let opts = opts.streaming(true).manual_consume(true);
+        let window = opts.receive_window.min(CLIENT_WINDOW);
+        let opts = opts
+            .streaming(true)
+            .manual_consume(true)
+            .receive_window(window);
         let shared = &self.inner.shared;
         let mut core = shared.lock();
         if core.stopping {
@@ -316,7 +343,7 @@ impl Client {
         );
         core.route(shared);
         core.kick(shared);
-        drop(core);
+        Shared::unlock(core);
         Ok(Pending {
             body: Some(ResponseBody {
                 id,
@@ -352,7 +379,7 @@ impl Client {
         let id = core.engine.fresh_chain(origin, freshness);
         core.chains.insert(id, None);
         core.route(shared);
-        drop(core);
+        Shared::unlock(core);
         let taken = shared.wait(Key::Chain(id), None, |core| match core.chains.get(&id) {
             Some(Some(_)) => core.chains.remove(&id).flatten(),
             Some(None) if core.stopping => {
@@ -391,6 +418,7 @@ impl Client {
         core.engine.close_idle();
         core.route(shared);
         core.kick(shared);
+        Shared::unlock(core);
         Ok(())
     }
 
@@ -475,6 +503,15 @@ impl Shared {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Let the mutex go, then wake the callers that got mail meanwhile.
+    fn unlock(mut core: MutexGuard<'_, Core>) {
+        let wake = std::mem::take(&mut core.wake);
+        drop(core);
+        for t in wake {
+            t.unpark();
+        }
+    }
+
     /// Wait until `take` finds what `key`'s owner waits for (then it is
     /// returned) or `until` passes (`None`), leading the engine's loop
     /// whenever nobody else does.
@@ -485,19 +522,19 @@ impl Shared {
         mut take: impl FnMut(&mut Core) -> Option<T>,
     ) -> Option<T> {
         let mut core = self.lock();
-        loop {
+        let found = loop {
             if let Some(found) = take(&mut core) {
-                return Some(found);
+                break Some(found);
             }
             let now = Instant::now();
             if until.is_some_and(|u| now >= u) {
-                return None;
+                break None;
             }
             if let Some(lead) = core.lead.take() {
                 let (c, found) = self.lead(core, lead, Leader::Caller, until, &mut take);
                 core = c;
                 if found.is_some() {
-                    return found;
+                    break found;
                 }
                 continue;
             }
@@ -508,7 +545,7 @@ impl Shared {
             if core.leader == Leader::Background {
                 core.wake_leader(self);
             }
-            drop(core);
+            Shared::unlock(core);
             match until {
                 Some(u) => std::thread::park_timeout(u.saturating_duration_since(now)),
                 None => std::thread::park(),
@@ -517,7 +554,9 @@ impl Shared {
             if let Some(at) = core.parked.iter().position(|(k, _)| *k == key) {
                 core.parked.swap_remove(at);
             }
-        }
+        };
+        Shared::unlock(core);
+        found
     }
 
     /// Drive the engine's loop with `lead` until `done` finds something
@@ -533,6 +572,20 @@ impl Shared {
     ) -> (MutexGuard<'a, Core>, Option<T>) {
         core.leader = who;
         let found = loop {
+            if lead.unhandled {
+                lead.unhandled = false;
+                for event in lead.events.iter() {
+                    core.engine.handle_event(event);
+                }
+                if lead.quiet {
+                    core.engine.handle_quiet();
+                }
+                core.engine.handle_timeouts(Instant::now());
+                core.route(self);
+                if let Some(found) = done(&mut core) {
+                    break Some(found);
+                }
+            }
             let now = Instant::now();
             if core.stopping
                 || (who == Leader::Background && !core.parked.is_empty())
@@ -547,8 +600,8 @@ impl Shared {
             }
             core.sleeping = Some(timeout.map(|t| now + t));
             core.woken = false;
-            drop(core);
-            let Lead { poll, events } = &mut *lead;
+            Shared::unlock(core);
+            let Lead { poll, events, .. } = &mut *lead;
             let polled = poll.poll(events, timeout);
             core = self.lock();
             core.sleeping = None;
@@ -560,16 +613,13 @@ impl Shared {
                     core.engine.shutdown();
                 }
             }
-            for event in lead.events.iter() {
-                core.engine.handle_event(event);
-            }
-            if lead.events.is_empty() && timeout != Some(Duration::ZERO) {
-                core.engine.handle_quiet();
-            }
-            core.engine.handle_timeouts(Instant::now());
-            core.route(self);
-            if let Some(found) = done(&mut core) {
-                break Some(found);
+            lead.unhandled = true;
+            lead.quiet = lead.events.is_empty() && timeout != Some(Duration::ZERO);
+            // A caller came while the client's thread polled: the events go
+            // to it with the lead, so their reads, and the buffers those
+            // allocate, are the caller's (at the top of the loop otherwise).
+            if who == Leader::Background && !core.parked.is_empty() && !core.stopping {
+                break None;
             }
         };
         core.lead = Some(lead);
@@ -604,6 +654,11 @@ impl Shared {
                     LINGER
                 } else {
                     if let Some(lead) = core.lead.take() {
+                        // No caller for LINGER: the loop is quiet, and idle
+                        // connections give back their buffers now rather
+                        // than at the next poll that times out, which may be
+                        // the next deadline, minutes away.
+                        core.engine.handle_quiet();
                         let idle = &mut |_: &mut Core| None::<()>;
                         core = self.lead(core, lead, Leader::Background, None, idle).0;
                     }
@@ -614,7 +669,7 @@ impl Shared {
                 // due meanwhile is the leader's to handle.
                 LINGER
             };
-            drop(core);
+            Shared::unlock(core);
             std::thread::park_timeout(wait);
             core = self.lock();
         }
@@ -687,19 +742,20 @@ impl Core {
     /// The lead was put down: wake one parked caller whose mailbox is
     /// empty, so it takes the lead up (those with mail were woken already
     /// and return without leading).
-    fn hand_over(&self) {
+    fn hand_over(&mut self) {
         let needy = self.parked.iter().find(|(key, _)| match key {
             Key::Req(id) => self.routes.get(id).is_some_and(|r| r.mail.is_empty()),
             Key::Chain(id) => self.chains.get(id).is_some_and(Option::is_none),
         });
         if let Some((_, t)) = needy {
-            t.unpark();
+            self.wake.push(t.clone());
         }
     }
 
-    fn unpark(&self, key: Key) {
+    /// Wake the caller parked on `key`, once the mutex is let go.
+    fn unpark(&mut self, key: Key) {
         if let Some((_, t)) = self.parked.iter().find(|(k, _)| *k == key) {
-            t.unpark();
+            self.wake.push(t.clone());
         }
     }
 
@@ -869,7 +925,8 @@ impl ResponseBody {
                     });
                 }
                 all.extend_from_slice(&self.chunk);
-                self.chunk.clear();
+                // Dropped, not cleared: see `read`.
+                self.chunk = Bytes::new();
                 self.consumed();
             }
             if self.state == State::Done {
@@ -929,6 +986,7 @@ impl ResponseBody {
             let mut core = shared.lock();
             core.engine.consume(id, n);
             core.kick(shared);
+            Shared::unlock(core);
         }
     }
 
@@ -961,6 +1019,7 @@ impl ResponseBody {
                     core.routes.remove(&id);
                     core.route(shared);
                     core.kick(shared);
+                    Shared::unlock(core);
                     self.state = State::Done;
                     return Err(error);
                 }
@@ -975,6 +1034,7 @@ impl ResponseBody {
                 let _ = core.engine.end_body(id, None);
                 core.route(shared);
                 core.kick(shared);
+                Shared::unlock(core);
                 return Ok(());
             }
             buf.truncate(n);
@@ -998,6 +1058,7 @@ impl ResponseBody {
             }
             core.route(shared);
             core.kick(shared);
+            Shared::unlock(core);
         }
         Ok(())
     }
@@ -1013,6 +1074,13 @@ impl Read for ResponseBody {
                 }
                 self.chunk.advance(n);
                 if self.chunk.is_empty() {
+                    // An empty `Bytes` still holds its share of the
+                    // connection's read buffer: kept, the next read into
+                    // that buffer would find it shared and allocate a new
+                    // one (and grow it again record by record), and the
+                    // old one would stay pinned until this chunk is
+                    // replaced.
+                    self.chunk = Bytes::new();
                     self.consumed();
                 }
                 return Ok(n);
@@ -1035,6 +1103,7 @@ impl Drop for ResponseBody {
             core.route(shared);
             core.kick(shared);
         }
+        Shared::unlock(core);
     }
 }
 

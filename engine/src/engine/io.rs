@@ -70,6 +70,7 @@ impl Buffers {
 impl Engine {
     /// Write what is pending, read what arrived, and act on it.
     pub(super) fn drive(&mut self, key: ConnKey, read: ReadMode, now: Instant) {
+        let budget = self.read_room(key, READ_BUDGET);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -90,8 +91,7 @@ impl Engine {
             ReadMode::Skip => ReadPass::default(),
             ReadMode::UntilShort | ReadMode::UntilWouldBlock => {
                 let stop_short = read == ReadMode::UntilShort;
-                let read =
-                    conn.read_pass(&mut bufs.scratch, &mut bufs.sealed, READ_BUDGET, stop_short);
+                let read = conn.read_pass(&mut bufs.scratch, &mut bufs.sealed, budget, stop_short);
                 match read {
                     Ok(pass) => pass,
                     Err(f) => {
