@@ -306,7 +306,7 @@ fn open_fds() -> Option<usize> {
     Some(n.saturating_sub(1))
 }
 
-/// The soak (issue 18, point 5): `a.conns` keep-alive streams with
+/// The soak: `a.conns` keep-alive streams with
 /// `a.max_age`, until `a.requests` completed or `a.soak_limit` passed,
 /// sampling VmRSS and open fds every second; then a drain, after which
 /// the engine's gauges must be zero.
