@@ -216,7 +216,9 @@ pub(crate) fn load(which: &str, a: &ClientArgs) -> Result<Report, String> {
     w.failed = failed_window;
     w.latencies_us = latencies;
     let mut r = Report::default();
-    r.window(w).put("threads", a.conns);
+    r.window(w)
+        .put("threads", a.conns)
+        .put("completed", completed.load(Ordering::Relaxed));
     if let Some(n) = client.opened() {
         r.put("opened", n);
     }

@@ -68,6 +68,7 @@ Pieces, for profiling one client by hand (e.g. under perf):
       (or `client wrk load`: wrk -t1 -cC, twice, the difference reported)
       [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
       [--close] [--idle N] [--max-conns N] [--side-handshakes RATE]
+      [--classical]   (rotary: no post-quantum key exchange offered)
   compare client rotary soak --url U --ca FILE --conns 32 --max-conns 64
       --max-age-ms 20 --requests 1000000
   compare client rotary|hyper|curl download|upload --url U --ca FILE
@@ -90,6 +91,9 @@ pub(crate) struct ClientArgs {
     /// Full handshakes per second made meanwhile by a second engine on
     /// another thread of the same process (0: none).
     pub(crate) side_handshakes: f64,
+    /// rotary offers no post-quantum key exchange (`Trust::post_quantum`
+    /// off; only matters on aws-lc-rs).
+    pub(crate) classical: bool,
     /// The soak's requests in total, and its time bound.
     pub(crate) requests: u64,
     pub(crate) soak_limit: Duration,
@@ -150,6 +154,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
         idle: 0,
         max_conns: 0,
         side_handshakes: 0.0,
+        classical: false,
         requests: 1_000_000,
         soak_limit: SOAK_LIMIT,
     };
@@ -170,6 +175,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
                 a.max_age = Some(Duration::from_millis(number(value(&mut it, flag)?, flag)?))
             }
             "--close" => a.close = true,
+            "--classical" => a.classical = true,
             "--requests" => a.requests = number(value(&mut it, flag)?, flag)?,
             "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
             "--max-conns" => a.max_conns = number(value(&mut it, flag)?, flag)?,

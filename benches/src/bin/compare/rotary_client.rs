@@ -15,6 +15,7 @@ use crate::ClientArgs;
 fn engine(a: &ClientArgs, max_connections: usize) -> Result<Engine, String> {
     let mut config = Config::default();
     config.trust = Trust::pem_file(&a.ca);
+    config.trust.post_quantum = !a.classical;
     config.policy.max_connections = max_connections;
     // Like hyper's pool: no age limit unless the workload asks for one, and
     // no idle close while measuring.
