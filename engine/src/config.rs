@@ -612,7 +612,11 @@ pub struct RequestOptions {
     /// (so a slow consumer throttles the server through TCP). Bytes count as
     /// consumed when [`Engine::next_event`](crate::Engine::next_event) hands
     /// out their event, or, with `manual_consume`, when the host calls
-    /// [`Engine::consume`](crate::Engine::consume). Default 1 MiB; 0 is
+    /// [`Engine::consume`](crate::Engine::consume). A read takes at most
+    /// what is left of the window (and one socket read, 64 KiB, past it at
+    /// most), so the window bounds what a body holds in the engine.
+    /// [`Engine::execute_into`](crate::Engine::execute_into) and
+    /// [`Client`](crate::Client) use at most 128 KiB. Default 1 MiB; 0 is
     /// refused ([`RequestOptions::check`]).
     pub receive_window: usize,
     /// Body bytes are consumed only through [`Engine::consume`](crate::Engine::consume)

@@ -23,8 +23,9 @@
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
 //!   request to completion.
-//! * Hosts without a loop use [`Client`]: the engine on a background thread
-//!   behind blocking calls, bodies read and written as `std::io` streams.
+//! * Hosts without a loop use [`Client`]: the engine behind blocking calls,
+//!   driven by the thread that waits on it (a thread of its own drives it
+//!   while nobody waits), bodies read and written as `std::io` streams.
 //! * Every TLS connection reports its [`PeerChain`]: what the server
 //!   presented, the [`VerifiedPath`] rotary's verifier built from it (leaf,
 //!   intermediates used, trust anchor), and [`PeerChain::ca_bundle`], the
