@@ -273,7 +273,7 @@ impl Client {
     /// The request body may be anything [`Body`] takes: bytes, a
     /// [`Body::file`] (read by the engine), or a [`Body::reader`], read on
     /// this thread as the engine asks for more. A [`Body::stream`] has no
-    /// one to feed it here and fails with [`Error::InvalidRequest`]. Options
+    /// one to feed it here and fails with [`Error::Unsupported`]. Options
     /// apply as documented on [`RequestOptions`], except that the body is
     /// always streamed to the [`ResponseBody`]; `max_body` bounds
     /// [`ResponseBody::bytes`].
@@ -296,7 +296,7 @@ impl Client {
     /// client's thread drives the request.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for a [`Body::stream`];
+    /// [`Error::Unsupported`] for a [`Body::stream`];
     /// [`Error::Shutdown`] once the client shut down. The request's own
     /// errors come from the wait.
     pub fn start(
@@ -307,7 +307,7 @@ impl Client {
         let mut request = request.map(Into::into);
         let upload = match &mut request.body_mut().kind {
             Kind::Stream { .. } => {
-                return Err(Error::InvalidRequest(
+                return Err(Error::Unsupported(
                     "a Client cannot feed a Body::stream; use Body::reader".into(),
                 ))
             }
@@ -801,7 +801,7 @@ impl Pending {
     /// Wait for the response head (reading a [`Body::reader`] meanwhile).
     ///
     /// # Errors
-    /// As [`Client::send_with`]; [`Error::InvalidRequest`] when
+    /// As [`Client::send_with`]; [`Error::Unsupported`] when
     /// [`Pending::wait_timeout`] already gave the answer.
     pub fn wait(mut self) -> Result<http::Response<ResponseBody>, Error> {
         match self.answer(None) {
@@ -825,7 +825,7 @@ impl Pending {
     ) -> Option<Result<http::Response<ResponseBody>, Error>> {
         let Some(body) = self.body.as_mut() else {
             let why = "the request's answer was already taken".into();
-            return Some(Err(Error::InvalidRequest(why)));
+            return Some(Err(Error::Unsupported(why)));
         };
         loop {
             let msg = match body.next_msg(until) {

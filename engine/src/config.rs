@@ -280,9 +280,11 @@ pub enum BuildError {
     /// A setting of the [`Config`] cannot work (see [`Config::check`]).
     Config(ConfigError),
     /// A trust file cannot be read or holds nothing usable: a CA file of
-    /// [`Trust::pem_files`], the client certificate or key, the host's
-    /// store when `SSL_CERT_FILE`/`SSL_CERT_DIR` name it, or an `https://`
-    /// proxy's own trust; or no trust anchor is left at all.
+    /// [`Trust::pem_files`], the client certificate or key (or a key that
+    /// does not belong to the certificate), a CRL file of
+    /// [`Trust::crl_files`], the host's store when
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR` name it, or an `https://` proxy's own
+    /// trust; or no trust anchor is left at all.
     Trust {
         /// The file (empty when no single file is to blame).
         path: PathBuf,
@@ -334,15 +336,6 @@ impl From<ConfigError> for BuildError {
     }
 }
 
-impl From<crate::tls::FileError> for BuildError {
-    fn from(e: crate::tls::FileError) -> BuildError {
-        BuildError::Trust {
-            path: e.path,
-            reason: e.reason,
-        }
-    }
-}
-
 impl From<BuildError> for std::io::Error {
     fn from(e: BuildError) -> std::io::Error {
         match e {
@@ -385,7 +378,15 @@ pub struct Trust {
     /// version that fails to parse keeps the previous anchors and raises
     /// [`Event::TrustError`](crate::Event::TrustError). Default none.
     pub pem_files: Vec<PathBuf>,
-    /// A client certificate for mutual TLS, re-read the same way. Default none.
+    /// A client certificate for mutual TLS, re-read the same way. A new
+    /// version is used only when the chain parses, the key parses and the
+    /// key belongs to the leaf (so a renewal written in two steps, the
+    /// certificate first, is never used half-way); until then the previous
+    /// identity stays, and one [`Event::TrustError`](crate::Event::TrustError)
+    /// names the problem. A version is the files' modification and change
+    /// times, sizes, inodes and the paths their symlinks resolve to, so a
+    /// rename over the file, a rewrite in place and a Kubernetes secret
+    /// volume's swap of its `..data` symlink are all seen. Default none.
     pub client_identity: Option<ClientIdentity>,
     /// Offer the hybrid post-quantum key exchange X25519MLKEM768 first, as
     /// rustls, Chrome and Go 1.24 do (a server that does not know it picks
@@ -393,12 +394,101 @@ pub struct Trust {
     /// it; *ring* offers X25519, P-256 and P-384 either way. Turn it off for
     /// a middlebox that cannot take the larger (1.2 KiB) hello. Default true.
     pub post_quantum: bool,
+    /// Certificate revocation lists, as curl's `--crlfile`: PEM files with
+    /// `X509 CRL` blocks, or one DER list per file. Read when the engine is
+    /// built (a file without a usable list is a [`BuildError::Trust`]) and
+    /// re-read like the CA files, with the same last-good rule. Every
+    /// handshake checks the leaf and each intermediate of the path it builds
+    /// against the list of that certificate's issuer (signed by it); a
+    /// listed certificate refuses the handshake, naming it
+    /// ([`RevokedCertificate`](crate::RevokedCertificate)). A certificate whose issuer has
+    /// no list here is not judged, so the host's store can still reach CAs
+    /// whose lists nobody handed over. A list past its nextUpdate follows
+    /// [`Trust::crl_expiry`]. Default none.
+    pub crl_files: Vec<PathBuf>,
+    /// What a revocation list past its nextUpdate means. Default
+    /// [`CrlExpiry::Warn`].
+    pub crl_expiry: CrlExpiry,
+    /// When connections that presented the client identity retire, and
+    /// when the host is warned, ahead of the identity leaf's notAfter.
+    pub identity_expiry: IdentityExpiry,
+    /// How often every credential file (CA files, the host's store, the
+    /// client identity, the CRL files) is looked at for a new version: one
+    /// `stat` per file (with its symlinks resolved), the files inside the
+    /// store's directories at most once a second. Default 1 s; zero is
+    /// refused ([`Config::check`]).
+    pub check_interval: Duration,
     /// Accept any server certificate. Only with the off-by-default cargo
     /// feature `dangerous-skip-verification`, for lab setups; every
     /// connection logs a warning. Handshake signatures are still checked.
     /// Default false.
     #[cfg(feature = "dangerous-skip-verification")]
     pub dangerous_skip_verification: bool,
+}
+
+/// What a certificate revocation list past its nextUpdate means
+/// ([`Trust::crl_files`]).
+///
+/// Revocation is final, so an expired list still proves that what it lists
+/// is revoked; what it no longer proves is that nothing else has been
+/// revoked since. The default keeps applying it and tells the host, once
+/// per list: refusing would turn a stalled CRL publisher into every
+/// connection to that CA failing, while the lists in hand stay enforced
+/// either way. Hosts that prefer OpenSSL's and curl's answer choose
+/// [`CrlExpiry::Refuse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CrlExpiry {
+    /// Keep applying the list, and raise one
+    /// [`Event::TrustError`](crate::Event::TrustError) naming it and its
+    /// nextUpdate (default; rustls-webpki's default too).
+    #[default]
+    Warn,
+    /// Refuse every certificate whose issuer's list has expired, until a
+    /// newer list is loaded: the handshake fails with
+    /// `CertificateError::ExpiredRevocationListContext`, as OpenSSL and curl
+    /// fail with "CRL has expired". The same event is raised.
+    Refuse,
+}
+
+/// When connections that presented the client identity retire, and when
+/// the host is warned, ahead of the identity leaf's notAfter
+/// ([`Trust::identity_expiry`]). Both count back from notAfter; their
+/// defaults scale with the leaf's lifetime (notAfter − notBefore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct IdentityExpiry {
+    /// Connections that presented the identity take no new request this
+    /// long before its leaf's notAfter, and close when their exchange
+    /// ends. `None` (default): one minute (a handshake and the clock skew
+    /// between runner and server), or a tenth of the lifetime when that is
+    /// shorter, so a five-minute certificate is not retired for a fifth of
+    /// its life. See [`IdentityExpiry::retire_margin`].
+    pub retire_before: Option<Duration>,
+    /// If no newer identity has been loaded this long before the leaf's
+    /// notAfter, one [`Event::IdentityExpiring`](crate::Event::IdentityExpiring)
+    /// warns the host. `None` (default): a sixth of the lifetime. cert-manager
+    /// renews at two thirds of the lifetime and SPIFFE at half, so with a
+    /// sixth left a renewal is late by half of cert-manager's window at
+    /// least: 10 minutes before a one-hour SVID expires, 15 days before a
+    /// 90-day certificate does. See [`IdentityExpiry::warn_lead`].
+    pub warn_before: Option<Duration>,
+}
+
+impl IdentityExpiry {
+    /// How long before notAfter a leaf valid for `lifetime` retires its
+    /// connections: `retire_before`, or the default rule.
+    pub fn retire_margin(&self, lifetime: Duration) -> Duration {
+        self.retire_before
+            .unwrap_or_else(|| Duration::from_secs(60).min(lifetime / 10))
+    }
+
+    /// How long before notAfter the host is warned about a leaf valid for
+    /// `lifetime` that nothing newer has replaced: `warn_before`, or the
+    /// default rule.
+    pub fn warn_lead(&self, lifetime: Duration) -> Duration {
+        self.warn_before.unwrap_or(lifetime / 6)
+    }
 }
 
 /// A client certificate chain and its private key, as PEM files.
@@ -427,6 +517,10 @@ impl Trust {
             pem_files: Vec::new(),
             client_identity: None,
             post_quantum: true,
+            crl_files: Vec::new(),
+            crl_expiry: CrlExpiry::Warn,
+            identity_expiry: IdentityExpiry::default(),
+            check_interval: Duration::from_secs(1),
             #[cfg(feature = "dangerous-skip-verification")]
             dangerous_skip_verification: false,
         }
@@ -505,13 +599,20 @@ impl Config {
     /// and [`Client::new`](crate::Client::new) do: the policy's (see
     /// [`Policy::check`]), a `dns`, `connect`, `handshake` or `proxy_connect`
     /// timeout of zero (every connection would fail as it starts),
-    /// `dns_threads` of 0, and a `max_head_bytes` or `max_chunk_line` limit
+    /// a `trust.check_interval` of zero, `dns_threads` of 0, and a
+    /// `max_head_bytes` or `max_chunk_line` limit
     /// of 0 (no response could be read).
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first such setting.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.policy.check()?;
+        if self.trust.check_interval.is_zero() {
+            return Err(ConfigError::new(
+                "trust.check_interval",
+                "zero looks at the credential files without pause (1 s is the default)",
+            ));
+        }
         let t = &self.timeouts;
         for (setting, value) in [
             ("timeouts.dns", t.dns),
@@ -668,12 +769,13 @@ impl RequestOptions {
     /// could move).
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`](crate::Error::InvalidRequest) naming the
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) naming the
     /// option.
     pub fn check(&self) -> Result<(), crate::Error> {
-        let zero = |name: &str| {
-            Err(crate::Error::InvalidRequest(format!(
-                "{name} of 0 bytes: no body byte could move (at least 1)"
+        let zero = |name: &'static str| {
+            Err(crate::Error::InvalidOptions(ConfigError::new(
+                name,
+                "0 bytes: no body byte could move (at least 1)",
             )))
         };
         if self.send_window == 0 {
@@ -757,5 +859,33 @@ impl RequestOptions {
     pub fn continue_timeout(mut self, d: Duration) -> Self {
         self.continue_timeout = d;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_check_interval_of_zero_is_refused() {
+        let mut config = Config::default();
+        assert_eq!(config.trust.check_interval, Duration::from_secs(1));
+        config.check().expect("the defaults work");
+        config.trust.check_interval = Duration::ZERO;
+        let err = config.check().expect_err("zero");
+        assert_eq!(err.setting, "trust.check_interval");
+    }
+
+    #[test]
+    fn identity_expiry_defaults_scale_with_the_lifetime() {
+        let d = IdentityExpiry::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(d.retire_margin(hour), Duration::from_secs(60));
+        assert_eq!(d.warn_lead(hour), Duration::from_secs(600));
+        let five_minutes = Duration::from_secs(300);
+        assert_eq!(d.retire_margin(five_minutes), Duration::from_secs(30));
+        let ninety_days = Duration::from_secs(90 * 86_400);
+        assert_eq!(d.warn_lead(ninety_days), Duration::from_secs(15 * 86_400));
+        assert_eq!(d.retire_margin(ninety_days), Duration::from_secs(60));
     }
 }

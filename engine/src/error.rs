@@ -207,7 +207,9 @@ impl fmt::Display for ProxyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyFailure::Unreachable(e) => write!(f, "unreachable: {e}"),
-            ProxyFailure::Tls(reason) => write!(f, "tls with the proxy failed: {reason}"),
+            ProxyFailure::Tls(reason) => {
+                write!(f, "tls with the proxy failed: {}", TlsReason(reason))
+            }
             ProxyFailure::Refused {
                 status,
                 authenticate,
@@ -233,6 +235,20 @@ impl fmt::Display for ProxyFailure {
     }
 }
 
+/// rustls's reason as text, but a revocation found by rotary's verifier
+/// (which rustls can only carry, and print, as an opaque `Other`) as the
+/// certificate it names.
+struct TlsReason<'a>(&'a rustls::Error);
+
+impl fmt::Display for TlsReason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match crate::crl::revoked_in(self.0) {
+            Some(revoked) => write!(f, "{revoked}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
 /// Why a request failed.
 ///
 /// Every variant names its phase ([`Error::phase`]); `Display` is a lowercase
@@ -240,9 +256,27 @@ impl fmt::Display for ProxyFailure {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
-    /// The request cannot be sent: unsupported scheme, URI without a host,
-    /// or a header that would break framing.
-    InvalidRequest(String),
+    /// The request's URI cannot be used: not `http`/`https`, not absolute,
+    /// no host, a port that is no number, a host that cannot name a TLS
+    /// server. The caller's URI is at fault.
+    InvalidUri(String),
+    /// A header of the request would break its framing (CR, LF or NUL in a
+    /// name or value, a name that is no token).
+    InvalidHeader(String),
+    /// [`RequestOptions`](crate::RequestOptions) that cannot work (see
+    /// [`RequestOptions::check`](crate::RequestOptions::check)).
+    InvalidOptions(crate::ConfigError),
+    /// A proxy URL that cannot be used ([`Proxy::parse`](crate::Proxy::parse),
+    /// [`Proxies::from_env`](crate::Proxies::from_env)), naming it.
+    InvalidProxy(String),
+    /// The call cannot work where it was made: `execute` on an embedded
+    /// engine, a [`Body::stream`](crate::Body::stream) where nothing would
+    /// feed it, a fresh chain of an `http://` origin, an answer taken twice.
+    Unsupported(String),
+    /// [`Engine::send_body`](crate::Engine::send_body) or `end_body` for a
+    /// request that has ended, has no streamed body, or whose body was
+    /// ended already: stop feeding it.
+    NotFeeding(crate::RequestId),
     /// The host name did not resolve (or resolved to no address).
     Resolve {
         /// The host that was looked up.
@@ -340,6 +374,18 @@ pub enum Error {
         /// The limit that was reached.
         limit: usize,
     },
+    /// A certificate of the server's verified path is revoked by one of
+    /// [`Trust::crl_files`](crate::Trust::crl_files): at the handshake
+    /// ([`Phase::Tls`]), or on a live connection closed at once when a new
+    /// list revokes its chain (the exchange's phase). The request is not
+    /// retried on that connection; a new one verifies the server afresh.
+    Revoked {
+        /// The certificate, by subject and serial.
+        certificate: crate::RevokedCertificate,
+        /// [`Phase::Tls`] for the handshake; the exchange's phase for a
+        /// connection closed mid-exchange.
+        phase: Phase,
+    },
     /// A deadline fired.
     Timeout(Deadline),
     /// The request was cancelled by the caller.
@@ -352,11 +398,16 @@ impl Error {
     /// The phase in which the request failed.
     pub fn phase(&self) -> Phase {
         match self {
-            Error::InvalidRequest(_) => Phase::Request,
+            Error::InvalidUri(_)
+            | Error::InvalidHeader(_)
+            | Error::InvalidOptions(_)
+            | Error::InvalidProxy(_)
+            | Error::Unsupported(_)
+            | Error::NotFeeding(_) => Phase::Request,
             Error::Resolve { .. } => Phase::Resolve,
             Error::Connect { .. } | Error::ConnectionLimit { .. } => Phase::Connect,
             Error::Redirect(_) => Phase::ResponseHead,
-            Error::Tls { phase, .. } => *phase,
+            Error::Tls { phase, .. } | Error::Revoked { phase, .. } => *phase,
             Error::Io { phase, .. }
             | Error::PeerClosed { phase, .. }
             | Error::Protocol { phase, .. } => *phase,
@@ -374,6 +425,41 @@ impl Error {
         match self {
             Error::Timeout(d) => Some(*d),
             _ => None,
+        }
+    }
+
+    /// The revoked certificate that ended the request: from
+    /// [`Error::Revoked`], or from a TLS failure whose reason is a
+    /// revocation (the handshake's `rustls::Error`, which carries it as
+    /// `CertificateError::Other`), the origin's or an `https://` proxy's.
+    pub fn revoked(&self) -> Option<&crate::RevokedCertificate> {
+        match self {
+            Error::Revoked { certificate, .. } => Some(certificate),
+            Error::Tls { reason, .. }
+            | Error::Proxy {
+                failure: ProxyFailure::Tls(reason),
+                ..
+            } => crate::crl::revoked_in(reason),
+            _ => None,
+        }
+    }
+
+    /// The error for a TLS failure in `phase`: [`Error::Revoked`] when
+    /// rotary's verifier found a certificate revoked, else [`Error::Tls`].
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine builds its TLS errors here once it closes revoked connections"
+        )
+    )]
+    pub(crate) fn tls(reason: rustls::Error, phase: Phase) -> Error {
+        match crate::crl::revoked_in(&reason) {
+            Some(certificate) => Error::Revoked {
+                certificate: certificate.clone(),
+                phase,
+            },
+            None => Error::Tls { reason, phase },
         }
     }
 
@@ -397,7 +483,16 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidRequest(why) => write!(f, "invalid request: {why}"),
+            Error::InvalidUri(why) => write!(f, "invalid uri: {why}"),
+            Error::InvalidHeader(why) => write!(f, "invalid header: {why}"),
+            Error::InvalidOptions(e) => write!(f, "request options: {e}"),
+            Error::InvalidProxy(why) => write!(f, "invalid proxy: {why}"),
+            Error::Unsupported(why) => write!(f, "unsupported: {why}"),
+            Error::NotFeeding(id) => write!(
+                f,
+                "request {} has ended, has no streamed body, or its body was ended",
+                id.0
+            ),
             Error::Resolve { host, cause } => write!(f, "could not resolve {host}: {cause}"),
             Error::Redirect(why) => write!(f, "redirect not followed: {why}"),
             Error::Connect {
@@ -419,10 +514,19 @@ impl fmt::Display for Error {
             Error::Tls {
                 reason,
                 phase: Phase::Tls,
-            } => write!(f, "tls handshake failed: {reason}"),
+            } => write!(f, "tls handshake failed: {}", TlsReason(reason)),
             Error::Tls { reason, phase } => {
-                write!(f, "tls error during {}: {reason}", phase.name())
+                write!(f, "tls error during {}: {}", phase.name(), TlsReason(reason))
             }
+            Error::Revoked {
+                certificate,
+                phase: Phase::Tls,
+            } => write!(f, "tls handshake failed: {certificate}"),
+            Error::Revoked { certificate, phase } => write!(
+                f,
+                "connection closed during {}: {certificate}",
+                phase.name()
+            ),
             Error::Io { phase, cause } => write!(f, "i/o error during {}: {cause}", phase.name()),
             Error::PeerClosed {
                 phase,
@@ -472,6 +576,7 @@ impl std::error::Error for Error {
             | Error::Io { cause, .. }
             | Error::Sink(cause) => Some(&**cause),
             Error::Tls { reason, .. } => Some(reason),
+            Error::Revoked { certificate, .. } => Some(certificate),
             Error::Protocol { cause, .. } => Some(cause),
             Error::Proxy {
                 failure: ProxyFailure::Unreachable(e),
@@ -483,5 +588,58 @@ impl std::error::Error for Error {
             } => Some(reason),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RevokedCertificate;
+
+    fn edge() -> RevokedCertificate {
+        RevokedCertificate {
+            subject: "CN=edge.test".into(),
+            serial: "1001".into(),
+        }
+    }
+
+    #[test]
+    fn a_revocation_from_the_verifier_becomes_error_revoked_naming_the_certificate() {
+        let reason = crate::crl::revoked_error(edge());
+        let err = Error::tls(reason.clone(), Phase::Tls);
+        assert!(
+            matches!(&err, Error::Revoked { certificate, phase: Phase::Tls } if *certificate == edge())
+        );
+        assert_eq!(
+            err.to_string(),
+            "tls handshake failed: certificate revoked: CN=edge.test (serial 1001)"
+        );
+        assert_eq!(err.revoked(), Some(&edge()));
+        let live = Error::Revoked {
+            certificate: edge(),
+            phase: Phase::ResponseHead,
+        };
+        assert_eq!(
+            live.to_string(),
+            "connection closed during response_head: certificate revoked: CN=edge.test (serial 1001)"
+        );
+        assert_eq!(live.phase(), Phase::ResponseHead);
+
+        // Before the engine converts it, the TLS error names it too.
+        let tls = Error::Tls {
+            reason,
+            phase: Phase::Tls,
+        };
+        assert_eq!(tls.revoked(), Some(&edge()));
+        assert_eq!(
+            tls.to_string(),
+            "tls handshake failed: certificate revoked: CN=edge.test (serial 1001)"
+        );
+        let other = Error::tls(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            Phase::Tls,
+        );
+        assert!(matches!(other, Error::Tls { .. }));
+        assert_eq!(other.revoked(), None);
     }
 }

@@ -88,11 +88,14 @@ pub enum CloseReason {
     Shutdown,
     /// A chain probe finished its handshake (probes carry no request).
     Probe,
+    /// The credentials it was made with no longer hold: its
+    /// [`Event::CredentialsInvalid`] says why.
+    Credentials,
 }
 
 impl CloseReason {
     /// Every reason, in order; for counters.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::MaxAge,
         CloseReason::Idle,
         CloseReason::MaxRequests,
@@ -105,6 +108,7 @@ impl CloseReason {
         CloseReason::Cancelled,
         CloseReason::Shutdown,
         CloseReason::Probe,
+        CloseReason::Credentials,
     ];
 
     /// A short lowercase name (`"max_age"`, `"peer_close"`, ...), used in metrics.
@@ -122,6 +126,58 @@ impl CloseReason {
             CloseReason::Cancelled => "cancelled",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Probe => "probe",
+            CloseReason::Credentials => "credentials",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a connection's credentials no longer hold; see
+/// [`Event::CredentialsInvalid`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CredentialReason {
+    /// A newer client identity was loaded
+    /// ([`Trust::client_identity`](crate::Trust::client_identity)) and the
+    /// connection presented an older one. It takes no new request once a
+    /// connection with the new identity is ready, and closes when its
+    /// exchange ends (in-flight requests and long polls finish).
+    IdentityRotated,
+    /// The client identity it presented is within
+    /// [`IdentityExpiry::retire_margin`](crate::IdentityExpiry::retire_margin)
+    /// of its leaf's notAfter. It drains as for `IdentityRotated`.
+    IdentityExpiring,
+    /// The trust anchors changed and its chain verifies no more (the
+    /// anchor its path ended at was removed, and no other path leads to
+    /// one that is left). It takes no new request; the exchange on it
+    /// finishes.
+    AnchorRemoved,
+    /// A new certificate revocation list revokes a certificate of its
+    /// verified path. It closes at once; its in-flight request fails with
+    /// [`Error::Revoked`](crate::Error::Revoked).
+    Revoked,
+}
+
+impl CredentialReason {
+    /// Every reason, in order; for counters.
+    pub const ALL: [CredentialReason; 4] = [
+        CredentialReason::IdentityRotated,
+        CredentialReason::IdentityExpiring,
+        CredentialReason::AnchorRemoved,
+        CredentialReason::Revoked,
+    ];
+
+    /// A short lowercase name (`"identity_rotated"`, `"revoked"`, ...),
+    /// used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialReason::IdentityRotated => "identity_rotated",
+            CredentialReason::IdentityExpiring => "identity_expiring",
+            CredentialReason::AnchorRemoved => "anchor_removed",
+            CredentialReason::Revoked => "revoked",
         }
     }
 
@@ -291,8 +347,12 @@ pub enum Event {
         /// What failed.
         error: Error,
     },
-    /// A trust file (CA bundle, client certificate or key) changed on disk
-    /// but could not be used; the previous configuration stays in force.
+    /// A credential file (CA bundle, CRL file, client certificate or key)
+    /// changed on disk but could not be used (it does not parse, or the key
+    /// does not belong to the certificate); the previous version stays in
+    /// force. Raised once per bad version of a file. Also raised once per
+    /// revocation list that goes past its nextUpdate (see
+    /// [`CrlExpiry`](crate::CrlExpiry)).
     TrustError {
         /// The file (empty when the problem is not one file's).
         path: std::path::PathBuf,
@@ -311,6 +371,37 @@ pub enum Event {
         /// for (with its verified path and [`PeerChain::ca_bundle`]), or why
         /// none could be made.
         result: Result<Arc<PeerChain>, Error>,
+    },
+    /// The credentials a connection was made with no longer hold: a newer
+    /// client identity, its identity about to expire, a removed trust
+    /// anchor, or a revocation. What follows depends on `reason` (see
+    /// [`CredentialReason`]); the connection ends with
+    /// [`Event::Closed`] and [`CloseReason::Credentials`].
+    CredentialsInvalid {
+        /// The connection.
+        conn: ConnId,
+        /// Its origin.
+        origin: Origin,
+        /// Why.
+        reason: CredentialReason,
+        /// What changed, for people: the new identity's subject and serial,
+        /// rustls's reason the chain no longer verifies, or the revoked
+        /// certificate's subject and serial.
+        detail: String,
+    },
+    /// The client identity's leaf is within
+    /// [`IdentityExpiry::warn_lead`](crate::IdentityExpiry::warn_lead) of
+    /// its notAfter and no newer version of its files has been loaded:
+    /// the renewal is late. Raised once per identity.
+    IdentityExpiring {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// The leaf's subject.
+        subject: String,
+        /// The leaf's serial, in uppercase hex.
+        serial: String,
+        /// The leaf's notAfter.
+        not_after: std::time::SystemTime,
     },
     /// A full handshake showed a different chain than the origin's previous
     /// connection.

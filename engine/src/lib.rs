@@ -60,7 +60,8 @@ mod body;
 mod chain;
 mod client;
 mod config;
-mod conn;
+mod credentials;
+mod crl;
 mod der;
 mod dns;
 mod engine;
@@ -68,6 +69,7 @@ mod error;
 mod event;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
+mod identity;
 mod keys;
 mod origin;
 mod path;
@@ -91,15 +93,16 @@ pub use body::Body;
 pub use chain::PeerChain;
 pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
-    BuildError, ClientIdentity, Config, ConfigError, OnChainChange, Policy, RequestOptions,
-    Resumption, Timeouts, Trust,
+    BuildError, ClientIdentity, Config, ConfigError, CrlExpiry, IdentityExpiry, OnChainChange,
+    Policy, RequestOptions, Resumption, Timeouts, Trust,
 };
+pub use crl::RevokedCertificate;
 pub use dns::{Resolver, SystemResolver};
 pub use engine::{Engine, Handle, Progress};
 pub use error::{Deadline, Error, Phase, ProxyFailure, RedirectError};
 pub use event::{
-    ChainRequestId, CloseReason, ConnId, ConnectionInfo, Event, Handshake, ProxyTlsInfo, RequestId,
-    ServedBy, Trailers,
+    ChainRequestId, CloseReason, ConnId, ConnectionInfo, CredentialReason, Event, Handshake,
+    ProxyTlsInfo, RequestId, ServedBy, Trailers,
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};

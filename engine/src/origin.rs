@@ -23,19 +23,19 @@ impl Origin {
     /// The origin of an absolute URI.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] when the scheme is not `http` or `https` or
+    /// [`Error::InvalidUri`] when the scheme is not `http` or `https` or
     /// the URI has no host.
     pub fn from_uri(uri: &Uri) -> Result<Origin, Error> {
         let tls = match uri.scheme() {
             Some(s) if *s == Scheme::HTTPS => true,
             Some(s) if *s == Scheme::HTTP => false,
             Some(s) => {
-                return Err(Error::InvalidRequest(format!(
+                return Err(Error::InvalidUri(format!(
                     "unsupported scheme {s:?} (only http and https)"
                 )))
             }
             None => {
-                return Err(Error::InvalidRequest(format!(
+                return Err(Error::InvalidUri(format!(
                     "uri {} is not absolute (it needs http:// or https://)",
                     Redacted(uri)
                 )))
@@ -44,7 +44,7 @@ impl Origin {
         let host = match uri.host() {
             Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
             _ => {
-                return Err(Error::InvalidRequest(format!(
+                return Err(Error::InvalidUri(format!(
                     "uri {} has no host",
                     Redacted(uri)
                 )))
@@ -61,7 +61,7 @@ impl Origin {
             // `Uri` accepts any text after the colon (`:abc`, `:99999`) and
             // then reports no port: refuse rather than use the default.
             Some(p) => p.parse().map_err(|_| {
-                Error::InvalidRequest(format!("uri {} has an invalid port {p:?}", Redacted(uri)))
+                Error::InvalidUri(format!("uri {} has an invalid port {p:?}", Redacted(uri)))
             })?,
         };
         Ok(Origin {
@@ -74,11 +74,11 @@ impl Origin {
     /// The origin of a URI string such as `https://example.com:8443`.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for an unparsable URI, see [`Origin::from_uri`].
+    /// [`Error::InvalidUri`] for an unparsable URI, see [`Origin::from_uri`].
     pub fn parse(s: &str) -> Result<Origin, Error> {
         let uri: Uri = s
             .parse()
-            .map_err(|e| Error::InvalidRequest(format!("bad uri {:?}: {e}", redact::text(s))))?;
+            .map_err(|e| Error::InvalidUri(format!("bad uri {:?}: {e}", redact::text(s))))?;
         Origin::from_uri(&uri)
     }
 
@@ -149,7 +149,7 @@ mod tests {
     fn origin_refuses_ports_that_are_not_16_bit_numbers() {
         for bad in ["http://x:abc/", "https://x:99999/", "http://u@[::1]:7z/"] {
             assert!(
-                matches!(Origin::parse(bad), Err(Error::InvalidRequest(_))),
+                matches!(Origin::parse(bad), Err(Error::InvalidUri(_))),
                 "{bad}"
             );
         }
@@ -166,11 +166,11 @@ mod tests {
     fn origin_refuses_other_schemes_and_relative_uris() {
         assert!(matches!(
             Origin::parse("ftp://x/"),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidUri(_))
         ));
         assert!(matches!(
             Origin::parse("/relative"),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidUri(_))
         ));
     }
 }

@@ -67,11 +67,11 @@ impl Proxy {
     /// [`Proxy::with_trust`] says otherwise.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for another scheme (SOCKS proxies are not
+    /// [`Error::InvalidProxy`] for another scheme (SOCKS proxies are not
     /// supported), an empty host or a bad port. The message never repeats
     /// the credentials.
     pub fn parse(url: &str) -> Result<Proxy, Error> {
-        let bad = |why: &str| Error::InvalidRequest(format!("bad proxy url: {why}"));
+        let bad = |why: &str| Error::InvalidProxy(format!("bad proxy url: {why}"));
         let url = url.trim();
         let (tls, rest) = match url.find("://") {
             Some(i) => {
@@ -454,7 +454,7 @@ impl Proxies {
     /// unset.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] naming the variable whose URL does not parse
+    /// [`Error::InvalidProxy`] naming the variable whose URL does not parse
     /// (see [`Proxy::parse`]), never its value.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Proxies, Error> {
         let get = |names: &[&'static str]| -> Option<(&'static str, String)> {
@@ -470,10 +470,10 @@ impl Proxies {
                         .map(|p| Some(Arc::new(p)))
                         .map_err(|e| {
                             let why = match e {
-                                Error::InvalidRequest(why) => why,
+                                Error::InvalidProxy(why) => why,
                                 other => other.to_string(),
                             };
-                            Error::InvalidRequest(format!("{name}: {why}"))
+                            Error::InvalidProxy(format!("{name}: {why}"))
                         })
                 }
             }

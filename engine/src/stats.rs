@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{CloseReason, Origin, Phase};
+use crate::{CloseReason, CredentialReason, Origin, Phase};
 
 /// A lifetime counter kept both engine-wide ([`Stats`]) and per origin
 /// ([`OriginStats`]); the engine bumps both with one call.
@@ -135,6 +135,11 @@ pub struct Stats {
     pub fresh_chain_handshakes: u64,
     /// Drains whose `drain_grace` passed before the exchange finished.
     pub drains_hit_grace: u64,
+    /// Connections whose credentials stopped holding, indexed by
+    /// [`CredentialReason::ALL`] order; see [`Stats::credentials_invalid`].
+    pub credentials_invalid_by_reason: [u64; CredentialReason::ALL.len()],
+    /// [`Event::IdentityExpiring`](crate::Event::IdentityExpiring) warnings raised.
+    pub identity_expiry_warnings: u64,
     /// Gauge: open connections (connecting, ready or draining).
     pub connections: usize,
     /// Gauge: timers on the wheel.
@@ -161,6 +166,11 @@ impl Stats {
     /// Connections closed for `reason`.
     pub fn closed(&self, reason: CloseReason) -> u64 {
         self.closed_by_reason[reason.index()]
+    }
+
+    /// Connections whose credentials stopped holding for `reason`.
+    pub fn credentials_invalid(&self, reason: CredentialReason) -> u64 {
+        self.credentials_invalid_by_reason[reason.index()]
     }
 
     /// Requests that failed in `phase`.
@@ -267,6 +277,20 @@ impl Stats {
             "Drains that ran out of drain grace.",
             &[(None, self.drains_hit_grace)],
         );
+        let invalid: Vec<_> = CredentialReason::ALL
+            .iter()
+            .map(|r| (Some(("reason", r.name())), self.credentials_invalid(*r)))
+            .collect();
+        counter(
+            "credentials_invalid_total",
+            "Connections whose credentials stopped holding, by reason.",
+            &invalid,
+        );
+        counter(
+            "identity_expiry_warnings_total",
+            "Warnings that the client identity nears its notAfter with no renewal loaded.",
+            &[(None, self.identity_expiry_warnings)],
+        );
         for (name, help, pick) in ORIGIN_COUNTERS {
             let _ = writeln!(out, "# HELP rotary_origin_{name} {help}");
             let _ = writeln!(out, "# TYPE rotary_origin_{name} counter");
@@ -368,4 +392,29 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_counters_are_rendered_by_reason() {
+        let mut stats = Stats::default();
+        stats.credentials_invalid_by_reason[CredentialReason::Revoked.index()] = 2;
+        stats.identity_expiry_warnings = 1;
+        assert_eq!(stats.credentials_invalid(CredentialReason::Revoked), 2);
+        let text = stats.to_prometheus();
+        for line in [
+            "rotary_credentials_invalid_total{reason=\"identity_rotated\"} 0",
+            "rotary_credentials_invalid_total{reason=\"identity_expiring\"} 0",
+            "rotary_credentials_invalid_total{reason=\"anchor_removed\"} 0",
+            "rotary_credentials_invalid_total{reason=\"revoked\"} 2",
+            "rotary_identity_expiry_warnings_total 1",
+            "rotary_connections_closed_total{reason=\"credentials\"} 0",
+            "# TYPE rotary_credentials_invalid_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
 }

@@ -1,125 +1,213 @@
-//! TLS client configuration: trust anchors and client identity from PEM
-//! files that are re-read when they change, the two rustls configs the
-//! engine hands out (resumption off, or on with a purgeable session store),
-//! and the verified path of a finished handshake's chain.
+//! TLS client configuration: the two rustls configs the engine hands out
+//! (resumption off, or on with a purgeable session store), built from the
+//! current credentials (see `credentials.rs`) and rebuilt whenever one of
+//! them has a new valid version; the verified path of a finished
+//! handshake's chain; and judging a live connection's chain again under
+//! the current anchors and CRLs.
+//!
+//! Sessions never cross a change: every new version of the anchors, the
+//! CRLs or the client identity starts an empty session store, since a
+//! resumed session skips the server's certificate (so the new anchors and
+//! lists) and carries the old client authentication. A new version of the
+//! anchors or the CRLs also starts a new verifier, whose verify cache is
+//! empty, so no chain verified under the old ones is taken on trust.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::sign::SingleCertAndKey;
 use rustls::ClientConfig;
+use rustls::{ConfigBuilder, WantsVerifier};
 
-use crate::config::{ClientIdentity, Trust};
-use crate::store::{Loaded, SystemStore};
-use crate::verifier::{Anchors, Verifier};
+use crate::config::Trust;
+pub(crate) use crate::credentials::FileError;
+use crate::credentials::{Checked, Credentials, Epoch};
+use crate::crl::RevokedCertificate;
+use crate::store::SystemStore;
+use crate::verifier::Verifier;
 use crate::PeerChain;
 
-/// What identifies one version of a file: modification time, size and (on
-/// Unix) inode, so a file replaced by rename is seen even when the two
-/// versions share a timestamp tick and a size.
-type Stamp = Option<(SystemTime, u64, u64)>;
+/// How many TLS sessions are kept for resumption (per configuration).
+const SESSIONS: usize = 256;
 
-fn stamp(path: &Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some((meta.modified().ok()?, meta.len(), inode))
-}
-
-/// A file that could not be used; the previous configuration stays.
-#[derive(Debug, Clone)]
-pub(crate) struct FileError {
-    pub(crate) path: PathBuf,
-    pub(crate) reason: String,
-}
-
-fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
-    FileError {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
-}
-
-/// How often the files inside the store's directories are looked at: one
-/// `stat` per certificate (hundreds in `/etc/ssl/certs`) is too much for
-/// every new connection, and a second is soon enough for a CA rotated on
-/// the host. The files and directories themselves are looked at every time.
-const ENTRIES_EVERY: Duration = Duration::from_secs(1);
+/// How many problems [`TlsState::refresh`] holds for the next
+/// [`TlsState::check`] (one per bad version of a file; a host that never
+/// checks keeps the first ones).
+const HELD: usize = 16;
 
 pub(crate) struct TlsState {
-    trust: Trust,
-    /// The host's store, located when the engine was built.
-    store: Option<SystemStore>,
-    stamps: Vec<Stamp>,
-    /// [`SystemStore::entries_stamp`] as last seen, and when.
-    entries: u64,
-    entries_at: Instant,
-    entries_every: Duration,
+    creds: Credentials,
+    provider: Arc<CryptoProvider>,
+    /// The provider and protocol versions, accepted when the engine was
+    /// built: every later build of the configs starts here and cannot fail.
+    builder: ConfigBuilder<ClientConfig, WantsVerifier>,
     configs: Configs,
-    sessions: Arc<ClientSessionMemoryCache>,
+    /// The epoch the last [`TlsState::check`] reported.
+    reported: Epoch,
+    /// What [`TlsState::refresh`] found and could not hand on: the problems
+    /// after its first, and the identity's notices.
+    held: Checked,
 }
 
-/// What one version of the trust settings builds: the two configs and the
-/// verifier both use.
+/// What one version of the credentials builds: the two configs, the
+/// verifier both use, and the session store of the resuming one.
 struct Configs {
     full: Arc<ClientConfig>,
     resume: Arc<ClientConfig>,
     verifier: Arc<Verifier>,
+    sessions: Arc<ClientSessionMemoryCache>,
+}
+
+/// A live connection's chain, judged again under the current anchors and
+/// CRLs ([`TlsState::judge`]).
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
+    )
+)]
+#[derive(Debug)]
+pub(crate) enum Judgement {
+    /// It still verifies: the chain with the path it verifies along now
+    /// (the same `Arc` when the path did not change), so the job's CA
+    /// bundle follows a root that moved.
+    Valid(Arc<PeerChain>),
+    /// A certificate of its path is revoked.
+    Revoked(RevokedCertificate),
+    /// It no longer verifies (an anchor it ended at was removed, or it
+    /// expired): rustls's reason.
+    Untrusted(rustls::Error),
 }
 
 impl TlsState {
     /// Build from the trust settings, reading every file.
     ///
     /// # Errors
-    /// The file, and why, when a CA file, certificate or key cannot be read
-    /// or holds nothing usable, or when no anchor is left.
+    /// The file, and why, when a CA file, CRL file, certificate or key
+    /// cannot be read or holds nothing usable, when the key is not the
+    /// certificate's, or when no anchor is left.
     pub(crate) fn new(trust: &Trust) -> Result<TlsState, FileError> {
         TlsState::with_store(trust, trust.system.then(SystemStore::locate))
     }
 
     fn with_store(trust: &Trust, store: Option<SystemStore>) -> Result<TlsState, FileError> {
-        let sessions = Arc::new(ClientSessionMemoryCache::new(256));
-        let entries = store.as_ref().map_or(0, SystemStore::entries_stamp);
-        let stamps = stamps(trust, store.as_ref());
-        let configs = build(trust, store.as_ref(), &sessions)?;
+        let provider = Arc::new(crate::provider::provider(trust.post_quantum));
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FileError {
+                path: Default::default(),
+                reason: format!("tls configuration: {e}"),
+            })?;
+        let creds = Credentials::new(trust, store, provider.clone(), Instant::now())?;
+        let verifier = verifier(&creds, &provider);
+        let configs = configs(&creds, verifier, &builder);
         Ok(TlsState {
-            stamps,
-            entries,
-            entries_at: Instant::now(),
-            entries_every: ENTRIES_EVERY,
-            trust: trust.clone(),
-            store,
+            reported: creds.epoch(),
+            creds,
+            provider,
+            builder,
             configs,
-            sessions,
+            held: Checked::default(),
         })
     }
 
-    /// Re-read the files if any changed since the last look (the files in
-    /// the store's directories: at most every [`ENTRIES_EVERY`]). On
-    /// failure the previous configuration stays and the error is returned
-    /// once per change.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
+        )
+    )]
+    /// Look at every credential file and load what changed
+    /// ([`Credentials::check`]), rebuilding the verifier (when the anchors
+    /// or the CRLs moved) and the configs, with an empty session store.
+    /// `changed` is against the epoch the previous call reported, so a
+    /// change [`TlsState::refresh`] loaded in between is reported here too,
+    /// as are its held problems and notices.
+    pub(crate) fn check(&mut self, now: Instant, wall: SystemTime) -> Checked {
+        let looked = self.look(now, wall);
+        let mut checked = std::mem::take(&mut self.held);
+        checked.errors.extend(looked.errors);
+        checked.identity_expiring = looked.identity_expiring.or(checked.identity_expiring);
+        checked.identity_retiring = looked.identity_retiring.or(checked.identity_retiring);
+        let epoch = self.creds.epoch();
+        checked.changed = self.reported.changed_since(epoch);
+        self.reported = epoch;
+        checked
+    }
+
+    /// The engine's look before each new connection (as
+    /// [`TlsState::check`], without reporting): whether anything changed,
+    /// or the first problem. The other problems and the identity's notices
+    /// wait for the next [`TlsState::check`].
     pub(crate) fn refresh(&mut self) -> Result<bool, FileError> {
-        let now = stamps(&self.trust, self.store.as_ref());
-        let changed = now != self.stamps;
-        let mut entries = self.entries;
-        if let Some(store) = &self.store {
-            if changed || self.entries_at.elapsed() >= self.entries_every {
-                entries = store.entries_stamp();
-                self.entries_at = Instant::now();
+        let looked = self.look(Instant::now(), SystemTime::now());
+        let mut errors = looked.errors.into_iter();
+        let first = errors.next();
+        for e in errors {
+            if self.held.errors.len() < HELD {
+                self.held.errors.push(e);
             }
         }
-        if !changed && entries == self.entries {
-            return Ok(false);
+        if looked.identity_expiring.is_some() {
+            self.held.identity_expiring = looked.identity_expiring;
         }
-        self.stamps = now;
-        self.entries = entries;
-        self.configs = build(&self.trust, self.store.as_ref(), &self.sessions)?;
-        Ok(true)
+        if looked.identity_retiring.is_some() {
+            self.held.identity_retiring = looked.identity_retiring;
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(looked.changed.any()),
+        }
+    }
+
+    /// One look at the files, and the rebuild a moved set needs.
+    fn look(&mut self, now: Instant, wall: SystemTime) -> Checked {
+        let looked = self.creds.check(now, wall);
+        let changed = looked.changed;
+        if changed.any() {
+            let verifier = match changed.anchors || changed.crls {
+                true => verifier(&self.creds, &self.provider),
+                false => self.configs.verifier.clone(),
+            };
+            self.configs = configs(&self.creds, verifier, &self.builder);
+            log::info!(
+                "credentials changed (anchors: {}, CRLs: {}, client identity: {}); new \
+                 connections use them, without resuming older sessions",
+                changed.anchors,
+                changed.crls,
+                changed.identity
+            );
+        }
+        looked
+    }
+
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
+        )
+    )]
+    /// The epoch of the credentials new connections are made with.
+    pub(crate) fn epoch(&self) -> Epoch {
+        self.creds.epoch()
+    }
+
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
+        )
+    )]
+    /// How often [`TlsState::check`] should run ([`Trust::check_interval`]).
+    pub(crate) fn check_interval(&self) -> Duration {
+        self.creds.trust().check_interval
     }
 
     /// The config for a connection that must do a full handshake.
@@ -132,8 +220,9 @@ impl TlsState {
     pub(crate) fn resuming(&self, host: &str, purge: bool) -> Arc<ClientConfig> {
         if purge {
             if let Ok(name) = ServerName::try_from(host.to_owned()) {
-                while self.sessions.take_tls13_ticket(&name).is_some() {}
-                self.sessions.remove_tls12_session(&name);
+                let sessions = &self.configs.sessions;
+                while sessions.take_tls13_ticket(&name).is_some() {}
+                sessions.remove_tls12_session(&name);
             }
         }
         self.configs.resume.clone()
@@ -156,236 +245,334 @@ impl TlsState {
             _ => Arc::new(PeerChain::verified(presented.to_vec(), path)),
         }
     }
+
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
+        )
+    )]
+    /// Judge a live connection's chain, as verified for `host`, again under
+    /// the current anchors and CRLs: local computation (path building and
+    /// signature checks, at most one per distinct chain while the verify
+    /// cache holds it), no network.
+    pub(crate) fn judge(&self, chain: &Arc<PeerChain>, host: &str) -> Judgement {
+        match self.configs.verifier.judge(chain.der(), host) {
+            Ok(path) if path.as_ref() == chain.path_arc() => Judgement::Valid(chain.clone()),
+            Ok(path) => Judgement::Valid(Arc::new(PeerChain::verified(chain.der().to_vec(), path))),
+            Err(e) => match crate::crl::revoked_in(&e) {
+                Some(revoked) => Judgement::Revoked(revoked.clone()),
+                None => Judgement::Untrusted(e),
+            },
+        }
+    }
 }
 
-/// The current version of every file the trust settings read.
-fn stamps(trust: &Trust, store: Option<&SystemStore>) -> Vec<Stamp> {
-    let mut files: Vec<&Path> = trust.pem_files.iter().map(PathBuf::as_path).collect();
-    if let Some(id) = &trust.client_identity {
-        files.push(&id.cert_chain);
-        files.push(&id.key);
-    }
-    files.extend(
-        store
-            .into_iter()
-            .flat_map(|s| s.watched())
-            .map(PathBuf::as_path),
+/// A verifier of the current anchors and CRLs. Verification of a
+/// byte-identical chain, and the path it took, is remembered (see
+/// `verify_cache.rs`); a new verifier starts with an empty cache.
+fn verifier(creds: &Credentials, provider: &CryptoProvider) -> Arc<Verifier> {
+    let verifier = Verifier::new(
+        creds.anchors().clone(),
+        creds.crls().clone(),
+        creds.trust().crl_expiry,
+        provider.signature_verification_algorithms,
     );
-    files.into_iter().map(stamp).collect()
-}
-
-fn read_anchors(trust: &Trust, store: Option<&SystemStore>) -> Result<Anchors, FileError> {
-    let mut anchors = Anchors::empty();
-    let mut webpki = trust.webpki_roots;
-    if let Some(store) = store {
-        match store.load() {
-            // A store the user named must read cleanly: a half-written
-            // bundle keeps the previous anchors (the caller's rule for files).
-            Loaded::Certs(_, problems) if store.named_by_env() && !problems.is_empty() => {
-                return Err(bad(Path::new(&store.describe()), problems.join("; ")));
-            }
-            Loaded::Certs(certs, problems) => {
-                for p in &problems {
-                    log::warn!("system trust store {}: {p}", store.describe());
-                }
-                let mut added = 0;
-                for cert in certs {
-                    match anchors.add_certificate(cert) {
-                        Ok(()) => added += 1,
-                        // One odd certificate in a store of hundreds is
-                        // skipped, as OpenSSL and rustls-native-certs users do.
-                        Err(e) => log::debug!("system trust store: skipped a certificate: {e}"),
-                    }
-                }
-                if added == 0 {
-                    return Err(bad(
-                        Path::new(&store.describe()),
-                        "no usable certificate in the system trust store",
-                    ));
-                }
-            }
-            Loaded::Empty(why) if store.named_by_env() => {
-                return Err(bad(
-                    Path::new(&store.describe()),
-                    format!("SSL_CERT_FILE/SSL_CERT_DIR hold no usable certificate: {why}"),
-                ));
-            }
-            Loaded::Empty(why) => {
-                log::warn!("no system trust store ({why}); trusting the compiled-in webpki roots");
-                webpki = true;
-            }
-        }
-    }
-    if webpki {
-        anchors.add_compiled_in(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    for path in &trust.pem_files {
-        let mut found = 0;
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, format!("cannot read CA file: {e}")))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| bad(path, format!("bad PEM: {e}")))?;
-            anchors
-                .add_certificate(cert)
-                .map_err(|e| bad(path, format!("bad CA certificate: {e}")))?;
-            found += 1;
-        }
-        if found == 0 {
-            return Err(bad(path, "no certificate in CA file"));
-        }
-    }
-    if anchors.is_empty() {
-        return Err(FileError {
-            path: PathBuf::new(),
-            reason: "no trust anchors: use the system store, the webpki roots or a CA file".into(),
-        });
-    }
-    Ok(anchors)
-}
-
-fn read_identity(
-    id: &ClientIdentity,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), FileError> {
-    let chain = CertificateDer::pem_file_iter(&id.cert_chain)
-        .map_err(|e| {
-            bad(
-                &id.cert_chain,
-                format!("cannot read client certificate: {e}"),
-            )
-        })?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&id.cert_chain, format!("bad PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(bad(
-            &id.cert_chain,
-            "no certificate in client certificate file",
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&id.key)
-        .map_err(|e| bad(&id.key, format!("cannot read client key: {e}")))?;
-    Ok((chain, key))
-}
-
-fn build(
-    trust: &Trust,
-    store: Option<&SystemStore>,
-    sessions: &Arc<ClientSessionMemoryCache>,
-) -> Result<Configs, FileError> {
-    let anchors = read_anchors(trust, store)?;
-    let provider = Arc::new(crate::provider::provider(trust.post_quantum));
-    let config = |e: &dyn std::fmt::Display| bad(Path::new(""), format!("tls configuration: {e}"));
-    // Verification of a byte-identical chain, and the path it took, is
-    // remembered (see verify_cache.rs); a new trust configuration starts a
-    // new verifier with an empty cache.
-    let verifier = Verifier::new(anchors, provider.signature_verification_algorithms);
     #[cfg(feature = "dangerous-skip-verification")]
-    let verifier = match trust.dangerous_skip_verification {
+    let verifier = match creds.trust().dangerous_skip_verification {
         true => verifier.skipping(),
         false => verifier,
     };
-    let verifier = Arc::new(verifier);
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| config(&e))?
+    Arc::new(verifier)
+}
+
+/// The configs of the current credentials around `verifier`, with a new
+/// session store.
+fn configs(
+    creds: &Credentials,
+    verifier: Arc<Verifier>,
+    builder: &ConfigBuilder<ClientConfig, WantsVerifier>,
+) -> Configs {
+    let builder = builder
+        .clone()
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone());
-    let mut full = match &trust.client_identity {
+    let mut full = match creds.identity() {
         None => builder.with_no_client_auth(),
-        Some(id) => {
-            let (chain, key) = read_identity(id)?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                bad(
-                    &id.key,
-                    format!("client certificate and key do not match: {e}"),
-                )
-            })?
-        }
+        // Checked when loaded: the key is the leaf's.
+        Some(id) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+            rustls::sign::CertifiedKey::clone(&id.certified),
+        ))),
     };
     full.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let sessions = Arc::new(ClientSessionMemoryCache::new(SESSIONS));
     let mut resume = full.clone();
     full.resumption = Resumption::disabled();
     resume.resumption = Resumption::store(sessions.clone());
-    Ok(Configs {
+    Configs {
         full: Arc::new(full),
         resume: Arc::new(resume),
         verifier,
-    })
+        sessions,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::UnixTime;
+
     use super::*;
+    use crate::config::ClientIdentity;
+    use crate::crl::tests::{ca, crl, Ca};
+    use crate::der::to_pem;
+    use crate::path::Anchor;
 
-    fn ca_pem(name: &str) -> String {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.self_signed(&key).expect("cert").pem()
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::new()).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
     }
 
-    #[test]
-    fn a_certificate_rewritten_in_place_inside_ssl_cert_dir_is_picked_up() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let certs = dir.path().join("certs");
-        std::fs::create_dir(&certs).expect("mkdir");
-        let ca = certs.join("internal-ca.pem");
-        std::fs::write(&ca, ca_pem("internal CA 1")).expect("write");
-        let store = SystemStore::at(None, vec![certs.clone()], true);
-        let mut state = TlsState::with_store(&Trust::system(), Some(store)).expect("builds");
-        state.entries_every = Duration::ZERO;
-        assert!(!state.refresh().expect("unchanged"), "nothing changed yet");
-
-        // Rewritten in place (same inode, no rename): the directory's own
-        // stamp stays as it was, the file's moves.
-        let dir_before = stamp(&certs);
-        let modified = std::fs::metadata(&ca)
-            .and_then(|m| m.modified())
-            .expect("mtime");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&ca)
-            .expect("open in place");
-        std::io::Write::write_all(&mut file, ca_pem("internal CA 2").as_bytes()).expect("rewrite");
-        // A coarse clock may not move within the test: move it as an editor would.
-        file.set_modified(modified + Duration::from_secs(2))
-            .expect("set mtime");
-        drop(file);
-        assert_eq!(
-            stamp(&certs),
-            dir_before,
-            "an edit in place leaves the dir alone"
-        );
-        assert!(state.refresh().expect("reloads"), "the edit is seen");
-        assert!(!state.refresh().expect("unchanged"), "and seen once");
-
-        // Looked at once per interval only: an edit within it waits for the next.
-        state.entries_every = Duration::from_secs(3600);
-        std::fs::write(&ca, ca_pem("internal CA 3")).expect("rewrite");
-        std::fs::File::options()
-            .write(true)
-            .open(&ca)
-            .and_then(|f| f.set_modified(modified + Duration::from_secs(4)))
-            .expect("set mtime");
-        assert!(!state.refresh().expect("not looked at yet"));
-        state.entries_every = Duration::ZERO;
-        assert!(state.refresh().expect("reloads"));
-    }
-
-    #[test]
-    fn without_a_system_store_the_webpki_roots_are_the_fallback_unless_one_was_named() {
-        let trust = Trust::system();
-        let nowhere = PathBuf::from("/nonexistent/rotary/ca-certificates.crt");
-        let probed = SystemStore::at(Some(nowhere.clone()), Vec::new(), false);
-        let anchors = read_anchors(&trust, Some(&probed)).expect("webpki fallback");
-        assert!(!anchors.is_empty());
-        let named = SystemStore::at(Some(nowhere), Vec::new(), true);
-        let Err(err) = read_anchors(&trust, Some(&named)) else {
-            panic!("a named store must load");
+    /// One intermediate (name and key) signed by each of `roots`: a
+    /// cross-signed CA, as a public CA's move to a new root looks.
+    fn cross_signed(cn: &str, roots: &[&Ca]) -> (Vec<CertificateDer<'static>>, Ca) {
+        let key = KeyPair::generate().expect("key");
+        let certs = roots
+            .iter()
+            .map(|r| {
+                ca_params(cn)
+                    .signed_by(&key, &r.issuer)
+                    .expect("sign")
+                    .der()
+                    .clone()
+            })
+            .collect::<Vec<_>>();
+        let ca = Ca {
+            der: certs[0].clone(),
+            issuer: Issuer::new(ca_params(cn), key),
         };
-        assert!(err.reason.contains("SSL_CERT_FILE"), "{}", err.reason);
+        (certs, ca)
+    }
+
+    fn leaf(host: &str, serial: u64, by: &Ca) -> CertificateDer<'static> {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec![host.to_owned()]).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, host);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.serial_number = Some(SerialNumber::from(serial));
+        p.signed_by(&key, &by.issuer).expect("sign").der().clone()
+    }
+
+    fn write(path: &Path, text: &str) {
+        // By rename, as a careful tool writes: the new version is whole.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, path).expect("rename");
+    }
+
+    fn check(state: &mut TlsState) -> Checked {
+        state.check(Instant::now(), SystemTime::now())
+    }
+
+    fn verify(state: &TlsState, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from("a.test").expect("name");
+        let now = UnixTime::since_unix_epoch(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after 1970"),
+        );
+        state
+            .configs
+            .verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, b"", now)
+            .map(|_| ())
+    }
+
+    #[test]
+    fn a_new_crl_starts_an_empty_verify_cache_so_a_chain_verified_before_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = ca("Root");
+        let chain = [leaf("a.test", 0x10, &root)];
+        let (ca_file, crl_file) = (dir.path().join("ca.pem"), dir.path().join("ca.crl"));
+        write(&ca_file, &to_pem([&root.der]));
+        write(&crl_file, &crl(&root, &[0x99], (2090, 1, 1)));
+        let mut trust = Trust::pem_file(&ca_file);
+        trust.crl_files = vec![crl_file.clone()];
+        let mut state = TlsState::new(&trust).expect("builds");
+        verify(&state, &chain).expect("not revoked yet");
+        let before = state.epoch();
+
+        write(&crl_file, &crl(&root, &[0x99, 0x10], (2090, 1, 1)));
+        let checked = check(&mut state);
+        assert!(checked.changed.crls && !checked.changed.anchors);
+        assert_eq!(state.epoch().crls, before.crls + 1);
+        // Without a new verifier its cache would answer from before.
+        let err = verify(&state, &chain).expect_err("revoked now");
+        let revoked = crate::crl::revoked_in(&err).expect("named");
+        assert_eq!(revoked.serial, "10");
+        let presented = Arc::new(PeerChain::new(chain.to_vec()));
+        assert!(
+            matches!(state.judge(&presented, "a.test"), Judgement::Revoked(r) if r == *revoked)
+        );
+    }
+
+    #[test]
+    fn sessions_never_cross_a_change_and_the_new_identity_is_presented() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_file = dir.path().join("ca.pem");
+        write(&ca_file, &to_pem([&ca("Root").der]));
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let pair = |cn: &str| {
+            let (c, k) = crate::identity::tests::client_pem(cn, Duration::from_secs(3600));
+            write(&cert, &c);
+            write(&key, &k);
+        };
+        pair("runner-1");
+        let mut trust = Trust::pem_file(&ca_file);
+        trust.client_identity = Some(ClientIdentity {
+            cert_chain: cert.clone(),
+            key: key.clone(),
+        });
+        let mut state = TlsState::new(&trust).expect("builds");
+        let presented = |state: &TlsState| {
+            let config = state.resuming("a.test", false);
+            let schemes = [rustls::SignatureScheme::ECDSA_NISTP256_SHA256];
+            let key = config
+                .client_auth_cert_resolver
+                .resolve(&[], &schemes)
+                .expect("an identity");
+            crate::crl::RevokedCertificate::of(&key.cert[0]).map(|c| c.subject)
+        };
+        assert_eq!(presented(&state).as_deref(), Some("CN=runner-1"));
+        let (sessions, verifier) = (
+            state.configs.sessions.clone(),
+            state.configs.verifier.clone(),
+        );
+        assert!(!check(&mut state).changed.any());
+        assert!(Arc::ptr_eq(&sessions, &state.configs.sessions), "kept");
+
+        pair("runner-2");
+        assert!(check(&mut state).changed.identity);
+        assert_eq!(presented(&state).as_deref(), Some("CN=runner-2"));
+        assert!(
+            !Arc::ptr_eq(&sessions, &state.configs.sessions),
+            "no session resumes across identities"
+        );
+        assert!(
+            Arc::ptr_eq(&verifier, &state.configs.verifier),
+            "the verifier (and its cache) stays: no anchor or list changed"
+        );
+        assert_eq!(state.check_interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn judging_after_a_root_is_removed_follows_another_path_or_refuses() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (old_root, new_root, other) = (ca("Old Root"), ca("New Root"), ca("Other"));
+        let (mids, mid) = cross_signed("Mid", &[&old_root, &new_root]);
+        // The server sends the leaf and both versions of the intermediate.
+        let chain = Arc::new(PeerChain::new(vec![
+            leaf("a.test", 0x10, &mid),
+            mids[0].clone(),
+            mids[1].clone(),
+        ]));
+        let ca_file = dir.path().join("ca.pem");
+        write(&ca_file, &to_pem([&old_root.der, &new_root.der]));
+        let mut state = TlsState::new(&Trust::pem_file(&ca_file)).expect("builds");
+        let first = state.peer_chain(chain.der(), "a.test", None);
+        let anchor = |c: &PeerChain| c.verified_path().map(|p| p.anchor().clone());
+        assert_eq!(
+            anchor(&first),
+            Some(Anchor::Certificate(old_root.der.clone()))
+        );
+        assert!(
+            matches!(state.judge(&first, "a.test"), Judgement::Valid(c) if Arc::ptr_eq(&c, &first))
+        );
+
+        // The old root is distrusted: the path moves to the new one.
+        write(&ca_file, &to_pem([&new_root.der, &other.der]));
+        assert!(check(&mut state).changed.anchors);
+        let Judgement::Valid(moved) = state.judge(&first, "a.test") else {
+            panic!("still verifies through the new root");
+        };
+        assert_eq!(
+            anchor(&moved),
+            Some(Anchor::Certificate(new_root.der.clone()))
+        );
+        assert_eq!(moved.der(), first.der());
+
+        // And then that one too: no path is left.
+        write(&ca_file, &to_pem([&other.der]));
+        assert!(check(&mut state).changed.anchors);
+        assert!(matches!(
+            state.judge(&moved, "a.test"),
+            Judgement::Untrusted(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        ));
+    }
+
+    #[test]
+    fn what_the_look_before_a_connection_loaded_is_still_reported_by_the_next_check() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = ca("Root");
+        let (ca_file, crl_file) = (dir.path().join("ca.pem"), dir.path().join("ca.crl"));
+        let second_crl = dir.path().join("second.crl");
+        write(&ca_file, &to_pem([&root.der]));
+        write(&crl_file, &crl(&root, &[1], (2090, 1, 1)));
+        write(&second_crl, &crl(&root, &[2], (2090, 1, 1)));
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c, k) = crate::identity::tests::client_pem("runner-1", Duration::from_secs(3600));
+        write(&cert, &c);
+        write(&key, &k);
+        let mut trust = Trust::pem_file(&ca_file);
+        trust.crl_files = vec![crl_file.clone(), second_crl.clone()];
+        trust.client_identity = Some(ClientIdentity {
+            cert_chain: cert,
+            key,
+        });
+        let mut state = TlsState::new(&trust).expect("builds");
+        let before = state.epoch();
+
+        // A new list, then two broken ones (one report for the set: the
+        // first file that fails), all seen by the look before a connection.
+        write(&crl_file, &crl(&root, &[1, 3], (2090, 1, 1)));
+        assert_eq!(state.refresh(), Ok(true));
+        write(&crl_file, "garbage");
+        assert!(state.refresh().is_err());
+        assert_eq!(state.refresh(), Ok(false), "reported once");
+
+        // The timer's check still hears of the change (and the identity,
+        // valid 2030 for an hour, is past its warning time by 2031).
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_924_992_000);
+        let checked = state.check(Instant::now(), wall);
+        assert!(checked.changed.crls && !checked.changed.identity);
+        assert_eq!(state.epoch().crls, before.crls + 1);
+        assert!(checked.identity_expiring.is_some() && checked.identity_retiring.is_some());
+        let again = state.check(Instant::now(), wall);
+        assert!(!again.changed.any() && again.identity_expiring.is_none());
+
+        // Two problems in one look before a connection: the first is its
+        // answer, the second waits for the check.
+        write(&second_crl, "also garbage");
+        let (c, _) = crate::identity::tests::client_pem("runner-2", Duration::from_secs(3600));
+        write(&dir.path().join("tls.crt"), &c);
+        let first = state.refresh().expect_err("two problems");
+        let checked = state.check(Instant::now(), SystemTime::now());
+        assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
+        assert_ne!(checked.errors[0].path, first.path);
+        assert!(!checked.changed.any());
     }
 }

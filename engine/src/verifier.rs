@@ -1,8 +1,10 @@
 //! rotary's server certificate verifier: rustls-webpki's path building with
 //! the same checks as rustls's `WebPkiServerVerifier` (the chain up to a
-//! trust anchor for the server-auth purpose, then the server name; no CRLs;
-//! handshake signatures with the provider's algorithms), keeping the path it
-//! built so a job can be handed the CA bundle that path ends in.
+//! trust anchor for the server-auth purpose, the leaf and each intermediate
+//! against the CRLs of their issuers, then the server name; handshake
+//! signatures with the provider's algorithms), keeping the path it built so
+//! a job can be handed the CA bundle that path ends in. The same check
+//! judges a live connection's chain again when the anchors or CRLs change.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,10 +15,12 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSuppo
 use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
-    SignatureScheme,
+    CertRevocationListError, CertificateError, DigitallySignedStruct, DistinguishedName, Error,
+    OtherError, RootCertStore, SignatureScheme,
 };
 
+use crate::config::CrlExpiry;
+use crate::crl::Crls;
 use crate::path::{Anchor, VerifiedPath};
 use crate::verify_cache::{Presented, VerifyCache};
 
@@ -85,6 +89,11 @@ impl Anchors {
         self.store.is_empty()
     }
 
+    /// Whether the two hold the same anchors, from the same certificates.
+    pub(crate) fn same(&self, other: &Anchors) -> bool {
+        self.store.roots == other.store.roots && self.certs == other.certs
+    }
+
     /// The certificate of an anchor equal to `anchor` (same name, key and
     /// constraints), if one came from a certificate: a root that is both
     /// compiled in and in a CA file is handed on as that file's certificate.
@@ -100,7 +109,9 @@ impl Anchors {
 /// The verifier every rotary connection uses; one per trust configuration.
 #[derive(Debug)]
 pub(crate) struct Verifier {
-    anchors: Anchors,
+    anchors: Arc<Anchors>,
+    crls: Arc<Crls>,
+    crl_expiry: CrlExpiry,
     algs: WebPkiSupportedAlgorithms,
     cache: VerifyCache,
     /// `Trust::dangerous_skip_verification` (only settable with its feature).
@@ -108,10 +119,18 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    /// Verify against `anchors` with the provider's signature algorithms.
-    pub(crate) fn new(anchors: Anchors, algs: WebPkiSupportedAlgorithms) -> Verifier {
+    /// Verify against `anchors` and `crls` (an expired list treated as
+    /// `crl_expiry` says) with the provider's signature algorithms.
+    pub(crate) fn new(
+        anchors: Arc<Anchors>,
+        crls: Arc<Crls>,
+        crl_expiry: CrlExpiry,
+        algs: WebPkiSupportedAlgorithms,
+    ) -> Verifier {
         Verifier {
             anchors,
+            crls,
+            crl_expiry,
             algs,
             cache: VerifyCache::default(),
             skip: false,
@@ -134,22 +153,39 @@ impl Verifier {
         chain: &[CertificateDer<'_>],
         host: &str,
     ) -> Option<Arc<VerifiedPath>> {
-        if self.skip {
-            return None;
-        }
-        let chain = Presented::from_chain(chain)?;
-        let name = ServerName::try_from(host).ok()?;
-        let now = unix_now();
-        if let Some(path) = self.cache.get(chain, &name, None, now.as_secs()) {
-            return Some(path);
-        }
-        match self.verified(chain, &name, &[], now) {
-            Ok(path) => Some(path),
+        match self.judge(chain, host) {
+            Ok(path) => path,
             Err(e) => {
                 log::debug!("no verified path for the chain of {host}: {e}");
                 None
             }
         }
+    }
+
+    /// Verify a chain reported for `host` (leaf first) now, as a handshake
+    /// would (without its OCSP response, which rotary does not check): the
+    /// path, remembered or built. `Ok(None)` when verification is skipped.
+    ///
+    /// # Errors
+    /// As the handshake's verification would fail now: a revoked
+    /// certificate as [`crate::crl::revoked_error`], an anchor no longer
+    /// trusted as `UnknownIssuer`, an expired one as `ExpiredContext`, ...
+    pub(crate) fn judge(
+        &self,
+        chain: &[CertificateDer<'_>],
+        host: &str,
+    ) -> Result<Option<Arc<VerifiedPath>>, Error> {
+        if self.skip {
+            return Ok(None);
+        }
+        let chain = Presented::from_chain(chain).ok_or(Error::NoCertificatesPresented)?;
+        let name = ServerName::try_from(host)
+            .map_err(|_| Error::General(format!("{host:?} is no server name")))?;
+        let now = unix_now();
+        if let Some(path) = self.cache.get(chain, &name, None, now.as_secs()) {
+            return Ok(Some(path));
+        }
+        self.verified(chain, &name, &[], now).map(Some)
     }
 
     /// The path of `chain` for `name` at `now`, remembered or built.
@@ -213,13 +249,28 @@ impl Verifier {
         chain: Presented<'_>,
         now: UnixTime,
     ) -> Result<VerifiedPath, webpki::Error> {
+        let lists = self.crls.lists();
+        // Every certificate of the path whose issuer has a list; those
+        // whose issuer has none are not judged (see `crl.rs`).
+        let revocation = webpki::RevocationOptionsBuilder::new(&lists)
+            .ok()
+            .map(|options| {
+                options
+                    .with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                    .with_expiration_policy(match self.crl_expiry {
+                        CrlExpiry::Warn => webpki::ExpirationPolicy::Ignore,
+                        CrlExpiry::Refuse => webpki::ExpirationPolicy::Enforce,
+                    })
+                    .build()
+            });
         let path = leaf.verify_for_usage(
             self.algs.all,
             &anchors.roots,
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),
-            None,
+            revocation,
             None,
         )?;
         let intermediates = path
@@ -255,6 +306,36 @@ impl Verifier {
         now: UnixTime,
         error: webpki::Error,
     ) -> Error {
+        // Revocation is what rustls's check below leaves out.
+        match error {
+            webpki::Error::CertRevoked => {
+                let candidates = chain
+                    .certs()
+                    .chain(self.anchors.links.iter().map(|c| c as &CertificateDer<'_>));
+                return match self.crls.revoked(candidates) {
+                    Some(revoked) => crate::crl::revoked_error(revoked),
+                    None => Error::InvalidCertificate(CertificateError::Revoked),
+                };
+            }
+            webpki::Error::CrlExpired { time, next_update } => {
+                return Error::InvalidCertificate(CertificateError::ExpiredRevocationListContext {
+                    time,
+                    next_update,
+                })
+            }
+            webpki::Error::UnknownRevocationStatus => {
+                return Error::InvalidCertificate(CertificateError::UnknownRevocationStatus)
+            }
+            webpki::Error::InvalidCrlSignatureForPublicKey => {
+                return Error::InvalidCertRevocationList(CertRevocationListError::BadSignature)
+            }
+            webpki::Error::IssuerNotCrlSigner => {
+                return Error::InvalidCertRevocationList(
+                    CertRevocationListError::IssuerInvalidForCrl,
+                )
+            }
+            _ => {}
+        }
         let again = verify_server_cert_signed_by_trust_anchor(
             parsed,
             &self.anchors.store,
@@ -335,10 +416,12 @@ impl ServerCertVerifier for Verifier {
 mod tests {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
+        KeyPair, KeyUsagePurpose, SerialNumber,
     };
 
     use super::*;
+    use crate::crl::tests::crl_by;
+    use crate::crl::{revoked_in, RevokedCertificate};
 
     /// A CA: its certificate, and what signs with it.
     struct Ca {
@@ -355,6 +438,7 @@ mod tests {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             p.key_usages = vec![
                 KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
                 KeyUsagePurpose::DigitalSignature,
             ];
         } else {
@@ -375,8 +459,13 @@ mod tests {
     }
 
     fn sub_ca(cn: &str, by: &Ca) -> Ca {
+        sub_ca_numbered(cn, None, by)
+    }
+
+    fn sub_ca_numbered(cn: &str, serial: Option<u64>, by: &Ca) -> Ca {
         let key = KeyPair::generate().expect("key");
-        let p = params(cn, true);
+        let mut p = params(cn, true);
+        p.serial_number = serial.map(SerialNumber::from);
         let der = p.signed_by(&key, &by.issuer).expect("sign").der().clone();
         Ca {
             der,
@@ -385,8 +474,13 @@ mod tests {
     }
 
     fn leaf(host: &str, by: &Ca) -> CertificateDer<'static> {
+        leaf_numbered(host, None, by)
+    }
+
+    fn leaf_numbered(host: &str, serial: Option<u64>, by: &Ca) -> CertificateDer<'static> {
         let key = KeyPair::generate().expect("key");
-        let p = params(host, false);
+        let mut p = params(host, false);
+        p.serial_number = serial.map(SerialNumber::from);
         p.signed_by(&key, &by.issuer).expect("sign").der().clone()
     }
 
@@ -394,12 +488,32 @@ mod tests {
         crate::crypto_provider().signature_verification_algorithms
     }
 
-    fn trusting(roots: &[&Ca]) -> Verifier {
+    fn anchors_of(roots: &[&Ca]) -> Anchors {
         let mut anchors = Anchors::empty();
         for r in roots {
             anchors.add_certificate(r.der.clone()).expect("a CA");
         }
-        Verifier::new(anchors, algs())
+        anchors
+    }
+
+    fn trusting(roots: &[&Ca]) -> Verifier {
+        with_crls(anchors_of(roots), &[], CrlExpiry::Warn)
+    }
+
+    /// A verifier of `anchors` and the lists in `crls` (PEM texts).
+    fn with_crls(anchors: Anchors, crls: &[String], expiry: CrlExpiry) -> Verifier {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files: Vec<std::path::PathBuf> = crls
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| {
+                let file = dir.path().join(format!("{i}.crl"));
+                std::fs::write(&file, pem).expect("write");
+                file
+            })
+            .collect();
+        let crls = Crls::load(&files).expect("the lists load");
+        Verifier::new(Arc::new(anchors), Arc::new(crls), expiry, algs())
     }
 
     fn check(v: &Verifier, chain: &[CertificateDer<'static>], host: &str) -> Result<(), Error> {
@@ -492,7 +606,7 @@ mod tests {
         };
         let mut anchors = Anchors::empty();
         anchors.add_compiled_in([compiled()]);
-        let v = Verifier::new(anchors, algs());
+        let v = with_crls(anchors, &[], CrlExpiry::Warn);
         let path = v.path_for(&chain, "a.test").expect("a path");
         assert_eq!(path.anchor().certificate(), None);
         assert_eq!(path.anchor().subject(), "CN=Compiled Root");
@@ -500,7 +614,7 @@ mod tests {
         let mut anchors = Anchors::empty();
         anchors.add_compiled_in([compiled()]);
         anchors.add_certificate(root.der.clone()).expect("a CA");
-        let v = Verifier::new(anchors, algs());
+        let v = with_crls(anchors, &[], CrlExpiry::Warn);
         let path = v.path_for(&chain, "a.test").expect("a path");
         assert_eq!(path.anchor().certificate(), Some(&root.der));
     }
@@ -523,5 +637,94 @@ mod tests {
         let path = v.path_for(&chain, "a.test").expect("a path");
         assert!(path.intermediates().is_empty());
         assert_eq!(path.anchor(), &Anchor::Certificate(mid.der.clone()));
+    }
+
+    #[test]
+    fn a_revoked_leaf_or_intermediate_refuses_the_chain_naming_it() {
+        let root = self_signed("Root");
+        let mid = sub_ca_numbered("Mid", Some(0x20), &root);
+        let chain = [leaf_numbered("a.test", Some(0x10), &mid), mid.der.clone()];
+        let named = |v: &Verifier| {
+            let err = check(v, &chain, "a.test").expect_err("revoked");
+            revoked_in(&err)
+                .cloned()
+                .unwrap_or_else(|| panic!("not named: {err:?}"))
+        };
+        let leaf_listed = crl_by(&mid.issuer, &[0x10], (2090, 1, 1));
+        let v = with_crls(anchors_of(&[&root]), &[leaf_listed], CrlExpiry::Warn);
+        let revoked = named(&v);
+        assert_eq!(
+            revoked,
+            RevokedCertificate {
+                subject: "CN=a.test".into(),
+                serial: "10".into()
+            }
+        );
+        assert_eq!(v.cache.len(), 0, "a refused chain is not remembered");
+        let err = v.judge(&chain, "a.test").expect_err("judged revoked too");
+        assert_eq!(revoked_in(&err), Some(&revoked));
+
+        let mid_listed = crl_by(&root.issuer, &[0x20], (2090, 1, 1));
+        let v = with_crls(anchors_of(&[&root]), &[mid_listed], CrlExpiry::Warn);
+        assert_eq!(named(&v).subject, "CN=Mid");
+        assert_eq!(named(&v).serial, "20");
+
+        let others = crl_by(&root.issuer, &[0x21], (2090, 1, 1));
+        let v = with_crls(anchors_of(&[&root]), &[others], CrlExpiry::Warn);
+        check(&v, &chain, "a.test").expect("nothing of the path is listed");
+    }
+
+    #[test]
+    fn a_list_the_issuer_did_not_sign_fails_the_chain_it_claims_to_cover() {
+        let root = self_signed("Root");
+        let mid = sub_ca("Mid", &root);
+        let chain = [leaf_numbered("a.test", Some(0x10), &mid), mid.der.clone()];
+        // Another key's list under Mid's name.
+        let impostor = sub_ca("Mid", &self_signed("Elsewhere"));
+        let forged = crl_by(&impostor.issuer, &[0x99], (2090, 1, 1));
+        let v = with_crls(anchors_of(&[&root]), &[forged], CrlExpiry::Warn);
+        assert_eq!(
+            check(&v, &chain, "a.test"),
+            Err(Error::InvalidCertRevocationList(
+                CertRevocationListError::BadSignature
+            ))
+        );
+    }
+
+    #[test]
+    fn a_certificate_whose_issuer_has_no_list_is_not_judged() {
+        let root = self_signed("Root");
+        let mid = sub_ca("Mid", &root);
+        let chain = [leaf_numbered("a.test", Some(0x10), &mid), mid.der.clone()];
+        let other = self_signed("Other CA");
+        let unrelated = crl_by(&other.issuer, &[0x10], (2090, 1, 1));
+        let v = with_crls(anchors_of(&[&root, &other]), &[unrelated], CrlExpiry::Warn);
+        check(&v, &chain, "a.test").expect("no list speaks for this path");
+    }
+
+    #[test]
+    fn an_expired_list_still_revokes_and_refuse_fails_what_it_covers() {
+        let root = self_signed("Root");
+        let mid = sub_ca("Mid", &root);
+        let fine = [leaf_numbered("a.test", Some(0x10), &mid), mid.der.clone()];
+        let listed = [leaf_numbered("a.test", Some(0x11), &mid), mid.der.clone()];
+        let expired = crl_by(&mid.issuer, &[0x11], (2021, 6, 1));
+        let warn = with_crls(
+            anchors_of(&[&root]),
+            std::slice::from_ref(&expired),
+            CrlExpiry::Warn,
+        );
+        check(&warn, &fine, "a.test").expect("warn: the list still applies");
+        let err = check(&warn, &listed, "a.test").expect_err("still revoked");
+        assert_eq!(revoked_in(&err).map(|r| r.serial.as_str()), Some("11"));
+        let refuse = with_crls(anchors_of(&[&root]), &[expired], CrlExpiry::Refuse);
+        let err = check(&refuse, &fine, "a.test").expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                Error::InvalidCertificate(CertificateError::ExpiredRevocationListContext { .. })
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -48,7 +48,7 @@ impl<'a> Presented<'a> {
         })
     }
 
-    fn certs(self) -> impl Iterator<Item = &'a CertificateDer<'a>> {
+    pub(crate) fn certs(self) -> impl Iterator<Item = &'a CertificateDer<'a>> {
         std::iter::once(self.end_entity).chain(self.intermediates)
     }
 }

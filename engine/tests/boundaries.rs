@@ -488,7 +488,7 @@ fn zero_windows_are_refused_when_the_request_is_submitted() {
             err,
         );
         assert!(
-            matches!(err, Error::InvalidRequest(why) if why.contains(name)),
+            matches!(&err, Error::InvalidOptions(e) if e.setting == name),
             "{err}"
         );
     }

@@ -944,7 +944,13 @@ fn observe(
                 Error::Timeout(Deadline::DrainGrace) => tally.drain_grace += 1,
                 _ => tally.other_failures += 1,
             }
-            if matches!(error, Error::InvalidRequest(_) | Error::Shutdown) {
+            if matches!(
+                error,
+                Error::InvalidUri(_)
+                    | Error::InvalidHeader(_)
+                    | Error::Unsupported(_)
+                    | Error::Shutdown
+            ) {
                 panic!(
                     "seed {seed}: request {} ({:?}) failed with {error}",
                     s.n, s.kind

@@ -380,7 +380,7 @@ fn a_stream_body_is_refused_because_nothing_would_feed_it() {
     let req = http::Request::put("https://localhost:1/")
         .body(Body::stream(None))
         .expect("request");
-    assert!(matches!(client.send(req), Err(Error::InvalidRequest(_))));
+    assert!(matches!(client.send(req), Err(Error::Unsupported(_))));
     assert_drained(&client);
 }
 
@@ -467,7 +467,7 @@ fn a_pending_request_waits_in_slices_and_dropping_it_cancels() {
     };
     assert!(matches!(
         quick.wait_timeout(Duration::ZERO),
-        Some(Err(Error::InvalidRequest(_)))
+        Some(Err(Error::Unsupported(_)))
     ));
     assert_eq!(resp.into_body().bytes().expect("body"), "answer");
     assert_drained(&client);

@@ -343,10 +343,7 @@ fn an_http_origin_is_refused() {
     let mut engine = plain_engine(|_| {});
     let id = engine.fresh_chain(&origin_of("http://127.0.0.1:9"), Duration::ZERO);
     let (result, _) = answer(&mut engine, id);
-    assert!(
-        matches!(result, Err(Error::InvalidRequest(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::Unsupported(_))), "{result:?}");
     assert_drained(&mut engine);
 }
 

@@ -193,10 +193,7 @@ fn execute_refuses_a_body_nobody_would_feed_at_once() {
         let _ = tx.send((result, engine.stats()));
     });
     let (result, stats) = rx.recv_timeout(T).expect("execute returned");
-    assert!(
-        matches!(result, Err(Error::InvalidRequest(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::Unsupported(_))), "{result:?}");
     assert_eq!(
         (stats.connections, stats.in_flight, stats.queued),
         (0, 0, 0)

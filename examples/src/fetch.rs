@@ -94,6 +94,9 @@ fn config(o: &Opts) -> Result<Config, Failure> {
             key: o.key.clone().unwrap_or_else(|| cert.clone()),
         });
     }
+    if let Some(crl) = &o.crlfile {
+        config.trust.crl_files.push(crl.clone());
+    }
     if !o.resolve.is_empty() {
         config.resolver = Some(Arc::new(resolve::Pinned::new(o.resolve.clone())));
     }

@@ -31,6 +31,8 @@ pub struct Ca {
 pub struct ServerCert {
     /// The chain the server presents, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's serial number (its DER integer's bytes).
+    serial: Vec<u8>,
     key: Arc<PrivatePkcs8KeyDer<'static>>,
 }
 
@@ -125,14 +127,69 @@ impl Ca {
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        // Chosen here, so a revocation list can name it.
+        let serial = random_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let (key, cert) = self.sign(&params, "leaf")?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.above.iter().cloned());
         Ok(ServerCert {
             chain,
+            serial,
             key: Arc::new(PrivatePkcs8KeyDer::from(key.serialize_der())),
         })
     }
+}
+
+impl Ca {
+    /// A certificate revocation list signed by this CA (v2, with a CRL
+    /// number and this CA's key identifier, as rustls-webpki requires),
+    /// revoking the leaves of `revoked`, valid for `days` from now; PEM.
+    ///
+    /// # Errors
+    /// rcgen's message when signing fails.
+    pub fn crl_pem(&self, revoked: &[&ServerCert], days: u32) -> Result<String, String> {
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| err("clock", e))?;
+        let mut entries = Vec::new();
+        for cert in revoked {
+            entries.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&cert.serial),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + std::time::Duration::from_secs(u64::from(days) * 86_400),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: entries,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params
+            .signed_by(&issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(|e| err("crl", e))
+    }
+}
+
+/// A fresh serial number: 16 random bytes (from the standard library's
+/// per-process random hash keys), the top bit clear so it stays positive.
+fn random_serial() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = Vec::with_capacity(16);
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        bytes.extend_from_slice(&h.finish().to_be_bytes());
+    }
+    bytes[0] &= 0x7f;
+    bytes
 }
 
 fn ca_params(name: &str) -> Result<CertificateParams, String> {
@@ -155,8 +212,19 @@ impl ServerCert {
     pub fn leaf_only(&self) -> ServerCert {
         ServerCert {
             chain: self.chain.iter().take(1).cloned().collect(),
+            serial: self.serial.clone(),
             key: self.key.clone(),
         }
+    }
+
+    /// The leaf's serial in uppercase hex, as `openssl x509 -serial`
+    /// prints it and rotary names a revoked certificate.
+    pub fn serial_hex(&self) -> String {
+        let start = self.serial.iter().position(|b| *b != 0).unwrap_or(0);
+        self.serial[start..]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect()
     }
 
     /// The leaf's private key.

@@ -461,7 +461,7 @@ fn permanent(e: &ApiError, contact: bool, ca: Option<&Path>, endpoint: &str) -> 
         return None;
     };
     match err {
-        rotary::Error::InvalidRequest(why) => {
+        rotary::Error::InvalidUri(why) | rotary::Error::InvalidHeader(why) => {
             Some(Failure::usage(format!("--url: {endpoint}: {why}")))
         }
         rotary::Error::Tls {

@@ -292,6 +292,48 @@ fn fetch_failures_exit_with_the_documented_code_and_one_line() {
     assert!(cap.stderr().contains("UnknownIssuer"), "{}", cap.stderr());
 }
 
+#[test]
+fn fetch_crlfile_refuses_a_revoked_leaf_naming_it_and_exits_6() {
+    let root = Ca::new("crl test CA").expect("CA");
+    let mid = root.intermediate("crl test intermediate").expect("CA");
+    let leaf = mid.issue(&["localhost", "127.0.0.1"]).expect("leaf");
+    let other = mid.issue(&["other.test"]).expect("leaf");
+    let coordinator = Coordinator::start("127.0.0.1:0", &leaf, Settings::default()).expect("start");
+    let dir = TempDir::new("fetch-crl").expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let ca_file = write("ca.pem", root.pem());
+    let revoking = write(
+        "revoking.crl",
+        &mid.crl_pem(&[&other, &leaf], 1).expect("crl"),
+    );
+    let sparing = write("sparing.crl", &mid.crl_pem(&[&other], 1).expect("crl"));
+    let url = coordinator.url("/hello");
+
+    let (code, _, err) = fetch_run(&["--cacert", &ca_file, "--crlfile", &sparing, &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_fails(
+        fetch_run(&["--cacert", &ca_file, "--crlfile", &revoking, &url]),
+        6,
+        &format!(
+            "certificate revoked: CN=localhost (serial {})",
+            leaf.serial_hex()
+        ),
+    );
+    let broken = write(
+        "broken.crl",
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    );
+    assert_fails(
+        fetch_run(&["--cacert", &ca_file, "--crlfile", &broken, &url]),
+        3,
+        "broken.crl",
+    );
+}
+
 /// The keys of a flat JSON object line, in order.
 fn keys(line: &str) -> Vec<String> {
     let inner = line

@@ -1,12 +1,13 @@
-//! Opening a connection: resolve → connect (address by address) → [TLS
-//! with an `https://` proxy → `CONNECT`, in `super::tunnel`] → TLS
-//! handshake → ready, and what a failure at any of those steps does.
+//! Opening a connection: resolve → connect (address by address, racing per
+//! RFC 8305) → [TLS with an `https://` proxy → `CONNECT`, in
+//! [`super::tunnel`]] → TLS handshake → ready.
 //!
-//! Owns a connection's stages before `Ready` (`Conn::start_connecting`,
-//! `start_handshake`, `set_ready`), its address list and `Setup` timer, the
-//! pool's `connecting` count, and the choice of TLS configuration (full
-//! handshake or resumption). What a finished handshake means for the
-//! connection's lifetime is [`super::lifecycle`]'s.
+//! Moves a connection through its stages before `Ready` (the stage holds
+//! the dial, the tunnel's codec, the session: [`super::conn::Stage`]), and
+//! arms their `Setup` deadlines. Chooses the TLS configuration (full
+//! handshake or resumption). What a finished handshake says about the
+//! origin is [`super::lifecycle`]'s; a failure, and what a ready connection
+//! does next, are effects for [`super::apply`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,16 +18,16 @@ use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::conn::{interleave, Conn, ConnTimer, Leader, Purpose, Stage};
-use crate::keys::ConnKey;
+use crate::config::Resumption;
+use crate::error::{Error, Phase};
+use crate::event::{CloseReason, ConnId, Event};
+use crate::keys::{ConnKey, PoolKey};
 use crate::session::Session;
-use crate::stats::Counter;
 use crate::tls::TlsState;
-use crate::{CloseReason, ConnId, Error, Event, Handshake, Phase, Resumption};
 
-use super::io::ReadMode;
-use super::pool::PoolKey;
-use super::timers::{after, Timer};
+use super::conn::{interleave, Conn, Leader, Purpose, StageName};
+use super::effects::{ConnRef, Effect, ReadMode};
+use super::timers::{after, ConnTimer, Timer};
 use super::Engine;
 
 /// Re-read `state`'s trust files if they changed, before a new connection
@@ -56,33 +57,25 @@ impl Engine {
     pub(super) fn open(&mut self, p: PoolKey, purpose: Purpose, now: Instant) {
         let chain_only = matches!(purpose, Purpose::Probe | Purpose::Fresh);
         let id = self.new_conn_id();
-        let key = self.conns.insert(Conn::new(
-            id,
-            p,
-            purpose,
-            rotary_proto::Codec::new(self.config.limits),
-        ));
+        let key = self.conns.insert(Conn::new(id, p, purpose));
         self.stats.connections_attempted += 1;
         let pool = &mut self.pools[p];
-        pool.conns.push(key);
-        if !chain_only {
-            pool.connecting += 1;
-        }
+        pool.add_conn(key, !chain_only);
         // Through a proxy, the TCP connection (and every lifetime clock) is
         // the proxy's; the origin is reached inside it.
-        let (host, port) = match &pool.proxy {
+        let (host, port) = match pool.proxy() {
             Some(proxy) => (proxy.host().to_owned(), proxy.port()),
-            None => (pool.origin.host().to_owned(), pool.origin.port()),
+            None => (pool.origin().host().to_owned(), pool.origin().port()),
         };
         if let Some(ip) = self.net.literal(&host) {
             if let Some(conn) = self.conns.get_mut(key) {
-                conn.set_dial(vec![std::net::SocketAddr::new(ip, port)]);
+                conn.start_dial(vec![SocketAddr::new(ip, port)]);
             }
             self.next_attempt(key, now);
         } else {
             let lookup = self.dns.submit(key, id.0, &host, port);
             if let Some(conn) = self.conns.get_mut(key) {
-                conn.dial_mut().lookup = Some(lookup);
+                conn.await_lookup(lookup);
             }
             self.arm(
                 Timer::Conn(key, ConnTimer::Setup),
@@ -101,26 +94,30 @@ impl Engine {
         let pool = &self.pools[p];
         // Cheap first: `connecting` counts every connection being opened
         // for requests, replacements included.
-        if pool.connecting <= pool.queue.len() {
+        let waiting = pool.waiting();
+        if pool.connecting() <= waiting {
             return;
         }
-        let waiting = pool.queue.len();
         let conns = &self.conns;
-        let opening = |purpose: Purpose| {
-            pool.conns.iter().rev().filter_map(move |&k| {
+        let opening = || {
+            pool.conns().iter().rev().filter_map(move |&k| {
                 let c = conns.get(k)?;
-                (c.purpose == purpose && c.is_opening()).then_some((k, c.stage()))
+                (c.purpose() == Purpose::Requests && c.is_opening())
+                    .then_some((ConnRef { key: k, id: c.id() }, c.stage()))
             })
         };
-        let surplus = opening(Purpose::Requests).count().saturating_sub(waiting);
-        let shed: Vec<ConnKey> = opening(Purpose::Requests)
-            .filter(|&(_, stage)| stage == Stage::Resolving)
-            .map(|(k, _)| k)
+        let surplus = opening().count().saturating_sub(waiting);
+        let shed: Vec<ConnRef> = opening()
+            .filter(|&(_, stage)| stage == StageName::Resolving)
+            .map(|(c, _)| c)
             .take(surplus)
             .collect();
-        for key in shed {
+        for conn in shed {
             log::debug!("closing a connection whose lookup no request waits for");
-            self.close_conn(key, CloseReason::Cancelled);
+            self.effects.push(Effect::Close {
+                conn,
+                reason: CloseReason::Cancelled,
+            });
         }
     }
 
@@ -129,26 +126,30 @@ impl Engine {
         let mut answers = std::mem::take(&mut self.answers);
         self.dns.take_answers(&mut answers);
         for a in answers.drain(..) {
-            let Some(conn) = self.live(a.conn, ConnId(a.serial)) else {
+            let conn = ConnRef {
+                key: a.conn,
+                id: ConnId(a.serial),
+            };
+            let Some(c) = self.conns.get_mut(a.conn).filter(|c| c.id() == conn.id) else {
                 continue;
             };
-            if conn.stage() != Stage::Resolving {
+            if c.stage() != StageName::Resolving {
                 continue;
             }
-            let p = conn.pool;
+            let p = c.pool();
             match a.result {
                 Ok(addrs) => {
-                    conn.set_dial(interleave(addrs));
+                    c.start_dial(interleave(addrs));
                     self.disarm(Timer::Conn(a.conn, ConnTimer::Setup));
                     self.next_attempt(a.conn, now);
                 }
                 Err(e) => {
-                    let host = self.pools[p].origin.host().to_owned();
-                    let err = Error::Resolve {
+                    let host = self.pools[p].origin().host().to_owned();
+                    let error = Error::Resolve {
                         host,
                         cause: Arc::new(e),
                     };
-                    self.connect_failed(a.conn, err, now);
+                    self.effects.push(Effect::ConnectFailed { conn, error });
                 }
             }
         }
@@ -167,11 +168,17 @@ impl Engine {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let racing = conn.sock.is_some();
-            if !conn.dial_has_next() {
-                if !racing && conn.dial_mut().attempts.is_empty() {
-                    let err = self.race_lost(key);
-                    return self.connect_failed(key, err, now);
+            let (id, pool, racing) = (conn.id(), conn.pool(), conn.has_sock());
+            let Some(dial) = conn.dial_mut() else {
+                return;
+            };
+            if !dial.has_next() {
+                if !racing && !dial.racing() {
+                    let error = self.race_lost(key);
+                    self.effects.push(Effect::ConnectFailed {
+                        conn: ConnRef { key, id },
+                        error,
+                    });
                 }
                 return;
             }
@@ -180,7 +187,7 @@ impl Engine {
                 // an attempt to fail.
                 return;
             }
-            let Some(addr) = conn.dial_mut().next_addr() else {
+            let Some(addr) = dial.next_addr() else {
                 return;
             };
             log::debug!("trying {addr}");
@@ -192,14 +199,12 @@ impl Engine {
                 }
             };
             let carrier = if racing {
-                let of = Leader { key, id: conn.id };
-                let pool = conn.pool;
-                let codec = rotary_proto::Codec::new(self.config.limits);
-                let attempt = Conn::new(self.new_conn_id(), pool, Purpose::Attempt(of), codec);
-                let id = attempt.id;
+                let of = Leader { key, id };
+                let attempt = Conn::new(self.new_conn_id(), pool, Purpose::Attempt(of));
+                let attempt_id = attempt.id();
                 let carrier = self.conns.insert(attempt);
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.dial_mut().attempts.push((carrier, id));
+                if let Some(dial) = self.conns.get_mut(key).and_then(Conn::dial_mut) {
+                    dial.add_attempt(carrier, attempt_id);
                 }
                 carrier
             } else {
@@ -210,9 +215,17 @@ impl Engine {
             let Some(c) = self.conns.get_mut(carrier) else {
                 return;
             };
+            if c.attempt_for().is_some() {
+                c.start_dial(Vec::new());
+            }
             c.start_connecting(sock, addr);
             if let Err(e) = c.register(&self.mio.registry, token) {
                 self.drop_attempt(carrier, key);
+                if carrier == key {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.drop_sock(&self.mio.registry);
+                    }
+                }
                 self.note_attempt_failure(key, addr, Error::connect(addr, e));
                 continue;
             }
@@ -221,10 +234,12 @@ impl Engine {
                 after(now, self.config.timeouts.connect),
             );
             let next_at = now.checked_add(self.config.timeouts.happy_eyeballs_delay);
-            if let (Some(at), true) = (
-                next_at,
-                self.conns.get(key).is_some_and(|c| c.dial_has_next()),
-            ) {
+            let more = self
+                .conns
+                .get_mut(key)
+                .and_then(Conn::dial_mut)
+                .is_some_and(|d| d.has_next());
+            if let (Some(at), true) = (next_at, more) {
                 self.arm(Timer::Conn(key, ConnTimer::Race), at);
             }
             if at_once {
@@ -240,7 +255,7 @@ impl Engine {
         if self
             .conns
             .get(key)
-            .is_some_and(|c| c.stage() == Stage::Connecting)
+            .is_some_and(|c| c.stage() == StageName::Connecting)
         {
             self.next_attempt(key, now);
         }
@@ -256,13 +271,16 @@ impl Engine {
         let key = match conn.attempt_for() {
             Some(of) => {
                 self.drop_attempt(carrier, of.key);
-                if !self.is_live(of.key, of.id) {
+                if !self.is_live(ConnRef {
+                    key: of.key,
+                    id: of.id,
+                }) {
                     return;
                 }
                 of.key
             }
             None => {
-                conn.shutdown(&self.mio.registry);
+                conn.drop_sock(&self.mio.registry);
                 self.disarm(Timer::Conn(carrier, ConnTimer::Setup));
                 carrier
             }
@@ -277,22 +295,23 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let Some(sock) = conn.sock.as_ref() else {
+        let Some(sock) = conn.sock() else {
             return;
         };
         let addr = conn.addr();
         match sock.connect_result() {
             Ok(true) => {
-                let Some((key, id)) = self.won(key, now) else {
+                let Some(won) = self.won(key, now) else {
                     return;
                 };
                 // What the peer sent at once (an alert, a proxy's refusal)
                 // came with this event: no new edge announces it.
-                let started = self.conns.get(key).is_some_and(|c| {
-                    c.id == id && !matches!(c.stage(), Stage::Resolving | Stage::Connecting)
+                let started = self.conns.get(won.key).is_some_and(|c| {
+                    c.id() == won.id
+                        && !matches!(c.stage(), StageName::Resolving | StageName::Connecting)
                 });
                 if read != ReadMode::Skip && started {
-                    self.drive(key, read, now);
+                    self.drive(won.key, read, now);
                 }
             }
             Ok(false) => {}
@@ -303,7 +322,7 @@ impl Engine {
     /// The attempt on `carrier` connected first: its socket becomes the
     /// connection's, every other attempt closes, and the connection goes on.
     /// Returns the connection that goes on.
-    fn won(&mut self, carrier: ConnKey, now: Instant) -> Option<(ConnKey, ConnId)> {
+    fn won(&mut self, carrier: ConnKey, now: Instant) -> Option<ConnRef> {
         let conn = self.conns.get_mut(carrier)?;
         let key = match conn.attempt_for() {
             None => carrier,
@@ -311,35 +330,30 @@ impl Engine {
                 let sock = conn.hand_over();
                 self.drop_attempt(carrier, of.key);
                 let token = self.mio.token(of.key);
-                let conn = self.conns.get_mut(of.key).filter(|c| c.id == of.id);
+                let conn = self.conns.get_mut(of.key).filter(|c| c.id() == of.id);
                 let (Some(conn), Some(sock)) = (conn, sock) else {
                     return None;
                 };
-                let registry = &self.mio.registry;
-                // The connection's own attempt, if any, lost.
-                conn.shutdown(registry);
                 let addr = sock.1;
-                if let Err(e) = conn.adopt(sock, registry, token) {
+                if let Err(e) = conn.adopt(sock, &self.mio.registry, token) {
                     self.attempt_failed(of.key, Error::connect(addr, e), now);
                     return None;
                 }
                 of.key
             }
         };
-        let losers = self
-            .conns
-            .get_mut(key)
-            .map(|c| c.end_dial())
-            .unwrap_or_default();
-        for (k, id) in losers {
-            if self.is_live(k, id) {
-                self.close_conn(k, CloseReason::ConnectFailed);
-            }
+        let conn = self.conns.get_mut(key)?;
+        let id = conn.id();
+        for (k, id) in conn.connected() {
+            self.effects.push(Effect::Close {
+                conn: ConnRef { key: k, id },
+                reason: CloseReason::ConnectFailed,
+            });
         }
         self.disarm(Timer::Conn(key, ConnTimer::Race));
-        let id = self.conns.get(key)?.id;
-        self.connected(key, now);
-        Some((key, id))
+        self.disarm(Timer::Conn(key, ConnTimer::Setup));
+        self.tcp_up(key, now);
+        Some(ConnRef { key, id })
     }
 
     /// Close attempt `carrier` (it closes quietly: it was never a
@@ -348,22 +362,25 @@ impl Engine {
         if carrier == key {
             return;
         }
-        self.close_conn(carrier, CloseReason::ConnectFailed);
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.dial_mut().attempts.retain(|&(k, _)| k != carrier);
+        if let Some(conn) = self.conn_ref(carrier) {
+            self.effects.push(Effect::Close {
+                conn,
+                reason: CloseReason::ConnectFailed,
+            });
+        }
+        if let Some(dial) = self.conns.get_mut(key).and_then(Conn::dial_mut) {
+            dial.drop_attempt(carrier);
         }
     }
 
     fn note_attempt_failure(&mut self, key: ConnKey, addr: SocketAddr, err: Error) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            let why = match &err {
-                Error::Connect { cause, .. } => cause.to_string(),
-                other => other.to_string(),
-            };
-            log::debug!("connect attempt to {addr} failed: {why}");
-            let dial = conn.dial_mut();
-            dial.failed.push((addr, why));
-            dial.last_error = Some(err);
+        let why = match &err {
+            Error::Connect { cause, .. } => cause.to_string(),
+            other => other.to_string(),
+        };
+        log::debug!("connect attempt to {addr} failed: {why}");
+        if let Some(dial) = self.conns.get_mut(key).and_then(Conn::dial_mut) {
+            dial.note_failure(addr, why, err);
         }
     }
 
@@ -373,20 +390,16 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key) else {
             return Error::Shutdown;
         };
-        let host = self.pools[conn.pool].origin.host();
-        let dial = conn.dial_mut();
-        let mut err = dial.last_error.take().unwrap_or_else(|| Error::Resolve {
-            host: host.to_owned(),
-            cause: Arc::new(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no addresses",
-            )),
-        });
-        if let Error::Connect { earlier, .. } = &mut err {
-            let n = dial.failed.len().saturating_sub(1);
-            *earlier = dial.failed.drain(..n).collect();
-        }
-        err
+        let host = self.pools[conn.pool()].origin().host().to_owned();
+        conn.dial_mut()
+            .and_then(|d| d.lost())
+            .unwrap_or_else(|| Error::Resolve {
+                host,
+                cause: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no addresses",
+                )),
+            })
     }
 
     fn new_conn_id(&mut self) -> ConnId {
@@ -396,25 +409,22 @@ impl Engine {
     }
 
     /// TCP is up: the age clock starts; `https://` starts its handshake.
-    fn connected(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    fn tcp_up(&mut self, key: ConnKey, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let p = conn.pool;
-        if let Some(sock) = conn.sock.as_ref() {
-            sock.set_nodelay();
-        }
-        conn.connected_at = Some(now);
+        let p = conn.pool();
         self.arm_lifetime(key, now);
-        if self.pools[p].proxy.as_ref().is_some_and(|x| x.is_tls()) {
+        let pool = &self.pools[p];
+        if pool.proxy().is_some_and(|x| x.is_tls()) {
             // TLS with the proxy first; then CONNECT, or ready for http://.
             return self.start_proxy_tls(key, now);
         }
-        if !self.pools[p].origin.is_tls() {
-            // Plain http through a proxy goes in absolute-form: no tunnel.
+        if !pool.origin().is_tls() {
+            // Plain http (through a proxy in absolute-form): no tunnel.
             return self.ready(key, now);
         }
-        if self.pools[p].proxy.is_some() {
+        if pool.proxy().is_some() {
             return self.start_tunnel(key, now);
         }
         self.start_tls(key, BytesMut::new(), now)
@@ -424,29 +434,31 @@ impl Engine {
     /// tunnel), `early` being bytes that arrived before it started (after
     /// a proxy's 2xx): they are the handshake's first input.
     pub(super) fn start_tls(&mut self, key: ConnKey, early: BytesMut, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conn_ref(key) else {
             return;
         };
-        let p = conn.pool;
+        let Some(p) = self.conns.get(key).map(Conn::pool) else {
+            return;
+        };
         let config = self.tls_config_for(p, key, now);
-        let host = self.pools[p].origin.host().to_owned();
+        let host = self.pools[p].origin().host().to_owned();
         let name = match ServerName::try_from(host) {
             Ok(n) => n,
             Err(e) => {
-                let err = Error::InvalidRequest(format!("bad server name: {e}"));
-                return self.connect_failed(key, err, now);
+                let error = Error::InvalidUri(format!("not a TLS server name: {e}"));
+                return self.effects.push(Effect::ConnectFailed { conn, error });
             }
         };
         match Session::new(config, name) {
             Ok(mut session) => {
                 if !early.is_empty() {
                     if let Err(e) = session.keep_pending_vec(early.to_vec()) {
-                        let err = self.proxy_error(p, crate::ProxyFailure::Io(Arc::new(e)));
-                        return self.connect_failed(key, err, now);
+                        let error = self.proxy_error(p, crate::ProxyFailure::Io(Arc::new(e)));
+                        return self.effects.push(Effect::ConnectFailed { conn, error });
                     }
                 }
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.start_handshake(session);
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.start_handshake(session);
                 }
                 self.arm(
                     Timer::Conn(key, ConnTimer::Setup),
@@ -455,11 +467,11 @@ impl Engine {
                 self.drive(key, ReadMode::Skip, now);
             }
             Err(reason) => {
-                let err = Error::Tls {
+                let error = Error::Tls {
                     reason,
                     phase: Phase::Tls,
                 };
-                self.connect_failed(key, err, now)
+                self.effects.push(Effect::ConnectFailed { conn, error });
             }
         }
     }
@@ -469,58 +481,65 @@ impl Engine {
     fn tls_config_for(&mut self, p: PoolKey, key: ConnKey, now: Instant) -> Arc<ClientConfig> {
         refresh_trust(&mut self.tls, &mut self.out);
         let pool = &mut self.pools[p];
-        if pool.policy.resumption == Resumption::Never {
+        if pool.policy().resumption == Resumption::Never {
             return self.tls.full();
         }
         let fresh_only = self
             .conns
             .get(key)
-            .is_some_and(|c| c.purpose != Purpose::Requests);
-        let young = match (pool.full_handshake_at, pool.policy.max_age) {
+            .is_some_and(|c| c.purpose() != Purpose::Requests);
+        let young = match (pool.full_handshake_at(), pool.policy().max_age) {
             (Some(at), Some(age)) => now.saturating_duration_since(at) < age,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let purge = fresh_only || !young || std::mem::take(&mut pool.purge_sessions);
-        self.tls.resuming(pool.origin.host(), purge)
+        let purge = fresh_only || !young || pool.take_purge();
+        self.tls.resuming(pool.origin().host(), purge)
     }
 
-    /// Handshake done (or TCP connected for `http://`): report and use it.
+    /// Handshake done (or TCP connected for `http://`): report it, and use
+    /// it, by its purpose.
     pub(super) fn ready(&mut self, key: ConnKey, now: Instant) {
         self.disarm(Timer::Conn(key, ConnTimer::Setup));
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.conn_ref(key) else {
             return;
         };
-        let p = conn.pool;
-        conn.set_ready();
-        let pool = &mut self.pools[p];
-        if !conn.is_chain_only() {
-            pool.connecting = pool.connecting.saturating_sub(1);
-        }
-        conn.remaining = pool.policy.max_requests;
-        let purpose = conn.purpose;
         let Some((info, changed)) = self.observe_peer(key, now) else {
             return;
         };
-        if purpose == Purpose::Fresh {
-            return self.fresh_done(p, key, info, changed, now);
-        }
-        if purpose == Purpose::Probe {
-            log::debug!("chain probe of {} done", info.origin);
-            if let Some(previous) = changed {
-                self.chain_changed(p, key, previous);
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let p = c.pool();
+        let purpose = c.purpose();
+        let remaining = self.pools[p].policy().max_requests;
+        c.set_ready(
+            rotary_proto::Codec::new(self.config.limits),
+            info.chain.clone(),
+            remaining,
+        );
+        match purpose {
+            Purpose::Fresh => return self.fresh_done(p, conn, info, changed),
+            Purpose::Probe => {
+                log::debug!("chain probe of {} done", info.origin);
+                if let Some(previous) = changed {
+                    self.chain_changed(p, key, previous);
+                }
+                return self.effects.push(Effect::Close {
+                    conn,
+                    reason: CloseReason::Probe,
+                });
             }
-            self.close_conn(key, CloseReason::Probe);
-            return self.dispatch(p, now);
+            Purpose::Requests | Purpose::Replacement | Purpose::Attempt(_) => {}
         }
         if let Some(not_after) = info.chain.as_ref().and_then(|c| c.not_after()) {
             self.retire_at_cert_expiry(key, not_after, now);
         }
         self.schedule_probe(p, now, true);
-        self.count(p, Counter::Opened);
+        self.count(p, crate::stats::Counter::Opened);
         let how = match info.handshake {
-            Some(Handshake::Full) => "full handshake",
-            Some(Handshake::Resumed) => "resumed session",
+            Some(crate::Handshake::Full) => "full handshake",
+            Some(crate::Handshake::Resumed) => "resumed session",
             None => "plain tcp",
         };
         log::debug!("connection {} to {} open ({how})", info.conn.0, info.origin);
@@ -528,46 +547,9 @@ impl Engine {
         if let Some(previous) = changed {
             self.chain_changed(p, key, previous);
         }
-        if let Some(reason) = self.conns.get(key).and_then(|c| c.retiring) {
-            self.close_conn(key, reason);
-            return self.dispatch(p, now);
+        match self.conns.get(key).and_then(Conn::retiring) {
+            Some(reason) => self.effects.push(Effect::Close { conn, reason }),
+            None => self.effects.push(Effect::Ready { conn }),
         }
-        self.make_idle(key, now);
-    }
-
-    /// A connection attempt failed: it closes, and the oldest waiting request
-    /// of its origin (if any) ends with the error; a fresh-chain
-    /// connection's error answers every call waiting on it instead.
-    pub(super) fn connect_failed(&mut self, key: ConnKey, err: Error, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        let p = conn.pool;
-        let chain_only = conn.is_chain_only();
-        let fresh = conn.purpose == Purpose::Fresh;
-        let err = match err {
-            // The address that failed was the proxy's.
-            Error::Resolve { .. } | Error::Connect { .. } if self.pools[p].proxy.is_some() => {
-                self.proxy_error(p, crate::ProxyFailure::Unreachable(Box::new(err)))
-            }
-            err => err,
-        };
-        log::debug!("connection to {} failed: {err}", self.pools[p].origin);
-        self.out.push_back(Event::ConnectFailed {
-            conn: conn.id,
-            origin: self.pools[p].origin.clone(),
-            error: err.clone(),
-        });
-        if fresh {
-            // Before the close, which would answer them as closed.
-            self.answer_fresh(p, Err(err.clone()));
-        }
-        self.close_conn(key, CloseReason::ConnectFailed);
-        if !chain_only {
-            if let Some(rk) = self.pools[p].queue.pop_front() {
-                self.fail_request(rk, err);
-            }
-        }
-        self.dispatch(p, now);
     }
 }

@@ -1,32 +1,42 @@
 //! The event loop: the [`Engine`] and its [`Handle`], the public API, and
 //! the loop that turns readiness, deadlines and commands into work.
 //!
-//! A request flows submit → [`request`] → [`pool`] → [`connect`] → [`io`] →
-//! [`exchange`] → event, with [`timers`] and [`lifecycle`] beside it; a
-//! fresh-chain call goes [`fresh`] → [`connect`] → event. This
-//! file owns construction, the mio plumbing ([`Mio`]) and the command
-//! channel; every other piece of state belongs to the child module named
-//! after it, which alone changes it (see the README's architecture notes).
+//! The state has one owner per piece, each a module whose types keep their
+//! fields private: [`conn`] (a connection and its stage), [`request`] (a
+//! request and its attempt), [`pool`] (the pools), [`timers`] (the wheel and
+//! the deadline sets). Handlers change the state they are handed and queue
+//! [`effects`] for the rest: [`io`] (readiness by stage), [`connect`] and
+//! [`tunnel`] (the stages before ready), [`exchange`] and [`transfer`] (an
+//! exchange and its bodies), [`lifecycle`] (age, probes, chain change,
+//! fresh chains), [`deadlines`] (a timer that fires). [`apply`] is the one
+//! place the effects meet: exchanges and requests end, connections close,
+//! pools dispatch. This file owns construction, the mio plumbing ([`Mio`]),
+//! the command channel, and the public API, each entry point of which
+//! applies the effects it caused before it returns.
 
+mod apply;
+mod conn;
 mod connect;
+mod deadlines;
+mod effects;
 mod exchange;
 mod flow;
-mod fresh;
+mod handle;
 mod io;
 mod lifecycle;
+mod lifetime;
 mod pool;
 mod redirect;
 mod request;
+mod run;
 mod timers;
+mod transfer;
 mod tunnel;
 mod upload;
 
-#[cfg(test)]
-mod tests;
-
 // The lifetime decisions, pure, for `crate::fuzzing::lifetime`.
 #[cfg(feature = "test-hooks")]
-pub(crate) use lifecycle::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
+pub(crate) use lifetime::{expiry_deadline, prewarm_deadline, prewarm_wanted, probe_deadline};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,34 +47,27 @@ use bytes::Bytes;
 use http::HeaderMap;
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use crate::conn::{Conn, Stage};
 use crate::dns::{Answer, DnsPool, SystemResolver};
-use crate::keys::{ConnKey, Key, Slots};
+use crate::keys::{ConnKey, Key, PoolKey, Slots};
 use crate::sock::Net;
 use crate::stats::Counter;
 use crate::tls::TlsState;
 use crate::{
-    Body, BuildError, ChainRequestId, CloseReason, Config, ConnId, Error, Event, Origin, PeerChain,
-    Phase, Policy, RequestId, RequestOptions, Stats,
+    Body, BuildError, ChainRequestId, CloseReason, Config, Error, Event, Origin, PeerChain, Policy,
+    RequestId, RequestOptions, Stats,
 };
 
-use self::io::{Buffers, ReadMode};
-use self::pool::{PoolKey, Pools};
-use self::request::Requests;
-use self::timers::Timers;
+use self::conn::{Conn, StageName};
+use self::effects::{ConnRef, Effect, Effects, ReadMode, ReqRef};
+use self::io::Buffers;
+use self::pool::Pools;
+use self::request::{Req, Requests};
+use self::timers::{after, Timer, Timers};
+use self::upload::Upload;
 
 pub use self::flow::Progress;
-
-/// What a [`Handle`] sends to the engine's thread.
-enum Command {
-    Submit(Box<(RequestId, http::Request<Body>, RequestOptions)>),
-    Cancel(RequestId),
-    SendBody(RequestId, Bytes),
-    EndBody(RequestId, Option<Box<HeaderMap>>),
-    Consume(RequestId, usize),
-    Pause(RequestId, bool),
-    FreshChain(ChainRequestId, Origin, Duration),
-}
+use self::handle::Command;
+pub use self::handle::Handle;
 
 /// The engine's place in a mio loop: its own poll (or none when embedded),
 /// the registry its sockets go on, and its token range. Token `base` is the
@@ -124,122 +127,17 @@ pub struct Engine {
     next_req: Arc<AtomicU64>,
     next_conn: u64,
     bufs: Buffers,
+    /// What handlers decided, for [`apply`](Engine::apply).
+    effects: Effects,
     /// Connections whose read stopped at the budget: read on next turn.
-    read_again: Vec<(ConnKey, ConnId)>,
+    read_again: Vec<ConnRef>,
     /// Connections whose host let their body go on: read on next turn.
-    resumed: Vec<(ConnKey, ConnId)>,
+    resumed: Vec<ConnRef>,
     /// A connection went idle since the last quiet poll (see
     /// `Engine::release_idle_buffers`).
     idled: bool,
     shut: bool,
 }
-
-/// A `Send + Clone` handle that submits and cancels requests from other
-/// threads and wakes the engine's loop. Events still come out of the engine.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
-    next_req: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").finish_non_exhaustive()
-    }
-}
-
-impl Handle {
-    /// Submit a request; its events come out of the engine's `next_event`.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn submit(
-        &self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-    ) -> Result<RequestId, Error> {
-        let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        let request = request.map(Into::into);
-        self.send(Command::Submit(Box::new((id, request, opts))))?;
-        Ok(id)
-    }
-
-    /// Hand a chunk of a [`Body::stream`] to request `id` (see
-    /// [`Engine::send_body`]). A chunk past the request's send window fails
-    /// the request with [`Error::WindowFull`]; chunks for a request that
-    /// has ended are dropped.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn send_body(&self, id: RequestId, data: Bytes) -> Result<(), Error> {
-        self.send(Command::SendBody(id, data))
-    }
-
-    /// End the [`Body::stream`] of request `id` (see [`Engine::end_body`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn end_body(&self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        self.send(Command::EndBody(id, trailers.map(Box::new)))
-    }
-
-    /// Report `n` streamed body bytes of `id` consumed (see [`Engine::consume`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn consume(&self, id: RequestId, n: usize) -> Result<(), Error> {
-        self.send(Command::Consume(id, n))
-    }
-
-    /// Pause (`true`) or resume (`false`) the streamed body of `id` (see
-    /// [`Engine::pause`]).
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn pause(&self, id: RequestId, paused: bool) -> Result<(), Error> {
-        self.send(Command::Pause(id, paused))
-    }
-
-    fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.tx.send(cmd).map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(())
-    }
-
-    /// Cancel a request; it ends with [`Error::Cancelled`] unless it already ended.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn cancel(&self, id: RequestId) -> Result<(), Error> {
-        self.send(Command::Cancel(id))
-    }
-
-    /// [`Engine::fresh_chain`] from another thread: its
-    /// [`Event::FreshChain`] comes out of the engine's `next_event`. The
-    /// freshness counts from when the engine's loop takes the call.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the engine is gone.
-    pub fn fresh_chain(
-        &self,
-        origin: Origin,
-        freshness: Duration,
-    ) -> Result<ChainRequestId, Error> {
-        let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.tx
-            .send(Command::FreshChain(id, origin, freshness))
-            .map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(id)
-    }
-}
-
-/// The largest receive window of [`Engine::execute_into`]: past 128 KiB the
-/// pieces and the read buffer they are cut from reach sizes the allocator
-/// maps and keeps (a 256 MiB download grew RSS by 1.2 MiB at 256 KiB, 0.3
-/// at 128 KiB, at the same speed).
-const EXECUTE_INTO_WINDOW: usize = 128 * 1024;
 
 /// Events the drained queue keeps room for (see `Engine::shrink_events`):
 /// more than a poll at 256 busy connections queues.
@@ -334,6 +232,7 @@ impl Engine {
             next_req: Arc::new(AtomicU64::new(1)),
             next_conn: 1,
             bufs: Buffers::new(),
+            effects: Effects::default(),
             read_again: Vec::new(),
             resumed: Vec::new(),
             idled: false,
@@ -349,8 +248,17 @@ impl Engine {
     /// End live request `id` with `error`: a refusal of the [`crate::Client`]'s
     /// own, which its caller must see named, not as a cancel.
     pub(crate) fn abort(&mut self, id: RequestId, error: Error) {
-        if let Some(rk) = self.reqs.find(id) {
-            self.abort_request(rk, error, CloseReason::Error, Instant::now());
+        self.abort_id(id, error, CloseReason::Error);
+        let now = self.now();
+        self.apply(now);
+    }
+
+    /// Queue the end of live request `id` with `error`; a connection it is
+    /// on closes with `close`.
+    fn abort_id(&mut self, id: RequestId, error: Error, close: CloseReason) {
+        if let Some(key) = self.reqs.find(id) {
+            let req = ReqRef { key, id };
+            self.effects.push(Effect::Abort { req, error, close });
         }
     }
 
@@ -362,6 +270,41 @@ impl Engine {
         if self.idled {
             self.release_idle_buffers();
         }
+    }
+
+    /// Take a request in: it waits in its origin's pool, which dispatches.
+    fn submit_with_id(
+        &mut self,
+        id: RequestId,
+        mut request: http::Request<Body>,
+        opts: RequestOptions,
+        now: Instant,
+    ) {
+        let fail = |engine: &mut Engine, e| engine.emit_failed(id, e, false, Progress::default());
+        if self.shut {
+            return fail(self, Error::Shutdown);
+        }
+        if let Err(e) = opts.check() {
+            return fail(self, e);
+        }
+        let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
+            Ok(p) => p,
+            Err(e) => return fail(self, e),
+        };
+        let upload = match Upload::of(&mut request) {
+            Ok(u) => u,
+            Err(e) => return fail(self, e),
+        };
+        let fed = upload.as_deref().is_some_and(Upload::is_fed);
+        let key = self.reqs.insert(Req::new(id, p, request, opts, upload));
+        if fed {
+            self.upload_submitted(key);
+        }
+        if let Some(d) = opts.deadline {
+            self.arm(Timer::Total(key), after(now, d));
+        }
+        self.pools[p].enqueue(key, now);
+        self.effects.push(Effect::Dispatch(p));
     }
 
     /// A handle for other threads.
@@ -404,7 +347,9 @@ impl Engine {
     /// Submit a request (absolute URI: `http://` or `https://`). The request
     /// ends with exactly one terminal event; an invalid request (or options
     /// that cannot work, see [`RequestOptions::check`]) ends at once
-    /// with [`Error::InvalidRequest`], a request submitted after
+    /// with [`Error::InvalidUri`], [`Error::InvalidOptions`] or (for a
+    /// header that would break framing, once on a connection)
+    /// [`Error::InvalidHeader`], a request submitted after
     /// [`Engine::shutdown`] with [`Error::Shutdown`]. The body is anything
     /// that converts into a [`Body`]: bytes, a file, or a stream the host
     /// feeds with [`Engine::send_body`].
@@ -414,7 +359,9 @@ impl Engine {
         opts: RequestOptions,
     ) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.submit_with_id(id, request.map(Into::into), opts, Instant::now());
+        let now = self.now();
+        self.submit_with_id(id, request.map(Into::into), opts, now);
+        self.apply(now);
         id
     }
 
@@ -427,10 +374,13 @@ impl Engine {
     /// [`Error::WindowFull`] when the chunk does not fit the window (it is
     /// not taken: send it after the next `BodyWanted`);
     /// [`Error::BodySource`] when it goes past the declared length (the
-    /// request fails with it too); [`Error::InvalidRequest`] when `id` has
+    /// request fails with it too); [`Error::NotFeeding`] when `id` has
     /// ended, has no streamed body, or its body was ended.
     pub fn send_body(&mut self, id: RequestId, data: Bytes) -> Result<(), Error> {
-        self.feed_body(id, data, Instant::now())
+        let fed = self.feed_body(id, data);
+        let now = self.now();
+        self.apply(now);
+        fed
     }
 
     /// End request `id`'s [`Body::stream`]; `trailers` follow a chunked
@@ -439,10 +389,13 @@ impl Engine {
     /// # Errors
     /// [`Error::BodySource`] when the body is shorter than its declared
     /// length, or trailers were given for a body with one (the request fails
-    /// with it too); [`Error::InvalidRequest`] when `id` has ended or has no
+    /// with it too); [`Error::NotFeeding`] when `id` has ended or has no
     /// streamed body.
     pub fn end_body(&mut self, id: RequestId, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        self.finish_body(id, trailers, Instant::now())
+        let ended = self.finish_body(id, trailers);
+        let now = self.now();
+        self.apply(now);
+        ended
     }
 
     /// Report `n` bytes of request `id`'s streamed body as consumed, for a
@@ -491,7 +444,7 @@ impl Engine {
     /// calls show in [`Stats::fresh_chains_pending`].
     ///
     /// # Errors
-    /// In the event's `result`: [`Error::InvalidRequest`] for an `http://`
+    /// In the event's `result`: [`Error::Unsupported`] for an `http://`
     /// origin; [`Error::ConnectionLimit`] when the origin is at
     /// `max_connections` with no idle connection to close;
     /// [`Error::Shutdown`] after (or during) [`Engine::shutdown`], and
@@ -500,133 +453,18 @@ impl Engine {
     /// connect, TLS with rustls's reason, or a [`crate::Deadline`]).
     pub fn fresh_chain(&mut self, origin: &Origin, freshness: Duration) -> ChainRequestId {
         let id = ChainRequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        self.fresh_chain_with_id(id, origin.clone(), freshness, Instant::now());
+        let now = self.now();
+        self.fresh_chain_with_id(id, origin.clone(), freshness, now);
+        self.apply(now);
         id
     }
 
     /// Cancel a request: it ends with [`Error::Cancelled`] (its connection,
     /// if mid-exchange, is closed). Unknown or finished ids are ignored.
     pub fn cancel(&mut self, id: RequestId) {
-        self.cancel_at(id, Instant::now());
-    }
-
-    /// Run the loop until the request ends; returns its response. Events
-    /// about other requests and connections stay queued for `next_event`.
-    ///
-    /// # Errors
-    /// The request's error; [`Error::InvalidRequest`] for an embedded engine
-    /// (the host owns the loop there) and for a [`Body::stream`] (nothing
-    /// would feed it); a failing poll ends the request (no event about it
-    /// is left queued) with [`Error::Io`] of [`Phase::Request`].
-    pub fn execute(
-        &mut self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-    ) -> Result<http::Response<Bytes>, Error> {
-        if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
-                "execute needs an engine that owns its poll".into(),
-            ));
-        }
-        let request = request.map(Into::into);
-        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
-                "execute cannot feed a streamed request body".into(),
-            ));
-        }
-        let id = self.submit(request, opts.streaming(false));
-        loop {
-            let found = self
-                .out
-                .iter()
-                .position(|e| e.is_terminal() && e.request_id() == Some(id));
-            if let Some(pos) = found {
-                return match self.out.remove(pos) {
-                    Some(Event::Response { response, .. }) => Ok(response),
-                    Some(Event::Failed { error, .. }) => Err(error),
-                    _ => Err(Error::Shutdown),
-                };
-            }
-            if let Err(e) = self.poll_with(None, false) {
-                self.abandon(id);
-                return Err(Error::io(Phase::Request, e));
-            }
-        }
-    }
-
-    /// Run the loop until the request ends, writing its body to `sink` as
-    /// it arrives (streamed, so `max_body` does not apply and memory stays
-    /// within the receive window whatever the size). Each piece is written
-    /// before the loop reads on, so a large window buys nothing here: the
-    /// window is the smaller of [`RequestOptions::receive_window`] and
-    /// 256 KiB (with the 1 MiB default, a 256 MiB download's RSS grew by
-    /// 2 MiB; with 256 KiB by 0.6 MiB, at the same speed). Returns the
-    /// response head, with [`Trailers`](crate::Trailers) in its extensions
-    /// for a chunked body with trailers. Other events stay queued.
-    ///
-    /// # Errors
-    /// The request's error; [`Error::Sink`] when writing to `sink` fails
-    /// (the request is cancelled); [`Error::InvalidRequest`] for an embedded
-    /// engine; a request body fed by the host cannot be used here (nothing
-    /// would feed it) and ends with [`Error::InvalidRequest`].
-    pub fn execute_into(
-        &mut self,
-        request: http::Request<impl Into<Body>>,
-        opts: RequestOptions,
-        sink: &mut impl std::io::Write,
-    ) -> Result<http::Response<()>, Error> {
-        if self.mio.poll.is_none() {
-            return Err(Error::InvalidRequest(
-                "execute_into needs an engine that owns its poll".into(),
-            ));
-        }
-        let request = request.map(Into::into);
-        if matches!(request.body().kind, crate::body::Kind::Stream { .. }) {
-            return Err(Error::InvalidRequest(
-                "execute_into cannot feed a streamed request body".into(),
-            ));
-        }
-        let opts = opts
-            .streaming(true)
-            .manual_consume(true)
-            .receive_window(opts.receive_window.min(EXECUTE_INTO_WINDOW));
-        let id = self.submit(request, opts);
-        let mut head = None;
-        loop {
-            while let Some(pos) = self.out.iter().position(|e| e.request_id() == Some(id)) {
-                match self.out.remove(pos) {
-                    Some(Event::Head { response, .. }) => head = Some(response),
-                    Some(Event::Body { data, .. }) => {
-                        if let Err(e) = sink.write_all(&data) {
-                            self.abandon(id);
-                            return Err(Error::Sink(Arc::new(e)));
-                        }
-                        self.consume(id, data.len());
-                    }
-                    Some(Event::End { trailers, .. }) => {
-                        let mut response = head.unwrap_or_default();
-                        if let Some(t) = trailers {
-                            response.extensions_mut().insert(crate::Trailers(t));
-                        }
-                        return Ok(response);
-                    }
-                    Some(Event::Failed { error, .. }) => return Err(error),
-                    _ => {}
-                }
-            }
-            if let Err(e) = self.poll_with(None, false) {
-                self.abandon(id);
-                return Err(Error::io(Phase::Request, e));
-            }
-        }
-    }
-
-    /// End request `id` whose outcome `execute` or `execute_into` has
-    /// already returned: its events, the cancel's included, are dropped, so
-    /// the host never sees a second outcome.
-    fn abandon(&mut self, id: RequestId) {
-        self.cancel(id);
-        self.out.retain(|e| e.request_id() != Some(id));
+        self.abort_id(id, Error::Cancelled, CloseReason::Cancelled);
+        let now = self.now();
+        self.apply(now);
     }
 
     /// The next event, if any. A streamed body's bytes count as consumed
@@ -658,7 +496,7 @@ impl Engine {
                 .reqs
                 .find(*id)
                 .and_then(|rk| self.reqs.get(rk))
-                .is_some_and(|r| !r.opts.manual_consume);
+                .is_some_and(|r| !r.opts().manual_consume);
             if auto {
                 self.consumed(*id, data.len());
             }
@@ -690,7 +528,7 @@ impl Engine {
     /// queued (other requests', `Opened`, ...) are the host's for later,
     /// and hurrying for them would spin the loop for the whole exchange.
     fn poll_with(&mut self, timeout: Option<Duration>, hurry: bool) -> std::io::Result<()> {
-        let now = Instant::now();
+        let now = self.now();
         self.drain_commands(now);
         let mut wait = timeout;
         // Queued events are the caller's business (`hurry`), not a deadline.
@@ -722,12 +560,14 @@ impl Engine {
                 .iter()
                 .map(|e| (e.token(), ReadMode::after_event(e))),
         );
-        let now = Instant::now();
+        let now = self.now();
         for &(t, read) in &tokens {
             self.on_token(t, read, now);
+            self.apply(now);
         }
         self.mio.tokens = tokens;
-        self.handle_timeouts(Instant::now());
+        let now = self.now();
+        self.handle_timeouts(now);
         Ok(())
     }
 
@@ -742,11 +582,9 @@ impl Engine {
     #[inline(never)]
     fn release_idle_buffers(&mut self) {
         self.idled = false;
-        for pool in self.pools.iter() {
-            for &(_, key) in &pool.idle {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.release_buffers(0);
-                }
+        for key in self.pools.idle_conns() {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.release_buffers(0);
             }
         }
     }
@@ -757,7 +595,9 @@ impl Engine {
         if !self.mio.owns(event.token()) {
             return false;
         }
-        self.on_token(event.token(), ReadMode::after_event(event), Instant::now());
+        let now = self.now();
+        self.on_token(event.token(), ReadMode::after_event(event), now);
+        self.apply(now);
         true
     }
 
@@ -792,7 +632,9 @@ impl Engine {
         self.resume_reads(now);
         while let Some(timer) = self.timers.poll_expired(now) {
             self.on_timer(timer, now);
+            self.apply(now);
         }
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -829,22 +671,9 @@ impl Engine {
     /// a connection keep waiting: their pools open new ones for them, so a
     /// request whose connection was still opening is not stranded.
     pub fn close_idle(&mut self) {
-        let now = Instant::now();
-        let idle: Vec<(ConnKey, PoolKey)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.req.is_none() && c.attempt_for().is_none())
-            .map(|(k, c)| (k, c.pool))
-            .collect();
-        let mut pools: Vec<PoolKey> = idle.iter().map(|&(_, p)| p).collect();
-        for (key, _) in idle {
-            self.close_conn(key, CloseReason::Shutdown);
-        }
-        pools.sort_unstable();
-        pools.dedup();
-        for p in pools {
-            self.dispatch(p, now);
-        }
+        let now = self.now();
+        self.close_all_idle(CloseReason::Shutdown, now);
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -864,17 +693,15 @@ impl Engine {
         if self.shut {
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         self.drain_commands(now);
+        self.apply(now);
         self.shut = true;
-        for rk in self.reqs.keys() {
-            self.abort_request(rk, Error::Shutdown, CloseReason::Shutdown, now);
-        }
-        for key in self.conns.keys() {
-            self.close_conn(key, CloseReason::Shutdown);
-        }
+        self.end_everything(&Error::Shutdown, now);
+        self.apply(now);
         self.dns.stop(join);
         self.drain_commands(now);
+        self.apply(now);
         self.pools.sweep();
     }
 
@@ -898,60 +725,29 @@ impl Engine {
             return;
         };
         match conn.stage() {
-            Stage::Resolving => {}
-            Stage::Connecting => self.on_connecting(key, read, now),
-            Stage::ProxyHandshaking | Stage::Tunneling | Stage::Handshaking | Stage::Ready => {
-                self.drive(key, read, now)
-            }
+            StageName::Resolving => {}
+            StageName::Connecting => self.on_connecting(key, read, now),
+            StageName::ProxyHandshaking
+            | StageName::Tunneling
+            | StageName::Handshaking
+            | StageName::Ready => self.drive(key, read, now),
         }
     }
 
-    fn drain_commands(&mut self, now: Instant) {
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
-            match cmd {
-                Command::Submit(sub) => {
-                    let (id, req, opts) = *sub;
-                    self.submit_with_id(id, req, opts, now)
-                }
-                Command::Cancel(id) => self.cancel_at(id, now),
-                Command::SendBody(id, data) => {
-                    if let Err(e @ Error::WindowFull { .. }) = self.feed_body(id, data, now) {
-                        if let Some(rk) = self.reqs.find(id) {
-                            self.abort_request(rk, e, CloseReason::Error, now);
-                        }
-                    }
-                }
-                Command::EndBody(id, trailers) => {
-                    // A failure already ended the request with its error.
-                    let _ = self.finish_body(id, trailers.map(|t| *t), now);
-                }
-                Command::Consume(id, n) => self.consumed(id, n),
-                Command::Pause(id, paused) => self.set_paused(id, paused),
-                Command::FreshChain(id, origin, freshness) => {
-                    self.fresh_chain_with_id(id, origin, freshness, now)
-                }
-            }
-        }
-    }
-
-    /// The connection at `key`, if it is still the one with `id`: slab keys
-    /// are reused, so a key held across a call that may close connections is
-    /// checked this way before it is used again.
+    /// The time the engine judges by: the clock, or the latest instant a
+    /// host gave [`Engine::handle_timeouts`] when that is later (a host's
+    /// clock that ran ahead). Deadlines armed from an earlier instant would
+    /// be due at once.
     #[inline]
-    fn live(&mut self, key: ConnKey, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(key).filter(|c| c.id == id)
-    }
-
-    #[inline]
-    fn is_live(&self, key: ConnKey, id: ConnId) -> bool {
-        self.conns.get(key).is_some_and(|c| c.id == id)
+    fn now(&mut self) -> Instant {
+        self.timers.advance(Instant::now())
     }
 
     /// Bump `counter` engine-wide and for pool `p`.
     #[inline]
     fn count(&mut self, p: PoolKey, counter: Counter) {
         *self.stats.counter(counter) += 1;
-        *self.pools[p].stats.counter(counter) += 1;
+        self.pools[p].count(counter);
     }
 
     fn has_token_room(&self) -> bool {

@@ -1,68 +1,73 @@
-//! Pools of connections per origin: finding a request's pool, putting
-//! queued requests on idle connections (or opening new ones), taking a
-//! connection back when its exchange ends, and closing connections.
+//! Pools of connections per origin and route: which pool a request goes
+//! to, its queue of waiting requests, its connections (idle, busy, being
+//! opened), and what the origin taught the engine (its chain, when a full
+//! handshake last stored tickets, its counters).
 //!
-//! Owns [`Pools`] (the pools, their index by origin, the origin policies)
-//! and each pool's `conns`, `idle`, `queue` and `connecting`. `close_conn` is
-//! the one place a connection leaves the slab.
+//! Owns [`Pools`] and every field of [`Pool`]; the engine changes a pool
+//! only through the methods here, which keep its lists consistent (a
+//! connection is idle only if it is the pool's; the `connecting` count
+//! follows the connections being opened for requests).
 //!
 //! A pool lives while it has a connection, a waiting request or a waiting
 //! fresh-chain call; once it has none, [`Pools::sweep`] drops it at the end
 //! of the loop's turn, so a runner that follows redirects to thousands of
 //! object-storage hosts holds memory only for the origins it still uses.
-//! What the origin taught it (its last chain, when a full handshake last
-//! stored tickets, its counters) is remembered for the [`RECENT`] origins
+//! What the origin taught it is remembered for the [`RECENT`] origins
 //! dropped last and handed to the origin's next pool: a server that closes
 //! after every response still gets `ChainChanged` and resumption rules.
+//! Knows the engine's keys and nothing else of it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Index, IndexMut};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::{ConnTimer, Purpose};
-use crate::keys::{ConnKey, ReqKey, Slots, SHRINK_ABOVE};
+use http::header::PROXY_AUTHORIZATION;
+use http::HeaderMap;
+use rotary_proto::{NameCache, TargetForm};
+
+use crate::chain::PeerChain;
+use crate::config::Policy;
+use crate::error::Error;
+use crate::event::{ChainRequestId, ConnId};
+use crate::keys::{ConnKey, PoolKey, ReqKey, Slots, SHRINK_ABOVE};
+use crate::origin::Origin;
+use crate::proxy::{Proxies, Proxy, ProxyUse};
 use crate::stats::{Counter, OriginStats};
-use crate::{
-    CloseReason, ConnId, Error, Origin, PeerChain, Phase, Policy, Proxies, Proxy, ProxyUse,
-};
+use crate::wheel::TimerKey;
 
-pub(super) use crate::keys::PoolKey;
-
-use super::timers::{after, Timer};
-use super::Engine;
-
-/// The connections and waiting requests of one origin.
+/// The connections and waiting requests of one origin and route.
 pub(super) struct Pool {
-    pub(super) origin: Origin,
+    origin: Origin,
     /// The server's header names, lent to the codec of whichever of the
     /// pool's connections parses a response head (one copy per origin,
     /// not one per connection).
-    pub(super) names: rotary_proto::NameCache,
+    names: NameCache,
     /// The proxy every connection of this pool goes through (fixed for the
     /// pool: a route that changes makes another pool).
-    pub(super) proxy: Option<Arc<Proxy>>,
-    pub(super) policy: Policy,
-    pub(super) conns: Vec<ConnKey>,
+    proxy: Option<Arc<Proxy>>,
+    policy: Policy,
+    conns: Vec<ConnKey>,
     /// Idle connections, ascending by id: the youngest is last, the oldest
     /// first.
-    pub(super) idle: Vec<(ConnId, ConnKey)>,
-    pub(super) queue: VecDeque<ReqKey>,
+    idle: Vec<(ConnId, ConnKey)>,
+    queue: VecDeque<ReqKey>,
     /// Connections being opened for requests (probes do not count).
-    pub(super) connecting: usize,
-    pub(super) last_used: Option<Instant>,
+    connecting: usize,
+    last_used: Option<Instant>,
     /// The chain of the origin's newest full handshake.
-    pub(super) chain: Option<Arc<PeerChain>>,
+    chain: Option<Arc<PeerChain>>,
     /// When a full handshake last stored fresh session tickets.
-    pub(super) full_handshake_at: Option<Instant>,
+    full_handshake_at: Option<Instant>,
     /// A connection retired for age or chain: forget stored sessions.
-    pub(super) purge_sessions: bool,
-    pub(super) probe_timer: Option<crate::wheel::TimerKey>,
+    purge_sessions: bool,
+    probe_timer: Option<TimerKey>,
     /// Fresh-chain calls waiting for the pool's one fresh-chain handshake
     /// (a `Purpose::Fresh` connection is open exactly while this is not
-    /// empty; see [`super::fresh`]).
-    pub(super) fresh_waiters: Vec<crate::ChainRequestId>,
-    pub(super) stats: OriginStats,
+    /// empty).
+    fresh_waiters: Vec<ChainRequestId>,
+    stats: OriginStats,
     /// When it was made, in the order of [`Pools`]: the newest pool of an
     /// origin answers for it.
     created: u64,
@@ -75,6 +80,238 @@ impl Pool {
             && self.queue.is_empty()
             && self.fresh_waiters.is_empty()
             && self.probe_timer.is_none()
+    }
+
+    // ---- what it is
+
+    #[inline]
+    pub(super) fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    #[inline]
+    pub(super) fn proxy(&self) -> Option<&Arc<Proxy>> {
+        self.proxy.as_ref()
+    }
+
+    #[inline]
+    pub(super) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The header names its responses use, for the codec that parses one.
+    #[inline]
+    pub(super) fn names_mut(&mut self) -> &mut NameCache {
+        &mut self.names
+    }
+
+    #[inline]
+    pub(super) fn count(&mut self, counter: Counter) {
+        *self.stats.counter(counter) += 1;
+    }
+
+    pub(super) fn last_used(&self) -> Option<Instant> {
+        self.last_used
+    }
+
+    /// How a request is written on one of its connections: absolute-form to
+    /// a proxy for `http://` (RFC 9112 §3.2.2), origin-form otherwise
+    /// (inside a tunnel the origin sees an ordinary request).
+    pub(super) fn target_form(&self) -> TargetForm {
+        if self.proxy.is_some() && !self.origin.is_tls() {
+            TargetForm::Absolute
+        } else {
+            TargetForm::Origin
+        }
+    }
+
+    /// The headers of a request on one of its connections: a plain
+    /// `http://` request through a proxy with credentials carries
+    /// `Proxy-Authorization` (its own, when the caller set one); every other
+    /// request goes as it is.
+    pub(super) fn request_headers<'a>(&self, headers: &'a HeaderMap) -> Cow<'a, HeaderMap> {
+        let auth = self
+            .proxy
+            .as_ref()
+            .filter(|_| !self.origin.is_tls() && !headers.contains_key(PROXY_AUTHORIZATION))
+            .and_then(|p| p.authorization());
+        match auth {
+            None => Cow::Borrowed(headers),
+            Some(auth) => {
+                let mut with = headers.clone();
+                with.insert(PROXY_AUTHORIZATION, auth);
+                Cow::Owned(with)
+            }
+        }
+    }
+
+    // ---- its queue
+
+    /// A request waits for a connection (at the back of the queue), used
+    /// at `now`.
+    pub(super) fn enqueue(&mut self, rk: ReqKey, now: Instant) {
+        self.last_used = Some(now);
+        self.queue.push_back(rk);
+    }
+
+    /// A retried request waits again, before every other.
+    pub(super) fn requeue_first(&mut self, rk: ReqKey) {
+        self.queue.push_front(rk);
+    }
+
+    /// The request leaves the queue (it ended while waiting).
+    pub(super) fn unqueue(&mut self, rk: ReqKey) {
+        self.queue.retain(|&k| k != rk);
+    }
+
+    /// The request waiting longest.
+    pub(super) fn first_waiting(&self) -> Option<ReqKey> {
+        self.queue.front().copied()
+    }
+
+    /// It takes the request waiting longest off the queue.
+    pub(super) fn take_first_waiting(&mut self) -> Option<ReqKey> {
+        let rk = self.queue.pop_front();
+        if self.queue.is_empty() && self.queue.capacity() > SHRINK_ABOVE {
+            // A queue a burst of submits grew gives its memory back.
+            self.queue = VecDeque::new();
+        }
+        rk
+    }
+
+    pub(super) fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    // ---- its connections
+
+    /// A connection of its own is being opened (`for_requests`: counted as
+    /// opening for the queue; a probe or fresh-chain handshake is not).
+    pub(super) fn add_conn(&mut self, key: ConnKey, for_requests: bool) {
+        self.conns.push(key);
+        if for_requests {
+            self.connecting += 1;
+        }
+    }
+
+    /// One being opened for requests is ready (or stopped being opened).
+    pub(super) fn opened(&mut self) {
+        self.connecting = self.connecting.saturating_sub(1);
+    }
+
+    /// A connection leaves it (`opening`: it was still being opened for
+    /// requests). True when it was the pool's last.
+    pub(super) fn remove_conn(&mut self, key: ConnKey, opening: bool) -> bool {
+        self.conns.retain(|&k| k != key);
+        self.idle.retain(|&(_, k)| k != key);
+        if opening {
+            self.opened();
+        }
+        self.conns.is_empty()
+    }
+
+    /// Connections being opened for requests.
+    pub(super) fn connecting(&self) -> usize {
+        self.connecting
+    }
+
+    /// Every connection of the pool.
+    pub(super) fn conns(&self) -> &[ConnKey] {
+        &self.conns
+    }
+
+    /// A connection goes idle, keeping `idle` sorted by id.
+    pub(super) fn add_idle(&mut self, id: ConnId, key: ConnKey) {
+        // A connection going idle is usually the youngest or near it.
+        let at = self.idle.partition_point(|&(other, _)| other < id);
+        self.idle.insert(at, (id, key));
+    }
+
+    /// The idle connection the next request gets, taken off the idle list:
+    /// the youngest (highest id, so older ones age out unused), or for a
+    /// retry that must not reuse, the youngest that has carried nothing yet
+    /// (`fresh` tells which).
+    pub(super) fn take_idle(
+        &mut self,
+        fresh_only: Option<&dyn Fn(ConnKey) -> bool>,
+    ) -> Option<ConnKey> {
+        let i = pick_idle(&self.idle, fresh_only)?;
+        Some(self.idle.remove(i).1)
+    }
+
+    /// Its oldest idle connection.
+    pub(super) fn oldest_idle(&self) -> Option<ConnKey> {
+        self.idle.first().map(|&(_, k)| k)
+    }
+
+    // ---- what the origin taught it
+
+    /// The chain of the origin's newest full handshake.
+    pub(super) fn chain(&self) -> Option<&Arc<PeerChain>> {
+        self.chain.as_ref()
+    }
+
+    pub(super) fn full_handshake_at(&self) -> Option<Instant> {
+        self.full_handshake_at
+    }
+
+    /// A handshake at `now` showed `chain` (`full`: not a resumption).
+    /// Returns the previous chain when a full handshake changed it.
+    pub(super) fn saw_chain(
+        &mut self,
+        chain: &Arc<PeerChain>,
+        full: bool,
+        now: Instant,
+    ) -> Option<Arc<PeerChain>> {
+        let mut changed = None;
+        if full {
+            self.full_handshake_at = Some(now);
+            if let Some(prev) = self.chain.as_ref().filter(|prev| ***prev != **chain) {
+                changed = Some(prev.clone());
+            }
+        }
+        if self.chain.is_none() || full {
+            self.chain = Some(chain.clone());
+        }
+        changed
+    }
+
+    /// Stored sessions must be forgotten before the next resumption (a
+    /// connection retired for age or chain).
+    pub(super) fn purge_sessions(&mut self) {
+        self.purge_sessions = true;
+    }
+
+    /// Whether stored sessions must be forgotten now (once).
+    pub(super) fn take_purge(&mut self) -> bool {
+        std::mem::take(&mut self.purge_sessions)
+    }
+
+    /// The slot of its chain probe (written only through the timers).
+    pub(super) fn probe_slot(&mut self) -> &mut Option<TimerKey> {
+        &mut self.probe_timer
+    }
+
+    pub(super) fn probe_timer(&self) -> Option<TimerKey> {
+        self.probe_timer
+    }
+
+    // ---- fresh-chain calls
+
+    /// A fresh-chain call waits for the pool's handshake. True when it is
+    /// the first (a handshake must start).
+    pub(super) fn wait_fresh(&mut self, id: ChainRequestId) -> bool {
+        self.fresh_waiters.push(id);
+        self.fresh_waiters.len() == 1
+    }
+
+    /// Every waiting fresh-chain call, taken (each is answered once).
+    pub(super) fn take_fresh(&mut self) -> Vec<ChainRequestId> {
+        std::mem::take(&mut self.fresh_waiters)
+    }
+
+    pub(super) fn fresh_waiting(&self) -> bool {
+        !self.fresh_waiters.is_empty()
     }
 }
 
@@ -165,10 +402,24 @@ impl Pools {
         self.list.iter().map(|(_, p)| p)
     }
 
+    /// The idle connections of every pool.
+    pub(super) fn idle_conns(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.iter().flat_map(|p| p.idle.iter().map(|&(_, k)| k))
+    }
+
     /// The counters of every pool in use, then of the pools dropped lately.
     pub(super) fn origin_stats(&self) -> impl Iterator<Item = &OriginStats> {
         let live = self.iter().map(|p| &p.stats);
         live.chain(self.recent.iter().map(|r| &r.stats))
+    }
+
+    /// The pool at `p`, if it is still in use.
+    pub(super) fn get(&self, p: PoolKey) -> Option<&Pool> {
+        self.list.get(p)
+    }
+
+    pub(super) fn get_mut(&mut self, p: PoolKey) -> Option<&mut Pool> {
+        self.list.get_mut(p)
     }
 
     /// Pools in use.
@@ -246,8 +497,9 @@ impl Pools {
         self.policies.get(origin).copied().unwrap_or(*default)
     }
 
-    /// The pool for a request URI. Pools are never removed, so the last
-    /// URI's pool stays valid; `Authority` compares case-insensitively.
+    /// The pool for a request URI. The last URI's pool is kept (and
+    /// forgotten when a sweep drops it); `Authority` compares
+    /// case-insensitively.
     #[inline]
     pub(super) fn of_uri(&mut self, uri: &http::Uri, default: &Policy) -> Result<PoolKey, Error> {
         let tls = match uri.scheme_str() {
@@ -313,7 +565,7 @@ impl Pools {
 /// so older ones age out unused), and for a retry that must not reuse, only
 /// one that has carried nothing yet (`fresh` tells which). `idle` is sorted
 /// by id, so the usual pick is the last entry. Returns the index in `idle`.
-pub(super) fn pick_idle(
+fn pick_idle(
     idle: &[(ConnId, ConnKey)],
     fresh_only: Option<&dyn Fn(ConnKey) -> bool>,
 ) -> Option<usize> {
@@ -323,158 +575,33 @@ pub(super) fn pick_idle(
     }
 }
 
-/// Add an idle connection to `idle`, keeping it sorted by id.
-pub(super) fn insert_idle(idle: &mut Vec<(ConnId, ConnKey)>, id: ConnId, key: ConnKey) {
-    // A connection going idle is usually the youngest or near it.
-    let at = idle.partition_point(|&(other, _)| other < id);
-    idle.insert(at, (id, key));
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Key;
 
-impl Engine {
-    /// Put queued requests on idle connections (the youngest first), then open
-    /// connections for those still waiting, within the origin's maximum.
-    pub(super) fn dispatch(&mut self, p: PoolKey, now: Instant) {
-        if self.shut {
-            return;
+    #[test]
+    fn the_youngest_idle_connection_gets_the_next_request() {
+        let mut pools = Pools::new(Proxies::default());
+        let origin = Origin::parse("https://a.test").expect("origin");
+        let p = pools.get_or_insert(origin, &Policy::default());
+        let pool = &mut pools[p];
+        // (id, slab key); the key doubles as "requests served" here.
+        for (id, key) in [(3, 5), (9, 1), (4, 0), (7, 0)] {
+            pool.add_idle(ConnId(id), ConnKey::from_index(key));
         }
-        loop {
-            let pool = &self.pools[p];
-            let Some(&rk) = pool.queue.front() else {
-                // A queue a burst of submits grew gives its memory back.
-                if pool.queue.capacity() > SHRINK_ABOVE {
-                    self.pools[p].queue = VecDeque::new();
-                }
-                break;
-            };
-            let fresh = self.reqs.get(rk).is_some_and(|r| r.fresh_only);
-            let conns = &self.conns;
-            let unused = |k: ConnKey| conns.get(k).is_some_and(|c| c.served == 0);
-            let pick = pick_idle(
-                &pool.idle,
-                fresh.then_some(&unused as &dyn Fn(ConnKey) -> bool),
-            );
-            let Some(i) = pick else { break };
-            let pool = &mut self.pools[p];
-            let (_, ck) = pool.idle.remove(i);
-            pool.queue.pop_front();
-            self.assign(ck, rk, now);
-        }
-        let pool = &self.pools[p];
-        let max = pool.policy.max_connections.max(1);
-        let mut waiting = pool.queue.len();
-        while waiting > self.pools[p].connecting && self.has_token_room() {
-            if self.pools[p].conns.len() >= max {
-                // Only fresh-only retries wait while connections sit idle: make room.
-                let Some(&(_, oldest)) = self.pools[p].idle.first() else {
-                    break;
-                };
-                self.close_conn(oldest, CloseReason::Idle);
-                continue;
-            }
-            self.open(p, Purpose::Requests, now);
-            waiting = self.pools[p].queue.len();
-        }
-        self.shed_lookups(p);
-    }
-
-    /// The connection is free: back to the pool's idle list with its idle
-    /// deadline, or closed when the peer sent bytes nobody asked for.
-    pub(super) fn make_idle(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let p = conn.pool;
-        if !conn.rbuf.is_empty() {
-            self.close_conn(key, CloseReason::PeerClose);
-            return self.dispatch(p, now);
-        }
-        conn.release_buffers(crate::conn::KEEP_BUSY);
-        self.idled = true;
-        let limit = conn.idle_limit.or(self.pools[p].policy.idle_timeout);
-        insert_idle(&mut self.pools[p].idle, conn.id, key);
-        conn.idle_until = limit.map(|l| after(now, l));
-        let until = conn.idle_until;
-        // A busy keep-alive connection goes idle once per exchange: an idle
-        // timer still armed from an earlier idle spell stays and, when it
-        // fires, re-arms for the rest. The wheel is touched only when the
-        // new deadline is earlier (a server's Keep-Alive hint) or none is set.
-        let idle = Timer::Conn(key, ConnTimer::Idle);
-        if let Some(until) = until {
-            if self.armed(idle).is_none_or(|at| at > until) {
-                self.arm(idle, until);
-            }
-        }
-        self.dispatch(p, now);
-    }
-
-    /// Close a connection now: cancel its timers, close_notify, drop the
-    /// socket, leave the pool. Its request, if still attached, fails.
-    pub(super) fn close_conn(&mut self, key: ConnKey, reason: CloseReason) {
-        let Some(mut conn) = self.conns.remove(key) else {
-            return;
-        };
-        self.timers.cancel_all(&mut conn.timers);
-        conn.shutdown(&self.mio.registry);
-        if conn.attempt_for().is_some() {
-            // A losing Happy Eyeballs attempt was never the pool's.
-            return;
-        }
-        for (k, id) in conn.end_dial() {
-            if self.is_live(k, id) {
-                self.close_conn(k, reason);
-            }
-        }
-        let pool = &mut self.pools[conn.pool];
-        pool.conns.retain(|&k| k != key);
-        pool.idle.retain(|&(_, k)| k != key);
-        if conn.is_opening() {
-            pool.connecting = pool.connecting.saturating_sub(1);
-        }
-        if matches!(
-            reason,
-            CloseReason::MaxAge | CloseReason::ChainChange | CloseReason::CertExpiry
-        ) {
-            pool.purge_sessions = true;
-        }
-        let fresh = conn.purpose == Purpose::Fresh;
-        if pool.conns.is_empty() {
-            // Nothing left to heal: the probe stops until the next connection.
-            self.disarm(Timer::Probe(conn.pool));
-            self.pools.may_be_unused(conn.pool);
-        }
-        let origin = self.pools[conn.pool].origin.clone();
-        self.count(conn.pool, Counter::Closed(reason));
-        log::debug!(
-            "connection {} to {origin} closed: {}",
-            conn.id.0,
-            reason.name()
-        );
-        if fresh {
-            // Answered already when it finished or failed its handshake;
-            // anything else (shutdown, close_idle) ends the calls here.
-            let err = match reason {
-                CloseReason::Shutdown => Error::Shutdown,
-                _ => Error::Cancelled,
-            };
-            self.answer_fresh(conn.pool, Err(err));
-        }
-        if let Some(rk) = conn.req {
-            if let Some(r) = self.reqs.get_mut(rk) {
-                r.conn = None;
-            }
-            let err = match reason {
-                CloseReason::Shutdown => Error::Shutdown,
-                _ => Error::PeerClosed {
-                    phase: Phase::ResponseHead,
-                    reused: conn.served > 1,
-                },
-            };
-            self.fail_request(rk, err);
-        }
-        self.out.push_back(crate::Event::Closed {
-            conn: conn.id,
-            origin,
-            reason,
-        });
+        let ids: Vec<u64> = pool.idle.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, [3, 4, 7, 9]);
+        assert_eq!(pool.oldest_idle(), Some(ConnKey::from_index(5)));
+        // A retry that must use a fresh connection skips used ones.
+        let unused = |served: ConnKey| served.index() == 0;
+        assert_eq!(pool.take_idle(Some(&unused)), Some(ConnKey::from_index(0)));
+        let ids: Vec<u64> = pool.idle.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, [3, 4, 9], "id 7, the youngest unused, went");
+        assert_eq!(pool.take_idle(None), Some(ConnKey::from_index(1)));
+        assert_eq!(pool.take_idle(Some(&unused)), Some(ConnKey::from_index(0)));
+        assert_eq!(pool.take_idle(Some(&unused)), None);
+        assert_eq!(pool.take_idle(None), Some(ConnKey::from_index(5)));
+        assert_eq!(pool.take_idle(None), None);
     }
 }

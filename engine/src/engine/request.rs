@@ -1,27 +1,31 @@
 //! Requests from submission to their one terminal event: the request slab
-//! and its id map, a buffered response's body, and ending a request
-//! (abort, fail, emit).
+//! and its id map ([`Requests`]), and each [`Req`] with its current
+//! [`Attempt`].
 //!
-//! Owns [`Requests`] and every `Req`'s fields but `conn` and `reused`,
-//! which [`super::exchange`] sets when it puts a request on a connection.
-//! `take_request` is the one place a request leaves the slab.
+//! Owns every field of `Req`. An attempt (the first try, a retry on a
+//! fresh connection, a redirect's next hop) carries what only it has: its
+//! connection, its deadlines, what of a response has arrived. Every new
+//! attempt begins the same way, through [`Req::rewind`]: the old attempt's
+//! deadlines go as a set, and the body is sent again from its first byte.
+//! [`Requests::remove`] is the one way out of the slab, and it disarms
+//! every deadline the request held. Knows the timer kinds and the pure
+//! body, flow and redirect modules; nothing else of the engine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rotary_proto::ResponseHead;
 
-use crate::keys::{ConnKey, ReqKey, Slots, SHRINK_ABOVE};
+use crate::error::Error;
+use crate::event::RequestId;
+use crate::keys::{ConnKey, PoolKey, ReqKey, Slots, SHRINK_ABOVE};
 use crate::wheel::TimerKey;
-use crate::{Body, CloseReason, Error, RequestId, RequestOptions};
+use crate::{Body, RequestOptions};
 
 use super::flow::{Flow, Progress};
-use super::pool::PoolKey;
-use super::timers::{after, ReqTimer, Timer, REQ_TIMERS};
-use super::upload::Upload;
-use super::Engine;
+use super::timers::{AttemptTimer, TimerSet, Timers};
+use super::upload::{Upload, UploadStage};
 
 /// Hashes a [`RequestId`] as itself: ids are distinct sequential numbers, so
 /// SipHash's protection against chosen keys buys nothing for the id map.
@@ -53,39 +57,89 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// Which try of a request an attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttemptKind {
+    First,
+    /// Sent again after a stale connection failed it: only a connection
+    /// that carried nothing yet may take it.
+    Retry,
+    /// The next hop of a redirect.
+    Redirect,
+}
+
+/// One try of a request: its connection, its deadlines, and what of its
+/// response has arrived.
+pub(super) struct Attempt {
+    kind: AttemptKind,
+    /// The connection carrying it, once assigned.
+    conn: Option<ConnKey>,
+    /// Put on a connection that had carried an earlier exchange.
+    reused: bool,
+    timers: TimerSet<AttemptTimer>,
+    /// Transfer counters and flow control.
+    flow: Flow,
+    /// A buffered response's head, until its body ends.
+    head: Option<ResponseHead>,
+    body: Buffered,
+}
+
+impl Attempt {
+    fn new(kind: AttemptKind) -> Attempt {
+        Attempt {
+            kind,
+            conn: None,
+            reused: false,
+            timers: TimerSet::default(),
+            flow: Flow::default(),
+            head: None,
+            body: Buffered::default(),
+        }
+    }
+}
+
+/// A buffered response body.
+#[derive(Default)]
+struct Buffered {
+    bytes: BytesMut,
+    /// A body that arrives in one piece is handed on without a copy.
+    first: Option<Bytes>,
+    len: usize,
+}
+
 /// A submitted request that has not ended yet.
 pub(super) struct Req {
-    pub(super) id: RequestId,
-    pub(super) pool: PoolKey,
-    pub(super) request: http::Request<Body>,
-    pub(super) opts: RequestOptions,
+    id: RequestId,
+    pool: PoolKey,
+    request: http::Request<Body>,
+    opts: RequestOptions,
     /// A body sent in pieces (file, stream, or after `100 Continue`).
-    pub(super) upload: Option<Box<Upload>>,
-    /// Transfer counters and flow control.
-    pub(super) flow: Flow,
-    /// The connection carrying it, once assigned.
-    pub(super) conn: Option<ConnKey>,
-    pub(super) timers: [Option<TimerKey>; REQ_TIMERS],
+    upload: Option<Box<Upload>>,
+    /// The host holds its response body back ([`crate::Engine::pause`]).
+    paused: bool,
     /// Sent again once already (never twice).
-    pub(super) retried: bool,
-    /// A retry: only a connection that carried nothing yet may take it.
-    pub(super) fresh_only: bool,
-    /// Put on a connection that had carried an earlier exchange.
-    pub(super) reused: bool,
-    /// A buffered response's head, until its body ends.
-    pub(super) head: Option<ResponseHead>,
+    retried: bool,
+    /// Its total deadline, across attempts.
+    total: Option<TimerKey>,
     /// Redirects seen, once there is one (boxed: most requests never see
     /// one, and a `Req` is moved on every submit and end).
-    pub(super) hops: Option<Box<Hops>>,
-    body: BytesMut,
-    /// A body that arrives in one piece is handed on without a copy.
-    first_chunk: Option<Bytes>,
-    body_len: usize,
+    hops: Option<Box<Hops>>,
+    attempt: Attempt,
+}
+
+/// The redirects of one request.
+struct Hops {
+    /// Every method and URI requested, the submitted one first.
+    visited: Vec<(http::Method, http::Uri)>,
+    /// The next hop's request, while a redirect response's body drains.
+    next: Option<http::Request<Body>>,
+    /// The URI requested now, once a hop was followed.
+    current: Option<Arc<http::Uri>>,
 }
 
 impl Req {
     #[inline]
-    fn new(
+    pub(super) fn new(
         id: RequestId,
         pool: PoolKey,
         request: http::Request<Body>,
@@ -98,24 +152,184 @@ impl Req {
             request,
             opts,
             upload,
-            flow: Flow::default(),
-            conn: None,
-            timers: [None; REQ_TIMERS],
+            paused: false,
             retried: false,
-            fresh_only: false,
-            reused: false,
-            head: None,
+            total: None,
             hops: None,
-            body: BytesMut::new(),
-            first_chunk: None,
-            body_len: 0,
+            attempt: Attempt::new(AttemptKind::First),
         }
     }
+
+    // ---- what it is
+
+    #[inline]
+    pub(super) fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The pool it waits in (or whose connection carries it).
+    #[inline]
+    pub(super) fn pool(&self) -> PoolKey {
+        self.pool
+    }
+
+    #[inline]
+    pub(super) fn opts(&self) -> &RequestOptions {
+        &self.opts
+    }
+
+    #[inline]
+    pub(super) fn request(&self) -> &http::Request<Body> {
+        &self.request
+    }
+
+    /// The connection carrying its attempt.
+    #[inline]
+    pub(super) fn conn(&self) -> Option<ConnKey> {
+        self.attempt.conn
+    }
+
+    /// Its attempt went on a connection that had carried an earlier exchange.
+    #[inline]
+    pub(super) fn reused(&self) -> bool {
+        self.attempt.reused
+    }
+
+    /// Only a connection that carried nothing yet may take it (a retry).
+    #[inline]
+    pub(super) fn fresh_only(&self) -> bool {
+        self.attempt.kind == AttemptKind::Retry
+    }
+
+    pub(super) fn retried(&self) -> bool {
+        self.retried
+    }
+
+    pub(super) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    pub(super) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Can its body be sent again?
+    #[inline]
+    pub(super) fn replayable(&self) -> bool {
+        self.request.body().is_replayable()
+    }
+
+    #[inline]
+    pub(super) fn flow(&self) -> &Flow {
+        &self.attempt.flow
+    }
+
+    #[inline]
+    pub(super) fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.attempt.flow
+    }
+
+    /// Its body, when sent in pieces.
+    #[inline]
+    pub(super) fn upload_mut(&mut self) -> Option<&mut Upload> {
+        self.upload.as_deref_mut()
+    }
+
+    /// Its body is sent in pieces.
+    #[inline]
+    pub(super) fn uploads(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    /// Its head went out with `Expect: 100-continue` and the body waits.
+    #[inline]
+    pub(super) fn awaits_continue(&self) -> bool {
+        self.upload
+            .as_deref()
+            .is_some_and(|u| u.stage() == UploadStage::Continue)
+    }
+
+    /// Its request and its upload, borrowed apart (to pump the body).
+    pub(super) fn upload_and_opts(&mut self) -> Option<(&mut Upload, &RequestOptions)> {
+        Some((self.upload.as_deref_mut()?, &self.opts))
+    }
+
+    // ---- its deadlines
+
+    /// The slot of its total deadline (written only through [`Timers`]).
+    pub(super) fn total_slot(&mut self) -> &mut Option<TimerKey> {
+        &mut self.total
+    }
+
+    pub(super) fn total_timer(&self) -> Option<TimerKey> {
+        self.total
+    }
+
+    /// The slot of its attempt's deadline of kind `k`.
+    #[inline]
+    pub(super) fn attempt_slot(&mut self, k: AttemptTimer) -> &mut Option<TimerKey> {
+        self.attempt.timers.slot(k)
+    }
+
+    #[inline]
+    pub(super) fn attempt_timer(&self, k: AttemptTimer) -> Option<TimerKey> {
+        self.attempt.timers.get(k)
+    }
+
+    // ---- attempts
+
+    /// Its attempt is on connection `ck`, which had carried `reused` an
+    /// earlier exchange.
+    #[inline]
+    pub(super) fn put_on(&mut self, ck: ConnKey, reused: bool) {
+        self.attempt.conn = Some(ck);
+        self.attempt.reused = reused;
+    }
+
+    /// Back to waiting, for a retry on a fresh connection.
+    ///
+    /// # Errors
+    /// The body's file cannot seek back.
+    pub(super) fn retry(&mut self, timers: &mut Timers) -> Result<(), Error> {
+        self.retried = true;
+        self.rewind(AttemptKind::Retry, timers)
+    }
+
+    /// A new attempt of `kind`, the one way every new attempt begins: the
+    /// old one's deadlines go as a set, it is off its connection, nothing
+    /// of a response is kept, and its body (a file's, or bytes after `100
+    /// Continue`) is sent from its first byte. A host's pause stays.
+    ///
+    /// # Errors
+    /// The body's file cannot seek back.
+    fn rewind(&mut self, kind: AttemptKind, timers: &mut Timers) -> Result<(), Error> {
+        self.attempt.timers.clear_all(timers);
+        self.attempt = Attempt::new(kind);
+        match self.upload.as_deref_mut() {
+            Some(up) => up.rewind(),
+            None => Ok(()),
+        }
+    }
+
+    // ---- redirects
 
     /// A redirect response's body is draining before the next hop.
     #[inline]
     pub(super) fn redirecting(&self) -> bool {
         self.hops.as_ref().is_some_and(|h| h.next.is_some())
+    }
+
+    /// Every method and URI requested so far, the current ones last.
+    pub(super) fn visited(&self) -> Vec<(http::Method, http::Uri)> {
+        match &self.hops {
+            Some(hops) => hops.visited.clone(),
+            None => vec![(self.request.method().clone(), self.request.uri().clone())],
+        }
+    }
+
+    /// Hops followed so far.
+    pub(super) fn hops(&self) -> usize {
+        self.hops.as_ref().map_or(0, |h| h.visited.len() - 1)
     }
 
     /// The response being read redirects to `next`.
@@ -131,12 +345,22 @@ impl Req {
         hops.next = Some(next);
     }
 
+    /// The URI of the hop a redirect response leads to, while its body drains.
+    pub(super) fn next_hop_uri(&self) -> Option<&http::Uri> {
+        self.hops.as_ref()?.next.as_ref().map(|n| n.uri())
+    }
+
     /// Becomes the request for the next hop of a redirect (waiting for a
     /// connection again, now in `pool`); `None` when no hop was pending.
     ///
     /// # Errors
-    /// The next hop's body cannot be sent (its file cannot be reopened).
-    pub(super) fn follow(&mut self, pool: PoolKey) -> Option<Result<(), Error>> {
+    /// The next hop's body cannot be sent (its file cannot be reopened or
+    /// seek back).
+    pub(super) fn follow(
+        &mut self,
+        pool: PoolKey,
+        timers: &mut Timers,
+    ) -> Option<Result<(), Error>> {
         let hops = self.hops.as_mut()?;
         let mut next = hops.next.take()?;
         let upload = match Upload::of(&mut next) {
@@ -150,8 +374,7 @@ impl Req {
         self.request = next;
         self.pool = pool;
         self.retried = false;
-        self.fresh_only = false;
-        Some(self.rewind())
+        Some(self.rewind(AttemptKind::Redirect, timers))
     }
 
     /// The URI a response answers, when redirects led to it.
@@ -159,21 +382,29 @@ impl Req {
         self.hops.as_ref().and_then(|h| h.current.clone())
     }
 
+    // ---- its response
+
+    /// Keep a buffered response's head until its body ends.
+    pub(super) fn keep_head(&mut self, head: ResponseHead) {
+        self.attempt.head = Some(head);
+    }
+
     /// Keep a piece of a buffered body. `Err(limit)` when the body would pass
     /// `max_body`.
     #[inline]
     pub(super) fn buffer_body(&mut self, data: Bytes) -> Result<(), usize> {
-        self.body_len += data.len();
-        if self.body_len > self.opts.max_body {
+        let body = &mut self.attempt.body;
+        body.len += data.len();
+        if body.len > self.opts.max_body {
             return Err(self.opts.max_body);
         }
-        match self.first_chunk.take() {
-            None if self.body.is_empty() => self.first_chunk = Some(data),
-            None => self.body.extend_from_slice(&data),
+        match body.first.take() {
+            None if body.bytes.is_empty() => body.first = Some(data),
+            None => body.bytes.extend_from_slice(&data),
             Some(first) => {
-                self.body.reserve(first.len() + data.len());
-                self.body.extend_from_slice(&first);
-                self.body.extend_from_slice(&data);
+                body.bytes.reserve(first.len() + data.len());
+                body.bytes.extend_from_slice(&first);
+                body.bytes.extend_from_slice(&data);
             }
         }
         Ok(())
@@ -182,12 +413,13 @@ impl Req {
     /// The buffered response: its head and the whole body.
     #[inline]
     pub(super) fn buffered_response(&mut self) -> http::Response<Bytes> {
-        let body = match self.first_chunk.take() {
+        let body = &mut self.attempt.body;
+        let bytes = match body.first.take() {
             Some(b) => b,
-            None => std::mem::take(&mut self.body).freeze(),
+            None => std::mem::take(&mut body.bytes).freeze(),
         };
-        let mut response = http::Response::new(body);
-        if let Some(head) = self.head.take() {
+        let mut response = http::Response::new(bytes);
+        if let Some(head) = self.attempt.head.take() {
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
             *response.headers_mut() = head.headers;
@@ -195,64 +427,22 @@ impl Req {
         response
     }
 
-    /// Its head went out with `Expect: 100-continue` and the body waits.
-    #[inline]
-    pub(super) fn awaits_continue(&self) -> bool {
-        self.upload
-            .as_deref()
-            .is_some_and(|u| u.stage == super::upload::UploadStage::Continue)
-    }
-
-    /// Can its body be sent again?
-    #[inline]
-    pub(super) fn replayable(&self) -> bool {
-        self.request.body().is_replayable()
-    }
-
-    /// Back to waiting, for a retry on a fresh connection: whatever part of
-    /// a response arrived is dropped, and a file body starts over.
-    ///
-    /// # Errors
-    /// The body's file cannot seek back.
-    pub(super) fn prepare_retry(&mut self) -> Result<(), Error> {
-        self.retried = true;
-        self.fresh_only = true;
-        self.rewind()
-    }
-
-    /// Back to the start of an attempt, the one way every new attempt (a
-    /// retry, a redirect's next hop) begins: off its connection, nothing of
-    /// a response kept, and its body (a file's, or bytes after `100
-    /// Continue`) to be sent from its first byte. A host's pause stays.
-    ///
-    /// # Errors
-    /// The body's file cannot seek back.
-    fn rewind(&mut self) -> Result<(), Error> {
-        self.flow = Flow {
-            paused: self.flow.paused,
-            ..Flow::default()
+    /// How far this request's transfer has got.
+    pub(super) fn progress(&self) -> Progress {
+        let send_total = self.request.body().len();
+        let sent = match self.upload.as_deref() {
+            Some(up) => up.sent(),
+            // Sent with the head, once on a connection.
+            None if self.attempt.conn.is_some() => send_total.unwrap_or(0),
+            None => 0,
         };
-        self.conn = None;
-        self.reused = false;
-        self.head = None;
-        self.body.clear();
-        self.first_chunk = None;
-        self.body_len = 0;
-        match self.upload.as_deref_mut() {
-            Some(up) => up.rewind(),
-            None => Ok(()),
+        Progress {
+            sent,
+            send_total,
+            received: self.attempt.flow.received,
+            receive_total: self.attempt.flow.receive_total,
         }
     }
-}
-
-/// The redirects of one request.
-pub(super) struct Hops {
-    /// Every method and URI requested, the submitted one first.
-    pub(super) visited: Vec<(http::Method, http::Uri)>,
-    /// The next hop's request, while a redirect response's body drains.
-    pub(super) next: Option<http::Request<Body>>,
-    /// The URI requested now, once a hop was followed.
-    current: Option<Arc<http::Uri>>,
 }
 
 /// The live requests, by slot and by id.
@@ -264,7 +454,7 @@ pub(super) struct Requests {
 
 impl Requests {
     #[inline]
-    fn insert(&mut self, req: Req) -> ReqKey {
+    pub(super) fn insert(&mut self, req: Req) -> ReqKey {
         let id = req.id;
         let key = self.slab.insert(req);
         self.ids.insert(id, key);
@@ -286,8 +476,34 @@ impl Requests {
         self.slab.get_mut(key)
     }
 
+    /// The request at `key`, if it is still the one with `id` (slots are
+    /// reused).
+    #[inline]
+    pub(super) fn live(&mut self, key: ReqKey, id: RequestId) -> Option<&mut Req> {
+        self.slab.get_mut(key).filter(|r| r.id == id)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.slab.len()
+    }
+
+    pub(super) fn keys(&self) -> Vec<ReqKey> {
+        self.slab.keys()
+    }
+
+    /// The one way out: the request leaves the slab and the id map, and
+    /// every deadline it held (its total, its attempt's set) is disarmed.
+    #[inline]
+    pub(super) fn remove(&mut self, key: ReqKey, timers: &mut Timers) -> Option<Req> {
+        // Straight from the slab, with one move: a `Req` is large.
+        let mut req = self.slab.remove(key)?;
+        self.ids.remove(&req.id);
+        if self.ids.is_empty() && self.ids.capacity() > SHRINK_ABOVE {
+            self.shrink_ids();
+        }
+        timers.clear(&mut req.total);
+        req.attempt.timers.clear_all(timers);
+        Some(req)
     }
 
     /// The id map, emptied after a burst, gives its memory back (as the slab
@@ -296,117 +512,5 @@ impl Requests {
     #[inline(never)]
     fn shrink_ids(&mut self) {
         self.ids = HashMap::default();
-    }
-
-    pub(super) fn keys(&self) -> Vec<ReqKey> {
-        self.slab.keys()
-    }
-}
-
-impl Engine {
-    pub(super) fn submit_with_id(
-        &mut self,
-        id: RequestId,
-        mut request: http::Request<Body>,
-        opts: RequestOptions,
-        now: Instant,
-    ) {
-        if self.shut {
-            return self.emit_failed(id, Error::Shutdown, false, Progress::default());
-        }
-        if let Err(e) = opts.check() {
-            return self.emit_failed(id, e, false, Progress::default());
-        }
-        let p = match self.pools.of_uri(request.uri(), &self.config.policy) {
-            Ok(p) => p,
-            Err(e) => return self.emit_failed(id, e, false, Progress::default()),
-        };
-        let upload = match Upload::of(&mut request) {
-            Ok(u) => u,
-            Err(e) => return self.emit_failed(id, e, false, Progress::default()),
-        };
-        let fed = upload.is_some();
-        let key = self.reqs.insert(Req::new(id, p, request, opts, upload));
-        if fed {
-            self.upload_submitted(key);
-        }
-        if let Some(d) = opts.deadline {
-            self.arm(Timer::Req(key, ReqTimer::Total), after(now, d));
-        }
-        let pool = &mut self.pools[p];
-        pool.last_used = Some(now);
-        pool.queue.push_back(key);
-        self.dispatch(p, now);
-    }
-
-    /// Cancel request `id` if it is still live.
-    pub(super) fn cancel_at(&mut self, id: RequestId, now: Instant) {
-        if let Some(rk) = self.reqs.find(id) {
-            self.abort_request(rk, Error::Cancelled, CloseReason::Cancelled, now);
-        }
-    }
-
-    /// End a request with `err` wherever it is; close its connection (with
-    /// `reason`) if it was mid-exchange.
-    pub(super) fn abort_request(
-        &mut self,
-        rk: ReqKey,
-        err: Error,
-        reason: CloseReason,
-        now: Instant,
-    ) {
-        let Some(req) = self.reqs.get(rk) else { return };
-        let p = req.pool;
-        if let Some(ck) = req.conn {
-            if let Some(conn) = self.conns.get_mut(ck) {
-                conn.req = None;
-            }
-            self.fail_request(rk, err);
-            self.close_conn(ck, reason);
-        } else {
-            self.fail_request(rk, err);
-        }
-        self.dispatch(p, now);
-    }
-
-    /// Remove a request from every structure; its timers are cancelled.
-    #[inline]
-    pub(super) fn take_request(&mut self, rk: ReqKey) -> Option<Req> {
-        // Straight from the slab, with one move: a `Req` is large.
-        let req = self.reqs.slab.remove(rk)?;
-        self.reqs.ids.remove(&req.id);
-        if self.reqs.ids.is_empty() && self.reqs.ids.capacity() > SHRINK_ABOVE {
-            self.reqs.shrink_ids();
-        }
-        for t in req.timers.into_iter().flatten() {
-            self.timers.cancel(t);
-        }
-        if req.conn.is_none() {
-            let pool = &mut self.pools[req.pool];
-            pool.queue.retain(|&k| k != rk);
-            if pool.conns.is_empty() {
-                self.pools.may_be_unused(req.pool);
-            }
-        }
-        Some(req)
-    }
-
-    pub(super) fn fail_request(&mut self, rk: ReqKey, err: Error) {
-        let Some(req) = self.take_request(rk) else {
-            return;
-        };
-        let progress = req.progress();
-        self.emit_failed(req.id, err, req.reused, progress);
-    }
-
-    fn emit_failed(&mut self, id: RequestId, error: Error, reused: bool, progress: Progress) {
-        log::debug!("request {} failed: {error}", id.0);
-        self.stats.failed_by_phase[error.phase().index()] += 1;
-        self.out.push_back(crate::Event::Failed {
-            id,
-            error,
-            reused,
-            progress,
-        });
     }
 }

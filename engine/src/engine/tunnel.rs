@@ -15,59 +15,27 @@
 //! the rest goes through (`crate::proxy_tls`); it never resumes, so its
 //! chain is always the one the proxy presents now.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use http::{HeaderMap, Method, Uri};
-use rotary_proto::{Codec, ResponseEvent, State, TargetForm};
+use rotary_proto::{Codec, ResponseEvent, TargetForm};
 
 use rustls::pki_types::ServerName;
 
-use crate::conn::ConnTimer;
-use crate::keys::ConnKey;
+use crate::config::Trust;
+use crate::error::{Error, ProxyFailure};
+use crate::keys::{ConnKey, PoolKey};
+use crate::proxy::{Proxies, Proxy};
 use crate::proxy_tls::ProxyTls;
 use crate::sock::Sock;
 use crate::tls::TlsState;
-use crate::{ConnId, Error, Proxies, Proxy, ProxyFailure, Trust};
 
-use crate::conn::IoFailure;
-
-use super::io::ReadMode;
-use super::pool::{Pool, PoolKey};
-use super::timers::{after, Timer};
+use super::conn::IoFailure;
+use super::effects::{ConnRef, Effect, ReadMode};
+use super::timers::{after, ConnTimer, Timer};
 use super::Engine;
-
-/// How a request is written on a connection of `pool`: absolute-form to a
-/// proxy for `http://` (RFC 9112 §3.2.2), origin-form otherwise (inside a
-/// tunnel the origin sees an ordinary request).
-pub(super) fn target_form(pool: &Pool) -> TargetForm {
-    if pool.proxy.is_some() && !pool.origin.is_tls() {
-        TargetForm::Absolute
-    } else {
-        TargetForm::Origin
-    }
-}
-
-/// The headers of a request on a connection of `pool`: a plain `http://`
-/// request through a proxy with credentials carries `Proxy-Authorization`
-/// (its own, when the caller set one); every other request goes as it is.
-pub(super) fn request_headers<'a>(pool: &Pool, headers: &'a HeaderMap) -> Cow<'a, HeaderMap> {
-    let auth = pool
-        .proxy
-        .as_ref()
-        .filter(|_| !pool.origin.is_tls() && !headers.contains_key(PROXY_AUTHORIZATION))
-        .and_then(|p| p.authorization());
-    match auth {
-        None => Cow::Borrowed(headers),
-        Some(auth) => {
-            let mut with = headers.clone();
-            with.insert(PROXY_AUTHORIZATION, auth);
-            Cow::Owned(with)
-        }
-    }
-}
 
 /// The TLS states (anchors, configs, verifier) of the `https://` proxies
 /// whose trust is their own ([`Proxy::with_trust`]); the others use the
@@ -119,11 +87,13 @@ impl Engine {
     /// TCP to an `https://` proxy is up: start the TLS handshake with it
     /// (always a full one) within the handshake deadline.
     pub(super) fn start_proxy_tls(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conn_ref(key) else {
             return;
         };
-        let p = conn.pool;
-        let Some(proxy) = self.pools[p].proxy.clone() else {
+        let Some(p) = self.conns.get(key).map(|c| c.pool()) else {
+            return;
+        };
+        let Some(proxy) = self.pools[p].proxy().cloned() else {
             return;
         };
         let config = match self.proxy_trusts.state_mut(&proxy) {
@@ -137,24 +107,23 @@ impl Engine {
             }
         };
         let session = ServerName::try_from(proxy.host().to_owned())
-            .map_err(|e| Error::InvalidRequest(format!("bad proxy server name: {e}")))
+            .map_err(|e| Error::InvalidProxy(format!("{proxy}: not a TLS server name: {e}")))
             .and_then(|name| {
                 crate::proxy_tls::session_for(config, name)
                     .map_err(|e| self.proxy_error(p, ProxyFailure::Tls(e)))
             });
         let session = match session {
             Ok(s) => s,
-            Err(err) => return self.connect_failed(key, err, now),
-        };
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            Err(error) => return self.effects.push(Effect::ConnectFailed { conn, error }),
         };
         log::debug!(
             "connection {} to {}: tls handshake with proxy {proxy}",
             conn.id.0,
-            self.pools[p].origin
+            self.pools[p].origin()
         );
-        conn.start_proxy_handshake(|sock| Sock::ProxyTls(Box::new(ProxyTls::new(sock, session))));
+        if let Some(c) = self.conns.get_mut(key) {
+            c.start_proxy_handshake(|sock| Sock::ProxyTls(Box::new(ProxyTls::new(sock, session))));
+        }
         self.arm(
             Timer::Conn(key, ConnTimer::Setup),
             after(now, self.config.timeouts.handshake),
@@ -167,22 +136,23 @@ impl Engine {
     /// (`CONNECT` for an `https://` origin; ready for `http://`, whose
     /// requests go to the proxy in absolute-form); the proxy closing first
     /// fails it.
-    pub(super) fn on_proxy_handshake(&mut self, key: ConnKey, id: ConnId, eof: bool, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+    pub(super) fn on_proxy_handshake(&mut self, conn: ConnRef, eof: bool, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn.key).filter(|c| c.id() == conn.id) else {
             return;
         };
-        let p = conn.pool;
-        let Some(outer) = conn.sock.as_mut().and_then(Sock::proxy_tls_mut) else {
+        let p = c.pool();
+        let Some(outer) = c.sock_mut().and_then(Sock::proxy_tls_mut) else {
             return;
         };
         if outer.is_handshaking() {
             if eof {
-                let err = self.proxy_error(p, ProxyFailure::Closed);
-                self.connect_failed(key, err, now);
+                let error = self.proxy_error(p, ProxyFailure::Closed);
+                self.effects.push(Effect::ConnectFailed { conn, error });
             }
             return;
         }
-        let Some(proxy) = self.pools[p].proxy.as_ref() else {
+        let pool = &self.pools[p];
+        let Some(proxy) = pool.proxy() else {
             return;
         };
         let state = self.proxy_trusts.state(proxy).unwrap_or(&self.tls);
@@ -199,21 +169,22 @@ impl Engine {
         log::debug!(
             "connection {} to {}: tls with proxy {proxy} up ({facts}), its leaf {}",
             conn.id.0,
-            self.pools[p].origin,
+            pool.origin(),
             chain.fingerprint_hex()
         );
         outer.set_chain(chain);
-        self.disarm(Timer::Conn(key, ConnTimer::Setup));
-        if self.pools[p].origin.is_tls() {
-            self.start_tunnel(key, now);
+        self.disarm(Timer::Conn(conn.key, ConnTimer::Setup));
+        if self.pools[p].origin().is_tls() {
+            self.start_tunnel(conn.key, now);
         } else {
-            self.ready(key, now);
+            self.ready(conn.key, now);
         }
     }
 
     /// A read or write failure before the tunnel is up: the proxy's.
-    pub(super) fn proxy_io_failed(&mut self, key: ConnKey, failure: IoFailure, now: Instant) {
-        let Some(conn) = self.conns.get(key) else {
+    pub(super) fn proxy_io_failed(&mut self, key: ConnKey, failure: IoFailure) {
+        let (Some(conn), Some(p)) = (self.conn_ref(key), self.conns.get(key).map(|c| c.pool()))
+        else {
             return;
         };
         let failure = match failure {
@@ -223,19 +194,22 @@ impl Engine {
                 None => ProxyFailure::Io(Arc::new(e)),
             },
         };
-        let err = self.proxy_error(conn.pool, failure);
-        self.connect_failed(key, err, now);
+        let error = self.proxy_error(p, failure);
+        self.effects.push(Effect::ConnectFailed { conn, error });
     }
 
     /// TCP to the proxy is up (and TLS with an `https://` one): send
     /// `CONNECT host:port` and wait for the answer within the proxy-connect
     /// deadline.
     pub(super) fn start_tunnel(&mut self, key: ConnKey, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.conn_ref(key) else {
             return;
         };
-        let pool = &self.pools[conn.pool];
-        let (Some(proxy), origin) = (pool.proxy.as_ref(), &pool.origin) else {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let pool = &self.pools[c.pool()];
+        let (Some(proxy), origin) = (pool.proxy(), pool.origin()) else {
             return;
         };
         let authority = if origin.host().contains(':') {
@@ -247,24 +221,27 @@ impl Engine {
         if let Some(auth) = proxy.authorization() {
             headers.insert(PROXY_AUTHORIZATION, auth);
         }
+        let codec = Codec::new(self.config.limits);
         let sent = authority
             .parse::<Uri>()
             .map_err(|e| e.to_string())
             .and_then(|uri| {
-                conn.codec
-                    .send_request(
-                        &Method::CONNECT,
-                        &uri,
-                        &headers,
-                        None,
-                        TargetForm::Origin,
-                        &mut conn.wbuf,
-                    )
-                    .map_err(|e| e.to_string())
+                c.start_tunnel(codec, |codec, wbuf| {
+                    codec
+                        .send_request(
+                            &Method::CONNECT,
+                            &uri,
+                            &headers,
+                            None,
+                            TargetForm::Origin,
+                            wbuf,
+                        )
+                        .map_err(|e| e.to_string())
+                })
             });
         if let Err(why) = sent {
-            let err = Error::InvalidRequest(format!("cannot tunnel to {authority}: {why}"));
-            return self.connect_failed(key, err, now);
+            let error = Error::InvalidUri(format!("cannot tunnel to {authority}: {why}"));
+            return self.effects.push(Effect::ConnectFailed { conn, error });
         }
         log::debug!(
             "connection {} to {origin}: CONNECT {authority} through {proxy}{}",
@@ -275,7 +252,6 @@ impl Engine {
                 ""
             }
         );
-        conn.start_tunnel();
         self.arm(
             Timer::Conn(key, ConnTimer::Setup),
             after(now, self.config.timeouts.proxy_connect),
@@ -284,24 +260,26 @@ impl Engine {
     }
 
     /// Bytes (or EOF) from the proxy while the `CONNECT` is unanswered.
-    pub(super) fn on_tunnel_input(&mut self, key: ConnKey, id: ConnId, eof: bool, now: Instant) {
-        let limits = self.config.limits;
-        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+    pub(super) fn on_tunnel_input(&mut self, conn: ConnRef, eof: bool, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn.key).filter(|c| c.id() == conn.id) else {
             return;
         };
-        let p = conn.pool;
-        let failure = match conn.codec.poll_response(&mut conn.rbuf) {
-            Ok(Some(ResponseEvent::Head(head))) if conn.codec.state() == State::Tunnel => {
-                let early = conn.rbuf.split();
-                conn.codec = Codec::new(limits);
+        let p = c.pool();
+        let polled = match c.poll_tunnel() {
+            Some(polled) => polled,
+            None => return,
+        };
+        let failure = match polled {
+            Ok(Some(ResponseEvent::Head(head))) if c.tunnel_open() => {
+                let early = c.tunnel_up();
                 log::debug!(
                     "connection {} to {}: tunnel up ({})",
                     conn.id.0,
-                    self.pools[p].origin,
+                    self.pools[p].origin(),
                     head.status
                 );
-                self.disarm(Timer::Conn(key, ConnTimer::Setup));
-                return self.start_tls(key, early, now);
+                self.disarm(Timer::Conn(conn.key, ConnTimer::Setup));
+                return self.start_tls(conn.key, early, now);
             }
             Ok(Some(ResponseEvent::Head(head))) => ProxyFailure::Refused {
                 status: head.status,
@@ -311,31 +289,27 @@ impl Engine {
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .collect(),
-                credentials_sent: self.pools[p]
-                    .proxy
-                    .as_ref()
-                    .is_some_and(|p| p.has_credentials()),
+                credentials_sent: self.pools[p].proxy().is_some_and(|p| p.has_credentials()),
             },
             // Nothing but a head comes before the head.
             Ok(Some(_)) => ProxyFailure::Closed,
             Ok(None) if !eof => return,
-            Ok(None) => match conn.codec.handle_eof() {
+            Ok(None) => match c.tunnel_eof() {
                 Err(rotary_proto::Error::IncompleteHead) | Ok(_) => ProxyFailure::Closed,
                 Err(rotary_proto::Error::ClosedBeforeResponse) => ProxyFailure::Closed,
                 Err(e) => ProxyFailure::BadResponse(e),
             },
             Err(e) => ProxyFailure::BadResponse(e),
         };
-        let err = self.proxy_error(p, failure);
-        self.connect_failed(key, err, now);
+        let error = self.proxy_error(p, failure);
+        self.effects.push(Effect::ConnectFailed { conn, error });
     }
 
     /// A [`ProxyFailure`] of pool `p`'s proxy as the request's error.
     pub(super) fn proxy_error(&self, p: PoolKey, failure: ProxyFailure) -> Error {
         Error::Proxy {
             proxy: self.pools[p]
-                .proxy
-                .as_ref()
+                .proxy()
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             failure,

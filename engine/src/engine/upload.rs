@@ -1,36 +1,29 @@
-//! Request bodies sent in pieces: files and host-fed streams, the send
-//! window, `Expect: 100-continue`, and the send-stall deadline.
+//! Request bodies sent in pieces: a file, a reader, bytes after `100
+//! Continue`, or a stream the host feeds ([`Upload`]); the send window; and
+//! where the upload stands ([`UploadStage`]).
 //!
-//! An in-memory body without `Expect` goes out with its head in one write
-//! (see [`super::exchange`]); every other body is an [`Upload`] that
-//! [`Engine::pump`] moves into the connection a window at a time, only when
-//! everything before it has reached the socket. So one request never holds
-//! more than its window in the engine, whatever the body's size.
-//!
-//! Owns `Req::upload` and `Conn::uploading`.
+//! An in-memory body without `Expect` goes out with its head in one write;
+//! every other body is an `Upload` that the engine moves into its
+//! connection a window at a time ([`Upload::refill`]), only when everything
+//! before it has reached the socket. So one request never holds more than
+//! its window in the engine, whatever the body's size. Pure: it knows the
+//! body, the codec and a buffer to write into, nothing of the engine.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use rotary_proto::Codec;
 
 use crate::body::{FileCursor, Kind};
-use crate::conn::Stage;
-use crate::keys::{ConnKey, ReqKey};
-use crate::{Body, CloseReason, Deadline, Error, Event, RequestId};
-
-use super::io::ReadMode;
-use super::request::Requests;
-use super::timers::{after, ReqTimer, Timer};
-use super::Engine;
+use crate::error::Error;
+use crate::Body;
 
 /// The smallest window used, whatever the options say.
 const MIN_WINDOW: usize = 1024;
 
 /// Body bytes one drive moves before the loop turns to other connections.
-const PUMP_BUDGET: usize = 1024 * 1024;
+pub(super) const PUMP_BUDGET: usize = 1024 * 1024;
 
 /// Where an upload stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,14 +80,14 @@ struct Feed {
 pub(super) struct Upload {
     source: Source,
     /// Body bytes handed to the codec on the current connection.
-    pub(super) sent: u64,
-    pub(super) stage: UploadStage,
+    sent: u64,
+    stage: UploadStage,
     /// Sent with `Expect: 100-continue`.
     expect: bool,
 }
 
 /// What one refill did.
-enum Refill {
+pub(super) enum Refill {
     Wrote(usize),
     /// A fed body has nothing queued (and is not ended).
     Starved,
@@ -175,7 +168,7 @@ impl Upload {
     }
 
     /// Move the next window of the body into the codec.
-    fn refill(
+    pub(super) fn refill(
         &mut self,
         codec: &mut Codec,
         wbuf: &mut BytesMut,
@@ -289,7 +282,7 @@ impl Upload {
     }
 
     /// Ask the host for more, once per chunk it sends.
-    fn wants(&mut self, window: usize) -> Option<usize> {
+    pub(super) fn wants(&mut self, window: usize) -> Option<usize> {
         let Source::Feed(feed) = &mut self.source else {
             return None;
         };
@@ -301,230 +294,111 @@ impl Upload {
     }
 }
 
-impl Engine {
-    /// A submitted request's upload is ready: a fed body may be filled
-    /// while its connection opens.
-    pub(super) fn upload_submitted(&mut self, rk: ReqKey) {
-        let Some(req) = self.reqs.get_mut(rk) else {
-            return;
-        };
-        let window = req.opts.send_window.max(MIN_WINDOW);
-        if let Some(room) = req.upload.as_deref_mut().and_then(|u| u.wants(window)) {
-            let id = req.id;
-            self.out.push_back(Event::BodyWanted { id, room });
-        }
+/// The send window a request's options give (never below [`MIN_WINDOW`]).
+pub(super) fn window(opts: &crate::RequestOptions) -> usize {
+    opts.send_window.max(MIN_WINDOW)
+}
+
+impl Upload {
+    /// Body bytes handed to the codec on the current connection.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent
     }
 
-    /// The head of request `rk` (with an upload) is written on `ck`: start
-    /// the body, or wait for `100 Continue` first.
-    pub(super) fn upload_started(&mut self, ck: ConnKey, rk: ReqKey, now: Instant) {
-        let (Some(conn), Some(req)) = (self.conns.get_mut(ck), self.reqs.get_mut(rk)) else {
-            return;
-        };
-        let Some(up) = req.upload.as_deref_mut() else {
-            return;
-        };
-        if up.expect {
-            up.stage = UploadStage::Continue;
-            let wait = req.opts.continue_timeout;
-            self.arm(Timer::Req(rk, ReqTimer::Continue), after(now, wait));
+    pub(super) fn stage(&self) -> UploadStage {
+        self.stage
+    }
+
+    /// Its head is written: the body goes out now (`false`), or after `100
+    /// Continue` (`true`, when it was sent with `Expect`).
+    pub(super) fn start(&mut self) -> bool {
+        if self.expect {
+            self.stage = UploadStage::Continue;
         } else {
-            up.stage = UploadStage::Sending;
-            conn.uploading = true;
+            self.stage = UploadStage::Sending;
+        }
+        self.expect
+    }
+
+    /// `100 Continue` came (or the wait for it ended): true when the body
+    /// starts going out now.
+    pub(super) fn go_on(&mut self) -> bool {
+        if self.stage == UploadStage::Continue {
+            self.stage = UploadStage::Sending;
+            return true;
+        }
+        false
+    }
+
+    /// A final response came before the body was all sent: no more of it
+    /// goes. True when it was unsent or going out.
+    pub(super) fn stop(&mut self) -> bool {
+        if matches!(self.stage, UploadStage::Continue | UploadStage::Sending) {
+            self.stage = UploadStage::Stopped;
+            return true;
+        }
+        false
+    }
+
+    /// The last piece is in the codec.
+    pub(super) fn finished(&mut self) {
+        self.stage = UploadStage::Done;
+    }
+
+    /// The host's feed, for a [`Body::stream`].
+    fn feed_mut(&mut self) -> Option<&mut Feed> {
+        match &mut self.source {
+            Source::Feed(feed) => Some(feed),
+            _ => None,
         }
     }
 
-    /// `100 Continue` arrived, or the wait for it ended: send the body.
-    pub(super) fn upload_continue(&mut self, rk: ReqKey) {
-        self.disarm(Timer::Req(rk, ReqTimer::Continue));
-        let Some(req) = self.reqs.get_mut(rk) else {
-            return;
-        };
-        let (Some(ck), Some(up)) = (req.conn, req.upload.as_deref_mut()) else {
-            return;
-        };
-        if up.stage == UploadStage::Continue {
-            up.stage = UploadStage::Sending;
-            if let Some(conn) = self.conns.get_mut(ck) {
-                conn.uploading = true;
-            }
-        }
+    /// Is it a body the host feeds?
+    pub(super) fn is_fed(&self) -> bool {
+        matches!(self.source, Source::Feed(_))
     }
 
-    /// The continue wait of `rk` ended without a `100`.
-    pub(super) fn on_continue_timer(&mut self, rk: ReqKey, now: Instant) {
-        let ck = self.reqs.get(rk).and_then(|r| r.conn);
-        self.upload_continue(rk);
-        if let Some(ck) = ck {
-            self.drive(ck, ReadMode::Skip, now);
-        }
-    }
-
-    /// A final response arrived while request `rk`'s body was unsent or
-    /// still going out: send no more of it (the codec's verdict closes the
-    /// connection after the response, as its framing is now unknown).
-    pub(super) fn upload_stop(&mut self, ck: ConnKey, rk: ReqKey) {
-        self.disarm(Timer::Req(rk, ReqTimer::Continue));
-        let Some(req) = self.reqs.get_mut(rk) else {
-            return;
+    /// Take a chunk the host fed, within `window`.
+    ///
+    /// # Errors
+    /// [`Error::NotFeeding`] after the body was ended (nothing changes);
+    /// [`Error::WindowFull`] when it does not fit (it is not taken);
+    /// [`Error::BodySource`] when it passes the declared length (the
+    /// request must fail: `Fed::Failed`).
+    pub(super) fn feed(&mut self, id: crate::RequestId, data: Bytes, window: usize) -> Fed {
+        let sent = self.sent;
+        let Some(feed) = self.feed_mut() else {
+            return Fed::Refused(no_stream(id));
         };
-        if let Some(up) = req.upload.as_deref_mut() {
-            if matches!(up.stage, UploadStage::Continue | UploadStage::Sending) {
-                log::debug!(
-                    "request {}: final response before the body was sent; {} body bytes sent",
-                    req.id.0,
-                    up.sent
-                );
-                up.stage = UploadStage::Stopped;
-            }
-        }
-        if let Some(conn) = self.conns.get_mut(ck) {
-            conn.uploading = false;
-        }
-    }
-
-    /// Move body bytes into connection `key` while the socket takes them,
-    /// up to the budget.
-    pub(super) fn pump(&mut self, key: ConnKey, now: Instant) {
-        let mut budget = PUMP_BUDGET;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            if let Err(e) = conn.flush(&mut self.bufs.sealed) {
-                return self.io_failed(key, e, true, now);
-            }
-            if !conn.uploading || conn.wants_write() {
-                return;
-            }
-            let id = conn.id;
-            let Some(rk) = conn.req else {
-                conn.uploading = false;
-                return;
-            };
-            let Some(req) = self.reqs.get_mut(rk) else {
-                return;
-            };
-            let Some(up) = req.upload.as_deref_mut() else {
-                conn.uploading = false;
-                return;
-            };
-            if budget == 0 {
-                self.read_again.push((key, id));
-                return;
-            }
-            let window = req.opts.send_window.max(MIN_WINDOW);
-            let refill = up.refill(
-                &mut conn.codec,
-                &mut conn.wbuf,
-                &mut self.bufs.scratch,
-                window,
-            );
-            match refill {
-                Ok(Refill::Wrote(n)) => budget = budget.saturating_sub(n),
-                Ok(Refill::Finished) => {
-                    up.stage = UploadStage::Done;
-                    conn.uploading = false;
-                    self.request_written(rk, now);
-                    // Loop once more to flush the end of the body.
-                }
-                Ok(Refill::Starved) => {
-                    if let Some(room) = up.wants(window) {
-                        let id = req.id;
-                        self.out.push_back(Event::BodyWanted { id, room });
-                    }
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("request {} body failed: {e}", req.id.0);
-                    return self.abort_request(rk, e, CloseReason::Error, now);
-                }
-            }
-        }
-    }
-
-    /// Bytes of request `rk` wait for the socket: watch that the peer takes them.
-    pub(super) fn watch_send(&mut self, ck: ConnKey, rk: ReqKey, now: Instant) {
-        let (Some(conn), Some(req)) = (self.conns.get(ck), self.reqs.get_mut(rk)) else {
-            return;
-        };
-        let Some(d) = req.opts.send_stall_timeout else {
-            return;
-        };
-        if req.timers[ReqTimer::SendStall as usize].is_none() {
-            req.flow.tx_mark = conn.bytes_out();
-            self.arm(Timer::Req(rk, ReqTimer::SendStall), after(now, d));
-        }
-    }
-
-    /// The send-stall timer of `rk` fired: fail it if nothing moved since.
-    pub(super) fn on_send_stall(&mut self, rk: ReqKey, now: Instant) {
-        let Some(req) = self.reqs.get_mut(rk) else {
-            return;
-        };
-        let (Some(ck), Some(d)) = (req.conn, req.opts.send_stall_timeout) else {
-            return;
-        };
-        let Some(conn) = self.conns.get(ck) else {
-            return;
-        };
-        if conn.stage() != Stage::Ready || !conn.wants_write() {
-            return;
-        }
-        let out = conn.bytes_out();
-        if out > req.flow.tx_mark {
-            req.flow.tx_mark = out;
-            return self.arm(Timer::Req(rk, ReqTimer::SendStall), after(now, d));
-        }
-        let err = Error::Timeout(Deadline::SendStall);
-        self.abort_request(rk, err, CloseReason::Error, now);
-    }
-
-    /// Hand a chunk of a fed body to request `id`.
-    pub(super) fn feed_body(
-        &mut self,
-        id: RequestId,
-        data: Bytes,
-        now: Instant,
-    ) -> Result<(), Error> {
-        let (rk, feed, sent, window) = fed(&mut self.reqs, id)?;
         if feed.ended {
-            return Err(Error::InvalidRequest(format!(
-                "request {}: body chunk after end_body",
-                id.0
-            )));
+            return Fed::Refused(Error::NotFeeding(id));
         }
         if data.is_empty() {
-            return Ok(());
+            return Fed::Taken;
         }
         if feed.queued + data.len() > window {
-            return Err(Error::WindowFull { window });
+            return Fed::Refused(Error::WindowFull { window });
         }
         let fed = feed.fed + data.len() as u64;
         if let Some(declared) = feed.declared.filter(|&d| fed > d) {
             let reason = format!("{fed} bytes fed for a body declared as {declared} bytes");
-            let err = source_error(reason, sent);
-            self.abort_request(rk, err.clone(), CloseReason::Error, now);
-            return Err(err);
+            return Fed::Failed(source_error(reason, sent));
         }
         feed.fed = fed;
         feed.queued += data.len();
         feed.queue.push_back(data);
         feed.asked = false;
-        self.push_body(rk, now);
-        Ok(())
+        Fed::Taken
     }
 
-    /// End the fed body of request `id`, with trailers for a chunked one.
-    pub(super) fn finish_body(
-        &mut self,
-        id: RequestId,
-        trailers: Option<HeaderMap>,
-        now: Instant,
-    ) -> Result<(), Error> {
-        let (rk, feed, sent, _) = fed(&mut self.reqs, id)?;
+    /// End a fed body, with trailers for a chunked one.
+    pub(super) fn end_feed(&mut self, id: crate::RequestId, trailers: Option<HeaderMap>) -> Fed {
+        let sent = self.sent;
+        let Some(feed) = self.feed_mut() else {
+            return Fed::Refused(no_stream(id));
+        };
         if feed.ended {
-            return Ok(());
+            return Fed::Taken;
         }
         let trailers = trailers.filter(|t| !t.is_empty());
         if let Some(declared) = feed.declared {
@@ -537,39 +411,20 @@ impl Engine {
                     ),
                     false => "trailers need a chunked body (no declared length)".to_string(),
                 };
-                let err = source_error(reason, sent);
-                self.abort_request(rk, err.clone(), CloseReason::Error, now);
-                return Err(err);
+                return Fed::Failed(source_error(reason, sent));
             }
         }
         feed.ended = true;
         feed.trailers = trailers;
-        self.push_body(rk, now);
-        Ok(())
+        Fed::Taken
     }
 
-    /// New body bytes for `rk`: move them on if its connection is sending.
-    fn push_body(&mut self, rk: ReqKey, now: Instant) {
-        let Some(ck) = self.reqs.get(rk).and_then(|r| r.conn) else {
-            return;
-        };
-        if self.conns.get(ck).is_some_and(|c| c.uploading) {
-            self.drive(ck, ReadMode::Skip, now);
-        }
-    }
-}
-
-/// The fed body of live request `id`: its key, the feed, the body bytes
-/// sent so far and the request's send window.
-impl Engine {
-    /// A `BodyWanted { room }` of `id` is being handed to the host: the
-    /// room as of now, since the host may have fed chunks after it was
-    /// raised (each chunk that goes out at once can raise the next ask, so
-    /// asks queue up). `None`: drop it, the window is full or the body
-    /// ended; the next ask comes when the queue drains. A request that is
-    /// gone keeps its event as it is (its terminal event follows).
-    pub(super) fn room_now(&mut self, id: RequestId, room: usize) -> Option<usize> {
-        let Ok((_, feed, _, window)) = fed(&mut self.reqs, id) else {
+    /// A `BodyWanted { room }` is being handed to the host: the room as of
+    /// now, since the host may have fed chunks after it was raised. `None`:
+    /// drop it, the window is full or the body ended; the next ask comes
+    /// when the queue drains. A body the host does not feed keeps `room`.
+    pub(super) fn room_now(&mut self, room: usize, window: usize) -> Option<usize> {
+        let Some(feed) = self.feed_mut() else {
             return Some(room);
         };
         if feed.ended {
@@ -585,23 +440,16 @@ impl Engine {
     }
 }
 
-fn fed(reqs: &mut Requests, id: RequestId) -> Result<(ReqKey, &mut Feed, u64, usize), Error> {
-    let rk = reqs.find(id).ok_or_else(|| no_stream(id))?;
-    let req = reqs.get_mut(rk).ok_or_else(|| no_stream(id))?;
-    let window = req.opts.send_window.max(MIN_WINDOW);
-    match req.upload.as_deref_mut() {
-        Some(Upload {
-            source: Source::Feed(feed),
-            sent,
-            ..
-        }) => Ok((rk, feed, *sent, window)),
-        _ => Err(no_stream(id)),
-    }
+/// What became of a chunk (or the end) the host fed.
+pub(super) enum Fed {
+    Taken,
+    /// Not taken; the request goes on.
+    Refused(Error),
+    /// The request fails with this.
+    Failed(Error),
 }
 
-fn no_stream(id: RequestId) -> Error {
-    Error::InvalidRequest(format!(
-        "request {} has ended or has no streamed body",
-        id.0
-    ))
+/// The error for feeding request `id`, which has no fed body.
+pub(super) fn no_stream(id: crate::RequestId) -> Error {
+    Error::NotFeeding(id)
 }

@@ -106,6 +106,41 @@ impl TestCa {
         }
     }
 
+    /// A certificate revocation list signed by this CA (v2, with a CRL
+    /// number and the CA's key identifier; valid from a day ago until
+    /// `next_update`) revoking `revoked`, as PEM.
+    pub fn crl_pem(&self, revoked: &[&Issued], next_update: SystemTime) -> String {
+        let since_epoch = |t: SystemTime| {
+            whole_seconds(t)
+                .duration_since(UNIX_EPOCH)
+                .expect("test times are after 1970")
+        };
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let now = SystemTime::now();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: epoch + since_epoch(now - DAY),
+            next_update: epoch + since_epoch(next_update),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|leaf| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&leaf.serial_der()),
+                    revocation_time: epoch + since_epoch(now - DAY),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params
+            .signed_by(&issuer)
+            .expect("sign the CRL")
+            .pem()
+            .expect("CRL as PEM")
+    }
+
     /// The root (trust anchor) certificate as DER: this CA's own for a root.
     pub fn root_der(&self) -> CertificateDer<'static> {
         self.root_der.clone()
@@ -353,6 +388,24 @@ pub struct Issued {
 }
 
 impl Issued {
+    /// The leaf's serial number as its DER integer's bytes.
+    pub fn serial_der(&self) -> Vec<u8> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.cert_der.as_ref())
+            .expect("a leaf made here parses");
+        cert.raw_serial().to_vec()
+    }
+
+    /// The leaf's serial in uppercase hex without a sign byte, as
+    /// `openssl x509 -serial` prints it (and rotary names a revoked one).
+    pub fn serial_hex(&self) -> String {
+        let der = self.serial_der();
+        let start = der.iter().position(|b| *b != 0).unwrap_or(der.len());
+        match &der[start..] {
+            [] => "00".into(),
+            digits => digits.iter().map(|b| format!("{b:02X}")).collect(),
+        }
+    }
+
     /// The leaf certificate as DER.
     pub fn cert_der(&self) -> CertificateDer<'static> {
         self.cert_der.clone()

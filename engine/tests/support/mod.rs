@@ -2,8 +2,10 @@
 //! a run-time PKI (`certs`), a scriptable HTTP/1.1 test server over TCP or rustls
 //! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a scripted
 //! forward proxy answering CONNECT (`connect_proxy`), a tiny
-//! blocking client for cross-checks (`client`), and an address where
-//! connects hang (`blackhole`). What they share lives in private modules:
+//! blocking client for cross-checks (`client`), an address where
+//! connects hang (`blackhole`), and OpenSSL as a real peer (`openssl`: a CA
+//! run by `openssl ca` that issues, revokes and publishes CRLs, and `openssl
+//! s_server` requiring client certificates). What they share lives in private modules:
 //! `stream` (a plain-or-TLS blocking stream, line splitting), `sync` (locks
 //! and state that tests wait on), `threads` (joining worker threads within a
 //! bound) and `sockopt` (RST on close, a deeper listen backlog).
@@ -36,6 +38,7 @@ pub mod blackhole;
 pub mod certs;
 pub mod client;
 pub mod connect_proxy;
+pub mod openssl;
 pub mod proxy;
 pub mod server;
 mod sockopt;
@@ -47,6 +50,7 @@ pub use blackhole::BlackHole;
 pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
 pub use connect_proxy::{ConnectProxy, ProxyScript};
+pub use openssl::{openssl, OpensslCa, OpensslCert, SServer};
 pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
 pub use server::{
     reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,

@@ -66,6 +66,11 @@ TLS:
   -E, --cert FILE        client certificate chain for mutual TLS (PEM, leaf
                          first); also its private key unless --key is given
       --key FILE         the client certificate's private key (PEM)
+      --crlfile FILE     certificate revocation lists (PEM, or one DER list),
+                         as curl: a certificate of the server's path that its
+                         issuer's list revokes fails the handshake, named by
+                         subject and serial. A list past its nextUpdate still
+                         applies, with a warning (curl refuses the handshake)
 
 output:
   -i, --include          print the status line and headers before the body
@@ -122,10 +127,11 @@ exit codes:
   1  other failure (engine could not start, cancelled)
   2  bad flags or arguments, or a request that cannot be sent
   3  a TLS file cannot be read or holds no usable PEM: --cacert, --cert,
-     --key, or the host's store (as SSL_CERT_FILE or SSL_CERT_DIR name it)
+     --key (or it does not belong to --cert), --crlfile, or the host's store
+     (as SSL_CERT_FILE or SSL_CERT_DIR name it)
   4  the host name did not resolve
   5  the TCP connection failed (to every address tried)
-  6  the TLS handshake failed (untrusted chain, wrong name, ...)
+  6  the TLS handshake failed (untrusted chain, wrong name, revoked, ...)
   7  the HTTP exchange failed (write, response head or body, peer closed)
   8  a deadline passed (connect, proxy CONNECT, handshake or --max-time)
   9  --dump-chain or --dump-ca FILE could not be written, or --dump-ca has
@@ -181,6 +187,8 @@ pub(super) struct Opts {
     pub(super) cacert: Option<PathBuf>,
     pub(super) cert: Option<PathBuf>,
     pub(super) key: Option<PathBuf>,
+    /// `--crlfile`.
+    pub(super) crlfile: Option<PathBuf>,
     pub(super) include: bool,
     pub(super) fail: bool,
     pub(super) silent: bool,
@@ -222,6 +230,7 @@ pub(super) fn parse(
         cacert: None,
         cert: None,
         key: None,
+        crlfile: None,
         include: false,
         fail: false,
         silent: false,
@@ -271,6 +280,7 @@ pub(super) fn parse(
             "--cacert" => o.cacert = Some(PathBuf::from(a.value(&arg)?)),
             "-E" | "--cert" => o.cert = Some(PathBuf::from(a.value(&arg)?)),
             "--key" => o.key = Some(PathBuf::from(a.value(&arg)?)),
+            "--crlfile" => o.crlfile = Some(PathBuf::from(a.value(&arg)?)),
             "-i" | "--include" => o.include = true,
             "-f" | "--fail" => o.fail = true,
             "-s" | "--silent" => o.silent = true,

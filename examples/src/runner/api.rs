@@ -354,7 +354,7 @@ fn served_by(parts: &http::response::Parts) -> Result<ServedBy, rotary::Error> {
         .extensions
         .get::<ServedBy>()
         .cloned()
-        .ok_or_else(|| rotary::Error::InvalidRequest("a response without its connection".into()))
+        .ok_or_else(|| rotary::Error::Unsupported("a response without its connection".into()))
 }
 
 /// A client response read whole, with its connection.
