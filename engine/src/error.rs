@@ -331,7 +331,7 @@ pub enum Error {
         /// The codec's error.
         cause: rotary_proto::Error,
     },
-    /// The response body exceeded [`RequestOptions::max_body`](crate::RequestOptions::max_body).
+    /// The response body exceeded [`RequestOptions::max_buffered_body`](crate::RequestOptions::max_buffered_body).
     BodyTooLarge {
         /// The limit in bytes.
         limit: usize,

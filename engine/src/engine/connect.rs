@@ -149,7 +149,10 @@ impl Engine {
                         host,
                         cause: Arc::new(e),
                     };
-                    self.effects.push(Effect::ConnectFailed { conn, error });
+                    self.effects.push(Effect::ConnectFailed {
+                        conn,
+                        error: error.into(),
+                    });
                 }
             }
         }
@@ -177,7 +180,7 @@ impl Engine {
                     let error = self.race_lost(key);
                     self.effects.push(Effect::ConnectFailed {
                         conn: ConnRef { key, id },
-                        error,
+                        error: error.into(),
                     });
                 }
                 return;
@@ -446,7 +449,10 @@ impl Engine {
             Ok(n) => n,
             Err(e) => {
                 let error = Error::InvalidUri(format!("not a TLS server name: {e}"));
-                return self.effects.push(Effect::ConnectFailed { conn, error });
+                return self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                });
             }
         };
         match Session::new(config, name) {
@@ -454,7 +460,10 @@ impl Engine {
                 if !early.is_empty() {
                     if let Err(e) = session.keep_pending_vec(early.to_vec()) {
                         let error = self.proxy_error(p, crate::ProxyFailure::Io(Arc::new(e)));
-                        return self.effects.push(Effect::ConnectFailed { conn, error });
+                        return self.effects.push(Effect::ConnectFailed {
+                            conn,
+                            error: error.into(),
+                        });
                     }
                 }
                 if let Some(c) = self.conns.get_mut(key) {
@@ -471,7 +480,10 @@ impl Engine {
                     reason,
                     phase: Phase::Tls,
                 };
-                self.effects.push(Effect::ConnectFailed { conn, error });
+                self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                });
             }
         }
     }
