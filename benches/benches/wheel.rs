@@ -1,4 +1,4 @@
-//! Timer wheel against `BinaryHeap` and `BTreeMap` (issue 6, workload 2e).
+//! Timer wheel against `BinaryHeap` and `BTreeMap`.
 //!
 //! Run: `cargo bench -p rotary-benches --bench wheel`
 //!
@@ -19,7 +19,7 @@
 //! (wheel, heap, btree, wheel, …) and their ratio to `btree_map`: criterion
 //! times the three one after the other, so load on the machine can skew its
 //! ratios; the alternated ones come from the same rounds, and the `rounds`
-//! column gives the smallest and largest ratio of a single round. The target (issue 6)
+//! column gives the smallest and largest ratio of a single round. The target
 //! is wheel ≤ 0.3 × btree_map.
 
 use std::cmp::Reverse;

@@ -1,4 +1,4 @@
-//! A fleet on paper (issue 18, point 6): N runners, each one rotary engine
+//! A fleet on paper: N runners, each one rotary engine
 //! with one connection to the same edge, in virtual time and without
 //! sockets, counting the full handshakes the edge serves each second.
 //!

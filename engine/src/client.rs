@@ -1,23 +1,53 @@
-//! [`Client`]: the engine on a background thread, behind blocking calls.
+//! [`Client`]: the engine behind blocking calls, driven by the threads that
+//! wait on it.
 //!
-//! The thread owns one [`Engine`] and loops: take commands, `poll`, route
-//! each event to the caller waiting for it. Every request runs in streaming
-//! mode with manual consumption, so the caller's [`ResponseBody`] reads are
-//! the engine's flow control: bytes a caller has not read yet stay within
-//! the request's receive window, in a channel that only that caller drains.
-//! A [`Body::reader`] is read on the *caller's* thread as the engine asks
-//! for more, so a slow source holds up only its own request.
+//! # Who drives the engine
+//!
+//! One [`Engine`], embedded on a `mio::Poll` the client owns, sits behind a
+//! mutex with the routing tables (which request's messages go to which
+//! caller). Driving the loop is a role, the *lead*, held by one thread at a
+//! time: it takes the poll out of the shared state, waits on it *without*
+//! the mutex, then takes the mutex to hand the engine what happened and to
+//! route the events.
+//!
+//! - **A caller waiting on its request leads** when nobody else does: it
+//!   submits under the mutex (the request is written to an idle
+//!   connection at once), polls, reads, and returns as soon as its own
+//!   request has what it waited for (the head, a piece of body, the end),
+//!   putting the lead down. A thread that makes one call after another
+//!   never crosses to another thread: no channel, no waker write, no futex.
+//! - **Other callers** submit under the mutex too, then park. The leader
+//!   routes their messages into per-request mailboxes and unparks them; a
+//!   submission wakes the leader (the engine's waker) only when it brings
+//!   the next deadline forward. A leader that returns hands the lead to a
+//!   parked caller, if there is one.
+//! - **The client's thread** (`rotary-client`) leads when nobody else has
+//!   for [`LINGER`] (5 ms), or at once when a deadline of the engine is due
+//!   meanwhile, and keeps polling for as long as no caller waits: ages,
+//!   probes, chain changes, idle closes, stale-connection reads and every
+//!   timer run with no caller present, exactly as on the engine's own
+//!   thread. A caller that finds it leading wakes it, and it hands over.
+//!   So an idle client costs what an idle engine thread costs (a poll that
+//!   sleeps until the next deadline), and a busy one spends its time on the
+//!   callers' threads.
+//!
+//! Every request runs in streaming mode with manual consumption, so the
+//! caller's [`ResponseBody`] reads are the engine's flow control: bytes a
+//! caller has not read yet stay within the request's receive window, in a
+//! mailbox only that caller drains. A [`Body::reader`] is read on the
+//! *caller's* thread, with the lead put down, so a slow source holds up
+//! only its own request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
-use mio::Waker;
+use mio::{Events, Poll, Waker};
 
 use crate::body::Kind;
 use crate::{
@@ -32,14 +62,36 @@ pub const LIFECYCLE_CAPACITY: usize = 256;
 /// Largest piece read from a [`Body::reader`] at once.
 const READ_PIECE: usize = 64 * 1024;
 
-/// A blocking HTTP/1.1-over-TLS client: one [`Engine`] on a background
-/// thread, with every lifetime rule of the engine (max age with jitter,
-/// drain, full handshakes, chain reports).
+/// How long the lead may lie free before the client's own thread takes it
+/// up: long enough that a thread making call after call keeps it (the gap
+/// between two calls is microseconds, and a caller descheduled on a busy
+/// machine misses a few milliseconds), short enough that readiness nobody
+/// waits for (a server's FIN on an idle connection) is seen within it.
+/// Deadlines do not wait for it: the client's thread wakes for the next one.
+pub(crate) const LINGER: Duration = Duration::from_millis(5);
+
+/// The most of a response body the engine reads ahead of the caller's
+/// reads (less when [`RequestOptions::receive_window`] is smaller). The
+/// caller reads from the engine's own pieces, so the body's memory is the
+/// window, the read buffer the pieces were cut from, and the allocator's
+/// slack around both: with 128 KiB a 256 MiB download grows RSS by about
+/// 0.3 MiB, with 1 MiB by 3.5 MiB (the allocator serves pieces of 256 KiB
+/// and more from mappings it keeps), at the same speed.
+pub(crate) const CLIENT_WINDOW: usize = 128 * 1024;
+
+/// Events one poll takes at most.
+const EVENTS: usize = 1024;
+
+/// A blocking HTTP/1.1-over-TLS client: one [`Engine`], driven by the
+/// threads that wait on it and, when none does, by its own thread, with
+/// every lifetime rule of the engine (max age with jitter, drain, full
+/// handshakes, chain reports). See the module notes in the README
+/// ("Writing a runner") for who drives the engine when.
 ///
-/// `Send + Sync + Clone`: clones share the thread and its connections. The
-/// thread stops, failing whatever is in flight with [`Error::Shutdown`],
+/// `Send + Sync + Clone`: clones share the engine and its connections. The
+/// client stops, failing whatever is in flight with [`Error::Shutdown`],
 /// when [`Client::shutdown`] is called or the last clone is dropped (which
-/// waits for it the same way).
+/// waits for its thread the same way).
 ///
 /// ```no_run
 /// use std::io::Read;
@@ -57,55 +109,86 @@ pub struct Client {
 }
 
 struct Inner {
-    remote: Remote,
-    ids: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     lifecycle: Mutex<Option<mpsc::Receiver<Event>>>,
-    dropped: Arc<AtomicU64>,
 }
 
-/// The way to the engine's thread: its command queue and its waker.
-#[derive(Clone)]
-struct Remote {
-    tx: mpsc::Sender<Cmd>,
+/// What every thread of a client shares.
+struct Shared {
+    core: Mutex<Core>,
+    /// The engine's waker: wakes whoever leads out of its poll.
     waker: Arc<Waker>,
+    dropped: AtomicU64,
 }
 
-impl Remote {
-    fn send(&self, cmd: Cmd) -> Result<(), Error> {
-        self.tx.send(cmd).map_err(|_| Error::Shutdown)?;
-        let _ = self.waker.wake();
-        Ok(())
-    }
+/// The poll and its events buffer: whoever holds them leads.
+struct Lead {
+    poll: Poll,
+    events: Events,
+    /// `events` came out of a poll and the engine has not seen them yet:
+    /// the client's thread hands them over with the lead, so a waiting
+    /// caller does that I/O on its own thread (see [`Shared::lead`]).
+    unhandled: bool,
+    /// That poll waited and saw nothing.
+    quiet: bool,
 }
 
-enum Cmd {
-    Send(
-        Box<(RequestId, http::Request<Body>, RequestOptions)>,
-        mpsc::Sender<Msg>,
-    ),
-    Feed(RequestId, Bytes),
-    End(RequestId),
-    Consume(RequestId, usize),
-    Cancel(RequestId),
-    FreshChain(
-        Origin,
-        Duration,
-        mpsc::Sender<Result<Arc<PeerChain>, Error>>,
-    ),
-    Stats(mpsc::Sender<Stats>),
-    CloseIdle,
-    Shutdown,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    Nobody,
+    Caller,
+    Background,
 }
 
-/// What the engine's thread tells the caller of one request.
+/// What a parked thread waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Req(RequestId),
+    Chain(ChainRequestId),
+}
+
+/// The state behind the client's mutex.
+struct Core {
+    engine: Engine,
+    /// The lead, while nobody holds it.
+    lead: Option<Box<Lead>>,
+    leader: Leader,
+    /// The leader is inside its poll until this instant (`Some(None)`:
+    /// until woken); `None` while it is not polling.
+    sleeping: Option<Option<Instant>>,
+    /// A wake is on its way to the leader.
+    woken: bool,
+    /// When the lead was last put down.
+    released: Instant,
+    routes: HashMap<RequestId, Route>,
+    chains: HashMap<ChainRequestId, Option<Result<Arc<PeerChain>, Error>>>,
+    /// Callers waiting without the lead.
+    parked: Vec<(Key, Thread)>,
+    /// Parked callers to wake once the mutex is let go (so they do not
+    /// wake only to wait for it).
+    wake: Vec<Thread>,
+    /// The client's thread.
+    background: Option<Thread>,
+    stopping: bool,
+    /// Dropped when the client stops, so the host's receiver sees the end.
+    lifecycle: Option<mpsc::SyncSender<Event>>,
+}
+
+/// One request's mailbox.
+struct Route {
+    mail: VecDeque<Msg>,
+    /// Body bytes the engine took from the caller's reader.
+    fed: u64,
+}
+
+/// What the engine tells the caller of one request.
 enum Msg {
     /// The engine has room for the request body up to this many bytes in
     /// all, counted from the body's start: the bytes it has taken plus the
     /// room of its window as it was handed out. An absolute limit, so asks
-    /// that overlap with pieces still on their way never add up to more
-    /// than the window (a room relative to "now" would count those pieces
-    /// twice).
+    /// that overlap with pieces still being read never add up to more than
+    /// the window (a room relative to "now" would count those pieces twice).
     Wanted(u64),
     Head(http::Response<()>),
     Body(Bytes),
@@ -120,33 +203,51 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Build the engine (errors come back here) and start its thread,
-    /// named `rotary-client`.
+    /// Build the engine (errors come back here) and start the client's
+    /// thread, named `rotary-client`, which drives the engine while no
+    /// caller does.
     ///
     /// # Errors
     /// As [`Engine::new`]; [`BuildError::Io`](crate::BuildError::Io) when
-    /// the thread cannot start.
+    /// the poll or the thread cannot be made.
     pub fn new(config: Config) -> Result<Client, crate::BuildError> {
-        let engine = Engine::new(config)?;
-        let (tx, rx) = mpsc::channel();
+        let poll = Poll::new()?;
+        let engine = Engine::embedded(poll.registry(), 0, usize::MAX, config)?;
         let (life_tx, life_rx) = mpsc::sync_channel(LIFECYCLE_CAPACITY);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let remote = Remote {
-            tx,
+        let shared = Arc::new(Shared {
             waker: engine.waker(),
-        };
-        let ids = engine.request_ids();
-        let loop_dropped = dropped.clone();
+            core: Mutex::new(Core {
+                engine,
+                lead: Some(Box::new(Lead {
+                    poll,
+                    events: Events::with_capacity(EVENTS),
+                    unhandled: false,
+                    quiet: false,
+                })),
+                leader: Leader::Nobody,
+                sleeping: None,
+                woken: false,
+                released: Instant::now(),
+                routes: HashMap::new(),
+                chains: HashMap::new(),
+                parked: Vec::new(),
+                wake: Vec::new(),
+                background: None,
+                stopping: false,
+                lifecycle: Some(life_tx),
+            }),
+            dropped: AtomicU64::new(0),
+        });
+        let bg = shared.clone();
         let thread = std::thread::Builder::new()
             .name("rotary-client".into())
-            .spawn(move || Loop::new(engine, rx, life_tx, loop_dropped).run())?;
+            .spawn(move || bg.background())?;
+        shared.lock().background = Some(thread.thread().clone());
         Ok(Client {
             inner: Arc::new(Inner {
-                remote,
-                ids,
+                shared,
                 thread: Mutex::new(Some(thread)),
                 lifecycle: Mutex::new(Some(life_rx)),
-                dropped,
             }),
         })
     }
@@ -162,10 +263,11 @@ impl Client {
         self.send_with(request, RequestOptions::default())
     }
 
-    /// Send a request and wait for its response head. The body is read
+    /// Send a request and wait for its response head, driving the engine
+    /// on this thread meanwhile when no other caller does. The body is read
     /// from the returned [`ResponseBody`] as it arrives (at most
-    /// [`RequestOptions::receive_window`] of it waits unread; the server is
-    /// held back through TCP beyond that). The response's extensions hold
+    /// [`RequestOptions::receive_window`] of it, and at most 128 KiB, waits
+    /// unread; the server is held back through TCP beyond that). The response's extensions hold
     /// the [`ServedBy`](crate::ServedBy) (connection, chain, redirect target).
     ///
     /// The request body may be anything [`Body`] takes: bytes, a
@@ -190,7 +292,8 @@ impl Client {
     /// Submit a request and return at once: [`Pending::wait`] or
     /// [`Pending::wait_timeout`] gives its response head, as
     /// [`Client::send_with`] does, and dropping the [`Pending`] cancels the
-    /// request (say, a long poll a signal should cut short).
+    /// request (say, a long poll a signal should cut short). Meanwhile the
+    /// client's thread drives the request.
     ///
     /// # Errors
     /// [`Error::Unsupported`] for a [`Body::stream`];
@@ -221,17 +324,31 @@ impl Client {
             }
             _ => None,
         };
-        let id = RequestId(self.inner.ids.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel();
-        let opts = opts.streaming(true).manual_consume(true);
-        self.inner
-            .remote
-            .send(Cmd::Send(Box::new((id, request, opts)), tx))?;
+        let window = opts.receive_window.min(CLIENT_WINDOW);
+        let opts = opts
+            .streaming(true)
+            .manual_consume(true)
+            .receive_window(window);
+        let shared = &self.inner.shared;
+        let mut core = shared.lock();
+        if core.stopping {
+            return Err(Error::Shutdown);
+        }
+        let id = core.engine.submit(request, opts);
+        core.routes.insert(
+            id,
+            Route {
+                mail: VecDeque::new(),
+                fed: 0,
+            },
+        );
+        core.route(shared);
+        core.kick(shared);
+        Shared::unlock(core);
         Ok(Pending {
             body: Some(ResponseBody {
                 id,
-                rx,
-                remote: self.inner.remote.clone(),
+                shared: shared.clone(),
                 chunk: Bytes::new(),
                 chunk_len: 0,
                 state: State::Open,
@@ -255,11 +372,25 @@ impl Client {
         origin: &Origin,
         freshness: Duration,
     ) -> Result<Arc<PeerChain>, Error> {
-        let (tx, rx) = mpsc::channel();
-        self.inner
-            .remote
-            .send(Cmd::FreshChain(origin.clone(), freshness, tx))?;
-        rx.recv().map_err(|_| Error::Shutdown)?
+        let shared = &self.inner.shared;
+        let mut core = shared.lock();
+        if core.stopping {
+            return Err(Error::Shutdown);
+        }
+        let id = core.engine.fresh_chain(origin, freshness);
+        core.chains.insert(id, None);
+        core.route(shared);
+        Shared::unlock(core);
+        let taken = shared.wait(Key::Chain(id), None, |core| match core.chains.get(&id) {
+            Some(Some(_)) => core.chains.remove(&id).flatten(),
+            Some(None) if core.stopping => {
+                core.chains.remove(&id);
+                Some(Err(Error::Shutdown))
+            }
+            Some(None) => None,
+            None => Some(Err(Error::Shutdown)),
+        });
+        taken.unwrap_or(Err(Error::Shutdown))
     }
 
     /// The engine's counters and gauges (see [`Engine::stats`]).
@@ -267,9 +398,11 @@ impl Client {
     /// # Errors
     /// [`Error::Shutdown`] once the client shut down.
     pub fn stats(&self) -> Result<Stats, Error> {
-        let (tx, rx) = mpsc::channel();
-        self.inner.remote.send(Cmd::Stats(tx))?;
-        rx.recv().map_err(|_| Error::Shutdown)
+        let core = self.inner.shared.lock();
+        if core.stopping {
+            return Err(Error::Shutdown);
+        }
+        Ok(core.engine.stats())
     }
 
     /// Close every connection that carries no exchange (see
@@ -278,7 +411,16 @@ impl Client {
     /// # Errors
     /// [`Error::Shutdown`] once the client shut down.
     pub fn close_idle(&self) -> Result<(), Error> {
-        self.inner.remote.send(Cmd::CloseIdle)
+        let shared = &self.inner.shared;
+        let mut core = shared.lock();
+        if core.stopping {
+            return Err(Error::Shutdown);
+        }
+        core.engine.close_idle();
+        core.route(shared);
+        core.kick(shared);
+        Shared::unlock(core);
+        Ok(())
     }
 
     /// The lifecycle events — [`Event::Opened`], [`Event::Closed`],
@@ -298,14 +440,14 @@ impl Client {
     /// Lifecycle events dropped because [`LIFECYCLE_CAPACITY`] were
     /// waiting unread.
     pub fn lifecycle_dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Stop the engine's thread and wait for it: every queued and in-flight
-    /// request fails with [`Error::Shutdown`] (a caller blocked in
-    /// [`Client::send_with`] gets it as its result, a [`ResponseBody`] as a
-    /// read error), TLS connections get close_notify, and later calls on any
-    /// clone fail with [`Error::Shutdown`]. Idempotent.
+    /// Stop the client: every queued and in-flight request fails with
+    /// [`Error::Shutdown`] (a caller blocked in [`Client::send_with`] gets
+    /// it as its result, a [`ResponseBody`] as a read error), TLS
+    /// connections get close_notify, the client's thread is joined, and
+    /// later calls on any clone fail with [`Error::Shutdown`]. Idempotent.
     pub fn shutdown(&self) {
         self.inner.stop();
     }
@@ -314,10 +456,38 @@ impl Client {
 impl Inner {
     fn stop(&self) {
         let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        let shared = &self.shared;
+        {
+            let mut core = shared.lock();
+            if !core.stopping {
+                core.stopping = true;
+                core.engine.shutdown();
+                core.route(shared);
+                // Whatever the engine did not end (a route whose request
+                // had ended is waiting for its owner) is told now.
+                for route in core.routes.values_mut() {
+                    route.mail.push_back(Msg::Failed(Error::Shutdown));
+                }
+                for slot in core.chains.values_mut() {
+                    if slot.is_none() {
+                        *slot = Some(Err(Error::Shutdown));
+                    }
+                }
+                for (_, t) in &core.parked {
+                    t.unpark();
+                }
+                if let Some(t) = &core.background {
+                    t.unpark();
+                }
+                if core.sleeping.is_some() {
+                    let _ = shared.waker.wake();
+                }
+                core.lifecycle = None;
+            }
+        }
         if let Some(t) = thread.take() {
-            let _ = self.remote.send(Cmd::Shutdown);
             if t.join().is_err() {
-                log::error!("the client's engine thread panicked");
+                log::error!("the client's thread panicked");
             }
         }
     }
@@ -326,6 +496,292 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Let the mutex go, then wake the callers that got mail meanwhile.
+    fn unlock(mut core: MutexGuard<'_, Core>) {
+        let wake = std::mem::take(&mut core.wake);
+        drop(core);
+        for t in wake {
+            t.unpark();
+        }
+    }
+
+    /// Wait until `take` finds what `key`'s owner waits for (then it is
+    /// returned) or `until` passes (`None`), leading the engine's loop
+    /// whenever nobody else does.
+    fn wait<T>(
+        &self,
+        key: Key,
+        until: Option<Instant>,
+        mut take: impl FnMut(&mut Core) -> Option<T>,
+    ) -> Option<T> {
+        let mut core = self.lock();
+        let found = loop {
+            if let Some(found) = take(&mut core) {
+                break Some(found);
+            }
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                break None;
+            }
+            if let Some(lead) = core.lead.take() {
+                let (c, found) = self.lead(core, lead, Leader::Caller, until, &mut take);
+                core = c;
+                if found.is_some() {
+                    break found;
+                }
+                continue;
+            }
+            // Someone else leads: it routes our messages to us and unparks
+            // us, or hands us the lead. The client's thread gives it up to
+            // any caller that waits.
+            core.parked.push((key, std::thread::current()));
+            if core.leader == Leader::Background {
+                core.wake_leader(self);
+            }
+            Shared::unlock(core);
+            match until {
+                Some(u) => std::thread::park_timeout(u.saturating_duration_since(now)),
+                None => std::thread::park(),
+            }
+            core = self.lock();
+            if let Some(at) = core.parked.iter().position(|(k, _)| *k == key) {
+                core.parked.swap_remove(at);
+            }
+        };
+        Shared::unlock(core);
+        found
+    }
+
+    /// Drive the engine's loop with `lead` until `done` finds something
+    /// (returned), `until` passes, or (for the client's thread) a caller
+    /// waits; then put the lead down and hand it to a parked caller.
+    fn lead<'a, T>(
+        &'a self,
+        mut core: MutexGuard<'a, Core>,
+        mut lead: Box<Lead>,
+        who: Leader,
+        until: Option<Instant>,
+        done: &mut impl FnMut(&mut Core) -> Option<T>,
+    ) -> (MutexGuard<'a, Core>, Option<T>) {
+        core.leader = who;
+        let found = loop {
+            if lead.unhandled {
+                lead.unhandled = false;
+                for event in lead.events.iter() {
+                    core.engine.handle_event(event);
+                }
+                if lead.quiet {
+                    core.engine.handle_quiet();
+                }
+                core.engine.handle_timeouts(Instant::now());
+                core.route(self);
+                if let Some(found) = done(&mut core) {
+                    break Some(found);
+                }
+            }
+            let now = Instant::now();
+            if core.stopping
+                || (who == Leader::Background && !core.parked.is_empty())
+                || until.is_some_and(|u| now >= u)
+            {
+                break None;
+            }
+            let mut timeout = core.engine.next_timeout(now);
+            if let Some(u) = until {
+                let left = u.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            core.sleeping = Some(timeout.map(|t| now + t));
+            core.woken = false;
+            Shared::unlock(core);
+            let Lead { poll, events, .. } = &mut *lead;
+            let polled = poll.poll(events, timeout);
+            core = self.lock();
+            core.sleeping = None;
+            match polled {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("client: poll failed, shutting the engine down: {e}");
+                    core.engine.shutdown();
+                }
+            }
+            lead.unhandled = true;
+            lead.quiet = lead.events.is_empty() && timeout != Some(Duration::ZERO);
+            // A caller came while the client's thread polled: the events go
+            // to it with the lead, so their reads, and the buffers those
+            // allocate, are the caller's (at the top of the loop otherwise).
+            if who == Leader::Background && !core.parked.is_empty() && !core.stopping {
+                break None;
+            }
+        };
+        core.lead = Some(lead);
+        core.leader = Leader::Nobody;
+        core.released = Instant::now();
+        core.hand_over();
+        (core, found)
+    }
+
+    /// The client's thread: lead while no caller does (see the module notes).
+    fn background(self: Arc<Shared>) {
+        let mut core = self.lock();
+        loop {
+            if core.stopping {
+                break;
+            }
+            let now = Instant::now();
+            let wait = if core.lead.is_some() {
+                let mut due = core.released + LINGER;
+                if let Some(t) = core.engine.next_timeout(now) {
+                    due = due.min(now + t);
+                }
+                if due > now {
+                    due - now
+                } else if !core.parked.is_empty() {
+                    // A caller that waits was handed the lead and has not
+                    // taken it up yet: remind one (never needed, as the
+                    // hand-over already woke one; a guard against a lost
+                    // wake-up leaving callers parked with nobody leading).
+                    core.released = now;
+                    core.hand_over();
+                    LINGER
+                } else {
+                    if let Some(lead) = core.lead.take() {
+                        // No caller for LINGER: the loop is quiet, and idle
+                        // connections give back their buffers now rather
+                        // than at the next poll that times out, which may be
+                        // the next deadline, minutes away.
+                        core.engine.handle_quiet();
+                        let idle = &mut |_: &mut Core| None::<()>;
+                        core = self.lead(core, lead, Leader::Background, None, idle).0;
+                    }
+                    continue;
+                }
+            } else {
+                // A caller leads: look again later. A deadline that falls
+                // due meanwhile is the leader's to handle.
+                LINGER
+            };
+            Shared::unlock(core);
+            std::thread::park_timeout(wait);
+            core = self.lock();
+        }
+    }
+}
+
+impl Core {
+    /// Hand every waiting event to whoever waits for it.
+    fn route(&mut self, shared: &Shared) {
+        while let Some(event) = self.engine.next_event() {
+            match event {
+                Event::Head {
+                    id,
+                    mut response,
+                    served_by,
+                } => {
+                    response.extensions_mut().insert(served_by);
+                    self.tell(id, Msg::Head(response));
+                }
+                Event::Body { id, data } => self.tell(id, Msg::Body(data)),
+                Event::End { id, trailers } => self.tell(id, Msg::End(trailers)),
+                Event::BodyWanted { id, room } => {
+                    let fed = self.routes.get(&id).map_or(0, |r| r.fed);
+                    self.tell(id, Msg::Wanted(fed + room as u64));
+                }
+                Event::Failed { id, error, .. } => self.tell(id, Msg::Failed(error)),
+                Event::Response {
+                    id,
+                    response,
+                    served_by,
+                } => {
+                    // Not raised in streaming mode; delivered whole if it is.
+                    let (mut parts, body) = response.into_parts();
+                    parts.extensions.insert(served_by);
+                    self.tell(id, Msg::Head(http::Response::from_parts(parts, ())));
+                    if !body.is_empty() {
+                        self.tell(id, Msg::Body(body));
+                    }
+                    self.tell(id, Msg::End(None));
+                }
+                Event::FreshChain { id, result, .. } => {
+                    if let Some(slot) = self.chains.get_mut(&id) {
+                        *slot = Some(result);
+                        self.unpark(Key::Chain(id));
+                    }
+                }
+                other => {
+                    let full = match &self.lifecycle {
+                        Some(tx) => tx.try_send(other).is_err(),
+                        None => false,
+                    };
+                    if full {
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Put `msg` in request `id`'s mailbox and wake its caller if it is
+    /// parked. A request whose owner has gone has no route (its owner
+    /// cancelled it on the way out).
+    fn tell(&mut self, id: RequestId, msg: Msg) {
+        if let Some(route) = self.routes.get_mut(&id) {
+            route.mail.push_back(msg);
+            self.unpark(Key::Req(id));
+        }
+    }
+
+    /// The lead was put down: wake one parked caller whose mailbox is
+    /// empty, so it takes the lead up (those with mail were woken already
+    /// and return without leading).
+    fn hand_over(&mut self) {
+        let needy = self.parked.iter().find(|(key, _)| match key {
+            Key::Req(id) => self.routes.get(id).is_some_and(|r| r.mail.is_empty()),
+            Key::Chain(id) => self.chains.get(id).is_some_and(Option::is_none),
+        });
+        if let Some((_, t)) = needy {
+            self.wake.push(t.clone());
+        }
+    }
+
+    /// Wake the caller parked on `key`, once the mutex is let go.
+    fn unpark(&mut self, key: Key) {
+        if let Some((_, t)) = self.parked.iter().find(|(k, _)| *k == key) {
+            self.wake.push(t.clone());
+        }
+    }
+
+    /// The engine changed outside the leader's loop (a submission, a
+    /// cancel, bytes consumed): a leader asleep in its poll must look again
+    /// if the engine's next deadline came before the one it sleeps until.
+    /// With nobody leading, the client's thread looks within [`LINGER`].
+    fn kick(&mut self, shared: &Shared) {
+        let Some(until) = self.sleeping else {
+            return;
+        };
+        let now = Instant::now();
+        let Some(next) = self.engine.next_timeout(now).map(|t| now + t) else {
+            return;
+        };
+        if until.is_none_or(|u| next < u) {
+            self.wake_leader(shared);
+        }
+    }
+
+    fn wake_leader(&mut self, shared: &Shared) {
+        if self.sleeping.is_some() && !self.woken {
+            self.woken = true;
+            let _ = shared.waker.wake();
+        }
     }
 }
 
@@ -420,15 +876,15 @@ enum State {
 /// The body of a [`Client`] response, read as it arrives (`impl Read`).
 ///
 /// Reading hands bytes back to the engine's flow control, so an unread body
-/// holds at most the receive window. A read fails with an `io::Error`
-/// wrapping the request's [`Error`] (`get_ref` and `downcast_ref` recover
-/// it; a deadline's kind is `TimedOut`). Dropping the body before its end
-/// cancels the request and closes its connection, which is never reused
-/// with unread bytes on it.
+/// holds at most the receive window; a read that finds nothing waiting
+/// drives the engine on the reading thread when no other thread does. A
+/// read fails with an `io::Error` wrapping the request's [`Error`]
+/// (`get_ref` and `downcast_ref` recover it; a deadline's kind is
+/// `TimedOut`). Dropping the body before its end cancels the request and
+/// closes its connection, which is never reused with unread bytes on it.
 pub struct ResponseBody {
     id: RequestId,
-    rx: mpsc::Receiver<Msg>,
-    remote: Remote,
+    shared: Arc<Shared>,
     chunk: Bytes,
     chunk_len: usize,
     state: State,
@@ -473,7 +929,8 @@ impl ResponseBody {
                     });
                 }
                 all.extend_from_slice(&self.chunk);
-                self.chunk.clear();
+                // Dropped, not cleared: see `read`.
+                self.chunk = Bytes::new();
                 self.consumed();
             }
             if self.state == State::Done {
@@ -486,29 +943,27 @@ impl ResponseBody {
     /// The next message for this request, feeding the upload when asked;
     /// `None` when `until` passed first.
     fn next_msg(&mut self, until: Option<Instant>) -> Result<Option<Msg>, Error> {
+        let id = self.id;
         loop {
-            let msg = match until {
-                None => self.rx.recv().map_err(|_| Error::Shutdown)?,
-                Some(t) => match self
-                    .rx
-                    .recv_timeout(t.saturating_duration_since(Instant::now()))
-                {
-                    Ok(msg) => msg,
-                    Err(mpsc::RecvTimeoutError::Timeout) => return Ok(None),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Shutdown),
-                },
-            };
-            let Msg::Wanted(limit) = msg else {
-                return Ok(Some(msg));
-            };
-            self.feed(limit)?;
+            let msg = self.shared.wait(Key::Req(id), until, |core| {
+                let route = core.routes.get_mut(&id)?;
+                match route.mail.pop_front() {
+                    Some(msg) => Some(msg),
+                    None if core.stopping => Some(Msg::Failed(Error::Shutdown)),
+                    None => None,
+                }
+            });
+            match msg {
+                None => return Ok(None),
+                Some(Msg::Wanted(limit)) => self.feed(limit)?,
+                Some(msg) => return Ok(Some(msg)),
+            }
         }
     }
 
     /// Wait for the next body chunk or the end.
     fn take_msg(&mut self) -> Result<(), Error> {
-        let msg = self.next_msg(None);
-        match msg {
+        match self.next_msg(None) {
             Ok(Some(Msg::Body(data))) => {
                 self.chunk_len = data.len();
                 self.chunk = data;
@@ -526,22 +981,28 @@ impl ResponseBody {
         Ok(())
     }
 
-    /// The chunk just read out: tell the engine it may read that much more.
+    /// The chunk just read out: the engine may read that much more.
     fn consumed(&mut self) {
         if self.chunk_len > 0 {
-            let _ = self.remote.send(Cmd::Consume(self.id, self.chunk_len));
+            let (id, n) = (self.id, self.chunk_len);
             self.chunk_len = 0;
+            let shared = &self.shared;
+            let mut core = shared.lock();
+            core.engine.consume(id, n);
+            core.kick(shared);
+            Shared::unlock(core);
         }
     }
 
     /// Hand the engine the reader's bytes up to `limit` (counted from the
     /// body's start; see [`Msg::Wanted`]). Pieces already sent count, so an
     /// ask that they cover sends nothing: the engine asks again once they
-    /// are in.
+    /// are in. The reader runs without the client's mutex or the lead.
     fn feed(&mut self, limit: u64) -> Result<(), Error> {
         let Some(up) = self.upload.as_mut().filter(|u| !u.done) else {
             return Ok(());
         };
+        let (id, shared) = (self.id, &self.shared);
         // Each piece goes to the engine as soon as it is read, so a reader
         // that trickles (a live log) is sent as it comes, and the pieces
         // together fill the room the engine has.
@@ -563,19 +1024,51 @@ impl ResponseBody {
                         sent: up.sent,
                     };
                     up.done = true;
-                    let _ = self.remote.send(Cmd::Cancel(self.id));
+                    let mut core = shared.lock();
+                    core.engine.cancel(id);
+                    core.routes.remove(&id);
+                    core.route(shared);
+                    core.kick(shared);
+                    Shared::unlock(core);
                     self.state = State::Done;
                     return Err(error);
                 }
             };
+            let mut core = shared.lock();
+            if core.stopping {
+                return Err(Error::Shutdown);
+            }
             if n == 0 {
                 up.done = true;
-                return self.remote.send(Cmd::End(self.id));
+                // A failure ends the request with its own event.
+                let _ = core.engine.end_body(id, None);
+                core.route(shared);
+                core.kick(shared);
+                Shared::unlock(core);
+                return Ok(());
             }
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
             up.sent += n as u64;
             left -= n;
-            self.remote.send(Cmd::Feed(self.id, piece))?;
+            match core.engine.send_body(id, piece) {
+                Ok(()) => {
+                    if let Some(route) = core.routes.get_mut(&id) {
+                        route.fed += n as u64;
+                    }
+                }
+                // Never while the reader stays within the limits it is
+                // given; a piece dropped would corrupt the body, so the
+                // request ends, with the error that says why.
+                Err(e @ Error::WindowFull { .. }) => {
+                    log::error!("request {}: body piece past the window: {e}", id.0);
+                    core.engine.abort(id, e);
+                }
+                // A failure ends the request with its own event.
+                Err(e) => log::debug!("request {}: body piece not taken: {e}", id.0),
+            }
+            core.route(shared);
+            core.kick(shared);
+            Shared::unlock(core);
         }
         Ok(())
     }
@@ -591,6 +1084,13 @@ impl Read for ResponseBody {
                 }
                 self.chunk.advance(n);
                 if self.chunk.is_empty() {
+                    // An empty `Bytes` still holds its share of the
+                    // connection's read buffer: kept, the next read into
+                    // that buffer would find it shared and allocate a new
+                    // one (and grow it again record by record), and the
+                    // old one would stay pinned until this chunk is
+                    // replaced.
+                    self.chunk = Bytes::new();
                     self.consumed();
                 }
                 return Ok(n);
@@ -605,9 +1105,15 @@ impl Read for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.state == State::Open {
-            let _ = self.remote.send(Cmd::Cancel(self.id));
+        let shared = &self.shared;
+        let mut core = shared.lock();
+        core.routes.remove(&self.id);
+        if self.state == State::Open && !core.stopping {
+            core.engine.cancel(self.id);
+            core.route(shared);
+            core.kick(shared);
         }
+        Shared::unlock(core);
     }
 }
 
@@ -618,195 +1124,4 @@ fn into_io(e: Error) -> io::Error {
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)
-}
-
-/// Where one request's messages go, and how much of its fed body the
-/// engine has taken.
-struct Route {
-    tx: mpsc::Sender<Msg>,
-    /// Body bytes the engine took from the caller's `Feed`s.
-    fed: u64,
-}
-
-/// The engine's thread.
-struct Loop {
-    engine: Engine,
-    rx: mpsc::Receiver<Cmd>,
-    lifecycle: mpsc::SyncSender<Event>,
-    dropped: Arc<AtomicU64>,
-    routes: HashMap<RequestId, Route>,
-    chains: HashMap<ChainRequestId, mpsc::Sender<Result<Arc<PeerChain>, Error>>>,
-}
-
-impl Loop {
-    fn new(
-        engine: Engine,
-        rx: mpsc::Receiver<Cmd>,
-        lifecycle: mpsc::SyncSender<Event>,
-        dropped: Arc<AtomicU64>,
-    ) -> Loop {
-        Loop {
-            engine,
-            rx,
-            lifecycle,
-            dropped,
-            routes: HashMap::new(),
-            chains: HashMap::new(),
-        }
-    }
-
-    fn run(mut self) {
-        loop {
-            if !self.take_commands() {
-                break;
-            }
-            if let Err(e) = self.engine.poll(None) {
-                log::error!("client engine: poll failed, shutting down: {e}");
-                break;
-            }
-            self.route();
-        }
-        self.engine.shutdown();
-        self.route();
-        // Whatever came in meanwhile is answered, not left hanging.
-        while let Ok(cmd) = self.rx.try_recv() {
-            self.refuse(cmd);
-        }
-        for (_, route) in self.routes.drain() {
-            let _ = route.tx.send(Msg::Failed(Error::Shutdown));
-        }
-        for (_, tx) in self.chains.drain() {
-            let _ = tx.send(Err(Error::Shutdown));
-        }
-    }
-
-    /// Apply waiting commands; false once the client is shutting down.
-    fn take_commands(&mut self) -> bool {
-        loop {
-            let cmd = match self.rx.try_recv() {
-                Ok(cmd) => cmd,
-                Err(mpsc::TryRecvError::Empty) => return true,
-                Err(mpsc::TryRecvError::Disconnected) => return false,
-            };
-            match cmd {
-                Cmd::Send(sub, tx) => {
-                    let (id, request, opts) = *sub;
-                    self.routes.insert(id, Route { tx, fed: 0 });
-                    self.engine.submit_as(id, request, opts);
-                }
-                Cmd::Feed(id, data) => match self.engine.send_body(id, data.clone()) {
-                    Ok(()) => {
-                        if let Some(route) = self.routes.get_mut(&id) {
-                            route.fed += data.len() as u64;
-                        }
-                    }
-                    // Never while the caller stays within the limits it is
-                    // given; a piece dropped would corrupt the body, so the
-                    // request ends, with the error that says why.
-                    Err(e @ Error::WindowFull { .. }) => {
-                        log::error!("request {}: body piece past the window: {e}", id.0);
-                        self.engine.abort(id, e);
-                    }
-                    // A failure ends the request with its own event.
-                    Err(e) => log::debug!("request {}: body piece not taken: {e}", id.0),
-                },
-                Cmd::End(id) => {
-                    // A failure ends the request with its own event.
-                    let _ = self.engine.end_body(id, None);
-                }
-                Cmd::Consume(id, n) => self.engine.consume(id, n),
-                Cmd::Cancel(id) => self.engine.cancel(id),
-                Cmd::FreshChain(origin, freshness, tx) => {
-                    let id = self.engine.fresh_chain(&origin, freshness);
-                    self.chains.insert(id, tx);
-                }
-                Cmd::Stats(tx) => {
-                    let _ = tx.send(self.engine.stats());
-                }
-                Cmd::CloseIdle => self.engine.close_idle(),
-                Cmd::Shutdown => return false,
-            }
-            // Answers queued at once (say, a fresh chain in cache) go out
-            // before the next command.
-            self.route();
-        }
-    }
-
-    /// A command that came after shutdown.
-    fn refuse(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Send(_, tx) => {
-                let _ = tx.send(Msg::Failed(Error::Shutdown));
-            }
-            Cmd::FreshChain(_, _, tx) => {
-                let _ = tx.send(Err(Error::Shutdown));
-            }
-            Cmd::Stats(tx) => {
-                let _ = tx.send(self.engine.stats());
-            }
-            _ => {}
-        }
-    }
-
-    /// Hand every waiting event to whoever waits for it.
-    fn route(&mut self) {
-        while let Some(event) = self.engine.next_event() {
-            match event {
-                Event::Head {
-                    id,
-                    mut response,
-                    served_by,
-                } => {
-                    response.extensions_mut().insert(served_by);
-                    self.tell(id, Msg::Head(response), false);
-                }
-                Event::Body { id, data } => self.tell(id, Msg::Body(data), false),
-                Event::End { id, trailers } => self.tell(id, Msg::End(trailers), true),
-                Event::BodyWanted { id, room } => {
-                    let fed = self.routes.get(&id).map_or(0, |r| r.fed);
-                    self.tell(id, Msg::Wanted(fed + room as u64), false)
-                }
-                Event::Failed { id, error, .. } => self.tell(id, Msg::Failed(error), true),
-                Event::Response {
-                    id,
-                    response,
-                    served_by,
-                } => {
-                    // Not raised in streaming mode; delivered whole if it is.
-                    let (mut parts, body) = response.into_parts();
-                    parts.extensions.insert(served_by);
-                    self.tell(id, Msg::Head(http::Response::from_parts(parts, ())), false);
-                    if !body.is_empty() {
-                        self.tell(id, Msg::Body(body), false);
-                    }
-                    self.tell(id, Msg::End(None), true);
-                }
-                Event::FreshChain { id, result, .. } => {
-                    if let Some(tx) = self.chains.remove(&id) {
-                        let _ = tx.send(result);
-                    }
-                }
-                other => {
-                    if self.lifecycle.try_send(other).is_err() {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Send `msg` to request `id`'s caller; a caller that has gone away
-    /// gets its request cancelled.
-    fn tell(&mut self, id: RequestId, msg: Msg, terminal: bool) {
-        let gone = match self.routes.get(&id) {
-            Some(route) => route.tx.send(msg).is_err(),
-            None => false,
-        };
-        if terminal {
-            self.routes.remove(&id);
-        } else if gone {
-            self.routes.remove(&id);
-            self.engine.cancel(id);
-        }
-    }
 }

@@ -388,6 +388,12 @@ pub struct Trust {
     /// rename over the file, a rewrite in place and a Kubernetes secret
     /// volume's swap of its `..data` symlink are all seen. Default none.
     pub client_identity: Option<ClientIdentity>,
+    /// Offer the hybrid post-quantum key exchange X25519MLKEM768 first, as
+    /// rustls, Chrome and Go 1.24 do (a server that does not know it picks
+    /// X25519 from the same hello). Only the `aws-lc-rs` crypto provider has
+    /// it; *ring* offers X25519, P-256 and P-384 either way. Turn it off for
+    /// a middlebox that cannot take the larger (1.2 KiB) hello. Default true.
+    pub post_quantum: bool,
     /// Certificate revocation lists, as curl's `--crlfile`: PEM files with
     /// `X509 CRL` blocks, or one DER list per file. Read when the engine is
     /// built (a file without a usable list is a [`BuildError::Trust`]) and
@@ -510,6 +516,7 @@ impl Trust {
             webpki_roots: false,
             pem_files: Vec::new(),
             client_identity: None,
+            post_quantum: true,
             crl_files: Vec::new(),
             crl_expiry: CrlExpiry::Warn,
             identity_expiry: IdentityExpiry::default(),
@@ -712,7 +719,11 @@ pub struct RequestOptions {
     /// (so a slow consumer throttles the server through TCP). Bytes count as
     /// consumed when [`Engine::next_event`](crate::Engine::next_event) hands
     /// out their event, or, with `manual_consume`, when the host calls
-    /// [`Engine::consume`](crate::Engine::consume). Default 1 MiB; 0 is
+    /// [`Engine::consume`](crate::Engine::consume). A read takes at most
+    /// what is left of the window (and one socket read, 64 KiB, past it at
+    /// most), so the window bounds what a body holds in the engine.
+    /// [`Engine::execute_into`](crate::Engine::execute_into) and
+    /// [`Client`](crate::Client) use at most 128 KiB. Default 1 MiB; 0 is
     /// refused ([`RequestOptions::check`]).
     pub receive_window: usize,
     /// Body bytes are consumed only through [`Engine::consume`](crate::Engine::consume)

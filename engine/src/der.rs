@@ -8,10 +8,7 @@ use rustls::pki_types::CertificateDer;
 
 /// SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    crate::provider::sha256(data)
 }
 
 /// Colon-separated uppercase hex (`AB:CD:...`).

@@ -156,7 +156,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn provider() -> CryptoProvider {
-        rustls::crypto::ring::default_provider()
+        crate::crypto_provider()
     }
 
     fn files(dir: &std::path::Path, cert: &str, key: &str) -> ClientIdentity {

@@ -23,8 +23,9 @@
 //!   [`Engine::handle_event`], [`Engine::next_timeout`], [`Engine::handle_timeouts`].
 //! * Other threads submit through a [`Handle`]; [`Engine::execute`] runs one
 //!   request to completion.
-//! * Hosts without a loop use [`Client`]: the engine on a background thread
-//!   behind blocking calls, bodies read and written as `std::io` streams.
+//! * Hosts without a loop use [`Client`]: the engine behind blocking calls,
+//!   driven by the thread that waits on it (a thread of its own drives it
+//!   while nobody waits), bodies read and written as `std::io` streams.
 //! * Every TLS connection reports its [`PeerChain`]: what the server
 //!   presented, the [`VerifiedPath`] rotary's verifier built from it (leaf,
 //!   intermediates used, trust anchor), and [`PeerChain::ca_bundle`], the
@@ -38,9 +39,11 @@
 //!   rules; the chain reported is always the origin's, an `https://`
 //!   proxy's apart ([`ConnectionInfo::proxy_tls`]).
 //!
-//! TLS is rustls 0.23 with the *ring* provider: it builds with a C compiler
-//! alone (no cmake or assembler toolchain), which keeps builds on fresh CI
-//! machines short, and it is the provider most rustls users have audited.
+//! TLS is rustls 0.23 on the *ring* provider by default (cargo feature
+//! `ring`), or on aws-lc-rs (feature `aws-lc-rs`), which adds the hybrid
+//! post-quantum key exchange X25519MLKEM768, offered first; `fips` selects
+//! AWS-LC's FIPS module. See [`crypto_provider`] and the README's notes
+//! on choosing one.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -70,6 +73,7 @@ mod identity;
 mod keys;
 mod origin;
 mod path;
+mod provider;
 mod proxy;
 mod proxy_tls;
 mod redact;
@@ -102,6 +106,7 @@ pub use event::{
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
+pub use provider::{crypto_provider, CRYPTO_PROVIDER};
 pub use proxy::{NoProxy, Proxies, Proxy};
 
 /// The crate rotary's API is written in (`Request`, `Response`, `Uri`,

@@ -377,12 +377,11 @@ mod tests {
     }
 
     fn session() -> Session {
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
+        let config = ClientConfig::builder_with_provider(Arc::new(crate::crypto_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
         let name = ServerName::try_from("a.test").expect("name");
         Session::new(Arc::new(config), name).expect("session")
     }

@@ -95,7 +95,7 @@ impl TlsState {
     }
 
     fn with_store(trust: &Trust, store: Option<SystemStore>) -> Result<TlsState, FileError> {
-        let provider = Arc::new(provider());
+        let provider = Arc::new(crate::provider::provider(trust.post_quantum));
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| FileError {
@@ -267,20 +267,6 @@ impl TlsState {
             },
         }
     }
-}
-
-/// ring, with AES-128-GCM offered first. TLS 1.3's key schedule and
-/// transcript then run on SHA-256, which x86-64 and ARMv8 compute in hardware
-/// (SHA-384 runs in software: 7 % of a handshake's CPU in the profile), and
-/// AES-128 takes 10 rounds per block against AES-256's 14. 128-bit keys are
-/// the suite TLS 1.3 requires every peer to implement; servers that enforce
-/// their own order still choose.
-fn provider() -> CryptoProvider {
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider
-        .cipher_suites
-        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    provider
 }
 
 /// A verifier of the current anchors and CRLs. Verification of a

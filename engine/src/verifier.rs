@@ -485,7 +485,7 @@ mod tests {
     }
 
     fn algs() -> WebPkiSupportedAlgorithms {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms
+        crate::crypto_provider().signature_verification_algorithms
     }
 
     fn anchors_of(roots: &[&Ca]) -> Anchors {

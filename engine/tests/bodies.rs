@@ -415,6 +415,90 @@ fn a_consumer_that_does_not_consume_holds_the_server_back_then_gets_every_byte()
 }
 
 #[test]
+fn a_streamed_body_is_read_up_to_its_window_not_up_to_the_read_budget() {
+    // A pass used to read up to the 256 KiB read budget whatever the
+    // window, so a small window held a quarter MiB anyway (and the read
+    // buffer grew to hold it). The whole response waits in the socket
+    // before the engine reads any of it.
+    const SIZE: usize = 1024 * 1024;
+    let (got_tx, got_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let (url, server) = peer(move |mut sock| {
+        let mut r = BufReader::new(sock.try_clone().expect("clone"));
+        read_head(&mut r);
+        let _ = got_tx.send(());
+        go_rx.recv_timeout(WAIT).expect("go");
+        let mut all = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").into_bytes();
+        all.resize(all.len() + SIZE, 5);
+        // Loopback takes a few MiB unread: this returns before any is read.
+        sock.write_all(&all).expect("response");
+        let _ = sent_tx.send(());
+        // Held open until the engine has read it all and closed.
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    });
+    let mut engine = engine();
+    let window = 16 * 1024;
+    let opts = RequestOptions::default()
+        .streaming(true)
+        .manual_consume(true)
+        .receive_window(window);
+    let id = engine.submit(
+        http::Request::get(format!("{url}/big"))
+            .body(())
+            .expect("req"),
+        opts,
+    );
+    let until = Instant::now() + WAIT;
+    while got_rx.try_recv().is_err() {
+        assert!(Instant::now() < until, "the request never reached the peer");
+        engine.poll(Some(Duration::from_millis(5))).expect("poll");
+    }
+    go_tx.send(()).expect("go");
+    sent_rx
+        .recv_timeout(WAIT)
+        .expect("the peer wrote the response");
+    let mut delivered = 0usize;
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        engine.poll(Some(Duration::from_millis(20))).expect("poll");
+        while let Some(ev) = engine.next_event() {
+            if let Event::Body { data, .. } = ev {
+                delivered += data.len();
+            }
+        }
+    }
+    // The window, and at most one socket read (the 64 KiB scratch) past it.
+    assert!(delivered >= window, "nothing delivered: {delivered}");
+    assert!(
+        delivered <= window + 64 * 1024,
+        "read past the window: {delivered}"
+    );
+    engine.consume(id, delivered);
+    let until = Instant::now() + WAIT;
+    let mut ended = false;
+    while !ended && Instant::now() < until {
+        engine.poll(Some(Duration::from_millis(20))).expect("poll");
+        while let Some(ev) = engine.next_event() {
+            match ev {
+                Event::Body { data, .. } => {
+                    delivered += data.len();
+                    engine.consume(id, data.len());
+                }
+                Event::End { .. } => ended = true,
+                Event::Failed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    }
+    assert!(ended);
+    assert_eq!(delivered, SIZE);
+    assert_drained(&mut engine);
+    server.join().expect("server");
+}
+
+#[test]
 fn a_peer_that_stops_reading_is_cut_at_the_send_stall_timeout() {
     let (tx, rx) = mpsc::channel::<()>();
     let (url, server) = peer(move |sock| {

@@ -381,14 +381,12 @@ fn an_early_413_is_the_answer_when_the_write_then_fails() {
 fn an_early_413_over_tls_is_the_answer_when_the_write_then_fails() {
     let ca = TestCa::new("early answers CA");
     let leaf = ca.issue(&["localhost"]);
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(leaf.chain_der(), leaf.key_der())
-    .expect("server config");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain_der(), leaf.key_der())
+        .expect("server config");
     let (file, _) = big_file();
     let (port, peer) = early_answer_peer(EARLY_413, Some(Arc::new(config)));
     let (mut engine, _ca_file) = engine_for(&ca, |_| {});

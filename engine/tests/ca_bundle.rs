@@ -140,13 +140,11 @@ fn rustls_fetch(server: &TestServer, pem: &str) -> std::io::Result<String> {
     for cert in parse_pem(pem) {
         roots.add(cert).map_err(std::io::Error::other)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let mut client = Client::tls(server.addr(), "localhost", Arc::new(config), T)?;
     Ok(client.get("/")?.text())
 }

@@ -22,7 +22,7 @@ fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let (ca, leaf) = ca_and_leaf();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rotary::crypto_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")

@@ -72,14 +72,13 @@ impl HyperPeer {
     /// after every response.
     fn start(leaf: Option<&Issued>, keep_alive: bool) -> HyperPeer {
         let acceptor = leaf.map(|leaf| {
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain_der(), leaf.key_der())
-            .expect("leaf and key match");
+            let config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default versions")
+                    .with_no_client_auth()
+                    .with_single_cert(leaf.chain_der(), leaf.key_der())
+                    .expect("leaf and key match");
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -223,12 +223,11 @@ pub struct Coordinator {
 }
 
 fn tls_config(resolver: Arc<dyn ResolvesServerCert>) -> io::Result<ServerConfig> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+    let mut config = ServerConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     // One ticket key and one session cache for the server's whole life:
     // sessions from before a rotation resume after it, with the old chain.
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;

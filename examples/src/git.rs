@@ -39,13 +39,12 @@ pub fn clone_check(
             ca_file.display()
         ));
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     let name =
         ServerName::try_from(host.to_owned()).map_err(|e| format!("bad host {host:?}: {e}"))?;

@@ -1344,7 +1344,7 @@ fn fetch_cert_and_key_present_a_client_certificate_the_server_requires() {
     let server_cert = server_ca.issue(&["127.0.0.1"]).expect("leaf");
     let ca_file = dir.path().join("server-ca.pem");
     std::fs::write(&ca_file, server_ca.pem()).expect("write");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rotary::crypto_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(client_ca.into()).expect("client CA");
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -1557,13 +1557,11 @@ fn tls_front(
 ) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let key = cert.certified_key().expect("certified key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     let config = Arc::new(config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");

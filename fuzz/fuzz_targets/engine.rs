@@ -21,7 +21,7 @@ fn setup() -> &'static Setup {
         let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let leaf = params.signed_by(&key, &issuer).expect("leaf");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rotary::crypto_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")

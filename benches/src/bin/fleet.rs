@@ -1,4 +1,4 @@
-//! The fleet simulation (issue 18, point 6): N runners against one edge in
+//! The fleet simulation: N runners against one edge in
 //! virtual time, with the engine's own lifetime decisions; see
 //! `rotary_benches::fleet`.
 //!

@@ -44,6 +44,7 @@ impl Buffers {
 impl Engine {
     /// Write what is pending, read what arrived, and act on it.
     pub(super) fn drive(&mut self, key: ConnKey, read: ReadMode, now: Instant) {
+        let budget = self.read_room(key, READ_BUDGET);
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -62,7 +63,7 @@ impl Engine {
             ReadMode::Skip => ReadPass::default(),
             ReadMode::UntilShort | ReadMode::UntilWouldBlock => {
                 let stop_short = read == ReadMode::UntilShort;
-                match c.read_pass(&mut bufs.scratch, &mut bufs.sealed, READ_BUDGET, stop_short) {
+                match c.read_pass(&mut bufs.scratch, &mut bufs.sealed, budget, stop_short) {
                     Ok(pass) => pass,
                     Err(f) => {
                         // Bytes that arrived intact before the failure still

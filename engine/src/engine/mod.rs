@@ -240,27 +240,9 @@ impl Engine {
         })
     }
 
-    /// The waker of the engine's poll, for [`crate::Client`]'s commands.
+    /// The waker of the engine's poll: [`crate::Client`] wakes its leader with it.
     pub(crate) fn waker(&self) -> Arc<Waker> {
         self.mio.waker.clone()
-    }
-
-    /// The counter request ids come from, so [`crate::Client`] can name a
-    /// request before its thread submits it.
-    pub(crate) fn request_ids(&self) -> Arc<AtomicU64> {
-        self.next_req.clone()
-    }
-
-    /// Submit under an id taken from [`Engine::request_ids`].
-    pub(crate) fn submit_as(
-        &mut self,
-        id: RequestId,
-        request: http::Request<Body>,
-        opts: RequestOptions,
-    ) {
-        let now = self.now();
-        self.submit_with_id(id, request, opts, now);
-        self.apply(now);
     }
 
     /// End live request `id` with `error`: a refusal of the [`crate::Client`]'s
@@ -281,6 +263,16 @@ impl Engine {
                 error: error.into(),
                 close,
             });
+        }
+    }
+
+    /// A host that owns the poll of an embedded engine ([`crate::Client`])
+    /// waited, and no socket became ready: the loop is quiet, so idle
+    /// connections give back their empty buffers, as [`Engine::poll`] has
+    /// them do (see `release_idle_buffers`).
+    pub(crate) fn handle_quiet(&mut self) {
+        if self.idled {
+            self.release_idle_buffers();
         }
     }
 

@@ -11,8 +11,11 @@ use crate::{Body, Error, Event, Phase, RequestId, RequestOptions};
 
 use super::Engine;
 
-/// The largest receive window of [`Engine::execute_into`].
-const EXECUTE_INTO_WINDOW: usize = 256 * 1024;
+/// The largest receive window of [`Engine::execute_into`]: past 128 KiB the
+/// pieces and the read buffer they are cut from reach sizes the allocator
+/// maps and keeps (a 256 MiB download grew RSS by 1.2 MiB at 256 KiB, 0.3
+/// at 128 KiB, at the same speed).
+const EXECUTE_INTO_WINDOW: usize = 128 * 1024;
 
 impl Engine {
     /// Run the loop until the request ends; returns its response. Events

@@ -323,6 +323,30 @@ impl Engine {
         }
     }
 
+    /// How much plaintext the next read of `ck` may take: `budget`, or, for
+    /// a streamed response, what is left of its receive window (bytes
+    /// delivered and not consumed, and bytes read and not yet delivered,
+    /// the head's among them, count against it), at least 1 so a read
+    /// makes progress. A pass checks its budget between socket reads, so it
+    /// ends at most one read (the 64 KiB scratch) past this: the window,
+    /// not the read budget, bounds what a body holds in the engine.
+    pub(super) fn read_room(&self, ck: ConnKey, budget: usize) -> usize {
+        let Some(conn) = self.conns.get(ck) else {
+            return budget;
+        };
+        let Some(req) = conn.exchange().and_then(|rk| self.reqs.get(rk)) else {
+            return budget;
+        };
+        if !req.opts().streaming {
+            return budget;
+        }
+        let held = req.flow().unconsumed.saturating_add(conn.input_len());
+        req.opts()
+            .receive_window
+            .saturating_sub(held)
+            .clamp(1, budget.max(1))
+    }
+
     /// Read on for `rk` if its connection is paused and it is below its window.
     fn maybe_resume(&mut self, rk: ReqKey) {
         let Some(req) = self.reqs.get(rk) else {

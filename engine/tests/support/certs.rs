@@ -206,12 +206,10 @@ impl TestCa {
     fn trusting_builder(
         &self,
     ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_root_certificates(self.root_store())
+        rustls::ClientConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(self.root_store())
     }
 
     /// Writes the root CA PEM to a unique temp file, removed when the handle drops.

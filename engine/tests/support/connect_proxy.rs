@@ -97,14 +97,13 @@ impl ConnectProxy {
     pub fn start_tls(script: ProxyScript, cert: &Issued) -> ConnectProxy {
         let behind = ConnectProxy::start(script);
         let backend = behind.addr;
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_no_client_auth()
-        .with_single_cert(cert.chain_der(), cert.key_der())
-        .expect("proxy certificate and key match");
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default versions")
+                .with_no_client_auth()
+                .with_single_cert(cert.chain_der(), cert.key_der())
+                .expect("proxy certificate and key match");
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind tls proxy");
         let addr = listener.local_addr().expect("tls proxy addr");

@@ -1,4 +1,4 @@
-//! Workload g (issue 14, point 5): one large body each way, through rotary,
+//! Workload g: one large body each way, through rotary,
 //! hyper and curl, against the bench's nginx (a static file to download, a
 //! WebDAV `PUT` sink to upload to).
 //!
@@ -158,6 +158,7 @@ pub(crate) fn client(which: &str, mode: &str, args: &[String]) -> Result<Report,
         "rotary-fed" if upload => rotary_fed(&a),
         "hyper" => hyper(&a, upload),
         "curl" => curl(&a, upload),
+        which if crate::blocking::CLIENTS.contains(&which) => blocking(which, &a, upload),
         _ => Err(format!("client: unknown {which:?}")),
     }
 }
@@ -205,6 +206,26 @@ fn rotary(a: &Args, upload: bool) -> Result<Report, String> {
         }
         sink.0
     };
+    if got != a.bytes {
+        return Err(format!("moved {got} bytes, {} expected", a.bytes));
+    }
+    Ok(w.report(got))
+}
+
+/// A blocking client (workload h's): the warm-up request on the
+/// connection, then one body each way through its `Read`/`File` API.
+fn blocking(which: &str, a: &Args, upload: bool) -> Result<Report, String> {
+    let client = crate::blocking::Blocking::new(which, &a.ca, 1)?;
+    client
+        .get(&a.warm, &mut Vec::new())
+        .map_err(|e| format!("warm-up: {e}"))?;
+    let w = Window::start();
+    let file = if upload {
+        Some(a.file.as_deref().ok_or("upload: --file needed")?)
+    } else {
+        None
+    };
+    let got = client.transfer(&a.url, file)?;
     if got != a.bytes {
         return Err(format!("moved {got} bytes, {} expected", a.bytes));
     }
@@ -362,7 +383,7 @@ fn hyper(a: &Args, upload: bool) -> Result<Report, String> {
                 .add(cert.map_err(|e| format!("{}: {e}", a.ca.display()))?)
                 .map_err(|e| format!("{}: {e}", a.ca.display()))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rotary::crypto_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("rustls: {e}"))?
@@ -503,7 +524,15 @@ fn curl(a: &Args, upload: bool) -> Result<Report, String> {
 }
 
 /// The clients in the order they run (and appear in the table).
-pub(crate) const CLIENTS: [&str; 4] = ["rotary", "rotary-fed", "hyper", "curl"];
+pub(crate) const CLIENTS: [&str; 7] = [
+    "rotary",
+    "rotary-fed",
+    "hyper",
+    "curl",
+    "rotary-client",
+    "reqwest",
+    "ureq",
+];
 
 /// One transfer's runs (a result or why not), by (direction, size, client).
 pub(crate) type Runs =
@@ -606,7 +635,7 @@ pub(crate) fn markdown(runs: &Runs, rounds: usize) -> String {
                 found.insert((*upload, *len, which), m);
                 let growth = m
                     .growth_mib
-                    .map_or("n/a (whole process)".into(), |g| format!("{g:.1}"));
+                    .map_or("n/a (whole process)".into(), |g| format!("{g:.2}"));
                 let _ = writeln!(
                     md,
                     "| {what} | {which} | {:.0} | {:.3} | {:.1} | {growth} |",
@@ -663,6 +692,26 @@ pub(crate) fn markdown(runs: &Runs, rounds: usize) -> String {
                     let _ = writeln!(
                         md,
                         "| CPU/GiB ≤ 0.8× hyper's | {what} | {label} | | not measured |"
+                    );
+                }
+            }
+        }
+        if !upload {
+            match found
+                .get(&(upload, big, "rotary-client"))
+                .and_then(|m| m.growth_mib)
+            {
+                Some(g) => {
+                    let _ = writeln!(
+                        md,
+                        "| RSS growth ≤ 0.5 MiB through `Client` | {what} | {g:.2} MiB | | {} |",
+                        verdict(g <= 0.5)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        md,
+                        "| RSS growth ≤ 0.5 MiB through `Client` | {what} | | | not measured |"
                     );
                 }
             }

@@ -118,14 +118,11 @@ fn tls_config(a: &ClientArgs) -> Result<rustls::ClientConfig, String> {
             .add(cert)
             .map_err(|e| format!("CA certificate: {e}"))?;
     }
-    // The provider rotary builds (engine/src/tls.rs): ring, with
-    // TLS13_AES_128_GCM_SHA256 offered first, so both clients negotiate the
-    // same suite and the comparison is of the engines, not of the ciphers.
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider
-        .cipher_suites
-        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    let provider = Arc::new(provider);
+    // The provider rotary builds (`rotary::crypto_provider`): the engine's
+    // (ring by default), with TLS13_AES_128_GCM_SHA256 offered first, so
+    // both clients negotiate the same suite and key exchange and the
+    // comparison is of the engines, not of the ciphers.
+    let provider = Arc::new(rotary::crypto_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("rustls: {e}"))?

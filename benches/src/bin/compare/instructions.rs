@@ -1,5 +1,5 @@
 //! `compare --instructions`: marginal instructions per request under
-//! callgrind (issue 18, point 1), the number user CPU is judged by.
+//! callgrind, the number user CPU is judged by.
 //!
 //! Each client runs twice under `valgrind --tool=callgrind`, with a short and
 //! a long measured window. Both runs pay the same set-up (process start, TLS

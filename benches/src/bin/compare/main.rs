@@ -1,21 +1,25 @@
-//! rotary against hyper, side by side in one run (issue 6).
+//! rotary against hyper, wrk, curl, OpenSSL, reqwest and ureq, side by side in one run.
 //!
 //! Run: `cargo run --release -p rotary-benches --bin compare` (add `--quick`
 //! for a short smoke run, `--help` for the flags).
 //!
 //! The parent process starts one local TLS server (nginx when installed, else
 //! this binary's `server` mode), then runs every workload through rotary and
-//! through hyper-util's pooled legacy `Client`, each client in a child process
-//! of its own (`compare client ...`), so `getrusage(RUSAGE_SELF)` CPU and RSS
-//! belong to one client. The two alternate (A B, B A, ...) for a number of
-//! rounds; the report holds medians and the ratio rotary / hyper, as a
-//! markdown table (stdout and `target/bench-report.md`) and an SVG chart of
-//! the ratios (`target/bench-report.svg`).
+//! through the client it is compared with (hyper-util's pooled legacy
+//! `Client`, wrk, `openssl s_time`, reqwest's and ureq's blocking clients),
+//! each client in a child process of its own (`compare client ...`), so
+//! `getrusage(RUSAGE_SELF)` CPU and RSS belong to one client. The two
+//! alternate (A B, B A, ...) for a number of rounds; the report holds
+//! medians and the ratio rotary / other, as a markdown table (stdout and
+//! `target/bench-report.md`) and an SVG chart of the ratios
+//! (`target/bench-report.svg`).
 
+mod blocking;
 mod bodies;
 mod hyper_client;
 mod instructions;
 mod measure;
+mod openssl_client;
 mod report;
 mod rotary_client;
 mod server;
@@ -31,7 +35,7 @@ use measure::Schedule;
 use report::{Outcome, Row, Wheel};
 
 const HELP: &str = "\
-compare: rotary against hyper on the same local TLS server (issue 6)
+compare: rotary against other clients on the same local TLS server
 
 usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin]
                [--port P] [--idle N] [--no-wheel] [--instructions] [--out DIR]
@@ -41,16 +45,20 @@ usage: compare [--quick] [--rounds N] [--only a,b,c,d,e] [--server nginx|builtin
   --rounds N       rounds of A B alternation (default 5; 3 with --quick)
   --only LIST      workloads to run: a keep-alive, b idle, c reconnect,
                    d expiry, e timer wheel, f soak, g bodies (16 and 256 MiB
-                   each way, with curl too; needs nginx) (default all)
+                   each way, with curl, reqwest and ureq too; needs nginx),
+                   h blocking clients (rotary's Client against reqwest
+                   and ureq at 1, 16 and 64 threads; idle memory)
+                   (default all)
   --server KIND    nginx (default when installed) or builtin (hyper in a
                    child process)
   --port P         the server's port (default: a free one)
   --idle N         idle connections for workload b (default 10000)
   --no-wheel       skip workload e (it runs `cargo bench --bench wheel`)
   --instructions   also count marginal instructions per request under
-                   callgrind (valgrind), rotary and hyper, C = 16, 5 B and
-                   4 KiB: the difference of a 1 s and a 3 s window over the
-                   difference of their requests; ~2 min
+                   callgrind (valgrind): with a, rotary and hyper, C = 16,
+                   5 B and 4 KiB; with h, rotary's Client, ureq and reqwest
+                   at one thread: the difference of a 1 s and a 3 s window
+                   over the difference of their requests; ~2 min each
   --out DIR        where bench-report.md/.svg go (default: <workspace>/target)
 
 Pieces, for profiling one client by hand (e.g. under perf):
@@ -60,6 +68,7 @@ Pieces, for profiling one client by hand (e.g. under perf):
       (or `client wrk load`: wrk -t1 -cC, twice, the difference reported)
       [--warm-requests N] [--warm-ms W] [--measure-ms M] [--max-age-ms A]
       [--close] [--idle N] [--max-conns N] [--side-handshakes RATE]
+      [--classical]   (rotary: no post-quantum key exchange offered)
   compare client rotary soak --url U --ca FILE --conns 32 --max-conns 64
       --max-age-ms 20 --requests 1000000
   compare client rotary|hyper|curl download|upload --url U --ca FILE
@@ -82,6 +91,9 @@ pub(crate) struct ClientArgs {
     /// Full handshakes per second made meanwhile by a second engine on
     /// another thread of the same process (0: none).
     pub(crate) side_handshakes: f64,
+    /// rotary offers no post-quantum key exchange (`Trust::post_quantum`
+    /// off; only matters on aws-lc-rs).
+    pub(crate) classical: bool,
     /// The soak's requests in total, and its time bound.
     pub(crate) requests: u64,
     pub(crate) soak_limit: Duration,
@@ -142,6 +154,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
         idle: 0,
         max_conns: 0,
         side_handshakes: 0.0,
+        classical: false,
         requests: 1_000_000,
         soak_limit: SOAK_LIMIT,
     };
@@ -162,6 +175,7 @@ fn client_main(args: &[String]) -> Result<(), String> {
                 a.max_age = Some(Duration::from_millis(number(value(&mut it, flag)?, flag)?))
             }
             "--close" => a.close = true,
+            "--classical" => a.classical = true,
             "--requests" => a.requests = number(value(&mut it, flag)?, flag)?,
             "--idle" => a.idle = number(value(&mut it, flag)?, flag)?,
             "--max-conns" => a.max_conns = number(value(&mut it, flag)?, flag)?,
@@ -191,7 +205,10 @@ fn client_main(args: &[String]) -> Result<(), String> {
         ("hyper", "load") => hyper_client::load(a)?,
         ("hyper", "idle") => hyper_client::idle(a)?,
         ("wrk", "load") => wrk_client::load(&a)?,
+        ("openssl", "load") => openssl_client::load(&a)?,
         ("rotary", "soak") => rotary_client::soak(&a)?,
+        (which, "load") if blocking::CLIENTS.contains(&which) => blocking::load(which, &a)?,
+        (which, "idle") if blocking::CLIENTS.contains(&which) => blocking::idle(which, &a)?,
         _ => return Err(format!("client: unknown {which:?} {mode:?}")),
     };
     println!("{}", report.line());
@@ -233,7 +250,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     let mut o = Opts {
         quick: false,
         rounds: 5,
-        only: "abcdefg".into(),
+        only: "abcdefgh".into(),
         server: None,
         port: None,
         idle: 10_000,
@@ -389,6 +406,16 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
             b: close("hyper"),
             rows: Row::reconnect(),
         });
+        // OpenSSL's own client, the floor: one connection at a time, so
+        // its window is whole seconds (s_time's -time).
+        let s_time_ms = if o.quick { 1000 } else { 2000 };
+        out.push(Spec {
+            title: "c. reconnect: full handshake per request, against openssl s_time -new".into(),
+            labels: ("rotary", "openssl s_time"),
+            a: close("rotary"),
+            b: load_args("openssl", &url, ca, 1, 0, s_time_ms),
+            rows: Row::reconnect_floor(),
+        });
     }
     if o.only.contains('d') {
         let url = format!("{base}{}", server::SMALL);
@@ -425,8 +452,50 @@ fn specs(o: &Opts, base: &str, ca: &Path) -> Vec<Spec> {
             rows: Row::side_handshakes(),
         });
     }
+    if o.only.contains('h') {
+        let url = format!("{base}{}", server::SMALL);
+        for threads in [1usize, 16, 64] {
+            for against in ["ureq", "reqwest"] {
+                out.push(Spec {
+                    title: format!(
+                        "h. blocking clients: keep-alive GET 5 B, {threads} thread{} sharing one client",
+                        if threads == 1 { "" } else { "s" }
+                    ),
+                    labels: ("rotary Client", against),
+                    a: load_args("rotary-client", &url, ca, threads, warm, window),
+                    b: load_args(against, &url, ca, threads, warm, window),
+                    rows: Row::blocking(threads, against),
+                });
+            }
+        }
+        let idle = |which: &str| -> Vec<String> {
+            vec![
+                which.into(),
+                "idle".into(),
+                "--url".into(),
+                url.clone(),
+                "--ca".into(),
+                ca.display().to_string(),
+                "--idle".into(),
+                BLOCKING_IDLE.to_string(),
+            ]
+        };
+        for against in ["ureq", "reqwest"] {
+            out.push(Spec {
+                title: format!("h. blocking clients: {BLOCKING_IDLE} idle connections"),
+                labels: ("rotary Client", against),
+                a: idle("rotary-client"),
+                b: idle(against),
+                rows: Row::blocking_idle(),
+            });
+        }
+    }
     out
 }
+
+/// Idle connections of the blocking clients (one thread each while they
+/// are opened).
+const BLOCKING_IDLE: usize = 256;
 
 /// Longest the soak runs before it stops submitting (under CLIENT_LIMIT).
 const SOAK_LIMIT: Duration = Duration::from_secs(240);
@@ -521,43 +590,66 @@ fn run_wrapped(
 
 /// `--instructions`: rotary and hyper under callgrind at C = 16, 5 B and
 /// 4 KiB, each as marginal instructions per request (see `instructions`).
-fn instruction_outcomes(base: &str, ca: &Path, scratch: &Path) -> Vec<Outcome> {
+fn instruction_outcomes(base: &str, ca: &Path, scratch: &Path, only: &str) -> Vec<Outcome> {
     let valgrind = instructions::find_valgrind();
+    // Marginal instructions per request of `which` at `conns` (threads for
+    // the blocking clients): two windows under callgrind.
+    let measure = |which: &str, url: &str, size: &str, conns: usize| -> report::Run {
+        let valgrind = valgrind
+            .as_deref()
+            .ok_or("valgrind is not installed (apt-get install valgrind)")?;
+        let wrapper = instructions::wrapper(valgrind, scratch);
+        let mut runs = Vec::new();
+        for window in [instructions::SHORT_MS, instructions::LONG_MS] {
+            eprintln!(
+                "instructions: {which}, GET {size}, C={conns}, {window} ms window (callgrind)"
+            );
+            // Under callgrind a request takes ~50× longer: a warm-up of
+            // 4 × C requests and 300 ms still holds.
+            let args = load_args(which, url, ca, conns, 300, window);
+            runs.push(
+                run_wrapped(&wrapper, &args).and_then(|(mut result, stderr)| {
+                    let n = instructions::collected(&stderr)
+                        .ok_or("callgrind printed no instruction count")?;
+                    result.insert("instructions".into(), n.to_string());
+                    Ok(result)
+                }),
+            );
+        }
+        instructions::marginal(&runs[0], &runs[1])
+    };
     let mut out = Vec::new();
-    for (path, size) in [(server::SMALL, "5 B"), (server::LARGE, "4 KiB")] {
-        let url = format!("{base}{path}");
-        let measure = |which: &str| -> report::Run {
-            let valgrind = valgrind
-                .as_deref()
-                .ok_or("valgrind is not installed (apt-get install valgrind)")?;
-            let wrapper = instructions::wrapper(valgrind, scratch);
-            let mut runs = Vec::new();
-            for window in [instructions::SHORT_MS, instructions::LONG_MS] {
-                eprintln!(
-                    "instructions: {which}, GET {size}, C=16, {window} ms window (callgrind)"
-                );
-                // Under callgrind a request takes ~50× longer: a warm-up of
-                // 4 × C requests and 300 ms still holds.
-                let args = load_args(which, &url, ca, 16, 300, window);
-                runs.push(
-                    run_wrapped(&wrapper, &args).and_then(|(mut result, stderr)| {
-                        let n = instructions::collected(&stderr)
-                            .ok_or("callgrind printed no instruction count")?;
-                        result.insert("instructions".into(), n.to_string());
-                        Ok(result)
-                    }),
-                );
-            }
-            instructions::marginal(&runs[0], &runs[1])
-        };
-        let (a, b) = (measure("rotary"), measure("hyper"));
-        out.push(Outcome::new(
-            format!("instructions: keep-alive GET {size}, C=16 (callgrind)"),
-            ("rotary", "hyper"),
-            Row::instructions(),
-            vec![a],
-            vec![b],
-        ));
+    if only.contains('a') {
+        for (path, size) in [(server::SMALL, "5 B"), (server::LARGE, "4 KiB")] {
+            let url = format!("{base}{path}");
+            let (a, b) = (
+                measure("rotary", &url, size, 16),
+                measure("hyper", &url, size, 16),
+            );
+            out.push(Outcome::new(
+                format!("instructions: keep-alive GET {size}, C=16 (callgrind)"),
+                ("rotary", "hyper"),
+                Row::instructions(),
+                vec![a],
+                vec![b],
+            ));
+        }
+    }
+    if only.contains('h') {
+        // The blocking clients at one thread: instructions do not move
+        // with the machine's load, so they judge CPU per request there.
+        let url = format!("{base}{}", server::SMALL);
+        let a = measure("rotary-client", &url, "5 B", 1);
+        for against in ["ureq", "reqwest"] {
+            let b = measure(against, &url, "5 B", 1);
+            out.push(Outcome::new(
+                "instructions: blocking clients, keep-alive GET 5 B, 1 thread (callgrind)".into(),
+                ("rotary Client", against),
+                Row::instructions_blocking(),
+                vec![a.clone()],
+                vec![b],
+            ));
+        }
     }
     out
 }
@@ -631,7 +723,7 @@ fn parent_main(args: &[String]) -> Result<(), String> {
         eprintln!("g. bodies: writing the static files");
         bodies::write_files(&dir.path().join("www"))?;
     }
-    let need_server = o.only.contains(['a', 'b', 'c', 'd', 'f', 'g']) || o.instructions;
+    let need_server = o.only.contains(['a', 'b', 'c', 'd', 'f', 'g', 'h']) || o.instructions;
     let server = if need_server {
         match server::start(&kind, dir.path(), o.port) {
             Ok(s) => {
@@ -694,7 +786,7 @@ fn parent_main(args: &[String]) -> Result<(), String> {
     }
     if o.instructions {
         outcomes.extend(match &server {
-            Ok(_) => instruction_outcomes(&base, &ca, dir.path()),
+            Ok(_) => instruction_outcomes(&base, &ca, dir.path(), &o.only),
             Err(e) => vec![Outcome::new(
                 "instructions: keep-alive GET, C=16 (callgrind)".into(),
                 ("rotary", "hyper"),

@@ -1,4 +1,4 @@
-//! Medians, ratios and targets (issue 6, point 4), rendered as a markdown
+//! Medians, ratios and targets, rendered as a markdown
 //! table and an SVG bar chart of the ratios.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use std::time::Duration;
 /// The parsed `RESULT` line of one client run, or why there is none.
 pub(crate) type Run = Result<BTreeMap<String, String>, String>;
 
-/// A target from issue 6.
+/// A target a ratio is judged by.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target {
     /// ratio A / B at most this.
@@ -121,7 +121,7 @@ impl Row {
         ]
     }
 
-    /// rotary against wrk (issue 18, point 2): total client CPU per request
+    /// rotary against wrk: total client CPU per request
     /// ≤ 0.9× wrk's at C = 16 and 256, requests/s ≥ wrk's at C = 256.
     pub(crate) fn wrk_floor(conns: usize) -> Vec<Row> {
         let mut rate = Row::new("requests / s", Value::Key("req_per_s"), 0).chart();
@@ -156,6 +156,24 @@ impl Row {
         ]
     }
 
+    /// Marginal instructions per request of the blocking clients at one
+    /// thread, judged as CPU per request is there (≤ 1× ureq).
+    pub(crate) fn instructions_blocking() -> Vec<Row> {
+        vec![
+            Row::new(
+                "marginal instructions / request",
+                Value::Key("instr_per_req"),
+                0,
+            )
+            .target(Target::AtMost(1.0)),
+            Row::new(
+                "requests between the two windows",
+                Value::Key("marginal_requests"),
+                0,
+            ),
+        ]
+    }
+
     pub(crate) fn idle(asked: usize) -> Vec<Row> {
         vec![
             Row::new("KiB RSS / idle connection", Value::Key("kib_per_conn"), 2)
@@ -173,6 +191,49 @@ impl Row {
         ]
     }
 
+    /// rotary's blocking `Client` against `against` (ureq or reqwest) at
+    /// `threads` threads sharing one client. The targets: against ureq,
+    /// CPU per request ≤ 1× at 1 and 16 threads and p50 ≤ 1× at 1 thread;
+    /// against both, CPU ≤ 0.9× at 64 threads.
+    pub(crate) fn blocking(threads: usize, against: &str) -> Vec<Row> {
+        let ureq = against == "ureq";
+        let mut total = Row::new("user+sys CPU µs / request", Value::TotalCpu, 2).chart();
+        if threads >= 64 {
+            total = total.target(Target::AtMost(0.9));
+        } else if ureq {
+            total = total.target(Target::AtMost(1.0));
+        }
+        let mut p50 = Row::new("p50 latency µs", Value::Key("p50_us"), 0);
+        if threads == 1 && ureq {
+            p50 = p50.target(Target::AtMost(1.0));
+        }
+        vec![
+            Row::new("requests / s", Value::Key("req_per_s"), 0).chart(),
+            Row::new("user CPU µs / request", Value::Key("user_us_per_req"), 2),
+            Row::new("sys CPU µs / request", Value::Key("sys_us_per_req"), 2),
+            total,
+            p50,
+            Row::new("p99 latency µs", Value::Key("p99_us"), 0),
+        ]
+    }
+
+    /// Idle memory of the blocking clients (reported, no target).
+    pub(crate) fn blocking_idle() -> Vec<Row> {
+        vec![
+            Row::new("KiB RSS / idle connection", Value::Key("kib_per_conn"), 2).chart(),
+            Row::new(
+                "KiB RSS / idle connection after malloc_trim(0)",
+                Value::Key("kib_per_conn_trimmed"),
+                2,
+            ),
+            Row::new(
+                "KiB RSS growth / connection, threads' arenas included",
+                Value::Key("kib_growth_per_conn"),
+                2,
+            ),
+        ]
+    }
+
     pub(crate) fn reconnect() -> Vec<Row> {
         vec![
             Row::new(
@@ -181,6 +242,20 @@ impl Row {
                 0,
             )
             .target(Target::AtLeast(1.0)),
+            Row::new("handshakes (requests) / s", Value::Key("req_per_s"), 0),
+            Row::new("user+sys CPU µs / handshake", Value::TotalCpu, 1),
+        ]
+    }
+
+    /// Workload c against `openssl s_time -new`: reported, no target.
+    pub(crate) fn reconnect_floor() -> Vec<Row> {
+        vec![
+            Row::new(
+                "full handshakes / client CPU second",
+                Value::HandshakesPerCpuSecond,
+                0,
+            )
+            .chart(),
             Row::new("handshakes (requests) / s", Value::Key("req_per_s"), 0),
             Row::new("user+sys CPU µs / handshake", Value::TotalCpu, 1),
         ]
@@ -208,7 +283,7 @@ impl Row {
     }
 }
 
-/// Workload d's restated target (issue 18, point 1): the p99 the expiry
+/// Workload d's target: the p99 the expiry
 /// run adds is judged against what the same handshakes cost when another
 /// engine makes them, p99(expiry) / p99(no expiry) ≤ 1.1 × p99(reference) /
 /// p99(no expiry). Each round's two ratios come from that round's runs, so
@@ -410,7 +485,7 @@ fn summary_row(line: &str) -> Option<(String, f64, f64, String)> {
 /// A criterion filter no benchmark name contains.
 const CRITERION_NONE: &str = "only-the-alternated-summary";
 
-/// Workload f, the soak (issue 18, point 5): one rotary run, judged by its
+/// Workload f, the soak: one rotary run, judged by its
 /// own numbers.
 pub(crate) struct Soak {
     pub(crate) run: Run,
@@ -645,10 +720,19 @@ fn verdict(pass: Option<bool>, target: Option<Target>) -> &'static str {
 
 pub(crate) fn markdown(h: &Header, outcomes: &[Outcome], wheel: Option<&Wheel>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "## rotary / hyper\n");
+    let _ = writeln!(
+        s,
+        "## rotary against hyper, wrk, OpenSSL, reqwest and ureq\n"
+    );
     let _ = writeln!(s, "- machine: {}", h.machine);
     let _ = writeln!(s, "- rotary: {}", h.revision);
     let _ = writeln!(s, "- server: {}", h.server);
+    let _ = writeln!(
+        s,
+        "- crypto provider (rotary, hyper, reqwest, ureq): {}; blocking clients: {}",
+        rotary::CRYPTO_PROVIDER,
+        crate::blocking::VERSIONS
+    );
     let _ = writeln!(
         s,
         "- {} rounds, clients alternated (A B, B A, ...), medians; run took {:.0} s{}",

@@ -15,6 +15,7 @@ use crate::ClientArgs;
 fn engine(a: &ClientArgs, max_connections: usize) -> Result<Engine, String> {
     let mut config = Config::default();
     config.trust = Trust::pem_file(&a.ca);
+    config.trust.post_quantum = !a.classical;
     config.policy.max_connections = max_connections;
     // Like hyper's pool: no age limit unless the workload asks for one, and
     // no idle close while measuring.
@@ -306,7 +307,7 @@ fn open_fds() -> Option<usize> {
     Some(n.saturating_sub(1))
 }
 
-/// The soak (issue 18, point 5): `a.conns` keep-alive streams with
+/// The soak: `a.conns` keep-alive streams with
 /// `a.max_age`, until `a.requests` completed or `a.soak_limit` passed,
 /// sampling VmRSS and open fds every second; then a drain, after which
 /// the engine's gauges must be zero.

@@ -330,7 +330,7 @@ pub(crate) fn serve(port: u16, dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cert.pem: {e}"))?;
     let key =
         PrivateKeyDer::from_pem_file(dir.join("key.pem")).map_err(|e| format!("key.pem: {e}"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rotary::crypto_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("rustls: {e}"))?

@@ -292,6 +292,11 @@ impl Conn {
         in_body || !self.link.rbuf.is_empty()
     }
 
+    /// Plaintext read and not yet parsed into events.
+    pub(in crate::engine) fn input_len(&self) -> usize {
+        self.link.rbuf.len()
+    }
+
     /// Bytes wait in the read buffer.
     #[inline]
     pub(in crate::engine) fn has_input(&self) -> bool {

@@ -31,6 +31,8 @@ pub struct TlsInfo {
     pub cert_generation: Option<u64>,
     /// The client's certificate chain (mTLS).
     pub client_chain: Option<Vec<CertificateDer<'static>>>,
+    /// The negotiated key exchange group (`X25519`, `X25519MLKEM768`, ...).
+    pub key_exchange: Option<String>,
 }
 
 /// How the TLS server lets clients resume.
@@ -170,7 +172,7 @@ impl ResolvesServerCert for RotatingResolver {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rotary::crypto_provider())
 }
 
 fn certified_key(
@@ -245,6 +247,9 @@ pub(super) fn handshake(
         } else {
             RESOLVED.with(|c| c.get())
         },
+        key_exchange: conn
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name())),
         client_chain: conn
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect()),
