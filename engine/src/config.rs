@@ -71,6 +71,25 @@ pub enum OnChainChange {
     Keep,
 }
 
+/// What a live connection does when a new revocation list
+/// ([`Trust::crl_files`]) revokes a certificate of its verified path (the
+/// origin's, or an `https://` proxy's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnRevocation {
+    /// Close it at once, failing the request on it with
+    /// [`Error::Revoked`](crate::Error::Revoked) (default): a revoked key
+    /// may be in an attacker's hands, and the exchange may be theirs.
+    /// Requests waiting for a connection get a new one, which verifies the
+    /// server afresh.
+    #[default]
+    Close,
+    /// Retire it gently: it takes no new request and closes when the
+    /// exchange on it ends (an idle one closes at once), as for a removed
+    /// trust anchor.
+    Retire,
+}
+
 /// Connection-lifetime policy, set for the engine and overridable per origin
 /// with [`Engine::set_origin_policy`](crate::Engine::set_origin_policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +124,9 @@ pub struct Policy {
     pub resumption: Resumption,
     /// Reaction to a changed peer chain; default [`OnChainChange::RetireOld`].
     pub on_chain_change: OnChainChange,
+    /// Reaction of a live connection to a revocation of its chain; default
+    /// [`OnRevocation::Close`].
+    pub on_revocation: OnRevocation,
     /// Every this often, while the origin has connections, open a TLS-only
     /// connection (full handshake, no request) and compare its chain with the
     /// origin's; a change raises [`Event::ChainChanged`](crate::Event::ChainChanged)
@@ -148,6 +170,7 @@ impl Default for Policy {
             max_requests: None,
             resumption: Resumption::Never,
             on_chain_change: OnChainChange::RetireOld,
+            on_revocation: OnRevocation::Close,
             chain_probe_interval: None,
             chain_probe_jitter: None,
             keep_alive_margin: Duration::from_secs(1),

@@ -19,6 +19,7 @@ mod conn;
 mod connect;
 mod deadlines;
 mod effects;
+mod epochs;
 mod exchange;
 mod flow;
 mod handle;
@@ -119,6 +120,9 @@ pub struct Engine {
     tls: TlsState,
     /// Trust of `https://` proxies with trust settings of their own.
     proxy_trusts: tunnel::ProxyTrusts,
+    /// The slot of the credential check ([`timers::Timer::Credentials`]),
+    /// armed while the engine holds connections.
+    credential_timer: Option<crate::wheel::TimerKey>,
     net: Net,
     config: Config,
     stats: Stats,
@@ -221,6 +225,7 @@ impl Engine {
             answers: Vec::new(),
             tls,
             proxy_trusts,
+            credential_timer: None,
             #[cfg(feature = "test-hooks")]
             net: Net::new(config.network.clone()),
             #[cfg(not(feature = "test-hooks"))]
