@@ -1188,3 +1188,79 @@ fn the_client_lifecycle_channel_carries_credential_events() {
     assert_eq!(got, Some(CredentialReason::Revoked));
     client.shutdown();
 }
+
+#[test]
+fn openssl_ca_revoking_the_server_leaf_closes_the_live_connection_failing_the_request_in_flight() {
+    let Some(openssl) = openssl() else {
+        return;
+    };
+    let ca = OpensslCa::new(&openssl, "rotary openssl CA");
+    let server_cert = ca.issue_server("localhost");
+    let mut server = SServer::interactive(&openssl, &server_cert, Some(&ca.cert_path()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runner = ca.issue_client("runner-1");
+    let id = identity_files(dir.path());
+    install_cert(&id, &runner);
+    install_key(&id, &runner);
+    let list = dir.path().join("ca.crl");
+    ca.crl_pem(&list);
+    let mut engine = mtls_engine(&ca.cert_path(), &[&list], id.clone(), |_| {});
+    let requests = |s: &SServer| s.log().matches(" HTTP/1.1").count();
+
+    let first = engine.submit(
+        get(&server.url("/first")),
+        RequestOptions::default().deadline(T),
+    );
+    pump_until(&mut engine, T, || requests(&server) >= 1);
+    server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let out = finish(&mut engine, &[first], T);
+    assert_eq!(out.response(first).body(), "ok");
+    let conn = served_by(&out, first).conn;
+    // A long poll s_server does not answer.
+    let poll = engine.submit(
+        get(&server.url("/poll")),
+        RequestOptions::default().deadline(T),
+    );
+    pump_until(&mut engine, T, || requests(&server) >= 2);
+
+    ca.revoke(&server_cert);
+    let fresh = dir.path().join("ca.crl.new");
+    ca.crl_pem(&fresh);
+    std::fs::rename(&fresh, &list).expect("rename over");
+    let mut seen = Vec::new();
+    let end = end_of(&mut engine, &mut seen, poll);
+    let Event::Failed { error, .. } = &end else {
+        panic!("{end:?}");
+    };
+    let revoked = error.revoked().unwrap_or_else(|| panic!("{error:?}"));
+    assert_eq!(
+        revoked.serial, server_cert.serial,
+        "the serial openssl ca gave"
+    );
+    assert!(
+        matches!(
+            error,
+            Error::Revoked {
+                phase: Phase::ResponseHead,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    wait_event(
+        &mut engine,
+        &mut seen,
+        |e| matches!(e, Event::Closed { conn: c, .. } if *c == conn),
+    );
+    assert_eq!(closed(&seen, conn), Some(CloseReason::Credentials));
+    let inv = invalid(&seen);
+    assert_eq!((inv.len(), inv[0].1), (1, CredentialReason::Revoked));
+    // s_server saw the connection end, and no request after the list.
+    assert!(
+        wait_for(T, || server.log().contains("DONE")),
+        "{}",
+        server.log()
+    );
+    assert_eq!(requests(&server), 2, "{}", server.log());
+    assert_drained(&mut engine);
+}
