@@ -401,7 +401,9 @@ pub struct Trust {
     /// version that fails to parse keeps the previous anchors and raises
     /// [`Event::TrustError`](crate::Event::TrustError). Default none.
     pub pem_files: Vec<PathBuf>,
-    /// A client certificate for mutual TLS, re-read the same way. A new
+    /// A client certificate for mutual TLS, re-read the same way (live
+    /// connections that presented an older one are replaced,
+    /// make-before-break). A new
     /// version is used only when the chain parses, the key parses and the
     /// key belongs to the leaf (so a renewal written in two steps, the
     /// certificate first, is never used half-way); until then the previous
@@ -432,8 +434,15 @@ pub struct Trust {
     /// How often every credential file (CA files, the host's store, the
     /// client identity, the CRL files) is looked at for a new version: one
     /// `stat` per file (with its symlinks resolved), the files inside the
-    /// store's directories at most once a second. Default 1 s; zero is
-    /// refused ([`Config::check`]).
+    /// store's directories at most once a second. A timer on the engine's
+    /// wheel, armed only while the engine holds connections (they are also
+    /// looked at before every new connection); when a set has a new valid
+    /// version, every live connection made before it is judged again (see
+    /// [`Event::CredentialsInvalid`](crate::Event::CredentialsInvalid)), so
+    /// this bounds how long a connection that no longer qualifies may take
+    /// a request. The engine's interval also paces the files of proxies with
+    /// a trust of their own. Default 1 s; zero is refused
+    /// ([`Config::check`]).
     pub check_interval: Duration,
     /// Accept any server certificate. Only with the off-by-default cargo
     /// feature `dangerous-skip-verification`, for lab setups; every

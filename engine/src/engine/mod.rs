@@ -8,7 +8,8 @@
 //! [`effects`] for the rest: [`io`] (readiness by stage), [`connect`] and
 //! [`tunnel`] (the stages before ready), [`exchange`] and [`transfer`] (an
 //! exchange and its bodies), [`lifecycle`] (age, probes, chain change,
-//! fresh chains), [`deadlines`] (a timer that fires). [`apply`] is the one
+//! fresh chains), [`epochs`] (credential changes judged on live
+//! connections), [`deadlines`] (a timer that fires). [`apply`] is the one
 //! place the effects meet: exchanges and requests end, connections close,
 //! pools dispatch. This file owns construction, the mio plumbing ([`Mio`]),
 //! the command channel, and the public API, each entry point of which
