@@ -173,7 +173,7 @@ impl Client {
     /// this thread as the engine asks for more. A [`Body::stream`] has no
     /// one to feed it here and fails with [`Error::Unsupported`]. Options
     /// apply as documented on [`RequestOptions`], except that the body is
-    /// always streamed to the [`ResponseBody`]; `max_body` bounds
+    /// always streamed to the [`ResponseBody`]; `max_buffered_body` bounds
     /// [`ResponseBody::bytes`].
     ///
     /// # Errors
@@ -216,6 +216,7 @@ impl Client {
                     reader,
                     sent: 0,
                     done: false,
+                    scratch: Vec::new(),
                 })
             }
             _ => None,
@@ -236,7 +237,7 @@ impl Client {
                 state: State::Open,
                 trailers: None,
                 upload,
-                max_body: opts.max_body,
+                max_buffered_body: opts.max_buffered_body,
             }),
         })
     }
@@ -407,6 +408,9 @@ struct Upload {
     reader: Box<dyn Read + Send>,
     sent: u64,
     done: bool,
+    /// What one read fills (reused): a piece goes to the engine as a copy of
+    /// just its bytes, so a reader of small pieces holds no more than it read.
+    scratch: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,7 +437,7 @@ pub struct ResponseBody {
     state: State,
     trailers: Option<HeaderMap>,
     upload: Option<Upload>,
-    max_body: usize,
+    max_buffered_body: usize,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -460,15 +464,15 @@ impl ResponseBody {
     ///
     /// # Errors
     /// [`Error::BodyTooLarge`] past the request's
-    /// [`RequestOptions::max_body`] (the request is cancelled); the
+    /// [`RequestOptions::max_buffered_body`] (the request is cancelled); the
     /// request's error.
     pub fn bytes(mut self) -> Result<Bytes, Error> {
         let mut all = BytesMut::new();
         loop {
             if !self.chunk.is_empty() {
-                if all.len() + self.chunk.len() > self.max_body {
+                if all.len() + self.chunk.len() > self.max_buffered_body {
                     return Err(Error::BodyTooLarge {
-                        limit: self.max_body,
+                        limit: self.max_buffered_body,
                     });
                 }
                 all.extend_from_slice(&self.chunk);
@@ -546,8 +550,14 @@ impl ResponseBody {
         // together fill the room the engine has.
         let mut left = usize::try_from(limit.saturating_sub(up.sent)).unwrap_or(usize::MAX);
         while left > 0 {
-            let mut buf = BytesMut::zeroed(left.min(READ_PIECE));
-            let n = match up.reader.read(&mut buf) {
+            let want = left.min(READ_PIECE);
+            if up.scratch.len() < want {
+                up.scratch.resize(want, 0);
+            }
+            let Some(buf) = up.scratch.get_mut(..want) else {
+                return Ok(());
+            };
+            let n = match up.reader.read(buf) {
                 Ok(n) => n.min(buf.len()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -565,10 +575,10 @@ impl ResponseBody {
                 up.done = true;
                 return self.remote.send(Cmd::End(self.id));
             }
-            buf.truncate(n);
+            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
             up.sent += n as u64;
             left -= n;
-            self.remote.send(Cmd::Feed(self.id, buf.freeze()))?;
+            self.remote.send(Cmd::Feed(self.id, piece))?;
         }
         Ok(())
     }

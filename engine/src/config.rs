@@ -1,11 +1,15 @@
 //! Engine configuration: timeouts, connection-lifetime policy, trust and limits.
+//!
+//! Plain data with documented defaults and checks of their own (`check`, run by
+//! the engine's constructor). Knows the types it names (proxies, the
+//! resolver, the network seam) and nothing of the engine that reads it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dns::Resolver;
-use crate::proxy::{ProxySetting, ProxyUse};
+use crate::proxy::Proxies;
 
 /// Connect-phase deadlines, each a timer on the wheel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +156,12 @@ pub struct Policy {
     /// Safety margin subtracted from a server's `Keep-Alive: timeout=N`, so our
     /// idle close wins the race against the server's. Default 1 s.
     pub keep_alive_margin: Duration,
-    /// Whether this origin goes through the engine's proxies
-    /// ([`Config::proxy`]). Default [`ProxyUse::Engine`]. Connections made
-    /// under one setting are never handed requests under another.
-    pub proxy: ProxyUse,
+    /// Go straight to this origin, whatever the engine's proxies
+    /// ([`Config::proxy`]) say. Default false. Set per origin with
+    /// [`Engine::set_origin_policy`](crate::Engine::set_origin_policy);
+    /// connections made under one setting are never handed requests under
+    /// the other.
+    pub direct: bool,
 }
 
 impl Default for Policy {
@@ -174,7 +180,7 @@ impl Default for Policy {
             chain_probe_interval: None,
             chain_probe_jitter: None,
             keep_alive_margin: Duration::from_secs(1),
-            proxy: ProxyUse::Engine,
+            direct: false,
         }
     }
 }
@@ -314,10 +320,6 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The proxy settings (given, or read from the environment) are not
-    /// valid: an unsupported scheme or a URL that does not parse. The error
-    /// names the variable, never the credentials.
-    Proxy(crate::Error),
     /// Creating the poll, the waker or the client's thread failed.
     Io(Arc<std::io::Error>),
 }
@@ -330,7 +332,6 @@ impl std::fmt::Display for BuildError {
                 f.write_str(reason)
             }
             BuildError::Trust { path, reason } => write!(f, "{}: {reason}", path.display()),
-            BuildError::Proxy(e) => write!(f, "{e}"),
             BuildError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -340,7 +341,6 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BuildError::Config(e) => Some(e),
-            BuildError::Proxy(e) => Some(e),
             BuildError::Io(e) => Some(&**e),
             BuildError::Trust { .. } => None,
         }
@@ -597,9 +597,10 @@ pub struct Config {
     /// `JOB-TOKEN`, `PRIVATE-TOKEN`): like `Authorization`, they are dropped
     /// when a followed redirect leaves the origin. Default none.
     pub sensitive_headers: Vec<http::HeaderName>,
-    /// Forward proxies: none (default), the environment's (read when the
-    /// engine is built, curl's rules), or given ones. See [`ProxySetting`].
-    pub proxy: ProxySetting,
+    /// Forward proxies: none by default; the environment's with
+    /// [`Proxies::from_env`] (curl's rules, read when called), or given
+    /// ones. See [`Proxies`].
+    pub proxy: Proxies,
 }
 
 impl Default for Config {
@@ -614,7 +615,7 @@ impl Default for Config {
             #[cfg(feature = "test-hooks")]
             network: None,
             sensitive_headers: Vec::new(),
-            proxy: ProxySetting::Direct,
+            proxy: Proxies::none(),
         }
     }
 }
@@ -707,10 +708,15 @@ pub struct RequestOptions {
     /// May be sent again after a failure before any response byte arrived,
     /// even if the method is not idempotent. Default false.
     pub retry_safe: bool,
-    /// Largest body buffered for [`Event::Response`](crate::Event::Response).
-    /// Default 16 MiB; bigger bodies fail with
-    /// [`Error::BodyTooLarge`](crate::Error::BodyTooLarge). Not applied when streaming.
-    pub max_body: usize,
+    /// Largest response body held in memory whole: for
+    /// [`Event::Response`](crate::Event::Response) (not streaming) and for
+    /// [`ResponseBody::bytes`](crate::ResponseBody::bytes). Default 16 MiB;
+    /// bigger bodies fail with
+    /// [`Error::BodyTooLarge`](crate::Error::BodyTooLarge). A streamed body
+    /// ([`Event::Body`](crate::Event::Body), a `Read` of a
+    /// [`ResponseBody`](crate::ResponseBody), `execute_into`) has no such
+    /// limit: it is held to [`receive_window`](Self::receive_window).
+    pub max_buffered_body: usize,
     /// Deliver the body as [`Event::Body`](crate::Event::Body) chunks instead of
     /// buffering it. Default false.
     pub streaming: bool,
@@ -770,7 +776,7 @@ impl Default for RequestOptions {
             first_byte_timeout: None,
             head_timeout: Some(Duration::from_secs(10 * 60)),
             retry_safe: false,
-            max_body: 16 * 1024 * 1024,
+            max_buffered_body: 16 * 1024 * 1024,
             streaming: false,
             max_redirects: 0,
             allow_https_to_http: false,
@@ -841,8 +847,8 @@ impl RequestOptions {
         self
     }
     /// Set the buffered-body limit.
-    pub fn max_body(mut self, bytes: usize) -> Self {
-        self.max_body = bytes;
+    pub fn max_buffered_body(mut self, bytes: usize) -> Self {
+        self.max_buffered_body = bytes;
         self
     }
     /// Stream the body as events.

@@ -1,4 +1,7 @@
 //! The error a failed request ends with, naming the phase that failed.
+//!
+//! Plain data: the engine and the codec build errors, the host matches on
+//! them. Which errors are retried is the engine's (`engine/exchange.rs`).
 
 use std::fmt;
 use std::io;
@@ -331,7 +334,7 @@ pub enum Error {
         /// The codec's error.
         cause: rotary_proto::Error,
     },
-    /// The response body exceeded [`RequestOptions::max_body`](crate::RequestOptions::max_body).
+    /// The response body exceeded [`RequestOptions::max_buffered_body`](crate::RequestOptions::max_buffered_body).
     BodyTooLarge {
         /// The limit in bytes.
         limit: usize,

@@ -1,4 +1,7 @@
 //! What the engine reports: request outcomes and connection lifecycle.
+//!
+//! Plain data handed to the host by `Engine::poll`; the engine alone builds
+//! events, and each request's last one is its only terminal event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -252,8 +255,19 @@ pub struct ServedBy {
 
 /// An engine event, drained with [`Engine::next_event`](crate::Engine::next_event).
 ///
+/// One enum, in three groups by what an event is about:
+///
+/// | about | events | carry |
+/// |---|---|---|
+/// | a request | [`Response`](Event::Response), [`Failed`](Event::Failed); when streaming [`Head`](Event::Head), [`Body`](Event::Body), [`End`](Event::End); for a fed body [`BodyWanted`](Event::BodyWanted) | its [`RequestId`] |
+/// | a connection | [`Opened`](Event::Opened), [`Closed`](Event::Closed), [`ConnectFailed`](Event::ConnectFailed), [`CredentialsInvalid`](Event::CredentialsInvalid) | its [`ConnId`] |
+/// | an origin or the engine | [`ChainChanged`](Event::ChainChanged), [`FreshChain`](Event::FreshChain) (per call, by [`ChainRequestId`]), [`TrustError`](Event::TrustError), [`IdentityExpiring`](Event::IdentityExpiring) | the origin, or the file |
+///
 /// Each request ends with exactly one terminal event: [`Event::Response`],
-/// [`Event::End`] (streaming mode) or [`Event::Failed`].
+/// [`Event::End`] (streaming mode) or [`Event::Failed`]
+/// ([`Event::is_terminal`]); a request's other events come before it. A
+/// [`Client`](crate::Client) hands a request's events to its caller and
+/// the rest to [`Client::lifecycle`](crate::Client::lifecycle).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {

@@ -359,7 +359,7 @@ pub fn run_script_with(
         match op % 16 {
             0..=2 => {
                 let mut opts = RequestOptions::default()
-                    .max_body(4096)
+                    .max_buffered_body(4096)
                     .streaming(streaming);
                 if arg & 0x3f != 0 {
                     opts = opts.deadline(Duration::from_millis(u64::from(arg & 0x3f) * 2));
@@ -427,7 +427,7 @@ pub fn run_script_with(
             12 => {
                 let declared = (arg & 1 != 0).then_some(u64::from(arg >> 1 & 0x1f));
                 let mut opts = RequestOptions::default()
-                    .max_body(4096)
+                    .max_buffered_body(4096)
                     .streaming(streaming)
                     .send_window(1 + usize::from(arg >> 6) * 16)
                     .stall_timeouts(
@@ -493,7 +493,7 @@ pub fn run_script_with(
                         .body(Body::from(&b"expect-continue body"[..]))
                 };
                 let opts = RequestOptions::default()
-                    .max_body(4096)
+                    .max_buffered_body(4096)
                     .streaming(arg & 0x80 == 0 || streaming)
                     .manual_consume(arg & 0x40 != 0)
                     .receive_window(1 + usize::from(arg & 0x3f))

@@ -102,7 +102,20 @@ pub use event::{
 };
 pub use origin::Origin;
 pub use path::{Anchor, NoCaBundle, PathEntry, PathRole, VerifiedPath};
-pub use proxy::{NoProxy, Proxies, Proxy, ProxySetting, ProxyUse};
+pub use proxy::{NoProxy, Proxies, Proxy};
+
+/// The crate rotary's API is written in (`Request`, `Response`, `Uri`,
+/// `HeaderMap`, `StatusCode`), re-exported so a caller needs no
+/// version-matched dependency of its own: `rotary::http::Request`.
+pub use http;
+
+/// The byte buffers of request and response bodies (`Bytes`), re-exported
+/// for the same reason.
+pub use bytes;
+
+/// The event loop an embedding host registers the engine with
+/// ([`Engine::embedded`]), re-exported for the same reason.
+pub use mio;
 pub use stats::{OriginStats, Stats};
 
 #[cfg(feature = "test-hooks")]

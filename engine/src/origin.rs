@@ -1,4 +1,7 @@
 //! The pool key: scheme, host and port of a request's URI.
+//!
+//! Owns parsing and printing an origin (with the redaction rules of
+//! [`crate::redact`]); which pool an origin maps to is the engine's.
 
 use std::fmt;
 
@@ -71,14 +74,26 @@ impl Origin {
         })
     }
 
-    /// The origin of a URI string such as `https://example.com:8443`.
+    /// The origin a string such as `https://example.com:8443` names: a
+    /// scheme, a host and a port, nothing more (a `/` path is allowed). To
+    /// take the origin of a request's URI, use [`Origin::from_uri`].
     ///
     /// # Errors
-    /// [`Error::InvalidUri`] for an unparsable URI, see [`Origin::from_uri`].
+    /// [`Error::InvalidUri`] for an unparsable URI, one with a path or a
+    /// query (an origin has neither: dropping them silently would hide a
+    /// mistake), and as [`Origin::from_uri`].
     pub fn parse(s: &str) -> Result<Origin, Error> {
         let uri: Uri = s
             .parse()
             .map_err(|e| Error::InvalidUri(format!("bad uri {:?}: {e}", redact::text(s))))?;
+        let path = uri.path();
+        if !(path.is_empty() || path == "/") || uri.query().is_some() {
+            return Err(Error::InvalidUri(format!(
+                "{:?} is no origin: it has a path or a query (an origin is scheme://host:port; \
+                 Origin::from_uri takes the origin of a full URI)",
+                redact::text(s)
+            )));
+        }
         Origin::from_uri(&uri)
     }
 
@@ -135,8 +150,10 @@ mod tests {
 
     #[test]
     fn origin_defaults_ports_and_lowercases_host() {
-        let o = Origin::parse("https://Example.COM/x").unwrap();
+        let o = Origin::parse("https://Example.COM/").unwrap();
         assert_eq!((o.is_tls(), o.host(), o.port()), (true, "example.com", 443));
+        let uri: Uri = "https://Example.COM/x?y".parse().unwrap();
+        assert_eq!(Origin::from_uri(&uri).unwrap(), o, "a full URI's origin");
         let o = Origin::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!((o.is_tls(), o.host(), o.port()), (false, "127.0.0.1", 8080));
         assert_eq!(o.to_string(), "http://127.0.0.1:8080");
@@ -160,6 +177,26 @@ mod tests {
             8080
         );
         assert_eq!(Origin::parse("http://[::1]/").unwrap().port(), 80);
+    }
+
+    #[test]
+    fn an_origin_has_no_path_and_no_query() {
+        for bad in [
+            "https://a.test/x",
+            "https://a.test/?q=1",
+            "https://a.test?q",
+            "http://a.test:80/x/y",
+        ] {
+            let err = Origin::parse(bad).expect_err(bad);
+            assert!(
+                matches!(&err, Error::InvalidUri(why) if why.contains("path or a query")),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            Origin::parse("https://a.test").unwrap().to_string(),
+            "https://a.test:443"
+        );
     }
 
     #[test]

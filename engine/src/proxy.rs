@@ -2,7 +2,7 @@
 //! through, read from the configuration or from the environment with curl's
 //! rules, and the `no_proxy` list that exempts hosts.
 //!
-//! Owns [`Proxy`], [`NoProxy`], [`Proxies`] and [`ProxySetting`]. How a
+//! Owns [`Proxy`], [`NoProxy`] and [`Proxies`]. How a
 //! connection goes through the proxy (CONNECT, absolute-form) is the
 //! engine's (`engine/tunnel.rs`).
 
@@ -370,8 +370,12 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// The proxies an engine uses: one for `http://` origins, one for
-/// `https://` origins, and the hosts exempt from both. Default: none.
+/// The proxies an engine uses ([`Config::proxy`](crate::Config::proxy)): one
+/// for `http://` origins, one for `https://` origins, and the hosts exempt
+/// from both. Default: none, every connection goes straight to its origin.
+/// Build it from the environment with [`Proxies::from_env`] (curl's rules),
+/// or from [`Proxies::all`] and the setters; one origin can go direct anyway
+/// with [`Policy::direct`](crate::Policy::direct).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Proxies {
     http: Option<Arc<Proxy>>,
@@ -506,45 +510,6 @@ impl Proxies {
     }
 }
 
-/// Where the engine's proxies come from; [`Config::proxy`](crate::Config::proxy).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ProxySetting {
-    /// Every connection goes straight to its origin (default).
-    #[default]
-    Direct,
-    /// Read the environment when the engine is built, with curl's rules
-    /// ([`Proxies::from_env`]). A malformed proxy URL there makes
-    /// [`Engine::new`](crate::Engine::new) fail.
-    FromEnv,
-    /// These proxies.
-    Use(Proxies),
-}
-
-impl ProxySetting {
-    /// The proxies this setting names.
-    ///
-    /// # Errors
-    /// As [`Proxies::from_env`], for [`ProxySetting::FromEnv`].
-    pub fn resolve(&self) -> Result<Proxies, Error> {
-        match self {
-            ProxySetting::Direct => Ok(Proxies::none()),
-            ProxySetting::FromEnv => Proxies::from_env(),
-            ProxySetting::Use(p) => Ok(p.clone()),
-        }
-    }
-}
-
-/// Whether an origin uses the engine's proxies; [`Policy::proxy`](crate::Policy::proxy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProxyUse {
-    /// As [`Config::proxy`](crate::Config::proxy) says (default).
-    #[default]
-    Engine,
-    /// Straight to the origin, whatever the engine's proxies say.
-    Direct,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,7 +585,7 @@ mod tests {
                 "{shown}"
             );
         }
-        let setting = ProxySetting::Use(Proxies::all(p.clone()).credentials("bob", "pw7"));
+        let setting = Proxies::all(p.clone()).credentials("bob", "pw7");
         let shown = format!("{setting:?}");
         assert!(
             !shown.contains("pw7") && !shown.contains("cr%et"),

@@ -1,4 +1,7 @@
 //! Counters and gauges: what the engine did and what it holds now.
+//!
+//! Owns the counters; the engine bumps them (one call for engine-wide and
+//! per-origin) and fills the gauges when the host asks for a snapshot.
 
 use std::fmt::Write as _;
 

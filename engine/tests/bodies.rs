@@ -477,7 +477,11 @@ fn execute_into_writes_a_body_larger_than_max_body_to_the_sink() {
         .body(())
         .expect("request");
     let head = engine
-        .execute_into(req, RequestOptions::default().max_body(1024), &mut sink)
+        .execute_into(
+            req,
+            RequestOptions::default().max_buffered_body(1024),
+            &mut sink,
+        )
         .expect("download");
     assert_eq!(head.status(), 200);
     assert_eq!(sink, server.join().expect("server"));

@@ -915,7 +915,7 @@ fn submit(
         target.push_str(&format!("&bad={}", bad as u64));
         match bad {
             Misbehaviour::Stall => opts = opts.first_byte_timeout(Duration::from_millis(400)),
-            Misbehaviour::TooLarge => opts = opts.max_body(size / 2),
+            Misbehaviour::TooLarge => opts = opts.max_buffered_body(size / 2),
             _ => {}
         }
     }

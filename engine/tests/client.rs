@@ -144,7 +144,7 @@ fn bytes_stops_at_max_body() {
     let resp = client
         .send_with(
             get(&server.url("/")),
-            RequestOptions::default().max_body(1000),
+            RequestOptions::default().max_buffered_body(1000),
         )
         .expect("head");
     match resp.into_body().bytes() {

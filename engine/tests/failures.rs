@@ -868,7 +868,7 @@ fn stall_mid_body_hits_the_total_deadline() {
 fn body_over_max_body() {
     let (server, mut engine, out, id) = plain_get(
         |_, _| Reply::ok(vec![b'x'; 10_000]),
-        RequestOptions::default().max_body(1_000),
+        RequestOptions::default().max_buffered_body(1_000),
         |_| {},
     );
     let err = failed_once_not_retried("body_over_max_body", &server, &mut engine, &out, id, 1);

@@ -484,7 +484,7 @@ fn large_bodies_both_ways_over_tls_on_one_connection() {
     // A body over the buffered limit fails without harming the engine.
     let capped = engine.submit(
         get(&peer.url(&format!("/large?bytes={size}"))),
-        RequestOptions::default().max_body(MIB),
+        RequestOptions::default().max_buffered_body(MIB),
     );
     let out = finish(&mut engine, &[capped], T);
     assert!(

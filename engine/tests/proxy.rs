@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use driver::*;
 use rotary::{
-    Config, Deadline, Error, NoProxy, Phase, Policy, Proxies, Proxy, ProxyFailure, ProxySetting,
-    ProxyUse, RequestOptions,
+    Config, Deadline, Error, NoProxy, Phase, Policy, Proxies, Proxy, ProxyFailure, RequestOptions,
 };
 use support::*;
 
@@ -21,7 +20,7 @@ const T: Duration = Duration::from_secs(10);
 fn through(url: &str) -> impl FnOnce(&mut Config) + '_ {
     move |c: &mut Config| {
         let proxy = Proxy::parse(url).expect("proxy url");
-        c.proxy = ProxySetting::Use(Proxies::all(proxy));
+        c.proxy = Proxies::all(proxy);
     }
 }
 
@@ -145,7 +144,7 @@ fn no_proxy_and_the_origin_policy_send_an_origin_direct() {
     let proxy = ConnectProxy::start(ProxyScript::Close);
     let proxies = Proxies::all(Proxy::parse(&proxy.url(None)).expect("url"))
         .no_proxy(NoProxy::parse("example.test, 127.0.0.0/8"));
-    let (mut engine, _ca) = engine_for(&ca, |c| c.proxy = ProxySetting::Use(proxies));
+    let (mut engine, _ca) = engine_for(&ca, |c| c.proxy = proxies);
     let id = engine.submit(get(&server.url_ip("/")), RequestOptions::default());
     let out = finish(&mut engine, &[id], T);
     assert_eq!(out.response(id).body().as_ref(), b"direct");
@@ -154,7 +153,7 @@ fn no_proxy_and_the_origin_policy_send_an_origin_direct() {
     // the proxy, unless its origin policy says direct.
     let origin = rotary::Origin::parse(&server.url("/")).expect("origin");
     let mut policy = Policy::default();
-    policy.proxy = ProxyUse::Direct;
+    policy.direct = true;
     engine
         .set_origin_policy(origin, policy)
         .expect("a policy that can work");
@@ -180,7 +179,7 @@ fn connections_through_a_proxy_are_never_handed_a_direct_request() {
     assert_eq!(tunnelled.response(id).status(), 200);
     // The tunnelled connection is idle in its pool; the origin now goes direct.
     let mut policy = Policy::default();
-    policy.proxy = ProxyUse::Direct;
+    policy.direct = true;
     engine
         .set_origin_policy(origin.clone(), policy)
         .expect("a policy that can work");

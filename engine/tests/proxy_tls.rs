@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use driver::*;
 use rotary::{
     CloseReason, Config, Deadline, Error, Event, Handshake, Phase, Proxies, Proxy, ProxyFailure,
-    ProxySetting, RequestOptions, Trust,
+    RequestOptions, Trust,
 };
 use support::*;
 
@@ -28,7 +28,7 @@ fn through(url: &str, trust: Option<Trust>) -> impl FnOnce(&mut Config) + '_ {
         if let Some(trust) = trust {
             proxy = proxy.with_trust(trust);
         }
-        c.proxy = ProxySetting::Use(Proxies::all(proxy));
+        c.proxy = Proxies::all(proxy);
     }
 }
 

@@ -99,7 +99,7 @@ fn large_body_arrives_whole_and_body_limit_is_enforced() {
     let ok = engine.submit(get(&server.url_ip("/big")), RequestOptions::default());
     let small = engine.submit(
         get(&server.url_ip("/big")),
-        RequestOptions::default().max_body(1000),
+        RequestOptions::default().max_buffered_body(1000),
     );
     let out = finish(&mut engine, &[ok, small], T);
     assert_eq!(out.response(ok).body().len(), 1 << 20);

@@ -22,9 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use driver::*;
-use rotary::{
-    Error, Event, Handshake, Phase, Proxies, Proxy, ProxyFailure, ProxySetting, RequestOptions,
-};
+use rotary::{Error, Event, Handshake, Phase, Proxies, Proxy, ProxyFailure, RequestOptions};
 use support::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -277,7 +275,7 @@ fn free_port() -> u16 {
 }
 
 fn via(url: &str) -> impl FnOnce(&mut rotary::Config) + '_ {
-    move |c| c.proxy = ProxySetting::Use(Proxies::all(Proxy::parse(url).expect("proxy url")))
+    move |c| c.proxy = Proxies::all(Proxy::parse(url).expect("proxy url"))
 }
 
 #[test]
@@ -454,7 +452,7 @@ fn squid_as_an_https_proxy_carries_the_origins_tls_inside_its_own() {
         .expect("proxy url")
         .with_trust(rotary::Trust::pem_file(proxy_ca_file.path()));
     let (mut engine, _ca) = engine_for(&ca, |c| {
-        c.proxy = ProxySetting::Use(Proxies::all(proxy));
+        c.proxy = Proxies::all(proxy);
     });
     let a = engine.submit(get(&server.url_ip("/a")), RequestOptions::default());
     let out = finish(&mut engine, &[a], T);

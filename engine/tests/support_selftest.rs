@@ -727,3 +727,150 @@ fn random_faults_through_the_proxy_end_every_exchange_and_drop_promptly() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_generated_body_is_the_pattern_whatever_the_framing_and_a_cut_lands_inside_it() {
+    let pattern = Pattern::new(7);
+    let fill = pattern.filler();
+    let server = TestServer::plain(move |req, _| {
+        let reply = Reply::ok("").generated(300_000, fill.clone());
+        match req.path() {
+            "/chunked" => reply.chunked().parts(&[1, 70_000, 5]),
+            "/cut" => {
+                let (head, total) = reply.wire_len(false);
+                assert_eq!(total, head + 300_000);
+                reply.cut_at(head as usize + 100_000)
+            }
+            _ => reply,
+        }
+    });
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let r = c.get("/length").unwrap();
+    assert_eq!(r.header("content-length"), Some("300000"));
+    assert_eq!(r.body, pattern.bytes(300_000));
+    let r = c.get("/chunked").unwrap();
+    assert_eq!(r.body, pattern.bytes(300_000));
+    let head = c.get("/cut");
+    assert!(head.is_err(), "the cut ends the body short: {head:?}");
+    // The cut came after exactly 100,000 body bytes.
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    c.send_raw(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let all = c.read_to_end().unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&all[at..], &pattern.bytes(100_000)[..]);
+}
+
+#[test]
+fn bodies_not_kept_are_counted_and_hashed_as_they_arrive() {
+    let server = TestServer::builder()
+        .keep_bodies(false)
+        .handler(|req, _| Reply::ok(format!("{} {}", req.body_len, req.body.len())))
+        .start();
+    let body = Pattern::new(3).bytes(200_000);
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let r = c.send("PUT", "/up", &[], &body).unwrap();
+    assert_eq!(r.text(), "200000 0");
+    let mut chunked = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in body.chunks(70_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    c.send_raw(&chunked).unwrap();
+    assert_eq!(c.read_response(false).unwrap().text(), "200000 0");
+    for req in server.wait_for_requests(2, T) {
+        assert_eq!((req.body_len, req.body_complete), (200_000, true));
+        assert_eq!(req.body_sha256, sha256(&body));
+        assert_eq!(req.body_sha256, Pattern::new(3).sha256(200_000));
+    }
+}
+
+#[test]
+fn an_on_head_plan_answers_before_the_body_or_after_part_of_it() {
+    let server = TestServer::builder()
+        .on_head(|req, _| match req.path() {
+            "/early" => BodyPlan::early(0, Reply::text(413, "too big")),
+            "/part" => BodyPlan::early(1000, Reply::reset()),
+            _ => BodyPlan::Read,
+        })
+        .handler(|req, _| Reply::ok(format!("read {}", req.body_len)))
+        .start();
+    let body = vec![b'x'; 5000];
+    // Early: the answer comes although the body was never sent.
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    c.send_raw(b"PUT /early HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (413, "too big"));
+    assert!(
+        c.is_closed_by_peer(T),
+        "an early answer ends the connection"
+    );
+    // Part: 1,000 bytes are read, then a reset.
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    let _ = c.send("PUT", "/part", &[], &body);
+    // Read: the whole body.
+    let mut c = Client::plain(server.addr(), T).unwrap();
+    assert_eq!(
+        c.send("PUT", "/read", &[], &body).unwrap().text(),
+        "read 5000"
+    );
+    let reqs = server.wait_for_requests(3, T);
+    let by_path = |p: &str| reqs.iter().find(|r| r.path() == p).unwrap();
+    assert_eq!(
+        (by_path("/early").body_len, by_path("/early").body_complete),
+        (0, false)
+    );
+    assert_eq!(
+        (by_path("/part").body_len, by_path("/part").body_complete),
+        (1000, false)
+    );
+    assert_eq!(by_path("/part").body_sha256, sha256(&body[..1000]));
+    assert_eq!(
+        (by_path("/read").body_len, by_path("/read").body_complete),
+        (5000, true)
+    );
+}
+
+#[test]
+fn a_pattern_is_the_same_from_any_offset_and_its_check_names_the_first_wrong_byte() {
+    let p = Pattern::new(99);
+    let whole = p.bytes(20_000);
+    assert_ne!(whole, Pattern::new(100).bytes(20_000));
+    let mut piece = vec![0; 5000];
+    p.fill(4093, &mut piece);
+    assert_eq!(piece, whole[4093..9093]);
+    // A reader in small pieces gives the same bytes.
+    let mut sizes = [1usize, 7, 4096, 3].into_iter().cycle();
+    let mut read = Vec::new();
+    io::Read::read_to_end(
+        &mut p.reader(20_000, move || sizes.next().unwrap()),
+        &mut read,
+    )
+    .unwrap();
+    assert_eq!(read, whole);
+    // The check: exact, short, one byte off, too long.
+    let mut ok = PatternCheck::new(p, 20_000);
+    ok.update(&whole[..100]);
+    ok.update(&whole[100..]);
+    assert_eq!(ok.complete(), Ok(()));
+    let mut short = PatternCheck::new(p, 20_000);
+    short.update(&whole[..19_999]);
+    assert!(short.prefix_ok().is_ok() && short.complete().is_err());
+    let mut bad = whole.clone();
+    bad[12_345] ^= 1;
+    let mut wrong = PatternCheck::new(p, 20_000);
+    wrong.update(&bad);
+    assert_eq!(
+        wrong.prefix_ok(),
+        Err("byte 12345 differs (of 20000 expected)".into())
+    );
+    let mut long = PatternCheck::new(p, 100);
+    long.update(&whole[..101]);
+    assert!(long.prefix_ok().is_err());
+    // A block moved by whole blocks is caught by its index.
+    let mut moved = PatternCheck::new(p, 8192);
+    moved.update(&whole[4096..8192]);
+    assert!(moved.prefix_ok().is_err());
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rotary::{
     Body, BuildError, ClientIdentity, CloseReason, Config, Engine, Error, Event, Handshake, Phase,
-    Proxies, ProxySetting, RequestOptions, ServedBy, Trust,
+    Proxies, RequestOptions, ServedBy, Trust,
 };
 
 use crate::args::show;
@@ -103,7 +103,7 @@ fn config(o: &Opts) -> Result<Config, Failure> {
     if let Some(age) = o.max_age {
         config.policy.max_age = Some(age);
     }
-    config.proxy = ProxySetting::Use(proxies(o)?);
+    config.proxy = proxies(o)?;
     config.timeouts.connect = config.timeouts.connect.min(o.timeout);
     config.timeouts.handshake = config.timeouts.handshake.min(o.timeout);
     config.timeouts.dns = config.timeouts.dns.min(o.timeout);
@@ -157,7 +157,7 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
         // engine names it and what is wrong with it.
         BuildError::Trust { .. } => Failure::new(3, format!("cannot load the TLS files: {e}")),
         // A flag's value no engine can work with (--max-age 0, say).
-        BuildError::Config(_) | BuildError::Proxy(_) => Failure::usage(e.to_string()),
+        BuildError::Config(_) => Failure::usage(e.to_string()),
         _ => Failure::new(1, format!("cannot start the engine: {e}")),
     })?;
     let start = Instant::now();
@@ -170,7 +170,11 @@ fn run(o: &Opts, out: &Output) -> Result<i32, Failure> {
         None
     };
     if o.verbose {
-        let origin = rotary::Origin::parse(&o.url).ok();
+        let origin = o
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| rotary::Origin::from_uri(&u).ok());
         if let (Ok(p), Some(origin)) = (proxies(o), origin) {
             match p.for_origin(&origin) {
                 Some(proxy) if origin.is_tls() && proxy.is_tls() => note(format!(

@@ -202,7 +202,7 @@ fn engine(o: &Opts, conns: usize) -> Result<Engine, Failure> {
     }
     config.policy.max_connections = conns;
     if let Some(proxy) = &o.proxy {
-        config.proxy = rotary::ProxySetting::Use(rotary::Proxies::all(proxy.clone()));
+        config.proxy = rotary::Proxies::all(proxy.clone());
     }
     if o.max_age.is_some() {
         config.policy.max_age = o.max_age;

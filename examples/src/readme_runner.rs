@@ -1,4 +1,4 @@
-use rotary::{Body, Client, Config, Origin, Proxies, ProxySetting, RequestOptions};
+use rotary::{Body, Client, Config, Origin, Proxies, RequestOptions};
 use std::io::{Cursor, Read};
 use std::{error::Error, fs::File, path::Path, time::Duration};
 
@@ -76,7 +76,7 @@ pub fn run_one_job(
 /// The loop: one client (an engine on its own thread), jobs one by one.
 pub fn main() -> Result<(), Box<dyn Error>> {
     let mut config = Config::default(); // max age 15 min with jitter, the host's trust store
-    config.proxy = ProxySetting::Use(Proxies::from_env()?); // https_proxy, no_proxy
+    config.proxy = Proxies::from_env()?; // https_proxy, no_proxy
     config.sensitive_headers = vec![http::HeaderName::from_static("job-token")];
     let client = Client::new(config)?; // clones share it
     loop {

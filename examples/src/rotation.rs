@@ -727,7 +727,13 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
             return report;
         }
     };
-    let origin = match Origin::parse(&env.url) {
+    // The poll URL's origin (it has a path: the origin is taken from it).
+    let origin = match env
+        .url
+        .parse::<http::Uri>()
+        .map_err(|e| e.to_string())
+        .and_then(|u| Origin::from_uri(&u).map_err(|e| e.to_string()))
+    {
         Ok(o) => o,
         Err(e) => {
             report.error = Some(format!("the coordinator's origin: {e}"));

@@ -306,7 +306,7 @@ fn run(args: Vec<String>, out: &Output, stop: Arc<AtomicUsize>) -> Result<i32, F
     // environment (https_proxy, no_proxy, ...), read with curl's rules.
     let proxies = rotary::Proxies::from_env()
         .map_err(|e| Failure::new(2, format!("proxy from the environment: {e}")))?;
-    config.proxy = rotary::ProxySetting::Use(proxies);
+    config.proxy = proxies;
     config.sensitive_headers = vec![http::HeaderName::from_static("job-token")];
     if let Some(ca) = &o.ca_file {
         std::fs::metadata(ca)
@@ -879,8 +879,13 @@ fn steps(ctx: &mut Ctx<'_>) -> Result<(), JobFailure> {
 
 /// Write `ca.pem` for the job: the CA bundle of a fresh chain.
 fn ca_file(ctx: &mut Ctx<'_>) -> Result<Option<PathBuf>, JobFailure> {
-    let origin =
-        rotary::Origin::parse(&ctx.o.url).map_err(|e| JobFailure::system(e.to_string()))?;
+    let origin = rotary::Origin::from_uri(
+        &ctx.o
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| JobFailure::system(e.to_string()))?,
+    )
+    .map_err(|e| JobFailure::system(e.to_string()))?;
     if !origin.is_tls() {
         ctx.trace.line("Job delivered over plain http: no CA file");
         return Ok(None);

@@ -235,6 +235,20 @@ impl Codec {
         }
     }
 
+    /// The response's body is being read, whatever the request side is
+    /// doing ([`Codec::state`] says `Sending` while the request's body is
+    /// unfinished, even when the response's body is arriving: a server may
+    /// answer early).
+    pub fn reading_body(&self) -> bool {
+        matches!(
+            self.progress,
+            Progress::Active {
+                reading: Reading::Body(_),
+                ..
+            }
+        ) && self.error.is_none()
+    }
+
     /// The error that closed the codec, if any.
     pub fn error(&self) -> Option<&Error> {
         self.error.as_deref()

@@ -689,3 +689,34 @@ fn continue_is_surfaced_only_while_the_body_is_open() {
         "{events:?}"
     );
 }
+
+#[test]
+fn an_early_answer_reads_its_body_while_the_request_is_still_sending() {
+    let mut codec = codec();
+    let mut out = BytesMut::new();
+    codec
+        .start_streaming_request(
+            &Method::PUT,
+            &uri(),
+            &HeaderMap::new(),
+            Some(10),
+            TargetForm::Origin,
+            &mut out,
+        )
+        .unwrap();
+    codec.send_body(b"12345", &mut out).unwrap();
+    assert!(!codec.reading_body());
+    // A 413 arrives before the rest of the body, its own body in pieces.
+    let mut inp = input(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 6\r\n\r\ntoo");
+    let events = poll_all(&mut codec, &mut inp).unwrap();
+    assert!(
+        matches!(events.first(), Some(ResponseEvent::Head(_))),
+        "{events:?}"
+    );
+    assert_eq!(
+        codec.state(),
+        State::Sending,
+        "the request side is unfinished"
+    );
+    assert!(codec.reading_body(), "the response's body is being read");
+}

@@ -41,9 +41,9 @@ impl Engine {
                 Effect::ExchangeEnded { conn, req, outcome } => {
                     self.end_exchange(conn, req, outcome, now)
                 }
-                Effect::Abort { req, error, close } => self.end_request(req, error, close, now),
+                Effect::Abort { req, error, close } => self.end_request(req, *error, close, now),
                 Effect::Close { conn, reason } => self.close_conn(conn, reason, now),
-                Effect::ConnectFailed { conn, error } => self.connect_failed(conn, error, now),
+                Effect::ConnectFailed { conn, error } => self.connect_failed(conn, *error, now),
                 Effect::Ready { conn } => self.joined(conn, now),
                 Effect::Dispatch(p) => self.dispatch(p, now),
                 Effect::Open { pool, purpose } => {
@@ -84,7 +84,7 @@ impl Engine {
             Outcome::Done { verdict, trailers } => {
                 let follow = rk.filter(|&rk| self.reqs.get(rk).is_some_and(Req::redirecting));
                 if let (Some(rk), None) = (rk, follow) {
-                    self.answer(rk, conn, trailers);
+                    self.answer(rk, conn, trailers.map(|t| *t));
                 }
                 self.reuse_or_close(conn, &verdict, now);
                 if let Some(rk) = follow {
@@ -92,6 +92,7 @@ impl Engine {
                 }
             }
             Outcome::Failed(err) => {
+                let err = *err;
                 let reason = match err {
                     Error::PeerClosed { .. } | Error::Io { .. } => CloseReason::PeerClose,
                     Error::Timeout(crate::Deadline::DrainGrace) => CloseReason::MaxAge,

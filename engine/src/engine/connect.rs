@@ -156,7 +156,10 @@ impl Engine {
                         host,
                         cause: Arc::new(e),
                     };
-                    self.effects.push(Effect::ConnectFailed { conn, error });
+                    self.effects.push(Effect::ConnectFailed {
+                        conn,
+                        error: error.into(),
+                    });
                 }
             }
         }
@@ -184,7 +187,7 @@ impl Engine {
                     let error = self.race_lost(key);
                     self.effects.push(Effect::ConnectFailed {
                         conn: ConnRef { key, id },
-                        error,
+                        error: error.into(),
                     });
                 }
                 return;
@@ -453,7 +456,10 @@ impl Engine {
             Ok(n) => n,
             Err(e) => {
                 let error = Error::InvalidUri(format!("not a TLS server name: {e}"));
-                return self.effects.push(Effect::ConnectFailed { conn, error });
+                return self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                });
             }
         };
         match Session::new(config, name) {
@@ -461,7 +467,10 @@ impl Engine {
                 if !early.is_empty() {
                     if let Err(e) = session.keep_pending_vec(early.to_vec()) {
                         let error = self.proxy_error(p, crate::ProxyFailure::Io(Arc::new(e)));
-                        return self.effects.push(Effect::ConnectFailed { conn, error });
+                        return self.effects.push(Effect::ConnectFailed {
+                            conn,
+                            error: error.into(),
+                        });
                     }
                 }
                 if let Some(c) = self.conns.get_mut(key) {
@@ -475,7 +484,10 @@ impl Engine {
             }
             Err(reason) => {
                 let error = Error::tls(reason, Phase::Tls);
-                self.effects.push(Effect::ConnectFailed { conn, error });
+                self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                });
             }
         }
     }

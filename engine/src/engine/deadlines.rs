@@ -91,7 +91,7 @@ impl Engine {
         if let Some(req) = self.req_ref(key) {
             self.effects.push(Effect::Abort {
                 req,
-                error,
+                error: error.into(),
                 close: CloseReason::Error,
             });
         }
@@ -111,7 +111,7 @@ impl Engine {
                 }
                 (_, Some(deadline)) => self.effects.push(Effect::ConnectFailed {
                     conn,
-                    error: Error::Timeout(deadline),
+                    error: (Error::Timeout(deadline)).into(),
                 }),
                 (_, None) => {}
             },
@@ -129,7 +129,7 @@ impl Engine {
             ConnTimer::Drain => {
                 if let Some(req) = c.exchange().and_then(|rk| self.req_ref(rk)) {
                     self.count(c.pool(), Counter::DrainHitGrace);
-                    let outcome = Outcome::Failed(Error::Timeout(Deadline::DrainGrace));
+                    let outcome = Outcome::failed(Error::Timeout(Deadline::DrainGrace));
                     self.effects
                         .push(Effect::ExchangeEnded { conn, req, outcome });
                 }

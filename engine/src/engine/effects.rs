@@ -74,11 +74,18 @@ pub(super) enum Outcome {
     /// Its response arrived whole (`trailers` of a chunked body).
     Done {
         verdict: Verdict,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// It failed with this (the retry rules decide whether it is the
     /// request's end).
-    Failed(Error),
+    Failed(Box<Error>),
+}
+
+impl Outcome {
+    /// It failed with `error` (boxed: a failure is rare, and an effect small).
+    pub(super) fn failed(error: Error) -> Outcome {
+        Outcome::Failed(Box::new(error))
+    }
 }
 
 /// One consequence of a handler, for [`super::apply`].
@@ -95,13 +102,13 @@ pub(super) enum Effect {
     /// it mid-exchange closes with `close`.
     Abort {
         req: ReqRef,
-        error: Error,
+        error: Box<Error>,
         close: CloseReason,
     },
     /// The connection closes now.
     Close { conn: ConnRef, reason: CloseReason },
     /// Opening the connection failed.
-    ConnectFailed { conn: ConnRef, error: Error },
+    ConnectFailed { conn: ConnRef, error: Box<Error> },
     /// The connection is ready for requests.
     Ready { conn: ConnRef },
     /// The pool may put waiting requests on connections, or open some.
@@ -128,5 +135,19 @@ impl Effects {
     #[inline]
     pub(super) fn pop(&mut self) -> Option<Effect> {
         self.queue.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_effect_stays_small() {
+        // Every exchange moves a few effects through the queue: a failure's
+        // error and a response's trailers are boxed to keep them small.
+        assert!(
+            std::mem::size_of::<super::Effect>() <= 72,
+            "{}",
+            std::mem::size_of::<super::Effect>()
+        );
     }
 }

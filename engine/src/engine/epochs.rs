@@ -383,7 +383,7 @@ impl Engine {
                     let error = Error::Revoked { certificate, phase };
                     self.effects.push(Effect::Abort {
                         req,
-                        error,
+                        error: error.into(),
                         close: CloseReason::Credentials,
                     });
                 }

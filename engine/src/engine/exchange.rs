@@ -108,7 +108,7 @@ impl Engine {
                 // untouched and goes back to its pool.
                 self.effects.push(Effect::Abort {
                     req: rref,
-                    error: Error::InvalidHeader(e.to_string()),
+                    error: (Error::InvalidHeader(e.to_string())).into(),
                     close: CloseReason::Error,
                 });
                 return self.effects.push(Effect::Ready { conn: cref });
@@ -127,10 +127,7 @@ impl Engine {
             self.request_written(rk, now);
         }
         // Only the request goes out: anything the peer sends raises an event.
-        self.effects.push(Effect::Drive {
-            conn: cref,
-            read: ReadMode::Skip,
-        });
+        self.drive(ck, ReadMode::Skip, now);
     }
 
     /// The whole of request `rk` is written (to the connection's buffer):
@@ -170,7 +167,10 @@ impl Engine {
                         phase: Phase::Tls,
                         reused: false,
                     };
-                    self.effects.push(Effect::ConnectFailed { conn, error });
+                    self.effects.push(Effect::ConnectFailed {
+                        conn,
+                        error: error.into(),
+                    });
                 }
                 return false;
             };
@@ -208,7 +208,7 @@ impl Engine {
                 }
                 Err(cause) => {
                     let phase = self.response_phase(rk);
-                    let outcome = Outcome::Failed(Error::Protocol { phase, cause });
+                    let outcome = Outcome::failed(Error::Protocol { phase, cause });
                     self.effects
                         .push(Effect::ExchangeEnded { conn, req, outcome });
                     return true;
@@ -230,7 +230,7 @@ impl Engine {
         c.retire(CloseReason::PeerClose);
         self.disarm(Timer::Attempt(req.key, AttemptTimer::FirstByte));
         let reused = self.reqs.get(req.key).is_some_and(Req::reused);
-        let cut = |phase| Outcome::Failed(Error::PeerClosed { phase, reused });
+        let cut = |phase| Outcome::failed(Error::PeerClosed { phase, reused });
         let outcome = match at_eof {
             // RFC 9112 §9.8: over TLS, a close-delimited body is complete
             // only with a close_notify; a bare FIN may be an attacker's
@@ -255,7 +255,7 @@ impl Engine {
             Ok(None) => cut(Phase::ResponseBody),
             Err(cause) => {
                 let phase = self.response_phase(req.key);
-                Outcome::Failed(Error::Protocol { phase, cause })
+                Outcome::failed(Error::Protocol { phase, cause })
             }
         };
         self.effects
@@ -339,7 +339,7 @@ impl Engine {
                     Err(error) => {
                         self.effects.push(Effect::Abort {
                             req,
-                            error,
+                            error: error.into(),
                             close: CloseReason::Error,
                         });
                         return true;
@@ -392,13 +392,14 @@ impl Engine {
                 if let Err(limit) = r.buffer_body(data) {
                     self.effects.push(Effect::Abort {
                         req,
-                        error: Error::BodyTooLarge { limit },
+                        error: (Error::BodyTooLarge { limit }).into(),
                         close: CloseReason::Error,
                     });
                     return true;
                 }
             }
             ResponseEvent::End { trailers, verdict } => {
+                let trailers = trailers.map(Box::new);
                 let outcome = Outcome::Done { verdict, trailers };
                 self.effects
                     .push(Effect::ExchangeEnded { conn, req, outcome });

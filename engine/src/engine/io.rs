@@ -44,12 +44,10 @@ impl Buffers {
 impl Engine {
     /// Write what is pending, read what arrived, and act on it.
     pub(super) fn drive(&mut self, key: ConnKey, read: ReadMode, now: Instant) {
-        let Some(conn) = self.conn_ref(key) else {
-            return;
-        };
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        let conn = ConnRef { key, id: c.id() };
         let bufs = &mut self.bufs;
         if let Err(e) = c.flush(&mut bufs.sealed) {
             return self.io_failed(key, e, true, now);
@@ -205,7 +203,10 @@ impl Engine {
                     }
                     IoFailure::Io(e) => Error::connect(c.addr(), e),
                 };
-                self.effects.push(Effect::ConnectFailed { conn, error });
+                self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                });
             }
             StageName::Ready => {
                 let Some(req) = c.exchange().and_then(|rk| self.req_ref(rk)) else {
@@ -230,7 +231,7 @@ impl Engine {
                     IoFailure::Tls(reason) => Error::tls(reason, phase),
                     IoFailure::Io(e) => Error::io(phase, e),
                 };
-                let outcome = Outcome::Failed(error);
+                let outcome = Outcome::failed(error);
                 self.effects
                     .push(Effect::ExchangeEnded { conn, req, outcome });
             }

@@ -155,7 +155,7 @@ impl Engine {
     /// [`BuildError::Config`] for a setting that cannot work (see
     /// [`Config::check`]), [`BuildError::Trust`] when the trust
     /// configuration yields no usable anchors (an unreadable or empty CA
-    /// file, say), [`BuildError::Proxy`] for bad proxy settings, and
+    /// file, say) or an `https://` proxy's own trust is unusable, and
     /// [`BuildError::Io`] when the poll cannot be created.
     pub fn new(config: Config) -> Result<Engine, BuildError> {
         let poll = Poll::new()?;
@@ -198,7 +198,7 @@ impl Engine {
     ) -> Result<Engine, BuildError> {
         config.check()?;
         let tls = TlsState::new(&config.trust)?;
-        let proxies = config.proxy.resolve().map_err(BuildError::Proxy)?;
+        let proxies = config.proxy.clone();
         let proxy_trusts = tunnel::ProxyTrusts::new(&proxies)?;
         let waker = Arc::new(Waker::new(&registry, Token(base))?);
         let resolver = config
@@ -282,7 +282,11 @@ impl Engine {
     fn abort_id(&mut self, id: RequestId, error: Error, close: CloseReason) {
         if let Some(key) = self.reqs.find(id) {
             let req = ReqRef { key, id };
-            self.effects.push(Effect::Abort { req, error, close });
+            self.effects.push(Effect::Abort {
+                req,
+                error: error.into(),
+                close,
+            });
         }
     }
 

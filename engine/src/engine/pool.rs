@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::event::{ChainRequestId, ConnId};
 use crate::keys::{ConnKey, PoolKey, ReqKey, Slots, SHRINK_ABOVE};
 use crate::origin::Origin;
-use crate::proxy::{Proxies, Proxy, ProxyUse};
+use crate::proxy::{Proxies, Proxy};
 use crate::stats::{Counter, OriginStats};
 use crate::wheel::TimerKey;
 
@@ -110,6 +110,7 @@ impl Pool {
         *self.stats.counter(counter) += 1;
     }
 
+    #[inline]
     pub(super) fn last_used(&self) -> Option<Instant> {
         self.last_used
     }
@@ -117,6 +118,7 @@ impl Pool {
     /// How a request is written on one of its connections: absolute-form to
     /// a proxy for `http://` (RFC 9112 §3.2.2), origin-form otherwise
     /// (inside a tunnel the origin sees an ordinary request).
+    #[inline]
     pub(super) fn target_form(&self) -> TargetForm {
         if self.proxy.is_some() && !self.origin.is_tls() {
             TargetForm::Absolute
@@ -129,6 +131,7 @@ impl Pool {
     /// `http://` request through a proxy with credentials carries
     /// `Proxy-Authorization` (its own, when the caller set one); every other
     /// request goes as it is.
+    #[inline]
     pub(super) fn request_headers<'a>(&self, headers: &'a HeaderMap) -> Cow<'a, HeaderMap> {
         let auth = self
             .proxy
@@ -149,27 +152,32 @@ impl Pool {
 
     /// A request waits for a connection (at the back of the queue), used
     /// at `now`.
+    #[inline]
     pub(super) fn enqueue(&mut self, rk: ReqKey, now: Instant) {
         self.last_used = Some(now);
         self.queue.push_back(rk);
     }
 
     /// A retried request waits again, before every other.
+    #[inline]
     pub(super) fn requeue_first(&mut self, rk: ReqKey) {
         self.queue.push_front(rk);
     }
 
     /// The request leaves the queue (it ended while waiting).
+    #[inline]
     pub(super) fn unqueue(&mut self, rk: ReqKey) {
         self.queue.retain(|&k| k != rk);
     }
 
     /// The request waiting longest.
+    #[inline]
     pub(super) fn first_waiting(&self) -> Option<ReqKey> {
         self.queue.front().copied()
     }
 
     /// It takes the request waiting longest off the queue.
+    #[inline]
     pub(super) fn take_first_waiting(&mut self) -> Option<ReqKey> {
         let rk = self.queue.pop_front();
         if self.queue.is_empty() && self.queue.capacity() > SHRINK_ABOVE {
@@ -179,6 +187,7 @@ impl Pool {
         rk
     }
 
+    #[inline]
     pub(super) fn waiting(&self) -> usize {
         self.queue.len()
     }
@@ -195,6 +204,7 @@ impl Pool {
     }
 
     /// One being opened for requests is ready (or stopped being opened).
+    #[inline]
     pub(super) fn opened(&mut self) {
         self.connecting = self.connecting.saturating_sub(1);
     }
@@ -211,16 +221,19 @@ impl Pool {
     }
 
     /// Connections being opened for requests.
+    #[inline]
     pub(super) fn connecting(&self) -> usize {
         self.connecting
     }
 
     /// Every connection of the pool.
+    #[inline]
     pub(super) fn conns(&self) -> &[ConnKey] {
         &self.conns
     }
 
     /// A connection goes idle, keeping `idle` sorted by id.
+    #[inline]
     pub(super) fn add_idle(&mut self, id: ConnId, key: ConnKey) {
         // A connection going idle is usually the youngest or near it.
         let at = self.idle.partition_point(|&(other, _)| other < id);
@@ -231,6 +244,7 @@ impl Pool {
     /// the youngest (highest id, so older ones age out unused), or for a
     /// retry that must not reuse, the youngest that has carried nothing yet
     /// (`fresh` tells which).
+    #[inline]
     pub(super) fn take_idle(
         &mut self,
         fresh_only: Option<&dyn Fn(ConnKey) -> bool>,
@@ -240,6 +254,7 @@ impl Pool {
     }
 
     /// Its oldest idle connection.
+    #[inline]
     pub(super) fn oldest_idle(&self) -> Option<ConnKey> {
         self.idle.first().map(|&(_, k)| k)
     }
@@ -247,6 +262,7 @@ impl Pool {
     // ---- what the origin taught it
 
     /// The chain of the origin's newest full handshake.
+    #[inline]
     pub(super) fn chain(&self) -> Option<&Arc<PeerChain>> {
         self.chain.as_ref()
     }
@@ -302,10 +318,12 @@ impl Pool {
     }
 
     /// The slot of its chain probe (written only through the timers).
+    #[inline]
     pub(super) fn probe_slot(&mut self) -> &mut Option<TimerKey> {
         &mut self.probe_timer
     }
 
+    #[inline]
     pub(super) fn probe_timer(&self) -> Option<TimerKey> {
         self.probe_timer
     }
@@ -324,6 +342,7 @@ impl Pool {
         std::mem::take(&mut self.fresh_waiters)
     }
 
+    #[inline]
     pub(super) fn fresh_waiting(&self) -> bool {
         !self.fresh_waiters.is_empty()
     }
@@ -428,10 +447,12 @@ impl Pools {
     }
 
     /// The pool at `p`, if it is still in use.
+    #[inline]
     pub(super) fn get(&self, p: PoolKey) -> Option<&Pool> {
         self.list.get(p)
     }
 
+    #[inline]
     pub(super) fn get_mut(&mut self, p: PoolKey) -> Option<&mut Pool> {
         self.list.get_mut(p)
     }
@@ -452,6 +473,7 @@ impl Pools {
     }
 
     /// Pool `p` may have just fallen out of use: the next sweep looks.
+    #[inline]
     pub(super) fn may_be_unused(&mut self, p: PoolKey) {
         self.unused.push(p);
     }
@@ -498,7 +520,7 @@ impl Pools {
             // A pool's route is fixed: one the new policy no longer takes
             // gets no new request (the next one makes the other pool).
             pool.policy = Policy {
-                proxy: pool.policy.proxy,
+                direct: pool.policy.direct,
                 ..policy
             };
         }
@@ -538,9 +560,9 @@ impl Pools {
 
     pub(super) fn get_or_insert(&mut self, origin: Origin, default: &Policy) -> PoolKey {
         let policy = self.policy_of(&origin, default);
-        let proxy = match policy.proxy {
-            ProxyUse::Engine => self.proxies.route(&origin).cloned(),
-            ProxyUse::Direct => None,
+        let proxy = match policy.direct {
+            false => self.proxies.route(&origin).cloned(),
+            true => None,
         };
         let key = (origin, proxy);
         if let Some(&p) = self.index.get(&key) {

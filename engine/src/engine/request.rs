@@ -201,14 +201,17 @@ impl Req {
         self.attempt.kind == AttemptKind::Retry
     }
 
+    #[inline]
     pub(super) fn retried(&self) -> bool {
         self.retried
     }
 
+    #[inline]
     pub(super) fn paused(&self) -> bool {
         self.paused
     }
 
+    #[inline]
     pub(super) fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
     }
@@ -250,6 +253,7 @@ impl Req {
     }
 
     /// Its request and its upload, borrowed apart (to pump the body).
+    #[inline]
     pub(super) fn upload_and_opts(&mut self) -> Option<(&mut Upload, &RequestOptions)> {
         Some((self.upload.as_deref_mut()?, &self.opts))
     }
@@ -257,10 +261,12 @@ impl Req {
     // ---- its deadlines
 
     /// The slot of its total deadline (written only through [`Timers`]).
+    #[inline]
     pub(super) fn total_slot(&mut self) -> &mut Option<TimerKey> {
         &mut self.total
     }
 
+    #[inline]
     pub(super) fn total_timer(&self) -> Option<TimerKey> {
         self.total
     }
@@ -378,6 +384,7 @@ impl Req {
     }
 
     /// The URI a response answers, when redirects led to it.
+    #[inline]
     pub(super) fn redirected_to(&self) -> Option<Arc<http::Uri>> {
         self.hops.as_ref().and_then(|h| h.current.clone())
     }
@@ -385,18 +392,19 @@ impl Req {
     // ---- its response
 
     /// Keep a buffered response's head until its body ends.
+    #[inline]
     pub(super) fn keep_head(&mut self, head: ResponseHead) {
         self.attempt.head = Some(head);
     }
 
     /// Keep a piece of a buffered body. `Err(limit)` when the body would pass
-    /// `max_body`.
+    /// `max_buffered_body`.
     #[inline]
     pub(super) fn buffer_body(&mut self, data: Bytes) -> Result<(), usize> {
         let body = &mut self.attempt.body;
         body.len += data.len();
-        if body.len > self.opts.max_body {
-            return Err(self.opts.max_body);
+        if body.len > self.opts.max_buffered_body {
+            return Err(self.opts.max_buffered_body);
         }
         match body.first.take() {
             None if body.bytes.is_empty() => body.first = Some(data),
@@ -428,6 +436,7 @@ impl Req {
     }
 
     /// How far this request's transfer has got.
+    #[inline]
     pub(super) fn progress(&self) -> Progress {
         let send_total = self.request.body().len();
         let sent = match self.upload.as_deref() {
@@ -483,6 +492,7 @@ impl Requests {
         self.slab.get_mut(key).filter(|r| r.id == id)
     }
 
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.slab.len()
     }

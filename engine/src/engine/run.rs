@@ -60,7 +60,7 @@ impl Engine {
     }
 
     /// Run the loop until the request ends, writing its body to `sink` as
-    /// it arrives (streamed, so `max_body` does not apply and memory stays
+    /// it arrives (streamed, so `max_buffered_body` does not apply and memory stays
     /// within the receive window whatever the size). Each piece is written
     /// before the loop reads on, so a large window buys nothing here: the
     /// window is the smaller of [`RequestOptions::receive_window`] and

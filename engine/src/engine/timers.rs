@@ -153,11 +153,13 @@ impl Timers {
     /// must judge by. The wheel fires what is due by the latest time it has
     /// seen; handlers judging by an earlier one would re-arm a timer that is
     /// due again at once, forever.
+    #[inline]
     pub(super) fn advance(&mut self, now: Instant) -> Instant {
         self.clock = now.max(self.clock);
         self.clock
     }
 
+    #[inline]
     pub(super) fn next_timeout(&self, now: Instant) -> Option<Duration> {
         self.wheel
             .next_deadline()
@@ -166,10 +168,12 @@ impl Timers {
 
     /// The next timer due at `now`; the wheel has dropped it, so its owner's
     /// slot must be emptied (not cleared) by whoever handles it.
+    #[inline]
     pub(super) fn poll_expired(&mut self, now: Instant) -> Option<Timer> {
         self.wheel.poll_expired(now).map(|(_, timer)| timer)
     }
 
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.wheel.len()
     }

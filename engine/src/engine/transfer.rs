@@ -159,7 +159,7 @@ impl Engine {
                     let req = ReqRef { key: rk, id };
                     return self.effects.push(Effect::Abort {
                         req,
-                        error,
+                        error: error.into(),
                         close: CloseReason::Error,
                     });
                 }
@@ -206,7 +206,7 @@ impl Engine {
         };
         self.effects.push(Effect::Abort {
             req,
-            error: Error::Timeout(Deadline::SendStall),
+            error: (Error::Timeout(Deadline::SendStall)).into(),
             close: CloseReason::Error,
         });
     }
@@ -277,7 +277,7 @@ impl Engine {
             Fed::Failed(error) => {
                 self.effects.push(Effect::Abort {
                     req: ReqRef { key: rk, id },
-                    error: error.clone(),
+                    error: (error.clone()).into(),
                     close: CloseReason::Error,
                 });
                 Err(error)
@@ -410,7 +410,7 @@ impl Engine {
         };
         self.effects.push(Effect::Abort {
             req,
-            error: Error::Timeout(Deadline::ReceiveStall),
+            error: (Error::Timeout(Deadline::ReceiveStall)).into(),
             close: CloseReason::Error,
         });
     }

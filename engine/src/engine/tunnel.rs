@@ -143,7 +143,12 @@ impl Engine {
             });
         let session = match session {
             Ok(s) => s,
-            Err(error) => return self.effects.push(Effect::ConnectFailed { conn, error }),
+            Err(error) => {
+                return self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                })
+            }
         };
         log::debug!(
             "connection {} to {}: tls handshake with proxy {proxy}",
@@ -176,7 +181,10 @@ impl Engine {
         if outer.is_handshaking() {
             if eof {
                 let error = self.proxy_error(p, ProxyFailure::Closed);
-                self.effects.push(Effect::ConnectFailed { conn, error });
+                self.effects.push(Effect::ConnectFailed {
+                    conn,
+                    error: error.into(),
+                });
             }
             return;
         }
@@ -224,7 +232,10 @@ impl Engine {
             },
         };
         let error = self.proxy_error(p, failure);
-        self.effects.push(Effect::ConnectFailed { conn, error });
+        self.effects.push(Effect::ConnectFailed {
+            conn,
+            error: error.into(),
+        });
     }
 
     /// TCP to the proxy is up (and TLS with an `https://` one): send
@@ -270,7 +281,10 @@ impl Engine {
             });
         if let Err(why) = sent {
             let error = Error::InvalidUri(format!("cannot tunnel to {authority}: {why}"));
-            return self.effects.push(Effect::ConnectFailed { conn, error });
+            return self.effects.push(Effect::ConnectFailed {
+                conn,
+                error: error.into(),
+            });
         }
         log::debug!(
             "connection {} to {origin}: CONNECT {authority} through {proxy}{}",
@@ -331,7 +345,10 @@ impl Engine {
             Err(e) => ProxyFailure::BadResponse(e),
         };
         let error = self.proxy_error(p, failure);
-        self.effects.push(Effect::ConnectFailed { conn, error });
+        self.effects.push(Effect::ConnectFailed {
+            conn,
+            error: error.into(),
+        });
     }
 
     /// A [`ProxyFailure`] of pool `p`'s proxy as the request's error.

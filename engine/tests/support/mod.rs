@@ -3,9 +3,11 @@
 //! (`server`), a seeded fault-injecting TCP proxy (`proxy`), a scripted
 //! forward proxy answering CONNECT (`connect_proxy`), a tiny
 //! blocking client for cross-checks (`client`), an address where
-//! connects hang (`blackhole`), and OpenSSL as a real peer (`openssl`: a CA
+//! connects hang (`blackhole`), OpenSSL as a real peer (`openssl`: a CA
 //! run by `openssl ca` that issues, revokes and publishes CRLs, and `openssl
-//! s_server` requiring client certificates). What they share lives in private modules:
+//! s_server` requiring client certificates), seeded bodies of any size that
+//! are never held in memory (`pattern`) and the process's resident memory
+//! (`rss`). What they share lives in private modules:
 //! `stream` (a plain-or-TLS blocking stream, line splitting), `sync` (locks
 //! and state that tests wait on), `threads` (joining worker threads within a
 //! bound) and `sockopt` (RST on close, a deeper listen backlog).
@@ -39,7 +41,9 @@ pub mod certs;
 pub mod client;
 pub mod connect_proxy;
 pub mod openssl;
+pub mod pattern;
 pub mod proxy;
+pub mod rss;
 pub mod server;
 mod sockopt;
 mod stream;
@@ -51,10 +55,12 @@ pub use certs::{hex, sha256, Issued, LeafBuilder, TempFile, TestCa};
 pub use client::{Client, Response};
 pub use connect_proxy::{ConnectProxy, ProxyScript};
 pub use openssl::{openssl, OpensslCa, OpensslCert, SServer};
+pub use pattern::{Pattern, PatternCheck, PatternReader};
 pub use proxy::{Dir, Fault, FaultProxy, ProxiedConn, ProxyBuilder, ProxyStats};
+pub use rss::{rss_kib, RssWatch};
 pub use server::{
-    reset_supported, Accept, ConnInfo, Cut, Framing, RecordedRequest, Reply, Resumption,
-    ServerBuilder, ServerStats, TestServer, TlsInfo,
+    reset_supported, Accept, BodyPlan, ConnInfo, Cut, Fill, Framing, RecordedRequest, Reply,
+    Resumption, ServerBuilder, ServerStats, TestServer, TlsInfo,
 };
 pub use sockopt::unacknowledged;
 pub(crate) use sync::{lock, Watched};

@@ -148,6 +148,7 @@ impl Conn {
         self.pool
     }
 
+    #[inline]
     pub(super) fn purpose(&self) -> Purpose {
         self.purpose
     }
@@ -165,6 +166,7 @@ impl Conn {
     }
 
     /// The deadline its `Setup` timer stands for in its stage.
+    #[inline]
     pub(super) fn setup_deadline(&self) -> Option<Deadline> {
         match self.stage {
             Stage::Resolving(_) => Some(Deadline::Dns),
@@ -179,11 +181,13 @@ impl Conn {
     /// Opened only to see the peer's chain (a probe or a fresh-chain
     /// handshake): it never carries a request, and the pool's count of
     /// connections being opened for requests leaves it out.
+    #[inline]
     pub(super) fn is_chain_only(&self) -> bool {
         matches!(self.purpose, Purpose::Probe | Purpose::Fresh)
     }
 
     /// Being opened for requests (counted in its pool's `connecting`).
+    #[inline]
     pub(super) fn is_opening(&self) -> bool {
         self.opening
     }
@@ -195,6 +199,7 @@ impl Conn {
     }
 
     /// The connection this attempt races for, if it is one.
+    #[inline]
     pub(super) fn attempt_for(&self) -> Option<Leader> {
         match self.purpose {
             Purpose::Attempt(of) => Some(of),
@@ -217,6 +222,7 @@ impl Conn {
         }
     }
 
+    #[inline]
     pub(super) fn retiring(&self) -> Option<CloseReason> {
         self.retiring
     }
@@ -237,6 +243,7 @@ impl Conn {
     }
 
     /// The address connected to (or being tried); unspecified before any.
+    #[inline]
     pub(super) fn addr(&self) -> SocketAddr {
         self.link
             .peer_addr
@@ -244,16 +251,19 @@ impl Conn {
     }
 
     /// The peer's side of a ready connection has ended (cleanly or not).
+    #[inline]
     pub(super) fn peer_closed(&self) -> bool {
         matches!(&self.stage, Stage::Ready(r) if r.peer_end != PeerEnd::Open)
     }
 
     /// Over TLS, the peer ended without a close_notify.
+    #[inline]
     pub(super) fn peer_ended_unclean(&self) -> bool {
         matches!(&self.stage, Stage::Ready(r) if r.peer_end == PeerEnd::Unclean)
     }
 
     /// The peer ended its side: cleanly unless it was `unclean` already.
+    #[inline]
     pub(super) fn note_peer_end(&mut self, unclean: bool) {
         if let Stage::Ready(r) = &mut self.stage {
             if unclean {
@@ -265,6 +275,7 @@ impl Conn {
     }
 
     /// Exchanges started on it.
+    #[inline]
     pub(super) fn served(&self) -> u32 {
         match &self.stage {
             Stage::Ready(r) => r.served,
@@ -273,6 +284,7 @@ impl Conn {
     }
 
     /// The origin's verified chain, once ready over TLS.
+    #[inline]
     pub(super) fn chain(&self) -> Option<&Arc<PeerChain>> {
         match &self.stage {
             Stage::Ready(r) => r.chain.as_ref(),
@@ -281,6 +293,7 @@ impl Conn {
     }
 
     /// The origin's TLS session (handshaking or ready).
+    #[inline]
     pub(super) fn session(&self) -> Option<&Session> {
         match &self.stage {
             Stage::Handshaking(s, _) => Some(&**s),
@@ -306,10 +319,12 @@ impl Conn {
     }
 
     /// The pipe (for the proxy's session under it).
+    #[inline]
     pub(super) fn sock(&self) -> Option<&Sock> {
         self.link.sock.as_ref()
     }
 
+    #[inline]
     pub(super) fn sock_mut(&mut self) -> Option<&mut Sock> {
         self.link.sock.as_mut()
     }
@@ -472,6 +487,7 @@ impl Conn {
     }
 
     /// The origin's handshake is done (or TCP is up for `http://`).
+    #[inline]
     pub(super) fn handshake_done(&self) -> bool {
         match &self.stage {
             Stage::Handshaking(s, _) => !s.is_handshaking(),
@@ -482,11 +498,13 @@ impl Conn {
     // ---- bytes
 
     /// Plaintext bytes read, in all.
+    #[inline]
     pub(super) fn bytes_in(&self) -> u64 {
         self.link.bytes_in
     }
 
     /// Bytes written to the socket, in all (ciphertext for TLS).
+    #[inline]
     pub(super) fn bytes_out(&self) -> u64 {
         self.link.plain_out + self.session().map_or(0, |t| t.written())
     }
@@ -496,6 +514,7 @@ impl Conn {
     /// more than `keep` bytes of room goes; [`KEEP_BUSY`] when an exchange
     /// ends (a busy keep-alive connection does not reallocate), 0 once the
     /// loop is quiet.
+    #[inline]
     pub(super) fn release_buffers(&mut self, keep: usize) {
         let link = &mut self.link;
         if link.rbuf.is_empty() && link.rbuf.capacity() > keep {
@@ -510,6 +529,7 @@ impl Conn {
     }
 
     /// The origin's session and the link, borrowed apart.
+    #[inline]
     fn parts(&mut self) -> (&mut Link, Option<&mut Session>) {
         let tls = match &mut self.stage {
             Stage::Handshaking(s, _) => Some(&mut **s),
@@ -524,6 +544,7 @@ impl Conn {
     /// records are read into the shared `scratch` and decrypted from
     /// there; records the handshake answers with wait for the next `flush`
     /// (`sealed` is left empty).
+    #[inline]
     pub(super) fn read_pass(
         &mut self,
         scratch: &mut [u8],
@@ -539,12 +560,14 @@ impl Conn {
 
     /// Write the write buffer (through TLS, encrypted into the shared
     /// `sealed`) until done or `WouldBlock`.
+    #[inline]
     pub(super) fn flush(&mut self, sealed: &mut Vec<u8>) -> Result<(), IoFailure> {
         let (link, tls) = self.parts();
         link.flush(tls, sealed)
     }
 
     /// Bytes are waiting to go out.
+    #[inline]
     pub(super) fn wants_write(&self) -> bool {
         matches!(self.stage, Stage::Connecting(_))
             || !self.link.wbuf.is_empty()

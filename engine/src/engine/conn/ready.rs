@@ -143,6 +143,7 @@ impl Conn {
     /// a body sent with it) into the write buffer with the codec. Returns
     /// whether it carried an earlier exchange. A codec that refuses (before
     /// writing a byte) leaves the connection idle, with a fresh codec.
+    #[inline]
     pub(in crate::engine) fn begin_exchange<E>(
         &mut self,
         rk: ReqKey,
@@ -172,6 +173,7 @@ impl Conn {
     }
 
     /// The exchange ends (its request leaves the connection).
+    #[inline]
     pub(in crate::engine) fn end_exchange(&mut self) -> Option<ReqKey> {
         match &mut self.stage {
             Stage::Ready(r) => r.exchange.take().map(|e| e.req),
@@ -182,6 +184,7 @@ impl Conn {
     /// What the connection does after an exchange that ended well with
     /// `verdict`: the server's hints tighten its limits, and a reason to
     /// close comes back when it is not to be reused.
+    #[inline]
     pub(in crate::engine) fn after_exchange(
         &mut self,
         verdict: &Verdict,
@@ -216,6 +219,7 @@ impl Conn {
     /// Back to idle: `None` when bytes nobody asked for wait in it (it is
     /// stale and must close), else when its idle limit (or `default`) ends.
     /// Its empty buffers shrink to [`KEEP_BUSY`].
+    #[inline]
     pub(in crate::engine) fn go_idle(
         &mut self,
         now: Instant,
@@ -248,6 +252,7 @@ impl Conn {
     }
 
     /// The pump moves a request body in (`true`) or has stopped.
+    #[inline]
     pub(in crate::engine) fn set_uploading(&mut self, on: bool) {
         if let Stage::Ready(Ready {
             exchange: Some(e), ..
@@ -257,11 +262,13 @@ impl Conn {
         }
     }
 
+    #[inline]
     pub(in crate::engine) fn uploading(&self) -> bool {
         matches!(&self.stage, Stage::Ready(Ready { exchange: Some(e), .. }) if e.uploading)
     }
 
     /// The host holds the body back (`true`): nothing is read.
+    #[inline]
     pub(in crate::engine) fn set_read_paused(&mut self, paused: bool) {
         if let Stage::Ready(Ready {
             exchange: Some(e), ..
@@ -271,12 +278,14 @@ impl Conn {
         }
     }
 
+    #[inline]
     pub(in crate::engine) fn read_paused(&self) -> bool {
         matches!(&self.stage, Stage::Ready(Ready { exchange: Some(e), .. }) if e.read_paused)
     }
 
     /// The codec and the write buffer of a ready connection, for a body's
     /// next piece.
+    #[inline]
     pub(in crate::engine) fn body_out(&mut self) -> Option<(&mut Codec, &mut BytesMut)> {
         match &mut self.stage {
             Stage::Ready(r) => Some((&mut r.codec, &mut self.link.wbuf)),
@@ -286,6 +295,7 @@ impl Conn {
 
     /// The next piece of the response from what was read, parsed with the
     /// pool's header `names`.
+    #[inline]
     pub(in crate::engine) fn poll_response(
         &mut self,
         names: &mut NameCache,
@@ -297,6 +307,7 @@ impl Conn {
     }
 
     /// The peer ended: what the codec makes of it.
+    #[inline]
     pub(in crate::engine) fn response_eof(
         &mut self,
     ) -> Result<Option<ResponseEvent>, rotary_proto::Error> {
@@ -307,11 +318,13 @@ impl Conn {
     }
 
     /// Some of the current response has arrived (interim ones included).
+    #[inline]
     pub(in crate::engine) fn response_started(&self) -> bool {
         matches!(&self.stage, Stage::Ready(r) if r.codec.response_started())
     }
 
     /// The codec's state (ready connections; `Idle` before).
+    #[inline]
     pub(in crate::engine) fn codec_state(&self) -> State {
         match &self.stage {
             Stage::Ready(r) => r.codec.state(),
@@ -320,11 +333,14 @@ impl Conn {
     }
 
     /// A response is under way: a head whose first bytes are in, or a body.
+    #[inline]
     pub(in crate::engine) fn response_under_way(&self) -> bool {
-        self.codec_state() == State::Body || !self.link.rbuf.is_empty()
+        let in_body = matches!(&self.stage, Stage::Ready(r) if r.codec.reading_body());
+        in_body || !self.link.rbuf.is_empty()
     }
 
     /// Bytes wait in the read buffer.
+    #[inline]
     pub(in crate::engine) fn has_input(&self) -> bool {
         !self.link.rbuf.is_empty()
     }

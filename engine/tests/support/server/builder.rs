@@ -1,7 +1,8 @@
 //! [`ServerBuilder`]: the options of a [`TestServer`] (TLS chain and
-//! versions, resumption, mTLS, handler, accept hook, idle timeout, request
-//! limit) and `start`, which binds the listener, builds the shared state and
-//! spawns the accept thread. Owns only the options until `start`.
+//! versions, resumption, mTLS, handler, accept and on-head hooks, whether
+//! bodies are kept, idle timeout, request limit) and `start`, which binds
+//! the listener, builds the shared state and spawns the accept thread.
+//! Owns only the options until `start`.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::conn::accept_loop;
 use super::request::{ConnInfo, RecordedRequest};
+use super::script::BodyPlan;
 use super::script::{Accept, Reply};
 use super::shared::Shared;
 use super::tls::{self, Resumption};
-use super::{AcceptHook, Handler, TestServer};
+use super::{AcceptHook, Handler, OnHead, TestServer};
 use crate::support::certs::Issued;
 use crate::support::sockopt::raise_backlog;
 
@@ -23,6 +25,8 @@ pub struct ServerBuilder {
     tls: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     handler: Handler,
     accept: Option<AcceptHook>,
+    on_head: Option<OnHead>,
+    keep_bodies: bool,
     idle_timeout: Option<Duration>,
     tls_options: tls::Options,
     keepalive_requests: Option<u64>,
@@ -35,6 +39,8 @@ impl ServerBuilder {
             tls: None,
             handler: Arc::new(|_, _| Reply::ok("ok")),
             accept: None,
+            on_head: None,
+            keep_bodies: true,
             idle_timeout: None,
             tls_options: tls::Options::default(),
             keepalive_requests: None,
@@ -68,6 +74,25 @@ impl ServerBuilder {
     /// A hook run on each accepted TCP connection, before TLS.
     pub fn on_accept(mut self, f: impl Fn(&ConnInfo) -> Accept + Send + Sync + 'static) -> Self {
         self.accept = Some(Arc::new(f));
+        self
+    }
+
+    /// A hook run once each request's head is read, before its body: its
+    /// [`BodyPlan`] may answer early, before the body or after part of it.
+    pub fn on_head(
+        mut self,
+        f: impl Fn(&RecordedRequest, &ConnInfo) -> BodyPlan + Send + Sync + 'static,
+    ) -> Self {
+        self.on_head = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether request bodies are kept in [`RecordedRequest::body`]
+    /// (default true). Without, a body of any size is only counted and
+    /// hashed as it arrives (`body_len`, `body_sha256`), and the 64 MiB
+    /// limit on kept bodies does not apply.
+    pub fn keep_bodies(mut self, keep: bool) -> Self {
+        self.keep_bodies = keep;
         self
     }
 
@@ -130,6 +155,10 @@ impl ServerBuilder {
         raise_backlog(&listener);
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared::new(addr, tls, self.handler, self.accept));
+        *shared.on_head.write().unwrap_or_else(|p| p.into_inner()) = self.on_head;
+        shared
+            .keep_bodies
+            .store(self.keep_bodies, std::sync::atomic::Ordering::SeqCst);
         shared.set_idle_timeout(self.idle_timeout);
         shared.set_keepalive_requests(self.keepalive_requests);
         let s = shared.clone();

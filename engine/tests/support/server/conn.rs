@@ -1,6 +1,7 @@
 //! Serving connections: the accept loop (one thread per connection), the
-//! accept hook's verdict, the TLS handshake, then requests read, handed to
-//! the handler and answered until one side closes; and every way a
+//! accept hook's verdict, the TLS handshake, then requests read (the head,
+//! the on-head hook's plan, the body), handed to the handler and answered
+//! until one side closes, or answered early as the plan says; and every way a
 //! connection ends (graceful with a linger, FIN, RST, stall). Changes the
 //! shared state only through `update` and `untrack`.
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::request::{ConnInfo, ReadError, RequestReader};
-use super::script::{Accept, Cut, End, Reply, ReplyKind};
+use super::script::{Accept, BodyPlan, Cut, End, Reply, ReplyKind};
 use super::shared::Shared;
 use super::tls::handshake;
 use super::Io;
@@ -209,36 +210,59 @@ fn serve_conn(
     let mut index_on_conn = 0;
     loop {
         let _ = io.tcp().set_read_timeout(shared.idle_timeout());
-        let parsed = reader.read_request(&mut io);
+        let parsed = reader.read_head(&mut io);
         let _ = io.tcp().set_read_timeout(None);
-        let mut req = match parsed {
-            Ok(Some(req)) => req,
+        let (mut req, framing) = match parsed {
+            Ok(Some(head)) => head,
             Ok(None) => return finish(shared, guard, io, End::Graceful),
-            Err(ReadError::Idle) => {
-                shared.update(|st| st.stats.idle_closed += 1);
-                return finish(shared, guard, io, End::Graceful);
-            }
-            Err(ReadError::Bad(why)) => {
-                shared.update(|st| st.stats.bad_requests += 1);
-                let body = format!("bad request: {why}\n");
-                let reply = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = io.write_all(reply.as_bytes());
-                return finish(shared, guard, io, End::Graceful);
-            }
-            Err(ReadError::Io) => return finish(shared, guard, io, End::Abort(Cut::Close)),
+            Err(e) => return refuse(shared, guard, io, e),
         };
         req.conn_id = id;
         req.index_on_conn = index_on_conn;
         index_on_conn += 1;
+
+        let on_head = shared
+            .on_head
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (limit, early) = match on_head.map_or(BodyPlan::Read, |h| h(&req, &info)) {
+            BodyPlan::Read => (None, None),
+            BodyPlan::Early(n, reply) => (Some(n), Some(*reply)),
+        };
+        // `Expect: 100-continue` is answered when the body is to be read.
+        if limit != Some(0)
+            && req.minor_version == 1
+            && req.has_token("expect", "100-continue")
+            && io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .and_then(|_| io.flush())
+                .is_err()
+        {
+            return finish(shared, guard, io, End::Abort(Cut::Close));
+        }
+        let keep = shared.keep_bodies.load(Ordering::SeqCst);
+        if let Err(e) = reader.read_body(&mut io, &mut req, framing, limit, keep) {
+            return refuse(shared, guard, io, e);
+        }
         shared.update(|st| {
             req.seq = st.stats.requests;
             st.stats.requests += 1;
             st.requests.push(req.clone());
         });
 
+        let head_request = req.method.eq_ignore_ascii_case("HEAD");
+        if let Some(reply) = early {
+            // The body was not read to its end: the connection cannot carry
+            // another request.
+            return match write_reply(shared, &mut io, &reply, head_request) {
+                Written::Complete => {
+                    shared.update(|st| st.stats.replies_completed += 1);
+                    finish(shared, guard, io, End::Graceful)
+                }
+                Written::End(end) => finish(shared, guard, io, end),
+            };
+        }
         let handler = shared
             .handler
             .read()
@@ -250,12 +274,7 @@ fn serve_conn(
             // Like nginx's keepalive_requests: the last exchange says so and closes.
             reply = reply.header("Connection", "close").close_after();
         }
-        match write_reply(
-            shared,
-            &mut io,
-            &reply,
-            req.method.eq_ignore_ascii_case("HEAD"),
-        ) {
+        match write_reply(shared, &mut io, &reply, head_request) {
             Written::Complete => {
                 shared.update(|st| st.stats.replies_completed += 1);
                 if reply.wants_close(&req) {
@@ -264,6 +283,28 @@ fn serve_conn(
             }
             Written::End(end) => return finish(shared, guard, io, end),
         }
+    }
+}
+
+/// A request that could not be read: an idle timeout closes gracefully, a
+/// malformed one is answered 400 and closed, a broken stream is dropped.
+fn refuse(shared: &Shared, guard: &ConnGuard, mut io: Io, e: ReadError) {
+    match e {
+        ReadError::Idle => {
+            shared.update(|st| st.stats.idle_closed += 1);
+            finish(shared, guard, io, End::Graceful)
+        }
+        ReadError::Bad(why) => {
+            shared.update(|st| st.stats.bad_requests += 1);
+            let body = format!("bad request: {why}\n");
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = io.write_all(reply.as_bytes());
+            finish(shared, guard, io, End::Graceful)
+        }
+        ReadError::Io => finish(shared, guard, io, End::Abort(Cut::Close)),
     }
 }
 
@@ -278,23 +319,25 @@ fn write_reply(shared: &Shared, io: &mut Io, reply: &Reply, head_request: bool) 
         ReplyKind::Respond | ReplyKind::Raw(_) => {}
     }
     let mut written = 0usize;
-    for (delay, bytes) in reply.segments(head_request) {
+    for (delay, seg) in reply.segments(head_request) {
         if !delay.is_zero() && !shared.sleep(delay) {
             return Written::End(End::Abort(Cut::Close));
         }
-        if let Some((at, cut)) = reply.cut {
-            if at <= written + bytes.len() {
-                let n = at.saturating_sub(written);
-                if io.write_all(&bytes[..n]).and_then(|_| io.flush()).is_err() {
-                    return Written::End(End::Abort(Cut::Close));
+        for bytes in seg.pieces() {
+            if let Some((at, cut)) = reply.cut {
+                if at <= written + bytes.len() {
+                    let n = at.saturating_sub(written);
+                    if io.write_all(&bytes[..n]).and_then(|_| io.flush()).is_err() {
+                        return Written::End(End::Abort(Cut::Close));
+                    }
+                    return Written::End(End::Abort(cut));
                 }
-                return Written::End(End::Abort(cut));
             }
+            if io.write_all(&bytes).and_then(|_| io.flush()).is_err() {
+                return Written::End(End::Abort(Cut::Close));
+            }
+            written += bytes.len();
         }
-        if io.write_all(&bytes).and_then(|_| io.flush()).is_err() {
-            return Written::End(End::Abort(Cut::Close));
-        }
-        written += bytes.len();
     }
     if let Some((_, cut)) = reply.cut {
         // The offset lies beyond the reply: cut right after it.

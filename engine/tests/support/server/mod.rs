@@ -7,11 +7,12 @@
 //! Independent of the engine's and of rotary-proto's code on purpose.
 //!
 //! This file owns [`TestServer`], the handle a test holds: what it may ask
-//! (counters, records, waits), change while the server runs (handler, hook,
+//! (counters, records, waits), change while the server runs (handler, hooks,
 //! idle timeout, request limit, certificate) and how it stops every thread
 //! on drop. The parts, each owning its own piece:
 //! - `builder`: [`ServerBuilder`], options until `start`;
-//! - `script`: [`Reply`], [`Accept`], [`Framing`], [`Cut`] (what a test scripts, pure data);
+//! - `script`: [`Reply`], [`Accept`], [`BodyPlan`], [`Framing`], [`Cut`] (what a test
+//!   scripts, pure data);
 //! - `request`: [`RecordedRequest`], [`ConnInfo`] and the request reader;
 //! - `tls`: rustls config, the rotating resolver, the handshake, [`TlsInfo`];
 //! - `shared`: the state every thread shares, [`ServerStats`], the stop flag;
@@ -37,7 +38,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use super::sockopt::reset_supported;
 pub use builder::ServerBuilder;
 pub use request::{ConnInfo, RecordedRequest};
-pub use script::{Accept, Cut, Framing, Reply};
+pub use script::{Accept, BodyPlan, Cut, Fill, Framing, Reply};
 pub use shared::ServerStats;
 pub use tls::{Resumption, TlsInfo};
 
@@ -55,6 +56,9 @@ const JOIN_BOUND: Duration = Duration::from_secs(5);
 pub type Handler = Arc<dyn Fn(&RecordedRequest, &ConnInfo) -> Reply + Send + Sync>;
 /// The hook deciding what happens to each accepted TCP connection.
 pub type AcceptHook = Arc<dyn Fn(&ConnInfo) -> Accept + Send + Sync>;
+/// The hook deciding, once a request's head is read, how much of its body
+/// to read before answering (see [`BodyPlan`]).
+pub type OnHead = Arc<dyn Fn(&RecordedRequest, &ConnInfo) -> BodyPlan + Send + Sync>;
 
 /// A running test server; dropping it stops every thread and closes every connection.
 pub struct TestServer {
@@ -136,6 +140,19 @@ impl TestServer {
         *self
             .shared
             .accept
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// Replaces the on-head hook for requests whose head is read from now on
+    /// (see [`ServerBuilder::on_head`]).
+    pub fn set_on_head(
+        &self,
+        f: impl Fn(&RecordedRequest, &ConnInfo) -> BodyPlan + Send + Sync + 'static,
+    ) {
+        *self
+            .shared
+            .on_head
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }

@@ -1,8 +1,11 @@
 //! What a handler is given: the [`RecordedRequest`], parsed off the wire by
 //! a deliberately small server-side HTTP/1.1 request reader (independent of
 //! rotary-proto), and the [`ConnInfo`] of the connection it came on. The
-//! reader owns only its buffer; besides reading it may answer
-//! `Expect: 100-continue` and clear the read timeout once a request starts.
+//! reader owns only its buffer; besides reading it clears the read timeout
+//! once a request starts. The head and the body are read in two steps, so
+//! that an [`OnHead`](super::OnHead) hook can answer before the body (or
+//! part of it) is read; the body is hashed (SHA-256) as it arrives and kept
+//! only when the server keeps bodies.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -34,8 +37,16 @@ pub struct RecordedRequest {
     pub minor_version: u8,
     /// Header fields in order, names as sent.
     pub headers: Vec<(String, String)>,
-    /// The decoded body.
+    /// The decoded body (empty when the server does not keep bodies, see
+    /// [`ServerBuilder::keep_bodies`](super::ServerBuilder::keep_bodies)).
     pub body: Vec<u8>,
+    /// Body bytes read (kept or not).
+    pub body_len: u64,
+    /// SHA-256 of the body bytes read.
+    pub body_sha256: [u8; 32],
+    /// The whole body was read (false when an [`OnHead`](super::OnHead)
+    /// plan answered before its end).
+    pub body_complete: bool,
     /// Whether the body came chunked.
     pub chunked: bool,
     /// Trailer fields of a chunked body.
@@ -88,6 +99,43 @@ pub struct ConnInfo {
     pub accepted_at: Instant,
     /// When the connection was ready for HTTP (after the TLS handshake if any).
     pub ready_at: Option<Instant>,
+}
+
+/// How a request's body is framed, from its head.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum BodyFraming {
+    Length(u64),
+    Chunked,
+}
+
+/// Hashes a body as it arrives and keeps its bytes when asked.
+struct BodySink<'a> {
+    req: &'a mut RecordedRequest,
+    hash: ring::digest::Context,
+    keep: bool,
+    /// Body bytes still allowed by the plan (`u64::MAX`: all).
+    allowed: u64,
+}
+
+impl BodySink<'_> {
+    fn take(&mut self, data: &[u8]) -> Result<(), ReadError> {
+        if self.keep && self.req.body.len() + data.len() > MAX_BODY {
+            return Err(ReadError::Bad("body too large".into()));
+        }
+        self.hash.update(data);
+        self.req.body_len += data.len() as u64;
+        self.allowed -= data.len() as u64;
+        if self.keep {
+            self.req.body.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finish(self, complete: bool) {
+        let digest = self.hash.finish();
+        self.req.body_sha256.copy_from_slice(digest.as_ref());
+        self.req.body_complete = complete;
+    }
 }
 
 pub(super) enum ReadError {
@@ -146,20 +194,27 @@ impl RequestReader {
         }
     }
 
-    fn exact(&mut self, io: &mut Io, n: usize) -> Result<Vec<u8>, ReadError> {
-        while self.buf.len() < n {
-            if !self.fill(io)? {
+    /// Reads up to `n` body bytes into `sink`, a buffer at a time.
+    fn pass(&mut self, io: &mut Io, sink: &mut BodySink<'_>, n: u64) -> Result<(), ReadError> {
+        let mut left = n;
+        while left > 0 {
+            if self.buf.is_empty() && !self.fill(io)? {
                 return Err(ReadError::Io);
             }
+            let k = (self.buf.len() as u64).min(left) as usize;
+            sink.take(&self.buf[..k])?;
+            self.buf.drain(..k);
+            left -= k as u64;
         }
-        Ok(self.buf.drain(..n).collect())
+        Ok(())
     }
 
-    /// One request; Ok(None) on a clean EOF before its first byte.
-    pub(super) fn read_request(
+    /// One request's head; Ok(None) on a clean EOF before its first byte.
+    /// The body is left to [`RequestReader::read_body`].
+    pub(super) fn read_head(
         &mut self,
         io: &mut Io,
-    ) -> Result<Option<RecordedRequest>, ReadError> {
+    ) -> Result<Option<(RecordedRequest, BodyFraming)>, ReadError> {
         // Wait for the first byte under the idle timeout; after that, block.
         while self.buf.is_empty() {
             if !self.fill(io)? {
@@ -207,7 +262,7 @@ impl RequestReader {
             }
             headers.push((name.to_owned(), value.trim().to_owned()));
         }
-        let mut req = RecordedRequest {
+        let req = RecordedRequest {
             conn_id: 0,
             index_on_conn: 0,
             seq: 0,
@@ -216,20 +271,13 @@ impl RequestReader {
             minor_version,
             headers,
             body: Vec::new(),
+            body_len: 0,
+            body_sha256: [0; 32],
+            body_complete: false,
             chunked: false,
             trailers: Vec::new(),
             received_at,
         };
-
-        if minor_version == 1
-            && req.has_token("expect", "100-continue")
-            && io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .and_then(|_| io.flush())
-                .is_err()
-        {
-            return Err(ReadError::Io);
-        }
 
         let te = req.header_all("transfer-encoding").join(",");
         if !te.trim().is_empty() {
@@ -237,45 +285,75 @@ impl RequestReader {
             if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
                 return Err(ReadError::Bad(format!("transfer-encoding {te:?}")));
             }
-            req.chunked = true;
-            self.read_chunked(io, &mut req)?;
-        } else {
-            let lengths = req.header_all("content-length");
-            let mut length: Option<usize> = None;
-            for v in lengths.iter().flat_map(|v| v.split(',')) {
-                let v = v.trim();
-                let n: usize = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| v.parse().ok())
-                    .flatten()
-                    .ok_or_else(|| ReadError::Bad(format!("content-length {v:?}")))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(ReadError::Bad("conflicting content-length".into()));
-                }
-                length = Some(n);
-            }
-            let n = length.unwrap_or(0);
-            if n > MAX_BODY {
-                return Err(ReadError::Bad("body too large".into()));
-            }
-            req.body = self.exact(io, n)?;
+            return Ok(Some((req, BodyFraming::Chunked)));
         }
-        Ok(Some(req))
+        let lengths = req.header_all("content-length");
+        let mut length: Option<u64> = None;
+        for v in lengths.iter().flat_map(|v| v.split(',')) {
+            let v = v.trim();
+            let n: u64 = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| v.parse().ok())
+                .flatten()
+                .ok_or_else(|| ReadError::Bad(format!("content-length {v:?}")))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ReadError::Bad("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+        Ok(Some((req, BodyFraming::Length(length.unwrap_or(0)))))
     }
 
-    fn read_chunked(&mut self, io: &mut Io, req: &mut RecordedRequest) -> Result<(), ReadError> {
+    /// Reads the body of `req` (framed as its head said), hashing it and
+    /// keeping it when `keep`, but at most `limit` bytes of it: a body left
+    /// unread past the limit leaves the request incomplete.
+    pub(super) fn read_body(
+        &mut self,
+        io: &mut Io,
+        req: &mut RecordedRequest,
+        framing: BodyFraming,
+        limit: Option<u64>,
+        keep: bool,
+    ) -> Result<(), ReadError> {
+        let mut sink = BodySink {
+            req,
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            keep,
+            allowed: limit.unwrap_or(u64::MAX),
+        };
+        let complete = match framing {
+            BodyFraming::Length(n) => {
+                if keep && n > MAX_BODY as u64 {
+                    return Err(ReadError::Bad("body too large".into()));
+                }
+                let take = n.min(sink.allowed);
+                self.pass(io, &mut sink, take)?;
+                take == n
+            }
+            BodyFraming::Chunked => {
+                sink.req.chunked = true;
+                self.read_chunked(io, &mut sink)?
+            }
+        };
+        sink.finish(complete);
+        Ok(())
+    }
+
+    /// A chunked body into `sink`; Ok(false) when the sink's allowance ran
+    /// out first.
+    fn read_chunked(&mut self, io: &mut Io, sink: &mut BodySink<'_>) -> Result<bool, ReadError> {
         loop {
             let line = self.line(io, 4096)?;
             let size_text = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16)
+            let size = u64::from_str_radix(size_text, 16)
                 .map_err(|_| ReadError::Bad(format!("chunk size {line:?}")))?;
             if size == 0 {
                 break;
             }
-            if req.body.len() + size > MAX_BODY {
-                return Err(ReadError::Bad("body too large".into()));
+            let take = size.min(sink.allowed);
+            self.pass(io, sink, take)?;
+            if take < size {
+                return Ok(false);
             }
-            let data = self.exact(io, size)?;
-            req.body.extend_from_slice(&data);
             let end = self.line(io, 4096)?;
             if !end.is_empty() {
                 return Err(ReadError::Bad("chunk data longer than its size".into()));
@@ -284,12 +362,13 @@ impl RequestReader {
         loop {
             let line = self.line(io, MAX_HEAD)?;
             if line.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             let Some((name, value)) = line.split_once(':') else {
                 return Err(ReadError::Bad(format!("trailer line {line:?}")));
             };
-            req.trailers
+            sink.req
+                .trailers
                 .push((name.to_owned(), value.trim().to_owned()));
         }
     }

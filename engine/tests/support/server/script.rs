@@ -2,8 +2,12 @@
 //! connection, and [`Reply`], the answer to one request (status, headers,
 //! body, [`Framing`], delays, a [`Cut`] at a byte offset, a close, a reset, a
 //! stall), serialized into timed segments for the connection to write.
+//! A body is bytes, or generated piece by piece as it is written
+//! ([`Reply::generated`]), so a reply of any size costs no memory.
 //! Pure data: nothing here touches a socket or the server's state.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::request::RecordedRequest;
@@ -26,6 +30,30 @@ pub enum Accept {
     SendRawThenClose(Vec<u8>),
 }
 
+/// What an on-head hook ([`ServerBuilder::on_head`](super::ServerBuilder::on_head))
+/// decides once a request's head has been read.
+#[derive(Clone, Debug, Default)]
+pub enum BodyPlan {
+    /// Read the whole body, then let the handler answer (the default).
+    #[default]
+    Read,
+    /// Read at most this many bytes of the body, then answer with this
+    /// reply instead of the handler's and end the connection (the rest of
+    /// the body is never read). `Early(0, Reply::text(413, ..))` is an early
+    /// answer; `Early(n, Reply::reset())` resets after `n` body bytes. Build it
+    /// with [`BodyPlan::early`].
+    /// `Expect: 100-continue` is answered only when `n` is not zero.
+    Early(u64, Box<Reply>),
+}
+
+impl BodyPlan {
+    /// [`BodyPlan::Early`]: read at most `body_bytes` of the body, then
+    /// answer with `reply`.
+    pub fn early(body_bytes: u64, reply: Reply) -> BodyPlan {
+        BodyPlan::Early(body_bytes, Box::new(reply))
+    }
+}
+
 /// How a response body is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -37,6 +65,86 @@ pub enum Framing {
     CloseDelimited,
     /// Nothing added: the headers are the test's business (HEAD, 204, 304, lies).
     Verbatim,
+}
+
+/// Writes a generated body's bytes from an offset into a buffer; see
+/// [`Reply::generated`].
+pub type Fill = Arc<dyn Fn(u64, &mut [u8]) + Send + Sync>;
+
+/// Largest piece of a generated body written at once.
+const GEN_PIECE: u64 = 64 * 1024;
+
+/// A generated body: its length and what writes it.
+#[derive(Clone)]
+struct Generated {
+    len: u64,
+    fill: Fill,
+}
+
+impl fmt::Debug for Generated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generated")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One timed segment of a serialized reply.
+pub(super) enum Seg {
+    /// Bytes as they are.
+    Bytes(Vec<u8>),
+    /// `len` bytes of a generated body from offset `from`, framed by
+    /// `prefix` and `suffix` (a chunk's size line and CRLF).
+    Gen {
+        prefix: Vec<u8>,
+        from: u64,
+        len: u64,
+        suffix: Vec<u8>,
+        fill: Fill,
+    },
+}
+
+impl Seg {
+    /// The segment's length in bytes.
+    fn len(&self) -> u64 {
+        match self {
+            Seg::Bytes(bytes) => bytes.len() as u64,
+            Seg::Gen {
+                prefix,
+                len,
+                suffix,
+                ..
+            } => prefix.len() as u64 + len + suffix.len() as u64,
+        }
+    }
+
+    /// The segment's bytes in pieces of at most 64 KiB (a generated body's
+    /// are made as they are taken).
+    pub(super) fn pieces(self) -> Box<dyn Iterator<Item = Vec<u8>>> {
+        match self {
+            Seg::Bytes(bytes) => Box::new(std::iter::once(bytes)),
+            Seg::Gen {
+                prefix,
+                from,
+                len,
+                suffix,
+                fill,
+            } => {
+                let body = (0..len.div_ceil(GEN_PIECE)).map(move |i| {
+                    let at = i * GEN_PIECE;
+                    let mut buf = vec![0; GEN_PIECE.min(len - at) as usize];
+                    fill(from + at, &mut buf);
+                    buf
+                });
+                Box::new(
+                    std::iter::once(prefix)
+                        .chain(body)
+                        .chain(std::iter::once(suffix))
+                        .filter(|p| !p.is_empty()),
+                )
+            }
+        }
+    }
 }
 
 /// How a cut at a byte offset ends the connection.
@@ -77,6 +185,7 @@ pub struct Reply {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     framing: Framing,
+    body_fill: Option<Generated>,
     parts: Vec<usize>,
     trailers: Vec<(String, String)>,
     interim: Vec<u16>,
@@ -95,6 +204,7 @@ impl Reply {
             reason: None,
             headers: Vec::new(),
             body: Vec::new(),
+            body_fill: None,
             framing: Framing::ContentLength,
             parts: Vec::new(),
             trailers: Vec::new(),
@@ -176,7 +286,25 @@ impl Reply {
     /// Sets the body.
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
+        self.body_fill = None;
         self
+    }
+
+    /// Sets a body of `len` bytes that `fill` writes as the reply goes out:
+    /// `fill(offset, buf)` fills `buf` with the body's bytes from `offset`
+    /// (at most 64 KiB at a time). Framing, parts, delays and cuts apply as
+    /// to any body; nothing of it is held in memory.
+    pub fn generated(mut self, len: u64, fill: Fill) -> Self {
+        self.body = Vec::new();
+        self.body_fill = Some(Generated { len, fill });
+        self
+    }
+
+    /// The body's length.
+    fn body_len(&self) -> u64 {
+        self.body_fill
+            .as_ref()
+            .map_or(self.body.len() as u64, |g| g.len)
     }
 
     /// Frames the body chunked (`Transfer-Encoding: chunked` added).
@@ -267,19 +395,21 @@ impl Reply {
         self
     }
 
-    /// The serialized reply as (delay before, bytes) segments. A response to
+    /// The serialized reply as (delay before, segment) pairs. A response to
     /// HEAD keeps its framing header but has no body; a 1xx, 204 or 304 with an
-    /// empty body gets no `Content-Length` (RFC 9110 §8.6).
-    pub(super) fn segments(&self, head_request: bool) -> Vec<(Duration, Vec<u8>)> {
+    /// empty body gets no `Content-Length` (RFC 9110 §8.6). A generated body's
+    /// parts are [`Seg::Gen`], written a piece at a time.
+    pub(super) fn segments(&self, head_request: bool) -> Vec<(Duration, Seg)> {
         let mut out = Vec::new();
         match &self.kind {
             ReplyKind::Raw(bytes) => {
-                out.push((self.head_delay, bytes.clone()));
+                out.push((self.head_delay, Seg::Bytes(bytes.clone())));
                 return out;
             }
             ReplyKind::Respond => {}
             _ => return out,
         }
+        let body_len = self.body_len();
         let mut head = Vec::new();
         for code in &self.interim {
             head.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n\r\n", reason(*code)).as_bytes());
@@ -295,53 +425,83 @@ impl Reply {
         let bodiless_status =
             (100..200).contains(&self.status) || self.status == 204 || self.status == 304;
         match self.framing {
-            Framing::ContentLength if bodiless_status && self.body.is_empty() => {}
-            Framing::ContentLength => head
-                .extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes()),
+            Framing::ContentLength if bodiless_status && body_len == 0 => {}
+            Framing::ContentLength => {
+                head.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes())
+            }
             Framing::Chunked => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
             Framing::CloseDelimited | Framing::Verbatim => {}
         }
         head.extend_from_slice(b"\r\n");
-        out.push((self.head_delay, head));
+        out.push((self.head_delay, Seg::Bytes(head)));
+        let extra = self
+            .extra
+            .iter()
+            .map(|(d, bytes)| (*d, Seg::Bytes(bytes.clone())));
         if head_request {
-            out.extend(self.extra.iter().cloned());
+            out.extend(extra);
             return out;
         }
 
+        // The body's parts, as ranges of it.
         let mut parts = Vec::new();
-        let mut rest = &self.body[..];
+        let mut at = 0u64;
         for &size in &self.parts {
-            let n = size.min(rest.len());
-            parts.push(&rest[..n]);
-            rest = &rest[n..];
+            let n = (size as u64).min(body_len - at);
+            parts.push((at, n));
+            at += n;
         }
-        if !rest.is_empty() {
-            parts.push(rest);
+        if at < body_len {
+            parts.push((at, body_len - at));
         }
-        for part in parts {
-            let bytes = if self.framing == Framing::Chunked {
-                if part.is_empty() {
-                    continue; // an empty chunk would end the body
-                }
-                let mut c = format!("{:x}\r\n", part.len()).into_bytes();
-                c.extend_from_slice(part);
-                c.extend_from_slice(b"\r\n");
-                c
-            } else {
-                part.to_vec()
+        let chunked = self.framing == Framing::Chunked;
+        for (from, len) in parts {
+            if chunked && len == 0 {
+                continue; // an empty chunk would end the body
+            }
+            let (prefix, suffix) = match chunked {
+                true => (format!("{len:x}\r\n").into_bytes(), b"\r\n".to_vec()),
+                false => (Vec::new(), Vec::new()),
             };
-            out.push((self.part_delay, bytes));
+            let seg = match &self.body_fill {
+                Some(g) => Seg::Gen {
+                    prefix,
+                    from,
+                    len,
+                    suffix,
+                    fill: g.fill.clone(),
+                },
+                None => {
+                    let range = from as usize..(from + len) as usize;
+                    let mut bytes = prefix;
+                    bytes.extend_from_slice(&self.body[range]);
+                    bytes.extend_from_slice(&suffix);
+                    Seg::Bytes(bytes)
+                }
+            };
+            out.push((self.part_delay, seg));
         }
-        if self.framing == Framing::Chunked {
+        if chunked {
             let mut end = b"0\r\n".to_vec();
             for (n, v) in &self.trailers {
                 end.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
             }
             end.extend_from_slice(b"\r\n");
-            out.push((Duration::ZERO, end));
+            out.push((Duration::ZERO, Seg::Bytes(end)));
         }
-        out.extend(self.extra.iter().cloned());
+        out.extend(extra);
         out
+    }
+
+    /// The serialized reply's length: of its head (with any interim
+    /// responses) and in all, for placing a cut or a stall at an offset.
+    pub fn wire_len(&self, head_request: bool) -> (u64, u64) {
+        let segs = self.segments(head_request);
+        let head = match (&self.kind, segs.first()) {
+            (ReplyKind::Respond, Some((_, seg))) => seg.len(),
+            _ => 0,
+        };
+        (head, segs.iter().map(|(_, seg)| seg.len()).sum())
     }
 
     pub(super) fn wants_close(&self, req: &RecordedRequest) -> bool {

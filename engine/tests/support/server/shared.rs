@@ -15,7 +15,7 @@ use rustls::server::ServerConfig;
 
 use super::request::{ConnInfo, RecordedRequest};
 use super::tls::RotatingResolver;
-use super::{AcceptHook, Handler};
+use super::{AcceptHook, Handler, OnHead};
 use crate::support::sync::{lock, wait_on, Watched};
 use crate::support::threads::Threads;
 
@@ -32,7 +32,8 @@ pub struct ServerStats {
     pub handshakes_resumed: u64,
     /// TLS handshakes that failed (see [`TestServer::tls_errors`]).
     pub handshakes_failed: u64,
-    /// Requests parsed completely (head and body).
+    /// Requests parsed (the head, and the body unless an on-head plan
+    /// answered before its end).
     pub requests: u64,
     /// Replies written to the end (not cut, not stalled).
     pub replies_completed: u64,
@@ -65,6 +66,9 @@ pub(super) struct Shared {
     pub(super) resolver: Option<Arc<RotatingResolver>>,
     pub(super) handler: RwLock<Handler>,
     pub(super) accept: RwLock<Option<AcceptHook>>,
+    pub(super) on_head: RwLock<Option<OnHead>>,
+    /// Request bodies are kept in [`RecordedRequest::body`] (else only hashed).
+    pub(super) keep_bodies: AtomicBool,
     pub(super) idle_ms: AtomicU64,
     pub(super) keepalive_requests: AtomicU64,
     pub(super) stopping: AtomicBool,
@@ -92,6 +96,8 @@ impl Shared {
             resolver,
             handler: RwLock::new(handler),
             accept: RwLock::new(accept),
+            on_head: RwLock::new(None),
+            keep_bodies: AtomicBool::new(true),
             idle_ms: AtomicU64::new(0),
             keepalive_requests: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
