@@ -1131,7 +1131,7 @@ fn a_revoked_proxy_certificate_closes_the_connections_through_it() {
         let p = rotary::Proxy::parse(&url)
             .expect("proxy")
             .with_trust(proxy_trust);
-        c.proxy = rotary::ProxySetting::Use(rotary::Proxies::all(p));
+        c.proxy = rotary::Proxies::all(p);
     });
     let (first, out) = fetch(&mut engine, &server.url("/"));
     let conn = served_by(&out, first).conn;
