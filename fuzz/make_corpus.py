@@ -7,9 +7,9 @@ the request (index into rotary_proto::fuzzing::Request::ALL: 0 GET, 1 HEAD,
 bit 0x80 the small limits; the seed picks the split sizes. Regression inputs
 found by the fuzzer are added next to these by hand.
 
-For `engine` the input is a script for rotary::fuzzing::run_script (a flags
-byte, then two-byte operations; see its doc). Only the streamed-body seeds
-are written here; the older engine seeds were written by hand, and the
+For `engine` the input is a script for rotary::fuzzing::run_script_with (a
+flags byte, then two-byte operations; see its doc). Only the streamed-body
+and credential-change seeds are written here; the older engine seeds were written by hand, and the
 found_streamed_* ones were kept from an 8-minute fuzzing run (the inputs
 that mixed the most kinds of operation, fed bodies and flow control among
 them).
@@ -109,3 +109,22 @@ def write_raw(target, scripts):
 
 
 write_raw("engine", ENGINE_BODIES)
+
+# Credential changes (op 0xF0 + i installs the harness's i-th new file
+# version; see engine/tests/fuzz_corpus.rs `writes`): 0 a second root, 1 the
+# other root alone, 3 a list revoking the peer's leaf, 5 a list that does
+# not parse, 6 and 7 a new identity's certificate and key.
+ENGINE_CREDENTIALS = {
+    # Revoked while a GET waits: it fails, the connection closes.
+    "credentials_revoked_in_flight": bytes([1, 0, 0, 6, 1, 0xF3, 0, 9, 0]),
+    # The root removed while a GET waits: answered, then retired.
+    "credentials_root_removed_in_flight": bytes([1, 0, 0, 6, 1, 0xF1, 0, 9, 0]),
+    # A second root and a broken list: nothing moves; reused.
+    "credentials_root_added_list_broken": bytes([1, 0, 0, 6, 1, 9, 0, 0xF0, 0, 0xF5, 0, 0, 0, 9, 0]),
+    # A new identity in two steps: replaced make-before-break.
+    "credentials_identity_renewed": bytes([1, 0, 0, 6, 1, 9, 0, 0xF6, 0, 0xF7, 0, 6, 1, 0, 0, 9, 0]),
+    # Everything at once, on a pool of two with max age.
+    "credentials_all_at_once": bytes([1 | 2 | 8, 0, 0, 0, 0, 6, 1, 0xF6, 0, 0xF3, 0, 0xF1, 0, 0xF7, 0,
+                                      9, 0, 9, 1 << 6, 6, 40, 0xF2, 0, 0xF4, 0, 0, 0, 6, 1, 9, 0]),
+}
+write_raw("engine", ENGINE_CREDENTIALS)

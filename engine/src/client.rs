@@ -425,7 +425,10 @@ impl Client {
 
     /// The lifecycle events — [`Event::Opened`], [`Event::Closed`],
     /// [`Event::ConnectFailed`], [`Event::ChainChanged`],
-    /// [`Event::TrustError`] — on a channel. The first call takes the
+    /// [`Event::TrustError`], [`Event::CredentialsInvalid`] (a live
+    /// connection whose client identity, trust anchor or chain stopped
+    /// holding, with the reason), [`Event::IdentityExpiring`] — on a
+    /// channel. The first call takes the
     /// receiver; later calls get `None`. Reading it is optional: at most
     /// [`LIFECYCLE_CAPACITY`] events wait, later ones are dropped and
     /// counted in [`Client::lifecycle_dropped`].

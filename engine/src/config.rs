@@ -75,6 +75,25 @@ pub enum OnChainChange {
     Keep,
 }
 
+/// What a live connection does when a new revocation list
+/// ([`Trust::crl_files`]) revokes a certificate of its verified path (the
+/// origin's, or an `https://` proxy's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnRevocation {
+    /// Close it at once, failing the request on it with
+    /// [`Error::Revoked`](crate::Error::Revoked) (default): a revoked key
+    /// may be in an attacker's hands, and the exchange may be theirs.
+    /// Requests waiting for a connection get a new one, which verifies the
+    /// server afresh.
+    #[default]
+    Close,
+    /// Retire it gently: it takes no new request and closes when the
+    /// exchange on it ends (an idle one closes at once), as for a removed
+    /// trust anchor.
+    Retire,
+}
+
 /// Connection-lifetime policy, set for the engine and overridable per origin
 /// with [`Engine::set_origin_policy`](crate::Engine::set_origin_policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +128,9 @@ pub struct Policy {
     pub resumption: Resumption,
     /// Reaction to a changed peer chain; default [`OnChainChange::RetireOld`].
     pub on_chain_change: OnChainChange,
+    /// Reaction of a live connection to a revocation of its chain; default
+    /// [`OnRevocation::Close`].
+    pub on_revocation: OnRevocation,
     /// Every this often, while the origin has connections, open a TLS-only
     /// connection (full handshake, no request) and compare its chain with the
     /// origin's; a change raises [`Event::ChainChanged`](crate::Event::ChainChanged)
@@ -154,6 +176,7 @@ impl Default for Policy {
             max_requests: None,
             resumption: Resumption::Never,
             on_chain_change: OnChainChange::RetireOld,
+            on_revocation: OnRevocation::Close,
             chain_probe_interval: None,
             chain_probe_jitter: None,
             keep_alive_margin: Duration::from_secs(1),
@@ -378,7 +401,9 @@ pub struct Trust {
     /// version that fails to parse keeps the previous anchors and raises
     /// [`Event::TrustError`](crate::Event::TrustError). Default none.
     pub pem_files: Vec<PathBuf>,
-    /// A client certificate for mutual TLS, re-read the same way. A new
+    /// A client certificate for mutual TLS, re-read the same way (live
+    /// connections that presented an older one are replaced,
+    /// make-before-break). A new
     /// version is used only when the chain parses, the key parses and the
     /// key belongs to the leaf (so a renewal written in two steps, the
     /// certificate first, is never used half-way); until then the previous
@@ -415,8 +440,15 @@ pub struct Trust {
     /// How often every credential file (CA files, the host's store, the
     /// client identity, the CRL files) is looked at for a new version: one
     /// `stat` per file (with its symlinks resolved), the files inside the
-    /// store's directories at most once a second. Default 1 s; zero is
-    /// refused ([`Config::check`]).
+    /// store's directories at most once a second. A timer on the engine's
+    /// wheel, armed only while the engine holds connections (they are also
+    /// looked at before every new connection); when a set has a new valid
+    /// version, every live connection made before it is judged again (see
+    /// [`Event::CredentialsInvalid`](crate::Event::CredentialsInvalid)), so
+    /// this bounds how long a connection that no longer qualifies may take
+    /// a request. The engine's interval also paces the files of proxies with
+    /// a trust of their own. Default 1 s; zero is refused
+    /// ([`Config::check`]).
     pub check_interval: Duration,
     /// Accept any server certificate. Only with the off-by-default cargo
     /// feature `dangerous-skip-verification`, for lab setups; every

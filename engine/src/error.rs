@@ -449,13 +449,6 @@ impl Error {
 
     /// The error for a TLS failure in `phase`: [`Error::Revoked`] when
     /// rotary's verifier found a certificate revoked, else [`Error::Tls`].
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine builds its TLS errors here once it closes revoked connections"
-        )
-    )]
     pub(crate) fn tls(reason: rustls::Error, phase: Phase) -> Error {
         match crate::crl::revoked_in(&reason) {
             Some(certificate) => Error::Revoked {

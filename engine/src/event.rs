@@ -389,8 +389,14 @@ pub enum Event {
     /// The credentials a connection was made with no longer hold: a newer
     /// client identity, its identity about to expire, a removed trust
     /// anchor, or a revocation. What follows depends on `reason` (see
-    /// [`CredentialReason`]); the connection ends with
-    /// [`Event::Closed`] and [`CloseReason::Credentials`].
+    /// [`CredentialReason`]); the connection ends with [`Event::Closed`]
+    /// and [`CloseReason::Credentials`] (or the reason it was already
+    /// retiring for, such as its max age). Raised once per connection, by
+    /// the engine's look at its credential files every
+    /// [`Trust::check_interval`](crate::Trust::check_interval), or as a
+    /// handshake that ran across a change finishes; a revocation after a
+    /// gentler reason raises a second one, as it closes the connection at
+    /// once. Counted in [`Stats::credentials_invalid`](crate::Stats::credentials_invalid).
     CredentialsInvalid {
         /// The connection.
         conn: ConnId,

@@ -216,6 +216,9 @@ pub struct Report {
     pub ok: usize,
     /// Requests that failed.
     pub failed: usize,
+    /// Connections whose credentials stopped holding
+    /// ([`Event::CredentialsInvalid`]).
+    pub invalidated: usize,
 }
 
 const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -252,10 +255,39 @@ struct Seen {
 /// `tls` is the peer's server configuration (used when the script asks for
 /// TLS) and `trust` the engine's trust settings for it.
 pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> Report {
+    run_script_with(data, tls, trust, &[])
+}
+
+/// One new version of a credential file a script may install: a CA file,
+/// a CRL file or a client certificate or key of the engine's [`Trust`]
+/// (written beside it, then renamed over it).
+#[derive(Debug, Clone)]
+pub struct CredentialWrite {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Its new contents (valid or not: a list that does not parse, half a
+    /// renewal).
+    pub contents: Vec<u8>,
+}
+
+/// [`run_script`], where an op byte of `0xF0` or more installs
+/// `writes[op % 16 % writes.len()]` (no op without writes) and moves the
+/// clock on by [`Trust::check_interval`], so the engine's credential check
+/// sees it: a new root, a removed one, a revocation of the peer's leaf, a
+/// list that does not parse, a new client identity, as the caller's writes
+/// say. The same invariants hold whatever credentials change under the
+/// engine's connections.
+pub fn run_script_with(
+    data: &[u8],
+    tls: Option<Arc<ServerConfig>>,
+    trust: Trust,
+    writes: &[CredentialWrite],
+) -> Report {
     let mut bytes = data.iter().copied();
     let flags = bytes.next().unwrap_or(0);
     let use_tls = flags & 1 != 0 && tls.is_some();
     let net = MemNet::new();
+    let check_every = trust.check_interval;
     let mut config = Config {
         network: Some(Arc::new(net.clone())),
         trust,
@@ -311,6 +343,19 @@ pub fn run_script(data: &[u8], tls: Option<Arc<ServerConfig>>, trust: Trust) -> 
             .len()
             .checked_sub(1 + usize::from(arg >> 6))
             .and_then(|i| peers.get_mut(i));
+        if op >= 0xF0 {
+            if let Some(w) = writes.get(usize::from(op % 16) % writes.len().max(1)) {
+                let tmp = w.path.with_extension("fuzz-new");
+                if std::fs::write(&tmp, &w.contents).is_ok() {
+                    let _ = std::fs::rename(&tmp, &w.path);
+                }
+                now += check_every;
+                engine.handle_timeouts(now);
+            }
+            step(&mut engine, &mut peers, now);
+            collect(&mut engine, &mut ended, &mut seen, &mut report);
+            continue;
+        }
         match op % 16 {
             0..=2 => {
                 let mut opts = RequestOptions::default()
@@ -485,6 +530,9 @@ fn collect(
 ) {
     while let Some(ev) = engine.next_event() {
         log::trace!("fuzz event: {ev:?}");
+        if matches!(ev, Event::CredentialsInvalid { .. }) {
+            report.invalidated += 1;
+        }
         let Some(id) = ev.request_id() else { continue };
         assert!(
             !ended.contains_key(&id),

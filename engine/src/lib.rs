@@ -94,7 +94,7 @@ pub use chain::PeerChain;
 pub use client::{Client, Pending, ResponseBody, LIFECYCLE_CAPACITY};
 pub use config::{
     BuildError, ClientIdentity, Config, ConfigError, CrlExpiry, IdentityExpiry, OnChainChange,
-    Policy, RequestOptions, Resumption, Timeouts, Trust,
+    OnRevocation, Policy, RequestOptions, Resumption, Timeouts, Trust,
 };
 pub use crl::RevokedCertificate;
 pub use dns::{Resolver, SystemResolver};

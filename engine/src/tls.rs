@@ -63,13 +63,6 @@ struct Configs {
 
 /// A live connection's chain, judged again under the current anchors and
 /// CRLs ([`TlsState::judge`]).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
-    )
-)]
 #[derive(Debug)]
 pub(crate) enum Judgement {
     /// It still verifies: the chain with the path it verifies along now
@@ -115,13 +108,6 @@ impl TlsState {
         })
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
-        )
-    )]
     /// Look at every credential file and load what changed
     /// ([`Credentials::check`]), rebuilding the verifier (when the anchors
     /// or the CRLs moved) and the configs, with an empty session store.
@@ -186,25 +172,19 @@ impl TlsState {
         looked
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
-        )
-    )]
     /// The epoch of the credentials new connections are made with.
     pub(crate) fn epoch(&self) -> Epoch {
         self.creds.epoch()
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
-        )
-    )]
+    /// The client identity new connections present: its leaf's subject
+    /// and serial (uppercase hex).
+    pub(crate) fn identity(&self) -> Option<(&str, &str)> {
+        self.creds
+            .identity()
+            .map(|id| (id.subject.as_str(), id.serial.as_str()))
+    }
+
     /// How often [`TlsState::check`] should run ([`Trust::check_interval`]).
     pub(crate) fn check_interval(&self) -> Duration {
         self.creds.trust().check_interval
@@ -246,13 +226,6 @@ impl TlsState {
         }
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the engine uses it once each connection's Ready stage carries its credential epoch"
-        )
-    )]
     /// Judge a live connection's chain, as verified for `host`, again under
     /// the current anchors and CRLs: local computation (path building and
     /// signature checks, at most one per distinct chain while the verify

@@ -100,6 +100,11 @@ struct Setup {
     rotate_every: Option<Duration>,
     /// `Resumption::WithinMaxAge` instead of full handshakes only.
     resumption: bool,
+    /// Change a credential this often, each kind in turn (see [`Changes`]):
+    /// the client identity, a root (the server moves to a leaf of the other
+    /// root, which is added, then the old root is removed), a revocation
+    /// (the server moves to a new leaf, then a CRL revokes the old one).
+    credentials: Option<Duration>,
     /// Shut the engine down once this many requests were submitted (the
     /// rest are still submitted, and must fail with `Error::Shutdown`).
     shutdown_after: Option<u64>,
@@ -284,6 +289,11 @@ struct Tally {
     strict: bool,
     connect_failed_events: u64,
     chain_changed_events: u64,
+    /// Credential changes made, and `CredentialsInvalid` events seen.
+    credential_changes: u64,
+    credentials_invalid_events: u64,
+    /// Requests failed with `Error::Revoked` (each on a revoked connection).
+    revoked: u64,
     /// Responses that came after following a redirect.
     redirected: u64,
     rotations: u64,
@@ -365,6 +375,165 @@ fn chaos_server(leaf: &Issued) -> TestServer {
     })
 }
 
+/// The engine's CA file: its own, or the one [`Changes`] rewrites.
+enum CaFile {
+    Own(TempFile),
+    Shared(std::path::PathBuf),
+}
+
+impl CaFile {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            CaFile::Own(f) => f.path(),
+            CaFile::Shared(p) => p,
+        }
+    }
+}
+
+/// Credential changes under a running engine, one kind per step, in turn:
+/// 0 a new client identity (a secret volume's `..data` link swapped); 1
+/// the CA file gains the other root; 2 the server moves to a leaf under
+/// it; 3 the old root leaves the CA file (connections whose chain ended
+/// there retire); 4 the server moves to a new leaf of the same root and a
+/// CRL revokes the one before (connections holding it close). Then again
+/// with the roots' roles swapped. Every leaf the server presents is a chain
+/// generation of the run.
+struct Changes {
+    roots: [TestCa; 2],
+    /// Which root the server's leaf is under.
+    current: usize,
+    leaf: Issued,
+    dir: tempfile::TempDir,
+    ca_file: TempFile,
+    crls: [TempFile; 2],
+    identities: [Issued; 2],
+    identity: usize,
+    step: u64,
+    every: Duration,
+    next_at: Instant,
+}
+
+impl Changes {
+    fn new(every: Duration) -> Changes {
+        let ca = TestCa::new("rotary chaos root");
+        let other = TestCa::new("rotary chaos other root");
+        let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+        let next_update = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        let crls = [
+            TempFile::new("a.crl", ca.crl_pem(&[], next_update).as_bytes()),
+            TempFile::new("b.crl", other.crl_pem(&[], next_update).as_bytes()),
+        ];
+        let clients = TestCa::new("rotary chaos client CA");
+        let identities = [
+            clients.issue_client("runner-1"),
+            clients.issue_client("runner-2"),
+        ];
+        let dir = tempfile::tempdir().expect("temp dir");
+        let c = Changes {
+            ca_file: ca.write_pem_file(),
+            roots: [ca, other],
+            current: 0,
+            leaf,
+            dir,
+            crls,
+            identities,
+            identity: 0,
+            step: 0,
+            every,
+            next_at: Instant::now() + every,
+        };
+        c.install_identity(0);
+        c
+    }
+
+    fn clone_path(&self) -> CaFile {
+        CaFile::Shared(self.ca_file.path().to_path_buf())
+    }
+
+    /// The CRL files and the client identity, looked at every 20 ms.
+    fn trust(&self, trust: &mut rotary::Trust) {
+        trust.crl_files = self.crls.iter().map(|f| f.path().to_path_buf()).collect();
+        trust.client_identity = Some(rotary::ClientIdentity {
+            cert_chain: self.dir.path().join("tls.crt"),
+            key: self.dir.path().join("tls.key"),
+        });
+        trust.check_interval = Duration::from_millis(20);
+    }
+
+    /// Identity `i`, installed as a Kubernetes secret volume does.
+    fn install_identity(&self, i: usize) {
+        let root = self.dir.path();
+        let data = root.join(format!("..{}-{i}", self.step));
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::write(data.join("tls.crt"), self.identities[i].chain_pem()).expect("write");
+        std::fs::write(data.join("tls.key"), self.identities[i].key_pem()).expect("write");
+        let tmp = root.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).expect("symlink");
+        std::fs::rename(&tmp, root.join("..data")).expect("swap ..data");
+        for name in ["tls.crt", "tls.key"] {
+            let link = root.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(std::path::Path::new("..data").join(name), &link)
+                    .expect("symlink");
+            }
+        }
+    }
+
+    /// Move the server to `leaf`, a new chain generation.
+    fn rotate(&mut self, leaf: Issued, server: &TestServer, tally: &mut Tally) {
+        server.rotate_to(&leaf);
+        tally.rotations += 1;
+        tally
+            .generations
+            .push((Instant::now(), sha256(&leaf.cert_der())));
+        self.leaf = leaf;
+    }
+
+    /// Make the next change when it is due; when the one after is due.
+    fn due(&mut self, now: Instant, server: &TestServer, tally: &mut Tally) -> Option<Instant> {
+        if now < self.next_at {
+            return Some(self.next_at);
+        }
+        let names = ["localhost", "127.0.0.1"];
+        let next_update = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        match self.step % 5 {
+            0 => {
+                self.identity = 1 - self.identity;
+                self.install_identity(self.identity);
+            }
+            // The other root joins the CA file before the server presents a
+            // leaf under it: no handshake meets a root not yet trusted.
+            1 => {
+                let both = format!("{}{}", self.roots[0].root_pem(), self.roots[1].root_pem());
+                self.ca_file.replace(both.as_bytes());
+            }
+            2 => {
+                let other = 1 - self.current;
+                let leaf = self.roots[other].issue(&names);
+                self.rotate(leaf, server, tally);
+                self.current = other;
+            }
+            3 => {
+                let root = &self.roots[self.current];
+                self.ca_file.replace(root.root_pem().as_bytes());
+            }
+            // The server moves on before the list revokes the leaf it
+            // presented: a handshake never meets a revoked leaf.
+            _ => {
+                let old = self.leaf.clone();
+                let leaf = self.roots[self.current].issue(&names);
+                self.rotate(leaf, server, tally);
+                let list = self.roots[self.current].crl_pem(&[&old], next_update);
+                self.crls[self.current].replace(list.as_bytes());
+            }
+        }
+        self.step += 1;
+        tally.credential_changes += 1;
+        self.next_at = now + self.every;
+        Some(self.next_at)
+    }
+}
+
 /// Prints the seed when the run panics, so that any failure names it.
 struct SeedOnPanic(u64);
 
@@ -386,12 +555,17 @@ fn run(seed: u64, setup: Setup) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x0c4a_05c4_a05c_4a05);
 
     let (ca, leaf) = ca_and_leaf();
+    let mut changes = setup.credentials.map(Changes::new);
+    let leaf = changes.as_ref().map_or(leaf, |c| c.leaf.clone());
     let server = chaos_server(&leaf);
     let proxy = FaultProxy::builder(server.addr())
         .seed(seed)
         .random_faults(setup.fault_rate, setup.max_offset)
         .start();
-    let ca_file = ca.write_pem_file();
+    let ca_file = match &changes {
+        Some(c) => c.clone_path(),
+        None => CaFile::Own(ca.write_pem_file()),
+    };
     let uploads: Vec<(usize, TempFile)> = UPLOAD_SIZES
         .iter()
         .map(|&len| {
@@ -403,6 +577,9 @@ fn run(seed: u64, setup: Setup) -> Tally {
         .collect();
     let mut config = rotary::Config::default();
     config.trust = rotary::Trust::pem_file(ca_file.path());
+    if let Some(c) = &changes {
+        c.trust(&mut config.trust);
+    }
     // The server's name resolves to a dead address first (connects are
     // refused there), then to the proxy: every connection races the two.
     let dead = {
@@ -505,6 +682,11 @@ fn run(seed: u64, setup: Setup) -> Tally {
             }
             wait = wait.min(every);
         }
+        if let Some(c) = changes.as_mut() {
+            if let Some(at) = c.due(now, &server, &mut tally) {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
+        }
         cancels.retain(|&(at, id)| {
             if at <= now {
                 if id.get() % 2 == 0 {
@@ -591,6 +773,12 @@ fn run(seed: u64, setup: Setup) -> Tally {
     check_no_duplicate_unsafe_posts(seed, &server);
     check_counters(seed, &setup, &stats, &injected, &tally);
 
+    if tally.credential_changes > 0 {
+        eprintln!(
+            "chaos: seed {seed}: {} credential changes; connections judged invalid by reason {:?}; {} requests failed as revoked",
+            tally.credential_changes, stats.credentials_invalid_by_reason, tally.revoked
+        );
+    }
     if tally.rotations > 0 {
         eprintln!(
             "chaos: seed {seed}: worst staleness of a chain after a rotation {:?} (bound {:?})",
@@ -941,6 +1129,7 @@ fn observe(
             match error {
                 Error::Timeout(Deadline::Total | Deadline::FirstByte) => tally.timeouts += 1,
                 Error::Cancelled => tally.cancelled += 1,
+                Error::Revoked { .. } => tally.revoked += 1,
                 Error::Timeout(Deadline::DrainGrace) => tally.drain_grace += 1,
                 _ => tally.other_failures += 1,
             }
@@ -960,6 +1149,9 @@ fn observe(
         Event::ConnectFailed { .. } => tally.connect_failed_events += 1,
         Event::Opened(_) | Event::Closed { .. } => {}
         Event::ChainChanged { .. } if tally.rotations > 0 => tally.chain_changed_events += 1,
+        Event::CredentialsInvalid { .. } if tally.credential_changes > 0 => {
+            tally.credentials_invalid_events += 1
+        }
         Event::ChainChanged { .. } | Event::TrustError { .. } => {
             panic!("seed {seed}: unexpected event {ev:?}")
         }
@@ -1145,6 +1337,25 @@ fn check_counters(
         tally.connect_failed_events <= injected.fired,
         "failed connection attempts without a fault; {ctx}"
     );
+    let invalid: u64 = stats.credentials_invalid_by_reason.iter().sum();
+    assert_eq!(invalid, tally.credentials_invalid_events, "{ctx}");
+    assert!(
+        tally.revoked <= stats.credentials_invalid(rotary::CredentialReason::Revoked),
+        "a request failed as revoked without a revoked connection; {ctx}"
+    );
+    if setup.credentials.is_some() && tally.credential_changes >= 5 {
+        for reason in [
+            rotary::CredentialReason::IdentityRotated,
+            rotary::CredentialReason::AnchorRemoved,
+            rotary::CredentialReason::Revoked,
+        ] {
+            assert!(
+                stats.credentials_invalid(reason) > 0,
+                "{reason:?}: no connection judged so over {} changes; {ctx}",
+                tally.credential_changes
+            );
+        }
+    }
     assert!(
         tally.drain_grace <= stats.drains_hit_grace,
         "drain-grace failures without a drain running out of grace; {ctx}"
@@ -1209,6 +1420,7 @@ fn ten_thousand_requests_through_faults_end_once_each_and_leave_nothing() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(110),
@@ -1240,6 +1452,7 @@ fn a_fixed_seed_replays() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(60),
@@ -1266,6 +1479,7 @@ fn heavy_faults() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(110),
@@ -1294,6 +1508,7 @@ fn aging_connections_under_faults() {
             bad_server: false,
             rotate_every: Some(Duration::from_millis(700)),
             resumption: true,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(60),
@@ -1321,6 +1536,7 @@ fn misbehaving_server_without_network_faults() {
             bad_server: true,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(60),
@@ -1344,6 +1560,7 @@ fn misbehaving_server_behind_faults() {
             bad_server: true,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(60),
@@ -1368,6 +1585,7 @@ fn heavy_faults_and_a_misbehaving_server() {
             bad_server: true,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(110),
@@ -1393,6 +1611,7 @@ fn shutdown_in_the_middle_of_faults() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: Some(700),
             embedded: false,
             budget: Duration::from_secs(60),
@@ -1418,11 +1637,41 @@ fn embedded_engine_under_faults() {
             bad_server: true,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: true,
             budget: Duration::from_secs(60),
         },
     );
+}
+
+/// Credentials change every 150 ms under the faults, each kind in turn (a
+/// new client identity, a root added and the old one removed, a leaf
+/// revoked): connections judged invalid retire or close, a request on a
+/// revoked connection fails with `Error::Revoked` (and only there), and
+/// every other invariant holds.
+#[test]
+fn credential_changes_under_faults() {
+    let tally = run(
+        seed(),
+        Setup {
+            requests: 1_500,
+            concurrency: 32,
+            fault_rate: 0.05,
+            max_offset: 8_000,
+            max_age: Duration::from_secs(3),
+            drain_grace: None,
+            probe: None,
+            bad_server: false,
+            rotate_every: None,
+            resumption: false,
+            credentials: Some(Duration::from_millis(150)),
+            shutdown_after: None,
+            embedded: false,
+            budget: Duration::from_secs(60),
+        },
+    );
+    assert!(tally.credential_changes >= 5, "{tally:?}");
 }
 
 /// The calibration behind the counter relations: without faults, nothing fails.
@@ -1441,6 +1690,7 @@ fn without_faults_nothing_fails() {
             bad_server: false,
             rotate_every: None,
             resumption: false,
+            credentials: None,
             shutdown_after: None,
             embedded: false,
             budget: Duration::from_secs(60),

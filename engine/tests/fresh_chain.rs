@@ -260,12 +260,13 @@ fn a_stalled_handshake_ends_at_the_handshake_deadline() {
     let id = engine.fresh_chain(&origin_of(&server.url_ip("")), Duration::ZERO);
     assert_eq!(
         engine.stats().timers,
-        1,
-        "the connect deadline is on the wheel"
+        2,
+        "the connect deadline is on the wheel, with the credential check"
     );
     pump_until(&mut engine, T, || server.stats().connections_accepted >= 1);
-    // Then the handshake deadline alone: no max age for a chain-only connection.
-    assert_eq!(engine.stats().timers, 1, "{:#?}", engine.stats());
+    // Then the handshake deadline alone (and the credential check): no max
+    // age for a chain-only connection.
+    assert_eq!(engine.stats().timers, 2, "{:#?}", engine.stats());
     let (result, _) = answer(&mut engine, id);
     let err = result.expect_err("the handshake never finished");
     assert_eq!(err.deadline(), Some(Deadline::Handshake), "{err:?}");

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
-use rotary::fuzzing::run_script;
+use rotary::fuzzing::{run_script_with, CredentialWrite};
 use support::*;
 
 /// What every script shares. No file lives here: a static is never dropped,
@@ -16,6 +16,13 @@ use support::*;
 struct Setup {
     server: Arc<rustls::ServerConfig>,
     ca_pem: String,
+    /// Another root, for anchor changes.
+    other_root_pem: String,
+    /// A CRL of the CA listing nothing, and one revoking the peer's leaf.
+    crl_empty: String,
+    crl_revoking: String,
+    /// Two client identities (certificate, key).
+    identities: [(String, String); 2],
 }
 
 fn setup() -> &'static Setup {
@@ -29,23 +36,72 @@ fn setup() -> &'static Setup {
             .with_no_client_auth()
             .with_single_cert(leaf.chain_der(), leaf.key_der())
             .expect("server config");
+        let next_update = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
+        let clients = TestCa::new("rotary fuzz client CA");
+        let identity = |cn: &str| {
+            let c = clients.issue_client(cn);
+            (c.chain_pem(), c.key_pem())
+        };
         Setup {
             server: Arc::new(server),
             ca_pem: ca.root_pem(),
+            other_root_pem: TestCa::new("rotary fuzz other root").root_pem(),
+            crl_empty: ca.crl_pem(&[], next_update),
+            crl_revoking: ca.crl_pem(&[&leaf], next_update),
+            identities: [identity("runner-1"), identity("runner-2")],
         }
     })
 }
 
 /// Runs one script trusting the CA through a PEM file, as the fuzz target
-/// does; the file lives for this run only.
+/// does, with a CRL file and a client identity whose new versions the
+/// script's credential ops install (see [`writes`]); the files live for
+/// this run only.
 fn run(data: &[u8]) -> rotary::fuzzing::Report {
     let s = setup();
-    let ca_file = TempFile::new("ca.pem", s.ca_pem.as_bytes());
-    run_script(
-        data,
-        Some(s.server.clone()),
-        rotary::Trust::pem_file(ca_file.path()),
-    )
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let mut trust = rotary::Trust::pem_file(file("ca.pem", &s.ca_pem));
+    trust.crl_files = vec![file("ca.crl", &s.crl_empty)];
+    trust.client_identity = Some(rotary::ClientIdentity {
+        cert_chain: file("tls.crt", &s.identities[0].0),
+        key: file("tls.key", &s.identities[0].1),
+    });
+    trust.check_interval = std::time::Duration::from_millis(5);
+    run_script_with(data, Some(s.server.clone()), trust, &writes(dir.path()))
+}
+
+/// The credential changes op `0xF0 + i` installs (`i` modulo their count):
+/// 0 a second root beside the CA (the chain still verifies), 1 the other
+/// root alone (it does not), 2 the CA again, 3 a list revoking the peer's
+/// leaf, 4 an empty list, 5 a list that does not parse, 6 and 7 a new
+/// identity's certificate and key (half a renewal after the first), 8 and
+/// 9 the first identity's.
+fn writes(dir: &Path) -> Vec<CredentialWrite> {
+    let s = setup();
+    let w = |name: &str, text: &str| CredentialWrite {
+        path: dir.join(name),
+        contents: text.as_bytes().to_vec(),
+    };
+    vec![
+        w("ca.pem", &format!("{}{}", s.ca_pem, s.other_root_pem)),
+        w("ca.pem", &s.other_root_pem),
+        w("ca.pem", &s.ca_pem),
+        w("ca.crl", &s.crl_revoking),
+        w("ca.crl", &s.crl_empty),
+        w(
+            "ca.crl",
+            "-----BEGIN X509 CRL-----\nbroken\n-----END X509 CRL-----\n",
+        ),
+        w("tls.crt", &s.identities[1].0),
+        w("tls.key", &s.identities[1].1),
+        w("tls.crt", &s.identities[0].0),
+        w("tls.key", &s.identities[0].1),
+    ]
 }
 
 #[test]
@@ -108,6 +164,30 @@ fn scripted_streamed_bodies_reach_the_expected_outcomes() {
     // has taken the body and the engine had a turn, here a clock tick).
     let r = run(&[0, 15, 0, 14, 0, 9, 0, 14, 0x40, 6, 1]);
     assert_eq!((r.submitted, r.ok, r.failed), (1, 1, 0));
+}
+
+#[test]
+fn scripted_credential_changes_reach_the_expected_outcomes() {
+    // A revocation of the peer's leaf while a GET waits for its answer:
+    // the connection closes at once and the request fails.
+    let r = run(&[1, 0, 0, 6, 1, 0xF3, 0, 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed, r.invalidated), (1, 0, 1, 1));
+    // Answered first, then revoked: the idle connection closes, and the
+    // next GET's new connection is refused at its handshake.
+    let r = run(&[1, 0, 0, 6, 1, 9, 0, 0xF3, 0, 0, 0, 6, 1, 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed, r.invalidated), (2, 1, 1, 1));
+    // The CA's root removed while a GET waits: it is answered, and the
+    // connection retires.
+    let r = run(&[1, 0, 0, 6, 1, 0xF1, 0, 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed, r.invalidated), (1, 1, 0, 1));
+    // A second root beside the CA, and a list that does not parse: nothing
+    // the live connection holds to moves, and it is reused.
+    let r = run(&[1, 0, 0, 6, 1, 9, 0, 0xF0, 0, 0xF5, 0, 0, 0, 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed, r.invalidated), (2, 2, 0, 0));
+    // A new identity, whole: the connection is replaced (the replacement
+    // joins, the old one retires).
+    let r = run(&[1, 0, 0, 6, 1, 9, 0, 0xF6, 0, 0xF7, 0, 6, 1, 0, 0, 9, 0]);
+    assert_eq!((r.submitted, r.ok, r.failed, r.invalidated), (2, 2, 0, 1));
 }
 
 proptest! {

@@ -34,6 +34,14 @@
 //!
 //! With [`Settings::fault_every`], the API answers some requests `429` or
 //! `502` first, so a runner's retry rules are exercised.
+//!
+//! [`Coordinator::start_with_client_auth`] requires client certificates
+//! (mutual TLS) from given roots. Every request to the coordinator is
+//! logged ([`Coordinator::requests_seen`]): when it arrived, on which
+//! connection, the serial of the client certificate that connection
+//! presented and of the server leaf it was given, and the `X-Runner`
+//! header, so a demo can tell from the server's side which credentials
+//! each request came with.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -156,21 +164,65 @@ pub struct Counters {
     pub injected_502: u64,
 }
 
-/// Serves the current certificate to every full handshake.
+/// Serves the current certificate (with its leaf's serial) to every full
+/// handshake.
 #[derive(Debug)]
-struct Rotating(RwLock<Arc<CertifiedKey>>);
+struct Rotating(RwLock<(Arc<CertifiedKey>, String)>);
+
+impl Rotating {
+    fn current(&self) -> (Arc<CertifiedKey>, String) {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 impl ResolvesServerCert for Rotating {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(self.current().0)
     }
 }
+
+/// One connection's view of [`Rotating`]: it remembers the serial of the
+/// leaf it handed this connection's handshake.
+#[derive(Debug)]
+struct Presented {
+    certs: Arc<Rotating>,
+    serial: Mutex<Option<String>>,
+}
+
+impl ResolvesServerCert for Presented {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let (key, serial) = self.certs.current();
+        *self.serial.lock().unwrap_or_else(|p| p.into_inner()) = Some(serial);
+        Some(key)
+    }
+}
+
+/// One request as the coordinator saw it (see [`Coordinator::requests_seen`]).
+#[derive(Debug, Clone)]
+pub struct RequestSeen {
+    /// When its head arrived.
+    pub at: Instant,
+    /// The connection it came on (1, 2, ... in accept order).
+    pub conn: u64,
+    /// The `X-Runner` header, if any.
+    pub runner: Option<String>,
+    /// The serial (uppercase hex) of the client certificate the connection
+    /// presented, if any.
+    pub client_serial: Option<String>,
+    /// The serial of the leaf the server presented to the connection
+    /// (`None` for a resumed session, which presents none).
+    pub server_serial: Option<String>,
+}
+
+/// Requests kept in the log; older ones go first.
+const REQUESTS_KEPT: usize = 1 << 16;
 
 struct Shared {
     config: Arc<ServerConfig>,
     storage_config: Arc<ServerConfig>,
     certs: Arc<Rotating>,
     settings: Settings,
+    requests_seen: Mutex<std::collections::VecDeque<RequestSeen>>,
     stop: AtomicBool,
     connections: AtomicU64,
     full: AtomicU64,
@@ -222,12 +274,28 @@ pub struct Coordinator {
     storage_ca: String,
 }
 
-fn tls_config(resolver: Arc<dyn ResolvesServerCert>) -> io::Result<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rotary::crypto_provider()))
+fn tls_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> io::Result<ServerConfig> {
+    let provider = Arc::new(rotary::crypto_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(io::Error::other)?;
+    let builder = if client_roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for r in client_roots {
+            roots.add(r.clone()).map_err(io::Error::other)?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(io::Error::other)?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     // One ticket key and one session cache for the server's whole life:
     // sessions from before a rotation resume after it, with the old chain.
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
@@ -242,9 +310,24 @@ impl Coordinator {
     /// # Errors
     /// A bind failure, or a certificate rustls cannot use.
     pub fn start(bind: &str, cert: &ServerCert, settings: Settings) -> io::Result<Coordinator> {
+        Coordinator::start_with_client_auth(bind, cert, settings, &[])
+    }
+
+    /// As [`Coordinator::start`], requiring of every client of the
+    /// coordinator (not of object storage) a certificate issued under one
+    /// of `client_roots` (none: no client certificate asked for).
+    ///
+    /// # Errors
+    /// As [`Coordinator::start`]; a root rustls cannot use.
+    pub fn start_with_client_auth(
+        bind: &str,
+        cert: &ServerCert,
+        settings: Settings,
+        client_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> io::Result<Coordinator> {
         let key = cert.certified_key().map_err(io::Error::other)?;
-        let certs = Arc::new(Rotating(RwLock::new(key)));
-        let config = tls_config(certs.clone())?;
+        let certs = Arc::new(Rotating(RwLock::new((key, cert.serial_hex()))));
+        let config = tls_config(certs.clone(), client_roots)?;
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         // Object storage: loopback when the coordinator listens on every
@@ -264,7 +347,13 @@ impl Coordinator {
         }
         let storage_cert = storage_ca.issue(&names).map_err(io::Error::other)?;
         let storage_key = storage_cert.certified_key().map_err(io::Error::other)?;
-        let storage_config = tls_config(Arc::new(Rotating(RwLock::new(storage_key))))?;
+        let storage_config = tls_config(
+            Arc::new(Rotating(RwLock::new((
+                storage_key,
+                storage_cert.serial_hex(),
+            )))),
+            &[],
+        )?;
         let secret = {
             let mut b = [0u8; 16];
             fastrand::fill(&mut b);
@@ -276,6 +365,7 @@ impl Coordinator {
             storage_config: Arc::new(storage_config),
             certs,
             settings,
+            requests_seen: Mutex::new(std::collections::VecDeque::new()),
             stop: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             full: AtomicU64::new(0),
@@ -412,8 +502,19 @@ impl Coordinator {
             .certs
             .0
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = key;
+            .unwrap_or_else(|p| p.into_inner()) = (key, cert.serial_hex());
         Ok(self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// The requests to the coordinator so far (the last 65,536), oldest
+    /// first.
+    pub fn requests_seen(&self) -> Vec<RequestSeen> {
+        let log = self
+            .shared
+            .requests_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect()
     }
 
     /// Counters so far.
@@ -472,14 +573,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, role: Role) {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
-        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let conn_no = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
         shared.live.fetch_add(1, Ordering::SeqCst);
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("coordinator-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = serve(stream, &s, role);
+                let _ = serve(stream, &s, role, conn_no);
                 s.live.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -565,12 +666,21 @@ impl Reply {
 
 type Tls = StreamOwned<ServerConnection, TcpStream>;
 
-fn serve(stream: TcpStream, shared: &Shared, role: Role) -> io::Result<()> {
+fn serve(stream: TcpStream, shared: &Shared, role: Role, conn_no: u64) -> io::Result<()> {
     stream.set_nodelay(true)?;
     // Short read timeouts let the thread notice `stop`.
     stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    // Each coordinator connection remembers the leaf its handshake got.
+    let presented = Arc::new(Presented {
+        certs: shared.certs.clone(),
+        serial: Mutex::new(None),
+    });
     let config = match role {
-        Role::Coordinator => shared.config.clone(),
+        Role::Coordinator => {
+            let mut config = (*shared.config).clone();
+            config.cert_resolver = presented.clone();
+            Arc::new(config)
+        }
         Role::Storage => shared.storage_config.clone(),
     };
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
@@ -596,6 +706,25 @@ fn serve(stream: TcpStream, shared: &Shared, role: Role) -> io::Result<()> {
         served += 1;
         if role == Role::Coordinator {
             shared.requests.fetch_add(1, Ordering::Relaxed);
+            let seen = RequestSeen {
+                at: Instant::now(),
+                conn: conn_no,
+                runner: head.header("x-runner").map(str::to_owned),
+                client_serial: conn.client_leaf().and_then(|c| der_serial(c.as_ref())),
+                server_serial: presented
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            };
+            let mut log = shared
+                .requests_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if log.len() == REQUESTS_KEPT {
+                log.pop_front();
+            }
+            log.push_back(seen);
         }
         let mut body = Body::new(&mut conn, shared, &head, framing);
         let reply = match role {
@@ -633,6 +762,44 @@ fn serve(stream: TcpStream, shared: &Shared, role: Role) -> io::Result<()> {
     }
     conn.close();
     Ok(())
+}
+
+/// The serial number of a DER certificate in uppercase hex (without a sign
+/// byte), read from `tbsCertificate` by hand: `None` for anything that is
+/// not a certificate's shape.
+fn der_serial(der: &[u8]) -> Option<String> {
+    /// The contents of the DER element at the start of `b` with tag `tag`,
+    /// and what follows it.
+    fn element(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = b.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |a, &b| a << 8 | usize::from(b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| rest.split_at(len))
+    }
+    let (cert, _) = element(der, 0x30)?;
+    let (tbs, _) = element(cert, 0x30)?;
+    // An explicit version ([0]) may come first.
+    let tbs = element(tbs, 0xa0).map_or(tbs, |(_, rest)| rest);
+    let (serial, _) = element(tbs, 0x02)?;
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    Some(match &serial[start..] {
+        [] => "00".to_owned(),
+        digits => digits.iter().map(|b| format!("{b:02X}")).collect(),
+    })
 }
 
 /// Stream `len` bytes of `path` as a body; a file that changed size
@@ -706,5 +873,19 @@ fn sleep_unless_stopped(d: Duration, shared: &Shared) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_serial_is_read_as_the_issuer_wrote_it() {
+        let ca = Ca::new("serial test CA").expect("ca");
+        let leaf = ca.issue(&["localhost"]).expect("leaf");
+        assert_eq!(der_serial(leaf.chain[0].as_ref()), Some(leaf.serial_hex()));
+        assert_eq!(der_serial(b"\x30\x03\x02\x01"), None, "cut short");
+        assert_eq!(der_serial(b""), None);
     }
 }

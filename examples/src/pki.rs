@@ -141,7 +141,65 @@ impl Ca {
     }
 }
 
+/// A client certificate for mutual TLS and its key, both PEM.
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
+    pub key_pem: String,
+    serial: Vec<u8>,
+}
+
+impl ClientCert {
+    /// The serial in uppercase hex, as a server logs it.
+    pub fn serial_hex(&self) -> String {
+        hex_serial(&self.serial)
+    }
+}
+
+fn hex_serial(serial: &[u8]) -> String {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(0);
+    serial[start..].iter().map(|b| format!("{b:02X}")).collect()
+}
+
 impl Ca {
+    /// A client certificate (client-auth only) for common name `cn`, signed
+    /// by this CA.
+    ///
+    /// # Errors
+    /// rcgen's message when generation fails.
+    pub fn issue_client(&self, cn: &str) -> Result<ClientCert, String> {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| err("client params", e))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let serial = random_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let (key, cert) = self.sign(&params, "client")?;
+        Ok(ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+
+    /// This CA's certificate (its name and key) signed by `other` as well:
+    /// a cross-signed intermediate, as a CA moving between roots presents
+    /// it, so a chain that sends both verifies under either root.
+    ///
+    /// # Errors
+    /// rcgen's message when signing fails.
+    pub fn cross_signed_by(&self, other: &Ca) -> Result<CertificateDer<'static>, String> {
+        let issuer = Issuer::from_params(&other.params, &other.key);
+        self.params
+            .signed_by(&self.key, &issuer)
+            .map(|c| c.der().clone())
+            .map_err(|e| err("cross-signed cert", e))
+    }
+
     /// A certificate revocation list signed by this CA (v2, with a CRL
     /// number and this CA's key identifier, as rustls-webpki requires),
     /// revoking the leaves of `revoked`, valid for `days` from now; PEM.
@@ -220,11 +278,19 @@ impl ServerCert {
     /// The leaf's serial in uppercase hex, as `openssl x509 -serial`
     /// prints it and rotary names a revoked certificate.
     pub fn serial_hex(&self) -> String {
-        let start = self.serial.iter().position(|b| *b != 0).unwrap_or(0);
-        self.serial[start..]
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect()
+        hex_serial(&self.serial)
+    }
+
+    /// The same certificate presented with `extra` after its chain (a
+    /// cross-signed version of its intermediate, say).
+    pub fn with_extra(&self, extra: CertificateDer<'static>) -> ServerCert {
+        let mut chain = self.chain.clone();
+        chain.push(extra);
+        ServerCert {
+            chain,
+            serial: self.serial.clone(),
+            key: self.key.clone(),
+        }
     }
 
     /// The leaf's private key.

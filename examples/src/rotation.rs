@@ -9,6 +9,12 @@
 //! "refresh" runner (rotary, plus `Engine::fresh_chain` for every job) hands
 //! each job the chain of a handshake made when the job arrived, so no job
 //! fails.
+//!
+//! With a scenario flag it shows, instead, a change of the runners' own
+//! credentials reaching their live connections (see `credentials`): the
+//! client certificate renewed, a root removed, the edge's leaf revoked.
+
+mod credentials;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -66,6 +72,25 @@ flags (durations: 500ms, 3s, 1.5):
                          intermediates beside the roots, and jobs still get
                          intermediate + root
   -v, --verbose          one timeline line per job, not only per change
+
+scenarios (one at a time; instead of the certificate rotation, at --rotate-at
+the runners' own credentials change; pinned reads its credential files only
+for new connections and keeps its one connection, rotary has the defaults):
+  --identity-rename      the coordinator requires client certificates, and the
+                         runners' certificate and key are renewed, each file
+                         renamed over the old one
+  --identity-swap        the same, by swapping the `..data` link of a
+                         Kubernetes-style secret volume
+  --remove-root          root A, one of the runners' two roots, is removed; the
+                         edge's intermediate is cross-signed by root B
+  --revoke               the edge moves to a new leaf and a CRL the runners are
+                         given revokes the old one
+  The table shows, per runner, the requests that failed, the jobs, and (from
+  the coordinator's log of each request's client and server certificate
+  serials) the time from the change to the last request sent on a connection
+  that no longer qualifies (--remove-root: to the last job handed root A's
+  bundle). Exit code 0 when rotary stayed within 2 s (and, but for --revoke,
+  failed no job) while pinned kept its stale connection.
   --serve ADDR           run only the coordinator on ADDR (e.g. 127.0.0.1:8443)
                          and print the runners' CA file, for `--example runner`;
                          with --rotate-at it rotates then, with --duration it
@@ -103,7 +128,20 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     let mut ca_out = None;
     let mut verbose = false;
     let mut leaf_only = false;
+    let mut scenario = None;
     while let Some(arg) = a.next() {
+        if let Some(s) = credentials::Scenario::from_flag(&arg) {
+            if let Some(other) = scenario.replace(s) {
+                if other != s {
+                    return Err(Failure::usage(format!(
+                        "{} and {} are two scenarios: one at a time",
+                        credentials::Scenario::flag(other),
+                        s.flag()
+                    )));
+                }
+            }
+            continue;
+        }
         match arg.as_str() {
             "--rotate-at" => rotate_at = Some(a.duration("--rotate-at")?),
             "--duration" => duration = Some(a.duration("--duration")?),
@@ -125,6 +163,12 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
             }
             _ => return Err(a.unknown(&arg)),
         }
+    }
+    if let (Some(_), Some(s)) = (&serve, scenario) {
+        return Err(Failure::usage(format!(
+            "{} does not go with --serve",
+            s.flag()
+        )));
     }
     if let Some(addr) = serve {
         let serve = Serve {
@@ -159,6 +203,9 @@ fn run(args: Vec<String>, out: &Output) -> Result<i32, Failure> {
     }
     if plan.duration > Duration::from_secs(600) {
         return Err(Failure::usage("--duration is capped at 10 minutes"));
+    }
+    if let Some(s) = scenario {
+        return credentials::demo(s, plan, out);
     }
     demo(plan, out)
 }

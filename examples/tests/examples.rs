@@ -107,6 +107,99 @@ fn rotation_demo_with_short_timings_heals_rotary_and_shows_pinned_failing() {
     assert!(text.contains("verdict: rotary healed"), "{text}");
 }
 
+/// A credential scenario of the rotation demo with short timings (rotary
+/// keeps its default check every second); its stdout once it exited 0.
+fn credential_demo(flag: &str) -> String {
+    let a = args(&[
+        flag,
+        "--rotate-at",
+        "1.3s",
+        "--duration",
+        "4.5s",
+        "--hold",
+        "300ms",
+        "--job-every",
+        "150ms",
+    ]);
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(a, &out);
+    let text = cap.stdout();
+    assert_eq!(code, 0, "demo failed:\n{text}\n{}", cap.stderr());
+    text
+}
+
+/// (requests failed, jobs failed) of a credential table row.
+fn failures(row: &str) -> (u32, u32) {
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let n = |i: usize| cols.get(i).and_then(|c| c.parse().ok()).unwrap_or(u32::MAX);
+    // runner, requests failed, jobs ok, "/", jobs failed, ...
+    (n(1), n(4))
+}
+
+#[test]
+fn rotation_demo_identity_renewals_reach_rotarys_live_connection_and_not_pinneds() {
+    for flag in ["--identity-rename", "--identity-swap"] {
+        let text = credential_demo(flag);
+        let (pinned, rotary) = (table_row(&text, "pinned"), table_row(&text, "rotary"));
+        assert!(
+            pinned.contains("presented runner-1 on"),
+            "{flag}: pinned keeps its identity: {text}"
+        );
+        assert_eq!(failures(rotary).1, 0, "{flag}: no rotary job fails: {text}");
+        assert!(text.contains("(identity_rotated)"), "{flag}: {text}");
+        assert!(
+            text.contains("verdict: rotary: 0 failed jobs, no request with the old identity"),
+            "{flag}: {text}"
+        );
+    }
+}
+
+#[test]
+fn rotation_demo_remove_root_moves_rotarys_bundles_to_the_other_root_without_a_failed_job() {
+    let text = credential_demo("--remove-root");
+    let rotary = table_row(&text, "rotary");
+    assert_eq!(failures(rotary), (0, 0), "{text}");
+    assert!(
+        text.contains("rotary      jobs now get the CA bundle of root B"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("credentials no longer hold"),
+        "the connection still verifies, through root B: {text}"
+    );
+    assert!(
+        table_row(&text, "pinned").contains("got removed root A's bundle"),
+        "{text}"
+    );
+    assert!(text.contains("verdict: rotary: 0 failed jobs"), "{text}");
+}
+
+#[test]
+fn rotation_demo_revoke_closes_rotarys_connection_and_the_server_sees_nothing_later() {
+    let text = credential_demo("--revoke");
+    assert!(text.contains("(revoked): certificate revoked"), "{text}");
+    assert!(
+        table_row(&text, "pinned").contains("on the revoked connection after the change"),
+        "{text}"
+    );
+    assert!(
+        text.contains("verdict: rotary: no request on a revoked connection later than 2 s"),
+        "{text}"
+    );
+}
+
+#[test]
+fn rotation_demo_takes_one_scenario_at_a_time() {
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(args(&["--revoke", "--remove-root"]), &out);
+    assert_eq!(code, 2);
+    assert!(cap.stderr().contains("one at a time"), "{}", cap.stderr());
+    let (out, cap) = Output::capture();
+    let code = rotation::main_with_args(args(&["--revoke", "--serve", "127.0.0.1:0"]), &out);
+    assert_eq!(code, 2);
+    assert!(cap.stderr().contains("--serve"), "{}", cap.stderr());
+}
+
 #[test]
 fn rotation_demo_refresh_runner_fails_no_job_before_or_after_the_rotation() {
     let text = short_demo(&[]);

@@ -295,6 +295,9 @@ impl Engine {
             return;
         };
         c.shut(&mut self.timers, &self.mio.registry);
+        if self.conns.len() == 0 {
+            self.unwatch_credentials();
+        }
         if c.attempt_for().is_some() {
             // A losing Happy Eyeballs attempt was never the pool's.
             return;

@@ -19,6 +19,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
 use crate::config::Resumption;
+use crate::credentials::Epoch;
 use crate::error::{Error, Phase};
 use crate::event::{CloseReason, ConnId, Event};
 use crate::keys::{ConnKey, PoolKey};
@@ -30,13 +31,17 @@ use super::effects::{ConnRef, Effect, ReadMode};
 use super::timers::{after, ConnTimer, Timer};
 use super::Engine;
 
-/// Re-read `state`'s trust files if they changed, before a new connection
-/// uses it; a version that fails keeps the previous anchors and raises
-/// [`Event::TrustError`].
-pub(super) fn refresh_trust(state: &mut TlsState, out: &mut VecDeque<Event>) {
+/// Re-read `state`'s credential files if they changed, before a new
+/// connection uses it; a version that fails keeps the previous one and
+/// raises [`Event::TrustError`]. True when a new version was loaded (the
+/// live connections are then judged at once).
+pub(super) fn refresh_trust(state: &mut TlsState, out: &mut VecDeque<Event>) -> bool {
     match state.refresh() {
-        Ok(true) => log::info!("trust files changed; new connections use the new anchors"),
-        Ok(false) => {}
+        Ok(true) => {
+            log::info!("credential files changed; new connections use the new versions");
+            true
+        }
+        Ok(false) => false,
         Err(e) => {
             log::warn!(
                 "keeping the previous trust anchors: {}: {}",
@@ -47,6 +52,7 @@ pub(super) fn refresh_trust(state: &mut TlsState, out: &mut VecDeque<Event>) {
                 path: e.path,
                 reason: e.reason,
             });
+            false
         }
     }
 }
@@ -59,6 +65,7 @@ impl Engine {
         let id = self.new_conn_id();
         let key = self.conns.insert(Conn::new(id, p, purpose));
         self.stats.connections_attempted += 1;
+        self.watch_credentials(now);
         let pool = &mut self.pools[p];
         pool.add_conn(key, !chain_only);
         // Through a proxy, the TCP connection (and every lifetime clock) is
@@ -443,7 +450,7 @@ impl Engine {
         let Some(p) = self.conns.get(key).map(Conn::pool) else {
             return;
         };
-        let config = self.tls_config_for(p, key, now);
+        let (config, epoch) = self.tls_config_for(p, key, now);
         let host = self.pools[p].origin().host().to_owned();
         let name = match ServerName::try_from(host) {
             Ok(n) => n,
@@ -467,7 +474,7 @@ impl Engine {
                     }
                 }
                 if let Some(c) = self.conns.get_mut(key) {
-                    c.start_handshake(session);
+                    c.start_handshake(session, epoch);
                 }
                 self.arm(
                     Timer::Conn(key, ConnTimer::Setup),
@@ -476,10 +483,7 @@ impl Engine {
                 self.drive(key, ReadMode::Skip, now);
             }
             Err(reason) => {
-                let error = Error::Tls {
-                    reason,
-                    phase: Phase::Tls,
-                };
+                let error = Error::tls(reason, Phase::Tls);
                 self.effects.push(Effect::ConnectFailed {
                     conn,
                     error: error.into(),
@@ -488,13 +492,22 @@ impl Engine {
         }
     }
 
-    /// The TLS configuration for a new connection: resumption only when the
-    /// policy allows it and the last full handshake is younger than max age.
-    fn tls_config_for(&mut self, p: PoolKey, key: ConnKey, now: Instant) -> Arc<ClientConfig> {
-        refresh_trust(&mut self.tls, &mut self.out);
+    /// The TLS configuration for a new connection, with the credential
+    /// epoch it belongs to: resumption only when the policy allows it and
+    /// the last full handshake is younger than max age.
+    fn tls_config_for(
+        &mut self,
+        p: PoolKey,
+        key: ConnKey,
+        now: Instant,
+    ) -> (Arc<ClientConfig>, Epoch) {
+        if refresh_trust(&mut self.tls, &mut self.out) {
+            self.check_credentials_now(now);
+        }
+        let epoch = self.tls.epoch();
         let pool = &mut self.pools[p];
         if pool.policy().resumption == Resumption::Never {
-            return self.tls.full();
+            return (self.tls.full(), epoch);
         }
         let fresh_only = self
             .conns
@@ -506,7 +519,7 @@ impl Engine {
             (None, _) => false,
         };
         let purge = fresh_only || !young || pool.take_purge();
-        self.tls.resuming(pool.origin().host(), purge)
+        (self.tls.resuming(pool.origin().host(), purge), epoch)
     }
 
     /// Handshake done (or TCP connected for `http://`): report it, and use
@@ -559,6 +572,8 @@ impl Engine {
         if let Some(previous) = changed {
             self.chain_changed(p, key, previous);
         }
+        // Credentials that changed while it shook hands judge it now.
+        self.judge_joining(key);
         match self.conns.get(key).and_then(Conn::retiring) {
             Some(reason) => self.effects.push(Effect::Close { conn, reason }),
             None => self.effects.push(Effect::Ready { conn }),

@@ -27,6 +27,7 @@ impl Engine {
             Timer::Attempt(key, kind) => self.reqs.get_mut(key)?.attempt_slot(kind),
             Timer::Total(key) => self.reqs.get_mut(key)?.total_slot(),
             Timer::Probe(p) => self.pools.get_mut(p)?.probe_slot(),
+            Timer::Credentials => &mut self.credential_timer,
         };
         Some((&mut self.timers, slot))
     }
@@ -55,6 +56,7 @@ impl Engine {
             Timer::Attempt(key, kind) => self.reqs.get(key)?.attempt_timer(kind),
             Timer::Total(key) => self.reqs.get(key)?.total_timer(),
             Timer::Probe(p) => self.pools.get(p)?.probe_timer(),
+            Timer::Credentials => self.credential_timer,
         };
         self.timers.deadline(slot)
     }
@@ -70,6 +72,7 @@ impl Engine {
         match timer {
             Timer::Conn(key, kind) => self.on_conn_timer(key, kind, now),
             Timer::Probe(p) => self.probe(p, now),
+            Timer::Credentials => self.check_credentials(now),
             Timer::Total(key) => self.deadline_passed(key, Error::Timeout(Deadline::Total)),
             Timer::Attempt(key, kind) => match kind {
                 AttemptTimer::FirstByte => {

@@ -197,10 +197,7 @@ impl Engine {
             }
             StageName::Resolving | StageName::Connecting | StageName::Handshaking => {
                 let error = match failure {
-                    IoFailure::Tls(reason) => Error::Tls {
-                        reason,
-                        phase: Phase::Tls,
-                    },
+                    IoFailure::Tls(reason) => Error::tls(reason, Phase::Tls),
                     // The https proxy's session under the origin's broke.
                     IoFailure::Io(e) if crate::proxy_tls::tls_failure(&e).is_some() => {
                         return self.proxy_io_failed(key, IoFailure::Io(e));
@@ -232,7 +229,7 @@ impl Engine {
                     _ => Phase::ResponseHead,
                 };
                 let error = match failure {
-                    IoFailure::Tls(reason) => Error::Tls { reason, phase },
+                    IoFailure::Tls(reason) => Error::tls(reason, phase),
                     IoFailure::Io(e) => Error::io(phase, e),
                 };
                 let outcome = Outcome::failed(error);

@@ -8,7 +8,8 @@
 //! [`effects`] for the rest: [`io`] (readiness by stage), [`connect`] and
 //! [`tunnel`] (the stages before ready), [`exchange`] and [`transfer`] (an
 //! exchange and its bodies), [`lifecycle`] (age, probes, chain change,
-//! fresh chains), [`deadlines`] (a timer that fires). [`apply`] is the one
+//! fresh chains), [`epochs`] (credential changes judged on live
+//! connections), [`deadlines`] (a timer that fires). [`apply`] is the one
 //! place the effects meet: exchanges and requests end, connections close,
 //! pools dispatch. This file owns construction, the mio plumbing ([`Mio`]),
 //! the command channel, and the public API, each entry point of which
@@ -19,6 +20,7 @@ mod conn;
 mod connect;
 mod deadlines;
 mod effects;
+mod epochs;
 mod exchange;
 mod flow;
 mod handle;
@@ -119,6 +121,9 @@ pub struct Engine {
     tls: TlsState,
     /// Trust of `https://` proxies with trust settings of their own.
     proxy_trusts: tunnel::ProxyTrusts,
+    /// The slot of the credential check ([`timers::Timer::Credentials`]),
+    /// armed while the engine holds connections.
+    credential_timer: Option<crate::wheel::TimerKey>,
     net: Net,
     config: Config,
     stats: Stats,
@@ -221,6 +226,7 @@ impl Engine {
             answers: Vec::new(),
             tls,
             proxy_trusts,
+            credential_timer: None,
             #[cfg(feature = "test-hooks")]
             net: Net::new(config.network.clone()),
             #[cfg(not(feature = "test-hooks"))]

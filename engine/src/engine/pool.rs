@@ -292,6 +292,20 @@ impl Pool {
         changed
     }
 
+    /// A live connection's chain `old` was judged again and verifies along
+    /// another path now (`new`): when `old` is the origin's current chain,
+    /// `new` takes its place, so [`Pools::chain_of`] (and a job's CA
+    /// bundle) follows the path that still holds.
+    pub(super) fn rechain(&mut self, old: &Arc<PeerChain>, new: &Arc<PeerChain>) {
+        if self
+            .chain
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, old) || **c == **old)
+        {
+            self.chain = Some(new.clone());
+        }
+    }
+
     /// Stored sessions must be forgotten before the next resumption (a
     /// connection retired for age or chain).
     pub(super) fn purge_sessions(&mut self) {

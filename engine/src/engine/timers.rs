@@ -88,6 +88,9 @@ pub(super) enum Timer {
     Total(ReqKey),
     /// The chain probe of a pool.
     Probe(PoolKey),
+    /// The engine's look at every credential file (armed while it holds
+    /// connections).
+    Credentials,
 }
 
 /// Most kinds one owner holds.

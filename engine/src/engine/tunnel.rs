@@ -81,6 +81,32 @@ impl ProxyTrusts {
         let trust = proxy.trust()?;
         self.states.iter().find(|(t, _)| t == trust).map(|(_, s)| s)
     }
+
+    /// Which state `proxy` uses: its index here, or `None` for the
+    /// engine's own.
+    pub(super) fn index_of(&self, proxy: &Proxy) -> Option<usize> {
+        let trust = proxy.trust()?;
+        self.states.iter().position(|(t, _)| t == trust)
+    }
+
+    /// The state at `i` (see [`ProxyTrusts::index_of`]).
+    pub(super) fn get(&self, i: usize) -> Option<&TlsState> {
+        self.states.get(i).map(|(_, s)| s)
+    }
+
+    /// Look at every state's credential files ([`TlsState::check`]): what
+    /// each found, by index.
+    pub(super) fn check(
+        &mut self,
+        now: Instant,
+        wall: std::time::SystemTime,
+    ) -> Vec<(usize, crate::credentials::Checked)> {
+        self.states
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (_, s))| (i, s.check(now, wall)))
+            .collect()
+    }
 }
 
 impl Engine {
@@ -96,16 +122,19 @@ impl Engine {
         let Some(proxy) = self.pools[p].proxy().cloned() else {
             return;
         };
-        let config = match self.proxy_trusts.state_mut(&proxy) {
+        let (config, changed) = match self.proxy_trusts.state_mut(&proxy) {
             Some(state) => {
-                super::connect::refresh_trust(state, &mut self.out);
-                state.full()
+                let changed = super::connect::refresh_trust(state, &mut self.out);
+                (state.full(), changed)
             }
             None => {
-                super::connect::refresh_trust(&mut self.tls, &mut self.out);
-                self.tls.full()
+                let changed = super::connect::refresh_trust(&mut self.tls, &mut self.out);
+                (self.tls.full(), changed)
             }
         };
+        if changed {
+            self.check_credentials_now(now);
+        }
         let session = ServerName::try_from(proxy.host().to_owned())
             .map_err(|e| Error::InvalidProxy(format!("{proxy}: not a TLS server name: {e}")))
             .and_then(|name| {

@@ -106,6 +106,21 @@ impl TestCa {
         }
     }
 
+    /// This CA's certificate (its name and key) signed by `other` as well: a
+    /// cross-signed intermediate, as a public CA moving to a new root
+    /// presents it. A server that sends both versions verifies under either
+    /// root.
+    pub fn cross_signed_by(&self, other: &TestCa) -> CertificateDer<'static> {
+        let mut params = ca_params(&self.name);
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_params(&other.params, &other.key);
+        params
+            .signed_by(&self.key, &issuer)
+            .expect("cross-sign")
+            .der()
+            .clone()
+    }
+
     /// A certificate revocation list signed by this CA (v2, with a CRL
     /// number and the CA's key identifier; valid from a day ago until
     /// `next_update`) revoking `revoked`, as PEM.

@@ -266,8 +266,11 @@ authorityKeyIdentifier = keyid
     )
 }
 
-/// `openssl s_server -www` on 127.0.0.1: a new connection per request
-/// (HTTP/1.0, closed with `close_notify` after the status page).
+/// `openssl s_server` on 127.0.0.1: with `-www` ([`SServer::start`]) a new
+/// connection per request (HTTP/1.0, closed with `close_notify` after the
+/// status page); interactive ([`SServer::interactive`]) one connection at a
+/// time, kept open, whose requests are printed to its log and answered with
+/// whatever the test sends ([`SServer::send`]).
 pub struct SServer {
     port: u16,
     child: Option<Child>,
@@ -276,9 +279,33 @@ pub struct SServer {
 }
 
 impl SServer {
-    /// Serves `cert`; with `client_ca`, requires a client certificate
-    /// issued by it (`-Verify 1 -CAfile`).
+    /// Serves `cert` with `-www`; with `client_ca`, requires a client
+    /// certificate issued by it (`-Verify 1 -CAfile`).
     pub fn start(bin: &Path, cert: &OpensslCert, client_ca: Option<&Path>) -> SServer {
+        SServer::spawn(bin, cert, client_ca, true)
+    }
+
+    /// Serves `cert` interactively (no `-www`): what the client sends goes
+    /// to the log, what [`SServer::send`] writes goes to the client, and the
+    /// connection stays open until the client closes it (the log then says
+    /// `DONE`). With `client_ca`, as [`SServer::start`].
+    pub fn interactive(bin: &Path, cert: &OpensslCert, client_ca: Option<&Path>) -> SServer {
+        SServer::spawn(bin, cert, client_ca, false)
+    }
+
+    /// Write `bytes` to the client of the current connection.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdin.as_mut())
+            .expect("s_server runs with a piped stdin");
+        stdin.write_all(bytes).expect("write to s_server");
+        stdin.flush().expect("flush to s_server");
+    }
+
+    fn spawn(bin: &Path, cert: &OpensslCert, client_ca: Option<&Path>, www: bool) -> SServer {
         let dir = tempfile::Builder::new()
             .prefix("rotary-s-server-")
             .tempdir()
@@ -294,7 +321,8 @@ impl SServer {
             let err = out.try_clone().expect("clone the log");
             let mut cmd = Command::new(bin);
             cmd.arg("s_server")
-                .args(["-accept", &format!("127.0.0.1:{port}"), "-www"])
+                .args(["-accept", &format!("127.0.0.1:{port}")])
+                .args(if www { &["-www"][..] } else { &[][..] })
                 .arg("-cert")
                 .arg(&cert.cert)
                 .arg("-key")

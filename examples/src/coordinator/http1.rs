@@ -277,6 +277,11 @@ impl Conn {
         }
     }
 
+    /// The client certificate (leaf) the peer presented, if any.
+    pub(super) fn client_leaf(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        self.tls.conn.peer_certificates().and_then(|c| c.first())
+    }
+
     /// Write `bytes` and flush.
     pub(super) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.tls.write_all(bytes)?;

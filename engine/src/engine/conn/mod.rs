@@ -19,6 +19,7 @@ use mio::{Interest, Registry, Token};
 use rotary_proto::{Codec, ResponseEvent, State};
 
 use crate::chain::PeerChain;
+use crate::credentials::Epoch;
 use crate::dns::Pending;
 use crate::error::Deadline;
 use crate::event::{CloseReason, ConnId};
@@ -77,8 +78,9 @@ pub(super) enum Stage {
     /// Connected to a proxy: `CONNECT` sent with this codec, its answer
     /// awaited.
     Tunneling(Codec),
-    /// TLS handshake with the origin in progress.
-    Handshaking(Box<Session>),
+    /// TLS handshake with the origin in progress, with the credential
+    /// epoch its configuration was chosen in.
+    Handshaking(Box<Session>, Epoch),
     /// Usable: idle or carrying an exchange.
     Ready(Ready),
 }
@@ -158,7 +160,7 @@ impl Conn {
             Stage::Connecting(_) => StageName::Connecting,
             Stage::ProxyHandshaking => StageName::ProxyHandshaking,
             Stage::Tunneling(_) => StageName::Tunneling,
-            Stage::Handshaking(_) => StageName::Handshaking,
+            Stage::Handshaking(..) => StageName::Handshaking,
             Stage::Ready(_) => StageName::Ready,
         }
     }
@@ -171,7 +173,7 @@ impl Conn {
             Stage::Connecting(_) => Some(Deadline::Connect),
             Stage::ProxyHandshaking => Some(Deadline::ProxyHandshake),
             Stage::Tunneling(_) => Some(Deadline::ProxyConnect),
-            Stage::Handshaking(_) => Some(Deadline::Handshake),
+            Stage::Handshaking(..) => Some(Deadline::Handshake),
             Stage::Ready(_) => None,
         }
     }
@@ -294,8 +296,24 @@ impl Conn {
     #[inline]
     pub(super) fn session(&self) -> Option<&Session> {
         match &self.stage {
-            Stage::Handshaking(s) => Some(&**s),
+            Stage::Handshaking(s, _) => Some(&**s),
             Stage::Ready(r) => r.tls.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The credential epoch of its origin's TLS: chosen with its
+    /// configuration (handshaking), and moved on for the anchors and CRLs
+    /// whenever its chain is judged valid again (ready). `None` before the
+    /// handshake and for `http://`.
+    pub(super) fn epoch(&self) -> Option<Epoch> {
+        match &self.stage {
+            Stage::Handshaking(_, e) => Some(*e),
+            Stage::Ready(Ready {
+                tls: Some(_),
+                epoch,
+                ..
+            }) => Some(*epoch),
             _ => None,
         }
     }
@@ -462,16 +480,17 @@ impl Conn {
         self.link.rbuf.split()
     }
 
-    /// Connected (or tunnelled) → TLS handshake with the origin.
-    pub(super) fn start_handshake(&mut self, session: Session) {
-        self.stage = Stage::Handshaking(Box::new(session));
+    /// Connected (or tunnelled) → TLS handshake with the origin, with a
+    /// configuration of credential epoch `epoch`.
+    pub(super) fn start_handshake(&mut self, session: Session, epoch: Epoch) {
+        self.stage = Stage::Handshaking(Box::new(session), epoch);
     }
 
     /// The origin's handshake is done (or TCP is up for `http://`).
     #[inline]
     pub(super) fn handshake_done(&self) -> bool {
         match &self.stage {
-            Stage::Handshaking(s) => !s.is_handshaking(),
+            Stage::Handshaking(s, _) => !s.is_handshaking(),
             _ => false,
         }
     }
@@ -513,7 +532,7 @@ impl Conn {
     #[inline]
     fn parts(&mut self) -> (&mut Link, Option<&mut Session>) {
         let tls = match &mut self.stage {
-            Stage::Handshaking(s) => Some(&mut **s),
+            Stage::Handshaking(s, _) => Some(&mut **s),
             Stage::Ready(Ready { tls: Some(s), .. }) => Some(&mut **s),
             _ => None,
         };

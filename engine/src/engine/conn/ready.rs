@@ -8,7 +8,8 @@ use bytes::BytesMut;
 use rotary_proto::{Codec, NameCache, ResponseEvent, State, Verdict};
 
 use crate::chain::PeerChain;
-use crate::event::CloseReason;
+use crate::credentials::Epoch;
+use crate::event::{CloseReason, CredentialReason};
 use crate::keys::ReqKey;
 use crate::session::Session;
 
@@ -32,6 +33,12 @@ pub(in crate::engine) struct Ready {
     pub(super) tls: Option<Box<Session>>,
     /// The origin's verified chain (`None` for `http://`).
     pub(super) chain: Option<Arc<PeerChain>>,
+    /// The credentials it holds to (meaningful with `tls`): the client
+    /// identity it presented, and the anchors and CRLs its chain was last
+    /// judged valid under.
+    pub(super) epoch: Epoch,
+    /// Why its credentials stopped holding, once the host was told.
+    pub(super) invalid: Option<CredentialReason>,
     pub(super) codec: Codec,
     /// Exchanges started on it.
     pub(super) served: u32,
@@ -75,13 +82,15 @@ impl Conn {
         chain: Option<Arc<PeerChain>>,
         remaining: Option<u32>,
     ) {
-        let tls = match std::mem::replace(&mut self.stage, Stage::ProxyHandshaking) {
-            Stage::Handshaking(s) => Some(s),
-            _ => None,
+        let (tls, epoch) = match std::mem::replace(&mut self.stage, Stage::ProxyHandshaking) {
+            Stage::Handshaking(s, epoch) => (Some(s), epoch),
+            _ => (None, Epoch::default()),
         };
         self.stage = Stage::Ready(Ready {
             tls,
             chain,
+            epoch,
+            invalid: None,
             codec,
             served: 0,
             remaining,
@@ -90,6 +99,44 @@ impl Conn {
             peer_end: PeerEnd::Open,
             exchange: None,
         });
+    }
+
+    /// Its chain was judged again under the anchors and CRLs of `current`
+    /// and holds, along `chain` (its verified path may have moved): it
+    /// belongs to their epochs now. The identity it presented stays.
+    pub(in crate::engine) fn rejudged(&mut self, current: Epoch, chain: Arc<PeerChain>) {
+        if let Stage::Ready(r) = &mut self.stage {
+            r.epoch.anchors = current.anchors;
+            r.epoch.crls = current.crls;
+            if r.chain.is_some() {
+                r.chain = Some(chain);
+            }
+        }
+    }
+
+    /// Its credentials no longer hold, for `reason`: true when the host is
+    /// to hear of it (the first time, or a revocation after a gentler
+    /// reason, which closes it at once).
+    pub(in crate::engine) fn invalidate(&mut self, reason: CredentialReason) -> bool {
+        let Stage::Ready(r) = &mut self.stage else {
+            return false;
+        };
+        match r.invalid {
+            None => {}
+            Some(CredentialReason::Revoked) => return false,
+            Some(_) if reason == CredentialReason::Revoked => {}
+            Some(_) => return false,
+        }
+        r.invalid = Some(reason);
+        true
+    }
+
+    /// Why its credentials stopped holding, if they did.
+    pub(in crate::engine) fn invalid(&self) -> Option<CredentialReason> {
+        match &self.stage {
+            Stage::Ready(r) => r.invalid,
+            _ => None,
+        }
     }
 
     /// Put request `rk` on this idle connection; `write` puts its head (and
