@@ -110,32 +110,33 @@ impl Engine {
     /// event goes out.
     fn answer(&mut self, rk: ReqKey, conn: ConnRef, trailers: Option<http::HeaderMap>) {
         let chain = self.conns.get(conn.key).and_then(|c| c.chain().cloned());
-        let Some(mut req) = self.take_request(rk) else {
-            return;
-        };
-        self.stats.requests_ok += 1;
-        if req.opts().streaming {
-            self.out.push_back(Event::End {
+        let event = self.take_request(rk, |req| {
+            if req.opts().streaming {
+                return Event::End {
+                    id: req.id(),
+                    trailers,
+                };
+            }
+            let served_by = ServedBy {
+                conn: conn.id,
+                reused: req.reused(),
+                chain,
+                redirected_to: req.redirected_to(),
+            };
+            let mut response = req.buffered_response();
+            if let Some(t) = trailers {
+                response.extensions_mut().insert(Trailers(t));
+            }
+            Event::Response {
                 id: req.id(),
-                trailers,
-            });
-            return;
-        }
-        let served_by = ServedBy {
-            conn: conn.id,
-            reused: req.reused(),
-            chain,
-            redirected_to: req.redirected_to(),
-        };
-        let mut response = req.buffered_response();
-        if let Some(t) = trailers {
-            response.extensions_mut().insert(Trailers(t));
-        }
-        self.out.push_back(Event::Response {
-            id: req.id(),
-            response,
-            served_by,
+                response,
+                served_by,
+            }
         });
+        if let Some(event) = event {
+            self.stats.requests_ok += 1;
+            self.out.push_back(event);
+        }
     }
 
     /// The redirect response of `rk` ended: the request goes on to its next
@@ -242,27 +243,33 @@ impl Engine {
         }
     }
 
-    /// Take request `rk` out of the slab and its pool's queue.
-    fn take_request(&mut self, rk: ReqKey) -> Option<Req> {
-        let req = self.reqs.remove(rk, &mut self.timers)?;
-        if req.conn().is_none() {
-            let pool = &mut self.pools[req.pool()];
+    /// Take request `rk` out of the slab and its pool's queue, with what
+    /// `take` reads from it first. It reads in place: a `Req` is large, and
+    /// every move of one is a copy.
+    fn take_request<R>(&mut self, rk: ReqKey, take: impl FnOnce(&mut Req) -> R) -> Option<R> {
+        let req = self.reqs.get_mut(rk)?;
+        let taken = take(req);
+        let (p, waiting) = (req.pool(), req.conn().is_none());
+        self.reqs.remove(rk, &mut self.timers);
+        if waiting {
+            let pool = &mut self.pools[p];
             pool.unqueue(rk);
             if pool.conns().is_empty() {
-                self.pools.may_be_unused(req.pool());
+                self.pools.may_be_unused(p);
             }
         }
-        Some(req)
+        Some(taken)
     }
 
     /// Request `rk` ends with `error` (its connection, if any, is the
     /// caller's business).
     fn fail_request(&mut self, rk: ReqKey, error: Error) {
-        let Some(req) = self.take_request(rk) else {
+        let Some((id, reused, progress)) =
+            self.take_request(rk, |req| (req.id(), req.reused(), req.progress()))
+        else {
             return;
         };
-        let progress = req.progress();
-        self.emit_failed(req.id(), error, req.reused(), progress);
+        self.emit_failed(id, error, reused, progress);
     }
 
     /// The failure of request `id`, which may never have had a slot.
