@@ -503,20 +503,21 @@ impl Requests {
 
     /// The one way out: the request leaves the slab and the id map, and
     /// every deadline it held (its total, its attempt's set) is disarmed.
-    /// Dropped here, moved once: what its owner needs of it is read before
-    /// (a `Req` is large). False when `key` held none.
+    /// It is dropped here: what its owner needs of it is read before (a
+    /// `Req` is large, and every move of one is a copy). False when `key`
+    /// held none.
     #[inline]
     pub(super) fn remove(&mut self, key: ReqKey, timers: &mut Timers) -> bool {
-        let Some(mut req) = self.slab.remove(key) else {
+        let Some(req) = self.slab.get_mut(key) else {
             return false;
         };
+        timers.clear(&mut req.total);
+        req.attempt.timers.clear_all(timers);
         self.ids.remove(&req.id);
         if self.ids.is_empty() && self.ids.capacity() > SHRINK_ABOVE {
             self.shrink_ids();
         }
-        timers.clear(&mut req.total);
-        req.attempt.timers.clear_all(timers);
-        true
+        self.slab.remove(key).is_some()
     }
 
     /// The id map, emptied after a burst, gives its memory back (as the slab
