@@ -442,7 +442,21 @@ impl Engine {
     /// Put pool `p`'s waiting requests on its idle connections (the
     /// youngest first), then open connections for those still waiting,
     /// within the origin's maximum.
+    #[inline]
     fn dispatch(&mut self, p: PoolKey, now: Instant) {
+        // Every exchange's end dispatches; on a busy keep-alive pool nothing
+        // waits then and nothing is being opened, so there is nothing to
+        // put, open or shed: a check here spares the call.
+        let pool = &self.pools[p];
+        if pool.waiting() == 0 && pool.connecting() == 0 {
+            return;
+        }
+        self.dispatch_waiting(p, now);
+    }
+
+    /// [`Engine::dispatch`] for a pool where requests wait or connections
+    /// are being opened.
+    fn dispatch_waiting(&mut self, p: PoolKey, now: Instant) {
         if self.shut {
             return;
         }
