@@ -110,13 +110,16 @@ impl Engine {
     /// event goes out.
     fn answer(&mut self, rk: ReqKey, conn: ConnRef, trailers: Option<http::HeaderMap>) {
         let chain = self.conns.get(conn.key).and_then(|c| c.chain().cloned());
-        let event = self.take_request(rk, |req| {
-            if req.opts().streaming {
-                return Event::End {
-                    id: req.id(),
-                    trailers,
-                };
+        // Read in place, then dropped with its slot (see `take_request`).
+        let Some(req) = self.reqs.get_mut(rk) else {
+            return;
+        };
+        let event = if req.opts().streaming {
+            Event::End {
+                id: req.id(),
+                trailers,
             }
+        } else {
             let served_by = ServedBy {
                 conn: conn.id,
                 reused: req.reused(),
@@ -132,11 +135,10 @@ impl Engine {
                 response,
                 served_by,
             }
-        });
-        if let Some(event) = event {
-            self.stats.requests_ok += 1;
-            self.out.push_back(event);
-        }
+        };
+        self.stats.requests_ok += 1;
+        self.out.push_back(event);
+        self.take_request(rk);
     }
 
     /// The redirect response of `rk` ended: the request goes on to its next
@@ -243,12 +245,13 @@ impl Engine {
         }
     }
 
-    /// Take request `rk` out of the slab and its pool's queue, with what
-    /// `take` reads from it first. It reads in place: a `Req` is large, and
+    /// Take request `rk` out of the slab and its pool's queue. What its
+    /// end needs of it is read before, in place: a `Req` is large, and
     /// every move of one is a copy.
-    fn take_request<R>(&mut self, rk: ReqKey, take: impl FnOnce(&mut Req) -> R) -> Option<R> {
-        let req = self.reqs.get_mut(rk)?;
-        let taken = take(req);
+    fn take_request(&mut self, rk: ReqKey) {
+        let Some(req) = self.reqs.get(rk) else {
+            return;
+        };
         let (p, waiting) = (req.pool(), req.conn().is_none());
         self.reqs.remove(rk, &mut self.timers);
         if waiting {
@@ -258,17 +261,16 @@ impl Engine {
                 self.pools.may_be_unused(p);
             }
         }
-        Some(taken)
     }
 
     /// Request `rk` ends with `error` (its connection, if any, is the
     /// caller's business).
     fn fail_request(&mut self, rk: ReqKey, error: Error) {
-        let Some((id, reused, progress)) =
-            self.take_request(rk, |req| (req.id(), req.reused(), req.progress()))
-        else {
+        let Some(req) = self.reqs.get(rk) else {
             return;
         };
+        let (id, reused, progress) = (req.id(), req.reused(), req.progress());
+        self.take_request(rk);
         self.emit_failed(id, error, reused, progress);
     }
 
