@@ -1001,7 +1001,7 @@ impl ResponseBody {
     /// body's start; see [`Msg::Wanted`]). Pieces already sent count, so an
     /// ask that they cover sends nothing: the engine asks again once they
     /// are in. The reader runs without the client's mutex or the lead.
-    fn feed(&mut self, limit: u64) -> Result<(), Error> {
+    fn feed(&mut self, mut limit: u64) -> Result<(), Error> {
         let Some(up) = self.upload.as_mut().filter(|u| !u.done) else {
             return Ok(());
         };
@@ -1052,7 +1052,6 @@ impl ResponseBody {
             }
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
             up.sent += n as u64;
-            left -= n;
             match core.engine.send_body(id, piece) {
                 Ok(()) => {
                     if let Some(route) = core.routes.get_mut(&id) {
@@ -1070,6 +1069,18 @@ impl ResponseBody {
                 Err(e) => log::debug!("request {}: body piece not taken: {e}", id.0),
             }
             core.route(shared);
+            // Asks raised while this one was fed are newer, and the highest
+            // is where this feed stops: the reader is asked for the window's
+            // worth, not, ask by stale ask, for the few bytes each piece
+            // freed (a silly window: pieces that shrink to tens of bytes,
+            // each its own TLS record).
+            if let Some(route) = core.routes.get_mut(&id) {
+                while let Some(&Msg::Wanted(newer)) = route.mail.front() {
+                    route.mail.pop_front();
+                    limit = limit.max(newer);
+                }
+            }
+            left = usize::try_from(limit.saturating_sub(up.sent)).unwrap_or(usize::MAX);
             core.kick(shared);
             Shared::unlock(core);
         }
