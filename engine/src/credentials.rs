@@ -20,36 +20,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::{CrlExpiry, Trust};
+use crate::cred_file::{bad, FileError};
 use crate::crl::Crls;
 use crate::identity::Identity;
 use crate::store::{Loaded, SystemStore};
 use crate::verifier::Anchors;
-
-/// A credential file that could not be used; the previous version stays.
-/// Raised as `Event::TrustError`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileError {
-    /// The file (empty when no single file is to blame).
-    pub(crate) path: PathBuf,
-    pub(crate) reason: String,
-}
-
-impl From<FileError> for crate::config::BuildError {
-    fn from(e: FileError) -> crate::config::BuildError {
-        crate::config::BuildError::Trust {
-            path: e.path,
-            reason: e.reason,
-        }
-    }
-}
-
-/// A [`FileError`] for `path`.
-pub(crate) fn bad(path: &Path, reason: impl std::fmt::Display) -> FileError {
-    FileError {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
-}
 
 /// What identifies one version of a file, as `stat` (following symlinks)
 /// sees it: modification and change times (the change time moves with any

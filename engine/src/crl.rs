@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use webpki::{CertRevocationList, OwnedCertRevocationList};
 
-use crate::credentials::{bad, FileError};
+use crate::cred_file::{bad, FileError};
 use crate::der::sha256;
 
 /// A certificate that a certificate revocation list revokes: what

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{ClientIdentity, IdentityExpiry};
-use crate::credentials::{bad, FileError};
+use crate::cred_file::{bad, FileError};
 use crate::crl::serial_hex;
 use crate::der::sha256;
 

@@ -60,6 +60,7 @@ mod body;
 mod chain;
 mod client;
 mod config;
+mod cred_file;
 mod credentials;
 mod crl;
 mod der;

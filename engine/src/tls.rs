@@ -23,7 +23,7 @@ use rustls::ClientConfig;
 use rustls::{ConfigBuilder, WantsVerifier};
 
 use crate::config::Trust;
-pub(crate) use crate::credentials::FileError;
+pub(crate) use crate::cred_file::FileError;
 use crate::credentials::{Checked, Credentials, Epoch};
 use crate::crl::RevokedCertificate;
 use crate::store::SystemStore;

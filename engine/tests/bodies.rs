@@ -718,8 +718,15 @@ fn a_reused_connection_closed_mid_upload_retries_a_file_body_and_never_a_stream(
         .body(Body::stream(Some(1 << 20)))
         .expect("request");
     let id = engine.submit(put, RequestOptions::default());
+    // Never past the declared length: loopback's buffers may take the whole
+    // MiB before the close is seen, and a host that fed on would fail the
+    // request itself (`BodySource`).
+    let mut left = 1usize << 20;
     let events = run(&mut engine, id, |engine, room| {
-        let _ = engine.send_body(id, Bytes::from(vec![b's'; room.min(4096)]));
+        let n = room.min(4096).min(left);
+        if n > 0 && engine.send_body(id, Bytes::from(vec![b's'; n])).is_ok() {
+            left -= n;
+        }
     });
     let err = failed(&events);
     assert!(

@@ -521,3 +521,71 @@ fn a_fast_reader_of_64_mib_never_overfills_the_send_window() {
     }
     assert_drained(&client);
 }
+
+/// A reader of pieces of up to 4 KiB that counts the reads it was offered
+/// less than a kilobyte for while more than that was left.
+struct Offered {
+    data: Bytes,
+    at: usize,
+    seed: u64,
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    starved: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Read for Offered {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let left = self.data.len() - self.at;
+        self.reads.fetch_add(1, Relaxed);
+        if buf.len() < 1024 && left > 1024 {
+            self.starved.fetch_add(1, Relaxed);
+        }
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let piece = 1 + (self.seed % 4096) as usize;
+        let n = buf.len().min(piece).min(left);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_reader_is_asked_for_the_window_not_for_the_bytes_each_piece_freed() {
+    // Each piece sent frees room and raises an ask; the caller once took
+    // those asks one by one, each for about the bytes of one piece, so
+    // the reads shrank to tens of bytes (each its own TLS record): 55 MiB
+    // took two minutes.
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+    let (ca, leaf) = ca_and_leaf();
+    let server = TestServer::tls(&leaf, |req, _| Reply::ok(hex(&sha256(&req.body))));
+    let (client, _f) = client_for(&ca);
+    let data = Bytes::from(pattern(8 * 1024 * 1024));
+    let (reads, starved) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let reader = Offered {
+        data: data.clone(),
+        at: 0,
+        seed: 5,
+        reads: reads.clone(),
+        starved: starved.clone(),
+    };
+    let req = http::Request::put(server.url("/up"))
+        .body(Body::reader(reader, None))
+        .expect("request");
+    let resp = client.send(req).expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().bytes().expect("body");
+    assert_eq!(
+        body,
+        Bytes::from(hex(&sha256(&data))),
+        "the server got every byte"
+    );
+    let (reads, starved) = (reads.load(Relaxed), starved.load(Relaxed));
+    assert!(
+        starved * 20 <= reads,
+        "{starved} of {reads} reads were offered less than a kilobyte"
+    );
+    assert_drained(&client);
+}

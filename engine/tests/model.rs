@@ -104,15 +104,6 @@ const RSS_ABORT_KIB: u64 = 512 * 1024;
 /// its bug is fixed.
 #[derive(Clone, Copy, Debug)]
 struct OpenBugs {
-    /// A `Client` reads a `Body::reader` into a fresh 64 KiB buffer per read
-    /// and sends the piece as a slice of it (`ResponseBody::feed`), so a
-    /// reader that returns small pieces holds 64 KiB per piece in flight: a
-    /// 256 KiB window of 40-byte pieces pins 400 MiB. While open, client
-    /// readers hand out pieces of at least this many bytes. (Small pieces
-    /// are also slow to feed: seed 177, 55 MiB in pieces of at most 3,659
-    /// bytes, does not finish within its budget of 130 s; set the floor to
-    /// 1 only when both are fixed.)
-    reader_floor: usize,
     /// A response body that stalls while the request's body is not finished
     /// (an early answer, or a fed body whose end came after the head) is not
     /// watched by the receive-stall deadline: the stall watch
@@ -125,16 +116,10 @@ struct OpenBugs {
 }
 
 /// The open bugs as they stand.
-const OPEN_BUGS: OpenBugs = OpenBugs {
-    reader_floor: 16 * 1024,
-    stall_watch: false,
-};
+const OPEN_BUGS: OpenBugs = OpenBugs { stall_watch: false };
 
 /// No bug stepped around: what regression tests of open bugs run with.
-const NO_OPEN_BUGS: OpenBugs = OpenBugs {
-    reader_floor: 1,
-    stall_watch: false,
-};
+const NO_OPEN_BUGS: OpenBugs = OpenBugs { stall_watch: false };
 
 /// Seeds run by plain `cargo test` (about two minutes in a debug build):
 /// together they cover every body source, every server behaviour and every
@@ -1148,7 +1133,7 @@ impl Files {
 }
 
 /// The request `r`, its body from its source.
-fn build(sc: &Scenario, r: &Req, base: &str, files: &Files, floor: usize) -> http::Request<Body> {
+fn build(sc: &Scenario, r: &Req, base: &str, files: &Files) -> http::Request<Body> {
     let up = r.up(sc.seed);
     let declared = r.declared.then_some(r.up_len);
     let body = match r.source {
@@ -1156,14 +1141,8 @@ fn build(sc: &Scenario, r: &Req, base: &str, files: &Files, floor: usize) -> htt
         Source::File => Body::file(files.path(r)).expect("open an upload file"),
         Source::Reader { max_piece } => {
             let mut rng = fastrand::Rng::with_seed(sc.seed ^ r.n as u64);
-            // While the client pins a 64 KiB buffer per piece read (an open
-            // bug, see `OpenBugs::reader_floor`), its pieces are floored.
-            let floor = match sc.driver {
-                Driver::Client => floor,
-                Driver::Engine => 1,
-            };
             Body::reader(
-                up.reader(r.up_len, move || rng.usize(1..=max_piece).max(floor)),
+                up.reader(r.up_len, move || rng.usize(1..=max_piece)),
                 declared,
             )
         }
@@ -1282,7 +1261,7 @@ fn run_engine(sc: &Scenario, env: &Env, files: &Files, port: u16, abort: &Atomic
             match what {
                 Timed::Submit(n) => {
                     let r = &sc.reqs[n];
-                    let req = build(sc, r, &base, files, env.open.reader_floor);
+                    let req = build(sc, r, &base, files);
                     seen[n].submitted = Some(Instant::now());
                     if r.execute {
                         // `execute` runs the loop alone: a request in flight
@@ -1622,7 +1601,7 @@ fn run_client(sc: &Scenario, env: &Env, files: &Files, port: u16, abort: &Atomic
                 scope.spawn(move || {
                     sleep_until(t0 + r.start);
                     let mut s = Saw::default();
-                    let req = build(sc, r, &base, files, env.open.reader_floor);
+                    let req = build(sc, r, &base, files);
                     s.submitted = Some(Instant::now());
                     if lock(&shut_at).is_some() {
                         s.shutdown_before_end = true;
@@ -2700,6 +2679,15 @@ fn regression_execute_of_a_stream_waited_for_its_deadline() {
 #[test]
 fn regression_client_reader_pieces_each_pinned_a_64_kib_buffer() {
     run_seeds_with(&[121, 104], NO_OPEN_BUGS);
+}
+
+/// A client reader of pieces of at most 3,659 bytes uploading 55 MiB took
+/// two minutes: the caller took the engine's asks for more body one by one,
+/// each stale by the pieces fed since, so reads shrank to tens of bytes,
+/// each its own TLS record.
+#[test]
+fn regression_client_reader_asks_shrank_to_a_silly_window() {
+    run_seeds_with(&[177], NO_OPEN_BUGS);
 }
 
 /// An early 413 to an 8 MiB upload whose body then stalls ended at the

@@ -740,18 +740,6 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
             return report;
         }
     };
-    // GitLab's long poll: the queue state the coordinator last sent
-    // (`X-GitLab-Last-Update`) goes back with the next poll, so it holds it.
-    let poll_body = |last_update: Option<&str>| {
-        let mut body = serde_json::json!({
-            "token": format!("{name}-runner-token"),
-            "info": {"name": format!("{name} runner")},
-        });
-        if let (Some(u), Some(map)) = (last_update, body.as_object_mut()) {
-            map.insert("last_update".into(), u.into());
-        }
-        Bytes::from(body.to_string())
-    };
     let mut last_update: Option<String> = None;
     let mut pending = None;
     // A job waiting for its fresh chain (refresh only): the next poll waits too.
@@ -762,7 +750,7 @@ fn run_runner(spec: &RunnerSpec, env: &Env) -> Report {
         if pending.is_none() && waiting.is_none() && Instant::now() >= retry_at {
             let req = http::Request::post(&env.url)
                 .header("content-type", "application/json")
-                .body(poll_body(last_update.as_deref()));
+                .body(poll_body(name, last_update.as_deref()));
             match req {
                 Ok(req) => {
                     let opts =
@@ -925,7 +913,7 @@ impl JobLog {
     ) {
         let tag = label(chain.as_ref().ok().copied(), &env.cas);
         let (ok, why) = match chain {
-            Ok(chain) => run_job(env, name, job_id, chain),
+            Ok(chain) => run_job(&env.jobs_dir, env.git_addr, name, job_id, chain),
             Err(why) => (false, Some(why)),
         };
         report.jobs.push(Job { at, chain: tag, ok });
@@ -963,21 +951,42 @@ fn repeats(n: u32, (ok, chain): (bool, &str)) -> String {
     format!("... {n} more jobs since, chain {chain}, git clone {what}")
 }
 
-/// Write the job's CA file, `chain`'s CA bundle, and clone from the second
-/// edge. Returns (ok, why not).
-fn run_job(env: &Env, runner: &str, job: u64, chain: &PeerChain) -> (bool, Option<String>) {
+/// Write the job's CA file, `chain`'s CA bundle, into `jobs_dir` and clone
+/// from the second edge (at `git_addr`) trusting only it. Returns (ok, why
+/// not).
+fn run_job(
+    jobs_dir: &std::path::Path,
+    git_addr: std::net::SocketAddr,
+    runner: &str,
+    job: u64,
+    chain: &PeerChain,
+) -> (bool, Option<String>) {
     let bundle = match chain.ca_bundle() {
         Ok(pem) => pem,
         Err(e) => return (false, Some(e.to_string())),
     };
-    let file = env.jobs_dir.join(format!("{runner}-job-{job}-ca.pem"));
+    let file = jobs_dir.join(format!("{runner}-job-{job}-ca.pem"));
     if let Err(e) = std::fs::write(&file, bundle) {
         return (false, Some(format!("writing {}: {e}", file.display())));
     }
-    let result = git::clone_check(env.git_addr, "localhost", "/demo/project.git", &file);
+    let result = git::clone_check(git_addr, "localhost", "/demo/project.git", &file);
     let _ = std::fs::remove_file(&file);
     match result {
         Ok(()) => (true, None),
         Err(e) => (false, Some(e)),
     }
+}
+
+/// The body of a runner's `jobs/request`: GitLab's long poll sends back the
+/// queue state the coordinator last sent (`X-GitLab-Last-Update`), so the
+/// coordinator holds the poll.
+fn poll_body(name: &str, last_update: Option<&str>) -> Bytes {
+    let mut body = serde_json::json!({
+        "token": format!("{name}-runner-token"),
+        "info": {"name": format!("{name} runner")},
+    });
+    if let (Some(u), Some(map)) = (last_update, body.as_object_mut()) {
+        map.insert("last_update".into(), u.into());
+    }
+    Bytes::from(body.to_string())
 }

@@ -17,16 +17,13 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use rotary::{
-    ClientIdentity, Config, Engine, Event, PeerChain, Policy, RequestOptions, Resumption, Trust,
-};
+use rotary::{ClientIdentity, Config, Engine, Event, Policy, RequestOptions, Resumption, Trust};
 use rustls::pki_types::CertificateDer;
 
-use super::{label, show, Plan, Timeline};
+use super::{label, poll_body, run_job, show, Plan, Timeline};
 use crate::coordinator::{Coordinator, RequestSeen};
 use crate::pki::{Ca, ClientCert, ServerCert};
-use crate::{git, Failure, Output, TempDir};
+use crate::{Failure, Output, TempDir};
 
 /// The bound rotary promises with its defaults: no request on a connection
 /// that no longer qualifies later than this after the change.
@@ -251,18 +248,6 @@ fn run_runner(env: &Env) -> Report {
             return report;
         }
     };
-    // GitLab's long poll: the queue state the coordinator last sent goes
-    // back with the next poll, so it holds it.
-    let body = |last_update: Option<&str>| {
-        let mut body = serde_json::json!({
-            "token": format!("{name}-runner-token"),
-            "info": {"name": format!("{name} runner")},
-        });
-        if let (Some(u), Some(map)) = (last_update, body.as_object_mut()) {
-            map.insert("last_update".into(), u.into());
-        }
-        Bytes::from(body.to_string())
-    };
     let mut last_update: Option<String> = None;
     let mut last_root = None;
     let mut pending = None;
@@ -272,7 +257,7 @@ fn run_runner(env: &Env) -> Report {
             let req = http::Request::post(&env.url)
                 .header("content-type", "application/json")
                 .header("x-runner", name)
-                .body(body(last_update.as_deref()));
+                .body(poll_body(name, last_update.as_deref()));
             match req {
                 Ok(req) => {
                     let opts =
@@ -339,7 +324,13 @@ fn run_runner(env: &Env) -> Report {
                         let at = tl.start.elapsed();
                         let (root, ok, why) = match served_by.chain.as_deref() {
                             Some(chain) => {
-                                let (ok, why) = run_job(env, chain, report.jobs.len());
+                                let (ok, why) = run_job(
+                                    &env.jobs_dir,
+                                    env.git_addr,
+                                    env.name,
+                                    report.jobs.len() as u64,
+                                    chain,
+                                );
                                 (label(Some(chain), &env.cas), ok, why)
                             }
                             None => ("?", false, Some("no TLS chain".to_owned())),
@@ -379,25 +370,6 @@ fn run_runner(env: &Env) -> Report {
     }
     engine.shutdown();
     report
-}
-
-/// The job: its CA file is `chain`'s CA bundle, and it clones from the
-/// second edge trusting only that. Returns (ok, why not).
-fn run_job(env: &Env, chain: &PeerChain, n: usize) -> (bool, Option<String>) {
-    let bundle = match chain.ca_bundle() {
-        Ok(pem) => pem,
-        Err(e) => return (false, Some(e.to_string())),
-    };
-    let file = env.jobs_dir.join(format!("{}-job-{n}-ca.pem", env.name));
-    if let Err(e) = std::fs::write(&file, bundle) {
-        return (false, Some(format!("writing {}: {e}", file.display())));
-    }
-    let result = git::clone_check(env.git_addr, "localhost", "/demo/project.git", &file);
-    let _ = std::fs::remove_file(&file);
-    match result {
-        Ok(()) => (true, None),
-        Err(e) => (false, Some(e)),
-    }
 }
 
 /// What the server saw of one runner after the change: the requests on a
