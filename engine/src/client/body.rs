@@ -295,21 +295,35 @@ impl ResponseBody {
                 // A failure ends the request with its own event.
                 Err(e) => log::debug!("request {}: body piece not taken: {e}", id.0),
             }
+            // Deadlines do not wait for this feed. The leader would run
+            // them, but a reader of small pieces takes the mutex piece after
+            // piece, and the mutex is not fair: the leader could wait for
+            // it for seconds. So timers that are due run here.
+            let now = Instant::now();
+            if core.engine.next_timeout(now) == Some(Duration::ZERO) {
+                core.engine.handle_timeouts(now);
+            }
             core.route(shared);
             // Asks raised while this one was fed are newer, and the highest
             // is where this feed stops: the reader is asked for the window's
             // worth, not, ask by stale ask, for the few bytes each piece
             // freed (a silly window: pieces that shrink to tens of bytes,
-            // each its own TLS record).
+            // each its own TLS record). Anything else for this request (its
+            // head, its end) stops the feed, so the caller sees it now.
+            let mut told = false;
             if let Some(route) = core.routes.get_mut(&id) {
                 while let Some(&Msg::Wanted(newer)) = route.mail.front() {
                     route.mail.pop_front();
                     limit = limit.max(newer);
                 }
+                told = !route.mail.is_empty();
             }
             left = usize::try_from(limit.saturating_sub(up.sent)).unwrap_or(usize::MAX);
             core.kick(shared);
             Shared::unlock(core);
+            if told {
+                break;
+            }
         }
         Ok(())
     }
