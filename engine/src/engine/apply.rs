@@ -110,32 +110,35 @@ impl Engine {
     /// event goes out.
     fn answer(&mut self, rk: ReqKey, conn: ConnRef, trailers: Option<http::HeaderMap>) {
         let chain = self.conns.get(conn.key).and_then(|c| c.chain().cloned());
-        let Some(mut req) = self.take_request(rk) else {
+        // Read in place, then dropped with its slot (see `take_request`).
+        let Some(req) = self.reqs.get_mut(rk) else {
             return;
         };
-        self.stats.requests_ok += 1;
-        if req.opts().streaming {
-            self.out.push_back(Event::End {
+        let event = if req.opts().streaming {
+            Event::End {
                 id: req.id(),
                 trailers,
-            });
-            return;
-        }
-        let served_by = ServedBy {
-            conn: conn.id,
-            reused: req.reused(),
-            chain,
-            redirected_to: req.redirected_to(),
+            }
+        } else {
+            let served_by = ServedBy {
+                conn: conn.id,
+                reused: req.reused(),
+                chain,
+                redirected_to: req.redirected_to(),
+            };
+            let mut response = req.buffered_response();
+            if let Some(t) = trailers {
+                response.extensions_mut().insert(Trailers(t));
+            }
+            Event::Response {
+                id: req.id(),
+                response,
+                served_by,
+            }
         };
-        let mut response = req.buffered_response();
-        if let Some(t) = trailers {
-            response.extensions_mut().insert(Trailers(t));
-        }
-        self.out.push_back(Event::Response {
-            id: req.id(),
-            response,
-            served_by,
-        });
+        self.stats.requests_ok += 1;
+        self.out.push_back(event);
+        self.take_request(rk);
     }
 
     /// The redirect response of `rk` ended: the request goes on to its next
@@ -242,27 +245,33 @@ impl Engine {
         }
     }
 
-    /// Take request `rk` out of the slab and its pool's queue.
-    fn take_request(&mut self, rk: ReqKey) -> Option<Req> {
-        let req = self.reqs.remove(rk, &mut self.timers)?;
-        if req.conn().is_none() {
-            let pool = &mut self.pools[req.pool()];
+    /// Take request `rk` out of the slab and its pool's queue. What its
+    /// end needs of it is read before, in place: a `Req` is large, and
+    /// every move of one is a copy.
+    fn take_request(&mut self, rk: ReqKey) {
+        let Some(req) = self.reqs.get(rk) else {
+            return;
+        };
+        let (p, waiting) = (req.pool(), req.conn().is_none());
+        self.reqs.remove(rk, &mut self.timers);
+        if waiting {
+            let pool = &mut self.pools[p];
             pool.unqueue(rk);
             if pool.conns().is_empty() {
-                self.pools.may_be_unused(req.pool());
+                self.pools.may_be_unused(p);
             }
         }
-        Some(req)
     }
 
     /// Request `rk` ends with `error` (its connection, if any, is the
     /// caller's business).
     fn fail_request(&mut self, rk: ReqKey, error: Error) {
-        let Some(req) = self.take_request(rk) else {
+        let Some(req) = self.reqs.get(rk) else {
             return;
         };
-        let progress = req.progress();
-        self.emit_failed(req.id(), error, req.reused(), progress);
+        let (id, reused, progress) = (req.id(), req.reused(), req.progress());
+        self.take_request(rk);
+        self.emit_failed(id, error, reused, progress);
     }
 
     /// The failure of request `id`, which may never have had a slot.
@@ -435,7 +444,21 @@ impl Engine {
     /// Put pool `p`'s waiting requests on its idle connections (the
     /// youngest first), then open connections for those still waiting,
     /// within the origin's maximum.
+    #[inline]
     fn dispatch(&mut self, p: PoolKey, now: Instant) {
+        // Every exchange's end dispatches; on a busy keep-alive pool nothing
+        // waits then and nothing is being opened, so there is nothing to
+        // put, open or shed: a check here spares the call.
+        let pool = &self.pools[p];
+        if pool.waiting() == 0 && pool.connecting() == 0 {
+            return;
+        }
+        self.dispatch_waiting(p, now);
+    }
+
+    /// [`Engine::dispatch`] for a pool where requests wait or connections
+    /// are being opened.
+    fn dispatch_waiting(&mut self, p: PoolKey, now: Instant) {
         if self.shut {
             return;
         }

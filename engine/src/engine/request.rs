@@ -503,17 +503,21 @@ impl Requests {
 
     /// The one way out: the request leaves the slab and the id map, and
     /// every deadline it held (its total, its attempt's set) is disarmed.
+    /// It is dropped here: what its owner needs of it is read before (a
+    /// `Req` is large, and every move of one is a copy). False when `key`
+    /// held none.
     #[inline]
-    pub(super) fn remove(&mut self, key: ReqKey, timers: &mut Timers) -> Option<Req> {
-        // Straight from the slab, with one move: a `Req` is large.
-        let mut req = self.slab.remove(key)?;
+    pub(super) fn remove(&mut self, key: ReqKey, timers: &mut Timers) -> bool {
+        let Some(req) = self.slab.get_mut(key) else {
+            return false;
+        };
+        timers.clear(&mut req.total);
+        req.attempt.timers.clear_all(timers);
         self.ids.remove(&req.id);
         if self.ids.is_empty() && self.ids.capacity() > SHRINK_ABOVE {
             self.shrink_ids();
         }
-        timers.clear(&mut req.total);
-        req.attempt.timers.clear_all(timers);
-        Some(req)
+        self.slab.remove(key).is_some()
     }
 
     /// The id map, emptied after a burst, gives its memory back (as the slab
