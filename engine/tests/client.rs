@@ -34,20 +34,6 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
-/// Close idle connections and wait until the engine holds nothing.
-fn assert_drained(client: &Client) {
-    client.close_idle().expect("client running");
-    let until = Instant::now() + T;
-    loop {
-        let stats = client.stats().expect("client running");
-        if stats.is_idle() {
-            return;
-        }
-        assert!(Instant::now() < until, "client not idle: {stats:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// The `rotary::Error` an `io::Error` from a body read carries.
 fn inner(e: &io::Error) -> &Error {
     e.get_ref()
@@ -133,7 +119,7 @@ fn a_response_body_is_read_as_it_arrives_and_names_its_chain() {
     );
     assert_eq!(again.into_body().bytes().expect("body").len(), data.len());
     assert_eq!(server.stats().connections_accepted, 1);
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -151,7 +137,7 @@ fn bytes_stops_at_max_body() {
         Err(Error::BodyTooLarge { limit: 1000 }) => {}
         other => panic!("expected BodyTooLarge, got {other:?}"),
     }
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -176,7 +162,7 @@ fn uploads_from_a_reader_go_chunked_or_with_their_length() {
         Some(data.len().to_string().as_str())
     );
     assert!(seen.iter().all(|r| r.body == data), "bytes intact");
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -204,7 +190,7 @@ fn a_reader_that_fails_or_ends_short_fails_the_request_by_name() {
         other => panic!("expected BodySource for a short body, got {other:?}"),
     }
     assert_eq!(server.stats().requests, 0, "no request completed");
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -242,7 +228,7 @@ fn a_body_dropped_half_read_closes_its_connection() {
         .clone();
     assert!(!by.reused && by.conn != first, "a new connection: {by:?}");
     drop(next);
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -347,7 +333,7 @@ fn fresh_chain_returns_the_chain_of_a_new_full_handshake() {
         .expect("cached");
     assert_eq!(handshakes(), before, "no new handshake");
     assert_eq!(server.stats().requests, 0, "no request sent");
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -361,7 +347,7 @@ fn lifecycle_events_nobody_reads_are_bounded() {
         let resp = client.send(get(&server.url("/"))).expect("response");
         resp.into_body().bytes().expect("body");
     }
-    assert_drained(&client);
+    assert_client_drained(&client);
     let life = client.lifecycle().expect("channel");
     let waiting: Vec<Event> = life.try_iter().collect();
     assert_eq!(waiting.len(), LIFECYCLE_CAPACITY);
@@ -381,7 +367,7 @@ fn a_stream_body_is_refused_because_nothing_would_feed_it() {
         .body(Body::stream(None))
         .expect("request");
     assert!(matches!(client.send(req), Err(Error::Unsupported(_))));
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -470,7 +456,7 @@ fn a_pending_request_waits_in_slices_and_dropping_it_cancels() {
         Some(Err(Error::Unsupported(_)))
     ));
     assert_eq!(resp.into_body().bytes().expect("body"), "answer");
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 /// A reader as fast as memory that hands out pieces of changing sizes, from
@@ -519,7 +505,7 @@ fn a_fast_reader_of_64_mib_never_overfills_the_send_window() {
         let body = resp.into_body().bytes().expect("body");
         assert_eq!(body, Bytes::from(want.clone()), "the server got every byte");
     }
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 /// A reader of pieces of up to 4 KiB that counts the reads it was offered
@@ -587,5 +573,5 @@ fn a_reader_is_asked_for_the_window_not_for_the_bytes_each_piece_freed() {
         starved * 20 <= reads,
         "{starved} of {reads} reads were offered less than a kilobyte"
     );
-    assert_drained(&client);
+    assert_client_drained(&client);
 }

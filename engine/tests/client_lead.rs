@@ -39,20 +39,6 @@ fn get(url: &str) -> http::Request<()> {
     http::Request::get(url).body(()).expect("request")
 }
 
-/// Close idle connections and wait until the engine holds nothing.
-fn assert_drained(client: &Client) {
-    client.close_idle().expect("client running");
-    let until = Instant::now() + T;
-    loop {
-        let stats = client.stats().expect("client running");
-        if stats.is_idle() {
-            return;
-        }
-        assert!(Instant::now() < until, "client not idle: {stats:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// `read(2)` calls made so far by the process's `rotary-client` threads
 /// (Linux: `syscr` of `/proc/self/task/*/io`). Sockets are read with
 /// `recv`, which it does not count; a [`Body::file`] is read with `read`,
@@ -110,7 +96,7 @@ fn a_caller_drives_its_own_requests_and_the_clients_thread_reads_nothing() {
         "the client's thread read the body file {reads} times for {N} requests"
     );
     assert_eq!(server.connections().len(), 1);
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 #[test]
@@ -150,7 +136,7 @@ fn many_threads_share_one_client_and_every_request_ends_with_its_own_body() {
     }
     let stats = client.stats().expect("stats");
     assert!(stats.connections_opened <= 4, "{stats:#?}");
-    assert_drained(&client);
+    assert_client_drained(&client);
 }
 
 /// Waits on the lifecycle channel for a `Closed` event with `reason`,

@@ -12,8 +12,8 @@
 //! and state that tests wait on), `threads` (joining worker threads within a
 //! bound) and `sockopt` (RST on close, a deeper listen backlog).
 //!
-//! This file owns only the re-exported surface and two helpers (`wait_for`,
-//! `ca_and_leaf`); it changes no state.
+//! This file owns only the re-exported surface and three helpers (`wait_for`,
+//! `ca_and_leaf`, `assert_client_drained`); it changes no state.
 //!
 //! Use from a test file as `mod support;` then `use support::*;`:
 //!
@@ -87,4 +87,19 @@ pub fn ca_and_leaf() -> (TestCa, Issued) {
     let ca = TestCa::new("rotary test CA");
     let leaf = ca.issue(&["localhost", "127.0.0.1"]);
     (ca, leaf)
+}
+
+/// Close a `rotary::Client`'s idle connections and wait (up to 10 s) until
+/// its engine holds nothing: no connection, timer or request.
+pub fn assert_client_drained(client: &rotary::Client) {
+    client.close_idle().expect("client running");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = client.stats().expect("client running");
+        if stats.is_idle() {
+            return;
+        }
+        assert!(Instant::now() < until, "client not idle: {stats:#?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
