@@ -4,7 +4,7 @@
 //! read on the caller's thread.
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -12,7 +12,7 @@ use http::HeaderMap;
 
 use crate::{Error, RequestId};
 
-use super::lead::{Key, Msg, Shared};
+use super::lead::{Core, Key, Mailbox, Msg, Shared};
 use super::READ_PIECE;
 
 /// A request sent with [`Client::start`](crate::Client::start) whose response head has not been
@@ -35,7 +35,7 @@ impl Pending {
     /// As [`Client::send_with`](crate::Client::send_with); [`Error::Unsupported`] when
     /// [`Pending::wait_timeout`] already gave the answer.
     pub fn wait(mut self) -> Result<http::Response<ResponseBody>, Error> {
-        match self.answer(None) {
+        match self.answer(None, None) {
             Some(result) => result,
             None => Err(Error::Shutdown),
         }
@@ -47,19 +47,22 @@ impl Pending {
         &mut self,
         timeout: Duration,
     ) -> Option<Result<http::Response<ResponseBody>, Error>> {
-        self.answer(Some(Instant::now() + timeout))
+        self.answer(Some(Instant::now() + timeout), None)
     }
 
-    fn answer(
+    /// The answer, waited for until `until`, starting with the client's
+    /// mutex if `held`.
+    pub(super) fn answer(
         &mut self,
         until: Option<Instant>,
+        mut held: Option<MutexGuard<'_, Core>>,
     ) -> Option<Result<http::Response<ResponseBody>, Error>> {
         let Some(body) = self.body.as_mut() else {
             let why = "the request's answer was already taken".into();
             return Some(Err(Error::Unsupported(why)));
         };
         loop {
-            let msg = match body.next_msg(until) {
+            let msg = match body.next_msg(until, held.take()) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return None,
                 Err(e) => {
@@ -115,6 +118,7 @@ enum State {
 pub struct ResponseBody {
     id: RequestId,
     shared: Arc<Shared>,
+    mailbox: Arc<Mailbox>,
     chunk: Bytes,
     chunk_len: usize,
     state: State,
@@ -172,17 +176,20 @@ impl ResponseBody {
 
     /// The next message for this request, feeding the upload when asked;
     /// `None` when `until` passed first.
-    fn next_msg(&mut self, until: Option<Instant>) -> Result<Option<Msg>, Error> {
-        let id = self.id;
+    fn next_msg(
+        &mut self,
+        until: Option<Instant>,
+        mut held: Option<MutexGuard<'_, Core>>,
+    ) -> Result<Option<Msg>, Error> {
+        let key = Key::Req(self.id);
         loop {
-            let msg = self.shared.wait(Key::Req(id), until, |core| {
-                let route = core.routes.get_mut(&id)?;
-                match route.mail.pop_front() {
-                    Some(msg) => Some(msg),
-                    None if core.stopping => Some(Msg::Failed(Error::Shutdown)),
-                    None => None,
-                }
-            });
+            let mailbox = &self.mailbox;
+            let quick = || mailbox.take();
+            let take = |core: &mut Core| {
+                let stopped = || core.stopping.then_some(Msg::Failed(Error::Shutdown));
+                mailbox.take().or_else(stopped)
+            };
+            let msg = self.shared.wait(key, until, held.take(), quick, take);
             match msg {
                 None => return Ok(None),
                 Some(Msg::Wanted(limit)) => self.feed(limit)?,
@@ -193,10 +200,20 @@ impl ResponseBody {
 
     /// Wait for the next body chunk or the end.
     fn take_msg(&mut self) -> Result<(), Error> {
-        match self.next_msg(None) {
+        match self.next_msg(None, None) {
             Ok(Some(Msg::Body(data))) => {
                 self.chunk_len = data.len();
                 self.chunk = data;
+                // The end right behind it (a small body) is taken now, so
+                // reading the chunk out need not tell the engine, whose
+                // request is over, that it was consumed.
+                let mut mail = self.mailbox.lock();
+                if let Some(Msg::End(_)) = mail.msgs.front() {
+                    if let Some(Msg::End(trailers)) = mail.msgs.pop_front() {
+                        self.trailers = trailers;
+                        self.state = State::Done;
+                    }
+                }
             }
             Ok(Some(Msg::End(trailers))) => {
                 self.trailers = trailers;
@@ -211,16 +228,17 @@ impl ResponseBody {
         Ok(())
     }
 
-    /// The chunk just read out: the engine may read that much more.
+    /// The chunk just read out: the engine may read that much more (once
+    /// the body has ended, there is no more to read).
     fn consumed(&mut self) {
-        if self.chunk_len > 0 {
+        if self.chunk_len > 0 && self.state == State::Open {
             let (id, n) = (self.id, self.chunk_len);
             self.chunk_len = 0;
             let shared = &self.shared;
             let mut core = shared.lock();
             core.engine.consume(id, n);
             core.kick(shared);
-            Shared::unlock(core);
+            shared.unlock(core);
         }
     }
 
@@ -232,7 +250,7 @@ impl ResponseBody {
         let Some(up) = self.upload.as_mut().filter(|u| !u.done) else {
             return Ok(());
         };
-        let (id, shared) = (self.id, &self.shared);
+        let (id, shared, mailbox) = (self.id, &self.shared, &self.mailbox);
         // Each piece goes to the engine as soon as it is read, so a reader
         // that trickles (a live log) is sent as it comes, and the pieces
         // together fill the room the engine has.
@@ -259,13 +277,14 @@ impl ResponseBody {
                     core.routes.remove(&id);
                     core.route(shared);
                     core.kick(shared);
-                    Shared::unlock(core);
+                    shared.unlock(core);
                     self.state = State::Done;
                     return Err(error);
                 }
             };
             let mut core = shared.lock();
             if core.stopping {
+                shared.unlock(core);
                 return Err(Error::Shutdown);
             }
             if n == 0 {
@@ -274,7 +293,7 @@ impl ResponseBody {
                 let _ = core.engine.end_body(id, None);
                 core.route(shared);
                 core.kick(shared);
-                Shared::unlock(core);
+                shared.unlock(core);
                 return Ok(());
             }
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
@@ -310,17 +329,17 @@ impl ResponseBody {
             // freed (a silly window: pieces that shrink to tens of bytes,
             // each its own TLS record). Anything else for this request (its
             // head, its end) stops the feed, so the caller sees it now.
-            let mut told = false;
-            if let Some(route) = core.routes.get_mut(&id) {
-                while let Some(&Msg::Wanted(newer)) = route.mail.front() {
-                    route.mail.pop_front();
+            let told = {
+                let mut mail = mailbox.lock();
+                while let Some(&Msg::Wanted(newer)) = mail.msgs.front() {
+                    mail.msgs.pop_front();
                     limit = limit.max(newer);
                 }
-                told = !route.mail.is_empty();
-            }
+                !mail.msgs.is_empty()
+            };
             left = usize::try_from(limit.saturating_sub(up.sent)).unwrap_or(usize::MAX);
             core.kick(shared);
-            Shared::unlock(core);
+            shared.unlock(core);
             if told {
                 break;
             }
@@ -360,6 +379,10 @@ impl Read for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // A closed mailbox: the request is over and out of the table.
+        if self.mailbox.lock().closed {
+            return;
+        }
         let shared = &self.shared;
         let mut core = shared.lock();
         core.routes.remove(&self.id);
@@ -368,7 +391,7 @@ impl Drop for ResponseBody {
             core.route(shared);
             core.kick(shared);
         }
-        Shared::unlock(core);
+        shared.unlock(core);
     }
 }
 
@@ -394,12 +417,14 @@ impl ResponseBody {
     pub(super) fn new(
         id: RequestId,
         shared: Arc<Shared>,
+        mailbox: Arc<Mailbox>,
         reader: Option<Box<dyn Read + Send>>,
         max_buffered_body: usize,
     ) -> ResponseBody {
         ResponseBody {
             id,
             shared,
+            mailbox,
             chunk: Bytes::new(),
             chunk_len: 0,
             state: State::Open,

@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use mio::{Events, Poll, Waker};
 
-use crate::{ChainRequestId, Engine, Error, Event, PeerChain, RequestId};
+use crate::{Body, ChainRequestId, Engine, Error, Event, PeerChain, RequestId, RequestOptions};
 
 use super::LINGER;
 
@@ -24,6 +24,23 @@ pub(super) struct Shared {
     /// The engine's waker: wakes whoever leads out of its poll.
     pub(super) waker: Arc<Waker>,
     pub(super) dropped: AtomicU64,
+    /// Requests sent while another thread held `core`: whoever holds it
+    /// submits them before it lets go (see [`Shared::unlock`]), so a
+    /// caller that finds the mutex busy queues its request and parks,
+    /// instead of sleeping on the mutex and then again on its answer.
+    pub(super) inbox: Mutex<Vec<Queued>>,
+    /// The engine's request ids, taken by a caller before it queues.
+    pub(super) ids: Arc<AtomicU64>,
+}
+
+/// A request waiting in [`Shared::inbox`].
+pub(super) struct Queued {
+    pub(super) id: RequestId,
+    pub(super) request: http::Request<Body>,
+    pub(super) opts: RequestOptions,
+    pub(super) mailbox: Arc<Mailbox>,
+    /// The caller, parked until its request has news.
+    pub(super) caller: Option<Thread>,
 }
 
 /// The poll and its events buffer: whoever holds them leads.
@@ -79,11 +96,39 @@ pub(super) struct Core {
     pub(super) lifecycle: Option<mpsc::SyncSender<Event>>,
 }
 
-/// One request's mailbox.
+/// One request's entry in the client's table, while the engine may still
+/// have news for it.
 pub(super) struct Route {
-    pub(super) mail: VecDeque<Msg>,
+    pub(super) mailbox: Arc<Mailbox>,
     /// Body bytes the engine took from the caller's reader.
     pub(super) fed: u64,
+}
+
+/// One request's messages. The leader puts them in under the client's
+/// mutex; the caller takes them out under the mailbox's own lock alone, so
+/// reading an answer never waits for the leader's pass over every
+/// connection (with many callers, that wait was most of a request's
+/// system time). Lock order: the client's mutex, then a mailbox.
+#[derive(Default)]
+pub(super) struct Mailbox(Mutex<Mail>);
+
+#[derive(Default)]
+pub(super) struct Mail {
+    pub(super) msgs: VecDeque<Msg>,
+    /// The request's last message is in and its route is gone from the
+    /// client's table: the engine has nothing more to say about it.
+    pub(super) closed: bool,
+}
+
+impl Mailbox {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Mail> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The oldest message, if any.
+    pub(super) fn take(&self) -> Option<Msg> {
+        self.lock().msgs.pop_front()
+    }
 }
 
 /// What the engine tells the caller of one request.
@@ -101,30 +146,93 @@ pub(super) enum Msg {
 }
 
 impl Shared {
+    /// The mutex, with the queued requests submitted.
     pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        core.drain(self);
+        core
     }
 
-    /// Let the mutex go, then wake the callers that got mail meanwhile.
-    pub(super) fn unlock(mut core: MutexGuard<'_, Core>) {
-        let wake = std::mem::take(&mut core.wake);
-        drop(core);
-        for t in wake {
-            t.unpark();
+    /// Submit the queued requests, let the mutex go, then wake the callers
+    /// that got mail meanwhile. A request queued after the drain, while
+    /// the mutex was still held, was queued because it was held: it is
+    /// this thread's to submit, unless another thread holds the mutex by
+    /// then (and so will). The fences pair with the one in
+    /// [`Shared::submit_or_queue`]: the queuer's `try_lock` sees the mutex free, or
+    /// this look sees its request.
+    pub(super) fn unlock<'a>(&'a self, mut core: MutexGuard<'a, Core>) {
+        loop {
+            core.drain(self);
+            let wake = std::mem::take(&mut core.wake);
+            drop(core);
+            for t in wake {
+                t.unpark();
+            }
+            fence(Ordering::SeqCst);
+            if self.inbox().is_empty() {
+                return;
+            }
+            match self.try_lock() {
+                Some(c) => core = c,
+                None => return,
+            }
+        }
+    }
+
+    pub(super) fn inbox(&self) -> MutexGuard<'_, Vec<Queued>> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Submit `q` and return the mutex, if it is free; else queue `q` for
+    /// whoever holds it (`None`).
+    pub(super) fn submit_or_queue(&self, q: Queued) -> Option<MutexGuard<'_, Core>> {
+        if let Some(mut core) = self.try_lock() {
+            core.admit(q);
+            return Some(core);
+        }
+        self.inbox().push(q);
+        fence(Ordering::SeqCst);
+        // Let go meanwhile, maybe before its holder looked: submit it now.
+        let mut core = self.try_lock()?;
+        core.drain(self);
+        Some(core)
+    }
+
+    fn try_lock(&self) -> Option<MutexGuard<'_, Core>> {
+        match self.core.try_lock() {
+            Ok(core) => Some(core),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 
     /// Wait until `take` finds what `key`'s owner waits for (then it is
     /// returned) or `until` passes (`None`), leading the engine's loop
-    /// whenever nobody else does.
+    /// whenever nobody else does. `quick` looks without the client's mutex
+    /// (a request's mailbox), first and after each wake-up; `take` looks
+    /// under it, and must find whatever `quick` would. A caller that holds
+    /// the mutex already (it just submitted) passes it as `held`.
     pub(super) fn wait<T>(
         &self,
         key: Key,
         until: Option<Instant>,
+        held: Option<MutexGuard<'_, Core>>,
+        mut quick: impl FnMut() -> Option<T>,
         mut take: impl FnMut(&mut Core) -> Option<T>,
     ) -> Option<T> {
-        let mut core = self.lock();
+        let mut core = match held {
+            Some(core) => core,
+            None => match quick() {
+                Some(found) => return Some(found),
+                None => self.lock(),
+            },
+        };
         let found = loop {
+            // A queued request's caller was parked by the thread that
+            // submitted it, and may not have been woken.
+            if let Some(at) = core.parked.iter().position(|(k, _)| *k == key) {
+                core.parked.swap_remove(at);
+            }
             if let Some(found) = take(&mut core) {
                 break Some(found);
             }
@@ -147,17 +255,19 @@ impl Shared {
             if core.leader == Leader::Background {
                 core.wake_leader(self);
             }
-            Shared::unlock(core);
+            self.unlock(core);
             match until {
                 Some(u) => std::thread::park_timeout(u.saturating_duration_since(now)),
                 None => std::thread::park(),
             }
-            core = self.lock();
-            if let Some(at) = core.parked.iter().position(|(k, _)| *k == key) {
-                core.parked.swap_remove(at);
+            // Whoever unparked us took our entry off `parked`: with mail
+            // waiting, return without the client's mutex.
+            if let Some(found) = quick() {
+                return Some(found);
             }
+            core = self.lock();
         };
-        Shared::unlock(core);
+        self.unlock(core);
         found
     }
 
@@ -202,7 +312,7 @@ impl Shared {
             }
             core.sleeping = Some(timeout.map(|t| now + t));
             core.woken = false;
-            Shared::unlock(core);
+            self.unlock(core);
             let Lead { poll, events, .. } = &mut *lead;
             let polled = poll.poll(events, timeout);
             core = self.lock();
@@ -271,14 +381,44 @@ impl Shared {
                 // due meanwhile is the leader's to handle.
                 LINGER
             };
-            Shared::unlock(core);
+            self.unlock(core);
             std::thread::park_timeout(wait);
             core = self.lock();
         }
+        self.unlock(core);
     }
 }
 
 impl Core {
+    /// Submit the requests queued in the inbox, each caller parked on it.
+    pub(super) fn drain(&mut self, shared: &Shared) {
+        let queued = std::mem::take(&mut *shared.inbox());
+        if queued.is_empty() {
+            return;
+        }
+        for mut q in queued {
+            let caller = q.caller.take();
+            let id = q.id;
+            self.admit(q);
+            if let Some(caller) = caller {
+                self.parked.push((Key::Req(id), caller));
+            }
+        }
+        self.route(shared);
+        self.kick(shared);
+    }
+
+    /// Submit `q` to the engine, with its route (the caller routes and
+    /// kicks).
+    pub(super) fn admit(&mut self, q: Queued) {
+        let route = Route {
+            mailbox: q.mailbox,
+            fed: 0,
+        };
+        self.routes.insert(q.id, route);
+        self.engine.submit_as(q.id, q.request, q.opts);
+    }
+
     /// Hand every waiting event to whoever waits for it.
     pub(super) fn route(&mut self, shared: &Shared) {
         while let Some(event) = self.engine.next_event() {
@@ -333,11 +473,30 @@ impl Core {
 
     /// Put `msg` in request `id`'s mailbox and wake its caller if it is
     /// parked. A request whose owner has gone has no route (its owner
-    /// cancelled it on the way out).
+    /// cancelled it on the way out). The last message (the end, a failure)
+    /// closes the mailbox and takes the route out of the table.
     pub(super) fn tell(&mut self, id: RequestId, msg: Msg) {
-        if let Some(route) = self.routes.get_mut(&id) {
-            route.mail.push_back(msg);
-            self.unpark(Key::Req(id));
+        let last = matches!(msg, Msg::End(_) | Msg::Failed(_));
+        let Some(route) = self.routes.get(&id) else {
+            return;
+        };
+        {
+            let mut mail = route.mailbox.lock();
+            mail.msgs.push_back(msg);
+            mail.closed |= last;
+        }
+        if last {
+            self.routes.remove(&id);
+        }
+        self.unpark(Key::Req(id));
+    }
+
+    /// Tell every open request `error` (the client stops).
+    pub(super) fn fail_all(&mut self, error: impl Fn() -> Error) {
+        for (_, route) in self.routes.drain() {
+            let mut mail = route.mailbox.lock();
+            mail.msgs.push_back(Msg::Failed(error()));
+            mail.closed = true;
         }
     }
 
@@ -345,19 +504,26 @@ impl Core {
     /// empty, so it takes the lead up (those with mail were woken already
     /// and return without leading).
     pub(super) fn hand_over(&mut self) {
-        let needy = self.parked.iter().find(|(key, _)| match key {
-            Key::Req(id) => self.routes.get(id).is_some_and(|r| r.mail.is_empty()),
+        let needy = self.parked.iter().position(|(key, _)| match key {
+            Key::Req(id) => self
+                .routes
+                .get(id)
+                .is_some_and(|r| r.mailbox.lock().msgs.is_empty()),
             Key::Chain(id) => self.chains.get(id).is_some_and(Option::is_none),
         });
-        if let Some((_, t)) = needy {
-            self.wake.push(t.clone());
+        if let Some(at) = needy {
+            let (_, t) = self.parked.swap_remove(at);
+            self.wake.push(t);
         }
     }
 
-    /// Wake the caller parked on `key`, once the mutex is let go.
+    /// Wake the caller parked on `key`, once the mutex is let go. Its entry
+    /// goes now, so a caller that finds its mail on waking need not take
+    /// the mutex to take the entry out.
     pub(super) fn unpark(&mut self, key: Key) {
-        if let Some((_, t)) = self.parked.iter().find(|(k, _)| *k == key) {
-            self.wake.push(t.clone());
+        if let Some(at) = self.parked.iter().position(|(k, _)| *k == key) {
+            let (_, t) = self.parked.swap_remove(at);
+            self.wake.push(t);
         }
     }
 

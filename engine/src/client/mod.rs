@@ -17,10 +17,18 @@
 //!   putting the lead down. A thread that makes one call after another
 //!   never crosses to another thread: no channel, no waker write, no futex.
 //! - **Other callers** submit under the mutex too, then park. The leader
-//!   routes their messages into per-request mailboxes and unparks them; a
-//!   submission wakes the leader (the engine's waker) only when it brings
-//!   the next deadline forward. A leader that returns hands the lead to a
-//!   parked caller, if there is one.
+//!   routes their messages into per-request mailboxes and unparks them,
+//!   and they take their mail under the mailbox's own lock, not the
+//!   client's mutex; a submission wakes the leader (the engine's waker)
+//!   only when it brings the next deadline forward. A leader that returns
+//!   hands the lead to a parked caller, if there is one.
+//! - **A send that finds the mutex held** queues its request in an inbox
+//!   and parks: whoever holds the mutex submits the queue before letting go
+//!   (and after taking it), parking each caller on its request. With many
+//!   callers the mutex is nearly always held, by the leader's pass or by
+//!   another submission, and a caller that slept on it would sleep twice
+//!   per request (on the mutex, then on its answer); with the inbox it
+//!   sleeps once.
 //! - **The client's thread** (`rotary-client`) leads when nobody else has
 //!   for [`LINGER`] (5 ms), or at once when a deadline of the engine is due
 //!   meanwhile, and keeps polling for as long as no caller waits: ages,
@@ -41,19 +49,21 @@
 mod body;
 mod lead;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
 
 use crate::body::Kind;
-use crate::{Body, Config, Engine, Error, Event, Origin, PeerChain, RequestOptions, Stats};
+use crate::{
+    Body, Config, Engine, Error, Event, Origin, PeerChain, RequestId, RequestOptions, Stats,
+};
 
 pub use body::{Pending, ResponseBody};
-use lead::{Core, Key, Lead, Leader, Msg, Route, Shared};
+use lead::{Core, Key, Lead, Leader, Mailbox, Queued, Shared};
 
 /// Lifecycle events the [`Client`] keeps for a host that has not read them
 /// yet; later ones are dropped (and counted) until it does.
@@ -131,6 +141,7 @@ impl Client {
     pub fn new(config: Config) -> Result<Client, crate::BuildError> {
         let poll = Poll::new()?;
         let engine = Engine::embedded(poll.registry(), 0, usize::MAX, config)?;
+        let ids = engine.request_ids();
         let (life_tx, life_rx) = mpsc::sync_channel(LIFECYCLE_CAPACITY);
         let shared = Arc::new(Shared {
             waker: engine.waker(),
@@ -155,6 +166,8 @@ impl Client {
                 lifecycle: Some(life_tx),
             }),
             dropped: AtomicU64::new(0),
+            inbox: Mutex::new(Vec::new()),
+            ids,
         });
         let bg = shared.clone();
         let thread = std::thread::Builder::new()
@@ -204,7 +217,20 @@ impl Client {
         request: http::Request<impl Into<Body>>,
         opts: RequestOptions,
     ) -> Result<http::Response<ResponseBody>, Error> {
-        self.start(request, opts)?.wait()
+        let (mut pending, core) = self.submit(request, opts, true)?;
+        // The wait goes on under the mutex the submission took: one turn
+        // of it where a start and a wait would take two (with many callers,
+        // each turn may wait for the leader's pass). A request queued for
+        // the mutex's holder is parked on by its thread meanwhile: woken
+        // with its answer, or to lead, or (should nobody have submitted it)
+        // after LINGER, to take the mutex and submit it itself.
+        if core.is_none() {
+            std::thread::park_timeout(LINGER);
+        }
+        match pending.answer(None, core) {
+            Some(result) => result,
+            None => Err(Error::Shutdown),
+        }
     }
 
     /// Submit a request and return at once: [`Pending::wait`] or
@@ -222,6 +248,22 @@ impl Client {
         request: http::Request<impl Into<Body>>,
         opts: RequestOptions,
     ) -> Result<Pending, Error> {
+        let (pending, core) = self.submit(request, opts, false)?;
+        if let Some(core) = core {
+            self.inner.shared.unlock(core);
+        }
+        Ok(pending)
+    }
+
+    /// Submit a request; the client's mutex is still held on return. With
+    /// `queue`, a request that finds the mutex busy is queued for its
+    /// holder, and `None` comes back in its place (see [`Shared::inbox`]).
+    fn submit(
+        &self,
+        request: http::Request<impl Into<Body>>,
+        opts: RequestOptions,
+        queue: bool,
+    ) -> Result<(Pending, Option<MutexGuard<'_, Core>>), Error> {
         let mut request = request.map(Into::into);
         let upload = match &mut request.body_mut().kind {
             Kind::Stream { .. } => {
@@ -243,27 +285,39 @@ impl Client {
             .manual_consume(true)
             .receive_window(window);
         let shared = &self.inner.shared;
-        let mut core = shared.lock();
-        if core.stopping {
-            return Err(Error::Shutdown);
-        }
-        let id = core.engine.submit(request, opts);
-        core.routes.insert(
-            id,
-            Route {
-                mail: VecDeque::new(),
-                fed: 0,
-            },
-        );
-        core.route(shared);
-        core.kick(shared);
-        Shared::unlock(core);
-        Ok(Pending::new(ResponseBody::new(
+        let id = RequestId(shared.ids.fetch_add(1, Ordering::Relaxed));
+        let mailbox = Arc::new(Mailbox::default());
+        let body = ResponseBody::new(
             id,
             shared.clone(),
+            mailbox.clone(),
             upload,
             opts.max_buffered_body,
-        )))
+        );
+        let q = Queued {
+            id,
+            request,
+            opts,
+            mailbox,
+            caller: queue.then(std::thread::current),
+        };
+        let mut core = if queue {
+            // A client that has stopped fails a queued request with
+            // `Error::Shutdown` when it is submitted.
+            shared.submit_or_queue(q)
+        } else {
+            let mut core = shared.lock();
+            if core.stopping {
+                return Err(Error::Shutdown);
+            }
+            core.admit(q);
+            Some(core)
+        };
+        if let Some(core) = &mut core {
+            core.route(shared);
+            core.kick(shared);
+        }
+        Ok((Pending::new(body), core))
     }
 
     /// The origin's chain as it is now (see [`Engine::fresh_chain`]): the
@@ -287,16 +341,22 @@ impl Client {
         let id = core.engine.fresh_chain(origin, freshness);
         core.chains.insert(id, None);
         core.route(shared);
-        Shared::unlock(core);
-        let taken = shared.wait(Key::Chain(id), None, |core| match core.chains.get(&id) {
-            Some(Some(_)) => core.chains.remove(&id).flatten(),
-            Some(None) if core.stopping => {
-                core.chains.remove(&id);
-                Some(Err(Error::Shutdown))
-            }
-            Some(None) => None,
-            None => Some(Err(Error::Shutdown)),
-        });
+        shared.unlock(core);
+        let taken = shared.wait(
+            Key::Chain(id),
+            None,
+            None,
+            || None,
+            |core| match core.chains.get(&id) {
+                Some(Some(_)) => core.chains.remove(&id).flatten(),
+                Some(None) if core.stopping => {
+                    core.chains.remove(&id);
+                    Some(Err(Error::Shutdown))
+                }
+                Some(None) => None,
+                None => Some(Err(Error::Shutdown)),
+            },
+        );
         taken.unwrap_or(Err(Error::Shutdown))
     }
 
@@ -305,11 +365,11 @@ impl Client {
     /// # Errors
     /// [`Error::Shutdown`] once the client shut down.
     pub fn stats(&self) -> Result<Stats, Error> {
-        let core = self.inner.shared.lock();
-        if core.stopping {
-            return Err(Error::Shutdown);
-        }
-        Ok(core.engine.stats())
+        let shared = &self.inner.shared;
+        let core = shared.lock();
+        let stats = (!core.stopping).then(|| core.engine.stats());
+        shared.unlock(core);
+        stats.ok_or(Error::Shutdown)
     }
 
     /// Close every connection that carries no exchange (see
@@ -326,7 +386,7 @@ impl Client {
         core.engine.close_idle();
         core.route(shared);
         core.kick(shared);
-        Shared::unlock(core);
+        shared.unlock(core);
         Ok(())
     }
 
@@ -375,9 +435,7 @@ impl Inner {
                 core.route(shared);
                 // Whatever the engine did not end (a route whose request
                 // had ended is waiting for its owner) is told now.
-                for route in core.routes.values_mut() {
-                    route.mail.push_back(Msg::Failed(Error::Shutdown));
-                }
+                core.fail_all(|| Error::Shutdown);
                 for slot in core.chains.values_mut() {
                     if slot.is_none() {
                         *slot = Some(Err(Error::Shutdown));
@@ -394,6 +452,7 @@ impl Inner {
                 }
                 core.lifecycle = None;
             }
+            shared.unlock(core);
         }
         if let Some(t) = thread.take() {
             if t.join().is_err() {
@@ -406,5 +465,140 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A cleartext keep-alive server that answers every request with "ok".
+    fn ok_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if conn.write_all(reply).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}/")
+    }
+
+    /// Send a GET from another thread; its status and body come back.
+    fn send_from_thread(
+        client: &Client,
+        url: &str,
+    ) -> mpsc::Receiver<Result<(u16, Vec<u8>), Error>> {
+        let (tx, rx) = mpsc::channel();
+        let (client, url) = (client.clone(), url.to_string());
+        std::thread::spawn(move || {
+            let req = http::Request::get(url).body(()).expect("request");
+            let result = client.send(req).and_then(|mut resp| {
+                let mut body = Vec::new();
+                let read = resp.body_mut().read_to_end(&mut body);
+                read.map_err(|e| Error::Unsupported(e.to_string()))?;
+                Ok((resp.status().as_u16(), body))
+            });
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + T;
+        while !done() {
+            assert!(Instant::now() < until, "{what}: not within {T:?}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Nothing left behind: no route, no parked caller, nothing queued.
+    fn assert_drained(shared: &Shared) {
+        let core = shared.lock();
+        assert!(core.routes.is_empty(), "{} routes left", core.routes.len());
+        assert!(
+            core.parked.is_empty(),
+            "{} callers left parked",
+            core.parked.len()
+        );
+        shared.unlock(core);
+        assert!(shared.inbox().is_empty(), "requests left queued");
+    }
+
+    #[test]
+    fn a_send_that_finds_the_mutex_held_is_queued_and_its_holder_submits_it() {
+        let url = ok_server();
+        let client = Client::new(Config::default()).expect("client");
+        let shared = client.inner.shared.clone();
+        let held = shared.core.lock().expect("the client's mutex");
+        let answer = send_from_thread(&client, &url);
+        wait_until("the send queued its request", || shared.inbox().len() == 1);
+        shared.unlock(held);
+        assert!(
+            shared.inbox().is_empty(),
+            "the holder submitted it as it let go"
+        );
+        let got = answer.recv_timeout(T).expect("an answer in time");
+        assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
+        assert_drained(&shared);
+    }
+
+    #[test]
+    fn a_queued_request_its_holder_forgot_is_still_submitted() {
+        let url = ok_server();
+        let client = Client::new(Config::default()).expect("client");
+        let shared = client.inner.shared.clone();
+        let held = shared.core.lock().expect("the client's mutex");
+        let answer = send_from_thread(&client, &url);
+        wait_until("the send queued its request", || shared.inbox().len() == 1);
+        // Let go without looking at the inbox: the next thread to take the
+        // mutex submits it (the caller itself after LINGER, or the client's
+        // thread on its rounds).
+        drop(held);
+        let got = answer.recv_timeout(T).expect("an answer in time");
+        assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
+        assert_drained(&shared);
+    }
+
+    #[test]
+    fn many_callers_at_once_each_get_their_answer_and_leave_nothing_behind() {
+        let url = ok_server();
+        let client = Client::new(Config::default()).expect("client");
+        let answers: Vec<_> = (0..32)
+            .flat_map(|_| {
+                (0..4)
+                    .map(|_| send_from_thread(&client, &url))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for answer in answers {
+            let got = answer.recv_timeout(T).expect("an answer in time");
+            assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
+        }
+        assert_drained(&client.inner.shared);
     }
 }

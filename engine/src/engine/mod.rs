@@ -369,10 +369,26 @@ impl Engine {
         opts: RequestOptions,
     ) -> RequestId {
         let id = RequestId(self.next_req.fetch_add(1, Ordering::Relaxed));
-        let now = self.now();
-        self.submit_with_id(id, request.map(Into::into), opts, now);
-        self.apply(now);
+        self.submit_as(id, request.map(Into::into), opts);
         id
+    }
+
+    /// Where request ids come from: a `Client` caller takes its id here
+    /// before it queues its request for whoever holds the engine.
+    pub(crate) fn request_ids(&self) -> Arc<AtomicU64> {
+        self.next_req.clone()
+    }
+
+    /// [`Engine::submit`] under an id taken from [`Engine::request_ids`].
+    pub(crate) fn submit_as(
+        &mut self,
+        id: RequestId,
+        request: http::Request<Body>,
+        opts: RequestOptions,
+    ) {
+        let now = self.now();
+        self.submit_with_id(id, request, opts, now);
+        self.apply(now);
     }
 
     /// Hand the next chunk of request `id`'s [`Body::stream`] to the engine.
