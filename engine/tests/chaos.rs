@@ -462,21 +462,8 @@ impl Changes {
 
     /// Identity `i`, installed as a Kubernetes secret volume does.
     fn install_identity(&self, i: usize) {
-        let root = self.dir.path();
-        let data = root.join(format!("..{}-{i}", self.step));
-        std::fs::create_dir(&data).expect("data dir");
-        std::fs::write(data.join("tls.crt"), self.identities[i].chain_pem()).expect("write");
-        std::fs::write(data.join("tls.key"), self.identities[i].key_pem()).expect("write");
-        let tmp = root.join("..data_tmp");
-        std::os::unix::fs::symlink(&data, &tmp).expect("symlink");
-        std::fs::rename(&tmp, root.join("..data")).expect("swap ..data");
-        for name in ["tls.crt", "tls.key"] {
-            let link = root.join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(std::path::Path::new("..data").join(name), &link)
-                    .expect("symlink");
-            }
-        }
+        let version = format!("{}-{i}", self.step);
+        self.identities[i].install_as_secret(self.dir.path(), &version);
     }
 
     /// Move the server to `leaf`, a new chain generation.

@@ -501,22 +501,7 @@ impl IdentityDir {
                 replace(&root.join("tls.crt"), id.chain_pem().as_bytes());
                 replace(&root.join("tls.key"), id.key_pem().as_bytes());
             }
-            Renewal::SymlinkSwap => {
-                let data = root.join(format!("..{}", self.version));
-                std::fs::create_dir(&data).expect("data dir");
-                std::fs::write(data.join("tls.crt"), id.chain_pem()).expect("write");
-                std::fs::write(data.join("tls.key"), id.key_pem()).expect("write");
-                let tmp = root.join("..data_tmp");
-                std::os::unix::fs::symlink(&data, &tmp).expect("symlink");
-                std::fs::rename(&tmp, root.join("..data")).expect("swap ..data");
-                for name in ["tls.crt", "tls.key"] {
-                    let link = root.join(name);
-                    if std::fs::symlink_metadata(&link).is_err() {
-                        std::os::unix::fs::symlink(Path::new("..data").join(name), &link)
-                            .expect("symlink");
-                    }
-                }
-            }
+            Renewal::SymlinkSwap => id.install_as_secret(root, &self.version.to_string()),
         }
     }
 }

@@ -457,6 +457,26 @@ impl Issued {
         self.key_pem.clone()
     }
 
+    /// Install this chain and key in `root` as a Kubernetes secret volume
+    /// does: both files in a new `..{version}` directory, the `..data`
+    /// symlink swapped to it by a rename, and `tls.crt`/`tls.key` links
+    /// through `..data` (made the first time).
+    pub fn install_as_secret(&self, root: &Path, version: &str) {
+        let data = root.join(format!("..{version}"));
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::write(data.join("tls.crt"), self.chain_pem()).expect("write");
+        std::fs::write(data.join("tls.key"), self.key_pem()).expect("write");
+        let tmp = root.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).expect("symlink");
+        std::fs::rename(&tmp, root.join("..data")).expect("swap ..data");
+        for name in ["tls.crt", "tls.key"] {
+            let link = root.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(name), &link).expect("symlink");
+            }
+        }
+    }
+
     /// The trust anchor's certificate as DER: the root (the leaf itself when self-signed).
     pub fn ca_der(&self) -> CertificateDer<'static> {
         self.ca_der.clone()
