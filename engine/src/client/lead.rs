@@ -39,7 +39,8 @@ pub(super) struct Queued {
     pub(super) request: http::Request<Body>,
     pub(super) opts: RequestOptions,
     pub(super) mailbox: Arc<Mailbox>,
-    /// The caller, parked until its request has news.
+    /// The caller, parked on the request when it is submitted (`None`:
+    /// the caller submits it itself and waits with the mutex in hand).
     pub(super) caller: Option<Thread>,
 }
 
@@ -185,9 +186,11 @@ impl Shared {
 
     /// Submit `q` and return the mutex, if it is free; else queue `q` for
     /// whoever holds it (`None`).
-    pub(super) fn submit_or_queue(&self, q: Queued) -> Option<MutexGuard<'_, Core>> {
+    pub(super) fn submit_or_queue(&self, mut q: Queued) -> Option<MutexGuard<'_, Core>> {
         if let Some(mut core) = self.try_lock() {
-            core.admit(q);
+            // Its caller waits with the mutex in hand: not parked.
+            q.caller = None;
+            core.admit(q, self);
             return Some(core);
         }
         self.inbox().push(q);
@@ -315,8 +318,12 @@ impl Shared {
             self.unlock(core);
             let Lead { poll, events, .. } = &mut *lead;
             let polled = poll.poll(events, timeout);
-            core = self.lock();
+            // Not `lock`: `sleeping` is cleared before the drain, whose
+            // kick would take this leader for one still in its poll and
+            // wake it for nothing.
+            core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
             core.sleeping = None;
+            core.drain(self);
             match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -396,27 +403,25 @@ impl Core {
         if queued.is_empty() {
             return;
         }
-        for mut q in queued {
-            let caller = q.caller.take();
-            let id = q.id;
-            self.admit(q);
-            if let Some(caller) = caller {
-                self.parked.push((Key::Req(id), caller));
-            }
+        for q in queued {
+            self.admit(q, shared);
         }
-        self.route(shared);
-        self.kick(shared);
     }
 
-    /// Submit `q` to the engine, with its route (the caller routes and
-    /// kicks).
-    pub(super) fn admit(&mut self, q: Queued) {
+    /// Submit `q` to the engine with its route and its caller parked on it
+    /// (if it has one), and hand out what the engine said at once.
+    pub(super) fn admit(&mut self, q: Queued, shared: &Shared) {
         let route = Route {
             mailbox: q.mailbox,
             fed: 0,
         };
         self.routes.insert(q.id, route);
+        if let Some(caller) = q.caller {
+            self.parked.push((Key::Req(q.id), caller));
+        }
         self.engine.submit_as(q.id, q.request, q.opts);
+        self.route(shared);
+        self.kick(shared);
     }
 
     /// Hand every waiting event to whoever waits for it.
@@ -491,11 +496,11 @@ impl Core {
         self.unpark(Key::Req(id));
     }
 
-    /// Tell every open request `error` (the client stops).
-    pub(super) fn fail_all(&mut self, error: impl Fn() -> Error) {
+    /// Tell every open request the client stopped.
+    pub(super) fn fail_all(&mut self) {
         for (_, route) in self.routes.drain() {
             let mut mail = route.mailbox.lock();
-            mail.msgs.push_back(Msg::Failed(error()));
+            mail.msgs.push_back(Msg::Failed(Error::Shutdown));
             mail.closed = true;
         }
     }

@@ -301,22 +301,19 @@ impl Client {
             mailbox,
             caller: queue.then(std::thread::current),
         };
-        let mut core = if queue {
+        let core = if queue {
             // A client that has stopped fails a queued request with
             // `Error::Shutdown` when it is submitted.
             shared.submit_or_queue(q)
         } else {
             let mut core = shared.lock();
             if core.stopping {
+                shared.unlock(core);
                 return Err(Error::Shutdown);
             }
-            core.admit(q);
+            core.admit(q, shared);
             Some(core)
         };
-        if let Some(core) = &mut core {
-            core.route(shared);
-            core.kick(shared);
-        }
         Ok((Pending::new(body), core))
     }
 
@@ -435,7 +432,7 @@ impl Inner {
                 core.route(shared);
                 // Whatever the engine did not end (a route whose request
                 // had ended is waiting for its owner) is told now.
-                core.fail_all(|| Error::Shutdown);
+                core.fail_all();
                 for slot in core.chains.values_mut() {
                     if slot.is_none() {
                         *slot = Some(Err(Error::Shutdown));
@@ -536,6 +533,12 @@ mod tests {
         }
     }
 
+    /// The answer `answer` carries is a 200 with "ok".
+    fn assert_ok(answer: mpsc::Receiver<Result<(u16, Vec<u8>), Error>>) {
+        let got = answer.recv_timeout(T).expect("an answer in time");
+        assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
+    }
+
     /// Nothing left behind: no route, no parked caller, nothing queued.
     fn assert_drained(shared: &Shared) {
         let core = shared.lock();
@@ -549,56 +552,43 @@ mod tests {
         assert!(shared.inbox().is_empty(), "requests left queued");
     }
 
-    #[test]
-    fn a_send_that_finds_the_mutex_held_is_queued_and_its_holder_submits_it() {
+    /// A send made while the test holds the client's mutex, which `let_go`
+    /// then lets go of: the send is queued, and answered.
+    fn queued_send(let_go: impl FnOnce(&Shared, MutexGuard<'_, Core>)) {
         let url = ok_server();
         let client = Client::new(Config::default()).expect("client");
         let shared = client.inner.shared.clone();
         let held = shared.core.lock().expect("the client's mutex");
         let answer = send_from_thread(&client, &url);
         wait_until("the send queued its request", || shared.inbox().len() == 1);
-        shared.unlock(held);
-        assert!(
-            shared.inbox().is_empty(),
-            "the holder submitted it as it let go"
-        );
-        let got = answer.recv_timeout(T).expect("an answer in time");
-        assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
+        let_go(&shared, held);
+        assert_ok(answer);
         assert_drained(&shared);
     }
 
     #[test]
+    fn a_send_that_finds_the_mutex_held_is_queued_and_its_holder_submits_it() {
+        queued_send(|shared, held| {
+            shared.unlock(held);
+            let why = "the holder submitted it as it let go";
+            assert!(shared.inbox().is_empty(), "{why}");
+        });
+    }
+
+    #[test]
     fn a_queued_request_its_holder_forgot_is_still_submitted() {
-        let url = ok_server();
-        let client = Client::new(Config::default()).expect("client");
-        let shared = client.inner.shared.clone();
-        let held = shared.core.lock().expect("the client's mutex");
-        let answer = send_from_thread(&client, &url);
-        wait_until("the send queued its request", || shared.inbox().len() == 1);
         // Let go without looking at the inbox: the next thread to take the
         // mutex submits it (the caller itself after LINGER, or the client's
         // thread on its rounds).
-        drop(held);
-        let got = answer.recv_timeout(T).expect("an answer in time");
-        assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
-        assert_drained(&shared);
+        queued_send(|_, held| drop(held));
     }
 
     #[test]
     fn many_callers_at_once_each_get_their_answer_and_leave_nothing_behind() {
         let url = ok_server();
         let client = Client::new(Config::default()).expect("client");
-        let answers: Vec<_> = (0..32)
-            .flat_map(|_| {
-                (0..4)
-                    .map(|_| send_from_thread(&client, &url))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for answer in answers {
-            let got = answer.recv_timeout(T).expect("an answer in time");
-            assert_eq!(got.expect("the request succeeds"), (200, b"ok".to_vec()));
-        }
+        let answers: Vec<_> = (0..128).map(|_| send_from_thread(&client, &url)).collect();
+        answers.into_iter().for_each(assert_ok);
         assert_drained(&client.inner.shared);
     }
 }
